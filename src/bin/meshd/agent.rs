@@ -1,0 +1,161 @@
+//! `meshd agent`: one node, its HTTP API, and a graceful leave on
+//! SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use coordmesh::config::parse_voters;
+use coordmesh::{ConfigBuilder, Mesh, NodeId, StartError};
+
+/// Flags of `meshd agent` (CONTRACT.md).
+#[derive(Args, Debug)]
+pub(crate) struct AgentArgs {
+    /// Node id, unique in the cluster; lower id = preferred leader.
+    #[arg(long, value_parser = parse_id)]
+    id: Option<NodeId>,
+    /// UDP address for gossip [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
+    gossip: Option<SocketAddr>,
+    /// UDP address for QUIC RPC [default: gossip port + 1].
+    #[arg(long, value_name = "ADDR")]
+    rpc: Option<SocketAddr>,
+    /// TCP address of the HTTP API [default: gossip port + 2].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Gossip address of a peer (repeatable).
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<String>,
+    /// Comma-separated ids forming the quorum set.
+    #[arg(long, value_name = "LIST", value_parser = parse_voter_list)]
+    voters: Option<VoterList>,
+    /// Directory for durable state.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Cluster secret file from `meshd keygen`.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+    /// TOML file with the same keys (flags override).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Cluster name; nodes gossip only within one name [default: coordmesh].
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// Gossip round interval in ms [default: 100].
+    #[arg(long, value_name = "MS")]
+    gossip_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct VoterList(Vec<NodeId>);
+
+fn parse_id(s: &str) -> Result<NodeId, String> {
+    s.parse().map_err(|e: coordmesh::ConfigError| e.to_string())
+}
+
+fn parse_voter_list(s: &str) -> Result<VoterList, String> {
+    parse_voters(s).map(VoterList).map_err(|e| e.to_string())
+}
+
+pub(crate) fn run(args: AgentArgs) -> ExitCode {
+    let config = match build_config(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("meshd: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::init_tracing("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("meshd: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meshd: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigError> {
+    let file = match &args.config {
+        Some(path) => ConfigBuilder::from_toml_file(path)?,
+        None => ConfigBuilder::default(),
+    };
+    let flags = ConfigBuilder {
+        id: args.id,
+        cluster: args.cluster,
+        gossip: args.gossip,
+        rpc: args.rpc,
+        http: args.http,
+        seed: (!args.seeds.is_empty()).then_some(args.seeds),
+        voters: args.voters.map(|v| v.0),
+        data_dir: args.data_dir,
+        cluster_key: args.cluster_key,
+        gossip_interval_ms: args.gossip_interval_ms,
+        phi_threshold: None,
+        leave_ms: None,
+    };
+    file.overlay(flags).build()
+}
+
+async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
+    if config.cluster_key.is_none() {
+        tracing::warn!(
+            "no --cluster-key: this cluster is open to any process that can reach its ports"
+        );
+    }
+    // Bind the HTTP listener first: if its address is taken, nothing else
+    // has started yet.
+    let http_addr = config.http_addr;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| StartError::from_bind("http", http_addr, e))?;
+    let mesh = Mesh::start(config).await?;
+    tracing::info!(%http_addr, "HTTP API listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(coordmesh::http::serve(mesh.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "stopping: leaving the cluster");
+    mesh.shutdown().await;
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(%err, "HTTP server stopped with an error"),
+        Err(err) => tracing::warn!(%err, "HTTP server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => {
+            // Without signal handlers the default action (exit) applies;
+            // wait forever rather than stop on our own.
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves")
+        }
+    }
+}

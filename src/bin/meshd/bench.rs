@@ -1,0 +1,267 @@
+//! `meshd bench …`: benchmarks that check the project's speed and memory
+//! targets. Each prints a table and can write JSON (`--json FILE`).
+//!
+//! - `membership`: simulated clusters (virtual time) of several sizes:
+//!   time for all to see all, time for all to see a crash, gossip bytes
+//!   per node per second.
+//! - `idle`: real agents on loopback at rest: resident memory and CPU,
+//!   beside a 3-member etcd in the same run when `etcd` is installed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use coordmesh::NodeId;
+use coordmesh::sim::SimCluster;
+use serde_json::json;
+
+use crate::etcd::EtcdCluster;
+use crate::procs::{Agents, cpu_time, rss_kib};
+
+/// `meshd bench`.
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Subcommand, Debug)]
+enum Which {
+    /// Simulated membership: convergence, crash detection, bandwidth.
+    Membership(MembershipArgs),
+    /// Real agents at rest: memory and CPU, beside etcd.
+    Idle(IdleArgs),
+}
+
+#[derive(Args, Debug)]
+struct MembershipArgs {
+    /// Cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10u64, 50, 100, 200])]
+    sizes: Vec<u64>,
+    /// Seed of the simulated network.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Virtual seconds over which bandwidth is measured.
+    #[arg(long, default_value_t = 10)]
+    window_s: u64,
+    /// Write results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct IdleArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 5)]
+    nodes: u64,
+    /// Seconds over which CPU use is measured (after a 5 s settle).
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Skip the etcd comparison even if etcd is installed.
+    #[arg(long)]
+    no_etcd: bool,
+    /// Write results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: BenchArgs) -> ExitCode {
+    let result = match args.which {
+        Which::Membership(a) => membership(a),
+        Which::Idle(a) => idle(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meshd bench: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), String> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn membership(args: MembershipArgs) -> Result<(), String> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let window = Duration::from_secs(args.window_s.max(1));
+    println!("membership benchmark: simulated clusters, 100 ms gossip, virtual time, seed {seed}");
+    println!(
+        "{:>6}  {:>14}  {:>14}  {:>16}  {:>10}",
+        "nodes", "all-see-all", "crash-seen-all", "bytes/node/s", "wall time"
+    );
+    let mut rows = Vec::new();
+    for &n in &args.sizes {
+        if !(2..=1000).contains(&n) {
+            return Err(format!("size {n} out of range 2-1000"));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let wall = Instant::now();
+        let row = runtime.block_on(async {
+            let mut cluster = SimCluster::start(seed, n).await;
+            let converge = cluster
+                .eventually(Duration::from_secs(120), "all see all", |c| {
+                    c.all_see_alive(n as usize)
+                })
+                .await;
+            let bytes = |c: &SimCluster| -> u64 {
+                c.running()
+                    .iter()
+                    .map(|id| {
+                        c.mesh(*id)
+                            .metrics()
+                            .gossip_bytes_sent
+                            .load(Ordering::Relaxed)
+                    })
+                    .sum()
+            };
+            let before = bytes(&cluster);
+            tokio::time::sleep(window).await;
+            let per_node_s = (bytes(&cluster) - before) as f64 / n as f64 / window.as_secs_f64();
+            let victim = NodeId(n);
+            cluster.kill(victim).await;
+            let detect = cluster
+                .eventually(Duration::from_secs(120), "all see the crash", |c| {
+                    c.all_see_gone(victim)
+                })
+                .await;
+            cluster.shutdown().await;
+            (converge, detect, per_node_s)
+        });
+        let (converge, detect, per_node_s) = row;
+        let wall = wall.elapsed();
+        println!(
+            "{:>6}  {:>12.0}ms  {:>12.0}ms  {:>16.0}  {:>9.1}s",
+            n,
+            converge.as_secs_f64() * 1e3,
+            detect.as_secs_f64() * 1e3,
+            per_node_s,
+            wall.as_secs_f64()
+        );
+        rows.push(json!({
+            "nodes": n,
+            "converge_ms": converge.as_millis() as u64,
+            "crash_detect_ms": detect.as_millis() as u64,
+            "gossip_bytes_per_node_per_s": per_node_s.round() as u64,
+            "wall_s": wall.as_secs_f64(),
+        }));
+    }
+    println!("(times are virtual; detection is from the kill until every survivor sees it)");
+    write_json(
+        &args.json,
+        &json!({"seed": seed, "gossip_interval_ms": 100, "rows": rows}),
+    )
+}
+
+/// Samples CPU time of `pids` over `window`; returns percent of one core
+/// per process and the RSS (KiB) of each at the end.
+fn sample(pids: &[u32], window: Duration) -> Result<(Vec<f64>, Vec<u64>), String> {
+    let cpu = |pid: &u32| cpu_time(*pid).ok_or(format!("process {pid} vanished"));
+    let before: Vec<Duration> = pids.iter().map(cpu).collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = start.elapsed().as_secs_f64();
+    let after: Vec<Duration> = pids.iter().map(cpu).collect::<Result<_, _>>()?;
+    let percent = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (*a - *b).as_secs_f64() / elapsed * 100.0)
+        .collect();
+    let rss = pids
+        .iter()
+        .map(|pid| rss_kib(*pid).ok_or(format!("process {pid} vanished")))
+        .collect::<Result<_, _>>()?;
+    Ok((percent, rss))
+}
+
+fn summarize(name: &str, cpu: &[f64], rss: &[u64]) -> serde_json::Value {
+    let max_rss = *rss.iter().max().unwrap_or(&0);
+    let mean_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
+    let mean_cpu = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
+    let max_cpu = cpu.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{name:<24} {:>3} procs  RSS mean {:>6.1} MiB, max {:>6.1} MiB  CPU mean {:>5.2}%, max {:>5.2}% of one core",
+        rss.len(),
+        mean_rss / 1024.0,
+        max_rss as f64 / 1024.0,
+        mean_cpu,
+        max_cpu
+    );
+    json!({
+        "processes": rss.len(),
+        "rss_kib": rss,
+        "rss_mean_mib": mean_rss / 1024.0,
+        "rss_max_mib": max_rss as f64 / 1024.0,
+        "cpu_percent": cpu,
+        "cpu_mean_percent": mean_cpu,
+        "cpu_max_percent": max_cpu,
+    })
+}
+
+fn idle(args: IdleArgs) -> Result<(), String> {
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-idle-{}", std::process::id()));
+    let mut agents = Agents::new(&bin, args.nodes, &dir).map_err(|e| e.to_string())?;
+    agents.start_all().map_err(|e| e.to_string())?;
+    let all = agents.ids();
+    agents
+        .wait_until(Duration::from_secs(30), |a| a.all_see(&all))
+        .ok_or("agents did not converge within 30 s")?;
+    let etcd = if !args.no_etcd && EtcdCluster::available() {
+        let etcd = EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?;
+        if !etcd.wait_healthy(Duration::from_secs(30)) {
+            return Err("etcd did not become healthy within 30 s".into());
+        }
+        Some(etcd)
+    } else {
+        println!("(etcd not installed or --no-etcd: no comparison)");
+        None
+    };
+    // Settle: startup allocations and the first elections are not "idle".
+    std::thread::sleep(Duration::from_secs(5));
+    let window = Duration::from_secs(args.duration_s.max(1));
+    let agent_pids: Vec<u32> = all.iter().filter_map(|id| agents.pid(*id)).collect();
+    let mut pids = agent_pids.clone();
+    let etcd_pids = etcd.as_ref().map(EtcdCluster::pids).unwrap_or_default();
+    pids.extend(&etcd_pids);
+    println!(
+        "idle benchmark: {} agents{} at rest, CPU sampled over {} s, same window for all",
+        args.nodes,
+        if etcd.is_some() {
+            " and a 3-member etcd"
+        } else {
+            ""
+        },
+        window.as_secs()
+    );
+    let (cpu, rss) = sample(&pids, window)?;
+    let k = agent_pids.len();
+    let ours = summarize("meshd agent", &cpu[..k], &rss[..k]);
+    let mut out = json!({"duration_s": window.as_secs(), "meshd": ours});
+    if etcd.is_some() {
+        let theirs = summarize("etcd (3.4, Debian)", &cpu[k..], &rss[k..]);
+        let ratio_rss = ours["rss_mean_mib"].as_f64().unwrap_or(0.0)
+            / theirs["rss_mean_mib"].as_f64().unwrap_or(f64::NAN);
+        let ratio_cpu = ours["cpu_mean_percent"].as_f64().unwrap_or(0.0)
+            / theirs["cpu_mean_percent"].as_f64().unwrap_or(f64::NAN);
+        println!("ratio meshd/etcd: RSS {ratio_rss:.2}, CPU {ratio_cpu:.2}");
+        out["etcd"] = theirs;
+        out["ratio_rss"] = json!(ratio_rss);
+        out["ratio_cpu"] = json!(ratio_cpu);
+    }
+    drop(etcd);
+    agents.stop_all(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_json(&args.json, &out)
+}

@@ -1,0 +1,333 @@
+//! Real `meshd agent` processes on loopback, for the demo, the process
+//! benchmarks and the multi-process tests (which include this file).
+//!
+//! Every agent gets free ports, its log in a file, and dies with us: the
+//! children are killed on drop, and the kernel kills them if this process
+//! dies first (`PR_SET_PDEATHSIG`), so nothing is ever left orphaned.
+#![allow(dead_code)] // each includer uses a different part
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::OpenOptions;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long one status request may take before the agent counts as
+/// unreachable for that poll.
+pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Poll interval of [`Agents::wait_until`].
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// GETs `path` from an agent's HTTP API and parses the JSON body.
+pub fn get_json(http: SocketAddr, path: &str, timeout: Duration) -> Result<Value, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(format!("http://{http}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body: Value = resp.body_mut().read_json().map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    Ok(body)
+}
+
+/// GETs `path` as text.
+pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    agent
+        .get(format!("http://{http}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())
+}
+
+/// A gossip port `p` such that UDP `p`, UDP `p+1` and TCP `p+2` are free
+/// now and not in `taken`. (Free now: another process may still take them
+/// before the agent binds; the agent then fails loudly, naming the port.)
+pub fn free_gossip_port(taken: &HashSet<u16>) -> io::Result<u16> {
+    for _ in 0..200 {
+        let probe = UdpSocket::bind("127.0.0.1:0")?;
+        let p = probe.local_addr()?.port();
+        if p >= u16::MAX - 2 || (p..=p + 2).any(|q| taken.contains(&q)) {
+            continue;
+        }
+        let rpc = UdpSocket::bind(("127.0.0.1", p + 1));
+        let http = TcpListener::bind(("127.0.0.1", p + 2));
+        if rpc.is_ok() && http.is_ok() {
+            return Ok(p);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free port triple found",
+    ))
+}
+
+/// One agent's fixed identity.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Node id.
+    pub id: u64,
+    /// Gossip address.
+    pub gossip: SocketAddr,
+    /// HTTP address (gossip port + 2).
+    pub http: SocketAddr,
+}
+
+/// A set of agents on loopback forming one cluster.
+pub struct Agents {
+    bin: PathBuf,
+    log_dir: PathBuf,
+    specs: BTreeMap<u64, Spec>,
+    children: BTreeMap<u64, Child>,
+    voters: String,
+    seeds: Vec<SocketAddr>,
+    /// Extra flags given to every agent.
+    pub extra_args: Vec<String>,
+}
+
+impl Agents {
+    /// Plans `n` agents with ids `1..=n` (not started). Voters are the
+    /// first `min(n, 5)` ids; everyone seeds from the first three.
+    pub fn new(bin: &Path, n: u64, log_dir: &Path) -> io::Result<Agents> {
+        std::fs::create_dir_all(log_dir)?;
+        let mut taken = HashSet::new();
+        let mut specs = BTreeMap::new();
+        for id in 1..=n {
+            let port = free_gossip_port(&taken)?;
+            taken.extend([port, port + 1, port + 2]);
+            specs.insert(
+                id,
+                Spec {
+                    id,
+                    gossip: SocketAddr::from(([127, 0, 0, 1], port)),
+                    http: SocketAddr::from(([127, 0, 0, 1], port + 2)),
+                },
+            );
+        }
+        let voters = (1..=n.min(5))
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let seeds = specs.values().take(3).map(|s| s.gossip).collect();
+        Ok(Agents {
+            bin: bin.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            specs,
+            children: BTreeMap::new(),
+            voters,
+            seeds,
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Ids of all planned agents.
+    pub fn ids(&self) -> Vec<u64> {
+        self.specs.keys().copied().collect()
+    }
+
+    /// Ids of agents whose process is running.
+    pub fn running(&self) -> Vec<u64> {
+        self.children.keys().copied().collect()
+    }
+
+    /// An agent's identity.
+    pub fn spec(&self, id: u64) -> &Spec {
+        &self.specs[&id]
+    }
+
+    /// An agent's log file.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.log_dir.join(format!("node-{id}.log"))
+    }
+
+    /// An agent's process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
+    }
+
+    /// Starts agent `id` (again, after a kill: a new generation).
+    pub fn start(&mut self, id: u64) -> io::Result<()> {
+        let spec = self.specs[&id].clone();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("agent")
+            .args(["--id", &id.to_string()])
+            .args(["--gossip", &spec.gossip.to_string()])
+            .args(["--voters", &self.voters]);
+        for seed in &self.seeds {
+            cmd.args(["--seed", &seed.to_string()]);
+        }
+        cmd.args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours;
+        // it asks the kernel to SIGKILL the child if we die first.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    /// Starts every planned agent.
+    pub fn start_all(&mut self) -> io::Result<()> {
+        for id in self.ids() {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to agent `id`'s process.
+    pub fn signal(&self, id: u64, signal: i32) {
+        if let Some(pid) = self.pid(id) {
+            // SAFETY: plain syscall on a child we spawned and have not
+            // reaped, so the pid cannot have been reused.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// `kill -9` agent `id` and reap it.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM agent `id` and wait up to `within` for it to exit (then
+    /// SIGKILL). Returns its exit status if it exited by itself.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> Option<ExitStatus> {
+        self.signal(id, libc::SIGTERM);
+        let mut child = self.children.remove(&id)?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// An agent's `/v1/status`, or `None` if it does not answer.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        get_json(self.specs[&id].http, "/v1/status", STATUS_TIMEOUT).ok()
+    }
+
+    /// Ids that agent `id` reports alive, or `None` if it does not answer.
+    pub fn alive_seen_by(&self, id: u64) -> Option<Vec<u64>> {
+        let status = self.status(id)?;
+        Some(
+            status["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["state"] == "alive")
+                .filter_map(|m| m["id"].as_u64())
+                .collect(),
+        )
+    }
+
+    /// Polls `condition` until it holds (returns the time taken) or
+    /// `within` passes (returns `None`).
+    pub fn wait_until(
+        &self,
+        within: Duration,
+        mut condition: impl FnMut(&Agents) -> bool,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            if condition(self) {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// True when every running agent reports exactly `expected` alive.
+    pub fn all_see(&self, expected: &[u64]) -> bool {
+        self.running()
+            .iter()
+            .all(|id| self.alive_seen_by(*id).as_deref() == Some(expected))
+    }
+
+    /// SIGTERM every agent, wait for each, SIGKILL stragglers. Returns the
+    /// ids that did not exit 0 by themselves.
+    pub fn stop_all(&mut self, within: Duration) -> Vec<u64> {
+        for id in self.running() {
+            self.signal(id, libc::SIGTERM);
+        }
+        let mut failed = Vec::new();
+        for id in self.running() {
+            match self.terminate(id, within) {
+                Some(status) if status.success() => {}
+                _ => failed.push(id),
+            }
+        }
+        failed
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for id in self.running() {
+            self.kill9(id);
+        }
+    }
+}
+
+/// Resident set size of a process in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU time (user + system) a process has used, from /proc.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after
+    // the last ')'; utime and stime are fields 14 and 15 overall.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as u64 } else { 100 };
+    Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
+}

@@ -1,0 +1,492 @@
+//! One node's configuration: what it is called, where it listens, whom it
+//! joins, and the protocol timings. Built from a TOML file and command-line
+//! flags (flags win), then validated as a whole before anything starts, so
+//! a bad value is reported by name and nothing is half-started.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity: unique in the cluster, ordered numerically (the
+/// lowest live id is the preferred leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .parse::<u64>()
+            .map(NodeId)
+            .map_err(|_| ConfigError::InvalidNodeId(s.to_string()))
+    }
+}
+
+/// Default gossip address, as in the CLI contract.
+pub const DEFAULT_GOSSIP_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7400);
+/// Default cluster name: nodes gossip only with nodes of the same name.
+pub const DEFAULT_CLUSTER: &str = "coordmesh";
+/// Gossip round interval on a LAN.
+pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 100;
+/// Phi-accrual threshold; with 100 ms gossip a crash is seen in about 1 s.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+/// How long a leaving node keeps gossiping its `leaving` mark before it
+/// stops, so that peers learn of the leave instead of timing it out.
+pub const DEFAULT_LEAVE_MS: u64 = 400;
+/// Bounds on the gossip interval: below 10 ms gossip costs more than it
+/// tells; above 10 s failure detection is too slow to lead anything.
+pub const GOSSIP_INTERVAL_MS_MIN: u64 = 10;
+/// See [`GOSSIP_INTERVAL_MS_MIN`].
+pub const GOSSIP_INTERVAL_MS_MAX: u64 = 10_000;
+/// Bound on the number of voters: quorum traffic grows with it, and
+/// DESIGN.md plans for 3 or 5.
+pub const VOTERS_MAX: usize = 15;
+/// Bound on seeds: each is contacted on every round that needs a seed.
+pub const SEEDS_MAX: usize = 64;
+/// Bound on the cluster name (it travels in every gossip datagram).
+pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
+
+/// A validated node configuration. Build it with [`ConfigBuilder`] (or
+/// [`Config::new`] for the common embedded case); every instance has passed
+/// [`ConfigBuilder::build`]'s checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// Cluster name; nodes with another name are refused by gossip.
+    pub cluster: String,
+    /// UDP address gossip binds and advertises.
+    pub gossip_addr: SocketAddr,
+    /// UDP address of QUIC RPC (advertised to peers).
+    pub rpc_addr: SocketAddr,
+    /// TCP address of the agent HTTP API (advertised to peers).
+    pub http_addr: SocketAddr,
+    /// Gossip addresses of peers to join through (`host:port`).
+    pub seeds: Vec<String>,
+    /// The voter set, sorted and without duplicates.
+    pub voters: Vec<NodeId>,
+    /// Directory for durable state; `None` keeps state in memory.
+    pub data_dir: Option<PathBuf>,
+    /// File holding the cluster secret; `None` is an open cluster.
+    pub cluster_key: Option<PathBuf>,
+    /// Gossip round interval.
+    pub gossip_interval: Duration,
+    /// Phi-accrual failure detector threshold.
+    pub phi_threshold: f64,
+    /// How long a graceful leave keeps gossiping before it stops.
+    pub leave_duration: Duration,
+}
+
+impl Config {
+    /// A single-node configuration listening on `gossip_addr` (RPC and HTTP
+    /// on the two ports after it). Use [`ConfigBuilder`] for anything more.
+    pub fn new(id: u64, gossip_addr: SocketAddr) -> Result<Config, ConfigError> {
+        ConfigBuilder {
+            id: Some(NodeId(id)),
+            gossip: Some(gossip_addr),
+            ..ConfigBuilder::default()
+        }
+        .build()
+    }
+
+    /// True when this node belongs to the voter set.
+    pub fn is_voter(&self) -> bool {
+        self.voters.binary_search(&self.id).is_ok()
+    }
+}
+
+/// The raw, optional form of a configuration: what a TOML file or the
+/// command line says. Keys are the CLI flag names (`data-dir`, `seed`, …);
+/// snake_case spellings are accepted too.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigBuilder {
+    /// `--id`.
+    pub id: Option<NodeId>,
+    /// `--cluster`.
+    pub cluster: Option<String>,
+    /// `--gossip`.
+    pub gossip: Option<SocketAddr>,
+    /// `--rpc`.
+    pub rpc: Option<SocketAddr>,
+    /// `--http`.
+    pub http: Option<SocketAddr>,
+    /// `--seed` (repeatable); `seeds` in a file is accepted as well.
+    #[serde(alias = "seeds")]
+    pub seed: Option<Vec<String>>,
+    /// `--voters`.
+    pub voters: Option<Vec<NodeId>>,
+    /// `--data-dir`.
+    #[serde(alias = "data_dir")]
+    pub data_dir: Option<PathBuf>,
+    /// `--cluster-key`.
+    #[serde(alias = "cluster_key")]
+    pub cluster_key: Option<PathBuf>,
+    /// `--gossip-interval-ms`.
+    #[serde(alias = "gossip_interval_ms")]
+    pub gossip_interval_ms: Option<u64>,
+    /// `--phi-threshold`.
+    #[serde(alias = "phi_threshold")]
+    pub phi_threshold: Option<f64>,
+    /// `--leave-ms`.
+    #[serde(alias = "leave_ms")]
+    pub leave_ms: Option<u64>,
+}
+
+impl ConfigBuilder {
+    /// Reads a TOML file with the same keys as the CLI flags.
+    pub fn from_toml_file(path: &Path) -> Result<ConfigBuilder, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text with the same keys as the CLI flags.
+    pub fn from_toml_str(text: &str) -> Result<ConfigBuilder, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Every field set in `over` replaces the one in `self`.
+    pub fn overlay(self, over: ConfigBuilder) -> ConfigBuilder {
+        ConfigBuilder {
+            id: over.id.or(self.id),
+            cluster: over.cluster.or(self.cluster),
+            gossip: over.gossip.or(self.gossip),
+            rpc: over.rpc.or(self.rpc),
+            http: over.http.or(self.http),
+            seed: over.seed.or(self.seed),
+            voters: over.voters.or(self.voters),
+            data_dir: over.data_dir.or(self.data_dir),
+            cluster_key: over.cluster_key.or(self.cluster_key),
+            gossip_interval_ms: over.gossip_interval_ms.or(self.gossip_interval_ms),
+            phi_threshold: over.phi_threshold.or(self.phi_threshold),
+            leave_ms: over.leave_ms.or(self.leave_ms),
+        }
+    }
+
+    /// Checks everything and fills defaults.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let id = self.id.ok_or(ConfigError::MissingId)?;
+        let cluster = self.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
+        if cluster.is_empty() || cluster.len() > CLUSTER_NAME_BYTES_MAX {
+            return Err(ConfigError::InvalidCluster(cluster));
+        }
+        let gossip_addr = self.gossip.unwrap_or(DEFAULT_GOSSIP_ADDR);
+        let rpc_addr = match self.rpc {
+            Some(addr) => addr,
+            None => port_after(gossip_addr, 1)?,
+        };
+        let http_addr = match self.http {
+            Some(addr) => addr,
+            None => port_after(gossip_addr, 2)?,
+        };
+        if rpc_addr == gossip_addr {
+            return Err(ConfigError::AddressClash {
+                what: "--rpc",
+                addr: rpc_addr,
+            });
+        }
+        let seeds = self.seed.unwrap_or_default();
+        if seeds.len() > SEEDS_MAX {
+            return Err(ConfigError::TooManySeeds(seeds.len()));
+        }
+        for seed in &seeds {
+            check_seed(seed)?;
+        }
+        let voters = match self.voters {
+            Some(voters) => voters,
+            None if seeds.is_empty() => vec![id],
+            None => return Err(ConfigError::VotersRequired),
+        };
+        if voters.is_empty() {
+            return Err(ConfigError::NoVoters);
+        }
+        if voters.len() > VOTERS_MAX {
+            return Err(ConfigError::TooManyVoters(voters.len()));
+        }
+        let mut sorted = voters.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateVoter(pair[0]));
+        }
+        let gossip_interval_ms = self
+            .gossip_interval_ms
+            .unwrap_or(DEFAULT_GOSSIP_INTERVAL_MS);
+        if !(GOSSIP_INTERVAL_MS_MIN..=GOSSIP_INTERVAL_MS_MAX).contains(&gossip_interval_ms) {
+            return Err(ConfigError::InvalidGossipInterval(gossip_interval_ms));
+        }
+        let phi_threshold = self.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
+        // Below 2 a single late datagram declares a node dead; above 64 a
+        // crash goes unnoticed for minutes.
+        if !(2.0..=64.0).contains(&phi_threshold) {
+            return Err(ConfigError::InvalidPhiThreshold(phi_threshold));
+        }
+        let leave_ms = self.leave_ms.unwrap_or(DEFAULT_LEAVE_MS);
+        if leave_ms > 10_000 {
+            return Err(ConfigError::InvalidLeave(leave_ms));
+        }
+        Ok(Config {
+            id,
+            cluster,
+            gossip_addr,
+            rpc_addr,
+            http_addr,
+            seeds,
+            voters: sorted,
+            data_dir: self.data_dir,
+            cluster_key: self.cluster_key,
+            gossip_interval: Duration::from_millis(gossip_interval_ms),
+            phi_threshold,
+            leave_duration: Duration::from_millis(leave_ms),
+        })
+    }
+}
+
+/// Parses a comma-separated voter list (`1,2,3`).
+pub fn parse_voters(list: &str) -> Result<Vec<NodeId>, ConfigError> {
+    list.split(',').map(|part| part.parse::<NodeId>()).collect()
+}
+
+fn port_after(addr: SocketAddr, offset: u16) -> Result<SocketAddr, ConfigError> {
+    let port = addr
+        .port()
+        .checked_add(offset)
+        .ok_or(ConfigError::NoPortAfter(addr))?;
+    Ok(SocketAddr::new(addr.ip(), port))
+}
+
+fn check_seed(seed: &str) -> Result<(), ConfigError> {
+    if seed.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    // A host name is allowed (gossip resolves it each round), but it must
+    // carry a valid port.
+    let bad = || ConfigError::InvalidSeed(seed.to_string());
+    let (host, port) = seed.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(bad());
+    }
+    port.parse::<u16>().map_err(|_| bad())?;
+    Ok(())
+}
+
+/// Why a configuration was refused. Every variant names the bad value;
+/// the fix is to change that value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No `--id` (or `id` in the file) was given.
+    #[error("--id is required")]
+    MissingId,
+    /// An id that is not an unsigned 64-bit integer.
+    #[error("invalid node id {0:?}: expected an unsigned integer")]
+    InvalidNodeId(String),
+    /// The cluster name is empty or too long.
+    #[error("invalid cluster name {0:?}: expected 1-{CLUSTER_NAME_BYTES_MAX} bytes")]
+    InvalidCluster(String),
+    /// `--rpc`/`--http` default to the gossip port plus 1 and 2.
+    #[error(
+        "gossip address {0} leaves no room for the default rpc/http ports; give --rpc and --http"
+    )]
+    NoPortAfter(SocketAddr),
+    /// Two listeners on one UDP address.
+    #[error("{what} address {addr} is the gossip address")]
+    AddressClash {
+        /// The flag whose value clashes.
+        what: &'static str,
+        /// The clashing address.
+        addr: SocketAddr,
+    },
+    /// A seed that is neither `ip:port` nor `host:port`.
+    #[error("invalid seed address {0:?}: expected host:port")]
+    InvalidSeed(String),
+    /// More seeds than [`SEEDS_MAX`].
+    #[error("too many seeds ({0}); at most {SEEDS_MAX}")]
+    TooManySeeds(usize),
+    /// Joining a cluster needs the voter set, so every node agrees on it.
+    #[error("--voters is required when --seed is given")]
+    VotersRequired,
+    /// An empty voter list.
+    #[error("--voters must name at least one node")]
+    NoVoters,
+    /// More voters than [`VOTERS_MAX`].
+    #[error("too many voters ({0}); at most {VOTERS_MAX}")]
+    TooManyVoters(usize),
+    /// The same id twice in the voter set.
+    #[error("duplicate id {0} in voters")]
+    DuplicateVoter(NodeId),
+    /// Gossip interval outside its bounds.
+    #[error(
+        "invalid gossip interval {0} ms: expected {GOSSIP_INTERVAL_MS_MIN}-{GOSSIP_INTERVAL_MS_MAX}"
+    )]
+    InvalidGossipInterval(u64),
+    /// Phi threshold outside its bounds.
+    #[error("invalid phi threshold {0}: expected 2-64")]
+    InvalidPhiThreshold(f64),
+    /// Leave duration over 10 s.
+    #[error("invalid leave duration {0} ms: expected at most 10000")]
+    InvalidLeave(u64),
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these keys.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's one-line explanation.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ConfigBuilder {
+        ConfigBuilder {
+            id: Some(NodeId(1)),
+            ..ConfigBuilder::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = base().build().unwrap();
+        assert_eq!(c.gossip_addr, "127.0.0.1:7400".parse().unwrap());
+        assert_eq!(c.rpc_addr, "127.0.0.1:7401".parse().unwrap());
+        assert_eq!(c.http_addr, "127.0.0.1:7402".parse().unwrap());
+        assert_eq!(c.voters, vec![NodeId(1)], "a lone node votes for itself");
+        assert_eq!(c.gossip_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rpc_and_http_follow_the_gossip_port() {
+        let c = ConfigBuilder {
+            gossip: Some("127.0.0.1:9000".parse().unwrap()),
+            ..base()
+        }
+        .build()
+        .unwrap();
+        assert_eq!(c.rpc_addr.port(), 9001);
+        assert_eq!(c.http_addr.port(), 9002);
+    }
+
+    #[test]
+    fn seeds_without_voters_are_refused() {
+        let err = ConfigBuilder {
+            seed: Some(vec!["127.0.0.1:7400".into()]),
+            ..base()
+        }
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::VotersRequired));
+    }
+
+    #[test]
+    fn duplicate_voter_is_named() {
+        let err = ConfigBuilder {
+            voters: Some(vec![NodeId(1), NodeId(2), NodeId(1)]),
+            ..base()
+        }
+        .build()
+        .unwrap_err();
+        assert_eq!(err.to_string(), "duplicate id 1 in voters");
+    }
+
+    #[test]
+    fn malformed_seed_is_named() {
+        for bad in ["localhost", "host:port", ":80", "a b:1", "x:70000"] {
+            let err = ConfigBuilder {
+                seed: Some(vec![bad.into()]),
+                voters: Some(vec![NodeId(1)]),
+                ..base()
+            }
+            .build()
+            .unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let ok = ConfigBuilder {
+            seed: Some(vec!["node-1.local:7400".into(), "[::1]:7400".into()]),
+            voters: Some(vec![NodeId(1)]),
+            ..base()
+        };
+        ok.build().unwrap();
+    }
+
+    #[test]
+    fn voter_list_parses_and_rejects_non_numbers() {
+        assert_eq!(
+            parse_voters("3,1,2").unwrap(),
+            vec![NodeId(3), NodeId(1), NodeId(2)]
+        );
+        assert!(parse_voters("1,x").is_err());
+        assert!(parse_voters("").is_err());
+    }
+
+    #[test]
+    fn toml_uses_flag_names_and_flags_override() {
+        let file = ConfigBuilder::from_toml_str(
+            "id = 4\nseed = [\"127.0.0.1:7400\"]\nvoters = [1, 2, 3]\ndata-dir = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        let flags = ConfigBuilder {
+            id: Some(NodeId(5)),
+            ..ConfigBuilder::default()
+        };
+        let c = file.overlay(flags).build().unwrap();
+        assert_eq!(c.id, NodeId(5));
+        assert_eq!(c.voters.len(), 3);
+        assert!(!c.is_voter());
+        assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn unknown_toml_key_is_named() {
+        let err = ConfigBuilder::from_toml_str("id = 1\nbogus = 2\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn no_port_after_the_last() {
+        let err = ConfigBuilder {
+            gossip: Some("127.0.0.1:65535".parse().unwrap()),
+            ..base()
+        }
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::NoPortAfter(_)));
+    }
+}

@@ -1,0 +1,155 @@
+//! The agent's HTTP API (see CONTRACT.md): `/v1/status`, `/metrics` and
+//! the dashboard page. A thin layer over the [`Mesh`] handle: it owns no
+//! state of its own.
+
+use std::future::Future;
+use std::io;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::mesh::Mesh;
+use crate::metrics::render_metric;
+
+/// The `/v1/status` body.
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    /// This node.
+    pub node_id: u64,
+    /// The leader this node knows, if any.
+    pub leader: Option<LeaderBody>,
+    /// True when this node is, or has heard directly from, a leader with a
+    /// valid lease.
+    pub quorum: bool,
+    /// This node's voter set.
+    pub voters: Vec<u64>,
+    /// This incarnation's generation.
+    pub generation: u64,
+    /// Every member this node knows, by id.
+    pub members: Vec<MemberBody>,
+}
+
+/// A leader and its epoch.
+#[derive(Debug, Serialize)]
+pub struct LeaderBody {
+    /// Leader id.
+    pub id: u64,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
+/// One member in `/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct MemberBody {
+    /// Node id.
+    pub id: u64,
+    /// `alive` or `dead`.
+    pub state: &'static str,
+    /// True when the member left gracefully (its `state` is then `dead`).
+    pub left: bool,
+    /// Incarnation.
+    pub generation: u64,
+    /// Gossip address.
+    pub gossip_addr: String,
+    /// RPC address.
+    pub rpc_addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+    /// In its voter set.
+    pub voter: bool,
+}
+
+/// Builds the status body from the node's current view.
+pub fn status(mesh: &Mesh) -> StatusBody {
+    let view = mesh.membership();
+    StatusBody {
+        node_id: mesh.id().0,
+        // The election is not wired yet: no leader is ever known, so
+        // `leader` is null and `quorum` false, as the contract says for
+        // a cluster without a leader.
+        leader: None,
+        quorum: false,
+        voters: mesh.config().voters.iter().map(|v| v.0).collect(),
+        generation: mesh.generation(),
+        members: view
+            .members()
+            .map(|m| MemberBody {
+                id: m.id.0,
+                state: m.state.as_contract_str(),
+                left: m.state == crate::MemberState::Left,
+                generation: m.generation,
+                gossip_addr: m.gossip_addr.to_string(),
+                rpc_addr: m.rpc_addr.to_string(),
+                http_addr: m.http_addr.to_string(),
+                voter: m.voter,
+            })
+            .collect(),
+    }
+}
+
+/// The API's routes over a node.
+pub fn router(mesh: Mesh) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/v1/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .fallback(not_found)
+        .with_state(mesh)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    mesh: Mesh,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    axum::serve(listener, router(mesh))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn get_status(State(mesh): State<Mesh>) -> Json<StatusBody> {
+    Json(status(&mesh))
+}
+
+async fn get_metrics(State(mesh): State<Mesh>) -> Response {
+    let view = mesh.membership();
+    let mut out = String::with_capacity(2048);
+    render_metric(
+        &mut out,
+        "coordmesh_members_alive",
+        "Members this node sees alive (itself included).",
+        "gauge",
+        view.alive().count() as u64,
+    );
+    render_metric(
+        &mut out,
+        "coordmesh_members_dead",
+        "Members this node sees dead or left.",
+        "gauge",
+        view.not_alive().count() as u64,
+    );
+    mesh.metrics().render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The contract's error body: `{"error": code, "message": text}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": code, "message": message})),
+    )
+        .into_response()
+}

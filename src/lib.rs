@@ -1,0 +1,70 @@
+//! # coordmesh
+//!
+//! An embeddable coordination mesh: peers find each other by gossip, and
+//! (as the project grows) elect a leader, take fenced locks through it and
+//! keep idempotency records, with no external server.
+//!
+//! ## Embedding a node
+//!
+//! A daemon starts a [`Mesh`] on its own tokio runtime and keeps the handle:
+//!
+//! ```no_run
+//! use coordmesh::{Config, ConfigBuilder, Mesh, NodeId};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConfigBuilder {
+//!     id: Some(NodeId(2)),
+//!     gossip: Some("127.0.0.1:7410".parse()?),
+//!     seed: Some(vec!["127.0.0.1:7400".into()]),
+//!     voters: Some(vec![NodeId(1), NodeId(2), NodeId(3)]),
+//!     ..ConfigBuilder::default()
+//! }
+//! .build()?;
+//! let mesh = Mesh::start(config).await?;
+//! for member in mesh.members() {
+//!     println!("{} is {:?}", member.id, member.state);
+//! }
+//! mesh.shutdown().await; // leave gracefully
+//! # Ok(()) }
+//! ```
+//!
+//! Changes arrive as a stream:
+//!
+//! ```
+//! # use coordmesh::{Config, Mesh, MemberEvent};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mesh = Mesh::start(Config::new(1, "127.0.0.1:0".parse()?)?).await?;
+//! let mut views = mesh.watch_members();
+//! // The node sees itself once its first gossip round has run.
+//! views.wait_for(|view| view.alive().count() == 1).await?;
+//! assert_eq!(mesh.members()[0].id, mesh.id());
+//! mesh.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layers
+//!
+//! - [`config`]: one validated [`Config`].
+//! - [`membership`]: chitchat gossip turned into a [`MembershipView`].
+//! - [`net`]: datagram sockets, real or simulated ([`net::SimNet`]).
+//! - [`sim`]: whole clusters in one process under virtual time.
+//! - [`http`]: the agent's HTTP API (`/v1/status`, `/metrics`).
+
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod http;
+pub mod membership;
+pub mod mesh;
+pub mod metrics;
+pub mod net;
+pub mod sim;
+
+pub use config::{Config, ConfigBuilder, ConfigError, NodeId};
+pub use membership::{Member, MemberEvent, MemberState, MembershipView};
+pub use mesh::{Environment, Mesh, StartError};
+
+/// The protocol version this build speaks; gossiped by every node and
+/// carried by every protocol message.
+pub const PROTOCOL_VERSION: u32 = 1;

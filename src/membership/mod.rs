@@ -1,0 +1,241 @@
+//! Membership by gossip: chitchat (scuttlebutt anti-entropy plus a
+//! phi-accrual failure detector) wired to our datagram layer, and turned
+//! into a [`MembershipView`] keyed by [`NodeId`] with a stream of
+//! [`MemberEvent`]s.
+//!
+//! This module owns the chitchat instance. Other layers read the view; they
+//! publish small facts about themselves through [`Membership::set_local`]
+//! (the election will gossip its leader hint and quorum mark there).
+
+mod meta;
+mod transport;
+mod view;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chitchat::{
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat,
+};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+pub use meta::{KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_RPC, KEY_VOTER, NodeMeta};
+pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
+
+use crate::config::{Config, NodeId};
+use crate::metrics::Metrics;
+pub(crate) use transport::GossipTransport;
+
+/// Membership events buffered per subscriber; a subscriber that falls
+/// further behind gets `RecvError::Lagged` and should re-read the view.
+pub const MEMBER_EVENTS_QUEUE_MAX: usize = 1024;
+
+/// How long a dead member's state is kept before chitchat forgets it: long
+/// enough for a partitioned node to come back as the same member.
+const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);
+
+/// The running gossip membership of one node.
+pub struct Membership {
+    self_id: NodeId,
+    handle: Mutex<Option<ChitchatHandle>>,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    view: watch::Receiver<Arc<MembershipView>>,
+    events: broadcast::Sender<MemberEvent>,
+    watcher: JoinHandle<()>,
+    leave_duration: Duration,
+}
+
+impl Membership {
+    /// Starts gossip on an already-bound socket.
+    pub(crate) async fn start(
+        config: &Config,
+        transport: GossipTransport,
+        generation: u64,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Membership> {
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.id.to_string(), generation, config.gossip_addr),
+            cluster_id: config.cluster.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.gossip_addr,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1000,
+                // A gap longer than this is not a heartbeat interval but an
+                // outage; keeping it would make detection slow for good.
+                max_interval: config.gossip_interval * 20,
+                // Before samples exist, assume the configured interval, so a
+                // node that dies right after joining is detected as fast.
+                initial_interval: config.gossip_interval,
+                dead_node_grace_period: DEAD_NODE_GRACE,
+            },
+            marked_for_deletion_grace_period: DEAD_NODE_GRACE,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let initial = NodeMeta::initial(config.rpc_addr, config.http_addr, config.is_voter());
+        let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
+        let chitchat = handle.chitchat();
+        let live_rx = chitchat.lock().await.live_nodes_watcher();
+        let (view_tx, view_rx) = watch::channel(Arc::new(MembershipView::empty(config.id)));
+        let (events_tx, _) = broadcast::channel(MEMBER_EVENTS_QUEUE_MAX);
+        let watcher = tokio::spawn(watch_loop(
+            config.id,
+            chitchat.clone(),
+            live_rx,
+            view_tx,
+            events_tx.clone(),
+            metrics,
+        ));
+        Ok(Membership {
+            self_id: config.id,
+            handle: Mutex::new(Some(handle)),
+            chitchat,
+            view: view_rx,
+            events: events_tx,
+            watcher,
+            leave_duration: config.leave_duration,
+        })
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<MembershipView> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every new view.
+    pub fn watch(&self) -> watch::Receiver<Arc<MembershipView>> {
+        self.view.clone()
+    }
+
+    /// A stream of changes from now on.
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes a key-value about this node to every peer.
+    pub async fn set_local(&self, key: &str, value: &str) {
+        self.chitchat.lock().await.self_node_state().set(key, value);
+    }
+
+    /// Leaves gracefully: gossips the `leaving` mark for the leave
+    /// duration so peers record a leave rather than a death, then stops.
+    pub async fn leave(&self) {
+        if self.handle_taken() {
+            return;
+        }
+        self.set_local(KEY_LEAVING, "1").await;
+        info!(id = %self.self_id, "leaving the cluster");
+        tokio::time::sleep(self.leave_duration).await;
+        self.stop().await;
+    }
+
+    /// Stops gossip at once, without telling anyone (peers will time the
+    /// node out as dead).
+    pub async fn stop(&self) {
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle
+            && let Err(err) = handle.shutdown().await
+        {
+            debug!(%err, "gossip stopped with an error");
+        }
+        self.watcher.abort();
+    }
+
+    fn handle_taken(&self) -> bool {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // Dropped without a leave (a killed node in a simulation, or a host
+        // that forgot `shutdown`): stop the tasks so the socket is freed.
+        if let Some(handle) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            handle.abort();
+        }
+        self.watcher.abort();
+    }
+}
+
+/// Rebuilds the view each time chitchat's live set (or a live node's
+/// state) changes, and publishes what changed.
+async fn watch_loop(
+    self_id: NodeId,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    mut live_rx: watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>>,
+    view_tx: watch::Sender<Arc<MembershipView>>,
+    events_tx: broadcast::Sender<MemberEvent>,
+    metrics: Arc<Metrics>,
+) {
+    // Generations seen alive at least once. chitchat lists a newly heard-of
+    // node as dead until two of its heartbeats arrived; that node is not a
+    // member yet, and a restarted node's new generation must not replace
+    // the old one before it is alive.
+    let mut seen_alive: HashSet<ChitchatId> = HashSet::new();
+    loop {
+        let (view, ignored) = {
+            let chitchat = chitchat.lock().await;
+            snapshot(self_id, &chitchat, &mut seen_alive)
+        };
+        metrics
+            .gossip_members_malformed
+            .store(ignored as u64, std::sync::atomic::Ordering::Relaxed);
+        let old = view_tx.borrow().clone();
+        if *old != view {
+            let events = view.changes_since(&old);
+            view_tx.send_replace(Arc::new(view));
+            for event in events {
+                Metrics::add(&metrics.membership_events, 1);
+                log_event(self_id, &event);
+                // No subscriber is fine: the view is still published.
+                let _ = events_tx.send(event);
+            }
+        }
+        if live_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn snapshot(
+    self_id: NodeId,
+    chitchat: &Chitchat,
+    seen_alive: &mut HashSet<ChitchatId>,
+) -> (MembershipView, usize) {
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    seen_alive.extend(live.iter().map(|id| (*id).clone()));
+    // Bounded by the gossip state: forget what chitchat forgot.
+    seen_alive.retain(|id| chitchat.node_state(id).is_some());
+    let observations = chitchat
+        .node_states()
+        .iter()
+        .filter(|(id, _)| seen_alive.contains(*id))
+        .map(|(id, state)| Observation {
+            node_id: &id.node_id,
+            generation: id.generation_id,
+            gossip_addr: id.gossip_advertise_addr,
+            live: live.contains(id),
+            meta: NodeMeta::parse(|key| state.get(key)),
+        });
+    MembershipView::from_observations(self_id, observations)
+}
+
+fn log_event(self_id: NodeId, event: &MemberEvent) {
+    let m = event.member();
+    let kind = match event {
+        MemberEvent::Joined(_) => "joined",
+        MemberEvent::Left(_) => "left",
+        MemberEvent::Died(_) => "died",
+        MemberEvent::Restarted(_) => "restarted",
+    };
+    info!(node = %self_id, member = %m.id, generation = m.generation, kind, "membership change");
+}

@@ -1,0 +1,380 @@
+//! Chitchat's transport, on the real network or the simulated one.
+//!
+//! **Real UDP.** chitchat 0.13 keeps its envelope codec crate-private, yet
+//! we must own the bytes on the wire (to count them now, and to seal them
+//! with the cluster secret). So the codec is reached through chitchat's own
+//! UDP socket, relayed on loopback: the *codec* socket (chitchat's) and a
+//! *tap* socket sit on `127.0.0.1` ephemeral ports, and only the *public*
+//! socket, bound at the gossip address, talks to peers.
+//!
+//! - send: chitchat's socket encodes the envelope to the tap; the tap hands
+//!   us the exact bytes; the public socket sends them to the peer.
+//! - recv: bytes from the public socket are injected into the codec socket,
+//!   followed by a *sentinel* datagram; the codec yields the decoded
+//!   envelope and then the sentinel. chitchat silently skips datagrams that
+//!   do not decode, so a sentinel arriving first means the peer's datagram
+//!   was malformed: it is counted and dropped, and nothing blocks.
+//!
+//! Datagrams from any other local sender to the codec or tap socket are
+//! ignored (the source address is checked).
+//!
+//! **Simulation.** Envelopes travel through chitchat's in-memory
+//! `ChannelTransport` (which still encodes and decodes every envelope and
+//! reports its size), with the [`SimNet`]'s partitions, loss, delay and
+//! reordering applied on the receiving side. Tokio's paused clock advances
+//! whenever all tasks wait, which would stretch any real-socket round trip,
+//! so the simulation uses no kernel socket at all.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as CodecSocket};
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::metrics::Metrics;
+use crate::net::{DATAGRAM_BYTES_MAX, Network, SimNet};
+
+/// The sentinel: a `BadCluster` message in wire format V1. Our nodes speak
+/// V0 (and answer in the version they were addressed in), so no honest
+/// datagram is a sentinel, and one that is (it would start with the
+/// sentinel's bytes) is dropped before decoding: decoded output equal to
+/// the sentinel can only be the sentinel.
+fn sentinel() -> ChitchatEnvelope {
+    ChitchatEnvelope {
+        version: ProtocolVersion::V1,
+        message: ChitchatMessage::BadCluster,
+    }
+}
+
+/// A gossip socket bound ahead of chitchat's start, so that bind errors
+/// (address in use) surface from `Mesh::start` naming the address.
+pub(crate) struct GossipTransport {
+    socket: Mutex<Option<Box<dyn Socket>>>,
+    local_addr: SocketAddr,
+}
+
+impl GossipTransport {
+    /// Binds the gossip address on `network`.
+    pub(crate) async fn bind(
+        network: &Network,
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<GossipTransport> {
+        let socket: Box<dyn Socket> = match network {
+            Network::Udp => Box::new(UdpRelay::bind(addr, metrics).await?),
+            Network::Sim(net) => Box::new(SimGossipSocket::bind(net, addr, metrics).await?),
+        };
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(GossipTransport {
+            socket: Mutex::new(Some(socket)),
+            local_addr,
+        })
+    }
+
+    /// The bound gossip address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+#[async_trait]
+impl Transport for GossipTransport {
+    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        self.socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .context("the gossip socket was already opened")
+    }
+}
+
+/// Codec output awaited after a datagram was injected for decoding.
+struct Inflight {
+    from: SocketAddr,
+    len: usize,
+    decoded: Option<ChitchatEnvelope>,
+}
+
+struct UdpRelay {
+    public: tokio::net::UdpSocket,
+    codec: CodecSocket,
+    codec_addr: SocketAddr,
+    tap: tokio::net::UdpSocket,
+    tap_addr: SocketAddr,
+    sentinel_bytes: Vec<u8>,
+    inflight: Option<Inflight>,
+    buf: Box<[u8]>,
+    metrics: Arc<Metrics>,
+}
+
+impl UdpRelay {
+    async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<UdpRelay> {
+        let public = tokio::net::UdpSocket::bind(addr).await?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut codec = CodecSocket::open(loopback)
+            .await
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        let codec_addr = codec
+            .local_addr()
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        let tap = tokio::net::UdpSocket::bind(loopback).await?;
+        let tap_addr = tap.local_addr()?;
+        let mut relay = UdpRelay {
+            public,
+            codec_addr,
+            tap,
+            tap_addr,
+            sentinel_bytes: Vec::new(),
+            inflight: None,
+            buf: vec![0u8; DATAGRAM_BYTES_MAX].into_boxed_slice(),
+            metrics,
+            codec: {
+                // Encode the sentinel once, through the codec itself.
+                codec
+                    .send(tap_addr, sentinel())
+                    .await
+                    .map_err(|e| io::Error::other(format!("{e:#}")))?;
+                codec
+            },
+        };
+        let len = relay.tap_recv().await?;
+        relay.sentinel_bytes = relay.buf[..len].to_vec();
+        Ok(relay)
+    }
+
+    /// Receives the codec's next encoding on the tap; returns its length
+    /// (bytes in `self.buf`).
+    async fn tap_recv(&mut self) -> io::Result<usize> {
+        loop {
+            let (len, from) = self.tap.recv_from(&mut self.buf).await?;
+            if from == self.codec_addr {
+                return Ok(len);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Socket for UdpRelay {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.public.local_addr()?)
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let tap_addr = self.tap_addr;
+        self.codec.send(tap_addr, envelope).await?;
+        let len = self.tap_recv().await?;
+        // Gossip tolerates loss: a failed send is counted, not an error
+        // (an error would be logged each round while a peer is down).
+        match self.public.send_to(&self.buf[..len], to).await {
+            Ok(n) => {
+                Metrics::add(&self.metrics.gossip_datagrams_sent, 1);
+                Metrics::add(&self.metrics.gossip_bytes_sent, n as u64);
+                Ok(SendOutcome { num_bytes_sent: n })
+            }
+            Err(err) => {
+                Metrics::add(&self.metrics.gossip_send_errors, 1);
+                debug!(%err, %to, "gossip send failed");
+                Ok(SendOutcome { num_bytes_sent: 0 })
+            }
+        }
+    }
+
+    /// Cancel-safe: chitchat polls this in a `select!`. Progress lives in
+    /// `self.inflight`, and every await is on a cancel-safe receive.
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            if let Some(inflight) = &mut self.inflight {
+                let out = self.codec.recv().await?;
+                if out.from_addr != self.tap_addr {
+                    continue; // a stray local sender
+                }
+                let is_sentinel = out.envelope == sentinel();
+                match inflight.decoded.take() {
+                    None if is_sentinel => {
+                        Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
+                        debug!(from = %inflight.from, len = inflight.len, "malformed gossip datagram dropped");
+                        self.inflight = None;
+                    }
+                    None => inflight.decoded = Some(out.envelope),
+                    Some(envelope) => {
+                        // `out` is the sentinel that followed the datagram.
+                        let done = RecvOutcome {
+                            from_addr: inflight.from,
+                            envelope,
+                            num_bytes_received: inflight.len,
+                        };
+                        self.inflight = None;
+                        Metrics::add(&self.metrics.gossip_datagrams_received, 1);
+                        return Ok(done);
+                    }
+                }
+                continue;
+            }
+            let (len, from) = match self.public.recv_from(&mut self.buf).await {
+                Ok(got) => got,
+                // ICMP errors from earlier sends surface here on Linux;
+                // they say nothing about this socket.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
+                Err(err) => return Err(err).context("gossip socket failed"),
+            };
+            Metrics::add(&self.metrics.gossip_bytes_received, len as u64);
+            if self.buf[..len].starts_with(&self.sentinel_bytes) {
+                Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
+                debug!(%from, "gossip datagram posing as the codec sentinel dropped");
+                continue;
+            }
+            // Loopback sends complete at once; `try_send_to` keeps this
+            // section free of await points (so a cancel cannot split it).
+            let injected = self
+                .tap
+                .try_send_to(&self.buf[..len], self.codec_addr)
+                .is_ok()
+                && self
+                    .tap
+                    .try_send_to(&self.sentinel_bytes, self.codec_addr)
+                    .is_ok();
+            if injected {
+                self.inflight = Some(Inflight {
+                    from,
+                    len,
+                    decoded: None,
+                });
+            } else {
+                // Cannot happen with an idle loopback socket; if it does,
+                // the datagram is lost like any other UDP datagram, and any
+                // half-injected bytes are skipped by the sentinel logic.
+                debug!(%from, "gossip datagram dropped: codec relay busy");
+            }
+        }
+    }
+}
+
+/// A simulated gossip socket: chitchat's in-memory transport for the
+/// envelopes, and the [`SimNet`]'s faults applied as they arrive.
+struct SimGossipSocket {
+    net: SimNet,
+    inner: Box<dyn Socket>,
+    local: SocketAddr,
+    /// Arrived envelopes waiting out their delay, earliest first.
+    pending: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    metrics: Arc<Metrics>,
+}
+
+struct Pending {
+    at: Instant,
+    seq: u64,
+    outcome: RecvOutcome,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl SimGossipSocket {
+    async fn bind(
+        net: &SimNet,
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<SimGossipSocket> {
+        let inner = net
+            .gossip_transport()
+            .open(addr)
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, format!("{e:#}")))?;
+        let local = inner
+            .local_addr()
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(SimGossipSocket {
+            net: net.clone(),
+            inner,
+            local,
+            pending: BinaryHeap::new(),
+            seq: 0,
+            metrics,
+        })
+    }
+}
+
+#[async_trait]
+impl Socket for SimGossipSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let outcome = self.inner.send(to, envelope).await?;
+        Metrics::add(&self.metrics.gossip_datagrams_sent, 1);
+        Metrics::add(
+            &self.metrics.gossip_bytes_sent,
+            outcome.num_bytes_sent as u64,
+        );
+        Ok(outcome)
+    }
+
+    /// Cancel-safe: arrivals are moved into `pending` before any await.
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let due = self.pending.peek().map(|Reverse(p)| p.at);
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    if let Some(Reverse(p)) = self.pending.pop() {
+                        // Cut while in flight: lost.
+                        if !self.net.link_up(p.outcome.from_addr.ip(), self.local.ip()) {
+                            continue;
+                        }
+                        Metrics::add(&self.metrics.gossip_datagrams_received, 1);
+                        Metrics::add(&self.metrics.gossip_bytes_received, p.outcome.num_bytes_received as u64);
+                        return Ok(p.outcome);
+                    }
+                }
+                arrived = self.inner.recv() => {
+                    let outcome = arrived?;
+                    if let Some(delay) = self.net.fate(outcome.from_addr.ip(), self.local.ip(), outcome.num_bytes_received) {
+                        self.seq += 1;
+                        self.pending.push(Reverse(Pending { at: Instant::now() + delay, seq: self.seq, outcome }));
+                    }
+                }
+            }
+        }
+    }
+}

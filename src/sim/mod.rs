@@ -1,0 +1,273 @@
+//! Simulated clusters: many full nodes ([`Mesh`]) in one process, on a
+//! [`SimNet`], under tokio's paused clock. Nodes run the same code as in
+//! production; only their sockets are simulated.
+//!
+//! Run under a paused clock (`#[tokio::test(start_paused = true)]`, or a
+//! runtime built with `start_paused(true)`): time then jumps whenever every
+//! task waits, so a minute of cluster life takes milliseconds.
+//!
+//! Every cluster logs its seed at creation. The seed drives the network's
+//! random faults; set `COORDMESH_SEED` to replay a run's faults. (chitchat
+//! picks gossip peers with its own RNG, so a replay is close, not exact.)
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use coordmesh::sim::SimCluster;
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let mut cluster = SimCluster::start(SimCluster::seed_from_env(), 3).await;
+//! cluster
+//!     .eventually(Duration::from_secs(5), "all see all", |c| c.all_see_alive(3))
+//!     .await;
+//! cluster.shutdown().await;
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{ConfigBuilder, NodeId};
+use crate::mesh::{Environment, Mesh};
+use crate::net::{Faults, Network, SimNet};
+
+/// Gossip port of every simulated node (each node is its own host).
+pub const SIM_GOSSIP_PORT: u16 = 7400;
+/// How many of the lowest ids every node uses as seeds.
+pub const SIM_SEEDS: u64 = 3;
+/// How often [`SimCluster::eventually`] re-checks its condition.
+pub const EVENTUALLY_POLL: Duration = Duration::from_millis(10);
+
+/// A node slot: its fixed identity, and the running node if any.
+struct Slot {
+    builder: ConfigBuilder,
+    mesh: Option<Mesh>,
+}
+
+/// A cluster of simulated nodes.
+pub struct SimCluster {
+    seed: u64,
+    net: SimNet,
+    voters: Vec<NodeId>,
+    slots: BTreeMap<NodeId, Slot>,
+    next_generation: u64,
+    /// Applied to every node's configuration (gossip interval, …).
+    pub tuning: ConfigBuilder,
+}
+
+impl SimCluster {
+    /// The seed from `COORDMESH_SEED`, or a random one.
+    pub fn seed_from_env() -> u64 {
+        std::env::var("COORDMESH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random)
+    }
+
+    /// An empty cluster whose voters are `voters`. Prints the seed.
+    pub fn new(seed: u64, voters: Vec<NodeId>) -> SimCluster {
+        eprintln!("simulation seed: {seed} (replay with COORDMESH_SEED={seed})");
+        SimCluster {
+            seed,
+            net: SimNet::new(seed),
+            voters,
+            slots: BTreeMap::new(),
+            next_generation: 1,
+            tuning: ConfigBuilder::default(),
+        }
+    }
+
+    /// Starts nodes `1..=n`, the first `min(n, 5)` of them voters.
+    pub async fn start(seed: u64, n: u64) -> SimCluster {
+        let voters = (1..=n.min(5)).map(NodeId).collect();
+        let mut cluster = SimCluster::new(seed, voters);
+        for id in 1..=n {
+            cluster.add(NodeId(id)).await;
+        }
+        cluster
+    }
+
+    /// The seed this cluster was made with.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The simulated network (faults, statistics).
+    pub fn net(&self) -> &SimNet {
+        &self.net
+    }
+
+    /// The simulated host address of a node.
+    pub fn host(id: NodeId) -> IpAddr {
+        // Virtual addresses in the loopback range: they never leave the
+        // process, and could not leave the machine if they did.
+        let n = id.0 as u32;
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            1 + (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+        ))
+    }
+
+    /// A node's gossip address.
+    pub fn gossip_addr(id: NodeId) -> SocketAddr {
+        SocketAddr::new(Self::host(id), SIM_GOSSIP_PORT)
+    }
+
+    /// Adds node `id` and starts it.
+    pub async fn add(&mut self, id: NodeId) {
+        let seeds = (1..=SIM_SEEDS)
+            .map(|s| Self::gossip_addr(NodeId(s)).to_string())
+            .collect();
+        let builder = ConfigBuilder {
+            id: Some(id),
+            gossip: Some(Self::gossip_addr(id)),
+            seed: Some(seeds),
+            voters: Some(self.voters.clone()),
+            ..ConfigBuilder::default()
+        };
+        self.slots.insert(
+            id,
+            Slot {
+                builder,
+                mesh: None,
+            },
+        );
+        self.restart(id).await;
+    }
+
+    /// Starts node `id` again as a new generation (it must be stopped).
+    pub async fn restart(&mut self, id: NodeId) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let tuning = self.tuning.clone();
+        let seed = self.seed;
+        let slot = self.slot_mut(id);
+        assert!(slot.mesh.is_none(), "node {id} is running; kill it first");
+        let config = tuning
+            .overlay(slot.builder.clone())
+            .build()
+            .unwrap_or_else(|e| panic!("simulated node {id} config: {e} (seed {seed})"));
+        let env = Environment {
+            network: Network::Sim(self.net.clone()),
+            generation,
+        };
+        let mesh = Mesh::start_with(config, env)
+            .await
+            .unwrap_or_else(|e| panic!("simulated node {id} failed to start: {e} (seed {seed})"));
+        self.slot_mut(id).mesh = Some(mesh);
+    }
+
+    /// Stops node `id` as a crash would: no leave, sockets closed.
+    pub async fn kill(&mut self, id: NodeId) {
+        if let Some(mesh) = self.slot_mut(id).mesh.take() {
+            mesh.kill().await;
+        }
+    }
+
+    /// Node `id` leaves gracefully.
+    pub async fn leave(&mut self, id: NodeId) {
+        if let Some(mesh) = self.slot_mut(id).mesh.take() {
+            mesh.shutdown().await;
+        }
+    }
+
+    /// The running node `id`.
+    pub fn mesh(&self, id: NodeId) -> &Mesh {
+        self.slots
+            .get(&id)
+            .and_then(|s| s.mesh.as_ref())
+            .unwrap_or_else(|| panic!("node {id} is not running (seed {})", self.seed))
+    }
+
+    /// Ids of running nodes.
+    pub fn running(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.mesh.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Splits the cluster; nodes not named are isolated from everyone.
+    pub fn partition(&self, groups: &[&[NodeId]]) {
+        let groups: Vec<Vec<IpAddr>> = groups
+            .iter()
+            .map(|g| g.iter().map(|id| Self::host(*id)).collect())
+            .collect();
+        self.net.partition(&groups);
+    }
+
+    /// Cuts `id` off from every other node.
+    pub fn isolate(&self, id: NodeId) {
+        let rest: Vec<NodeId> = self.slots.keys().copied().filter(|n| *n != id).collect();
+        self.partition(&[&[id], &rest]);
+    }
+
+    /// Removes partitions.
+    pub fn heal(&self) {
+        self.net.heal();
+    }
+
+    /// Sets random faults on every link.
+    pub fn set_faults(&self, faults: Faults) {
+        self.net.set_faults(faults);
+    }
+
+    /// True when every running node sees exactly `n` members alive.
+    pub fn all_see_alive(&self, n: usize) -> bool {
+        self.running()
+            .iter()
+            .all(|id| self.mesh(*id).membership().alive().count() == n)
+    }
+
+    /// True when every running node other than `id` sees `id` not alive.
+    pub fn all_see_gone(&self, id: NodeId) -> bool {
+        self.running().iter().filter(|n| **n != id).all(|n| {
+            self.mesh(*n)
+                .membership()
+                .get(id)
+                .is_none_or(|m| !m.is_alive())
+        })
+    }
+
+    /// Waits until `condition` holds, checking every [`EVENTUALLY_POLL`];
+    /// returns how long it took. Panics with the seed after `within`.
+    pub async fn eventually(
+        &self,
+        within: Duration,
+        what: &str,
+        mut condition: impl FnMut(&SimCluster) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            if condition(self) {
+                return start.elapsed();
+            }
+            if start.elapsed() >= within {
+                panic!(
+                    "not within {within:?}: {what} (seed {}; replay with COORDMESH_SEED={})",
+                    self.seed, self.seed
+                );
+            }
+            tokio::time::sleep(EVENTUALLY_POLL).await;
+        }
+    }
+
+    /// Kills every node (no leave): ends the simulation.
+    pub async fn shutdown(&mut self) {
+        for id in self.running() {
+            self.kill(id).await;
+        }
+    }
+
+    fn slot_mut(&mut self, id: NodeId) -> &mut Slot {
+        let seed = self.seed;
+        self.slots
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id} in the simulation (seed {seed})"))
+    }
+}

@@ -1,0 +1,190 @@
+//! Real `meshd agent` processes on loopback (tier 3): convergence, kill -9,
+//! SIGTERM leave, address in use. Ports are taken free at run time; every
+//! process started is ended (on drop, and by the kernel if the test dies).
+
+#[path = "../src/bin/meshd/procs.rs"]
+mod procs;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use procs::Agents;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshd");
+/// Generous: a loaded CI machine runs many tests at once.
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn agents(n: u64, dir: &Path) -> Agents {
+    let mut agents = Agents::new(Path::new(BIN), n, dir).expect("plan agents");
+    agents.start_all().expect("start agents");
+    agents
+}
+
+/// Goal: three agents converge, each listing three alive members with the
+/// contract's fields; a kill -9 is seen as dead; a SIGTERM is seen as a
+/// leave and the agent exits 0.
+#[test]
+fn three_agents_converge_detect_kill_and_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = agents(3, dir.path());
+    assert!(
+        a.wait_until(WITHIN, |a| a.all_see(&[1, 2, 3])).is_some(),
+        "agents did not converge; logs in {}",
+        dir.path().display()
+    );
+    let status = a.status(1).unwrap();
+    assert_eq!(status["node_id"], 1);
+    assert!(status["leader"].is_null());
+    assert_eq!(status["quorum"], false);
+    let m = &status["members"][0];
+    for field in [
+        "id",
+        "state",
+        "gossip_addr",
+        "rpc_addr",
+        "http_addr",
+        "voter",
+    ] {
+        assert!(!m[field].is_null(), "member field {field} missing: {m}");
+    }
+
+    a.kill9(3);
+    assert!(
+        a.wait_until(WITHIN, |a| a.all_see(&[1, 2])).is_some(),
+        "kill -9 of node 3 not seen"
+    );
+    let seen = a.status(1).unwrap();
+    let n3 = seen["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 3)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (n3["state"].as_str(), n3["left"].as_bool()),
+        (Some("dead"), Some(false))
+    );
+
+    let exit = a
+        .terminate(2, WITHIN)
+        .expect("node 2 did not exit on SIGTERM");
+    assert!(exit.success(), "node 2 exited with {exit:?}");
+    assert!(
+        a.wait_until(WITHIN, |a| {
+            a.status(1).is_some_and(|s| {
+                s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["id"] == 2 && m["left"] == true)
+            })
+        })
+        .is_some(),
+        "node 1 did not record node 2's leave"
+    );
+    assert!(
+        a.stop_all(WITHIN).is_empty(),
+        "an agent did not exit 0 on SIGTERM"
+    );
+}
+
+/// Goal: `/metrics` is Prometheus text with membership and gossip counts.
+#[test]
+fn metrics_report_members_and_gossip_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agents(2, dir.path());
+    assert!(a.wait_until(WITHIN, |a| a.all_see(&[1, 2])).is_some());
+    let text = procs::get_text(a.spec(1).http, "/metrics", Duration::from_secs(2)).unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    };
+    assert_eq!(value("coordmesh_members_alive "), 2.0);
+    assert_eq!(value("coordmesh_members_dead "), 0.0);
+    assert!(value("coordmesh_gossip_bytes_sent_total ") > 0.0);
+    assert!(value("coordmesh_gossip_bytes_received_total ") > 0.0);
+    assert_eq!(value("coordmesh_gossip_datagrams_malformed_total "), 0.0);
+}
+
+/// Goal: junk sent to the gossip port is counted and dropped, and the
+/// agent keeps gossiping.
+#[test]
+fn malformed_gossip_is_counted_and_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agents(2, dir.path());
+    assert!(a.wait_until(WITHIN, |a| a.all_see(&[1, 2])).is_some());
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for payload in [
+        &b""[..],
+        b"junk",
+        &[0xd3, 0xb0, 0x00, 0x00, 0xff][..],
+        &[0u8; 2000][..],
+    ] {
+        junk.send_to(payload, a.spec(1).gossip).unwrap();
+    }
+    let malformed = || {
+        procs::get_text(a.spec(1).http, "/metrics", Duration::from_secs(2))
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("coordmesh_gossip_datagrams_malformed_total ")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            })
+    };
+    assert!(
+        a.wait_until(WITHIN, |_| malformed() == Some(4)).is_some(),
+        "malformed count is {:?}",
+        malformed()
+    );
+    // Still gossiping: the peer stays alive in node 1's view for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.all_see(&[1, 2]));
+}
+
+/// Goal: an address already in use (gossip UDP or HTTP TCP) is an error
+/// naming it, exit 1.
+#[test]
+fn address_in_use_exits_1_naming_it() {
+    let held_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let held_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = |udp: bool| {
+        if udp {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        }
+    };
+    let cases = [
+        (held_udp.local_addr().unwrap(), free(false), "gossip"),
+        (free(true), held_tcp.local_addr().unwrap(), "http"),
+    ];
+    for (gossip, http, what) in cases {
+        let out = Command::new(BIN)
+            .args(["agent", "--id", "1", "--gossip", &gossip.to_string()])
+            .args([
+                "--rpc",
+                &free(true).to_string(),
+                "--http",
+                &http.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let addr = if what == "gossip" { gossip } else { http };
+        assert_eq!(out.status.code(), Some(1), "{what}: stderr: {err}");
+        assert!(
+            err.contains(&format!("{what} address {addr} is already in use")),
+            "stderr: {err}"
+        );
+    }
+}
