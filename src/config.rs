@@ -88,6 +88,10 @@ pub struct Config {
     pub phi_threshold: f64,
     /// How long a graceful leave keeps gossiping before it stops.
     pub leave_duration: Duration,
+    /// Compress gossip digests (chitchat wire format V1): about 5x fewer
+    /// bytes at 100 nodes, more CPU per message. Every node of a cluster
+    /// should use the same setting.
+    pub gossip_compression: bool,
 }
 
 impl Config {
@@ -144,6 +148,9 @@ pub struct ConfigBuilder {
     /// `--leave-ms`.
     #[serde(alias = "leave_ms")]
     pub leave_ms: Option<u64>,
+    /// `--gossip-compression`.
+    #[serde(alias = "gossip_compression")]
+    pub gossip_compression: Option<bool>,
 }
 
 impl ConfigBuilder {
@@ -185,6 +192,7 @@ impl ConfigBuilder {
             gossip_interval_ms: over.gossip_interval_ms.or(self.gossip_interval_ms),
             phi_threshold: over.phi_threshold.or(self.phi_threshold),
             leave_ms: over.leave_ms.or(self.leave_ms),
+            gossip_compression: over.gossip_compression.or(self.gossip_compression),
         }
     }
 
@@ -262,6 +270,7 @@ impl ConfigBuilder {
             gossip_interval: Duration::from_millis(gossip_interval_ms),
             phi_threshold,
             leave_duration: Duration::from_millis(leave_ms),
+            gossip_compression: self.gossip_compression.unwrap_or(false),
         })
     }
 }

@@ -102,9 +102,11 @@ impl Mesh {
     /// Starts a node in a given environment (simulations use this).
     pub async fn start_with(mut config: Config, env: Environment) -> Result<Mesh, StartError> {
         let metrics = Arc::new(Metrics::default());
-        let gossip = GossipTransport::bind(&env.network, config.gossip_addr, metrics.clone())
-            .await
-            .map_err(|e| StartError::from_bind("gossip", config.gossip_addr, e))?;
+        let format = crate::membership::wire_format(config.gossip_compression);
+        let gossip =
+            GossipTransport::bind(&env.network, config.gossip_addr, format, metrics.clone())
+                .await
+                .map_err(|e| StartError::from_bind("gossip", config.gossip_addr, e))?;
         // Port 0 asks for any free port; peers must be told the real one.
         config.gossip_addr = gossip.local_addr();
         let membership = Membership::start(&config, gossip, env.generation, metrics.clone())

@@ -198,3 +198,23 @@ async fn converges_and_detects_under_loss_and_reordering() {
     assert!(c.net().stats().dropped_random > 0, "no loss was injected");
     c.shutdown().await;
 }
+
+/// Goal: with digest compression (chitchat wire format V1) membership
+/// converges and detects a crash just the same.
+#[tokio::test(start_paused = true)]
+async fn converges_with_digest_compression() {
+    let mut c = SimCluster::new(
+        SimCluster::seed_from_env(),
+        vec![NodeId(1), NodeId(2), NodeId(3)],
+    );
+    c.tuning.gossip_compression = Some(true);
+    for id in 1..=6 {
+        c.add(NodeId(id)).await;
+    }
+    c.eventually(CONVERGE, "converged", |c| c.all_see_alive(6))
+        .await;
+    c.kill(NodeId(4)).await;
+    c.eventually(CONVERGE, "crash seen", |c| c.all_see_gone(NodeId(4)))
+        .await;
+    c.shutdown().await;
+}

@@ -37,6 +37,15 @@ pub const MEMBER_EVENTS_QUEUE_MAX: usize = 1024;
 /// enough for a partitioned node to come back as the same member.
 const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);
 
+/// chitchat's wire format: V1 compresses digests.
+pub(crate) fn wire_format(compression: bool) -> chitchat::ProtocolVersion {
+    if compression {
+        chitchat::ProtocolVersion::V1
+    } else {
+        chitchat::ProtocolVersion::V0
+    }
+}
+
 /// The running gossip membership of one node.
 pub struct Membership {
     self_id: NodeId,
@@ -76,7 +85,7 @@ impl Membership {
             marked_for_deletion_grace_period: DEAD_NODE_GRACE,
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
+            protocol_version: wire_format(config.gossip_compression),
         };
         let initial = NodeMeta::initial(config.rpc_addr, config.http_addr, config.is_voter());
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;

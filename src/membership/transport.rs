@@ -41,14 +41,18 @@ use tracing::debug;
 use crate::metrics::Metrics;
 use crate::net::{DATAGRAM_BYTES_MAX, Network, SimNet};
 
-/// The sentinel: a `BadCluster` message in wire format V1. Our nodes speak
-/// V0 (and answer in the version they were addressed in), so no honest
-/// datagram is a sentinel, and one that is (it would start with the
-/// sentinel's bytes) is dropped before decoding: decoded output equal to
-/// the sentinel can only be the sentinel.
-fn sentinel() -> ChitchatEnvelope {
+/// The sentinel: a `BadCluster` message in the wire format this node does
+/// not speak. Peers answer in the format they were addressed in, so only a
+/// peer of another cluster name would ever send one; input that starts with
+/// the sentinel's bytes is dropped before decoding, so decoded output equal
+/// to the sentinel can only be the sentinel.
+fn sentinel(ours: ProtocolVersion) -> ChitchatEnvelope {
+    let other = match ours {
+        ProtocolVersion::V0 => ProtocolVersion::V1,
+        _ => ProtocolVersion::V0,
+    };
     ChitchatEnvelope {
-        version: ProtocolVersion::V1,
+        version: other,
         message: ChitchatMessage::BadCluster,
     }
 }
@@ -65,10 +69,11 @@ impl GossipTransport {
     pub(crate) async fn bind(
         network: &Network,
         addr: SocketAddr,
+        format: ProtocolVersion,
         metrics: Arc<Metrics>,
     ) -> io::Result<GossipTransport> {
         let socket: Box<dyn Socket> = match network {
-            Network::Udp => Box::new(UdpRelay::bind(addr, metrics).await?),
+            Network::Udp => Box::new(UdpRelay::bind(addr, format, metrics).await?),
             Network::Sim(net) => Box::new(SimGossipSocket::bind(net, addr, metrics).await?),
         };
         let local_addr = socket
@@ -111,13 +116,18 @@ struct UdpRelay {
     tap: tokio::net::UdpSocket,
     tap_addr: SocketAddr,
     sentinel_bytes: Vec<u8>,
+    format: ProtocolVersion,
     inflight: Option<Inflight>,
     buf: Box<[u8]>,
     metrics: Arc<Metrics>,
 }
 
 impl UdpRelay {
-    async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<UdpRelay> {
+    async fn bind(
+        addr: SocketAddr,
+        format: ProtocolVersion,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<UdpRelay> {
         let public = tokio::net::UdpSocket::bind(addr).await?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut codec = CodecSocket::open(loopback)
@@ -134,13 +144,14 @@ impl UdpRelay {
             tap,
             tap_addr,
             sentinel_bytes: Vec::new(),
+            format,
             inflight: None,
             buf: vec![0u8; DATAGRAM_BYTES_MAX].into_boxed_slice(),
             metrics,
             codec: {
                 // Encode the sentinel once, through the codec itself.
                 codec
-                    .send(tap_addr, sentinel())
+                    .send(tap_addr, sentinel(format))
                     .await
                     .map_err(|e| io::Error::other(format!("{e:#}")))?;
                 codec
@@ -202,7 +213,7 @@ impl Socket for UdpRelay {
                 if out.from_addr != self.tap_addr {
                     continue; // a stray local sender
                 }
-                let is_sentinel = out.envelope == sentinel();
+                let is_sentinel = out.envelope == sentinel(self.format);
                 match inflight.decoded.take() {
                     None if is_sentinel => {
                         Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);

@@ -43,6 +43,9 @@ struct MembershipArgs {
     /// Seed of the simulated network.
     #[arg(long)]
     seed: Option<u64>,
+    /// Compress gossip digests (chitchat wire format V1).
+    #[arg(long)]
+    compression: bool,
     /// Virtual seconds over which bandwidth is measured.
     #[arg(long, default_value_t = 10)]
     window_s: u64,
@@ -92,7 +95,10 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), S
 fn membership(args: MembershipArgs) -> Result<(), String> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let window = Duration::from_secs(args.window_s.max(1));
-    println!("membership benchmark: simulated clusters, 100 ms gossip, virtual time, seed {seed}");
+    println!(
+        "membership benchmark: simulated clusters, 100 ms gossip, virtual time, seed {seed}, digest compression {}",
+        if args.compression { "on" } else { "off" }
+    );
     println!(
         "{:>6}  {:>14}  {:>14}  {:>16}  {:>10}",
         "nodes", "all-see-all", "crash-seen-all", "bytes/node/s", "wall time"
@@ -109,7 +115,11 @@ fn membership(args: MembershipArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let wall = Instant::now();
         let row = runtime.block_on(async {
-            let mut cluster = SimCluster::start(seed, n).await;
+            let mut cluster = SimCluster::new(seed, (1..=n.min(5)).map(NodeId).collect());
+            cluster.tuning.gossip_compression = Some(args.compression);
+            for id in 1..=n {
+                cluster.add(NodeId(id)).await;
+            }
             let converge = cluster
                 .eventually(Duration::from_secs(120), "all see all", |c| {
                     c.all_see_alive(n as usize)
