@@ -253,6 +253,11 @@ impl ConfigBuilder {
         if !(2.0..=64.0).contains(&phi_threshold) {
             return Err(ConfigError::InvalidPhiThreshold(phi_threshold));
         }
+        // Refused rather than ignored: a cluster believed closed must not
+        // silently run open.
+        if let Some(path) = &self.cluster_key {
+            return Err(ConfigError::ClusterKeyUnsupported(path.clone()));
+        }
         let leave_ms = self.leave_ms.unwrap_or(DEFAULT_LEAVE_MS);
         if leave_ms > 10_000 {
             return Err(ConfigError::InvalidLeave(leave_ms));
@@ -362,6 +367,13 @@ pub enum ConfigError {
     /// Leave duration over 10 s.
     #[error("invalid leave duration {0} ms: expected at most 10000")]
     InvalidLeave(u64),
+    /// Sealed gossip and mutual TLS are not in this build yet; run without
+    /// a cluster key (an open cluster) until they are.
+    #[error(
+        "--cluster-key {}: sealed gossip and mutual TLS are not implemented in this build yet; run without it (open cluster)",
+        .0.display()
+    )]
+    ClusterKeyUnsupported(PathBuf),
     /// The config file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     ReadFile {
@@ -486,6 +498,17 @@ mod tests {
     fn unknown_toml_key_is_named() {
         let err = ConfigBuilder::from_toml_str("id = 1\nbogus = 2\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn cluster_key_is_refused_until_sealing_exists() {
+        let err = ConfigBuilder {
+            cluster_key: Some(PathBuf::from("/etc/mesh.key")),
+            ..base()
+        }
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::ClusterKeyUnsupported(_)));
     }
 
     #[test]
