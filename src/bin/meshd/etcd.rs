@@ -5,12 +5,11 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::procs::{free_gossip_port, get_json};
+use crate::procs::{die_with_parent, free_gossip_port, get_json};
 
 /// One etcd member.
 pub struct Member {
@@ -78,13 +77,7 @@ impl EtcdCluster {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);
-            // SAFETY: as in procs.rs: only prctl in the child.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
             members.push(Member {
                 name,
                 client,

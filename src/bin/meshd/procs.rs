@@ -181,14 +181,7 @@ impl Agents {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours;
-        // it asks the kernel to SIGKILL the child if we die first.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn()?;
         self.children.insert(id, child);
         Ok(())
@@ -304,6 +297,18 @@ impl Drop for Agents {
         for id in self.running() {
             self.kill9(id);
         }
+    }
+}
+
+/// Makes the child of `cmd` die (SIGKILL) if this process dies first, so a
+/// crashed demo, benchmark or test leaves no orphan behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
