@@ -90,6 +90,46 @@ fn three_agents_converge_detect_kill_and_leave() {
     );
 }
 
+/// Goal: `meshd status` prints a table of members, and `--json` prints
+/// `/v1/status`; an unreachable agent is an error, exit 1.
+#[test]
+fn status_command_prints_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agents(2, dir.path());
+    assert!(a.wait_until(WITHIN, |a| a.all_see(&[1, 2])).is_some());
+    let http = a.spec(2).http.to_string();
+    let out = Command::new(BIN)
+        .args(["status", "--http", &http])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.starts_with("node 2 | leader: none known"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("alive")).count(),
+        2,
+        "{table}"
+    );
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--http", &http])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["node_id"], 2);
+    assert_eq!(json["members"].as_array().unwrap().len(), 2);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--http", &closed.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&closed.to_string()));
+}
+
 /// Goal: `/metrics` is Prometheus text with membership and gossip counts.
 #[test]
 fn metrics_report_members_and_gossip_bytes() {
