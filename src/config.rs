@@ -204,6 +204,10 @@ impl ConfigBuilder {
             return Err(ConfigError::InvalidCluster(cluster));
         }
         let gossip_addr = self.gossip.unwrap_or(DEFAULT_GOSSIP_ADDR);
+        // The gossip address is also what peers are told to dial.
+        if gossip_addr.ip().is_unspecified() {
+            return Err(ConfigError::UnspecifiedGossip(gossip_addr));
+        }
         let rpc_addr = match self.rpc {
             Some(addr) => addr,
             None => port_after(gossip_addr, 1)?,
@@ -325,6 +329,10 @@ pub enum ConfigError {
     /// The cluster name is empty or too long.
     #[error("invalid cluster name {0:?}: expected 1-{CLUSTER_NAME_BYTES_MAX} bytes")]
     InvalidCluster(String),
+    /// The gossip address is advertised to peers, so it must be one they
+    /// can dial, not a wildcard.
+    #[error("gossip address {0} is a wildcard; give the address peers should dial")]
+    UnspecifiedGossip(SocketAddr),
     /// `--rpc`/`--http` default to the gossip port plus 1 and 2.
     #[error(
         "gossip address {0} leaves no room for the default rpc/http ports; give --rpc and --http"
@@ -509,6 +517,19 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(matches!(err, ConfigError::ClusterKeyUnsupported(_)));
+    }
+
+    #[test]
+    fn wildcard_gossip_address_is_refused() {
+        for addr in ["0.0.0.0:7400", "[::]:7400"] {
+            let err = ConfigBuilder {
+                gossip: Some(addr.parse().unwrap()),
+                ..base()
+            }
+            .build()
+            .unwrap_err();
+            assert!(matches!(err, ConfigError::UnspecifiedGossip(_)), "{addr}");
+        }
     }
 
     #[test]
