@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use coordmesh::net::Faults;
 use coordmesh::sim::SimCluster;
-use coordmesh::{MemberEvent, MemberState, NodeId};
+use coordmesh::{ConfigBuilder, MemberEvent, MemberState, NodeId};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -203,14 +203,11 @@ async fn converges_and_detects_under_loss_and_reordering() {
 /// converges and detects a crash just the same.
 #[tokio::test(start_paused = true)]
 async fn converges_with_digest_compression() {
-    let mut c = SimCluster::new(
-        SimCluster::seed_from_env(),
-        vec![NodeId(1), NodeId(2), NodeId(3)],
-    );
-    c.tuning.gossip_compression = Some(true);
-    for id in 1..=6 {
-        c.add(NodeId(id)).await;
-    }
+    let tuning = ConfigBuilder {
+        gossip_compression: Some(true),
+        ..ConfigBuilder::default()
+    };
+    let mut c = SimCluster::start_tuned(SimCluster::seed_from_env(), 6, tuning).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(6))
         .await;
     c.kill(NodeId(4)).await;

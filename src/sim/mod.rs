@@ -81,8 +81,14 @@ impl SimCluster {
 
     /// Starts nodes `1..=n`, the first `min(n, 5)` of them voters.
     pub async fn start(seed: u64, n: u64) -> SimCluster {
+        SimCluster::start_tuned(seed, n, ConfigBuilder::default()).await
+    }
+
+    /// As [`SimCluster::start`], with `tuning` applied to every node.
+    pub async fn start_tuned(seed: u64, n: u64, tuning: ConfigBuilder) -> SimCluster {
         let voters = (1..=n.min(5)).map(NodeId).collect();
         let mut cluster = SimCluster::new(seed, voters);
+        cluster.tuning = tuning;
         for id in 1..=n {
             cluster.add(NodeId(id)).await;
         }

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use coordmesh::NodeId;
 use coordmesh::sim::SimCluster;
+use coordmesh::{ConfigBuilder, NodeId};
 use serde_json::json;
 
 use crate::etcd::EtcdCluster;
@@ -115,11 +115,11 @@ fn membership(args: MembershipArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let wall = Instant::now();
         let row = runtime.block_on(async {
-            let mut cluster = SimCluster::new(seed, (1..=n.min(5)).map(NodeId).collect());
-            cluster.tuning.gossip_compression = Some(args.compression);
-            for id in 1..=n {
-                cluster.add(NodeId(id)).await;
-            }
+            let tuning = ConfigBuilder {
+                gossip_compression: Some(args.compression),
+                ..ConfigBuilder::default()
+            };
+            let mut cluster = SimCluster::start_tuned(seed, n, tuning).await;
             let converge = cluster
                 .eventually(Duration::from_secs(120), "all see all", |c| {
                     c.all_see_alive(n as usize)
