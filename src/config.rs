@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::{ClusterSecret, SecretError};
+
 /// A node's identity: unique in the cluster, ordered numerically (the
 /// lowest live id is the preferred leader).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,6 +84,11 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// File holding the cluster secret; `None` is an open cluster.
     pub cluster_key: Option<PathBuf>,
+    /// The cluster secret, loaded from `cluster_key` by
+    /// [`ConfigBuilder::build`] (embedders may set it directly). `None`
+    /// runs an open cluster.
+    #[serde(skip)]
+    pub cluster_secret: Option<ClusterSecret>,
     /// Gossip round interval.
     pub gossip_interval: Duration,
     /// Phi-accrual failure detector threshold.
@@ -216,7 +223,7 @@ impl ConfigBuilder {
             Some(addr) => addr,
             None => port_after(gossip_addr, 2)?,
         };
-        if rpc_addr == gossip_addr {
+        if rpc_addr == gossip_addr && rpc_addr.port() != 0 {
             return Err(ConfigError::AddressClash {
                 what: "--rpc",
                 addr: rpc_addr,
@@ -257,11 +264,11 @@ impl ConfigBuilder {
         if !(2.0..=64.0).contains(&phi_threshold) {
             return Err(ConfigError::InvalidPhiThreshold(phi_threshold));
         }
-        // Refused rather than ignored: a cluster believed closed must not
-        // silently run open.
-        if let Some(path) = &self.cluster_key {
-            return Err(ConfigError::ClusterKeyUnsupported(path.clone()));
-        }
+        // Loaded now, so a bad key file is a config error and nothing starts.
+        let cluster_secret = match &self.cluster_key {
+            Some(path) => Some(ClusterSecret::load(path).map_err(ConfigError::ClusterKey)?),
+            None => None,
+        };
         let leave_ms = self.leave_ms.unwrap_or(DEFAULT_LEAVE_MS);
         if leave_ms > 10_000 {
             return Err(ConfigError::InvalidLeave(leave_ms));
@@ -276,6 +283,7 @@ impl ConfigBuilder {
             voters: sorted,
             data_dir: self.data_dir,
             cluster_key: self.cluster_key,
+            cluster_secret,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
             phi_threshold,
             leave_duration: Duration::from_millis(leave_ms),
@@ -290,6 +298,11 @@ pub fn parse_voters(list: &str) -> Result<Vec<NodeId>, ConfigError> {
 }
 
 fn port_after(addr: SocketAddr, offset: u16) -> Result<SocketAddr, ConfigError> {
+    // Port 0 (any free port) stays 0 for each listener; the node then
+    // advertises the ports it was given.
+    if addr.port() == 0 {
+        return Ok(addr);
+    }
     let port = addr
         .port()
         .checked_add(offset)
@@ -375,13 +388,9 @@ pub enum ConfigError {
     /// Leave duration over 10 s.
     #[error("invalid leave duration {0} ms: expected at most 10000")]
     InvalidLeave(u64),
-    /// Sealed gossip and mutual TLS are not in this build yet; run without
-    /// a cluster key (an open cluster) until they are.
-    #[error(
-        "--cluster-key {}: sealed gossip and mutual TLS are not implemented in this build yet; run without it (open cluster)",
-        .0.display()
-    )]
-    ClusterKeyUnsupported(PathBuf),
+    /// The `--cluster-key` file is missing, unreadable or malformed.
+    #[error("{0}")]
+    ClusterKey(SecretError),
     /// The config file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     ReadFile {
@@ -509,14 +518,43 @@ mod tests {
     }
 
     #[test]
-    fn cluster_key_is_refused_until_sealing_exists() {
-        let err = ConfigBuilder {
-            cluster_key: Some(PathBuf::from("/etc/mesh.key")),
+    fn cluster_key_is_loaded_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.key");
+        let secret = ClusterSecret::generate().unwrap();
+        secret.write_new(&good).unwrap();
+        let c = ConfigBuilder {
+            cluster_key: Some(good),
             ..base()
         }
         .build()
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::ClusterKeyUnsupported(_)));
+        .unwrap();
+        assert_eq!(c.cluster_secret, Some(secret));
+
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, "not hex\n").unwrap();
+        for path in [bad, dir.path().join("missing.key")] {
+            let err = ConfigBuilder {
+                cluster_key: Some(path.clone()),
+                ..base()
+            }
+            .build()
+            .unwrap_err();
+            assert!(matches!(err, ConfigError::ClusterKey(_)), "{err}");
+            assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+        }
+    }
+
+    #[test]
+    fn port_zero_means_any_port_for_every_listener() {
+        let c = ConfigBuilder {
+            gossip: Some("127.0.0.1:0".parse().unwrap()),
+            ..base()
+        }
+        .build()
+        .unwrap();
+        assert_eq!(c.rpc_addr.port(), 0);
+        assert_eq!(c.http_addr.port(), 0);
     }
 
     #[test]

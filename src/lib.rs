@@ -59,11 +59,14 @@ pub mod membership;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod rpc;
+pub mod secret;
 pub mod sim;
 
 pub use config::{Config, ConfigBuilder, ConfigError, NodeId};
 pub use membership::{Member, MemberEvent, MemberState, MembershipView};
 pub use mesh::{Environment, Mesh, StartError};
+pub use secret::ClusterSecret;
 
 /// The protocol version this build speaks; gossiped by every node and
 /// carried by every protocol message.

@@ -8,12 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::{Config, NodeId};
 use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
 use crate::metrics::Metrics;
 use crate::net::Network;
+use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
+use crate::secret::ClusterSecret;
 
 /// What a node is run with besides its configuration: its network and its
 /// incarnation number. Real nodes use [`Environment::real`]; simulations
@@ -91,6 +96,33 @@ struct Inner {
     generation: u64,
     metrics: Arc<Metrics>,
     membership: Membership,
+    rpc: Rpc,
+}
+
+/// What every node serves over RPC until the protocol drivers arrive:
+/// pings.
+struct NodeService {
+    id: NodeId,
+    generation: u64,
+}
+
+#[async_trait]
+impl Service for NodeService {
+    async fn request(&self, _from: NodeId, request: Request) -> Result<Response, Rejection> {
+        match request {
+            Request::Ping(Ping { payload }) => Ok(Response::Pong(Pong {
+                id: self.id,
+                generation: self.generation,
+                payload,
+            })),
+        }
+    }
+
+    async fn message(&self, from: NodeId, message: Message) {
+        match message {
+            Message::Ping(_) => tracing::trace!(%from, "one-way ping"),
+        }
+    }
 }
 
 impl Mesh {
@@ -103,22 +135,52 @@ impl Mesh {
     pub async fn start_with(mut config: Config, env: Environment) -> Result<Mesh, StartError> {
         let metrics = Arc::new(Metrics::default());
         let format = crate::membership::wire_format(config.gossip_compression);
-        let gossip =
-            GossipTransport::bind(&env.network, config.gossip_addr, format, metrics.clone())
-                .await
-                .map_err(|e| StartError::from_bind("gossip", config.gossip_addr, e))?;
+        let gossip = GossipTransport::bind(
+            &env.network,
+            config.gossip_addr,
+            format,
+            config.cluster_secret.as_ref(),
+            metrics.clone(),
+        )
+        .await
+        .map_err(|e| StartError::from_bind("gossip", config.gossip_addr, e))?;
         // Port 0 asks for any free port; peers must be told the real one.
         config.gossip_addr = gossip.local_addr();
-        let membership = Membership::start(&config, gossip, env.generation, metrics.clone())
-            .await
-            .map_err(|e| StartError::Gossip(format!("{e:#}")))?;
-        tracing::info!(id = %config.id, gossip = %config.gossip_addr, generation = env.generation, "node started");
+        let secret = config
+            .cluster_secret
+            .clone()
+            .unwrap_or_else(ClusterSecret::open_cluster);
+        let service = Arc::new(NodeService {
+            id: config.id,
+            generation: env.generation,
+        });
+        let rpc = Rpc::bind(
+            &env.network,
+            config.rpc_addr,
+            config.id,
+            &secret,
+            service,
+            metrics.clone(),
+        )
+        .await
+        .map_err(|e| StartError::from_bind("rpc", config.rpc_addr, e))?;
+        config.rpc_addr = rpc.local_addr();
+        let membership =
+            match Membership::start(&config, gossip, env.generation, metrics.clone()).await {
+                Ok(membership) => membership,
+                Err(e) => {
+                    rpc.close().await;
+                    return Err(StartError::Gossip(format!("{e:#}")));
+                }
+            };
+        tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, generation = env.generation, "node started");
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config,
                 generation: env.generation,
                 metrics,
                 membership,
+                rpc,
             }),
         })
     }
@@ -158,6 +220,26 @@ impl Mesh {
         self.inner.membership.events()
     }
 
+    /// This node's RPC endpoint, for calls to peers by address.
+    pub fn rpc(&self) -> &Rpc {
+        &self.inner.rpc
+    }
+
+    /// Pings a live member over RPC and returns its answer.
+    pub async fn ping(&self, node: NodeId, timeout: Duration) -> Result<Pong, RpcError> {
+        let view = self.membership();
+        let member = view.get(node).filter(|m| m.is_alive());
+        let Some(member) = member else {
+            return Err(RpcError::UnknownPeer { node });
+        };
+        let ping = Request::Ping(Ping {
+            payload: Vec::new(),
+        });
+        match self.inner.rpc.call(member.rpc_addr, ping, timeout).await? {
+            Response::Pong(pong) => Ok(pong),
+        }
+    }
+
     /// This node's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -167,11 +249,13 @@ impl Mesh {
     /// Peers record a leave, not a death. Calling it again does nothing.
     pub async fn shutdown(&self) {
         self.inner.membership.leave().await;
+        self.inner.rpc.close().await;
     }
 
     /// Stops at once without telling peers, as a crash would (peers time
     /// the node out). Used by simulations to kill a node.
     pub async fn kill(&self) {
         self.inner.membership.stop().await;
+        self.inner.rpc.close().await;
     }
 }

@@ -18,6 +18,13 @@ pub struct Metrics {
     pub gossip_bytes_received: AtomicU64,
     /// Gossip datagrams dropped because they did not decode.
     pub gossip_datagrams_malformed: AtomicU64,
+    /// Sealed gossip datagrams that failed authentication (another key,
+    /// or altered in transit).
+    pub gossip_datagrams_unauthenticated: AtomicU64,
+    /// Sealed gossip datagrams dropped as replays.
+    pub gossip_datagrams_replayed: AtomicU64,
+    /// Sealed gossip datagrams dropped as too old (or from the future).
+    pub gossip_datagrams_stale: AtomicU64,
     /// Gossip datagrams that could not be sent (socket error, too large).
     pub gossip_send_errors: AtomicU64,
     /// Peers currently ignored because their id or gossip metadata did
@@ -25,6 +32,24 @@ pub struct Metrics {
     pub gossip_members_malformed: AtomicU64,
     /// Membership events published (joined, left, died, restarted).
     pub membership_events: AtomicU64,
+    /// RPC calls made.
+    pub rpc_calls: AtomicU64,
+    /// RPC calls that failed (timeout, unreachable, refused).
+    pub rpc_call_errors: AtomicU64,
+    /// RPC requests received and handed to the service.
+    pub rpc_requests_served: AtomicU64,
+    /// One-way RPC messages sent.
+    pub rpc_messages_sent: AtomicU64,
+    /// One-way RPC messages received.
+    pub rpc_messages_received: AtomicU64,
+    /// RPC frames dropped or refused: undecodable, too large, unknown version, too slow.
+    pub rpc_frames_rejected: AtomicU64,
+    /// Outgoing RPC connections attempted.
+    pub rpc_connections_dialed: AtomicU64,
+    /// RPC handshakes that failed, either way (most often a peer without the cluster secret).
+    pub rpc_handshake_failures: AtomicU64,
+    /// Incoming RPC connections refused at the connection bound.
+    pub rpc_connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -35,7 +60,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 8] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 20] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -67,6 +92,24 @@ impl Metrics {
                 &self.gossip_datagrams_malformed,
             ),
             (
+                "coordmesh_gossip_datagrams_unauthenticated_total",
+                "counter",
+                "Sealed gossip datagrams that failed authentication.",
+                &self.gossip_datagrams_unauthenticated,
+            ),
+            (
+                "coordmesh_gossip_datagrams_replayed_total",
+                "counter",
+                "Sealed gossip datagrams dropped as replays.",
+                &self.gossip_datagrams_replayed,
+            ),
+            (
+                "coordmesh_gossip_datagrams_stale_total",
+                "counter",
+                "Sealed gossip datagrams dropped as too old or from the future.",
+                &self.gossip_datagrams_stale,
+            ),
+            (
                 "coordmesh_gossip_send_errors_total",
                 "counter",
                 "Gossip datagrams that could not be sent.",
@@ -83,6 +126,60 @@ impl Metrics {
                 "counter",
                 "Membership changes observed (joined, left, died, restarted).",
                 &self.membership_events,
+            ),
+            (
+                "coordmesh_rpc_calls_total",
+                "counter",
+                "RPC calls made.",
+                &self.rpc_calls,
+            ),
+            (
+                "coordmesh_rpc_call_errors_total",
+                "counter",
+                "RPC calls that failed.",
+                &self.rpc_call_errors,
+            ),
+            (
+                "coordmesh_rpc_requests_served_total",
+                "counter",
+                "RPC requests served.",
+                &self.rpc_requests_served,
+            ),
+            (
+                "coordmesh_rpc_messages_sent_total",
+                "counter",
+                "One-way RPC messages sent.",
+                &self.rpc_messages_sent,
+            ),
+            (
+                "coordmesh_rpc_messages_received_total",
+                "counter",
+                "One-way RPC messages received.",
+                &self.rpc_messages_received,
+            ),
+            (
+                "coordmesh_rpc_frames_rejected_total",
+                "counter",
+                "RPC frames rejected (undecodable, too large, unknown version, too slow).",
+                &self.rpc_frames_rejected,
+            ),
+            (
+                "coordmesh_rpc_connections_dialed_total",
+                "counter",
+                "Outgoing RPC connections attempted.",
+                &self.rpc_connections_dialed,
+            ),
+            (
+                "coordmesh_rpc_handshake_failures_total",
+                "counter",
+                "RPC handshakes that failed (e.g. a peer without the cluster secret).",
+                &self.rpc_handshake_failures,
+            ),
+            (
+                "coordmesh_rpc_connections_refused_total",
+                "counter",
+                "Incoming RPC connections refused at the bound.",
+                &self.rpc_connections_refused,
             ),
         ];
         for (name, kind, help, value) in metrics {

@@ -244,3 +244,48 @@ fn address_in_use_exits_1_naming_it() {
         );
     }
 }
+
+/// Goal: agents sharing a `meshd keygen` secret form a cluster; an agent
+/// without it, seeded to them, stays alone and is never listed. Method:
+/// three keyed agents and one open one; check every view after the keyed
+/// three converge and ten more gossip rounds pass.
+#[test]
+fn keyed_agents_shut_out_a_keyless_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut a = Agents::new(Path::new(BIN), 4, dir.path()).expect("plan agents");
+    a.extra_args = vec!["--cluster-key".into(), key.display().to_string()];
+    for id in 1..=3 {
+        a.start(id).unwrap();
+    }
+    a.extra_args.clear();
+    a.start(4).unwrap();
+    assert!(
+        a.wait_until(WITHIN, |a| {
+            (1..=3).all(|id| a.alive_seen_by(id) == Some(vec![1, 2, 3]))
+                && a.alive_seen_by(4) == Some(vec![4])
+        })
+        .is_some(),
+        "keyed agents did not converge; logs in {}",
+        dir.path().display()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for id in 1..=3 {
+        let status = a.status(id).unwrap();
+        let ids: Vec<u64> = status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3], "agent {id} lists an outsider");
+    }
+    assert_eq!(a.alive_seen_by(4), Some(vec![4]));
+    a.stop_all(WITHIN);
+}

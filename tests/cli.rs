@@ -88,3 +88,62 @@ fn unreadable_or_invalid_config_file() {
 fn unknown_subcommand() {
     refused(&["frobnicate"], "frobnicate");
 }
+
+#[test]
+fn bad_cluster_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.key");
+    let missing = missing.to_str().unwrap();
+    refused(&["agent", "--id", "1", "--cluster-key", missing], missing);
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "0123 not a key\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    refused(
+        &["agent", "--id", "1", "--cluster-key", bad],
+        "64 hex digits",
+    );
+}
+
+#[test]
+fn keygen_prints_a_fresh_secret() {
+    let run = || {
+        let out = Command::new(BIN).arg("keygen").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    for key in [&a, &b] {
+        assert_eq!(key.len(), 65, "{key:?}");
+        assert!(key.trim_end().chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(key.ends_with('\n'));
+    }
+    assert_ne!(a, b, "every secret is new");
+}
+
+#[test]
+fn keygen_out_writes_a_private_file_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.key");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "the secret is not echoed");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first = std::fs::read_to_string(&path).unwrap();
+    assert!(coordmesh::ClusterSecret::parse_hex(&first).is_some());
+
+    let again = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), first, "unchanged");
+}

@@ -8,6 +8,7 @@
 //! (the election will gossip its leader hint and quorum mark there).
 
 mod meta;
+mod seal;
 mod transport;
 mod view;
 

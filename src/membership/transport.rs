@@ -18,6 +18,11 @@
 //! Datagrams from any other local sender to the codec or tap socket are
 //! ignored (the source address is checked).
 //!
+//! With a cluster secret, the public socket carries only sealed datagrams
+//! ([`super::seal`]): bytes from the tap are sealed before they leave, and
+//! arriving bytes are opened before they reach the codec. A datagram that
+//! fails to open is counted by reason and dropped; chitchat never sees it.
+//!
 //! **Simulation.** Envelopes travel through chitchat's in-memory
 //! `ChannelTransport` (which still encodes and decodes every envelope and
 //! reports its size), with the [`SimNet`]'s partitions, loss, delay and
@@ -38,8 +43,10 @@ use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::seal::{Opener, Rejection, Sealer};
 use crate::metrics::Metrics;
 use crate::net::{DATAGRAM_BYTES_MAX, Network, SimNet};
+use crate::secret::ClusterSecret;
 
 /// The sentinel: a `BadCluster` message in the wire format this node does
 /// not speak. Peers answer in the format they were addressed in, so only a
@@ -65,15 +72,18 @@ pub(crate) struct GossipTransport {
 }
 
 impl GossipTransport {
-    /// Binds the gossip address on `network`.
+    /// Binds the gossip address on `network`. With a `secret`, real
+    /// datagrams are sealed; simulated envelopes never are (they are not
+    /// bytes), which the simulation does not need to test.
     pub(crate) async fn bind(
         network: &Network,
         addr: SocketAddr,
         format: ProtocolVersion,
+        secret: Option<&ClusterSecret>,
         metrics: Arc<Metrics>,
     ) -> io::Result<GossipTransport> {
         let socket: Box<dyn Socket> = match network {
-            Network::Udp => Box::new(UdpRelay::bind(addr, format, metrics).await?),
+            Network::Udp => Box::new(UdpRelay::bind(addr, format, secret, metrics).await?),
             Network::Sim(net) => Box::new(SimGossipSocket::bind(net, addr, metrics).await?),
         };
         let local_addr = socket
@@ -119,13 +129,30 @@ struct UdpRelay {
     format: ProtocolVersion,
     inflight: Option<Inflight>,
     buf: Box<[u8]>,
+    sealing: Option<Sealing>,
     metrics: Arc<Metrics>,
+}
+
+struct Sealing {
+    sealer: Sealer,
+    opener: Opener,
+    out: Vec<u8>,
+}
+
+/// Wall-clock milliseconds for seal freshness. A clock before 1970 reads
+/// as 0, which makes every datagram stale: loud in the counters, not unsafe.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl UdpRelay {
     async fn bind(
         addr: SocketAddr,
         format: ProtocolVersion,
+        secret: Option<&ClusterSecret>,
         metrics: Arc<Metrics>,
     ) -> io::Result<UdpRelay> {
         let public = tokio::net::UdpSocket::bind(addr).await?;
@@ -147,6 +174,11 @@ impl UdpRelay {
             format,
             inflight: None,
             buf: vec![0u8; DATAGRAM_BYTES_MAX].into_boxed_slice(),
+            sealing: secret.map(|secret| Sealing {
+                sealer: Sealer::new(secret),
+                opener: Opener::new(secret),
+                out: Vec::with_capacity(DATAGRAM_BYTES_MAX),
+            }),
             metrics,
             codec: {
                 // Encode the sentinel once, through the codec itself.
@@ -188,9 +220,28 @@ impl Socket for UdpRelay {
         let tap_addr = self.tap_addr;
         self.codec.send(tap_addr, envelope).await?;
         let len = self.tap_recv().await?;
+        let bytes = match &mut self.sealing {
+            None => &self.buf[..len],
+            Some(sealing) => {
+                let sealed = sealing.sealer.seal(
+                    unix_ms(),
+                    &self.buf[..len],
+                    DATAGRAM_BYTES_MAX,
+                    &mut sealing.out,
+                );
+                if sealed.is_none() {
+                    // Only a delta filling chitchat's whole datagram gets
+                    // here: the cluster state has outgrown gossip.
+                    Metrics::add(&self.metrics.gossip_send_errors, 1);
+                    debug!(%to, len, "gossip datagram too large to seal; dropped");
+                    return Ok(SendOutcome { num_bytes_sent: 0 });
+                }
+                &sealing.out[..]
+            }
+        };
         // Gossip tolerates loss: a failed send is counted, not an error
         // (an error would be logged each round while a peer is down).
-        match self.public.send_to(&self.buf[..len], to).await {
+        match self.public.send_to(bytes, to).await {
             Ok(n) => {
                 Metrics::add(&self.metrics.gossip_datagrams_sent, 1);
                 Metrics::add(&self.metrics.gossip_bytes_sent, n as u64);
@@ -250,17 +301,34 @@ impl Socket for UdpRelay {
                 Err(err) => return Err(err).context("gossip socket failed"),
             };
             Metrics::add(&self.metrics.gossip_bytes_received, len as u64);
-            if self.buf[..len].starts_with(&self.sentinel_bytes) {
+            let plain = match &mut self.sealing {
+                None => 0..len,
+                Some(sealing) => match sealing.opener.open(unix_ms(), &mut self.buf[..len]) {
+                    Ok(plain) => plain,
+                    Err(rejection) => {
+                        let counter = match rejection {
+                            Rejection::Malformed => &self.metrics.gossip_datagrams_malformed,
+                            Rejection::Unauthenticated => {
+                                &self.metrics.gossip_datagrams_unauthenticated
+                            }
+                            Rejection::Replayed => &self.metrics.gossip_datagrams_replayed,
+                            Rejection::Stale => &self.metrics.gossip_datagrams_stale,
+                        };
+                        Metrics::add(counter, 1);
+                        debug!(%from, len, ?rejection, "sealed gossip datagram dropped");
+                        continue;
+                    }
+                },
+            };
+            let plain = &self.buf[plain];
+            if plain.starts_with(&self.sentinel_bytes) {
                 Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
                 debug!(%from, "gossip datagram posing as the codec sentinel dropped");
                 continue;
             }
             // Loopback sends complete at once; `try_send_to` keeps this
             // section free of await points (so a cancel cannot split it).
-            let injected = self
-                .tap
-                .try_send_to(&self.buf[..len], self.codec_addr)
-                .is_ok()
+            let injected = self.tap.try_send_to(plain, self.codec_addr).is_ok()
                 && self
                     .tap
                     .try_send_to(&self.sentinel_bytes, self.codec_addr)

@@ -9,7 +9,7 @@ mod sim;
 use std::io;
 use std::net::SocketAddr;
 
-pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimNet, SimSocket, SimStats};
+pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimNet, SimSender, SimSocket, SimStats};
 
 /// Largest UDP payload over IPv4; nothing larger is ever sent.
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;

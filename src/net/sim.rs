@@ -334,14 +334,16 @@ impl SimSocket {
 
     /// Hands one datagram to the network.
     pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        if buf.len() > super::DATAGRAM_BYTES_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "datagram too large",
-            ));
+        self.sender().send_to(buf, to)
+    }
+
+    /// A handle that sends from this socket's address, for tasks that do
+    /// not own the socket.
+    pub fn sender(&self) -> SimSender {
+        SimSender {
+            net: self.net.clone(),
+            addr: self.addr,
         }
-        self.net.send(self.addr, to, buf);
-        Ok(buf.len())
     }
 
     /// Waits for the next datagram.
@@ -357,6 +359,27 @@ impl SimSocket {
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);
         Ok((n, from))
+    }
+}
+
+/// Sends datagrams from a bound [`SimSocket`]'s address.
+#[derive(Clone, Debug)]
+pub struct SimSender {
+    net: SimNet,
+    addr: SocketAddr,
+}
+
+impl SimSender {
+    /// Hands one datagram to the network.
+    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if buf.len() > super::DATAGRAM_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "datagram too large",
+            ));
+        }
+        self.net.send(self.addr, to, buf);
+        Ok(buf.len())
     }
 }
 

@@ -116,10 +116,23 @@ fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigE
 }
 
 async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
-    if config.cluster_key.is_none() {
-        tracing::warn!(
+    match &config.cluster_key {
+        None => tracing::warn!(
             "no --cluster-key: this cluster is open to any process that can reach its ports"
-        );
+        ),
+        Some(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map(|m| m.permissions().mode());
+            if let Ok(mode) = mode
+                && mode & 0o077 != 0
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "the cluster key file is readable by other users; chmod 600 it"
+                );
+            }
+        }
     }
     // Bind the HTTP listener first: if its address is taken, nothing else
     // has started yet.

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod demo;
 mod etcd;
+mod keygen;
 mod procs;
 mod status;
 
@@ -26,6 +27,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Shows the cluster as one agent sees it.
     Status(status::StatusArgs),
+    /// Makes a new cluster secret (for `--cluster-key`).
+    Keygen(keygen::KeygenArgs),
     /// Runs the multi-process local demo on loopback.
     Demo(demo::DemoArgs),
     /// Runs a benchmark.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
+        Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
     }

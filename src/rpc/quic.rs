@@ -1,0 +1,575 @@
+//! RPC over QUIC with quinn.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::codec::{self, FrameError, LENGTH_BYTES};
+use super::message::{MessageEnvelope, Rejection, RequestEnvelope, ResponseEnvelope};
+use super::{
+    CONNECTIONS_MAX, IDLE_TIMEOUT, INFLIGHT_PER_PEER_MAX, KEEP_ALIVE_INTERVAL,
+    MESSAGE_SEND_TIMEOUT, MESSAGES_PER_PEER_MAX, Message, PEERS_MAX, REQUEST_READ_TIMEOUT, Request,
+    Response, RpcError, STRIKES_MAX, Service, count, tls,
+};
+use crate::config::NodeId;
+use crate::metrics::Metrics;
+use crate::secret::ClusterSecret;
+
+/// Application close codes.
+const CLOSE_SHUTDOWN: u32 = 0;
+const CLOSE_STRIKES: u32 = 1;
+/// Stream stop code when a request is refused unread (too large).
+const STOP_REFUSED: u32 = 1;
+
+pub(super) struct QuicRpc {
+    endpoint: Endpoint,
+    id: NodeId,
+    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    metrics: Arc<Metrics>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One peer we call: its cached connection and its in-flight bound.
+struct Peer {
+    conn: Mutex<Option<Connection>>,
+    /// Held while dialing, so concurrent callers share one handshake.
+    dialing: tokio::sync::Mutex<()>,
+    calls: Semaphore,
+    messages: Semaphore,
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(INFLIGHT_PER_PEER_MAX as u32));
+    t.max_concurrent_uni_streams(VarInt::from_u32(MESSAGES_PER_PEER_MAX as u32));
+    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    // Invariant: one second is far below QUIC's idle timeout limit (2^62 ms).
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout in range"),
+    ));
+    // A LAN, not the internet: the first retransmission of a lost
+    // handshake packet should come in milliseconds, not a third of a second.
+    t.initial_rtt(Duration::from_millis(10));
+    t
+}
+
+impl QuicRpc {
+    pub(super) fn bind(
+        addr: SocketAddr,
+        id: NodeId,
+        secret: &ClusterSecret,
+        service: Arc<dyn Service>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<QuicRpc> {
+        let tls = tls::configs(secret, Arc::new(transport_config()))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut endpoint = Endpoint::server(tls.server, addr)?;
+        endpoint.set_default_client_config(tls.client);
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), id, service, metrics.clone()));
+        Ok(QuicRpc {
+            endpoint,
+            id,
+            peers: Mutex::new(HashMap::new()),
+            metrics,
+            accept: Mutex::new(Some(accept)),
+        })
+    }
+
+    pub(super) fn local_addr(&self) -> SocketAddr {
+        // Invariant: a bound endpoint has an address; fall back to the
+        // unspecified address rather than panic if the OS says otherwise.
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub(super) async fn call(
+        &self,
+        to: SocketAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
+        count(&self.metrics.rpc_calls);
+        let result = self.call_inner(to, request, timeout).await;
+        if result.is_err() {
+            count(&self.metrics.rpc_call_errors);
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        to: SocketAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
+        let frame = codec::encode(&RequestEnvelope {
+            from: self.id,
+            request,
+        })
+        .map_err(RpcError::from_frame)?;
+        let exchange = async {
+            let peer = self.peer(to)?;
+            let _slot = peer.calls.acquire().await.map_err(|_| RpcError::Closed)?;
+            let conn = self.connection(&peer, to).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(to, e))?;
+            send.write_all(&frame)
+                .await
+                .map_err(|e| unreachable(to, e))?;
+            // Finishing can only fail if the stream was already reset.
+            let _ = send.finish();
+            let content = read_frame(&mut recv).await.map_err(|e| e.into_rpc(to))?;
+            let response: ResponseEnvelope =
+                codec::decode(&content).map_err(RpcError::from_frame)?;
+            response.map_err(RpcError::from_rejection)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout { after: timeout }),
+        }
+    }
+
+    pub(super) async fn send(&self, to: SocketAddr, message: Message) -> Result<(), RpcError> {
+        let frame = codec::encode(&MessageEnvelope {
+            from: self.id,
+            message,
+        })
+        .map_err(RpcError::from_frame)?;
+        let deliver = async {
+            let peer = self.peer(to)?;
+            let _slot = peer
+                .messages
+                .acquire()
+                .await
+                .map_err(|_| RpcError::Closed)?;
+            let conn = self.connection(&peer, to).await?;
+            let mut send = conn.open_uni().await.map_err(|e| connection_error(to, e))?;
+            send.write_all(&frame)
+                .await
+                .map_err(|e| unreachable(to, e))?;
+            let _ = send.finish();
+            Ok(())
+        };
+        count(&self.metrics.rpc_messages_sent);
+        match tokio::time::timeout(MESSAGE_SEND_TIMEOUT, deliver).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout {
+                after: MESSAGE_SEND_TIMEOUT,
+            }),
+        }
+    }
+
+    pub(super) async fn close(&self) {
+        if let Some(accept) = lock(&self.accept).take() {
+            accept.abort();
+        }
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        lock(&self.peers).clear();
+        // Give peers a moment to hear the close, so they do not wait out
+        // the idle timeout; never hang on it.
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
+    }
+
+    fn peer(&self, to: SocketAddr) -> Result<Arc<Peer>, RpcError> {
+        let mut peers = lock(&self.peers);
+        if let Some(peer) = peers.get(&to) {
+            return Ok(peer.clone());
+        }
+        if peers.len() >= PEERS_MAX {
+            peers.retain(|_, p| Arc::strong_count(p) > 1 || p.live().is_some());
+            if peers.len() >= PEERS_MAX {
+                return Err(RpcError::Unreachable {
+                    addr: to,
+                    reason: format!("more than {PEERS_MAX} peers in use"),
+                });
+            }
+        }
+        let peer = Arc::new(Peer {
+            conn: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
+            calls: Semaphore::new(INFLIGHT_PER_PEER_MAX),
+            messages: Semaphore::new(MESSAGES_PER_PEER_MAX),
+        });
+        peers.insert(to, peer.clone());
+        Ok(peer)
+    }
+
+    /// The peer's live connection, dialing if there is none.
+    async fn connection(&self, peer: &Peer, to: SocketAddr) -> Result<Connection, RpcError> {
+        if let Some(conn) = peer.live() {
+            return Ok(conn);
+        }
+        let _dialing = peer.dialing.lock().await;
+        if let Some(conn) = peer.live() {
+            return Ok(conn); // another caller dialed meanwhile
+        }
+        let connecting = self
+            .endpoint
+            .connect(to, tls::SERVER_NAME)
+            .map_err(|e| match e {
+                quinn::ConnectError::EndpointStopping => RpcError::Closed,
+                other => unreachable(to, other),
+            })?;
+        count(&self.metrics.rpc_connections_dialed);
+        let conn = connecting.await.map_err(|e| {
+            count(&self.metrics.rpc_handshake_failures);
+            connection_error(to, e)
+        })?;
+        *lock(&peer.conn) = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+impl Peer {
+    fn live(&self) -> Option<Connection> {
+        lock(&self.conn)
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps stay consistent across a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unreachable(addr: SocketAddr, e: impl std::fmt::Display) -> RpcError {
+    RpcError::Unreachable {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+fn connection_error(addr: SocketAddr, e: ConnectionError) -> RpcError {
+    match e {
+        ConnectionError::LocallyClosed => RpcError::Closed,
+        other => unreachable(addr, other),
+    }
+}
+
+/// Why a frame could not be read from a stream.
+enum ReadError {
+    Frame(FrameError),
+    Stream(String),
+}
+
+impl ReadError {
+    fn into_rpc(self, addr: SocketAddr) -> RpcError {
+        match self {
+            ReadError::Frame(e) => RpcError::from_frame(e),
+            ReadError::Stream(reason) => RpcError::Unreachable { addr, reason },
+        }
+    }
+}
+
+/// Reads one frame's content; the length is checked before the body is
+/// buffered.
+async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadError> {
+    let mut prefix = [0u8; LENGTH_BYTES];
+    recv.read_exact(&mut prefix).await.map_err(read_error)?;
+    let len = codec::frame_len(prefix).map_err(ReadError::Frame)?;
+    let mut content = vec![0u8; len];
+    recv.read_exact(&mut content).await.map_err(read_error)?;
+    Ok(content)
+}
+
+fn read_error(e: quinn::ReadExactError) -> ReadError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(_) => ReadError::Frame(FrameError::Truncated),
+        quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
+    }
+}
+
+async fn accept_loop(
+    endpoint: Endpoint,
+    id: NodeId,
+    service: Arc<dyn Service>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        if endpoint.open_connections() >= CONNECTIONS_MAX {
+            count(&metrics.rpc_connections_refused);
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(serve_connection(
+            incoming,
+            id,
+            service.clone(),
+            metrics.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    _id: NodeId,
+    service: Arc<dyn Service>,
+    metrics: Arc<Metrics>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(err) => {
+            // Most often a peer without the cluster secret.
+            count(&metrics.rpc_handshake_failures);
+            debug!(%remote, %err, "RPC handshake failed");
+            return;
+        }
+    };
+    let strikes = Arc::new(AtomicU32::new(0));
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    tokio::spawn(serve_request(conn.clone(), send, recv, service.clone(), metrics.clone(), strikes.clone()));
+                }
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    tokio::spawn(serve_message(conn.clone(), recv, service.clone(), metrics.clone(), strikes.clone()));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+/// Counts a bad frame against the connection; closes it at the limit.
+fn strike(conn: &Connection, strikes: &AtomicU32, metrics: &Metrics, why: &str) {
+    count(&metrics.rpc_frames_rejected);
+    let n = strikes.fetch_add(1, Ordering::Relaxed) + 1;
+    debug!(remote = %conn.remote_address(), why, strikes = n, "bad RPC frame");
+    if n >= STRIKES_MAX {
+        debug!(remote = %conn.remote_address(), "closing RPC connection: too many bad frames");
+        conn.close(VarInt::from_u32(CLOSE_STRIKES), b"bad frames");
+    }
+}
+
+async fn serve_request(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    service: Arc<dyn Service>,
+    metrics: Arc<Metrics>,
+    strikes: Arc<AtomicU32>,
+) {
+    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv)).await;
+    let answer: ResponseEnvelope = match read {
+        Err(_) => {
+            strike(&conn, &strikes, &metrics, "request not sent in time");
+            let _ = send.reset(VarInt::from_u32(STOP_REFUSED));
+            return;
+        }
+        Ok(Err(ReadError::Stream(_))) => return, // the caller went away
+        Ok(Err(ReadError::Frame(error))) => {
+            strike(&conn, &strikes, &metrics, &error.to_string());
+            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+            Err(match error {
+                FrameError::TooLarge { max, .. } => Rejection::TooLarge { max: max as u32 },
+                _ => Rejection::Malformed,
+            })
+        }
+        Ok(Ok(content)) => match codec::decode::<RequestEnvelope>(&content) {
+            Ok(envelope) => {
+                count(&metrics.rpc_requests_served);
+                service.request(envelope.from, envelope.request).await
+            }
+            Err(FrameError::Version { .. }) => {
+                strike(&conn, &strikes, &metrics, "unknown wire version");
+                Err(Rejection::Version {
+                    supported: codec::WIRE_VERSION,
+                })
+            }
+            Err(error) => {
+                strike(&conn, &strikes, &metrics, &error.to_string());
+                Err(Rejection::Malformed)
+            }
+        },
+    };
+    let frame = match codec::encode(&answer) {
+        Ok(frame) => frame,
+        Err(FrameError::TooLarge { max, .. }) => {
+            // Our own answer is too big: say so rather than go silent.
+            match codec::encode(&ResponseEnvelope::Err(Rejection::TooLarge {
+                max: max as u32,
+            })) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        }
+        Err(_) => return,
+    };
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn serve_message(
+    conn: Connection,
+    mut recv: RecvStream,
+    service: Arc<dyn Service>,
+    metrics: Arc<Metrics>,
+    strikes: Arc<AtomicU32>,
+) {
+    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv)).await;
+    let content = match read {
+        Ok(Ok(content)) => content,
+        Ok(Err(ReadError::Stream(_))) => return,
+        Ok(Err(ReadError::Frame(error))) => {
+            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+            return strike(&conn, &strikes, &metrics, &error.to_string());
+        }
+        Err(_) => return strike(&conn, &strikes, &metrics, "message not sent in time"),
+    };
+    match codec::decode::<MessageEnvelope>(&content) {
+        Ok(envelope) => {
+            count(&metrics.rpc_messages_received);
+            service.message(envelope.from, envelope.message).await;
+        }
+        Err(error) => strike(&conn, &strikes, &metrics, &error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::message::{Ping, Pong};
+
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl Service for Echo {
+        async fn request(&self, _from: NodeId, request: Request) -> Result<Response, Rejection> {
+            match request {
+                Request::Ping(Ping { payload }) => Ok(Response::Pong(Pong {
+                    id: NodeId(1),
+                    generation: 0,
+                    payload,
+                })),
+            }
+        }
+        async fn message(&self, _from: NodeId, _message: Message) {}
+    }
+
+    /// A server node and a raw QUIC connection to it with the right secret,
+    /// through which a test can send any bytes.
+    async fn server_and_raw_client() -> (QuicRpc, Connection, Arc<Metrics>) {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let metrics = Arc::new(Metrics::default());
+        let server = QuicRpc::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            NodeId(1),
+            &secret,
+            Arc::new(Echo),
+            metrics.clone(),
+        )
+        .unwrap();
+        let conn = raw_client(server.local_addr(), &secret).await;
+        (server, conn, metrics)
+    }
+
+    async fn raw_client(to: SocketAddr, secret: &ClusterSecret) -> Connection {
+        let tls = tls::configs(secret, Arc::new(transport_config())).unwrap();
+        let mut client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tls.client);
+        client.connect(to, tls::SERVER_NAME).unwrap().await.unwrap()
+    }
+
+    /// Sends raw bytes as a request; returns the decoded answer.
+    async fn raw_call(conn: &Connection, bytes: &[u8]) -> Result<ResponseEnvelope, String> {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(bytes).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let content = read_frame(&mut recv).await.map_err(|e| match e {
+            ReadError::Frame(e) => e.to_string(),
+            ReadError::Stream(s) => s,
+        })?;
+        codec::decode::<ResponseEnvelope>(&content).map_err(|e| e.to_string())
+    }
+
+    fn frame_with(version: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = ((body.len() + 2) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn unknown_version_is_answered_with_ours() {
+        let (server, conn, _) = server_and_raw_client().await;
+        let answer = raw_call(&conn, &frame_with(9, &[0, 0])).await;
+        assert_eq!(
+            answer,
+            Ok(Err(Rejection::Version {
+                supported: codec::WIRE_VERSION
+            }))
+        );
+        server.close().await;
+    }
+
+    #[tokio::test]
+    async fn oversize_request_is_refused_unread() {
+        let (server, conn, metrics) = server_and_raw_client().await;
+        let prefix = ((codec::FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+        let answer = raw_call(&conn, &prefix).await;
+        assert_eq!(
+            answer,
+            Ok(Err(Rejection::TooLarge {
+                max: codec::FRAME_BYTES_MAX as u32
+            }))
+        );
+        assert_eq!(metrics.rpc_frames_rejected.load(Ordering::Relaxed), 1);
+        server.close().await;
+    }
+
+    #[tokio::test]
+    async fn repeated_bad_frames_close_the_connection_and_nothing_else() {
+        let (server, conn, metrics) = server_and_raw_client().await;
+        let truncated = &frame_with(codec::WIRE_VERSION, &[0, 1, 2])[..5];
+        for i in 0..STRIKES_MAX {
+            let bytes = if i % 2 == 0 {
+                frame_with(codec::WIRE_VERSION, &[0xff, 0xff, 0xff])
+            } else {
+                truncated.to_vec()
+            };
+            // The last answers may be lost to the close; earlier ones say
+            // what was wrong.
+            let answer = raw_call(&conn, &bytes).await;
+            if i + 1 < STRIKES_MAX {
+                assert_eq!(answer, Ok(Err(Rejection::Malformed)), "frame {i}");
+            }
+        }
+        let reason = tokio::time::timeout(Duration::from_secs(2), conn.closed())
+            .await
+            .expect("the connection is closed");
+        assert!(
+            matches!(reason, ConnectionError::ApplicationClosed(ref c) if c.error_code == VarInt::from_u32(CLOSE_STRIKES)),
+            "{reason:?}"
+        );
+        assert_eq!(
+            metrics.rpc_frames_rejected.load(Ordering::Relaxed),
+            STRIKES_MAX as u64
+        );
+        // A new connection to the same server is served as usual.
+        let fresh = raw_client(server.local_addr(), &ClusterSecret::from_bytes([4; 32])).await;
+        let ping = codec::encode(&RequestEnvelope {
+            from: NodeId(2),
+            request: Request::Ping(Ping { payload: vec![7] }),
+        })
+        .unwrap();
+        let answer = raw_call(&fresh, &ping).await.unwrap();
+        assert!(matches!(answer, Ok(Response::Pong(p)) if p.payload == vec![7]));
+        server.close().await;
+    }
+}
