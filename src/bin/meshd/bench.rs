@@ -6,6 +6,8 @@
 //!   per node per second.
 //! - `idle`: real agents on loopback at rest: resident memory and CPU,
 //!   beside a 3-member etcd in the same run when `etcd` is installed.
+//! - `rpc`: QUIC RPC with mutual TLS on loopback, from this process to a
+//!   real agent: round-trip latency of one caller, throughput of many.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +35,27 @@ enum Which {
     Membership(MembershipArgs),
     /// Real agents at rest: memory and CPU, beside etcd.
     Idle(IdleArgs),
+    /// QUIC RPC with mutual TLS on loopback: latency and throughput.
+    Rpc(RpcArgs),
+}
+
+#[derive(Args, Debug)]
+struct RpcArgs {
+    /// Sequential calls timed for the single-caller latency.
+    #[arg(long, default_value_t = 20_000)]
+    calls: u64,
+    /// Concurrent callers for the throughput phase.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Seconds of the throughput phase.
+    #[arg(long, default_value_t = 5)]
+    duration_s: u64,
+    /// Request payload in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// Write results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +97,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     let result = match args.which {
         Which::Membership(a) => membership(a),
         Which::Idle(a) => idle(a),
+        Which::Rpc(a) => rpc(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -274,4 +298,240 @@ fn idle(args: IdleArgs) -> Result<(), String> {
     agents.stop_all(Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
     write_json(&args.json, &out)
+}
+
+/// Answers nothing: the benchmark's client endpoint serves no one.
+struct Unserved;
+
+#[async_trait::async_trait]
+impl coordmesh::rpc::Service for Unserved {
+    async fn request(
+        &self,
+        _from: NodeId,
+        _request: coordmesh::rpc::Request,
+    ) -> Result<coordmesh::rpc::Response, coordmesh::rpc::Rejection> {
+        Err(coordmesh::rpc::Rejection::Unsupported)
+    }
+
+    async fn message(&self, _from: NodeId, _message: coordmesh::rpc::Message) {}
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn rpc(args: RpcArgs) -> Result<(), String> {
+    use coordmesh::rpc::{Ping, Request, Rpc};
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-rpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let key_path = dir.join("cluster.key");
+    let secret = coordmesh::ClusterSecret::generate().map_err(|e| e.to_string())?;
+    secret.write_new(&key_path).map_err(|e| e.to_string())?;
+    let mut agents = Agents::new(&bin, 1, &dir).map_err(|e| e.to_string())?;
+    agents.extra_args = vec!["--cluster-key".into(), key_path.display().to_string()];
+    agents.start_all().map_err(|e| e.to_string())?;
+    agents
+        .wait_until(Duration::from_secs(30), |a| a.all_see(&[1]))
+        .ok_or("the agent did not start within 30 s")?;
+    let server = agents.spec(1).rpc;
+
+    // One thread, as in the agent: on two cores the server needs the other.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = runtime.block_on(async {
+        let client = Rpc::bind(
+            &coordmesh::net::Network::Udp,
+            "127.0.0.1:0".parse().map_err(|_| "address")?,
+            NodeId(u64::MAX),
+            &secret,
+            std::sync::Arc::new(Unserved),
+            std::sync::Arc::new(coordmesh::metrics::Metrics::default()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let client = std::sync::Arc::new(client);
+        let payload = vec![0x5a; args.payload_bytes];
+        let timeout = Duration::from_secs(2);
+        // The single caller is a spawned task, as callers in a daemon are
+        // (the runtime's `block_on` future is woken by a slower path).
+        let sequential = {
+            let client = client.clone();
+            let payload = payload.clone();
+            let calls = args.calls;
+            tokio::spawn(async move {
+                let ping = || {
+                    Request::Ping(Ping {
+                        payload: payload.clone(),
+                    })
+                };
+                // Warm up: handshake, congestion window, allocator.
+                for _ in 0..2_000 {
+                    client
+                        .call(server, ping(), timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let mut single = Vec::with_capacity(calls as usize);
+                for _ in 0..calls {
+                    let start = Instant::now();
+                    client
+                        .call(server, ping(), timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    single.push(start.elapsed());
+                }
+                Ok::<_, String>(single)
+            })
+        };
+        let mut single = sequential.await.map_err(|e| e.to_string())??;
+        single.sort_unstable();
+        let mut floor = udp_floor(args.calls, args.payload_bytes).await?;
+        floor.sort_unstable();
+
+        let window = Duration::from_secs(args.duration_s.max(1));
+        let started = Instant::now();
+        let deadline = started + window;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.callers.max(1) {
+            let client = client.clone();
+            let payload = payload.clone();
+            tasks.spawn(async move {
+                let mut times = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    let request = Request::Ping(Ping {
+                        payload: payload.clone(),
+                    });
+                    match client.call(server, request, timeout).await {
+                        Ok(_) => times.push(start.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (times, errors)
+            });
+        }
+        let mut loaded = Vec::new();
+        let mut errors = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (times, e) = done.map_err(|e| e.to_string())?;
+            loaded.extend(times);
+            errors += e;
+        }
+        let elapsed = started.elapsed();
+        loaded.sort_unstable();
+        client.close().await;
+        Ok::<_, String>((single, floor, loaded, errors, elapsed))
+    });
+    agents.stop_all(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (single, floor, loaded, errors, elapsed) = result?;
+    let rate = loaded.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "rpc benchmark: QUIC + mutual TLS on loopback, {}-byte pings, this process -> one meshd agent",
+        args.payload_bytes
+    );
+    println!("| phase | calls | p50 µs | p99 µs | calls/s |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 1 caller, sequential | {} | {:.0} | {:.0} | {:.0} |",
+        single.len(),
+        micros(percentile(&single, 50.0)),
+        micros(percentile(&single, 99.0)),
+        single.len() as f64 / single.iter().sum::<Duration>().as_secs_f64()
+    );
+    println!(
+        "| floor: plain UDP echo, no QUIC (another thread) | {} | {:.0} | {:.0} | {:.0} |",
+        floor.len(),
+        micros(percentile(&floor, 50.0)),
+        micros(percentile(&floor, 99.0)),
+        floor.len() as f64 / floor.iter().sum::<Duration>().as_secs_f64()
+    );
+    println!(
+        "| {} callers, {} s | {} | {:.0} | {:.0} | {:.0} |",
+        args.callers,
+        elapsed.as_secs(),
+        loaded.len(),
+        micros(percentile(&loaded, 50.0)),
+        micros(percentile(&loaded, 99.0)),
+        rate
+    );
+    if errors > 0 {
+        println!("errors under load: {errors}");
+    }
+    let out = json!({
+        "payload_bytes": args.payload_bytes,
+        "single": {"calls": single.len(), "p50_us": micros(percentile(&single, 50.0)), "p99_us": micros(percentile(&single, 99.0))},
+        "udp_floor": {"calls": floor.len(), "p50_us": micros(percentile(&floor, 50.0)), "p99_us": micros(percentile(&floor, 99.0))},
+        "concurrent": {"callers": args.callers, "calls": loaded.len(), "calls_per_s": rate, "p50_us": micros(percentile(&loaded, 50.0)), "p99_us": micros(percentile(&loaded, 99.0)), "errors": errors},
+    });
+    write_json(&args.json, &out)
+}
+
+/// Round trips of plain UDP datagrams (no QUIC, no TLS) to an echo on
+/// another thread with its own runtime: what the machine's loopback and
+/// wake-ups cost before any protocol. Reported beside the RPC figures.
+async fn udp_floor(calls: u64, payload_bytes: usize) -> Result<Vec<Duration>, String> {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let echo_addr = echo.local_addr().map_err(|e| e.to_string())?;
+    echo.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let socket = tokio::net::UdpSocket::from_std(echo)?;
+            let mut buf = vec![0u8; 2048];
+            let serve = async {
+                loop {
+                    let (n, from) = socket.recv_from(&mut buf).await?;
+                    socket.send_to(&buf[..n], from).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            };
+            tokio::select! {
+                r = serve => r,
+                _ = stop_rx => Ok(()),
+            }
+        })
+    });
+    let client = tokio::spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        socket.connect(echo_addr).await?;
+        let payload = vec![0x5a; payload_bytes];
+        let mut buf = vec![0u8; 2048];
+        let mut times = Vec::with_capacity(calls as usize);
+        for i in 0..calls + 2_000 {
+            let start = Instant::now();
+            socket.send(&payload).await?;
+            // Loopback does not lose datagrams, but never hang if it does.
+            tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("UDP echo lost a datagram"))??;
+            if i >= 2_000 {
+                times.push(start.elapsed());
+            }
+        }
+        Ok::<_, std::io::Error>(times)
+    });
+    let times = client
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string());
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    times
 }

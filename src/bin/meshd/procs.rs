@@ -86,6 +86,8 @@ pub struct Spec {
     pub id: u64,
     /// Gossip address.
     pub gossip: SocketAddr,
+    /// RPC address (gossip port + 1).
+    pub rpc: SocketAddr,
     /// HTTP address (gossip port + 2).
     pub http: SocketAddr,
 }
@@ -117,6 +119,7 @@ impl Agents {
                 Spec {
                     id,
                     gossip: SocketAddr::from(([127, 0, 0, 1], port)),
+                    rpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
                     http: SocketAddr::from(([127, 0, 0, 1], port + 2)),
                 },
             );
