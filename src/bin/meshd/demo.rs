@@ -109,13 +109,21 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
     let log_dir = args
         .log_dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("meshd-demo-{}", std::process::id())));
-    let agents = match Agents::new(&bin, args.nodes, &log_dir) {
+    let mut agents = match Agents::new(&bin, args.nodes, &log_dir) {
         Ok(agents) => agents,
         Err(err) => {
             eprintln!("meshd demo: cannot plan agents: {err}");
             return ExitCode::from(1);
         }
     };
+    // A closed cluster, as in production: one secret for every agent.
+    let key_path = log_dir.join("cluster.key");
+    let _ = std::fs::remove_file(&key_path);
+    if let Err(err) = coordmesh::ClusterSecret::generate().and_then(|s| s.write_new(&key_path)) {
+        eprintln!("meshd demo: {err}");
+        return ExitCode::from(1);
+    }
+    agents.extra_args = vec!["--cluster-key".into(), key_path.display().to_string()];
     let mut demo = Demo {
         agents,
         start: Instant::now(),
@@ -127,9 +135,16 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
         "coordmesh demo: {n} agents on loopback (logs in {})",
         log_dir.display()
     );
+    println!(
+        "  cluster secret {} (sealed gossip, mutual TLS for RPC)",
+        key_path.display()
+    );
     for id in &all {
         let spec = demo.agents.spec(*id);
-        println!("  node {id}: gossip {}  http {}", spec.gossip, spec.http);
+        println!(
+            "  node {id}: gossip {}  rpc {}  http {}",
+            spec.gossip, spec.rpc, spec.http
+        );
     }
     println!();
 
