@@ -252,15 +252,8 @@ fn address_in_use_exits_1_naming_it() {
 #[test]
 fn keyed_agents_shut_out_a_keyless_one() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("cluster.key");
-    let out = Command::new(BIN)
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     let mut a = Agents::new(Path::new(BIN), 4, dir.path()).expect("plan agents");
-    a.extra_args = vec!["--cluster-key".into(), key.display().to_string()];
+    a.close_with_new_key().unwrap();
     for id in 1..=3 {
         a.start(id).unwrap();
     }

@@ -88,6 +88,9 @@ struct IdleArgs {
     /// Skip the etcd comparison even if etcd is installed.
     #[arg(long)]
     no_etcd: bool,
+    /// Run an open cluster (no cluster key: gossip unsealed).
+    #[arg(long)]
+    open: bool,
     /// Write results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -247,6 +250,9 @@ fn idle(args: IdleArgs) -> Result<(), String> {
     let bin = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("meshd-bench-idle-{}", std::process::id()));
     let mut agents = Agents::new(&bin, args.nodes, &dir).map_err(|e| e.to_string())?;
+    if !args.open {
+        agents.close_with_new_key()?;
+    }
     agents.start_all().map_err(|e| e.to_string())?;
     let all = agents.ids();
     agents
@@ -270,8 +276,13 @@ fn idle(args: IdleArgs) -> Result<(), String> {
     let etcd_pids = etcd.as_ref().map(EtcdCluster::pids).unwrap_or_default();
     pids.extend(&etcd_pids);
     println!(
-        "idle benchmark: {} agents{} at rest, CPU sampled over {} s, same window for all",
+        "idle benchmark: {} {} agents{} at rest, CPU sampled over {} s, same window for all",
         args.nodes,
+        if args.open {
+            "open"
+        } else {
+            "keyed (sealed gossip)"
+        },
         if etcd.is_some() {
             " and a 3-member etcd"
         } else {
@@ -332,12 +343,8 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
     use coordmesh::rpc::{Ping, Request, Rpc};
     let bin = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("meshd-bench-rpc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let key_path = dir.join("cluster.key");
-    let secret = coordmesh::ClusterSecret::generate().map_err(|e| e.to_string())?;
-    secret.write_new(&key_path).map_err(|e| e.to_string())?;
     let mut agents = Agents::new(&bin, 1, &dir).map_err(|e| e.to_string())?;
-    agents.extra_args = vec!["--cluster-key".into(), key_path.display().to_string()];
+    let (_, secret) = agents.close_with_new_key()?;
     agents.start_all().map_err(|e| e.to_string())?;
     agents
         .wait_until(Duration::from_secs(30), |a| a.all_see(&[1]))

@@ -117,13 +117,13 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
         }
     };
     // A closed cluster, as in production: one secret for every agent.
-    let key_path = log_dir.join("cluster.key");
-    let _ = std::fs::remove_file(&key_path);
-    if let Err(err) = coordmesh::ClusterSecret::generate().and_then(|s| s.write_new(&key_path)) {
-        eprintln!("meshd demo: {err}");
-        return ExitCode::from(1);
-    }
-    agents.extra_args = vec!["--cluster-key".into(), key_path.display().to_string()];
+    let key_path = match agents.close_with_new_key() {
+        Ok((path, _)) => path,
+        Err(err) => {
+            eprintln!("meshd demo: cannot write a cluster key: {err}");
+            return ExitCode::from(1);
+        }
+    };
     let mut demo = Demo {
         agents,
         start: Instant::now(),

@@ -140,6 +140,18 @@ impl Agents {
         })
     }
 
+    /// Makes the cluster closed: writes a new cluster secret into the log
+    /// directory and passes it to every agent started from now on.
+    /// Returns the key file and the secret.
+    pub fn close_with_new_key(&mut self) -> Result<(PathBuf, coordmesh::ClusterSecret), String> {
+        let path = self.log_dir.join("cluster.key");
+        let _ = std::fs::remove_file(&path);
+        let secret = coordmesh::ClusterSecret::generate().map_err(|e| e.to_string())?;
+        secret.write_new(&path).map_err(|e| e.to_string())?;
+        self.extra_args = vec!["--cluster-key".into(), path.display().to_string()];
+        Ok((path, secret))
+    }
+
     /// Ids of all planned agents.
     pub fn ids(&self) -> Vec<u64> {
         self.specs.keys().copied().collect()
