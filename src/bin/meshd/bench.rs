@@ -53,6 +53,11 @@ struct RpcArgs {
     /// Request payload in bytes.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
+    /// Serve from a node in this process, on the caller's thread, instead
+    /// of an agent process: the protocol's own cost, without the
+    /// cross-process wake-ups.
+    #[arg(long)]
+    in_process: bool,
     /// Write results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -345,11 +350,12 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("meshd-bench-rpc-{}", std::process::id()));
     let mut agents = Agents::new(&bin, 1, &dir).map_err(|e| e.to_string())?;
     let (_, secret) = agents.close_with_new_key()?;
-    agents.start_all().map_err(|e| e.to_string())?;
-    agents
-        .wait_until(Duration::from_secs(30), |a| a.all_see(&[1]))
-        .ok_or("the agent did not start within 30 s")?;
-    let server = agents.spec(1).rpc;
+    if !args.in_process {
+        agents.start_all().map_err(|e| e.to_string())?;
+        agents
+            .wait_until(Duration::from_secs(30), |a| a.all_see(&[1]))
+            .ok_or("the agent did not start within 30 s")?;
+    }
 
     // One thread, as in the agent: on two cores the server needs the other.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -357,6 +363,23 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let result = runtime.block_on(async {
+        let local = if args.in_process {
+            let mut config =
+                coordmesh::Config::new(1, "127.0.0.1:0".parse().map_err(|_| "address")?)
+                    .map_err(|e| e.to_string())?;
+            config.cluster_secret = Some(secret.clone());
+            Some(
+                coordmesh::Mesh::start(config)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let server = match &local {
+            Some(mesh) => mesh.config().rpc_addr,
+            None => agents.spec(1).rpc,
+        };
         let client = Rpc::bind(
             &coordmesh::net::Network::Udp,
             "127.0.0.1:0".parse().map_err(|_| "address")?,
@@ -370,8 +393,7 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
         let client = std::sync::Arc::new(client);
         let payload = vec![0x5a; args.payload_bytes];
         let timeout = Duration::from_secs(2);
-        // The single caller is a spawned task, as callers in a daemon are
-        // (the runtime's `block_on` future is woken by a slower path).
+        // The single caller is a spawned task, as callers in a daemon are.
         let sequential = {
             let client = client.clone();
             let payload = payload.clone();
@@ -439,6 +461,9 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
         let elapsed = started.elapsed();
         loaded.sort_unstable();
         client.close().await;
+        if let Some(mesh) = local {
+            mesh.shutdown().await;
+        }
         Ok::<_, String>((single, floor, loaded, errors, elapsed))
     });
     agents.stop_all(Duration::from_secs(10));
@@ -446,8 +471,13 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
     let (single, floor, loaded, errors, elapsed) = result?;
     let rate = loaded.len() as f64 / elapsed.as_secs_f64();
     println!(
-        "rpc benchmark: QUIC + mutual TLS on loopback, {}-byte pings, this process -> one meshd agent",
-        args.payload_bytes
+        "rpc benchmark: QUIC + mutual TLS on loopback, {}-byte pings, {}",
+        args.payload_bytes,
+        if args.in_process {
+            "caller and node on one thread of this process"
+        } else {
+            "this process -> one meshd agent"
+        }
     );
     println!("| phase | calls | p50 µs | p99 µs | calls/s |");
     println!("|---|---|---|---|---|");
@@ -479,6 +509,7 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
     }
     let out = json!({
         "payload_bytes": args.payload_bytes,
+        "in_process": args.in_process,
         "single": {"calls": single.len(), "p50_us": micros(percentile(&single, 50.0)), "p99_us": micros(percentile(&single, 99.0))},
         "udp_floor": {"calls": floor.len(), "p50_us": micros(percentile(&floor, 50.0)), "p99_us": micros(percentile(&floor, 99.0))},
         "concurrent": {"callers": args.callers, "calls": loaded.len(), "calls_per_s": rate, "p50_us": micros(percentile(&loaded, 50.0)), "p99_us": micros(percentile(&loaded, 99.0)), "errors": errors},
