@@ -148,6 +148,7 @@ pub trait Service: Send + Sync + 'static {
 /// One node's RPC endpoint: listens for peers and calls them.
 pub struct Rpc {
     inner: Inner,
+    metrics: Arc<Metrics>,
 }
 
 enum Inner {
@@ -167,10 +168,18 @@ impl Rpc {
         metrics: Arc<Metrics>,
     ) -> io::Result<Rpc> {
         let inner = match network {
-            Network::Udp => Inner::Quic(quic::QuicRpc::bind(addr, id, secret, service, metrics)?),
-            Network::Sim(net) => Inner::Sim(sim::SimRpc::bind(net, addr, id, service, metrics)?),
+            Network::Udp => Inner::Quic(quic::QuicRpc::bind(
+                addr,
+                id,
+                secret,
+                service,
+                metrics.clone(),
+            )?),
+            Network::Sim(net) => {
+                Inner::Sim(sim::SimRpc::bind(net, addr, id, service, metrics.clone())?)
+            }
         };
-        Ok(Rpc { inner })
+        Ok(Rpc { inner, metrics })
     }
 
     /// The bound address.
@@ -189,10 +198,15 @@ impl Rpc {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, RpcError> {
-        match &self.inner {
+        count(&self.metrics.rpc_calls);
+        let result = match &self.inner {
             Inner::Quic(q) => q.call(to, request, timeout).await,
             Inner::Sim(s) => s.call(to, request, timeout).await,
+        };
+        if result.is_err() {
+            count(&self.metrics.rpc_call_errors);
         }
+        result
     }
 
     /// Sends a one-way message. `Ok` means handed to the transport, not

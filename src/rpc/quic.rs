@@ -96,20 +96,6 @@ impl QuicRpc {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, RpcError> {
-        count(&self.metrics.rpc_calls);
-        let result = self.call_inner(to, request, timeout).await;
-        if result.is_err() {
-            count(&self.metrics.rpc_call_errors);
-        }
-        result
-    }
-
-    async fn call_inner(
-        &self,
-        to: SocketAddr,
-        request: Request,
-        timeout: Duration,
-    ) -> Result<Response, RpcError> {
         let frame = codec::encode(&RequestEnvelope {
             from: self.id,
             request,
