@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::election::{Timing, TimingError};
 use crate::secret::{ClusterSecret, SecretError};
 
 /// A node's identity: unique in the cluster, ordered numerically (the
@@ -99,6 +100,9 @@ pub struct Config {
     /// bytes at 100 nodes, more CPU per message. Every node of a cluster
     /// should use the same setting.
     pub gossip_compression: bool,
+    /// Election timing (heartbeat, lease, election timeout, drift bound,
+    /// stability window), validated.
+    pub election: Timing,
 }
 
 impl Config {
@@ -158,6 +162,21 @@ pub struct ConfigBuilder {
     /// `--gossip-compression`.
     #[serde(alias = "gossip_compression")]
     pub gossip_compression: Option<bool>,
+    /// `--heartbeat-ms`: leader heartbeat interval.
+    #[serde(alias = "heartbeat_ms")]
+    pub heartbeat_ms: Option<u64>,
+    /// `--lease-ms`: the leader lease.
+    #[serde(alias = "lease_ms")]
+    pub lease_ms: Option<u64>,
+    /// `--election-timeout-ms`: how long without a leader before running.
+    #[serde(alias = "election_timeout_ms")]
+    pub election_timeout_ms: Option<u64>,
+    /// `drift` (file only): bound on the clock drift rate, e.g. 0.01.
+    pub drift: Option<f64>,
+    /// `stability-window-ms` (file only): how long a returning lower id
+    /// must stay eligible before the leader hands over to it.
+    #[serde(alias = "stability_window_ms")]
+    pub stability_window_ms: Option<u64>,
 }
 
 impl ConfigBuilder {
@@ -200,6 +219,11 @@ impl ConfigBuilder {
             phi_threshold: over.phi_threshold.or(self.phi_threshold),
             leave_ms: over.leave_ms.or(self.leave_ms),
             gossip_compression: over.gossip_compression.or(self.gossip_compression),
+            heartbeat_ms: over.heartbeat_ms.or(self.heartbeat_ms),
+            lease_ms: over.lease_ms.or(self.lease_ms),
+            election_timeout_ms: over.election_timeout_ms.or(self.election_timeout_ms),
+            drift: over.drift.or(self.drift),
+            stability_window_ms: over.stability_window_ms.or(self.stability_window_ms),
         }
     }
 
@@ -273,6 +297,16 @@ impl ConfigBuilder {
         if leave_ms > 10_000 {
             return Err(ConfigError::InvalidLeave(leave_ms));
         }
+        let defaults = Timing::default();
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        let election = Timing {
+            heartbeat: ms(self.heartbeat_ms, defaults.heartbeat),
+            lease: ms(self.lease_ms, defaults.lease),
+            election_timeout: ms(self.election_timeout_ms, defaults.election_timeout),
+            drift: self.drift.unwrap_or(defaults.drift),
+            stability_window: ms(self.stability_window_ms, defaults.stability_window),
+        };
+        election.validate().map_err(ConfigError::Election)?;
         Ok(Config {
             id,
             cluster,
@@ -288,6 +322,7 @@ impl ConfigBuilder {
             phi_threshold,
             leave_duration: Duration::from_millis(leave_ms),
             gossip_compression: self.gossip_compression.unwrap_or(false),
+            election,
         })
     }
 }
@@ -388,6 +423,9 @@ pub enum ConfigError {
     /// Leave duration over 10 s.
     #[error("invalid leave duration {0} ms: expected at most 10000")]
     InvalidLeave(u64),
+    /// Election timing that breaks a relation the protocol relies on.
+    #[error("invalid election timing: {0}")]
+    Election(TimingError),
     /// The `--cluster-key` file is missing, unreadable or malformed.
     #[error("{0}")]
     ClusterKey(SecretError),
@@ -543,6 +581,25 @@ mod tests {
             assert!(matches!(err, ConfigError::ClusterKey(_)), "{err}");
             assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
         }
+    }
+
+    #[test]
+    fn election_timing_is_validated_with_a_clear_error() {
+        let err = ConfigBuilder {
+            lease_ms: Some(1000),
+            election_timeout_ms: Some(500),
+            ..base()
+        }
+        .build()
+        .unwrap_err();
+        assert!(err.to_string().contains("election timeout 500 ms"), "{err}");
+        let c = ConfigBuilder::from_toml_str(
+            "id = 1\nlease-ms = 800\nelection-timeout-ms = 900\nheartbeat-ms = 200\n",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(c.election.lease, Duration::from_millis(800));
     }
 
     #[test]

@@ -54,14 +54,17 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod election;
 pub mod http;
 pub mod membership;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod node;
 pub mod rpc;
 pub mod secret;
 pub mod sim;
+pub mod storage;
 
 pub use config::{Config, ConfigBuilder, ConfigError, NodeId};
 pub use membership::{Member, MemberEvent, MemberState, MembershipView};

@@ -5,30 +5,34 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::{Config, NodeId};
+use crate::election::{Election, Leadership};
 use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
 use crate::metrics::Metrics;
 use crate::net::Network;
+use crate::node::{Clock, Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
+use crate::storage::PromiseStore;
 
-/// What a node is run with besides its configuration: its network and its
-/// incarnation number. Real nodes use [`Environment::real`]; simulations
-/// inject a [`crate::net::SimNet`] and chosen generations.
+/// What a node is run with besides its configuration: its network, its
+/// incarnation number and its protocol clock. Real nodes use
+/// [`Environment::real`]; simulations inject a [`crate::net::SimNet`],
+/// chosen generations and tokio's clock.
 #[derive(Debug, Clone)]
 pub struct Environment {
     /// Where sockets come from.
     pub network: Network,
     /// This incarnation's generation; a restart must use a higher one.
     pub generation: u64,
+    /// The clock leases are measured on (T1).
+    pub clock: Clock,
 }
 
 impl Environment {
@@ -42,6 +46,7 @@ impl Environment {
         Environment {
             network: Network::Udp,
             generation,
+            clock: Clock::Boottime,
         }
     }
 }
@@ -72,6 +77,14 @@ pub enum StartError {
     /// The gossip layer failed to start.
     #[error("gossip failed to start: {0}")]
     Gossip(String),
+    /// The data directory could not be opened or read.
+    #[error("data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 impl StartError {
@@ -95,26 +108,45 @@ struct Inner {
     config: Config,
     generation: u64,
     metrics: Arc<Metrics>,
-    membership: Membership,
-    rpc: Rpc,
+    membership: Arc<Membership>,
+    rpc: Arc<Rpc>,
+    driver: Driver,
+    shared: Arc<Shared>,
 }
 
-/// What every node serves over RPC until the protocol drivers arrive:
-/// pings.
+/// What a node serves over RPC: pings, and election requests handed to
+/// the driver (set once it runs).
 struct NodeService {
     id: NodeId,
     generation: u64,
+    driver: OnceLock<tokio::sync::mpsc::Sender<Input>>,
 }
 
 #[async_trait]
 impl Service for NodeService {
-    async fn request(&self, _from: NodeId, request: Request) -> Result<Response, Rejection> {
+    async fn request(&self, from: NodeId, request: Request) -> Result<Response, Rejection> {
         match request {
             Request::Ping(Ping { payload }) => Ok(Response::Pong(Pong {
                 id: self.id,
                 generation: self.generation,
                 payload,
             })),
+            Request::Election(request) => {
+                let driver = self.driver.get().ok_or(Rejection::ShuttingDown)?;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                driver
+                    .send(Input::Request {
+                        from,
+                        request,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| Rejection::ShuttingDown)?;
+                answer
+                    .await
+                    .map(Response::Election)
+                    .map_err(|_| Rejection::ShuttingDown)
+            }
         }
     }
 
@@ -150,20 +182,34 @@ impl Mesh {
             .cluster_secret
             .clone()
             .unwrap_or_else(ClusterSecret::open_cluster);
+        // The durable promise, read before anything can be promised.
+        let (store, promised) = match &config.data_dir {
+            Some(dir) => {
+                let (store, promised) =
+                    PromiseStore::open(dir).map_err(|source| StartError::DataDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                (Some(store), Some(promised))
+            }
+            None => (None, None),
+        };
         let service = Arc::new(NodeService {
             id: config.id,
             generation: env.generation,
+            driver: OnceLock::new(),
         });
         let rpc = Rpc::bind(
             &env.network,
             config.rpc_addr,
             config.id,
             &secret,
-            service,
+            service.clone(),
             metrics.clone(),
         )
         .await
         .map_err(|e| StartError::from_bind("rpc", config.rpc_addr, e))?;
+        let rpc = Arc::new(rpc);
         config.rpc_addr = rpc.local_addr();
         let membership =
             match Membership::start(&config, gossip, env.generation, metrics.clone()).await {
@@ -173,6 +219,27 @@ impl Mesh {
                     return Err(StartError::Gossip(format!("{e:#}")));
                 }
             };
+        let membership = Arc::new(membership);
+        let shared = Arc::new(Shared::new(env.clock.clone()));
+        let election = Election::new(
+            config.id,
+            &config.voters,
+            config.election,
+            env.clock.now(),
+            promised,
+            env.generation ^ config.id.0.rotate_left(32),
+        );
+        let driver = Driver::start(
+            election,
+            store,
+            rpc.clone(),
+            membership.clone(),
+            shared.clone(),
+            metrics.clone(),
+        );
+        // Invariant: set once, here, before any election request can be
+        // served (until now they were refused as "shutting down").
+        let _ = service.driver.set(driver.tx.clone());
         tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, generation = env.generation, "node started");
         Ok(Mesh {
             inner: Arc::new(Inner {
@@ -181,6 +248,8 @@ impl Mesh {
                 metrics,
                 membership,
                 rpc,
+                driver,
+                shared,
             }),
         })
     }
@@ -237,7 +306,52 @@ impl Mesh {
         });
         match self.inner.rpc.call(member.rpc_addr, ping, timeout).await? {
             Response::Pong(pong) => Ok(pong),
+            _ => Err(RpcError::Malformed),
         }
+    }
+
+    /// The leader this node knows now: itself while its lease is valid,
+    /// or the sender of a heartbeat within the lease.
+    pub fn leader(&self) -> Option<Leadership> {
+        *self.inner.shared.leader.borrow()
+    }
+
+    /// A receiver that sees each change of [`Mesh::leader`].
+    pub fn watch_leader(&self) -> watch::Receiver<Option<Leadership>> {
+        self.inner.shared.leader.subscribe()
+    }
+
+    /// True only while this node is leader with a valid lease, checked on
+    /// the protocol clock at the moment of the call. Act as leader only
+    /// after this says so, and check again before each act.
+    pub fn is_leader(&self) -> bool {
+        self.inner.shared.is_leader()
+    }
+
+    /// Leadership changes as this node sees them, from now on (`None`:
+    /// no leader known).
+    pub fn leader_events(&self) -> broadcast::Receiver<Option<Leadership>> {
+        self.inner.shared.events.subscribe()
+    }
+
+    /// The lease this node serves under, on its protocol clock, and that
+    /// clock's reading (for the simulation's safety checker).
+    pub(crate) fn lease_state(&self) -> crate::sim::LeaseState {
+        let shared = &self.inner.shared;
+        crate::sim::LeaseState {
+            lease: *shared.lease.lock().unwrap_or_else(|e| e.into_inner()),
+            now: shared.clock.now(),
+            promised: shared.promised.load(std::sync::atomic::Ordering::Relaxed),
+            resigned: *shared.resigned.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// The highest epoch this node has heard of.
+    pub fn epoch(&self) -> u64 {
+        self.inner
+            .shared
+            .max_epoch
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's counters.
@@ -248,6 +362,9 @@ impl Mesh {
     /// Leaves the cluster gracefully and stops every task of the node.
     /// Peers record a leave, not a death. Calling it again does nothing.
     pub async fn shutdown(&self) {
+        // E6: a leader hands over first; peers then see the leave.
+        self.inner.driver.resign().await;
+        self.inner.driver.stop().await;
         self.inner.membership.leave().await;
         self.inner.rpc.close().await;
     }
@@ -255,6 +372,7 @@ impl Mesh {
     /// Stops at once without telling peers, as a crash would (peers time
     /// the node out). Used by simulations to kill a node.
     pub async fn kill(&self) {
+        self.inner.driver.stop().await;
         self.inner.membership.stop().await;
         self.inner.rpc.close().await;
     }

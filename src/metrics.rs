@@ -32,6 +32,16 @@ pub struct Metrics {
     pub gossip_members_malformed: AtomicU64,
     /// Membership events published (joined, left, died, restarted).
     pub membership_events: AtomicU64,
+    /// Election attempts this node started.
+    pub elections_started: AtomicU64,
+    /// Terms in which this node served as leader.
+    pub election_terms_won: AtomicU64,
+    /// Times this node learned of a new leader.
+    pub leader_changes: AtomicU64,
+    /// Milliseconds this node spent without a known leader.
+    pub leaderless_ms_total: AtomicU64,
+    /// Length of the last leaderless period, in ms (a gauge).
+    pub leaderless_ms_last: AtomicU64,
     /// RPC calls made.
     pub rpc_calls: AtomicU64,
     /// RPC calls that failed (timeout, unreachable, refused).
@@ -60,7 +70,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 20] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 25] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -126,6 +136,36 @@ impl Metrics {
                 "counter",
                 "Membership changes observed (joined, left, died, restarted).",
                 &self.membership_events,
+            ),
+            (
+                "coordmesh_elections_started_total",
+                "counter",
+                "Election attempts this node started.",
+                &self.elections_started,
+            ),
+            (
+                "coordmesh_election_terms_won_total",
+                "counter",
+                "Terms in which this node served as leader.",
+                &self.election_terms_won,
+            ),
+            (
+                "coordmesh_leader_changes_total",
+                "counter",
+                "Times this node learned of a new leader.",
+                &self.leader_changes,
+            ),
+            (
+                "coordmesh_leaderless_ms_total",
+                "counter",
+                "Milliseconds this node spent without a known leader (failover time, summed).",
+                &self.leaderless_ms_total,
+            ),
+            (
+                "coordmesh_failover_last_ms",
+                "gauge",
+                "Length of the last period without a leader as this node saw it, in ms.",
+                &self.leaderless_ms_last,
             ),
             (
                 "coordmesh_rpc_calls_total",

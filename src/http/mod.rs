@@ -25,6 +25,10 @@ pub struct StatusBody {
     /// True when this node is, or has heard directly from, a leader with a
     /// valid lease.
     pub quorum: bool,
+    /// The highest epoch this node has heard of.
+    pub epoch: u64,
+    /// True while this node is the leader with a valid lease.
+    pub is_leader: bool,
     /// This node's voter set.
     pub voters: Vec<u64>,
     /// This incarnation's generation.
@@ -66,13 +70,18 @@ pub struct MemberBody {
 /// Builds the status body from the node's current view.
 pub fn status(mesh: &Mesh) -> StatusBody {
     let view = mesh.membership();
+    let leader = mesh.leader();
     StatusBody {
         node_id: mesh.id().0,
-        // The election is not wired yet: no leader is ever known, so
-        // `leader` is null and `quorum` false, as the contract says for
-        // a cluster without a leader.
-        leader: None,
-        quorum: false,
+        leader: leader.map(|l| LeaderBody {
+            id: l.id.0,
+            epoch: l.epoch,
+        }),
+        // The known leader is either this node with a valid lease or one
+        // heard from directly within the lease.
+        quorum: leader.is_some(),
+        epoch: mesh.epoch(),
+        is_leader: mesh.is_leader(),
         voters: mesh.config().voters.iter().map(|v| v.0).collect(),
         generation: mesh.generation(),
         members: view

@@ -16,6 +16,9 @@ pub const KEY_VOTER: &str = "voter";
 pub const KEY_PROTOCOL: &str = "proto";
 /// Gossip key: set to `1` when the node is leaving gracefully.
 pub const KEY_LEAVING: &str = "leaving";
+/// Key of the "reaches a quorum of voters" mark: a counter the node bumps
+/// each heartbeat interval in which it heard from a majority of voters.
+pub const KEY_REACH: &str = "reach";
 
 /// A node's gossiped metadata, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

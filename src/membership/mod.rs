@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-pub use meta::{KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_RPC, KEY_VOTER, NodeMeta};
+pub use meta::{KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC, KEY_VOTER, NodeMeta};
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 
 use crate::config::{Config, NodeId};
@@ -131,6 +131,31 @@ impl Membership {
     /// Publishes a key-value about this node to every peer.
     pub async fn set_local(&self, key: &str, value: &str) {
         self.chitchat.lock().await.self_node_state().set(key, value);
+    }
+
+    /// The value of `key` gossiped by each live peer (newest generation
+    /// per node id; this node and unparsable ids left out).
+    pub async fn peer_values(&self, key: &str) -> Vec<(NodeId, String)> {
+        let chitchat = self.chitchat.lock().await;
+        let mut newest: std::collections::BTreeMap<NodeId, (u64, String)> = Default::default();
+        for cid in chitchat.live_nodes() {
+            let Ok(id) = cid.node_id.parse::<NodeId>() else {
+                continue;
+            };
+            if id == self.self_id {
+                continue;
+            }
+            let Some(value) = chitchat.node_state(cid).and_then(|s| s.get(key)) else {
+                continue;
+            };
+            let slot = newest
+                .entry(id)
+                .or_insert((cid.generation_id, value.to_string()));
+            if cid.generation_id > slot.0 {
+                *slot = (cid.generation_id, value.to_string());
+            }
+        }
+        newest.into_iter().map(|(id, (_, v))| (id, v)).collect()
     }
 
     /// Leaves gracefully: gossips the `leaving` mark for the leave

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
+use crate::election::{ElectionRequest, ElectionResponse};
 
 /// A request that expects a [`Response`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +14,8 @@ use crate::config::NodeId;
 pub enum Request {
     /// Liveness and latency probe; answered with [`Response::Pong`].
     Ping(Ping),
+    /// Leader election.
+    Election(ElectionRequest),
 }
 
 /// The answer to a [`Request`].
@@ -21,6 +24,8 @@ pub enum Request {
 pub enum Response {
     /// Answer to [`Request::Ping`].
     Pong(Pong),
+    /// Answer to [`Request::Election`].
+    Election(ElectionResponse),
 }
 
 /// A one-way message: no answer, no delivery guarantee beyond QUIC's.

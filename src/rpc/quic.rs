@@ -443,6 +443,7 @@ mod tests {
                     generation: 0,
                     payload,
                 })),
+                _ => Err(Rejection::Unsupported),
             }
         }
         async fn message(&self, _from: NodeId, _message: Message) {}

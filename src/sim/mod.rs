@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{ConfigBuilder, NodeId};
+use crate::election::Leadership;
 use crate::mesh::{Environment, Mesh};
 use crate::net::{Faults, Network, SimNet};
 
@@ -53,8 +54,13 @@ pub struct SimCluster {
     voters: Vec<NodeId>,
     slots: BTreeMap<NodeId, Slot>,
     next_generation: u64,
+    /// Every node's protocol clock: tokio's, so virtual time applies.
+    clock: crate::node::Clock,
     /// Applied to every node's configuration (gossip interval, …).
     pub tuning: ConfigBuilder,
+    /// When set, each voter gets a data directory below it (added nodes
+    /// only), so its promises survive restarts.
+    pub data_root: Option<std::path::PathBuf>,
 }
 
 impl SimCluster {
@@ -75,7 +81,9 @@ impl SimCluster {
             voters,
             slots: BTreeMap::new(),
             next_generation: 1,
+            clock: crate::node::Clock::Tokio(tokio::time::Instant::now()),
             tuning: ConfigBuilder::default(),
+            data_root: None,
         }
     }
 
@@ -128,11 +136,17 @@ impl SimCluster {
         let seeds = (1..=SIM_SEEDS)
             .map(|s| Self::gossip_addr(NodeId(s)).to_string())
             .collect();
+        let data_dir = self
+            .data_root
+            .as_ref()
+            .filter(|_| self.voters.contains(&id))
+            .map(|root| root.join(format!("node-{id}")));
         let builder = ConfigBuilder {
             id: Some(id),
             gossip: Some(Self::gossip_addr(id)),
             seed: Some(seeds),
             voters: Some(self.voters.clone()),
+            data_dir,
             ..ConfigBuilder::default()
         };
         self.slots.insert(
@@ -160,6 +174,7 @@ impl SimCluster {
         let env = Environment {
             network: Network::Sim(self.net.clone()),
             generation,
+            clock: self.clock.clone(),
         };
         let mesh = Mesh::start_with(config, env)
             .await
@@ -263,6 +278,25 @@ impl SimCluster {
         }
     }
 
+    /// Time on the nodes' protocol clock.
+    pub fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    /// Records what every running node believes about leadership now.
+    pub fn observe(&self, log: &mut LeaderLog) {
+        for id in self.running() {
+            let mesh = self.mesh(id);
+            let state = mesh.lease_state();
+            let durable = mesh.config().data_dir.is_some();
+            log.sample(id, mesh.generation(), state.now, state.lease, mesh.epoch());
+            log.sample_promise(id, durable, state.promised);
+            if let Some((epoch, at)) = state.resigned {
+                log.resigned(id, epoch, at);
+            }
+        }
+    }
+
     /// Kills every node (no leave): ends the simulation.
     pub async fn shutdown(&mut self) {
         for id in self.running() {
@@ -275,5 +309,125 @@ impl SimCluster {
         self.slots
             .get_mut(&id)
             .unwrap_or_else(|| panic!("no node {id} in the simulation (seed {seed})"))
+    }
+}
+
+/// What a node believes about its own leadership, read by the checker.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseState {
+    /// While serving: the term and its lease end.
+    pub lease: Option<(Leadership, Duration)>,
+    /// The node's protocol clock now.
+    pub now: Duration,
+    /// Its highest promise.
+    pub promised: u64,
+    /// The last term it resigned, and when.
+    pub resigned: Option<(u64, Duration)>,
+}
+
+/// A leadership history checked for the election's safety properties: for
+/// each (node, epoch), the interval in which the node believed its lease
+/// valid, and each node's epochs over time.
+#[derive(Debug, Default)]
+pub struct LeaderLog {
+    /// (leader, epoch) → (first instant seen serving, latest lease end).
+    terms: BTreeMap<(NodeId, u64), (Duration, Duration)>,
+    /// Per node: (generation, highest epoch seen).
+    epochs: BTreeMap<NodeId, (u64, u64)>,
+    /// Per node: highest promise seen.
+    promises: BTreeMap<NodeId, u64>,
+    /// Broken properties, in words.
+    pub violations: Vec<String>,
+    last_sample: Option<Duration>,
+}
+
+impl LeaderLog {
+    /// Records one node's state at `now`.
+    pub fn sample(
+        &mut self,
+        node: NodeId,
+        generation: u64,
+        now: Duration,
+        lease: Option<(Leadership, Duration)>,
+        epoch: u64,
+    ) {
+        // A term may have begun up to one sampling period before it was
+        // first seen: count it from the previous sample, conservatively.
+        let since = self.last_sample.unwrap_or(now);
+        if let Some((leadership, until)) = lease
+            && now < until
+        {
+            let entry = self
+                .terms
+                .entry((node, leadership.epoch))
+                .or_insert((since, until));
+            entry.1 = entry.1.max(until);
+        }
+        let (gen_seen, epoch_seen) = self.epochs.entry(node).or_insert((generation, epoch));
+        if generation == *gen_seen && epoch < *epoch_seen {
+            self.violations.push(format!(
+                "node {node} went back from epoch {epoch_seen} to {epoch}"
+            ));
+        }
+        *gen_seen = generation;
+        *epoch_seen = epoch;
+        self.last_sample = Some(now);
+    }
+
+    /// A node resigned `epoch` at `at`: it stopped believing its lease
+    /// then (E6), so its term ends there, not at the lease's end.
+    pub fn resigned(&mut self, node: NodeId, epoch: u64, at: Duration) {
+        if let Some(term) = self.terms.get_mut(&(node, epoch)) {
+            term.1 = term.1.min(at.max(term.0));
+        }
+    }
+
+    /// Records a voter's promise: with durable state it must never go
+    /// down, restarts included.
+    pub fn sample_promise(&mut self, node: NodeId, durable: bool, promised: u64) {
+        let seen = self.promises.entry(node).or_insert(promised);
+        if durable && promised < *seen {
+            self.violations.push(format!(
+                "node {node}'s durable promise went back from {seen} to {promised}"
+            ));
+        }
+        *seen = promised.max(*seen);
+    }
+
+    /// Nodes whose lease was valid at `now`.
+    pub fn leaders_at(&self, now: Duration) -> Vec<(NodeId, u64)> {
+        self.terms
+            .iter()
+            .filter(|(_, (from, until))| *from <= now && now < *until)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Checks: at most one leader per epoch, and no two nodes' lease
+    /// intervals overlap. Returns every violation found.
+    pub fn check(&self) -> Vec<String> {
+        let mut out = self.violations.clone();
+        let terms: Vec<_> = self.terms.iter().collect();
+        for (i, ((a, ea), (a0, a1))) in terms.iter().enumerate() {
+            for ((b, eb), (b0, b1)) in &terms[i + 1..] {
+                if a == b {
+                    continue;
+                }
+                if ea == eb {
+                    out.push(format!("nodes {a} and {b} both led epoch {ea}"));
+                }
+                if a0 < b1 && b0 < a1 {
+                    out.push(format!(
+                        "leases overlap: node {a} epoch {ea} {a0:?}..{a1:?}, node {b} epoch {eb} {b0:?}..{b1:?}"
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Terms recorded: (leader, epoch).
+    pub fn terms(&self) -> Vec<(NodeId, u64)> {
+        self.terms.keys().copied().collect()
     }
 }

@@ -48,6 +48,15 @@ pub(crate) struct AgentArgs {
     /// Compress gossip digests: fewer bytes in large clusters, more CPU.
     #[arg(long)]
     gossip_compression: bool,
+    /// Leader heartbeat interval in ms [default: 100].
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+    /// Leader lease in ms [default: 400].
+    #[arg(long, value_name = "MS")]
+    lease_ms: Option<u64>,
+    /// Time without a leader before a node runs, in ms [default: 450].
+    #[arg(long, value_name = "MS")]
+    election_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +120,11 @@ fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigE
         phi_threshold: None,
         leave_ms: None,
         gossip_compression: args.gossip_compression.then_some(true),
+        heartbeat_ms: args.heartbeat_ms,
+        lease_ms: args.lease_ms,
+        election_timeout_ms: args.election_timeout_ms,
+        drift: None,
+        stability_window_ms: None,
     };
     file.overlay(flags).build()
 }

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs one node in the foreground until SIGINT or SIGTERM.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Shows the cluster as one agent sees it.
     Status(status::StatusArgs),
     /// Makes a new cluster secret (for `--cluster-key`).
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(*args),
         Command::Status(args) => status::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args),

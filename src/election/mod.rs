@@ -1,0 +1,1146 @@
+//! Leader election, sans-io: the lowest live eligible id leads (bully rule,
+//! for liveness), made safe by epochs, majority promises and a leader lease
+//! (DESIGN.md rules E1–E8, V1; PROTOCOL.md lists each with its test).
+//!
+//! [`Election`] never reads a clock, sleeps or sends. The driver feeds it
+//! `now` (time since an arbitrary origin on a clock that counts suspend,
+//! rule T1), requests from peers, the answers to what it asked, gossip
+//! observations and periodic ticks; it returns what to send, what to
+//! persist before answering, and leadership changes.
+//!
+//! Summary of the protocol (see PROTOCOL.md for the rules verbatim):
+//! - A candidate sends `Prepare(e)` with `e` above every epoch it knows. A
+//!   voter promises `e` only above its promise, outside its blackout, and
+//!   once its start-up wait (and, without durable state, its copy of the
+//!   promise from a majority) is over. A majority of promises elects.
+//! - The leader sends a heartbeat round to every member each heartbeat
+//!   interval; a round acked by a majority of voters extends the lease to
+//!   its first send time plus `L·(1−ρ)/(1+ρ)`. A voter that acks starts a
+//!   blackout of `L·(1+ρ)` in which it promises no one else.
+//! - The leader serves (is leader for its users) only while its lease,
+//!   from a round sent after takeover, is valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeId;
+
+/// Election timing, with the drift bound `ρ`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// The leader lease `L`.
+    pub lease: Duration,
+    /// How long without a valid leader before a node runs.
+    pub election_timeout: Duration,
+    /// Bound on the drift rate of monotonic clocks (`ρ`), e.g. 0.01.
+    pub drift: f64,
+    /// How long a returning lower id must stay eligible before the
+    /// incumbent hands over to it.
+    pub stability_window: Duration,
+}
+
+impl Default for Timing {
+    /// LAN defaults: 100 ms heartbeats, 400 ms lease, 450 ms election
+    /// timeout, 1% drift bound, 2 s stability window.
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(100),
+            lease: Duration::from_millis(400),
+            election_timeout: Duration::from_millis(450),
+            drift: 0.01,
+            stability_window: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a timing is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TimingError {
+    /// Fewer than two heartbeats per lease: one lost heartbeat would end
+    /// every lease.
+    #[error("heartbeat {heartbeat_ms} ms must be at most half the lease ({lease_ms} ms)")]
+    HeartbeatTooSlow {
+        /// Heartbeat interval.
+        heartbeat_ms: u64,
+        /// Lease.
+        lease_ms: u64,
+    },
+    /// Voters refuse promises for `L·(1+ρ)` after a heartbeat, so an
+    /// election timeout below that only wastes attempts.
+    #[error(
+        "election timeout {election_ms} ms must be at least the lease times (1 + drift), {min_ms} ms"
+    )]
+    ElectionBeforeLease {
+        /// Election timeout.
+        election_ms: u64,
+        /// Its lower bound.
+        min_ms: u64,
+    },
+    /// Drift bound outside [0, 0.1].
+    #[error("drift bound {0} must be within 0 and 0.1")]
+    Drift(f64),
+    /// A zero duration.
+    #[error("heartbeat and lease must be above zero")]
+    Zero,
+}
+
+impl Timing {
+    /// Checks the relations the protocol relies on.
+    pub fn validate(&self) -> Result<(), TimingError> {
+        if self.heartbeat.is_zero() || self.lease.is_zero() {
+            return Err(TimingError::Zero);
+        }
+        if !(0.0..=0.1).contains(&self.drift) {
+            return Err(TimingError::Drift(self.drift));
+        }
+        if self.heartbeat * 2 > self.lease {
+            return Err(TimingError::HeartbeatTooSlow {
+                heartbeat_ms: self.heartbeat.as_millis() as u64,
+                lease_ms: self.lease.as_millis() as u64,
+            });
+        }
+        if self.election_timeout < self.blackout() {
+            return Err(TimingError::ElectionBeforeLease {
+                election_ms: self.election_timeout.as_millis() as u64,
+                min_ms: self.blackout().as_millis() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// `L·(1+ρ)`: a voter's blackout after it counted a heartbeat, and a
+    /// voter's start-up wait (E3, E7).
+    pub fn blackout(&self) -> Duration {
+        self.lease.mul_f64(1.0 + self.drift)
+    }
+
+    /// `L·(1−ρ)/(1+ρ)`: how long past a round's first send the leader
+    /// trusts its lease (E5).
+    pub fn lease_trusted(&self) -> Duration {
+        self.lease.mul_f64((1.0 - self.drift) / (1.0 + self.drift))
+    }
+
+    /// How long a peer's "reaches quorum" mark stays fresh: it is bumped
+    /// every heartbeat interval, and gossip takes a round or two.
+    pub fn reach_fresh(&self) -> Duration {
+        self.heartbeat * 4
+    }
+}
+
+/// A hash of the voter set, carried by every election message (V1).
+pub fn voter_hash(voters: &[NodeId]) -> u64 {
+    // FNV-1a over the sorted ids: stable across builds and platforms.
+    let mut sorted = voters.to_vec();
+    sorted.sort_unstable();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in sorted {
+        for byte in id.0.to_be_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Election requests between nodes. Every one carries the voter-set hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionRequest {
+    /// A candidate asks for promises for `epoch`.
+    Prepare {
+        /// The candidate's epoch.
+        epoch: u64,
+        /// Voter-set hash.
+        voters: u64,
+    },
+    /// A leader's heartbeat round.
+    Heartbeat {
+        /// The leader's epoch.
+        epoch: u64,
+        /// The round (fresh per send).
+        round: u64,
+        /// Voter-set hash.
+        voters: u64,
+    },
+    /// The leader stops serving and hands over (E6).
+    Resign {
+        /// The epoch it led.
+        epoch: u64,
+        /// Voter-set hash.
+        voters: u64,
+    },
+    /// Does this voter answer? (for the "reaches quorum" mark)
+    Probe {
+        /// Voter-set hash.
+        voters: u64,
+    },
+    /// A voter without durable state asks for the highest promise (E7).
+    Sync {
+        /// Voter-set hash.
+        voters: u64,
+    },
+}
+
+/// Answers to [`ElectionRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionResponse {
+    /// A promise for `epoch`.
+    Promise {
+        /// The epoch promised.
+        epoch: u64,
+    },
+    /// A heartbeat counted toward the lease.
+    Ack {
+        /// The leader's epoch.
+        epoch: u64,
+        /// The round acked.
+        round: u64,
+    },
+    /// Refused; `promised` tells the sender the epoch to beat.
+    Reject {
+        /// The refusing node's promise.
+        promised: u64,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// Answer to a probe or a resign.
+    Noted {
+        /// The answering node is a voter still recovering (E7).
+        recovering: bool,
+    },
+    /// Answer to a sync.
+    State {
+        /// The highest epoch promised.
+        promised: u64,
+        /// Still recovering itself.
+        recovering: bool,
+        /// How long ago it started, in milliseconds.
+        up_ms: u64,
+    },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The epoch is below (or, for a prepare, not above) the promise.
+    StaleEpoch,
+    /// In the blackout after counting a leader's heartbeat (E3).
+    Blackout,
+    /// Started too recently, or recovering its state (E7).
+    Recovering,
+    /// Another voter set (V1).
+    VoterSet,
+    /// Not a voter: it neither promises nor counts.
+    NotVoter,
+}
+
+/// The current leader as a node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    /// The leader.
+    pub id: NodeId,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a request; feed the answer (or its failure) back through
+    /// [`Election::handle_response`].
+    Send {
+        /// Destination.
+        to: NodeId,
+        /// What to send.
+        request: ElectionRequest,
+    },
+    /// Make this promise durable before anything after it is sent (the
+    /// candidate's promise to itself; E1).
+    Persist(u64),
+    /// Publish a new "reaches quorum" mark in gossip.
+    PublishReach(u64),
+    /// This node's view of the leader changed.
+    LeaderChanged(Option<Leadership>),
+    /// This node started or stopped serving as leader.
+    Serving(bool),
+    /// An election attempt started (for metrics).
+    ElectionStarted {
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// A request's handling: the answer, and an epoch that must be durable
+/// before the answer is sent (E1, E8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    /// The answer.
+    pub response: ElectionResponse,
+    /// Persist this promise first, if set.
+    pub persist: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Follower,
+    Candidate {
+        epoch: u64,
+        promises: BTreeSet<NodeId>,
+        sent_at: Duration,
+    },
+    Leader {
+        epoch: u64,
+        /// When the deciding promise arrived (E4).
+        takeover_at: Duration,
+        /// Valid until; `None` until a post-takeover round is majority-acked.
+        lease_until: Option<Duration>,
+        next_round: u64,
+        last_round_at: Duration,
+        /// Rounds awaiting a majority: send time and voters that acked.
+        rounds: BTreeMap<u64, (Duration, BTreeSet<NodeId>)>,
+        /// Handing over: serves nothing, resigns.
+        resigning: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    live: bool,
+    reach: u64,
+    reach_changed_at: Option<Duration>,
+    eligible_since: Option<Duration>,
+}
+
+/// Rounds kept waiting for acks; older ones are forgotten (their acks
+/// would only extend the lease from an older send time anyway).
+const ROUNDS_PENDING_MAX: usize = 16;
+
+/// One node's election state machine.
+#[derive(Debug, Clone)]
+pub struct Election {
+    id: NodeId,
+    voters: Vec<NodeId>,
+    hash: u64,
+    timing: Timing,
+    started_at: Duration,
+    durable: bool,
+    // Voter state.
+    promised: u64,
+    /// Recovery done (E7): the start-up wait, and without durable state
+    /// the copy of the highest promise from a majority.
+    recovered: bool,
+    blackout_until: Duration,
+    blackout_epoch: u64,
+    sync_replies: BTreeMap<NodeId, (u64, bool, u64)>,
+    // Knowledge.
+    max_epoch: u64,
+    leader: Option<(Leadership, Duration)>,
+    /// The last leader this node heard from, kept after its lease.
+    last_leader: Option<NodeId>,
+    resigned_at: Option<Duration>,
+    role: Role,
+    serving: bool,
+    peers: BTreeMap<NodeId, Peer>,
+    probe_acks: BTreeMap<NodeId, Duration>,
+    last_probe_at: Option<Duration>,
+    reach: u64,
+    next_attempt_at: Duration,
+    rng: u64,
+    announced: Option<Leadership>,
+}
+
+impl Election {
+    /// A node starting at `now`. `promised` is the durable promise read at
+    /// start (`Some` with a data directory, even if 0; `None` without).
+    pub fn new(
+        id: NodeId,
+        voters: &[NodeId],
+        timing: Timing,
+        now: Duration,
+        promised: Option<u64>,
+        seed: u64,
+    ) -> Election {
+        let mut voters = voters.to_vec();
+        voters.sort_unstable();
+        voters.dedup();
+        Election {
+            id,
+            hash: voter_hash(&voters),
+            voters,
+            timing,
+            started_at: now,
+            durable: promised.is_some(),
+            promised: promised.unwrap_or(0),
+            recovered: false,
+            blackout_until: now,
+            blackout_epoch: 0,
+            sync_replies: BTreeMap::new(),
+            max_epoch: promised.unwrap_or(0),
+            leader: None,
+            last_leader: None,
+            resigned_at: None,
+            role: Role::Follower,
+            serving: false,
+            peers: BTreeMap::new(),
+            probe_acks: BTreeMap::new(),
+            last_probe_at: None,
+            reach: 0,
+            next_attempt_at: now + timing.election_timeout,
+            rng: seed | 1,
+            announced: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The timing it runs with.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    fn is_voter(&self) -> bool {
+        self.voters.binary_search(&self.id).is_ok()
+    }
+
+    fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// True while this node may act as leader: its lease is valid.
+    pub fn is_serving(&self, now: Duration) -> bool {
+        match &self.role {
+            Role::Leader {
+                lease_until: Some(until),
+                resigning: false,
+                ..
+            } => now < *until,
+            _ => false,
+        }
+    }
+
+    /// The lease end while serving.
+    pub fn lease_until(&self) -> Option<Duration> {
+        match &self.role {
+            Role::Leader {
+                lease_until,
+                resigning: false,
+                ..
+            } => *lease_until,
+            _ => None,
+        }
+    }
+
+    /// The leader as this node sees it now: itself while serving, else the
+    /// sender of a heartbeat within the lease.
+    pub fn leader(&self, now: Duration) -> Option<Leadership> {
+        if let Role::Leader { epoch, .. } = self.role
+            && self.is_serving(now)
+        {
+            return Some(Leadership { id: self.id, epoch });
+        }
+        match self.leader {
+            Some((l, seen)) if now < seen + self.timing.lease && l.id != self.id => Some(l),
+            _ => None,
+        }
+    }
+
+    /// The highest epoch this node promised (voters) .
+    pub fn promised(&self) -> u64 {
+        self.promised
+    }
+
+    /// The highest epoch this node has heard of.
+    pub fn max_epoch(&self) -> u64 {
+        self.max_epoch
+    }
+
+    /// True once the start-up wait and any recovery are over (E7).
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// Gossip says `node` is live or not, with its "reaches quorum" mark.
+    pub fn handle_peer(&mut self, now: Duration, node: NodeId, live: bool, reach: Option<u64>) {
+        if node == self.id {
+            return;
+        }
+        let peer = self.peers.entry(node).or_default();
+        peer.live = live;
+        if let Some(reach) = reach
+            && reach != peer.reach
+        {
+            peer.reach = reach;
+            peer.reach_changed_at = Some(now);
+        }
+        if !live {
+            peer.eligible_since = None;
+        }
+    }
+
+    /// A peer left the membership (or died): forget its marks.
+    pub fn handle_peer_gone(&mut self, node: NodeId) {
+        self.peers.remove(&node);
+        self.probe_acks.remove(&node);
+    }
+
+    fn peer_eligible(&self, now: Duration, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| {
+            p.live
+                && p.reach_changed_at
+                    .is_some_and(|at| now.saturating_sub(at) <= self.timing.reach_fresh())
+        })
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: the core's only randomness, seeded by the driver.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Periodic work: heartbeats, probes, candidacy, recovery. Call at
+    /// least every heartbeat interval / 4.
+    pub fn handle_tick(&mut self, now: Duration) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.recover(now, &mut out);
+        self.update_eligibility(now);
+        match self.role.clone() {
+            Role::Leader { .. } => self.lead(now, &mut out),
+            Role::Candidate { sent_at, .. } => {
+                // An attempt that has not won within two heartbeats failed.
+                if now >= sent_at + self.timing.heartbeat * 2 {
+                    self.fail_attempt(now);
+                }
+            }
+            Role::Follower => {
+                if self.should_run(now) {
+                    self.run(now, &mut out);
+                }
+            }
+        }
+        self.probe(now, &mut out);
+        self.announce(now, &mut out);
+        out
+    }
+
+    fn recover(&mut self, now: Duration, out: &mut Vec<Output>) {
+        if self.recovered || now < self.started_at + self.timing.blackout() {
+            return;
+        }
+        if !self.is_voter() || self.durable {
+            self.recovered = true;
+            return;
+        }
+        // E7 without durable state: copy the highest promise from
+        // ⌊(n−1)/2⌋+1 other voters that are not recovering.
+        let need = (self.voters.len() - 1) / 2 + 1;
+        let healthy: Vec<u64> = self
+            .sync_replies
+            .values()
+            .filter(|(_, recovering, _)| !recovering)
+            .map(|(p, _, _)| *p)
+            .collect();
+        if healthy.len() >= need {
+            self.promised = self
+                .promised
+                .max(healthy.iter().copied().max().unwrap_or(0));
+            self.max_epoch = self.max_epoch.max(self.promised);
+            self.recovered = true;
+            return;
+        }
+        // A majority (with this node) all recovering: a full restart
+        // without data dirs. Form anew once `L` has passed since the last
+        // of them started (no locks yet, so no TTL to wait out).
+        let recovering: Vec<&(u64, bool, u64)> =
+            self.sync_replies.values().filter(|(_, r, _)| *r).collect();
+        if recovering.len() + 1 >= self.quorum() {
+            let youngest_ms = recovering.iter().map(|(_, _, up)| *up).min().unwrap_or(0);
+            let up = now.saturating_sub(self.started_at);
+            let youngest = Duration::from_millis(youngest_ms).min(up);
+            if youngest >= self.timing.blackout() * 2 {
+                self.promised = self
+                    .promised
+                    .max(recovering.iter().map(|(p, _, _)| *p).max().unwrap_or(0));
+                self.max_epoch = self.max_epoch.max(self.promised);
+                self.recovered = true;
+                return;
+            }
+        }
+        if self
+            .last_probe_at
+            .is_none_or(|at| now >= at + self.timing.heartbeat)
+        {
+            for &v in &self.voters {
+                if v != self.id {
+                    out.push(Output::Send {
+                        to: v,
+                        request: ElectionRequest::Sync { voters: self.hash },
+                    });
+                }
+            }
+        }
+    }
+
+    fn update_eligibility(&mut self, now: Duration) {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let eligible = self.peer_eligible(now, id);
+            if let Some(p) = self.peers.get_mut(&id) {
+                match (eligible, p.eligible_since) {
+                    (true, None) => p.eligible_since = Some(now),
+                    (false, Some(_)) => p.eligible_since = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// E2: run only with no valid leader seen within the lease and the
+    /// election timeout, no eligible lower id, and past any backoff.
+    fn should_run(&self, now: Duration) -> bool {
+        if now < self.next_attempt_at {
+            return false;
+        }
+        if let Some((_, seen)) = self.leader {
+            let resigned = self.resigned_at.is_some_and(|r| r >= seen);
+            if !resigned && now < seen + self.timing.election_timeout {
+                return false;
+            }
+        }
+        let lower_eligible = self
+            .peers
+            .keys()
+            .any(|&p| p < self.id && self.peer_eligible(now, p));
+        if lower_eligible {
+            return false;
+        }
+        // Liveness only: with no leader ever seen (a cold start), give
+        // live lower ids a head start by rank, so the lowest usually wins
+        // without a contest. A lost leader is not waited for.
+        if self.leader.is_none() && self.resigned_at.is_none() {
+            let lost = self.last_leader;
+            let lower_live = self
+                .peers
+                .iter()
+                .filter(|(p, peer)| **p < self.id && peer.live && Some(**p) != lost)
+                .count() as u32;
+            let head_start = self.timing.election_timeout / 2 * lower_live;
+            if now < self.started_at + self.timing.election_timeout + head_start {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn run(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let epoch = self.max_epoch.max(self.promised) + 1;
+        self.max_epoch = epoch;
+        let mut promises = BTreeSet::new();
+        if self.can_promise(now, epoch).is_ok() {
+            // A voting candidate promises itself, durably, before asking.
+            self.promised = epoch;
+            promises.insert(self.id);
+            out.push(Output::Persist(epoch));
+        }
+        self.role = Role::Candidate {
+            epoch,
+            promises,
+            sent_at: now,
+        };
+        out.push(Output::ElectionStarted { epoch });
+        for &v in &self.voters {
+            if v != self.id {
+                out.push(Output::Send {
+                    to: v,
+                    request: ElectionRequest::Prepare {
+                        epoch,
+                        voters: self.hash,
+                    },
+                });
+            }
+        }
+        self.check_won(now, out);
+    }
+
+    fn rank(&self, now: Duration) -> u32 {
+        let lower = self
+            .peers
+            .keys()
+            .filter(|&&p| p < self.id && self.peer_eligible(now, p))
+            .count();
+        lower as u32 + 1
+    }
+
+    fn fail_attempt(&mut self, now: Duration) {
+        self.role = Role::Follower;
+        // E2: back off uniformly in [T, 2T] times the rank.
+        let t = self.timing.election_timeout;
+        let jitter = (self.next_random() % 1000) as f64 / 1000.0;
+        self.next_attempt_at = now + t.mul_f64((1.0 + jitter) * f64::from(self.rank(now)));
+    }
+
+    fn can_promise(&self, now: Duration, epoch: u64) -> Result<(), RejectReason> {
+        if !self.is_voter() {
+            return Err(RejectReason::NotVoter);
+        }
+        if !self.recovered {
+            return Err(RejectReason::Recovering);
+        }
+        if epoch <= self.promised {
+            return Err(RejectReason::StaleEpoch);
+        }
+        if now < self.blackout_until {
+            return Err(RejectReason::Blackout);
+        }
+        Ok(())
+    }
+
+    fn check_won(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let Role::Candidate {
+            epoch, promises, ..
+        } = &self.role
+        else {
+            return;
+        };
+        if promises.len() >= self.quorum() {
+            let epoch = *epoch;
+            self.role = Role::Leader {
+                epoch,
+                takeover_at: now,
+                lease_until: None,
+                next_round: 0,
+                last_round_at: Duration::ZERO,
+                rounds: BTreeMap::new(),
+                resigning: false,
+            };
+            self.leader = Some((Leadership { id: self.id, epoch }, now));
+            // E4: the first heartbeat round goes out at once.
+            self.send_round(now, out);
+        }
+    }
+
+    fn lead(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let Role::Leader {
+            epoch,
+            last_round_at,
+            resigning,
+            ..
+        } = &self.role
+        else {
+            return;
+        };
+        let (epoch, last_round_at, resigning) = (*epoch, *last_round_at, *resigning);
+        if resigning {
+            return;
+        }
+        // E6: hand over to a lower id eligible for the stability window.
+        let preempt = self.peers.iter().any(|(&id, p)| {
+            id < self.id
+                && p.eligible_since
+                    .is_some_and(|since| now >= since + self.timing.stability_window)
+        });
+        if preempt {
+            out.extend(self.resign(now));
+            return;
+        }
+        if now >= last_round_at + self.timing.heartbeat {
+            self.send_round(now, out);
+        }
+        let _ = epoch;
+    }
+
+    fn send_round(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let is_voter = self.is_voter();
+        let id = self.id;
+        let hash = self.hash;
+        let members: Vec<NodeId> = self
+            .voters
+            .iter()
+            .copied()
+            .chain(self.peers.iter().filter(|(_, p)| p.live).map(|(&i, _)| i))
+            .filter(|&n| n != id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let Role::Leader {
+            epoch,
+            next_round,
+            last_round_at,
+            rounds,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        let round = *next_round;
+        *next_round += 1;
+        *last_round_at = now;
+        let mut acks = BTreeSet::new();
+        if is_voter {
+            acks.insert(id);
+        }
+        rounds.insert(round, (now, acks));
+        let epoch_now = *epoch;
+        while rounds.len() > ROUNDS_PENDING_MAX {
+            rounds.pop_first();
+        }
+        let epoch = *epoch;
+        if is_voter {
+            // The leader's own ack counts toward its lease like any other
+            // voter's, so it takes the same blackout (E3): it promises no
+            // other candidate while its lease may be valid.
+            self.blackout_until = now + self.timing.blackout();
+            self.blackout_epoch = epoch_now;
+        }
+        for to in members {
+            out.push(Output::Send {
+                to,
+                request: ElectionRequest::Heartbeat {
+                    epoch,
+                    round,
+                    voters: hash,
+                },
+            });
+        }
+        // A single voter that is the leader acks itself.
+        self.count_acks(now, round);
+    }
+
+    fn count_acks(&mut self, _now: Duration, round: u64) {
+        let quorum = self.quorum();
+        let trusted = self.timing.lease_trusted();
+        let Role::Leader {
+            takeover_at,
+            lease_until,
+            rounds,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        let Some((sent_at, acks)) = rounds.get(&round) else {
+            return;
+        };
+        // E4: only rounds sent after takeover count (all rounds are sent
+        // by this term; `>=` since the first round leaves at takeover).
+        if acks.len() >= quorum && *sent_at >= *takeover_at {
+            let until = *sent_at + trusted;
+            if lease_until.is_none_or(|u| until > u) {
+                *lease_until = Some(until);
+            }
+            // Older rounds can no longer extend the lease.
+            let keep = round;
+            rounds.retain(|&r, _| r > keep);
+        }
+    }
+
+    /// Stops serving and tells every member, ending voters' blackout for
+    /// this epoch (E6). The node stays follower and defers to the others
+    /// for one election timeout.
+    pub fn resign(&mut self, now: Duration) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Role::Leader { epoch, .. } = self.role else {
+            return out;
+        };
+        self.role = Role::Follower;
+        self.leader = None;
+        self.next_attempt_at = now + self.timing.election_timeout;
+        let targets: BTreeSet<NodeId> = self
+            .voters
+            .iter()
+            .copied()
+            .chain(self.peers.iter().filter(|(_, p)| p.live).map(|(&i, _)| i))
+            .filter(|&n| n != self.id)
+            .collect();
+        for to in targets {
+            out.push(Output::Send {
+                to,
+                request: ElectionRequest::Resign {
+                    epoch,
+                    voters: self.hash,
+                },
+            });
+        }
+        self.announce(now, &mut out);
+        out
+    }
+
+    fn probe(&mut self, now: Duration, out: &mut Vec<Output>) {
+        if self
+            .last_probe_at
+            .is_some_and(|at| now < at + self.timing.heartbeat)
+        {
+            return;
+        }
+        self.last_probe_at = Some(now);
+        // Count voters heard from within three heartbeats (heartbeat acks
+        // count for a leader, probe answers otherwise).
+        let window = self.timing.heartbeat * 3;
+        let mut reached = self
+            .probe_acks
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) <= window)
+            .count();
+        if self.is_voter() && self.recovered {
+            reached += 1;
+        }
+        if reached >= self.quorum() {
+            self.reach += 1;
+            out.push(Output::PublishReach(self.reach));
+        }
+        // Only a possible candidate needs the mark refreshed by probes:
+        // not the leader (its heartbeats are acked), and not a node above
+        // a valid leader.
+        let is_leader = matches!(self.role, Role::Leader { .. });
+        let above_leader = self
+            .leader(now)
+            .is_some_and(|l| l.id < self.id && l.id != self.id);
+        if !is_leader && !above_leader {
+            for &v in &self.voters {
+                if v != self.id {
+                    out.push(Output::Send {
+                        to: v,
+                        request: ElectionRequest::Probe { voters: self.hash },
+                    });
+                }
+            }
+        }
+    }
+
+    fn announce(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let current = self.leader(now);
+        if current != self.announced {
+            self.announced = current;
+            out.push(Output::LeaderChanged(current));
+        }
+        let serving = self.is_serving(now);
+        if serving != self.serving {
+            self.serving = serving;
+            out.push(Output::Serving(serving));
+        }
+    }
+
+    fn observe_epoch(&mut self, epoch: u64) {
+        self.max_epoch = self.max_epoch.max(epoch);
+        // E1: a leader or candidate that learns of a higher epoch stops.
+        let mine = match self.role {
+            Role::Leader { epoch, .. } | Role::Candidate { epoch, .. } => Some(epoch),
+            Role::Follower => None,
+        };
+        if mine.is_some_and(|m| epoch > m) {
+            self.role = Role::Follower;
+        }
+    }
+
+    /// A request from `from`. The answer must not be sent before
+    /// `persist` (if any) is durable.
+    pub fn handle_request(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        request: &ElectionRequest,
+    ) -> (Handled, Vec<Output>) {
+        let mut out = Vec::new();
+        let hash = match request {
+            ElectionRequest::Prepare { voters, .. }
+            | ElectionRequest::Heartbeat { voters, .. }
+            | ElectionRequest::Resign { voters, .. }
+            | ElectionRequest::Probe { voters }
+            | ElectionRequest::Sync { voters } => *voters,
+        };
+        if hash != self.hash {
+            return (self.reject(RejectReason::VoterSet), out);
+        }
+        let handled = match *request {
+            ElectionRequest::Prepare { epoch, .. } => {
+                // Only noted: an attempt is not a leader, and most are
+                // refused (a leader steps down when a voter refuses its
+                // heartbeat, or another leader's heartbeat arrives).
+                self.max_epoch = self.max_epoch.max(epoch);
+                match self.can_promise(now, epoch) {
+                    Ok(()) => {
+                        self.promised = epoch;
+                        Handled {
+                            response: ElectionResponse::Promise { epoch },
+                            persist: Some(epoch),
+                        }
+                    }
+                    Err(reason) => self.reject(reason),
+                }
+            }
+            ElectionRequest::Heartbeat { epoch, round, .. } => {
+                self.heartbeat(now, from, epoch, round)
+            }
+            ElectionRequest::Resign { epoch, .. } => {
+                if self
+                    .leader
+                    .is_some_and(|(l, _)| l.id == from && l.epoch == epoch)
+                {
+                    self.leader = None;
+                    self.resigned_at = Some(now);
+                    // A resign lets the next one run without waiting.
+                    self.next_attempt_at = now;
+                }
+                if self.blackout_epoch == epoch {
+                    self.blackout_until = now;
+                }
+                // E6: refuse that epoch from now on.
+                if self.is_voter() && self.recovered && epoch > self.promised {
+                    self.promised = epoch;
+                    Handled {
+                        response: ElectionResponse::Noted { recovering: false },
+                        persist: Some(epoch),
+                    }
+                } else {
+                    Handled {
+                        response: ElectionResponse::Noted {
+                            recovering: !self.recovered,
+                        },
+                        persist: None,
+                    }
+                }
+            }
+            ElectionRequest::Probe { .. } => Handled {
+                response: ElectionResponse::Noted {
+                    recovering: self.is_voter() && !self.recovered,
+                },
+                persist: None,
+            },
+            ElectionRequest::Sync { .. } => Handled {
+                response: ElectionResponse::State {
+                    promised: self.promised,
+                    recovering: self.is_voter() && !self.recovered,
+                    up_ms: now.saturating_sub(self.started_at).as_millis() as u64,
+                },
+                persist: None,
+            },
+        };
+        self.announce(now, &mut out);
+        (handled, out)
+    }
+
+    fn heartbeat(&mut self, now: Duration, from: NodeId, epoch: u64, round: u64) -> Handled {
+        // E1: below the promise: refuse, tell the sender.
+        if epoch < self.promised {
+            return self.reject(RejectReason::StaleEpoch);
+        }
+        self.observe_epoch(epoch);
+        if from != self.id {
+            let newer = self.leader.is_none_or(|(l, _)| epoch >= l.epoch);
+            if newer {
+                self.leader = Some((Leadership { id: from, epoch }, now));
+                self.last_leader = Some(from);
+            }
+        }
+        if !self.is_voter() {
+            return self.reject(RejectReason::NotVoter);
+        }
+        // E7: a recovering voter acks nothing.
+        if !self.recovered {
+            return self.reject(RejectReason::Recovering);
+        }
+        let persist = (epoch > self.promised).then_some(epoch);
+        self.promised = self.promised.max(epoch);
+        // E3: counted toward this leader's lease: blackout.
+        self.blackout_until = now + self.timing.blackout();
+        self.blackout_epoch = epoch;
+        Handled {
+            response: ElectionResponse::Ack { epoch, round },
+            persist,
+        }
+    }
+
+    fn reject(&self, reason: RejectReason) -> Handled {
+        Handled {
+            response: ElectionResponse::Reject {
+                promised: self.promised,
+                reason,
+            },
+            persist: None,
+        }
+    }
+
+    /// The answer from `from` to a request this node sent (`None`: it
+    /// failed or timed out).
+    pub fn handle_response(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        request: &ElectionRequest,
+        response: Option<&ElectionResponse>,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        match (request, response) {
+            (
+                ElectionRequest::Prepare { epoch, .. },
+                Some(ElectionResponse::Promise { epoch: promised }),
+            ) if epoch == promised => {
+                if let Role::Candidate {
+                    epoch: mine,
+                    promises,
+                    ..
+                } = &mut self.role
+                    && mine == epoch
+                    && self.voters.binary_search(&from).is_ok()
+                {
+                    promises.insert(from);
+                }
+                self.check_won(now, &mut out);
+            }
+            (
+                ElectionRequest::Heartbeat { epoch, round, .. },
+                Some(ElectionResponse::Ack {
+                    epoch: acked,
+                    round: r,
+                }),
+            ) if epoch == acked && round == r && self.voters.binary_search(&from).is_ok() => {
+                self.probe_acks.insert(from, now);
+                let mine = matches!(self.role, Role::Leader { epoch: e, .. } if e == *epoch);
+                if mine && let Role::Leader { rounds, .. } = &mut self.role {
+                    if let Some((_, acks)) = rounds.get_mut(round) {
+                        acks.insert(from);
+                    }
+                    self.count_acks(now, *round);
+                }
+            }
+            (_, Some(ElectionResponse::Reject { promised, reason })) => {
+                if *reason != RejectReason::VoterSet {
+                    self.observe_epoch(*promised);
+                }
+                if matches!(request, ElectionRequest::Probe { .. }) {
+                    self.probe_acks.insert(from, now);
+                }
+            }
+            (ElectionRequest::Probe { .. }, Some(ElectionResponse::Noted { recovering }))
+                if !recovering =>
+            {
+                self.probe_acks.insert(from, now);
+            }
+            (
+                ElectionRequest::Sync { .. },
+                Some(ElectionResponse::State {
+                    promised,
+                    recovering,
+                    up_ms,
+                }),
+            ) => {
+                self.observe_epoch(*promised);
+                self.sync_replies
+                    .insert(from, (*promised, *recovering, *up_ms));
+            }
+            _ => {}
+        }
+        self.announce(now, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! The election core on a zero-latency in-memory network with cuts, driven
+//! in 10 ms steps. Each test states the rule it checks.
+
+use super::*;
+
+const STEP: Duration = Duration::from_millis(10);
+
+struct Net {
+    nodes: BTreeMap<NodeId, Election>,
+    down: BTreeSet<NodeId>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    now: Duration,
+    /// (node, epoch, first instant it served, last instant it served)
+    served: BTreeMap<(NodeId, u64), (Duration, Duration)>,
+}
+
+fn ids(n: u64) -> Vec<NodeId> {
+    (1..=n).map(NodeId).collect()
+}
+
+impl Net {
+    fn new(n: u64, voters: &[NodeId], durable: bool) -> Net {
+        let mut nodes = BTreeMap::new();
+        for id in ids(n) {
+            let promised = durable.then_some(0);
+            nodes.insert(
+                id,
+                Election::new(
+                    id,
+                    voters,
+                    Timing::default(),
+                    Duration::ZERO,
+                    promised,
+                    id.0,
+                ),
+            );
+        }
+        let mut net = Net {
+            nodes,
+            down: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            now: Duration::ZERO,
+            served: BTreeMap::new(),
+        };
+        for a in ids(n) {
+            for b in ids(n) {
+                net.nodes
+                    .get_mut(&a)
+                    .unwrap()
+                    .handle_peer(Duration::ZERO, b, true, None);
+            }
+        }
+        net
+    }
+
+    fn link(&self, a: NodeId, b: NodeId) -> bool {
+        !self.down.contains(&a)
+            && !self.down.contains(&b)
+            && !self.cut.contains(&(a, b))
+            && !self.cut.contains(&(b, a))
+    }
+
+    fn process(&mut self, from: NodeId, outs: Vec<Output>) {
+        for out in outs {
+            match out {
+                Output::Send { to, request } => {
+                    let response = if self.link(from, to) {
+                        let (handled, more) = self
+                            .nodes
+                            .get_mut(&to)
+                            .unwrap()
+                            .handle_request(self.now, from, &request);
+                        self.process(to, more);
+                        Some(handled.response)
+                    } else {
+                        None
+                    };
+                    let now = self.now;
+                    let more = self.nodes.get_mut(&from).unwrap().handle_response(
+                        now,
+                        to,
+                        &request,
+                        response.as_ref(),
+                    );
+                    self.process(from, more);
+                }
+                Output::PublishReach(reach) => {
+                    let now = self.now;
+                    let peers: Vec<NodeId> = self.nodes.keys().copied().collect();
+                    for p in peers {
+                        if p != from && self.link(from, p) {
+                            self.nodes.get_mut(&p).unwrap().handle_peer(
+                                now,
+                                from,
+                                true,
+                                Some(reach),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += STEP;
+        let up: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| !self.down.contains(n))
+            .collect();
+        for id in up {
+            let now = self.now;
+            let outs = self.nodes.get_mut(&id).unwrap().handle_tick(now);
+            self.process(id, outs);
+        }
+        for (&id, e) in &self.nodes {
+            if !self.down.contains(&id)
+                && e.is_serving(self.now)
+                && let Some(l) = e.leader(self.now)
+            {
+                let entry = self
+                    .served
+                    .entry((id, l.epoch))
+                    .or_insert((self.now, self.now));
+                entry.1 = self.now;
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    fn serving(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(id, e)| !self.down.contains(id) && e.is_serving(self.now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// No two nodes served at overlapping times, and one node per epoch.
+    fn assert_safe(&self) {
+        let all: Vec<_> = self.served.iter().collect();
+        for (i, ((a, ea), (a0, a1))) in all.iter().enumerate() {
+            for ((b, eb), (b0, b1)) in &all[i + 1..] {
+                if a == b {
+                    continue;
+                }
+                assert_ne!(ea, eb, "two leaders in epoch {ea}");
+                assert!(
+                    a1 < b0 || b1 < a0,
+                    "{a}@{ea} served {a0:?}..{a1:?} and {b}@{eb} served {b0:?}..{b1:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn timing_relations_are_validated() {
+    assert_eq!(Timing::default().validate(), Ok(()));
+    let bad = Timing {
+        election_timeout: Duration::from_millis(300),
+        ..Timing::default()
+    };
+    assert!(matches!(
+        bad.validate(),
+        Err(TimingError::ElectionBeforeLease { .. })
+    ));
+    let bad = Timing {
+        heartbeat: Duration::from_millis(300),
+        ..Timing::default()
+    };
+    assert!(matches!(
+        bad.validate(),
+        Err(TimingError::HeartbeatTooSlow { .. })
+    ));
+    let bad = Timing {
+        drift: 0.5,
+        ..Timing::default()
+    };
+    assert_eq!(bad.validate(), Err(TimingError::Drift(0.5)));
+}
+
+#[test]
+fn voter_hash_depends_on_the_set_not_the_order() {
+    assert_eq!(
+        voter_hash(&[NodeId(3), NodeId(1), NodeId(2)]),
+        voter_hash(&ids(3))
+    );
+    assert_ne!(voter_hash(&ids(3)), voter_hash(&ids(4)));
+}
+
+/// Bully rule: on a cold start the lowest id leads, within the start-up
+/// wait, the election timeout and a round trip.
+#[test]
+fn cold_start_elects_the_lowest_id() {
+    let mut net = Net::new(5, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    for e in net.nodes.values() {
+        assert_eq!(e.leader(net.now).map(|l| l.id), Some(NodeId(1)));
+    }
+    net.assert_safe();
+}
+
+/// E5: a leader cut off from every voter stops serving once its lease,
+/// from the last majority-acked round, runs out; the rest elect a new
+/// leader only after that (E3 blackout), with a higher epoch.
+#[test]
+fn isolated_leader_stops_before_a_successor_starts() {
+    let mut net = Net::new(3, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    let first = net.nodes[&NodeId(1)].leader(net.now).unwrap();
+    for other in [NodeId(2), NodeId(3)] {
+        net.cut.insert((NodeId(1), other));
+    }
+    net.run_for(Duration::from_secs(3));
+    let second = net.nodes[&NodeId(2)].leader(net.now).unwrap();
+    assert_eq!(second.id, NodeId(2));
+    assert!(second.epoch > first.epoch);
+    assert!(!net.nodes[&NodeId(1)].is_serving(net.now));
+    net.assert_safe();
+    // Healed: node 1 learns the higher epoch and, being lowest and
+    // eligible for the stability window, is handed leadership back.
+    net.cut.clear();
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    net.assert_safe();
+}
+
+/// E1/E3: a voter refuses a prepare not above its promise, and any
+/// prepare during its blackout after acking a leader.
+#[test]
+fn voter_refuses_stale_epochs_and_promises_in_blackout() {
+    let mut net = Net::new(3, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    let epoch = net.nodes[&NodeId(1)].leader(net.now).unwrap().epoch;
+    let now = net.now;
+    let v = net.nodes.get_mut(&NodeId(3)).unwrap();
+    let hash = voter_hash(&ids(3));
+    let (h, _) = v.handle_request(
+        now,
+        NodeId(2),
+        &ElectionRequest::Prepare {
+            epoch,
+            voters: hash,
+        },
+    );
+    assert!(matches!(
+        h.response,
+        ElectionResponse::Reject {
+            reason: RejectReason::StaleEpoch,
+            ..
+        }
+    ));
+    let (h, _) = v.handle_request(
+        now,
+        NodeId(2),
+        &ElectionRequest::Prepare {
+            epoch: epoch + 1,
+            voters: hash,
+        },
+    );
+    assert!(matches!(
+        h.response,
+        ElectionResponse::Reject {
+            reason: RejectReason::Blackout,
+            ..
+        }
+    ));
+    assert_eq!(h.persist, None);
+    // Outside the blackout the same prepare is promised, durably.
+    let later = now + Timing::default().blackout();
+    let (h, _) = v.handle_request(
+        later,
+        NodeId(2),
+        &ElectionRequest::Prepare {
+            epoch: epoch + 1,
+            voters: hash,
+        },
+    );
+    assert_eq!(h.response, ElectionResponse::Promise { epoch: epoch + 1 });
+    assert_eq!(h.persist, Some(epoch + 1));
+}
+
+/// V1: a message with another voter-set hash is refused.
+#[test]
+fn other_voter_set_is_refused() {
+    let mut e = Election::new(
+        NodeId(1),
+        &ids(3),
+        Timing::default(),
+        Duration::ZERO,
+        Some(0),
+        1,
+    );
+    let (h, _) = e.handle_request(
+        Duration::from_secs(5),
+        NodeId(2),
+        &ElectionRequest::Prepare {
+            epoch: 9,
+            voters: voter_hash(&ids(5)),
+        },
+    );
+    assert!(matches!(
+        h.response,
+        ElectionResponse::Reject {
+            reason: RejectReason::VoterSet,
+            ..
+        }
+    ));
+    assert_eq!(e.promised(), 0);
+}
+
+/// E7: a voter neither promises nor acks within `L·(1+ρ)` of its start.
+#[test]
+fn restarted_voter_waits_before_promising() {
+    let mut e = Election::new(
+        NodeId(2),
+        &ids(3),
+        Timing::default(),
+        Duration::ZERO,
+        Some(4),
+        1,
+    );
+    let hash = voter_hash(&ids(3));
+    let early = Duration::from_millis(100);
+    e.handle_tick(early);
+    let (h, _) = e.handle_request(
+        early,
+        NodeId(1),
+        &ElectionRequest::Prepare {
+            epoch: 5,
+            voters: hash,
+        },
+    );
+    assert!(matches!(
+        h.response,
+        ElectionResponse::Reject {
+            reason: RejectReason::Recovering,
+            ..
+        }
+    ));
+    let (h, _) = e.handle_request(
+        early,
+        NodeId(1),
+        &ElectionRequest::Heartbeat {
+            epoch: 5,
+            round: 0,
+            voters: hash,
+        },
+    );
+    assert!(matches!(h.response, ElectionResponse::Reject { .. }));
+    let later = Timing::default().blackout() + STEP;
+    e.handle_tick(later);
+    let (h, _) = e.handle_request(
+        later,
+        NodeId(1),
+        &ElectionRequest::Prepare {
+            epoch: 5,
+            voters: hash,
+        },
+    );
+    assert_eq!(h.response, ElectionResponse::Promise { epoch: 5 });
+}
+
+/// E7: a voter without durable state copies the highest promise from a
+/// majority before it promises anything, so it cannot promise an epoch
+/// below one it promised before its restart.
+#[test]
+fn voter_without_durable_state_copies_the_promise_first() {
+    let mut net = Net::new(3, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    let epoch = net.nodes[&NodeId(1)].leader(net.now).unwrap().epoch;
+    // Node 3 restarts without a data directory.
+    let now = net.now;
+    net.nodes.insert(
+        NodeId(3),
+        Election::new(NodeId(3), &ids(3), Timing::default(), now, None, 3),
+    );
+    for p in ids(3) {
+        net.nodes
+            .get_mut(&NodeId(3))
+            .unwrap()
+            .handle_peer(now, p, true, None);
+    }
+    net.run_for(Duration::from_secs(1));
+    let n3 = &net.nodes[&NodeId(3)];
+    assert!(n3.recovered());
+    assert!(n3.promised() >= epoch, "{} < {epoch}", n3.promised());
+    net.assert_safe();
+}
+
+/// E6: on resign, the blackout ends at once and the next id takes over
+/// without waiting out the lease.
+#[test]
+fn resign_hands_over_without_waiting_for_the_lease() {
+    let mut net = Net::new(3, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    let first = net.nodes[&NodeId(1)].leader(net.now).unwrap();
+    let now = net.now;
+    let outs = net.nodes.get_mut(&NodeId(1)).unwrap().resign(now);
+    net.process(NodeId(1), outs);
+    net.down.insert(NodeId(1));
+    let start = net.now;
+    while net.serving().is_empty() {
+        net.step();
+        assert!(net.now < start + Duration::from_secs(2), "no successor");
+    }
+    assert_eq!(net.serving(), vec![NodeId(2)]);
+    assert!(
+        net.now - start < Timing::default().lease,
+        "took {:?}",
+        net.now - start
+    );
+    assert!(net.nodes[&NodeId(2)].leader(net.now).unwrap().epoch > first.epoch);
+    net.assert_safe();
+}
+
+/// A killed leader is replaced once the voters' blackout and the
+/// election timeout have passed: well under a second.
+#[test]
+fn dead_leader_is_replaced_in_under_a_second() {
+    let mut net = Net::new(5, &ids(5), true);
+    net.run_for(Duration::from_secs(2));
+    net.down.insert(NodeId(1));
+    // Gossip would say node 1 is dead after ~1 s; its reach mark goes
+    // stale sooner, which is what lets node 2 run.
+    let start = net.now;
+    while net.serving().is_empty() {
+        net.step();
+        assert!(net.now < start + Duration::from_secs(2), "no successor");
+    }
+    assert_eq!(net.serving(), vec![NodeId(2)]);
+    assert!(
+        net.now - start < Duration::from_secs(1),
+        "took {:?}",
+        net.now - start
+    );
+    net.assert_safe();
+}
+
+/// A minority side never has a serving leader.
+#[test]
+fn minority_never_serves() {
+    let mut net = Net::new(5, &ids(5), true);
+    net.run_for(Duration::from_secs(2));
+    for a in [NodeId(1), NodeId(2)] {
+        for b in [NodeId(3), NodeId(4), NodeId(5)] {
+            net.cut.insert((a, b));
+        }
+    }
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.serving(), vec![NodeId(3)]);
+    net.assert_safe();
+}

@@ -1,0 +1,440 @@
+//! The node driver: one tokio task owns the election state machine and is
+//! the only place that reads its clock, sends its messages and persists
+//! its promises. Everything reaches it through a bounded channel.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, error, info};
+
+use crate::config::NodeId;
+use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output};
+use crate::membership::{KEY_REACH, Membership};
+use crate::metrics::Metrics;
+use crate::rpc::{Request, Response, Rpc};
+use crate::storage::PromiseStore;
+
+/// Inputs queued for the driver before senders wait.
+pub(crate) const INPUT_QUEUE_MAX: usize = 1024;
+/// Leadership changes kept per subscriber.
+pub(crate) const LEADER_EVENTS_QUEUE_MAX: usize = 256;
+
+/// The protocol clock (T1). Real nodes read CLOCK_BOOTTIME, which keeps
+/// counting while the host is suspended; simulations read tokio's clock.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// `CLOCK_BOOTTIME`.
+    Boottime,
+    /// tokio's (pausable) clock, from this origin.
+    Tokio(tokio::time::Instant),
+}
+
+impl Clock {
+    /// Time since the clock's origin.
+    pub fn now(&self) -> Duration {
+        match self {
+            Clock::Boottime => {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: `ts` is a valid, writable timespec.
+                let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+                // Invariant: CLOCK_BOOTTIME exists on every Linux since 2.6.39.
+                assert_eq!(rc, 0, "CLOCK_BOOTTIME must be readable");
+                Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+            }
+            Clock::Tokio(origin) => tokio::time::Instant::now() - *origin,
+        }
+    }
+}
+
+pub(crate) enum Input {
+    Request {
+        from: NodeId,
+        request: ElectionRequest,
+        reply: oneshot::Sender<ElectionResponse>,
+    },
+    Response {
+        from: NodeId,
+        request: ElectionRequest,
+        response: Option<ElectionResponse>,
+    },
+    Resign {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the driver shares with the `Mesh` handle.
+pub(crate) struct Shared {
+    pub(crate) clock: Clock,
+    pub(crate) leader: watch::Sender<Option<Leadership>>,
+    pub(crate) events: broadcast::Sender<Option<Leadership>>,
+    /// While serving: the leadership and the lease end on `clock`.
+    pub(crate) lease: Mutex<Option<(Leadership, Duration)>>,
+    pub(crate) max_epoch: std::sync::atomic::AtomicU64,
+    pub(crate) promised: std::sync::atomic::AtomicU64,
+    /// The last term this node resigned, and when (on `clock`).
+    pub(crate) resigned: Mutex<Option<(u64, Duration)>>,
+}
+
+impl Shared {
+    pub(crate) fn new(clock: Clock) -> Shared {
+        Shared {
+            clock,
+            leader: watch::channel(None).0,
+            events: broadcast::channel(LEADER_EVENTS_QUEUE_MAX).0,
+            lease: Mutex::new(None),
+            max_epoch: Default::default(),
+            promised: Default::default(),
+            resigned: Mutex::new(None),
+        }
+    }
+
+    /// True only while this node's lease is valid, read on the protocol
+    /// clock at the moment of the call.
+    pub(crate) fn is_leader(&self) -> bool {
+        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        lease.is_some_and(|(_, until)| self.clock.now() < until)
+    }
+}
+
+/// Handle to the running driver.
+pub(crate) struct Driver {
+    pub(crate) tx: mpsc::Sender<Input>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Driver {
+    pub(crate) fn start(
+        election: Election,
+        store: Option<PromiseStore>,
+        rpc: Arc<Rpc>,
+        membership: Arc<Membership>,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+    ) -> Driver {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
+        let started = shared.clock.now();
+        let state = State {
+            election,
+            store,
+            rpc,
+            membership,
+            shared,
+            metrics,
+            tx: tx.clone(),
+            leaderless_since: Some(started),
+            last_poll: None,
+        };
+        let task = tokio::spawn(state.run(rx));
+        Driver {
+            tx,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Hands over if leading (E6), waiting briefly for the resignations to
+    /// be delivered.
+    pub(crate) async fn resign(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Input::Resign { done }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), wait).await;
+        }
+    }
+
+    pub(crate) async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+struct State {
+    election: Election,
+    store: Option<PromiseStore>,
+    rpc: Arc<Rpc>,
+    membership: Arc<Membership>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Input>,
+    leaderless_since: Option<Duration>,
+    last_poll: Option<Duration>,
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let heartbeat = self.election.timing().heartbeat;
+        let mut tick = tokio::time::interval(heartbeat / 5);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut views = self.membership.watch();
+        self.sync_peers();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = self.shared.clock.now();
+                    if self.last_poll.is_none_or(|at| now >= at + heartbeat / 2) {
+                        self.last_poll = Some(now);
+                        self.poll_reach(now).await;
+                    }
+                    let term = self.own_term(now);
+                    let outs = self.election.handle_tick(now);
+                    let resigned = outs.iter().any(|o| matches!(o, Output::Send { request: ElectionRequest::Resign { .. }, .. }));
+                    if let Some(epoch) = term.filter(|_| resigned) {
+                        self.record_resign(epoch, now);
+                    }
+                    if !self.execute(outs, None).await {
+                        return;
+                    }
+                }
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    if !self.handle(input).await {
+                        return;
+                    }
+                }
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.sync_peers();
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Liveness from the membership view.
+    fn sync_peers(&mut self) {
+        let now = self.shared.clock.now();
+        let view = self.membership.view();
+        for member in view.members() {
+            if member.id == self.election.id() {
+                continue;
+            }
+            if member.is_alive() {
+                self.election.handle_peer(now, member.id, true, None);
+            } else {
+                self.election.handle_peer_gone(member.id);
+            }
+        }
+    }
+
+    /// Peers' "reaches quorum" marks from gossip.
+    async fn poll_reach(&mut self, now: Duration) {
+        for (id, value) in self.membership.peer_values(KEY_REACH).await {
+            if let Ok(reach) = value.parse::<u64>() {
+                let alive = self.membership.view().get(id).is_some_and(|m| m.is_alive());
+                if alive {
+                    self.election.handle_peer(now, id, true, Some(reach));
+                }
+            }
+        }
+    }
+
+    /// Returns false when the driver must stop (its promise could not be
+    /// made durable).
+    async fn handle(&mut self, input: Input) -> bool {
+        let now = self.shared.clock.now();
+        match input {
+            Input::Request {
+                from,
+                request,
+                reply,
+            } => {
+                let (handled, outs) = self.election.handle_request(now, from, &request);
+                if let Some(epoch) = handled.persist
+                    && !self.persist(epoch)
+                {
+                    return false;
+                }
+                let _ = reply.send(handled.response);
+                self.execute(outs, None).await
+            }
+            Input::Response {
+                from,
+                request,
+                response,
+            } => {
+                let outs = self
+                    .election
+                    .handle_response(now, from, &request, response.as_ref());
+                self.execute(outs, None).await
+            }
+            Input::Resign { done } => {
+                if let Some(epoch) = self.own_term(now) {
+                    self.record_resign(epoch, now);
+                }
+                let outs = self.election.resign(now);
+                let mut sends = JoinSet::new();
+                let ok = self.execute(outs, Some(&mut sends)).await;
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    while sends.join_next().await.is_some() {}
+                })
+                .await;
+                let _ = done.send(());
+                ok
+            }
+        }
+    }
+
+    /// The epoch this node serves as leader, if it does.
+    fn own_term(&self, now: Duration) -> Option<u64> {
+        self.election
+            .leader(now)
+            .filter(|l| l.id == self.election.id())
+            .map(|l| l.epoch)
+    }
+
+    fn record_resign(&self, epoch: u64, now: Duration) {
+        *self
+            .shared
+            .resigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((epoch, now));
+    }
+
+    fn persist(&mut self, epoch: u64) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        match store.save(epoch) {
+            Ok(()) => true,
+            Err(err) => {
+                // Acting on a promise that is not durable could elect two
+                // leaders after a restart: stop taking part instead.
+                error!(%err, epoch, "cannot persist the promised epoch; the election stops on this node");
+                false
+            }
+        }
+    }
+
+    /// Carries out the core's outputs. Sends are spawned (their answers
+    /// come back as inputs), or collected in `wait` when given.
+    async fn execute(&mut self, outs: Vec<Output>, mut wait: Option<&mut JoinSet<()>>) -> bool {
+        let now = self.shared.clock.now();
+        let mut queue: std::collections::VecDeque<Output> = outs.into();
+        while let Some(out) = queue.pop_front() {
+            match out {
+                Output::Send { to, request } => {
+                    let addr = self
+                        .membership
+                        .view()
+                        .get(to)
+                        .filter(|m| m.is_alive())
+                        .map(|m| m.rpc_addr);
+                    let Some(addr) = addr else {
+                        // Not a live member: the send fails at once.
+                        let more = self.election.handle_response(now, to, &request, None);
+                        queue.extend(more);
+                        continue;
+                    };
+                    let rpc = self.rpc.clone();
+                    let tx = self.tx.clone();
+                    let timeout = self.election.timing().heartbeat * 2;
+                    let send = async move {
+                        let answer = rpc
+                            .call(addr, Request::Election(request.clone()), timeout)
+                            .await;
+                        let response = match answer {
+                            Ok(Response::Election(r)) => Some(r),
+                            _ => None,
+                        };
+                        let _ = tx
+                            .send(Input::Response {
+                                from: to,
+                                request,
+                                response,
+                            })
+                            .await;
+                    };
+                    match wait.as_deref_mut() {
+                        Some(set) => {
+                            set.spawn(send);
+                        }
+                        None => {
+                            tokio::spawn(send);
+                        }
+                    }
+                }
+                Output::Persist(epoch) => {
+                    if !self.persist(epoch) {
+                        return false;
+                    }
+                }
+                Output::PublishReach(reach) => {
+                    self.membership
+                        .set_local(KEY_REACH, &reach.to_string())
+                        .await;
+                }
+                Output::LeaderChanged(leader) => {
+                    self.leader_changed(now, leader);
+                }
+                Output::Serving(serving) => {
+                    if serving {
+                        Metrics::add(&self.metrics.election_terms_won, 1);
+                        info!(id = %self.election.id(), "serving as leader");
+                    } else {
+                        info!(id = %self.election.id(), "stopped serving as leader");
+                    }
+                }
+                Output::ElectionStarted { epoch } => {
+                    Metrics::add(&self.metrics.elections_started, 1);
+                    debug!(id = %self.election.id(), epoch, "running for leader");
+                }
+            }
+        }
+        true
+    }
+
+    fn leader_changed(&mut self, now: Duration, leader: Option<Leadership>) {
+        match leader {
+            None => {
+                self.leaderless_since.get_or_insert(now);
+            }
+            Some(l) => {
+                if let Some(since) = self.leaderless_since.take() {
+                    let ms = now.saturating_sub(since).as_millis() as u64;
+                    Metrics::add(&self.metrics.leaderless_ms_total, ms);
+                    self.metrics
+                        .leaderless_ms_last
+                        .store(ms, std::sync::atomic::Ordering::Relaxed);
+                }
+                Metrics::add(&self.metrics.leader_changes, 1);
+                info!(id = %self.election.id(), leader = %l.id, epoch = l.epoch, "leader");
+            }
+        }
+        let _ = self.shared.events.send(leader);
+    }
+
+    fn publish(&self) {
+        let now = self.shared.clock.now();
+        let leader = self.election.leader(now);
+        self.shared.leader.send_if_modified(|current| {
+            if *current != leader {
+                *current = leader;
+                true
+            } else {
+                false
+            }
+        });
+        let lease = self
+            .election
+            .lease_until()
+            .zip(leader.filter(|l| l.id == self.election.id()))
+            .map(|(until, l)| (l, until));
+        *self.shared.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+        self.shared.max_epoch.store(
+            self.election.max_epoch(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.shared.promised.store(
+            self.election.promised(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
