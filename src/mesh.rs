@@ -346,6 +346,12 @@ impl Mesh {
         }
     }
 
+    /// Freezes the election driver for `d`, as SIGSTOP would freeze the
+    /// process (simulations).
+    pub(crate) async fn pause_driver(&self, d: Duration) {
+        self.inner.driver.pause(d).await;
+    }
+
     /// The highest epoch this node has heard of.
     pub fn epoch(&self) -> u64 {
         self.inner

@@ -185,7 +185,8 @@ async fn node_1_restart_loop_does_not_flap() {
 }
 
 /// Goal: under random kills and restarts (voters with and without data
-/// directories), partitions, isolation, loss, duplication and
+/// directories), pauses longer than the lease, partitions, isolation,
+/// loss, duplication and
 /// reordering, leases never overlap, no epoch has two leaders, epochs
 /// never go back, and once the network heals a leader emerges within the
 /// bound. Method: one seeded schedule per seed, sampled every 5 ms.
@@ -215,7 +216,17 @@ async fn chaos(seed: u64) {
     let mut log = LeaderLog::default();
     let mut down: Vec<NodeId> = Vec::new();
     for _ in 0..8 {
-        match rng.random_range(0..5) {
+        match rng.random_range(0..6) {
+            5 => {
+                // A pause longer than the lease, often of the leader.
+                let running = c.running();
+                let leader = running.iter().copied().find(|id| c.mesh(*id).is_leader());
+                let victim = leader
+                    .filter(|_| rng.random_bool(0.7))
+                    .unwrap_or(running[rng.random_range(0..running.len())]);
+                c.pause(victim, Duration::from_millis(rng.random_range(500..2000)))
+                    .await;
+            }
             0 | 1 if down.len() < 2 => {
                 let running = c.running();
                 let victim = running[rng.random_range(0..running.len())];
@@ -258,5 +269,39 @@ async fn chaos(seed: u64) {
     run(&c, &mut log, Duration::from_millis(500)).await;
     assert_safe(&c, &log);
     assert!(!log.terms().is_empty());
+    c.shutdown().await;
+}
+
+/// Goal: a leader paused (SIGSTOP-like) for longer than its lease is
+/// replaced, never overlaps its successor, and on waking learns the
+/// higher epoch and stays deposed.
+#[tokio::test(start_paused = true)]
+async fn paused_leader_is_replaced_and_stays_deposed() {
+    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut log = LeaderLog::default();
+    let (first, e1) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    c.pause(first, Duration::from_secs(2)).await;
+    run(&c, &mut log, Duration::from_millis(1500)).await;
+    let others: Vec<NodeId> = c.running().into_iter().filter(|id| *id != first).collect();
+    let seen: BTreeSet<_> = others.iter().map(|id| c.mesh(*id).leader()).collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the others agree (seed {}): {seen:?}",
+        c.seed()
+    );
+    let successor = seen
+        .into_iter()
+        .next()
+        .flatten()
+        .expect("a successor while the leader sleeps");
+    let (second, e2) = (successor.id, successor.epoch);
+    assert!(c.mesh(second).is_leader());
+    assert_ne!(second, first);
+    assert!(e2 > e1);
+    run(&c, &mut log, Duration::from_secs(2)).await;
+    assert!(!c.mesh(first).is_leader(), "seed {}", c.seed());
+    assert!(c.mesh(first).epoch() >= e2);
+    assert_safe(&c, &log);
     c.shutdown().await;
 }

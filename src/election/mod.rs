@@ -238,7 +238,7 @@ pub enum RejectReason {
 }
 
 /// The current leader as a node sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Leadership {
     /// The leader.
     pub id: NodeId,

@@ -65,6 +65,9 @@ pub(crate) enum Input {
     Resign {
         done: oneshot::Sender<()>,
     },
+    /// Stop processing anything for a while, as a SIGSTOP would
+    /// (simulations only).
+    Pause(Duration),
 }
 
 /// What the driver shares with the `Mesh` handle.
@@ -143,6 +146,10 @@ impl Driver {
         if self.tx.send(Input::Resign { done }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_millis(500), wait).await;
         }
+    }
+
+    pub(crate) async fn pause(&self, d: Duration) {
+        let _ = self.tx.send(Input::Pause(d)).await;
     }
 
     pub(crate) async fn stop(&self) {
@@ -264,6 +271,10 @@ impl State {
                     .election
                     .handle_response(now, from, &request, response.as_ref());
                 self.execute(outs, None).await
+            }
+            Input::Pause(d) => {
+                tokio::time::sleep(d).await;
+                true
             }
             Input::Resign { done } => {
                 if let Some(epoch) = self.own_term(now) {

@@ -278,6 +278,13 @@ impl SimCluster {
         }
     }
 
+    /// Freezes node `id`'s election driver for `d` from now (nothing it
+    /// receives is handled meanwhile, its timers do not fire), as a
+    /// SIGSTOP would; gossip keeps running.
+    pub async fn pause(&self, id: NodeId, d: Duration) {
+        self.mesh(id).pause_driver(d).await;
+    }
+
     /// Time on the nodes' protocol clock.
     pub fn now(&self) -> Duration {
         self.clock.now()
