@@ -283,3 +283,45 @@ fn keyed_agents_shut_out_a_keyless_one() {
     assert_eq!(a.alive_seen_by(4), Some(vec![4]));
     a.stop_all(WITHIN);
 }
+
+/// Goal: five agents elect one leader that all agree on; after a kill -9
+/// of the leader every survivor agrees on a new leader with a higher
+/// epoch. Voters keep their promises in data directories.
+#[test]
+fn five_agents_fail_over_after_kill_9_of_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agents::new(Path::new(BIN), 5, dir.path()).expect("plan agents");
+    a.close_with_new_key().unwrap();
+    a.data_root = Some(dir.path().join("data"));
+    a.start_all().unwrap();
+    let all = a.ids();
+    assert!(
+        a.wait_until(WITHIN, |a| a.all_see(&all) && a.agreed_leader().is_some())
+            .is_some(),
+        "no agreed leader; logs in {}",
+        dir.path().display()
+    );
+    let (leader, epoch) = a.agreed_leader().unwrap();
+    a.kill9(leader);
+    let mut new = None;
+    assert!(
+        a.wait_until(WITHIN, |a| {
+            new = a.agreed_leader().filter(|(id, e)| *id != leader && *e > epoch);
+            new.is_some()
+        })
+        .is_some(),
+        "survivors did not agree on a new leader; logs in {}",
+        dir.path().display()
+    );
+    let (successor, _) = new.unwrap();
+    let status = a.status(successor).unwrap();
+    assert_eq!(status["is_leader"], true);
+    let metrics = procs::get_text(a.spec(successor).http, "/metrics", WITHIN).unwrap();
+    let served: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("coordmesh_election_terms_won_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(served >= 1, "{metrics}");
+    a.stop_all(WITHIN);
+}

@@ -102,6 +102,8 @@ pub struct Agents {
     seeds: Vec<SocketAddr>,
     /// Extra flags given to every agent.
     pub extra_args: Vec<String>,
+    /// When set, agent `id` runs with `--data-dir <root>/node-<id>`.
+    pub data_root: Option<PathBuf>,
 }
 
 impl Agents {
@@ -137,6 +139,7 @@ impl Agents {
             voters,
             seeds,
             extra_args: Vec::new(),
+            data_root: None,
         })
     }
 
@@ -191,6 +194,9 @@ impl Agents {
             .args(["--voters", &self.voters]);
         for seed in &self.seeds {
             cmd.args(["--seed", &seed.to_string()]);
+        }
+        if let Some(root) = &self.data_root {
+            cmd.arg("--data-dir").arg(root.join(format!("node-{id}")));
         }
         cmd.args(&self.extra_args)
             .stdin(Stdio::null())
@@ -262,6 +268,27 @@ impl Agents {
                 .filter_map(|m| m["id"].as_u64())
                 .collect(),
         )
+    }
+
+    /// The leader agent `id` reports, with its epoch, if it reports one
+    /// with a quorum.
+    pub fn leader_seen_by(&self, id: u64) -> Option<(u64, u64)> {
+        let status = self.status(id)?;
+        if status["quorum"] != true {
+            return None;
+        }
+        Some((
+            status["leader"]["id"].as_u64()?,
+            status["leader"]["epoch"].as_u64()?,
+        ))
+    }
+
+    /// The leader every running agent reports with a quorum, if they all
+    /// report the same one.
+    pub fn agreed_leader(&self) -> Option<(u64, u64)> {
+        let mut seen = self.running().into_iter().map(|id| self.leader_seen_by(id));
+        let first = seen.next()??;
+        seen.all(|s| s == Some(first)).then_some(first)
     }
 
     /// Polls `condition` until it holds (returns the time taken) or
