@@ -306,7 +306,9 @@ fn five_agents_fail_over_after_kill_9_of_the_leader() {
     let mut new = None;
     assert!(
         a.wait_until(WITHIN, |a| {
-            new = a.agreed_leader().filter(|(id, e)| *id != leader && *e > epoch);
+            new = a
+                .agreed_leader()
+                .filter(|(id, e)| *id != leader && *e > epoch);
             new.is_some()
         })
         .is_some(),

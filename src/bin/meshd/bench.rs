@@ -6,6 +6,9 @@
 //!   per node per second.
 //! - `idle`: real agents on loopback at rest: resident memory and CPU,
 //!   beside a 3-member etcd in the same run when `etcd` is installed.
+//! - `failover`: kill -9 of the leader of real agents, time until a new
+//!   leader holds a quorum; the same for a 3-member etcd (time until the
+//!   first successful write), in the same run.
 //! - `rpc`: QUIC RPC with mutual TLS on loopback, from this process to a
 //!   real agent: round-trip latency of one caller, throughput of many.
 
@@ -37,6 +40,24 @@ enum Which {
     Idle(IdleArgs),
     /// QUIC RPC with mutual TLS on loopback: latency and throughput.
     Rpc(RpcArgs),
+    /// Leader failover after kill -9, real processes, beside etcd.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args, Debug)]
+struct FailoverArgs {
+    /// Kill -9 trials for each system.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Agents (all voters when at most 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Skip the etcd comparison even if etcd is installed.
+    #[arg(long)]
+    no_etcd: bool,
+    /// Write results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +127,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         Which::Membership(a) => membership(a),
         Which::Idle(a) => idle(a),
         Which::Rpc(a) => rpc(a),
+        Which::Failover(a) => failover(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -572,4 +594,109 @@ async fn udp_floor(calls: u64, payload_bytes: usize) -> Result<Vec<Duration>, St
     let _ = stop_tx.send(());
     let _ = server.join();
     times
+}
+
+fn summarize_ms(name: &str, times: &mut [Duration]) -> serde_json::Value {
+    times.sort_unstable();
+    let p50 = percentile(times, 50.0).as_secs_f64() * 1e3;
+    let p99 = percentile(times, 99.0).as_secs_f64() * 1e3;
+    let max = times.last().copied().unwrap_or_default().as_secs_f64() * 1e3;
+    println!(
+        "{name:<26} {:>3} trials  p50 {p50:>6.0} ms  p99 {p99:>6.0} ms  max {max:>6.0} ms",
+        times.len()
+    );
+    json!({"trials": times.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+           "all_ms": times.iter().map(|t| t.as_secs_f64() * 1e3).collect::<Vec<_>>()})
+}
+
+fn failover(args: FailoverArgs) -> Result<(), String> {
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-failover-{}", std::process::id()));
+    let mut agents = Agents::new(&bin, args.nodes, &dir).map_err(|e| e.to_string())?;
+    agents.close_with_new_key()?;
+    agents.data_root = Some(dir.join("data"));
+    agents.start_all().map_err(|e| e.to_string())?;
+    let all = agents.ids();
+    println!(
+        "failover benchmark: {} keyed agents with data dirs on loopback, kill -9 of the leader, {} trials; time until a surviving agent reports a new leader with quorum and that leader reports its lease valid",
+        args.nodes, args.trials
+    );
+    let mut ours = Vec::new();
+    for trial in 0..args.trials {
+        agents
+            .wait_until(Duration::from_secs(30), |a| {
+                a.all_see(&all) && a.agreed_leader().is_some()
+            })
+            .ok_or(format!("trial {trial}: no agreed leader within 30 s"))?;
+        let (leader, epoch) = agents.agreed_leader().ok_or("leader vanished")?;
+        let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+        let killed_at = Instant::now();
+        agents.kill9(leader);
+        let took = loop {
+            let new = survivors.iter().find_map(|id| {
+                agents
+                    .leader_seen_by(*id)
+                    .filter(|(l, e)| *l != leader && *e > epoch)
+            });
+            if let Some((l, _)) = new
+                && agents.status(l).is_some_and(|s| s["is_leader"] == true)
+            {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                return Err(format!("trial {trial}: no new leader within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        ours.push(took);
+        agents.start(leader).map_err(|e| e.to_string())?;
+    }
+    agents.stop_all(Duration::from_secs(10));
+    let mut out = json!({"nodes": args.nodes, "meshd": summarize_ms("meshd", &mut ours)});
+
+    if !args.no_etcd && EtcdCluster::available() {
+        let mut etcd = EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?;
+        let mut theirs = Vec::new();
+        for trial in 0..args.trials {
+            if !etcd.wait_healthy(Duration::from_secs(60)) {
+                return Err(format!("etcd trial {trial}: not healthy within 60 s"));
+            }
+            let start = Instant::now();
+            let leader = loop {
+                if let Some(l) = etcd.leader() {
+                    break l;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("etcd trial {trial}: no leader"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let survivors: Vec<usize> = (0..etcd.members.len()).filter(|i| *i != leader).collect();
+            let killed_at = Instant::now();
+            etcd.kill9(leader);
+            let took = 'wait: loop {
+                for &i in &survivors {
+                    if etcd.put(i, Duration::from_millis(300)) {
+                        break 'wait killed_at.elapsed();
+                    }
+                }
+                if killed_at.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("etcd trial {trial}: no write within 60 s"));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            theirs.push(took);
+            etcd.spawn(leader).map_err(|e| e.to_string())?;
+        }
+        let theirs_json = summarize_ms("etcd 3.4 (3 members)", &mut theirs);
+        let ratio = out["meshd"]["p50_ms"].as_f64().unwrap_or(f64::NAN)
+            / theirs_json["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        println!("ratio of p50s meshd/etcd: {ratio:.2}");
+        out["etcd"] = theirs_json;
+        out["ratio_p50"] = json!(ratio);
+    } else {
+        println!("(etcd not installed or --no-etcd: no comparison)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    write_json(&args.json, &out)
 }

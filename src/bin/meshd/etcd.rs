@@ -1,6 +1,5 @@
 //! A 3-member etcd cluster on loopback (Debian's `etcd-server`), run beside
 //! our agents so benchmarks compare both in one run on one machine.
-#![allow(dead_code)] // later benchmarks use more of it
 
 use std::collections::HashSet;
 use std::io;
@@ -9,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::procs::{die_with_parent, free_gossip_port, get_json};
+use serde_json::json;
+
+use crate::procs::{die_with_parent, free_gossip_port, get_json, post_json};
 
 /// One etcd member.
 pub struct Member {
@@ -17,13 +18,15 @@ pub struct Member {
     pub name: String,
     /// Client URL address.
     pub client: SocketAddr,
-    child: Child,
+    peer: String,
+    child: Option<Child>,
 }
 
 /// A running etcd cluster; killed on drop.
 pub struct EtcdCluster {
     /// Members in name order.
     pub members: Vec<Member>,
+    initial: String,
     dir: PathBuf,
 }
 
@@ -39,7 +42,7 @@ impl EtcdCluster {
     }
 
     /// Starts `n` members with data directories under `dir` (etcd fsyncs
-    /// its WAL; the comparison runs it as shipped).
+    /// its WAL; the comparison runs it as shipped, default timings).
     pub fn start(n: usize, dir: &Path) -> io::Result<EtcdCluster> {
         std::fs::create_dir_all(dir)?;
         let mut taken = HashSet::new();
@@ -55,68 +58,117 @@ impl EtcdCluster {
             .enumerate()
             .map(|(i, p)| format!("e{}=http://127.0.0.1:{}", i + 1, p + 2))
             .collect();
-        let initial = initial.join(",");
-        let mut members = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            let name = format!("e{}", i + 1);
-            let client = SocketAddr::from(([127, 0, 0, 1], *p));
-            let peer = format!("http://127.0.0.1:{}", p + 2);
-            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-            let mut cmd = Command::new("etcd");
-            cmd.args(["--name", &name])
-                .arg("--data-dir")
-                .arg(dir.join(&name))
-                .args(["--listen-client-urls", &format!("http://{client}")])
-                .args(["--advertise-client-urls", &format!("http://{client}")])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", "coordmesh-bench"])
-                .args(["--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            die_with_parent(&mut cmd);
-            members.push(Member {
-                name,
-                client,
-                child: cmd.spawn()?,
-            });
-        }
-        Ok(EtcdCluster {
-            members,
+        let mut cluster = EtcdCluster {
+            members: ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Member {
+                    name: format!("e{}", i + 1),
+                    client: SocketAddr::from(([127, 0, 0, 1], *p)),
+                    peer: format!("http://127.0.0.1:{}", p + 2),
+                    child: None,
+                })
+                .collect(),
+            initial: initial.join(","),
             dir: dir.to_path_buf(),
-        })
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
     }
 
-    /// Waits until every member answers `/health` with `true`.
+    /// Starts member `i` (again, after a kill: same data directory).
+    pub fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))?;
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(self.dir.join(&m.name))
+            .args(["--listen-client-urls", &format!("http://{}", m.client)])
+            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
+            .args(["--listen-peer-urls", &m.peer])
+            .args(["--initial-advertise-peer-urls", &m.peer])
+            .args(["--initial-cluster", &self.initial])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "coordmesh-bench"])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn()?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until every running member answers `/health` with `true`.
     pub fn wait_healthy(&self, within: Duration) -> bool {
         let start = std::time::Instant::now();
         while start.elapsed() < within {
-            let healthy = self.members.iter().all(|m| {
+            let healthy = self.members.iter().filter(|m| m.child.is_some()).all(|m| {
                 get_json(m.client, "/health", Duration::from_millis(500))
                     .is_ok_and(|v| v["health"] == "true")
             });
             if healthy {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
         false
     }
 
-    /// Process ids of the members.
+    /// The index of the member that says it is the leader, if any.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some()
+                && post_json(
+                    m.client,
+                    "/v3/maintenance/status",
+                    &json!({}),
+                    Duration::from_millis(300),
+                )
+                .is_ok_and(|v| !v["leader"].is_null() && v["leader"] == v["header"]["member_id"])
+        })
+    }
+
+    /// One write through member `i`; true if etcd committed it.
+    pub fn put(&self, i: usize, timeout: Duration) -> bool {
+        // Key "bench", value "x", base64 as the JSON gateway wants.
+        post_json(
+            self.members[i].client,
+            "/v3/kv/put",
+            &json!({"key": "YmVuY2g=", "value": "eA=="}),
+            timeout,
+        )
+        .is_ok_and(|v| v.get("header").is_some())
+    }
+
+    /// Process ids of the running members.
     pub fn pids(&self) -> Vec<u32> {
-        self.members.iter().map(|m| m.child.id()).collect()
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
     }
 }
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        for m in &mut self.members {
-            let _ = m.child.kill();
-            let _ = m.child.wait();
+        for i in 0..self.members.len() {
+            self.kill9(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

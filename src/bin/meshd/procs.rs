@@ -42,6 +42,27 @@ pub fn get_json(http: SocketAddr, path: &str, timeout: Duration) -> Result<Value
     Ok(body)
 }
 
+/// POSTs a JSON body to `path` and parses the JSON answer; any status
+/// but success is an error.
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    agent
+        .post(format!("http://{addr}{path}"))
+        .send_json(body)
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .read_json()
+        .map_err(|e| e.to_string())
+}
+
 /// GETs `path` as text.
 pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
