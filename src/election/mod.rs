@@ -314,6 +314,10 @@ struct Peer {
     eligible_since: Option<Duration>,
 }
 
+/// How many of the lowest live ids keep a fresh "reaches quorum" mark
+/// while a leader serves, so the next in line can take over at once.
+const PROBING_LOWEST: usize = 3;
+
 /// Rounds kept waiting for acks; older ones are forgotten (their acks
 /// would only extend the lease from an older send time anyway).
 const ROUNDS_PENDING_MAX: usize = 16;
@@ -895,14 +899,22 @@ impl Election {
             self.reach += 1;
             out.push(Output::PublishReach(self.reach));
         }
-        // Only a possible candidate needs the mark refreshed by probes:
-        // not the leader (its heartbeats are acked), and not a node above
-        // a valid leader.
+        // Only likely candidates keep the mark fresh by probing: the
+        // lowest few live ids (the next leader after a failover is among
+        // them) and any id below the current leader (for a handover). The
+        // leader's mark comes from its heartbeat acks.
         let is_leader = matches!(self.role, Role::Leader { .. });
-        let above_leader = self
-            .leader(now)
-            .is_some_and(|l| l.id < self.id && l.id != self.id);
-        if !is_leader && !above_leader {
+        let mut live: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.live)
+            .map(|(&id, _)| id)
+            .chain(std::iter::once(self.id))
+            .collect();
+        live.sort_unstable();
+        let among_lowest = live.iter().take(PROBING_LOWEST).any(|&id| id == self.id);
+        let below_leader = self.leader(now).is_some_and(|l| self.id < l.id);
+        if !is_leader && (among_lowest || below_leader || self.leader(now).is_none()) {
             for &v in &self.voters {
                 if v != self.id {
                     out.push(Output::Send {

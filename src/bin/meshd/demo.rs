@@ -1,7 +1,10 @@
-//! `meshd demo`: five real agents on loopback. It shows membership forming
-//! live, kills one with SIGKILL and times its detection, restarts it and
-//! times the rejoin, then stops everything with SIGTERM. Exits 0 only if
-//! every step held within its bound. Ctrl-C stops the agents and exits.
+//! `meshd demo`: five real agents on loopback, keyed, voters with data
+//! directories. It shows membership forming and the election live, kills a
+//! follower with SIGKILL and times its detection and rejoin, kills the
+//! leader and times the failover, shows leadership handed back to the
+//! restarted lowest id after the stability window, then stops everything
+//! with SIGTERM. Exits 0 only if every step held within its bound. Ctrl-C
+//! stops the agents and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,12 +83,16 @@ impl Demo {
             .iter()
             .map(|id| match self.agents.alive_seen_by(*id) {
                 Some(alive) => format!(
-                    "n{id} sees {{{}}}",
+                    "n{id} sees {{{}}} {}",
                     alive
                         .iter()
                         .map(u64::to_string)
                         .collect::<Vec<_>>()
-                        .join(",")
+                        .join(","),
+                    match self.agents.leader_seen_by(*id) {
+                        Some((l, e)) => format!("L{l}@{e}"),
+                        None => "L-".to_string(),
+                    }
                 ),
                 None => format!("n{id} not answering"),
             })
@@ -116,6 +123,7 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    agents.data_root = Some(log_dir.join("data"));
     // A closed cluster, as in production: one secret for every agent.
     let key_path = match agents.close_with_new_key() {
         Ok((path, _)) => path,
@@ -159,10 +167,23 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
         ));
     }
 
+    let mut first_leader = None;
+    if demo.failures.is_empty() {
+        demo.say("2. election: lowest live id leads (Ln@e: leader n, epoch e, with quorum)");
+        if let Some(took) = demo.wait("every node agrees on one leader with quorum", |a| {
+            a.agreed_leader().is_some()
+        }) {
+            first_leader = demo.agents.agreed_leader();
+            if let Some((l, e)) = first_leader {
+                demo.say(&format!("   all {n} agree: node {l} leads in epoch {e}, {took:.2?} after membership formed"));
+            }
+        }
+    }
+
     let victim = n - 1;
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != victim).collect();
     if demo.failures.is_empty() {
-        demo.say(&format!("2. kill -9 node {victim}"));
+        demo.say(&format!("3. kill -9 node {victim} (a follower)"));
         demo.agents.kill9(victim);
         if let Some(took) = demo.wait("survivors see the killed node dead", |a| {
             a.all_see(&survivors)
@@ -175,7 +196,7 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
     }
 
     if demo.failures.is_empty() {
-        demo.say(&format!("3. restarting node {victim} (a new generation)"));
+        demo.say(&format!("4. restarting node {victim} (a new generation)"));
         if let Err(err) = demo.agents.start(victim) {
             demo.failures
                 .push(format!("cannot restart node {victim}: {err}"));
@@ -186,7 +207,38 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
         }
     }
 
-    demo.say("4. stopping every agent with SIGTERM (graceful leave)");
+    if let Some((leader, epoch)) = first_leader.filter(|_| demo.failures.is_empty()) {
+        let rest: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+        demo.say(&format!("5. kill -9 node {leader}, the leader"));
+        demo.agents.kill9(leader);
+        let took = demo.wait("the survivors agree on a new leader", |a| {
+            a.agreed_leader()
+                .is_some_and(|(l, e)| l != leader && e > epoch)
+        });
+        if let (Some(took), Some((l, e))) = (took, demo.agents.agreed_leader()) {
+            demo.say(&format!(
+                "   failover: node {l} leads in epoch {e}, agreed by all {} survivors {took:.2?} after the kill",
+                rest.len()
+            ));
+        }
+        if demo.failures.is_empty() {
+            demo.say(&format!(
+                "6. restarting node {leader}: once it has been eligible for the stability window (2 s), the leader hands over to it"
+            ));
+            if let Err(err) = demo.agents.start(leader) {
+                demo.failures
+                    .push(format!("cannot restart node {leader}: {err}"));
+            } else if let Some(took) = demo.wait("leadership returns to the lowest id", |a| {
+                a.all_see(&all) && a.agreed_leader().is_some_and(|(l, _)| l == leader)
+            }) {
+                demo.say(&format!(
+                    "   node {leader} leads again, {took:.2?} after its restart"
+                ));
+            }
+        }
+    }
+
+    demo.say("7. stopping every agent with SIGTERM (the leader hands over, then all leave)");
     let unclean = demo.agents.stop_all(Duration::from_secs(10));
     if !unclean.is_empty() {
         demo.failures
