@@ -368,10 +368,13 @@ impl Mesh {
     /// Leaves the cluster gracefully and stops every task of the node.
     /// Peers record a leave, not a death. Calling it again does nothing.
     pub async fn shutdown(&self) {
-        // E6: a leader hands over first; peers then see the leave.
+        // E6: gossip `leaving` first, so peers stop deferring to this
+        // node; a leader then stops serving and resigns, which ends the
+        // voters' blackout; the leave completes after that.
+        self.inner.membership.announce_leaving().await;
         self.inner.driver.resign().await;
         self.inner.driver.stop().await;
-        self.inner.membership.leave().await;
+        self.inner.membership.finish_leave().await;
         self.inner.rpc.close().await;
     }
 

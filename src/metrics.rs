@@ -32,6 +32,8 @@ pub struct Metrics {
     pub gossip_members_malformed: AtomicU64,
     /// Membership events published (joined, left, died, restarted).
     pub membership_events: AtomicU64,
+    /// Election messages refused for another voter set (V1).
+    pub election_voter_set_mismatches: AtomicU64,
     /// Election attempts this node started.
     pub elections_started: AtomicU64,
     /// Terms in which this node served as leader.
@@ -70,7 +72,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 25] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 26] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -138,6 +140,12 @@ impl Metrics {
                 &self.membership_events,
             ),
             (
+                "coordmesh_election_voter_set_mismatches_total",
+                "counter",
+                "Election messages refused because the sender has another voter set.",
+                &self.election_voter_set_mismatches,
+            ),
+            (
                 "coordmesh_elections_started_total",
                 "counter",
                 "Election attempts this node started.",
@@ -146,7 +154,7 @@ impl Metrics {
             (
                 "coordmesh_election_terms_won_total",
                 "counter",
-                "Terms in which this node served as leader.",
+                "Times this node started serving as leader (a lapse and renewal of the lease counts again).",
                 &self.election_terms_won,
             ),
             (

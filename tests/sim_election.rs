@@ -305,3 +305,29 @@ async fn paused_leader_is_replaced_and_stays_deposed() {
     assert_safe(&c, &log);
     c.shutdown().await;
 }
+
+/// Goal: a leader stopped gracefully (SIGTERM in the agent) hands over:
+/// the next leader serves well before the lease could have run out.
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_of_the_leader_hands_over_quickly() {
+    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut log = LeaderLog::default();
+    let (first, e1) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    run(&c, &mut log, Duration::from_millis(300)).await;
+    let start = c.now();
+    c.leave(first).await;
+    let (second, e2) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    let took = c.now() - start;
+    println!("handover took {took:?} (seed {})", c.seed());
+    assert_ne!(second, first);
+    assert!(e2 > e1);
+    // The leave itself gossips for 400 ms; the handover must not wait for
+    // a lease or an election timeout on top.
+    assert!(
+        took < Duration::from_millis(700),
+        "took {took:?} (seed {})",
+        c.seed()
+    );
+    assert_safe(&c, &log);
+    c.shutdown().await;
+}

@@ -462,3 +462,65 @@ fn minority_never_serves() {
     assert_eq!(net.serving(), vec![NodeId(3)]);
     net.assert_safe();
 }
+
+/// E4 and E5: a new leader serves nothing until a heartbeat round sent
+/// after takeover is acked by a majority; its lease then runs from that
+/// round's first send for `L·(1−ρ)/(1+ρ)`, and ends there without more
+/// acks.
+#[test]
+fn lease_starts_with_a_majority_acked_round_after_takeover() {
+    let timing = Timing::default();
+    let hash = voter_hash(&ids(3));
+    let mut e = Election::new(NodeId(1), &ids(3), timing, Duration::ZERO, Some(0), 1);
+    for p in [NodeId(2), NodeId(3)] {
+        e.handle_peer(Duration::ZERO, p, true, None);
+    }
+    // Run once the start-up wait and the election timeout are over.
+    let t0 = timing.election_timeout + STEP;
+    let outs = e.handle_tick(t0);
+    let prepare = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { to, request } if *to == NodeId(2) => Some(request.clone()),
+            _ => None,
+        })
+        .expect("a prepare to node 2");
+    let ElectionRequest::Prepare { epoch, .. } = prepare else {
+        panic!("{prepare:?}")
+    };
+    let t1 = t0 + STEP;
+    let outs = e.handle_response(
+        t1,
+        NodeId(2),
+        &prepare,
+        Some(&ElectionResponse::Promise { epoch }),
+    );
+    // Elected: the first round left at takeover, but nothing is served.
+    let round = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send {
+                request: r @ ElectionRequest::Heartbeat { .. },
+                ..
+            } => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a heartbeat round at takeover");
+    assert!(!e.is_serving(t1));
+    let ElectionRequest::Heartbeat { round: r, .. } = round else {
+        unreachable!()
+    };
+    let t2 = t1 + STEP;
+    e.handle_response(
+        t2,
+        NodeId(3),
+        &round,
+        Some(&ElectionResponse::Ack { epoch, round: r }),
+    );
+    assert!(e.is_serving(t2));
+    assert_eq!(e.lease_until(), Some(t1 + timing.lease_trusted()));
+    // Without further acks the lease ends exactly there.
+    assert!(e.is_serving(t1 + timing.lease_trusted() - Duration::from_millis(1)));
+    assert!(!e.is_serving(t1 + timing.lease_trusted()));
+    let _ = hash;
+}

@@ -161,11 +161,26 @@ impl Membership {
     /// Leaves gracefully: gossips the `leaving` mark for the leave
     /// duration so peers record a leave rather than a death, then stops.
     pub async fn leave(&self) {
+        self.announce_leaving().await;
+        self.finish_leave().await;
+    }
+
+    /// The first half of [`Membership::leave`]: starts gossiping the
+    /// `leaving` mark (so peers stop counting on this node) and returns.
+    pub async fn announce_leaving(&self) {
         if self.handle_taken() {
             return;
         }
         self.set_local(KEY_LEAVING, "1").await;
         info!(id = %self.self_id, "leaving the cluster");
+    }
+
+    /// The second half of [`Membership::leave`]: keeps gossiping the mark
+    /// for the leave duration, then stops.
+    pub async fn finish_leave(&self) {
+        if self.handle_taken() {
+            return;
+        }
         tokio::time::sleep(self.leave_duration).await;
         self.stop().await;
     }

@@ -148,6 +148,11 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
             }
         }
     }
+    if config.is_voter() && config.data_dir.is_none() {
+        tracing::warn!(
+            "voter without --data-dir: after a restart it copies the promised epoch from a majority before voting; if a majority restarts without data dirs at once, the cluster forms anew and epochs (and fencing tokens) restart"
+        );
+    }
     // Bind the HTTP listener first: if its address is taken, nothing else
     // has started yet.
     let http_addr = config.http_addr;

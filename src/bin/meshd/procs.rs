@@ -82,15 +82,19 @@ pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<Strin
 /// now and not in `taken`. (Free now: another process may still take them
 /// before the agent binds; the agent then fails loudly, naming the port.)
 pub fn free_gossip_port(taken: &HashSet<u16>) -> io::Result<u16> {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind("127.0.0.1:0")?;
-        let p = probe.local_addr()?.port();
-        if p >= u16::MAX - 2 || (p..=p + 2).any(|q| taken.contains(&q)) {
+    // Below the kernel's ephemeral range: a port from that range may be
+    // taken by any outgoing connection (our own HTTP polling included)
+    // while an agent is down, and its restart would then fail.
+    let (low, high) = (20_000u16, ephemeral_low().saturating_sub(3).max(20_100));
+    for _ in 0..500 {
+        let p = rand::random_range(low..high);
+        if (p..=p + 2).any(|q| taken.contains(&q)) {
             continue;
         }
+        let gossip = UdpSocket::bind(("127.0.0.1", p));
         let rpc = UdpSocket::bind(("127.0.0.1", p + 1));
         let http = TcpListener::bind(("127.0.0.1", p + 2));
-        if rpc.is_ok() && http.is_ok() {
+        if gossip.is_ok() && rpc.is_ok() && http.is_ok() {
             return Ok(p);
         }
     }
@@ -98,6 +102,14 @@ pub fn free_gossip_port(taken: &HashSet<u16>) -> io::Result<u16> {
         io::ErrorKind::AddrInUse,
         "no free port triple found",
     ))
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 if unknown).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// One agent's fixed identity.
