@@ -205,6 +205,9 @@ pub enum ElectionResponse {
         promised: u64,
         /// Why.
         reason: RejectReason,
+        /// For a blackout or a start-up wait: how long until it ends, in
+        /// the refusing node's milliseconds (a hint for the candidate).
+        retry_ms: u64,
     },
     /// Answer to a probe or a resign.
     Noted {
@@ -289,6 +292,12 @@ enum Role {
     Candidate {
         epoch: u64,
         promises: BTreeSet<NodeId>,
+        /// Voters that refused (or could not be reached).
+        refused: BTreeSet<NodeId>,
+        /// Only waits refused it (blackouts, start-up): when the last ends.
+        retry_at: Option<Duration>,
+        /// A refusal showed a competing promise: back off in full.
+        contested: bool,
         sent_at: Duration,
     },
     Leader {
@@ -656,6 +665,9 @@ impl Election {
         self.role = Role::Candidate {
             epoch,
             promises,
+            refused: BTreeSet::new(),
+            retry_at: None,
+            contested: false,
             sent_at: now,
         };
         out.push(Output::ElectionStarted { epoch });
@@ -683,11 +695,60 @@ impl Election {
     }
 
     fn fail_attempt(&mut self, now: Duration) {
+        let waits_only = match &self.role {
+            Role::Candidate {
+                retry_at,
+                contested,
+                ..
+            } => retry_at.filter(|_| !contested),
+            _ => None,
+        };
         self.role = Role::Follower;
+        // Refused only because voters were still in their blackout (the
+        // old leader's lease) or start-up wait: no competitor is in sight,
+        // so try again as those end, spaced by rank, rather than back off.
+        let rank = f64::from(self.rank(now));
+        if let Some(at) = waits_only {
+            let spacing = self.timing.heartbeat.mul_f64(0.2 * (rank - 1.0));
+            self.next_attempt_at = at.max(now) + Duration::from_millis(5) + spacing;
+            return;
+        }
         // E2: back off uniformly in [T, 2T] times the rank.
         let t = self.timing.election_timeout;
         let jitter = (self.next_random() % 1000) as f64 / 1000.0;
-        self.next_attempt_at = now + t.mul_f64((1.0 + jitter) * f64::from(self.rank(now)));
+        self.next_attempt_at = now + t.mul_f64((1.0 + jitter) * rank);
+    }
+
+    /// A voter refused (or did not answer) the current attempt.
+    fn note_refusal(&mut self, now: Duration, from: NodeId, response: Option<&ElectionResponse>) {
+        let quorum = self.quorum();
+        let voters = self.voters.len();
+        let Role::Candidate {
+            refused,
+            retry_at,
+            contested,
+            promises,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        refused.insert(from);
+        match response {
+            Some(ElectionResponse::Reject {
+                reason: RejectReason::Blackout | RejectReason::Recovering,
+                retry_ms,
+                ..
+            }) => {
+                let at = now + Duration::from_millis(*retry_ms);
+                *retry_at = Some(retry_at.map_or(at, |r| r.max(at)));
+            }
+            _ => *contested = true,
+        }
+        // A majority is out of reach: fail now rather than at the timeout.
+        if voters - refused.len() < quorum && promises.len() < quorum {
+            self.fail_attempt(now);
+        }
     }
 
     fn can_promise(&self, now: Duration, epoch: u64) -> Result<(), RejectReason> {
@@ -787,7 +848,10 @@ impl Election {
         *next_round += 1;
         *last_round_at = now;
         let mut acks = BTreeSet::new();
-        if is_voter {
+        // The leader's own ack counts only while it has promised no
+        // higher epoch (it steps down when it does; belt and braces).
+        let self_ack = is_voter && self.promised <= *epoch;
+        if self_ack {
             acks.insert(id);
         }
         rounds.insert(round, (now, acks));
@@ -796,7 +860,7 @@ impl Election {
             rounds.pop_first();
         }
         let epoch = *epoch;
-        if is_voter {
+        if self_ack {
             // The leader's own ack counts toward its lease like any other
             // voter's, so it takes the same blackout (E3): it promises no
             // other candidate while its lease may be valid.
@@ -978,13 +1042,16 @@ impl Election {
                 self.max_epoch = self.max_epoch.max(epoch);
                 match self.can_promise(now, epoch) {
                     Ok(()) => {
+                        // E1: having promised a higher epoch, a leader or
+                        // candidate of a lower one stops at once.
+                        self.observe_epoch(epoch);
                         self.promised = epoch;
                         Handled {
                             response: ElectionResponse::Promise { epoch },
                             persist: Some(epoch),
                         }
                     }
-                    Err(reason) => self.reject(reason),
+                    Err(reason) => self.reject_at(now, reason),
                 }
             }
             ElectionRequest::Heartbeat { epoch, round, .. } => {
@@ -1070,10 +1137,20 @@ impl Election {
     }
 
     fn reject(&self, reason: RejectReason) -> Handled {
+        self.reject_at(Duration::ZERO, reason)
+    }
+
+    fn reject_at(&self, now: Duration, reason: RejectReason) -> Handled {
+        let until = match reason {
+            RejectReason::Blackout => self.blackout_until,
+            RejectReason::Recovering => self.started_at + self.timing.blackout(),
+            _ => now,
+        };
         Handled {
             response: ElectionResponse::Reject {
                 promised: self.promised,
                 reason,
+                retry_ms: until.saturating_sub(now).as_millis() as u64,
             },
             persist: None,
         }
@@ -1122,7 +1199,27 @@ impl Election {
                     self.count_acks(now, *round);
                 }
             }
-            (_, Some(ElectionResponse::Reject { promised, reason })) => {
+            (ElectionRequest::Prepare { epoch, .. }, response)
+                if !matches!(response, Some(ElectionResponse::Promise { .. })) =>
+            {
+                if let Some(ElectionResponse::Reject {
+                    promised, reason, ..
+                }) = response
+                    && *reason != RejectReason::VoterSet
+                {
+                    self.observe_epoch(*promised);
+                }
+                let current = matches!(self.role, Role::Candidate { epoch: e, .. } if e == *epoch);
+                if current {
+                    self.note_refusal(now, from, response);
+                }
+            }
+            (
+                _,
+                Some(ElectionResponse::Reject {
+                    promised, reason, ..
+                }),
+            ) => {
                 if *reason != RejectReason::VoterSet {
                     self.observe_epoch(*promised);
                 }
