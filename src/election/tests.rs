@@ -163,6 +163,35 @@ impl Net {
     }
 }
 
+/// A prepare for `epoch` from `from`, with the 3-voter set's hash.
+fn prepare(e: &mut Election, now: Duration, from: NodeId, epoch: u64) -> Handled {
+    let request = ElectionRequest::Prepare {
+        epoch,
+        voters: voter_hash(&ids(3)),
+    };
+    e.handle_request(now, from, &request).0
+}
+
+/// The reason of a rejection, if it is one.
+fn refusal(h: &Handled) -> Option<RejectReason> {
+    match h.response {
+        ElectionResponse::Reject { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+/// A fresh durable voter `id` of the 3-voter set, started at 0.
+fn voter(id: u64, promised: u64) -> Election {
+    Election::new(
+        NodeId(id),
+        &ids(3),
+        Timing::default(),
+        Duration::ZERO,
+        Some(promised),
+        1,
+    )
+}
+
 #[test]
 fn timing_relations_are_validated() {
     assert_eq!(Timing::default().validate(), Ok(()));
@@ -245,48 +274,14 @@ fn voter_refuses_stale_epochs_and_promises_in_blackout() {
     let epoch = net.nodes[&NodeId(1)].leader(net.now).unwrap().epoch;
     let now = net.now;
     let v = net.nodes.get_mut(&NodeId(3)).unwrap();
-    let hash = voter_hash(&ids(3));
-    let (h, _) = v.handle_request(
-        now,
-        NodeId(2),
-        &ElectionRequest::Prepare {
-            epoch,
-            voters: hash,
-        },
-    );
-    assert!(matches!(
-        h.response,
-        ElectionResponse::Reject {
-            reason: RejectReason::StaleEpoch,
-            ..
-        }
-    ));
-    let (h, _) = v.handle_request(
-        now,
-        NodeId(2),
-        &ElectionRequest::Prepare {
-            epoch: epoch + 1,
-            voters: hash,
-        },
-    );
-    assert!(matches!(
-        h.response,
-        ElectionResponse::Reject {
-            reason: RejectReason::Blackout,
-            ..
-        }
-    ));
+    let h = prepare(v, now, NodeId(2), epoch);
+    assert_eq!(refusal(&h), Some(RejectReason::StaleEpoch));
+    let h = prepare(v, now, NodeId(2), epoch + 1);
+    assert_eq!(refusal(&h), Some(RejectReason::Blackout));
     assert_eq!(h.persist, None);
     // Outside the blackout the same prepare is promised, durably.
     let later = now + Timing::default().blackout();
-    let (h, _) = v.handle_request(
-        later,
-        NodeId(2),
-        &ElectionRequest::Prepare {
-            epoch: epoch + 1,
-            voters: hash,
-        },
-    );
+    let h = prepare(v, later, NodeId(2), epoch + 1);
     assert_eq!(h.response, ElectionResponse::Promise { epoch: epoch + 1 });
     assert_eq!(h.persist, Some(epoch + 1));
 }
@@ -294,81 +289,36 @@ fn voter_refuses_stale_epochs_and_promises_in_blackout() {
 /// V1: a message with another voter-set hash is refused.
 #[test]
 fn other_voter_set_is_refused() {
-    let mut e = Election::new(
-        NodeId(1),
-        &ids(3),
-        Timing::default(),
-        Duration::ZERO,
-        Some(0),
-        1,
-    );
-    let (h, _) = e.handle_request(
-        Duration::from_secs(5),
-        NodeId(2),
-        &ElectionRequest::Prepare {
-            epoch: 9,
-            voters: voter_hash(&ids(5)),
-        },
-    );
-    assert!(matches!(
-        h.response,
-        ElectionResponse::Reject {
-            reason: RejectReason::VoterSet,
-            ..
-        }
-    ));
+    let mut e = voter(1, 0);
+    let request = ElectionRequest::Prepare {
+        epoch: 9,
+        voters: voter_hash(&ids(5)),
+    };
+    let (h, _) = e.handle_request(Duration::from_secs(5), NodeId(2), &request);
+    assert_eq!(refusal(&h), Some(RejectReason::VoterSet));
     assert_eq!(e.promised(), 0);
 }
 
 /// E7: a voter neither promises nor acks within `L·(1+ρ)` of its start.
 #[test]
 fn restarted_voter_waits_before_promising() {
-    let mut e = Election::new(
-        NodeId(2),
-        &ids(3),
-        Timing::default(),
-        Duration::ZERO,
-        Some(4),
-        1,
-    );
-    let hash = voter_hash(&ids(3));
+    let mut e = voter(2, 4);
     let early = Duration::from_millis(100);
     e.handle_tick(early);
-    let (h, _) = e.handle_request(
-        early,
-        NodeId(1),
-        &ElectionRequest::Prepare {
-            epoch: 5,
-            voters: hash,
-        },
+    assert_eq!(
+        refusal(&prepare(&mut e, early, NodeId(1), 5)),
+        Some(RejectReason::Recovering)
     );
-    assert!(matches!(
-        h.response,
-        ElectionResponse::Reject {
-            reason: RejectReason::Recovering,
-            ..
-        }
-    ));
-    let (h, _) = e.handle_request(
-        early,
-        NodeId(1),
-        &ElectionRequest::Heartbeat {
-            epoch: 5,
-            round: 0,
-            voters: hash,
-        },
-    );
-    assert!(matches!(h.response, ElectionResponse::Reject { .. }));
+    let heartbeat = ElectionRequest::Heartbeat {
+        epoch: 5,
+        round: 0,
+        voters: voter_hash(&ids(3)),
+    };
+    let (h, _) = e.handle_request(early, NodeId(1), &heartbeat);
+    assert_eq!(refusal(&h), Some(RejectReason::Recovering));
     let later = Timing::default().blackout() + STEP;
     e.handle_tick(later);
-    let (h, _) = e.handle_request(
-        later,
-        NodeId(1),
-        &ElectionRequest::Prepare {
-            epoch: 5,
-            voters: hash,
-        },
-    );
+    let h = prepare(&mut e, later, NodeId(1), 5);
     assert_eq!(h.response, ElectionResponse::Promise { epoch: 5 });
 }
 
@@ -470,8 +420,7 @@ fn minority_never_serves() {
 #[test]
 fn lease_starts_with_a_majority_acked_round_after_takeover() {
     let timing = Timing::default();
-    let hash = voter_hash(&ids(3));
-    let mut e = Election::new(NodeId(1), &ids(3), timing, Duration::ZERO, Some(0), 1);
+    let mut e = voter(1, 0);
     for p in [NodeId(2), NodeId(3)] {
         e.handle_peer(Duration::ZERO, p, true, None);
     }
@@ -522,5 +471,4 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
     // Without further acks the lease ends exactly there.
     assert!(e.is_serving(t1 + timing.lease_trusted() - Duration::from_millis(1)));
     assert!(!e.is_serving(t1 + timing.lease_trusted()));
-    let _ = hash;
 }
