@@ -1,5 +1,6 @@
 //! A daemon embedding a coordmesh node on its own tokio runtime: it joins
-//! the cluster, logs membership changes, and leaves gracefully on Ctrl-C.
+//! the cluster, logs membership and leadership changes, and leaves
+//! gracefully on Ctrl-C (handing over first if it leads).
 //!
 //! ```sh
 //! cargo run --example embedded -- 1 127.0.0.1:7500
@@ -33,8 +34,15 @@ async fn main() -> anyhow::Result<()> {
     let mesh = Mesh::start(config).await?;
     println!("node {id} gossiping on {gossip}; Ctrl-C to leave");
     let mut events = mesh.member_events();
+    let mut leaders = mesh.leader_events();
     loop {
         tokio::select! {
+            leader = leaders.recv() => match leader {
+                Ok(Some(l)) if l.id == mesh.id() => println!("this node leads (epoch {})", l.epoch),
+                Ok(Some(l)) => println!("leader: {} (epoch {})", l.id, l.epoch),
+                Ok(None) => println!("no leader known"),
+                Err(_) => println!("leader now: {:?}", mesh.leader()),
+            },
             event = events.recv() => match event {
                 Ok(MemberEvent::Joined(m)) => println!("joined: {} (rpc {})", m.id, m.rpc_addr),
                 Ok(MemberEvent::Left(m)) => println!("left: {}", m.id),
