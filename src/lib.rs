@@ -1,8 +1,8 @@
 //! # coordmesh
 //!
-//! An embeddable coordination mesh: peers find each other by gossip, and
-//! (as the project grows) elect a leader, take fenced locks through it and
-//! keep idempotency records, with no external server.
+//! An embeddable coordination mesh: peers find each other by gossip and
+//! elect a leader with a lease, and (as the project grows) take fenced
+//! locks through it and keep idempotency records, with no external server.
 //!
 //! ## Embedding a node
 //!
@@ -43,10 +43,32 @@
 //! # Ok(()) }
 //! ```
 //!
+//! One node elects itself; in a cluster the lowest live id that reaches a
+//! majority of voters leads. Act as leader only while [`Mesh::is_leader`]
+//! says so (it checks the lease when called):
+//!
+//! ```
+//! # use coordmesh::{Config, Mesh};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mesh = Mesh::start(Config::new(1, "127.0.0.1:0".parse()?)?).await?;
+//! let mut leader = mesh.watch_leader();
+//! let now = leader.wait_for(|l| l.is_some()).await?.expect("a leader");
+//! assert_eq!(now.id, mesh.id());
+//! assert!(mesh.is_leader());
+//! mesh.shutdown().await; // hands over (to nobody here), then leaves
+//! # Ok(()) }
+//! ```
+//!
 //! ## Layers
 //!
 //! - [`config`]: one validated [`Config`].
-//! - [`membership`]: chitchat gossip turned into a [`MembershipView`].
+//! - [`membership`]: chitchat gossip turned into a [`MembershipView`],
+//!   sealed with the [`secret`] when the cluster has one.
+//! - [`rpc`]: QUIC with mutual TLS between peers (or datagrams on a
+//!   simulated network).
+//! - [`election`]: the sans-io election; [`node`] drives it;
+//!   [`storage`] keeps promises durable.
 //! - [`net`]: datagram sockets, real or simulated ([`net::SimNet`]).
 //! - [`sim`]: whole clusters in one process under virtual time.
 //! - [`http`]: the agent's HTTP API (`/v1/status`, `/metrics`).

@@ -578,9 +578,10 @@ impl Election {
             let up = now.saturating_sub(self.started_at);
             let youngest = Duration::from_millis(youngest_ms).min(up);
             if youngest >= self.timing.blackout() * 2 {
-                self.promised = self
-                    .promised
-                    .max(recovering.iter().map(|(p, _, _)| *p).max().unwrap_or(0));
+                // Every promise heard of counts, healthy voters' included:
+                // epochs go back only if no voter remembers them.
+                let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();
+                self.promised = self.promised.max(heard.unwrap_or(0));
                 self.max_epoch = self.max_epoch.max(self.promised);
                 self.recovered = true;
                 return;

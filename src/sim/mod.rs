@@ -332,20 +332,24 @@ pub struct LeaseState {
     pub resigned: Option<(u64, Duration)>,
 }
 
-/// A leadership history checked for the election's safety properties: for
-/// each (node, epoch), the interval in which the node believed its lease
-/// valid, and each node's epochs over time.
+/// A leadership history checked for the election's safety properties:
+/// the intervals in which each node believed its lease valid (a lease
+/// that lapses and is regained in the same epoch makes a new interval),
+/// and each node's epochs and promises over time.
 #[derive(Debug, Default)]
 pub struct LeaderLog {
-    /// (leader, epoch) → (first instant seen serving, latest lease end).
-    terms: BTreeMap<(NodeId, u64), (Duration, Duration)>,
+    /// Closed and open intervals: (leader, epoch, from, until).
+    intervals: Vec<(NodeId, u64, Duration, Duration)>,
+    /// Per node: the index of its open interval, if serving.
+    open: BTreeMap<NodeId, usize>,
+    /// Per node: the time of its previous sample.
+    last_seen: BTreeMap<NodeId, Duration>,
     /// Per node: (generation, highest epoch seen).
     epochs: BTreeMap<NodeId, (u64, u64)>,
     /// Per node: highest promise seen.
     promises: BTreeMap<NodeId, u64>,
     /// Broken properties, in words.
     pub violations: Vec<String>,
-    last_sample: Option<Duration>,
 }
 
 impl LeaderLog {
@@ -358,17 +362,33 @@ impl LeaderLog {
         lease: Option<(Leadership, Duration)>,
         epoch: u64,
     ) {
-        // A term may have begun up to one sampling period before it was
-        // first seen: count it from the previous sample, conservatively.
-        let since = self.last_sample.unwrap_or(now);
-        if let Some((leadership, until)) = lease
-            && now < until
-        {
-            let entry = self
-                .terms
-                .entry((node, leadership.epoch))
-                .or_insert((since, until));
-            entry.1 = entry.1.max(until);
+        // A term may have begun just after the node's previous sample:
+        // count it from there, conservatively.
+        let since = self.last_seen.insert(node, now).unwrap_or(now);
+        match lease.filter(|(_, until)| now < *until) {
+            Some((leadership, until)) => {
+                let open = self
+                    .open
+                    .get(&node)
+                    .copied()
+                    .filter(|&i| self.intervals[i].1 == leadership.epoch);
+                match open {
+                    Some(i) => {
+                        let interval = &mut self.intervals[i];
+                        interval.3 = interval.3.max(until);
+                    }
+                    None => {
+                        self.intervals.push((node, leadership.epoch, since, until));
+                        self.open.insert(node, self.intervals.len() - 1);
+                    }
+                }
+            }
+            None => {
+                // The node stopped serving; the interval keeps the lease
+                // end it computed, since a paused node would still believe
+                // it.
+                self.open.remove(&node);
+            }
         }
         let (gen_seen, epoch_seen) = self.epochs.entry(node).or_insert((generation, epoch));
         if generation == *gen_seen && epoch < *epoch_seen {
@@ -378,14 +398,15 @@ impl LeaderLog {
         }
         *gen_seen = generation;
         *epoch_seen = epoch;
-        self.last_sample = Some(now);
     }
 
     /// A node resigned `epoch` at `at`: it stopped believing its lease
     /// then (E6), so its term ends there, not at the lease's end.
     pub fn resigned(&mut self, node: NodeId, epoch: u64, at: Duration) {
-        if let Some(term) = self.terms.get_mut(&(node, epoch)) {
-            term.1 = term.1.min(at.max(term.0));
+        for interval in self.intervals.iter_mut() {
+            if interval.0 == node && interval.1 == epoch && interval.2 <= at {
+                interval.3 = interval.3.min(at);
+            }
         }
     }
 
@@ -403,10 +424,10 @@ impl LeaderLog {
 
     /// Nodes whose lease was valid at `now`.
     pub fn leaders_at(&self, now: Duration) -> Vec<(NodeId, u64)> {
-        self.terms
+        self.intervals
             .iter()
-            .filter(|(_, (from, until))| *from <= now && now < *until)
-            .map(|(k, _)| *k)
+            .filter(|(_, _, from, until)| *from <= now && now < *until)
+            .map(|(n, e, _, _)| (*n, *e))
             .collect()
     }
 
@@ -414,9 +435,9 @@ impl LeaderLog {
     /// intervals overlap. Returns every violation found.
     pub fn check(&self) -> Vec<String> {
         let mut out = self.violations.clone();
-        let terms: Vec<_> = self.terms.iter().collect();
-        for (i, ((a, ea), (a0, a1))) in terms.iter().enumerate() {
-            for ((b, eb), (b0, b1)) in &terms[i + 1..] {
+        let terms = &self.intervals;
+        for (i, (a, ea, a0, a1)) in terms.iter().enumerate() {
+            for (b, eb, b0, b1) in &terms[i + 1..] {
                 if a == b {
                     continue;
                 }
@@ -435,6 +456,8 @@ impl LeaderLog {
 
     /// Terms recorded: (leader, epoch).
     pub fn terms(&self) -> Vec<(NodeId, u64)> {
-        self.terms.keys().copied().collect()
+        let set: std::collections::BTreeSet<_> =
+            self.intervals.iter().map(|(n, e, _, _)| (*n, *e)).collect();
+        set.into_iter().collect()
     }
 }
