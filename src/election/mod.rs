@@ -574,9 +574,13 @@ impl Election {
         let recovering: Vec<&(u64, bool, u64)> =
             self.sync_replies.values().filter(|(_, r, _)| *r).collect();
         if recovering.len() + 1 >= self.quorum() {
-            let youngest_ms = recovering.iter().map(|(_, _, up)| *up).min().unwrap_or(0);
+            // The youngest start among them, this node's own included (a
+            // lone voter has no one else to hear from).
             let up = now.saturating_sub(self.started_at);
-            let youngest = Duration::from_millis(youngest_ms).min(up);
+            let youngest = recovering
+                .iter()
+                .map(|(_, _, ms)| Duration::from_millis(*ms))
+                .fold(up, Duration::min);
             if youngest >= self.timing.blackout() * 2 {
                 // Every promise heard of counts, healthy voters' included:
                 // epochs go back only if no voter remembers them.

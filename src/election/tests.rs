@@ -472,3 +472,12 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
     assert!(e.is_serving(t1 + timing.lease_trusted() - Duration::from_millis(1)));
     assert!(!e.is_serving(t1 + timing.lease_trusted()));
 }
+
+/// E7 for a lone voter without durable state: there is no one to copy
+/// from, so it proceeds after the all-recovering wait and elects itself.
+#[test]
+fn lone_voter_without_durable_state_elects_itself() {
+    let mut net = Net::new(1, &ids(1), false);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+}
