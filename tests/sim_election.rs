@@ -67,6 +67,15 @@ async fn wait_for_leader(c: &SimCluster, log: &mut LeaderLog, within: Duration) 
     }
 }
 
+/// Five nodes (all voters) with an agreed leader: the cluster, its log,
+/// and (leader, epoch).
+async fn led_cluster() -> (SimCluster, LeaderLog, (NodeId, u64)) {
+    let c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut log = LeaderLog::default();
+    let leader = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    (c, log, leader)
+}
+
 fn assert_safe(c: &SimCluster, log: &LeaderLog) {
     let violations = log.check();
     assert!(
@@ -96,9 +105,7 @@ async fn cold_start_elects_node_1() {
 /// node every survivor agrees on, with a higher epoch.
 #[tokio::test(start_paused = true)]
 async fn killed_leader_is_replaced_with_a_higher_epoch() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
-    let mut log = LeaderLog::default();
-    let (first, e1) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    let (mut c, mut log, (first, e1)) = led_cluster().await;
     run(&c, &mut log, Duration::from_millis(500)).await;
     c.kill(first).await;
     let killed_at = c.now();
@@ -287,9 +294,7 @@ async fn chaos(seed: u64) -> Duration {
 /// higher epoch and stays deposed.
 #[tokio::test(start_paused = true)]
 async fn paused_leader_is_replaced_and_stays_deposed() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
-    let mut log = LeaderLog::default();
-    let (first, e1) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    let (mut c, mut log, (first, e1)) = led_cluster().await;
     c.pause(first, Duration::from_secs(2)).await;
     run(&c, &mut log, Duration::from_millis(1500)).await;
     let others: Vec<NodeId> = c.running().into_iter().filter(|id| *id != first).collect();
@@ -320,9 +325,7 @@ async fn paused_leader_is_replaced_and_stays_deposed() {
 /// the next leader serves well before the lease could have run out.
 #[tokio::test(start_paused = true)]
 async fn graceful_shutdown_of_the_leader_hands_over_quickly() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
-    let mut log = LeaderLog::default();
-    let (first, e1) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    let (mut c, mut log, (first, e1)) = led_cluster().await;
     run(&c, &mut log, Duration::from_millis(300)).await;
     let start = c.now();
     c.leave(first).await;
