@@ -197,10 +197,11 @@ async fn node_1_restart_loop_does_not_flap() {
 
 /// Goal: under random kills and restarts (voters with and without data
 /// directories), pauses longer than the lease, partitions, isolation,
-/// loss, duplication and
-/// reordering, leases never overlap, no epoch has two leaders, epochs
-/// never go back, and once the network heals a leader emerges within the
-/// bound. Method: one seeded schedule per seed, sampled every 5 ms.
+/// loss, duplication and reordering: leases never overlap, no epoch has
+/// two leaders, epochs and durable promises never go back, the minority
+/// side of a partition never leads, and once the network heals a leader
+/// emerges within the bound. Method: one seeded schedule per seed,
+/// sampled every 5 ms.
 #[tokio::test(start_paused = true)]
 async fn chaos_keeps_leases_disjoint() {
     let seeds: u64 = std::env::var("COORDMESH_SIM_SEEDS")
@@ -213,6 +214,19 @@ async fn chaos_keeps_leases_disjoint() {
         slowest = slowest.max(chaos(first.wrapping_add(i)).await);
     }
     println!("{seeds} seeds from {first}: slowest leader after healing {slowest:?}");
+}
+
+/// After a partition begins, a lease from before it may still run for
+/// `L·(1−ρ)/(1+ρ)` (< 400 ms); past this, the minority must not lead.
+const MINORITY_GRACE: Duration = Duration::from_millis(450);
+
+/// The group holding a majority of the voters (1–3), if one does.
+fn majority_side(groups: &[Vec<NodeId>]) -> Vec<NodeId> {
+    groups
+        .iter()
+        .find(|g| g.iter().filter(|id| id.0 <= 3).count() >= 2)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// One chaos run; returns how long a leader took to emerge after healing.
@@ -229,6 +243,10 @@ async fn chaos(seed: u64) -> Duration {
     }
     let mut log = LeaderLog::default();
     let mut down: Vec<NodeId> = Vec::new();
+    // While a partition holds: when it began, and the side (if any) that
+    // has a majority of the voters. Nobody outside it may lead once any
+    // earlier lease has run out.
+    let mut cut: Option<(Duration, Vec<NodeId>)> = None;
     for _ in 0..8 {
         match rng.random_range(0..6) {
             5 => {
@@ -249,16 +267,21 @@ async fn chaos(seed: u64) -> Duration {
             }
             2 => {
                 let mut ids = c.running();
-                let cut = rng.random_range(1..ids.len());
-                let rest = ids.split_off(cut);
+                let at = rng.random_range(1..ids.len());
+                let rest = ids.split_off(at);
                 c.partition(&[&ids, &rest]);
+                cut = Some((c.now(), majority_side(&[ids, rest])));
             }
             3 => {
                 let running = c.running();
-                c.isolate(running[rng.random_range(0..running.len())]);
+                let lone = running[rng.random_range(0..running.len())];
+                c.isolate(lone);
+                let rest: Vec<NodeId> = (1..=5).map(NodeId).filter(|id| *id != lone).collect();
+                cut = Some((c.now(), majority_side(&[vec![lone], rest])));
             }
             _ => {
                 c.heal();
+                cut = None;
                 if let Some(back) = down.pop() {
                     c.restart(back).await;
                 }
@@ -271,7 +294,20 @@ async fn chaos(seed: u64) -> Duration {
             delay_max: Duration::from_millis(rng.random_range(1..15)),
         });
         let hold = Duration::from_millis(rng.random_range(200..1500));
-        run(&c, &mut log, hold).await;
+        let end = c.now() + hold;
+        while c.now() < end {
+            run(&c, &mut log, SAMPLE).await;
+            if let Some((since, majority)) = &cut
+                && c.now() > *since + MINORITY_GRACE
+            {
+                for id in c.running() {
+                    assert!(
+                        majority.contains(&id) || !c.mesh(id).is_leader(),
+                        "node {id} leads on the minority side of a partition (seed {seed})"
+                    );
+                }
+            }
+        }
     }
     // Heal everything: a leader must emerge within the bound.
     c.heal();

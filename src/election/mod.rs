@@ -1117,7 +1117,13 @@ impl Election {
         }
         self.observe_epoch(epoch);
         if from != self.id {
-            let newer = self.leader.is_none_or(|(l, _)| epoch >= l.epoch);
+            // A record of a higher epoch blocks a lower one only while
+            // that leader's lease could hold: after a full restart without
+            // data dirs epochs may start over (E7), and a stale record
+            // must not hide the leader there is.
+            let newer = self
+                .leader
+                .is_none_or(|(l, seen)| epoch >= l.epoch || now >= seen + self.timing.lease);
             if newer {
                 self.leader = Some((Leadership { id: from, epoch }, now));
                 self.last_leader = Some(from);

@@ -481,3 +481,40 @@ fn lone_voter_without_durable_state_elects_itself() {
     net.run_for(Duration::from_secs(2));
     assert_eq!(net.serving(), vec![NodeId(1)]);
 }
+
+/// After a full restart without data dirs epochs may start over (E7): a
+/// node that remembers a leader of a higher epoch still follows the
+/// leader there is once that record's lease has passed.
+#[test]
+fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
+    let mut e = Election::new(
+        NodeId(4),
+        &ids(3),
+        Timing::default(),
+        Duration::ZERO,
+        None,
+        4,
+    );
+    let hash = voter_hash(&ids(3));
+    let beat = |epoch| ElectionRequest::Heartbeat {
+        epoch,
+        round: 0,
+        voters: hash,
+    };
+    let t = Duration::from_secs(1);
+    e.handle_request(t, NodeId(2), &beat(15));
+    assert_eq!(e.leader(t).map(|l| l.epoch), Some(15));
+    // Within that lease a lower epoch is not taken for the leader...
+    e.handle_request(t + STEP, NodeId(1), &beat(12));
+    assert_eq!(e.leader(t + STEP).map(|l| l.id), Some(NodeId(2)));
+    // ...after it, it is.
+    let later = t + Timing::default().lease + STEP;
+    e.handle_request(later, NodeId(1), &beat(12));
+    assert_eq!(
+        e.leader(later),
+        Some(Leadership {
+            id: NodeId(1),
+            epoch: 12
+        })
+    );
+}
