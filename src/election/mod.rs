@@ -310,8 +310,6 @@ enum Role {
         last_round_at: Duration,
         /// Rounds awaiting a majority: send time and voters that acked.
         rounds: BTreeMap<u64, (Duration, BTreeSet<NodeId>)>,
-        /// Handing over: serves nothing, resigns.
-        resigning: bool,
     },
 }
 
@@ -430,7 +428,6 @@ impl Election {
         match &self.role {
             Role::Leader {
                 lease_until: Some(until),
-                resigning: false,
                 ..
             } => now < *until,
             _ => false,
@@ -440,11 +437,7 @@ impl Election {
     /// The lease end while serving.
     pub fn lease_until(&self) -> Option<Duration> {
         match &self.role {
-            Role::Leader {
-                lease_until,
-                resigning: false,
-                ..
-            } => *lease_until,
+            Role::Leader { lease_until, .. } => *lease_until,
             _ => None,
         }
     }
@@ -788,7 +781,6 @@ impl Election {
                 next_round: 0,
                 last_round_at: Duration::ZERO,
                 rounds: BTreeMap::new(),
-                resigning: false,
             };
             self.leader = Some((Leadership { id: self.id, epoch }, now));
             // E4: the first heartbeat round goes out at once.
@@ -797,19 +789,9 @@ impl Election {
     }
 
     fn lead(&mut self, now: Duration, out: &mut Vec<Output>) {
-        let Role::Leader {
-            epoch,
-            last_round_at,
-            resigning,
-            ..
-        } = &self.role
-        else {
+        let Role::Leader { last_round_at, .. } = self.role else {
             return;
         };
-        let (epoch, last_round_at, resigning) = (*epoch, *last_round_at, *resigning);
-        if resigning {
-            return;
-        }
         // E6: hand over to a lower id eligible for the stability window.
         let preempt = self.peers.iter().any(|(&id, p)| {
             id < self.id
@@ -823,7 +805,6 @@ impl Election {
         if now >= last_round_at + self.timing.heartbeat {
             self.send_round(now, out);
         }
-        let _ = epoch;
     }
 
     fn send_round(&mut self, now: Duration, out: &mut Vec<Output>) {
@@ -883,10 +864,10 @@ impl Election {
             });
         }
         // A single voter that is the leader acks itself.
-        self.count_acks(now, round);
+        self.count_acks(round);
     }
 
-    fn count_acks(&mut self, _now: Duration, round: u64) {
+    fn count_acks(&mut self, round: u64) {
         let quorum = self.quorum();
         let trusted = self.timing.lease_trusted();
         let Role::Leader {
@@ -982,8 +963,8 @@ impl Election {
             .collect();
         live.sort_unstable();
         let among_lowest = live.iter().take(PROBING_LOWEST).any(|&id| id == self.id);
-        let below_leader = self.leader(now).is_some_and(|l| self.id < l.id);
-        if !is_leader && (among_lowest || below_leader || self.leader(now).is_none()) {
+        let below_leader_or_none = self.leader(now).is_none_or(|l| self.id < l.id);
+        if !is_leader && (among_lowest || below_leader_or_none) {
             for &v in &self.voters {
                 if v != self.id {
                     out.push(Output::Send {
@@ -1207,7 +1188,7 @@ impl Election {
                     if let Some((_, acks)) = rounds.get_mut(round) {
                         acks.insert(from);
                     }
-                    self.count_acks(now, *round);
+                    self.count_acks(*round);
                 }
             }
             (ElectionRequest::Prepare { epoch, .. }, response)

@@ -233,9 +233,10 @@ impl State {
 
     /// Peers' "reaches quorum" marks from gossip.
     async fn poll_reach(&mut self, now: Duration) {
+        let view = self.membership.view();
         for (id, value) in self.membership.peer_values(KEY_REACH).await {
             if let Ok(reach) = value.parse::<u64>() {
-                let alive = self.membership.view().get(id).is_some_and(|m| m.is_alive());
+                let alive = view.get(id).is_some_and(|m| m.is_alive());
                 if alive {
                     self.election.handle_peer(now, id, true, Some(reach));
                 }

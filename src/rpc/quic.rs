@@ -72,7 +72,7 @@ impl QuicRpc {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut endpoint = Endpoint::server(tls.server, addr)?;
         endpoint.set_default_client_config(tls.client);
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), id, service, metrics.clone()));
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), service, metrics.clone()));
         Ok(QuicRpc {
             endpoint,
             id,
@@ -275,30 +275,19 @@ fn read_error(e: quinn::ReadExactError) -> ReadError {
     }
 }
 
-async fn accept_loop(
-    endpoint: Endpoint,
-    id: NodeId,
-    service: Arc<dyn Service>,
-    metrics: Arc<Metrics>,
-) {
+async fn accept_loop(endpoint: Endpoint, service: Arc<dyn Service>, metrics: Arc<Metrics>) {
     while let Some(incoming) = endpoint.accept().await {
         if endpoint.open_connections() >= CONNECTIONS_MAX {
             count(&metrics.rpc_connections_refused);
             incoming.refuse();
             continue;
         }
-        tokio::spawn(serve_connection(
-            incoming,
-            id,
-            service.clone(),
-            metrics.clone(),
-        ));
+        tokio::spawn(serve_connection(incoming, service.clone(), metrics.clone()));
     }
 }
 
 async fn serve_connection(
     incoming: quinn::Incoming,
-    _id: NodeId,
     service: Arc<dyn Service>,
     metrics: Arc<Metrics>,
 ) {
