@@ -101,8 +101,10 @@ pub struct Config {
     /// should use the same setting.
     pub gossip_compression: bool,
     /// Election timing (heartbeat, lease, election timeout, drift bound,
-    /// stability window), validated.
+    /// stability window, longest lock TTL), validated.
     pub election: Timing,
+    /// Clients queued per lock (`lock-waiters-max`).
+    pub lock_waiters_max: usize,
 }
 
 impl Config {
@@ -177,6 +179,16 @@ pub struct ConfigBuilder {
     /// must stay eligible before the leader hands over to it.
     #[serde(alias = "stability_window_ms")]
     pub stability_window_ms: Option<u64>,
+    /// `lock-ttl-max-ms` (file only): the longest lock TTL this cluster
+    /// grants (at most the contract's 3,600,000). Voters restarted all
+    /// together without data directories wait this long before forming a
+    /// cluster anew (E7).
+    #[serde(alias = "lock_ttl_max_ms")]
+    pub lock_ttl_max_ms: Option<u64>,
+    /// `lock-waiters-max` (file only): clients queued per lock; one more
+    /// is refused with `QueueFull`.
+    #[serde(alias = "lock_waiters_max")]
+    pub lock_waiters_max: Option<usize>,
 }
 
 impl ConfigBuilder {
@@ -224,6 +236,8 @@ impl ConfigBuilder {
             election_timeout_ms: over.election_timeout_ms.or(self.election_timeout_ms),
             drift: over.drift.or(self.drift),
             stability_window_ms: over.stability_window_ms.or(self.stability_window_ms),
+            lock_ttl_max_ms: over.lock_ttl_max_ms.or(self.lock_ttl_max_ms),
+            lock_waiters_max: over.lock_waiters_max.or(self.lock_waiters_max),
         }
     }
 
@@ -305,7 +319,16 @@ impl ConfigBuilder {
             election_timeout: ms(self.election_timeout_ms, defaults.election_timeout),
             drift: self.drift.unwrap_or(defaults.drift),
             stability_window: ms(self.stability_window_ms, defaults.stability_window),
+            lock_ttl_max: ms(self.lock_ttl_max_ms, defaults.lock_ttl_max),
         };
+        let ttl_max_ms = election.lock_ttl_max.as_millis() as u64;
+        if !(100..=3_600_000).contains(&ttl_max_ms) {
+            return Err(ConfigError::InvalidLockTtlMax(ttl_max_ms));
+        }
+        let lock_waiters_max = self.lock_waiters_max.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&lock_waiters_max) {
+            return Err(ConfigError::InvalidLockWaiters(lock_waiters_max));
+        }
         election.validate().map_err(ConfigError::Election)?;
         Ok(Config {
             id,
@@ -323,6 +346,7 @@ impl ConfigBuilder {
             leave_duration: Duration::from_millis(leave_ms),
             gossip_compression: self.gossip_compression.unwrap_or(false),
             election,
+            lock_waiters_max,
         })
     }
 }
@@ -368,6 +392,12 @@ fn check_seed(seed: &str) -> Result<(), ConfigError> {
 /// the fix is to change that value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `lock-ttl-max-ms` outside the contract's TTL range.
+    #[error("lock-ttl-max-ms must be within 100 and 3600000, got {0}")]
+    InvalidLockTtlMax(u64),
+    /// `lock-waiters-max` of zero or absurdly large.
+    #[error("lock-waiters-max must be within 1 and 1000000, got {0}")]
+    InvalidLockWaiters(usize),
     /// No `--id` (or `id` in the file) was given.
     #[error("--id is required")]
     MissingId,

@@ -78,6 +78,7 @@
 pub mod config;
 pub mod election;
 pub mod http;
+pub mod locks;
 pub mod membership;
 pub mod mesh;
 pub mod metrics;

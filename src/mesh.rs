@@ -19,7 +19,9 @@ use crate::net::Network;
 use crate::node::{Clock, Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
-use crate::storage::PromiseStore;
+use crate::locks::table::TableConfig;
+use crate::locks::{LockBuilder, LockReply, LockRequest, LockTable, NamedElection, Replica};
+use crate::storage::{LockStore, PromiseStore};
 
 /// What a node is run with besides its configuration: its network, its
 /// incarnation number and its protocol clock. Real nodes use
@@ -142,9 +144,22 @@ impl Service for NodeService {
                     })
                     .await
                     .map_err(|_| Rejection::ShuttingDown)?;
+                answer.await.map_err(|_| Rejection::ShuttingDown)
+            }
+            Request::Lock(request) => {
+                let driver = self.driver.get().ok_or(Rejection::ShuttingDown)?;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                driver
+                    .send(Input::Lock {
+                        from,
+                        request,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| Rejection::ShuttingDown)?;
                 answer
                     .await
-                    .map(Response::Election)
+                    .map(Response::Lock)
                     .map_err(|_| Rejection::ShuttingDown)
             }
         }
@@ -182,17 +197,19 @@ impl Mesh {
             .cluster_secret
             .clone()
             .unwrap_or_else(ClusterSecret::open_cluster);
-        // The durable promise, read before anything can be promised.
-        let (store, promised) = match &config.data_dir {
+        // The durable promise and lock table, read before anything can be
+        // promised or acked.
+        let (store, promised, replica) = match &config.data_dir {
             Some(dir) => {
-                let (store, promised) =
-                    PromiseStore::open(dir).map_err(|source| StartError::DataDir {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                (Some(store), Some(promised))
+                let data_dir = |source| StartError::DataDir {
+                    path: dir.clone(),
+                    source,
+                };
+                let (store, promised) = PromiseStore::open(dir).map_err(data_dir)?;
+                let (locks, replica) = LockStore::open(dir).map_err(data_dir)?;
+                (Some(store), Some(promised), (replica, Some(locks)))
             }
-            None => (None, None),
+            None => (None, None, (Replica::default(), None)),
         };
         let service = Arc::new(NodeService {
             id: config.id,
@@ -229,9 +246,16 @@ impl Mesh {
             promised,
             env.generation ^ config.id.0.rotate_left(32),
         );
+        let locks = LockTable::new(TableConfig {
+            waiters_max: config.lock_waiters_max,
+            ttl_max_ms: config.election.lock_ttl_max.as_millis() as u64,
+            ..TableConfig::new(&config.voters, config.election.drift)
+        });
         let driver = Driver::start(
             election,
             store,
+            locks,
+            replica,
             rpc.clone(),
             membership.clone(),
             shared.clone(),
@@ -352,6 +376,87 @@ impl Mesh {
         self.inner.driver.pause(d).await;
     }
 
+    /// A lock by name: set its TTL and wait, then acquire it.
+    ///
+    /// ```no_run
+    /// # async fn f(mesh: coordmesh::Mesh) -> Result<(), coordmesh::locks::LockError> {
+    /// use std::time::Duration;
+    /// let guard = mesh
+    ///     .lock("nightly-report")
+    ///     .ttl(Duration::from_secs(5))
+    ///     .wait(Duration::from_secs(1))
+    ///     .acquire()
+    ///     .await?;
+    /// // Pass guard.token() to every resource the job writes to.
+    /// println!("holding with token {}", guard.token());
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
+        LockBuilder::new(self.clone(), name.into())
+    }
+
+    /// A named election for an application role, built on a lock.
+    pub fn election(&self, name: impl Into<String>) -> NamedElection {
+        NamedElection::new(self.clone(), name.into())
+    }
+
+    /// Sends a lock request to the leader (this node's driver when it
+    /// leads) and returns its answer. `NoQuorum` when no leader is known.
+    pub async fn lock_request(
+        &self,
+        request: LockRequest,
+        timeout: Duration,
+    ) -> Result<LockReply, RpcError> {
+        if self.inner.shared.is_stopped() {
+            return Err(RpcError::Closed);
+        }
+        let Some(leader) = self.leader() else {
+            return Ok(LockReply::NoQuorum);
+        };
+        if leader.id == self.id() {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.inner
+                .driver
+                .tx
+                .send(Input::Lock {
+                    from: self.id(),
+                    request,
+                    reply,
+                })
+                .await
+                .map_err(|_| RpcError::Closed)?;
+            return match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(_)) => Err(RpcError::Closed),
+                Err(_) => Err(RpcError::Timeout { after: timeout }),
+            };
+        }
+        let view = self.membership();
+        let Some(member) = view.get(leader.id).filter(|m| m.is_alive()) else {
+            return Ok(LockReply::NoQuorum);
+        };
+        match self
+            .inner
+            .rpc
+            .call(member.rpc_addr, Request::Lock(request), timeout)
+            .await?
+        {
+            Response::Lock(r) => Ok(r),
+            _ => Err(RpcError::Malformed),
+        }
+    }
+
+    /// The protocol clock's reading (leases are measured on it).
+    pub(crate) fn clock_now(&self) -> Duration {
+        self.inner.shared.clock.now()
+    }
+
+    /// True once the node shut down or was killed.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.shared.is_stopped()
+    }
+
     /// The highest epoch this node has heard of.
     pub fn epoch(&self) -> u64 {
         self.inner
@@ -372,6 +477,10 @@ impl Mesh {
         // node; a leader then stops serving and resigns, which ends the
         // voters' blackout; the leave completes after that.
         self.inner.membership.announce_leaving().await;
+        self.inner
+            .shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.driver.resign().await;
         self.inner.driver.stop().await;
         self.inner.membership.finish_leave().await;
@@ -381,6 +490,10 @@ impl Mesh {
     /// Stops at once without telling peers, as a crash would (peers time
     /// the node out). Used by simulations to kill a node.
     pub async fn kill(&self) {
+        self.inner
+            .shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.driver.stop().await;
         self.inner.membership.stop().await;
         self.inner.rpc.close().await;

@@ -41,11 +41,16 @@ pub struct Timing {
     /// How long a returning lower id must stay eligible before the
     /// incumbent hands over to it.
     pub stability_window: Duration,
+    /// The longest lock TTL granted. After a full restart without data
+    /// directories, voters wait this times `(1+ρ)`, plus `L`, before they
+    /// form a cluster anew, so every lease granted before has ended (E7).
+    pub lock_ttl_max: Duration,
 }
 
 impl Default for Timing {
     /// LAN defaults: 100 ms heartbeats, 400 ms lease, 450 ms election
-    /// timeout, 1% drift bound, 2 s stability window.
+    /// timeout, 1% drift bound, 2 s stability window, locks of up to an
+    /// hour.
     fn default() -> Self {
         Timing {
             heartbeat: Duration::from_millis(100),
@@ -53,6 +58,7 @@ impl Default for Timing {
             election_timeout: Duration::from_millis(450),
             drift: 0.01,
             stability_window: Duration::from_secs(2),
+            lock_ttl_max: Duration::from_millis(3_600_000),
         }
     }
 }
@@ -415,8 +421,19 @@ impl Election {
         self.timing
     }
 
-    fn is_voter(&self) -> bool {
+    /// True if this node is in the voter set.
+    pub fn is_voter(&self) -> bool {
         self.voters.binary_search(&self.id).is_ok()
+    }
+
+    /// The voter set, sorted.
+    pub fn voters(&self) -> &[NodeId] {
+        &self.voters
+    }
+
+    /// The voter-set hash this node's messages carry (V1).
+    pub fn voter_hash(&self) -> u64 {
+        self.hash
     }
 
     fn quorum(&self) -> usize {
@@ -562,8 +579,9 @@ impl Election {
             return;
         }
         // A majority (with this node) all recovering: a full restart
-        // without data dirs. Form anew once `L` has passed since the last
-        // of them started (no locks yet, so no TTL to wait out).
+        // without data dirs. Form anew once every lease granted before
+        // has ended: the longest TTL times (1+ρ), plus `L`, since the last
+        // of them started (E7). Fencing tokens then start over.
         let recovering: Vec<&(u64, bool, u64)> =
             self.sync_replies.values().filter(|(_, r, _)| *r).collect();
         if recovering.len() + 1 >= self.quorum() {
@@ -574,7 +592,10 @@ impl Election {
                 .iter()
                 .map(|(_, _, ms)| Duration::from_millis(*ms))
                 .fold(up, Duration::min);
-            if youngest >= self.timing.blackout() * 2 {
+            let hold = self.timing.blackout()
+                + self.timing.blackout()
+                + self.timing.lock_ttl_max.mul_f64(1.0 + self.timing.drift);
+            if youngest >= hold {
                 // Every promise heard of counts, healthy voters' included:
                 // epochs go back only if no voter remembers them.
                 let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();

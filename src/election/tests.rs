@@ -20,6 +20,10 @@ fn ids(n: u64) -> Vec<NodeId> {
 
 impl Net {
     fn new(n: u64, voters: &[NodeId], durable: bool) -> Net {
+        Net::with_timing(n, voters, durable, Timing::default())
+    }
+
+    fn with_timing(n: u64, voters: &[NodeId], durable: bool, timing: Timing) -> Net {
         let mut nodes = BTreeMap::new();
         for id in ids(n) {
             let promised = durable.then_some(0);
@@ -28,7 +32,7 @@ impl Net {
                 Election::new(
                     id,
                     voters,
-                    Timing::default(),
+                    timing,
                     Duration::ZERO,
                     promised,
                     id.0,
@@ -474,10 +478,17 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
 }
 
 /// E7 for a lone voter without durable state: there is no one to copy
-/// from, so it proceeds after the all-recovering wait and elects itself.
+/// from, so it waits out the longest lock TTL granted before (any lease
+/// of its previous life has then ended) and elects itself.
 #[test]
 fn lone_voter_without_durable_state_elects_itself() {
-    let mut net = Net::new(1, &ids(1), false);
+    let timing = Timing {
+        lock_ttl_max: Duration::from_secs(3),
+        ..Timing::default()
+    };
+    let mut net = Net::with_timing(1, &ids(1), false, timing);
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.serving(), Vec::<NodeId>::new(), "a 3 s lease may still run");
     net.run_for(Duration::from_secs(2));
     assert_eq!(net.serving(), vec![NodeId(1)]);
 }

@@ -1,25 +1,40 @@
-//! The node driver: one tokio task owns the election state machine and is
-//! the only place that reads its clock, sends its messages and persists
-//! its promises. Everything reaches it through a bounded channel.
+//! The node driver: one tokio task owns the election state machine and the
+//! lock table, and is the only place that reads their clock, sends their
+//! messages and persists their state. Everything reaches it through a
+//! bounded channel.
+//!
+//! Owning both in one task makes a voter's promise and its acceptance of
+//! replicated lock entries one sequence: once it promised epoch `e`, no
+//! entry of an older epoch is merged, so the copy it handed the new leader
+//! with its promise stays complete.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::NodeId;
 use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output};
+use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica, Ticket};
 use crate::membership::{KEY_REACH, Membership};
 use crate::metrics::Metrics;
 use crate::rpc::{Request, Response, Rpc};
-use crate::storage::PromiseStore;
+use crate::storage::{LockStore, PromiseStore};
 
 /// Inputs queued for the driver before senders wait.
 pub(crate) const INPUT_QUEUE_MAX: usize = 1024;
 /// Leadership changes kept per subscriber.
 pub(crate) const LEADER_EVENTS_QUEUE_MAX: usize = 256;
+/// Inputs handled before the open lock batch is flushed: requests that
+/// arrive together share one replication round.
+const BATCH_INPUTS_MAX: usize = 128;
+/// Pause before a replication batch is sent again to a voter that did
+/// not ack it.
+const REPLICATE_RETRY: Duration = Duration::from_millis(20);
 
 /// The protocol clock (T1). Real nodes read CLOCK_BOOTTIME, which keeps
 /// counting while the host is suspended; simulations read tokio's clock.
@@ -55,12 +70,26 @@ pub(crate) enum Input {
     Request {
         from: NodeId,
         request: ElectionRequest,
-        reply: oneshot::Sender<ElectionResponse>,
+        reply: oneshot::Sender<Response>,
     },
     Response {
         from: NodeId,
         request: ElectionRequest,
         response: Option<ElectionResponse>,
+        table: Option<Vec<Entry>>,
+    },
+    Lock {
+        from: NodeId,
+        request: LockRequest,
+        reply: oneshot::Sender<LockReply>,
+    },
+    /// A voter's answer to a replication batch (`None`: no answer).
+    Replicated {
+        epoch: u64,
+        batch: u64,
+        to: NodeId,
+        entries: Vec<Entry>,
+        reply: Option<LockReply>,
     },
     Resign {
         done: oneshot::Sender<()>,
@@ -81,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) promised: std::sync::atomic::AtomicU64,
     /// The last term this node resigned, and when (on `clock`).
     pub(crate) resigned: Mutex<Option<(u64, Duration)>>,
+    /// Set once the node shut down or was killed.
+    pub(crate) stopped: AtomicBool,
 }
 
 impl Shared {
@@ -93,7 +124,13 @@ impl Shared {
             max_epoch: Default::default(),
             promised: Default::default(),
             resigned: Mutex::new(None),
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// True once the node stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// True only while this node's lease is valid, read on the protocol
@@ -111,9 +148,12 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         election: Election,
         store: Option<PromiseStore>,
+        locks: LockTable,
+        replica: (Replica, Option<LockStore>),
         rpc: Arc<Rpc>,
         membership: Arc<Membership>,
         shared: Arc<Shared>,
@@ -124,6 +164,12 @@ impl Driver {
         let state = State {
             election,
             store,
+            locks,
+            replica: replica.0,
+            lock_store: replica.1,
+            tickets: HashMap::new(),
+            next_ticket: 0,
+            candidacy: None,
             rpc,
             membership,
             shared,
@@ -164,6 +210,16 @@ impl Driver {
 struct State {
     election: Election,
     store: Option<PromiseStore>,
+    locks: LockTable,
+    /// This node's copy of the lock table (voters).
+    replica: Replica,
+    lock_store: Option<LockStore>,
+    /// Lock requests awaiting an answer.
+    tickets: HashMap<u64, oneshot::Sender<LockReply>>,
+    next_ticket: u64,
+    /// The epoch this node runs for and the lock tables merged from its
+    /// promises so far (its own copy included).
+    candidacy: Option<(u64, Replica)>,
     rpc: Arc<Rpc>,
     membership: Arc<Membership>,
     shared: Arc<Shared>,
@@ -197,11 +253,24 @@ impl State {
                     if !self.execute(outs, None).await {
                         return;
                     }
+                    let now = self.shared.clock.now();
+                    self.sync_locks(now);
+                    let outs = self.locks.handle_tick(now);
+                    if !self.apply_locks(outs) {
+                        return;
+                    }
                 }
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     if !self.handle(input).await {
                         return;
+                    }
+                    // Whatever else is queued joins the same lock batch.
+                    for _ in 0..BATCH_INPUTS_MAX {
+                        let Ok(input) = rx.try_recv() else { break };
+                        if !self.handle(input).await {
+                            return;
+                        }
                     }
                 }
                 changed = views.changed() => {
@@ -210,6 +279,10 @@ impl State {
                     }
                     self.sync_peers();
                 }
+            }
+            let outs = self.locks.flush();
+            if !self.apply_locks(outs) {
+                return;
             }
             self.publish();
         }
@@ -271,18 +344,105 @@ impl State {
                 {
                     return false;
                 }
-                let _ = reply.send(handled.response);
-                self.execute(outs, None).await
+                // A promise and a recovery answer carry this voter's copy
+                // of the lock table (the new leader adopts the promising
+                // majority's grants; a recovering voter copies them, E7).
+                let response = match handled.response {
+                    r @ (ElectionResponse::Promise { .. } | ElectionResponse::State { .. }) => {
+                        Response::ElectionWithTable {
+                            response: r,
+                            table: self.replica.entries().cloned().collect(),
+                        }
+                    }
+                    r => Response::Election(r),
+                };
+                let _ = reply.send(response);
+                let ok = self.execute(outs, None).await;
+                self.sync_locks(now);
+                ok
             }
             Input::Response {
                 from,
                 request,
                 response,
+                table,
             } => {
+                if let Some(table) = table {
+                    match (&request, &response) {
+                        (
+                            ElectionRequest::Prepare { epoch, .. },
+                            Some(ElectionResponse::Promise { epoch: promised }),
+                        ) if epoch == promised => {
+                            if let Some((e, merged)) = &mut self.candidacy
+                                && e == epoch
+                            {
+                                merged.merge_all(table);
+                            }
+                        }
+                        (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
+                            if !self.election.recovered() =>
+                        {
+                            // E7: a voter without durable state copies the
+                            // table before it acks anything.
+                            self.replica.merge_all(table);
+                        }
+                        _ => {}
+                    }
+                }
                 let outs = self
                     .election
                     .handle_response(now, from, &request, response.as_ref());
-                self.execute(outs, None).await
+                let ok = self.execute(outs, None).await;
+                self.sync_locks(now);
+                ok
+            }
+            Input::Lock {
+                from,
+                request,
+                reply,
+            } => self.handle_lock(now, from, request, reply),
+            Input::Replicated {
+                epoch,
+                batch,
+                to,
+                entries,
+                reply,
+            } => {
+                if self.locks.epoch() != Some(epoch) {
+                    return true;
+                }
+                match reply {
+                    Some(LockReply::Replicated) => {
+                        let outs = self.locks.handle_ack(now, batch, to);
+                        self.apply_locks(outs)
+                    }
+                    Some(LockReply::Refused { promised }) if promised > epoch => {
+                        // E1: a voter promised a higher epoch: stop.
+                        let outs = self
+                            .election
+                            .handle_response(
+                                now,
+                                to,
+                                &ElectionRequest::Probe {
+                                    voters: self.election.voter_hash(),
+                                },
+                                Some(&ElectionResponse::Reject {
+                                    promised,
+                                    reason: crate::election::RejectReason::StaleEpoch,
+                                    retry_ms: 0,
+                                }),
+                            );
+                        let ok = self.execute(outs, None).await;
+                        self.sync_locks(now);
+                        ok
+                    }
+                    _ => {
+                        if self.locks.is_pending(batch) {
+                            self.send_batch(epoch, batch, to, entries, REPLICATE_RETRY);
+                        }
+                        true
+                    }
+                }
             }
             Input::Pause(d) => {
                 tokio::time::sleep(d).await;
@@ -303,6 +463,203 @@ impl State {
                 ok
             }
         }
+    }
+
+    /// A lock request: from a client (any node, this one included) to
+    /// the leader, or a replication batch from the leader to this voter.
+    fn handle_lock(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        request: LockRequest,
+        reply: oneshot::Sender<LockReply>,
+    ) -> bool {
+        if let LockRequest::Replicate {
+            epoch,
+            voters,
+            entries,
+        } = request
+        {
+            let promised = self.election.promised();
+            // E1, E7, V1: only a recovered voter of this voter set merges,
+            // and only at or above its promise.
+            if voters != self.election.voter_hash()
+                || !self.election.is_voter()
+                || !self.election.recovered()
+                || epoch < promised
+            {
+                let _ = reply.send(LockReply::Refused { promised });
+                return true;
+            }
+            if !self.merge_durably(entries) {
+                return false;
+            }
+            let _ = reply.send(LockReply::Replicated);
+            return true;
+        }
+        self.sync_locks(now);
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        self.tickets.insert(ticket.0, reply);
+        let outs = match request {
+            LockRequest::Acquire {
+                name,
+                ttl_ms,
+                wait_ms,
+                request_id,
+            } => self
+                .locks
+                .handle_acquire(now, ticket, from, &name, ttl_ms, wait_ms, request_id),
+            LockRequest::Renew { name, token } => {
+                self.locks.handle_renew(now, ticket, &name, token)
+            }
+            LockRequest::Release { name, token } => {
+                self.locks.handle_release(now, ticket, &name, token)
+            }
+            LockRequest::Status { name } => self.locks.handle_status(now, ticket, &name),
+            LockRequest::Replicate { .. } => Vec::new(),
+        };
+        self.apply_locks(outs)
+    }
+
+    /// Merges entries into this voter's copy, durably (E8) when it has a
+    /// data directory. False if they could not be made durable.
+    fn merge_durably(&mut self, entries: Vec<Entry>) -> bool {
+        let changed = self.replica.merge_all(entries);
+        if let Some(store) = &mut self.lock_store
+            && let Err(err) = store.append(&changed, &self.replica)
+        {
+            // Acking what is not durable could lose a grant in a restart:
+            // stop taking part instead.
+            error!(%err, "cannot persist lock entries; this node stops");
+            return false;
+        }
+        true
+    }
+
+    /// Starts or stops the lock table as this node starts or stops
+    /// serving as leader.
+    fn sync_locks(&mut self, now: Duration) {
+        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        let outs = match (serving, self.locks.epoch()) {
+            (Some(e), Some(l)) if e == l => return,
+            (Some(e), _) => {
+                // K2: adopt the grants of the promising majority.
+                let Some(mut merged) = self
+                    .candidacy
+                    .take()
+                    .filter(|(epoch, _)| *epoch == e)
+                    .map(|(_, m)| m)
+                else {
+                    // Invariant: a term always starts from a candidacy of
+                    // its epoch; without its tables serve no locks.
+                    error!(epoch = e, "leading without the promised lock tables; locks not served this term");
+                    return;
+                };
+                merged.merge_all(self.replica.entries().cloned().collect::<Vec<_>>());
+                let adopted = merged.entries().filter(|e| e.is_held()).count();
+                info!(epoch = e, adopted, "lock table taken over");
+                let mine: Vec<Entry> = merged.entries().cloned().collect();
+                if self.election.is_voter() && !self.merge_durably(mine) {
+                    return;
+                }
+                self.locks.take_over(now, e, merged)
+            }
+            (None, Some(_)) => self.locks.step_down(),
+            (None, None) => return,
+        };
+        self.apply_locks(outs);
+    }
+
+    /// Carries out the lock table's outputs. False if this node must stop.
+    fn apply_locks(&mut self, outs: Vec<LockOutput>) -> bool {
+        let mut queue: std::collections::VecDeque<LockOutput> = outs.into();
+        while let Some(out) = queue.pop_front() {
+            match out {
+                LockOutput::Reply { ticket, reply } => {
+                    if let Some(tx) = self.tickets.remove(&ticket.0) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                LockOutput::Replicate { batch, entries } => {
+                    let Some(epoch) = self.locks.epoch() else {
+                        continue;
+                    };
+                    let me = self.election.id();
+                    for &v in self.election.voters().to_vec().iter() {
+                        if v != me {
+                            self.send_batch(epoch, batch, v, entries.clone(), Duration::ZERO);
+                        }
+                    }
+                    // The leader's own copy, synced while the batch is on
+                    // the wire.
+                    if self.election.is_voter() {
+                        if !self.merge_durably(entries) {
+                            return false;
+                        }
+                        let now = self.shared.clock.now();
+                        queue.extend(self.locks.handle_ack(now, batch, me));
+                    }
+                }
+                LockOutput::NewEpochNeeded => {
+                    // K1: hand over; the next term has a fresh sequence.
+                    warn!("lock token sequence spent in this epoch; resigning for a new one");
+                    let (done, _) = oneshot::channel();
+                    let _ = self.tx.try_send(Input::Resign { done });
+                    queue.extend(self.locks.step_down());
+                }
+            }
+        }
+        true
+    }
+
+    fn addr_of(&self, node: NodeId) -> Option<std::net::SocketAddr> {
+        self.membership
+            .view()
+            .get(node)
+            .filter(|m| m.is_alive())
+            .map(|m| m.rpc_addr)
+    }
+
+    /// Sends one replication batch to one voter, after `delay`.
+    fn send_batch(&self, epoch: u64, batch: u64, to: NodeId, entries: Vec<Entry>, delay: Duration) {
+        let rpc = self.rpc.clone();
+        let tx = self.tx.clone();
+        let addr = self.addr_of(to);
+        let voters = self.election.voter_hash();
+        let timeout = self.election.timing().heartbeat * 2;
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let reply = match addr {
+                Some(addr) => {
+                    let request = Request::Lock(LockRequest::Replicate {
+                        epoch,
+                        voters,
+                        entries: entries.clone(),
+                    });
+                    match rpc.call(addr, request, timeout).await {
+                        Ok(Response::Lock(r)) => Some(r),
+                        _ => None,
+                    }
+                }
+                None => {
+                    // Not a live member: retry after a pause.
+                    tokio::time::sleep(timeout / 4).await;
+                    None
+                }
+            };
+            let _ = tx
+                .send(Input::Replicated {
+                    epoch,
+                    batch,
+                    to,
+                    entries,
+                    reply,
+                })
+                .await;
+        });
     }
 
     /// The epoch this node serves as leader, if it does.
@@ -363,15 +720,19 @@ impl State {
                         let answer = rpc
                             .call(addr, Request::Election(request.clone()), timeout)
                             .await;
-                        let response = match answer {
-                            Ok(Response::Election(r)) => Some(r),
-                            _ => None,
+                        let (response, table) = match answer {
+                            Ok(Response::Election(r)) => (Some(r), None),
+                            Ok(Response::ElectionWithTable { response, table }) => {
+                                (Some(response), Some(table))
+                            }
+                            _ => (None, None),
                         };
                         let _ = tx
                             .send(Input::Response {
                                 from: to,
                                 request,
                                 response,
+                                table,
                             })
                             .await;
                     };
@@ -406,6 +767,9 @@ impl State {
                     }
                 }
                 Output::ElectionStarted { epoch } => {
+                    // The candidate's own copy is the first of the tables
+                    // it will merge (K2).
+                    self.candidacy = Some((epoch, self.replica.clone()));
                     Metrics::add(&self.metrics.elections_started, 1);
                     debug!(id = %self.election.id(), epoch, "running for leader");
                 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
 use crate::election::{ElectionRequest, ElectionResponse};
+use crate::locks::{Entry, LockReply, LockRequest};
 
 /// A request that expects a [`Response`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +17,9 @@ pub enum Request {
     Ping(Ping),
     /// Leader election.
     Election(ElectionRequest),
+    /// Locks: clients to the leader, and the leader's replication to
+    /// voters.
+    Lock(LockRequest),
 }
 
 /// The answer to a [`Request`].
@@ -26,6 +30,17 @@ pub enum Response {
     Pong(Pong),
     /// Answer to [`Request::Election`].
     Election(ElectionResponse),
+    /// Answer to [`Request::Lock`].
+    Lock(LockReply),
+    /// Answer to an election request that carries the voter's copy of the
+    /// lock table: a promise (the new leader merges the promising
+    /// majority's copies) or a recovery sync (E7).
+    ElectionWithTable {
+        /// The election answer.
+        response: ElectionResponse,
+        /// The voter's lock table.
+        table: Vec<Entry>,
+    },
 }
 
 /// A one-way message: no answer, no delivery guarantee beyond QUIC's.

@@ -125,6 +125,8 @@ fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigE
         election_timeout_ms: args.election_timeout_ms,
         drift: None,
         stability_window_ms: None,
+        lock_ttl_max_ms: None,
+        lock_waiters_max: None,
     };
     file.overlay(flags).build()
 }
@@ -150,7 +152,7 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
     }
     if config.is_voter() && config.data_dir.is_none() {
         tracing::warn!(
-            "voter without --data-dir: after a restart it copies the promised epoch from a majority before voting; if a majority restarts without data dirs at once, the cluster forms anew and epochs (and fencing tokens) restart"
+            "voter without --data-dir: after a restart it copies the promised epoch from a majority before voting; if a majority restarts without data dirs at once, it waits out the longest lock TTL (lock-ttl-max-ms) before the cluster forms anew, and epochs and fencing tokens restart"
         );
     }
     // Bind the HTTP listener first: if its address is taken, nothing else

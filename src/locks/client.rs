@@ -1,0 +1,371 @@
+//! The holder's side of a lock: [`LockBuilder`] asks the leader (through
+//! any node), [`LockGuard`] keeps the lease and knows, conservatively,
+//! when it ends.
+//!
+//! Validity is counted from the *send* time of the last acquire or renew
+//! that succeeded: `sent + ttl·(1−ρ)`. The leader keeps the lease for
+//! `ttl·(1+ρ)/(1−ρ)` from when it *received* the request (K3), so the
+//! holder always stops believing first, whatever the delays and however
+//! the two clocks drift within `ρ`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
+use crate::mesh::Mesh;
+
+/// Why a lock operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    /// Another client held the lock for the whole wait.
+    #[error("lock {0:?} is held by another client")]
+    Held(String),
+    /// No leader with a quorum answered within the wait; retry later.
+    #[error("no leader with a quorum could answer in time")]
+    NoQuorum,
+    /// The lease is over: the token no longer holds the lock.
+    #[error("the lock was lost")]
+    Lost,
+    /// The name is empty or longer than 256 bytes.
+    #[error("{0}")]
+    InvalidName(InvalidRequest),
+    /// The TTL (or wait, or request id) is outside the limits.
+    #[error("{0}")]
+    InvalidTtl(String),
+    /// The lock's waiting queue is full.
+    #[error("the lock's queue is full ({max} waiters)")]
+    QueueFull {
+        /// The bound (`lock-waiters-max`).
+        max: usize,
+    },
+    /// This node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// How long past the wait a client listens for the leader's answer.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+/// Pause between attempts while no leader answers.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// A lock to acquire: `mesh.lock(name).ttl(d).wait(d).acquire()`.
+#[derive(Clone)]
+pub struct LockBuilder {
+    mesh: Mesh,
+    name: String,
+    ttl: Duration,
+    wait: Duration,
+    request_id: Option<String>,
+}
+
+impl LockBuilder {
+    pub(crate) fn new(mesh: Mesh, name: String) -> LockBuilder {
+        LockBuilder {
+            mesh,
+            name,
+            ttl: Duration::from_secs(5),
+            wait: Duration::ZERO,
+            request_id: None,
+        }
+    }
+
+    /// The lease length (default 5 s; 100 ms to 1 h). Short TTLs cost
+    /// little: the guard renews at a third of it.
+    pub fn ttl(mut self, ttl: Duration) -> LockBuilder {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long to wait in the lock's queue, and for a leader (default 0;
+    /// at most 60 s).
+    pub fn wait(mut self, wait: Duration) -> LockBuilder {
+        self.wait = wait;
+        self
+    }
+
+    /// A request id: a retry of the acquire (even from another call) with
+    /// the same id gets the same grant (K4). One is generated otherwise,
+    /// and used for this call's own retries.
+    pub fn request_id(mut self, id: impl Into<String>) -> LockBuilder {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    /// Acquires without waiting: `Held` if another client holds it.
+    pub async fn try_acquire(self) -> Result<LockGuard, LockError> {
+        self.wait(Duration::ZERO).acquire().await
+    }
+
+    /// Acquires, waiting up to the wait in FIFO order behind earlier
+    /// requests. A missing leader is waited for within the wait too.
+    pub async fn acquire(self) -> Result<LockGuard, LockError> {
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let wait_ms = self.wait.as_millis() as u64;
+        check_acquire(&self.name, ttl_ms, wait_ms, self.request_id.as_deref()).map_err(
+            |e| match e {
+                InvalidRequest::Name(_) => LockError::InvalidName(e),
+                other => LockError::InvalidTtl(other.to_string()),
+            },
+        )?;
+        let mesh = &self.mesh;
+        let request_id = self.request_id.clone().unwrap_or_else(|| {
+            let mut b = [0u8; 12];
+            rand::fill(&mut b);
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!("{}-{hex}", mesh.id())
+        });
+        let start = mesh.clock_now();
+        let deadline = start + self.wait;
+        loop {
+            if mesh.is_stopped() {
+                return Err(LockError::ShuttingDown);
+            }
+            let sent = mesh.clock_now();
+            let remaining = deadline.saturating_sub(sent);
+            let request = LockRequest::Acquire {
+                name: self.name.clone(),
+                ttl_ms,
+                wait_ms: remaining.as_millis() as u64,
+                request_id: Some(request_id.clone()),
+            };
+            match mesh.lock_request(request, remaining + ANSWER_GRACE).await {
+                Ok(LockReply::Granted { token, ttl_ms }) => {
+                    let ttl = Duration::from_millis(ttl_ms);
+                    return Ok(LockGuard::start(mesh.clone(), self.name, token, ttl, sent));
+                }
+                Ok(LockReply::Held) => return Err(LockError::Held(self.name)),
+                Ok(LockReply::QueueFull { max }) => return Err(LockError::QueueFull { max }),
+                Ok(LockReply::Invalid(message)) => return Err(LockError::InvalidTtl(message)),
+                Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
+                    return Err(LockError::ShuttingDown);
+                }
+                // No leader, a leader change, or a lost message: retry
+                // with the same request id until the wait is over.
+                _ => {}
+            }
+            if mesh.clock_now() >= deadline {
+                return Err(LockError::NoQuorum);
+            }
+            let mut leader = mesh.watch_leader();
+            let pause = RETRY_PAUSE.min(deadline.saturating_sub(mesh.clock_now()));
+            let _ = tokio::time::timeout(pause, leader.changed()).await;
+        }
+    }
+}
+
+struct GuardState {
+    /// End of validity on the protocol clock.
+    valid_until: Duration,
+    lost: bool,
+}
+
+/// A held lock. Renews in the background; [`LockGuard::lost`] resolves
+/// the moment its validity ends (or its renewal is refused, or the node
+/// stops). Dropping it releases the lock (best effort, in the
+/// background); [`LockGuard::release`] releases and reports.
+pub struct LockGuard {
+    mesh: Mesh,
+    name: String,
+    token: u64,
+    ttl: Duration,
+    state: Arc<Mutex<GuardState>>,
+    lost: watch::Receiver<bool>,
+    renewer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl LockGuard {
+    fn start(mesh: Mesh, name: String, token: u64, ttl: Duration, sent: Duration) -> LockGuard {
+        let drift = mesh.config().election.drift;
+        let state = Arc::new(Mutex::new(GuardState {
+            valid_until: sent + ttl.mul_f64(1.0 - drift),
+            lost: false,
+        }));
+        let (lost_tx, lost) = watch::channel(false);
+        let renewer = tokio::spawn(renew(
+            mesh.clone(),
+            name.clone(),
+            token,
+            ttl,
+            drift,
+            state.clone(),
+            lost_tx,
+        ));
+        LockGuard {
+            mesh,
+            name,
+            token,
+            ttl,
+            state,
+            lost,
+            renewer: Some(renewer),
+        }
+    }
+
+    /// The fencing token: pass it to every resource the holder acts on.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The TTL granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// True while the lease is valid by the holder's conservative count.
+    /// Check it right before each act (and fence what can be delayed).
+    pub fn is_valid(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        !s.lost && self.mesh.clock_now() < s.valid_until
+    }
+
+    /// How long the lease stays valid from now, by the holder's count.
+    pub fn remaining(&self) -> Duration {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.lost {
+            return Duration::ZERO;
+        }
+        s.valid_until.saturating_sub(self.mesh.clock_now())
+    }
+
+    /// Resolves when the lease is over: validity ran out, a renewal was
+    /// refused as lost, or the node stopped.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.lost.clone();
+        async move {
+            let _ = rx.wait_for(|lost| *lost).await;
+        }
+    }
+
+    /// Releases the lock and waits for the leader to confirm it.
+    /// `Lost` if the lease was already over; `NoQuorum` if no leader
+    /// confirmed (the lease then ends by its TTL).
+    pub async fn release(mut self) -> Result<(), LockError> {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        let was_valid = self.is_valid();
+        self.mark_lost();
+        if !was_valid {
+            return Err(LockError::Lost);
+        }
+        release(&self.mesh, &self.name, self.token, self.ttl).await
+    }
+
+    fn mark_lost(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(renewer) = self.renewer.take() else {
+            return;
+        };
+        renewer.abort();
+        let valid = self.is_valid();
+        self.mark_lost();
+        if valid && !self.mesh.is_stopped() {
+            let (mesh, name, token, ttl) = (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = release(&mesh, &name, token, ttl).await;
+                });
+            }
+        }
+    }
+}
+
+/// Releases, retrying through leader changes for up to the TTL (after
+/// that the lease has ended anyway).
+async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(), LockError> {
+    let give_up = mesh.clock_now() + ttl;
+    loop {
+        let request = LockRequest::Release {
+            name: name.to_string(),
+            token,
+        };
+        match mesh.lock_request(request, ANSWER_GRACE).await {
+            Ok(LockReply::Released) => return Ok(()),
+            Ok(LockReply::Lost) => return Err(LockError::Lost),
+            Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
+                return Err(LockError::ShuttingDown);
+            }
+            _ => {}
+        }
+        if mesh.clock_now() >= give_up {
+            return Err(LockError::NoQuorum);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The renewal loop: renew at a third of the TTL; through a failover
+/// (no quorum, no answer) retry quickly; give up the moment validity ends.
+async fn renew(
+    mesh: Mesh,
+    name: String,
+    token: u64,
+    ttl: Duration,
+    drift: f64,
+    state: Arc<Mutex<GuardState>>,
+    lost: watch::Sender<bool>,
+) {
+    let valid_until = || state.lock().unwrap_or_else(|e| e.into_inner()).valid_until;
+    let mut last_sent = mesh.clock_now();
+    loop {
+        let now = mesh.clock_now();
+        let until = valid_until();
+        if now >= until || mesh.is_stopped() {
+            break;
+        }
+        let next = (last_sent + ttl / 3).min(until);
+        if next > now {
+            tokio::time::sleep(next - now).await;
+            continue;
+        }
+        let sent = mesh.clock_now();
+        if sent >= until {
+            break;
+        }
+        let request = LockRequest::Renew {
+            name: name.clone(),
+            token,
+        };
+        match mesh.lock_request(request, until - sent).await {
+            Ok(LockReply::Renewed { ttl_ms }) => {
+                let fresh = sent + Duration::from_millis(ttl_ms).mul_f64(1.0 - drift);
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                if fresh > s.valid_until {
+                    s.valid_until = fresh;
+                }
+                last_sent = sent;
+            }
+            Ok(LockReply::Lost) => break,
+            // K6: a failover answers "no quorum"; the lock is kept.
+            _ => {
+                let now = mesh.clock_now();
+                let pause = RETRY_PAUSE.min(valid_until().saturating_sub(now));
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    state.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
+    let _ = lost.send(true);
+}

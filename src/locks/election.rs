@@ -1,0 +1,164 @@
+//! Named elections for application roles, on top of locks (modelled on
+//! etcd's Election API: campaign, observe, resign).
+//!
+//! The election `NAME` is the lock `election:NAME`: campaigning queues for
+//! it, the elected holds it (renewing), resigning releases it, and the
+//! lock's token is the term's fencing token. Campaigners are served in
+//! the order they asked.
+
+use std::time::Duration;
+
+use super::client::{LockError, LockGuard};
+use super::{LockReply, LockRequest, NAME_BYTES_MAX};
+use crate::config::NodeId;
+use crate::mesh::Mesh;
+
+const PREFIX: &str = "election:";
+
+/// A named election: `mesh.election("scheduler")`.
+#[derive(Clone)]
+pub struct NamedElection {
+    mesh: Mesh,
+    name: String,
+    ttl: Duration,
+}
+
+/// The elected campaigner as observers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Campaign {
+    /// The node the elected campaigner runs on.
+    pub node: NodeId,
+    /// Its term's fencing token.
+    pub token: u64,
+}
+
+/// Held while elected. Dropping it resigns.
+#[derive(Debug)]
+pub struct ElectionGuard {
+    guard: LockGuard,
+}
+
+impl ElectionGuard {
+    /// The term's fencing token.
+    pub fn token(&self) -> u64 {
+        self.guard.token()
+    }
+
+    /// True while the term is valid by the holder's conservative count.
+    pub fn is_valid(&self) -> bool {
+        self.guard.is_valid()
+    }
+
+    /// Resolves when the term ends without a resign (lease lost).
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.guard.lost()
+    }
+
+    /// Gives the role up so the next campaigner is elected at once.
+    pub async fn resign(self) -> Result<(), LockError> {
+        self.guard.release().await
+    }
+}
+
+impl NamedElection {
+    pub(crate) fn new(mesh: Mesh, name: String) -> NamedElection {
+        NamedElection {
+            mesh,
+            name,
+            ttl: Duration::from_secs(5),
+        }
+    }
+
+    /// The term's lease (default 5 s): how long the role stays taken after
+    /// the elected process dies without resigning.
+    pub fn ttl(mut self, ttl: Duration) -> NamedElection {
+        self.ttl = ttl;
+        self
+    }
+
+    fn lock_name(&self) -> String {
+        format!("{PREFIX}{}", self.name)
+    }
+
+    /// Waits until elected. Retries through leader changes and full
+    /// queues; fails only on bad input or shutdown.
+    pub async fn campaign(&self) -> Result<ElectionGuard, LockError> {
+        if self.name.is_empty() || self.lock_name().len() > NAME_BYTES_MAX {
+            return Err(LockError::InvalidName(super::InvalidRequest::Name(
+                self.name.len(),
+            )));
+        }
+        let request_id = {
+            let mut b = [0u8; 12];
+            rand::fill(&mut b);
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!("campaign-{}-{hex}", self.mesh.id())
+        };
+        loop {
+            let attempt = self
+                .mesh
+                .lock(self.lock_name())
+                .ttl(self.ttl)
+                .wait(super::WAIT_MAX)
+                .request_id(request_id.clone())
+                .acquire()
+                .await;
+            match attempt {
+                Ok(guard) => return Ok(ElectionGuard { guard }),
+                Err(LockError::Held(_) | LockError::NoQuorum | LockError::QueueFull { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The elected campaigner now, as the leader sees it (`None`: nobody).
+    pub async fn leader(&self) -> Result<Option<Campaign>, LockError> {
+        let request = LockRequest::Status {
+            name: self.lock_name(),
+        };
+        match self
+            .mesh
+            .lock_request(request, Duration::from_secs(1))
+            .await
+        {
+            Ok(LockReply::Status {
+                token: Some(token),
+                owner: Some(node),
+                ..
+            }) => Ok(Some(Campaign { node, token })),
+            Ok(LockReply::Status { .. }) => Ok(None),
+            Err(crate::rpc::RpcError::Closed) => Err(LockError::ShuttingDown),
+            _ => Err(LockError::NoQuorum),
+        }
+    }
+
+    /// Each change of the elected campaigner, as a stream of values; it
+    /// polls the leader every `every` and yields only changes. Ends when
+    /// the node stops.
+    pub fn observe(&self, every: Duration) -> tokio::sync::mpsc::Receiver<Option<Campaign>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last: Option<Option<Campaign>> = None;
+            loop {
+                match this.leader().await {
+                    Ok(now) if last != Some(now) => {
+                        last = Some(now);
+                        if tx.send(now).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(LockError::ShuttingDown) => return,
+                    _ => {}
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        rx
+    }
+}

@@ -1,0 +1,295 @@
+//! Distributed locks granted through the leader (DESIGN.md "Locks", rules
+//! K1–K6; PROTOCOL.md lists each with its test).
+//!
+//! - [`table`]: the sans-io lock table the leader runs: grants, renewals,
+//!   releases, expiries, FIFO waiters, and the batches it replicates to a
+//!   majority of voters before anyone is told.
+//! - [`Replica`]: every voter's copy of the table, merged by highest token
+//!   per name (a release is a tombstone carrying the token it freed).
+//! - [`client`]: the holder side, [`LockGuard`], conservative about time.
+//! - [`FencingChecker`]: what a protected resource uses to refuse stale
+//!   tokens.
+//! - [`history`]: the safety checker used by tests.
+
+pub mod client;
+pub mod election;
+mod fencing;
+pub mod history;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeId;
+
+pub use client::{LockBuilder, LockError, LockGuard};
+pub use election::{Campaign, ElectionGuard, NamedElection};
+pub use fencing::{FencingChecker, StaleToken};
+pub use table::{LockOutput, LockTable, Ticket};
+
+/// Longest lock name, in bytes of UTF-8 (CONTRACT.md).
+pub const NAME_BYTES_MAX: usize = 256;
+/// Shortest TTL.
+pub const TTL_MIN: Duration = Duration::from_millis(100);
+/// Longest TTL.
+pub const TTL_MAX: Duration = Duration::from_millis(3_600_000);
+/// Longest wait for a lock.
+pub const WAIT_MAX: Duration = Duration::from_millis(60_000);
+/// Longest request id, in bytes.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+/// The highest epoch that can still form tokens (K1).
+pub const EPOCH_MAX: u64 = (1 << 32) - 1;
+/// The highest sequence number within an epoch (K1).
+pub const SEQ_MAX: u64 = (1 << 32) - 1;
+
+/// The token for the `seq`-th grant of `epoch` (K1), or `None` when
+/// either is out of range.
+pub fn token(epoch: u64, seq: u64) -> Option<u64> {
+    (epoch <= EPOCH_MAX && seq <= SEQ_MAX).then_some((epoch << 32) | seq)
+}
+
+/// The epoch a token was granted in.
+pub fn token_epoch(token: u64) -> u64 {
+    token >> 32
+}
+
+/// One lock's replicated state: the latest grant, or the tombstone of the
+/// latest release or expiry (K2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The lock name.
+    pub name: String,
+    /// The token granted, or the token a `Free` freed.
+    pub token: u64,
+    /// Held or freed.
+    pub state: EntryState,
+}
+
+/// Held or freed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryState {
+    /// Granted to a client of `owner` for `ttl_ms`.
+    Held {
+        /// The TTL granted, in milliseconds.
+        ttl_ms: u64,
+        /// The node the client asked through.
+        owner: NodeId,
+        /// The acquire's request id, so a retry gets this grant (K4).
+        request_id: Option<String>,
+    },
+    /// Released or expired.
+    Free,
+}
+
+impl Entry {
+    /// Merge order: a higher token wins; at one token, its release wins
+    /// over its grant, so a stale grant never comes back (K2).
+    fn rank(&self) -> (u64, bool) {
+        (self.token, matches!(self.state, EntryState::Free))
+    }
+
+    /// True for a grant.
+    pub fn is_held(&self) -> bool {
+        matches!(self.state, EntryState::Held { .. })
+    }
+}
+
+/// A voter's copy of the lock table. Merging is commutative, associative
+/// and idempotent (highest rank per name wins), so the order in which
+/// replication batches, promises and recovery copies arrive does not
+/// matter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replica {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Replica {
+    /// Merges one entry; true if it changed the copy.
+    pub fn merge(&mut self, entry: Entry) -> bool {
+        match self.entries.get(&entry.name) {
+            Some(current) if current.rank() >= entry.rank() => false,
+            _ => {
+                self.entries.insert(entry.name.clone(), entry);
+                true
+            }
+        }
+    }
+
+    /// Merges many; the entries that changed the copy.
+    pub fn merge_all(&mut self, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
+        entries
+            .into_iter()
+            .filter(|e| self.merge(e.clone()))
+            .collect()
+    }
+
+    /// Every entry, by name.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// One lock's entry.
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The highest token in the copy (0 when empty).
+    pub fn max_token(&self) -> u64 {
+        self.entries.values().map(|e| e.token).max().unwrap_or(0)
+    }
+}
+
+/// Why a lock request is malformed (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// The name is empty or longer than [`NAME_BYTES_MAX`].
+    #[error("lock names are 1 to {NAME_BYTES_MAX} bytes of UTF-8, got {0} bytes")]
+    Name(usize),
+    /// The TTL is outside [`TTL_MIN`]..=[`TTL_MAX`].
+    #[error("ttl_ms must be within 100 and 3600000, got {0}")]
+    Ttl(u64),
+    /// The wait is above [`WAIT_MAX`].
+    #[error("wait_ms must be within 0 and 60000, got {0}")]
+    Wait(u64),
+    /// The request id is longer than [`REQUEST_ID_BYTES_MAX`].
+    #[error("request_id is at most {REQUEST_ID_BYTES_MAX} bytes, got {0}")]
+    RequestId(usize),
+}
+
+/// Checks a lock name against the contract's limits.
+pub fn check_name(name: &str) -> Result<(), InvalidRequest> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(InvalidRequest::Name(name.len()));
+    }
+    Ok(())
+}
+
+/// Checks an acquire's parameters against the contract's limits.
+pub fn check_acquire(
+    name: &str,
+    ttl_ms: u64,
+    wait_ms: u64,
+    request_id: Option<&str>,
+) -> Result<(), InvalidRequest> {
+    check_name(name)?;
+    if !(TTL_MIN.as_millis() as u64..=TTL_MAX.as_millis() as u64).contains(&ttl_ms) {
+        return Err(InvalidRequest::Ttl(ttl_ms));
+    }
+    if wait_ms > WAIT_MAX.as_millis() as u64 {
+        return Err(InvalidRequest::Wait(wait_ms));
+    }
+    if let Some(id) = request_id
+        && id.len() > REQUEST_ID_BYTES_MAX
+    {
+        return Err(InvalidRequest::RequestId(id.len()));
+    }
+    Ok(())
+}
+
+/// A client's request to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockRequest {
+    /// Take `name` for `ttl_ms`, waiting up to `wait_ms` in its queue.
+    Acquire {
+        /// Lock name.
+        name: String,
+        /// Lease length.
+        ttl_ms: u64,
+        /// How long to wait for it.
+        wait_ms: u64,
+        /// A retry with the same id gets the same grant (K4).
+        request_id: Option<String>,
+    },
+    /// Extend the lease of `token` by its TTL from now.
+    Renew {
+        /// Lock name.
+        name: String,
+        /// The holder's token.
+        token: u64,
+    },
+    /// Give the lock up.
+    Release {
+        /// Lock name.
+        name: String,
+        /// The holder's token.
+        token: u64,
+    },
+    /// Who holds `name`, as the leader sees it.
+    Status {
+        /// Lock name.
+        name: String,
+    },
+    /// Leader to voters: merge these entries (K2). Carries the epoch and
+    /// the voter-set hash (E1, V1).
+    Replicate {
+        /// The leader's epoch.
+        epoch: u64,
+        /// Voter-set hash.
+        voters: u64,
+        /// The batch's entries.
+        entries: Vec<Entry>,
+    },
+}
+
+/// Answers to [`LockRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockReply {
+    /// The lock is yours.
+    Granted {
+        /// Fencing token.
+        token: u64,
+        /// The TTL granted.
+        ttl_ms: u64,
+    },
+    /// Renewed for `ttl_ms` from when the renewal was sent.
+    Renewed {
+        /// The TTL.
+        ttl_ms: u64,
+    },
+    /// Released (also the answer to releasing an already released token).
+    Released,
+    /// The lock's state as the leader sees it.
+    Status {
+        /// The holder's token, if held.
+        token: Option<u64>,
+        /// How long until the leader expires it.
+        expires_in_ms: u64,
+        /// The node the holder asked through.
+        owner: Option<NodeId>,
+    },
+    /// Not granted within the wait.
+    Held,
+    /// No leader with a quorum could answer; retry (the lock is kept).
+    NoQuorum,
+    /// The token does not hold the lock (K6: only when known).
+    Lost,
+    /// The lock's waiting queue (or the table) is full.
+    QueueFull {
+        /// The bound that was hit.
+        max: usize,
+    },
+    /// Malformed request.
+    Invalid(String),
+    /// This node is not the serving leader.
+    NotLeader,
+    /// A voter merged a batch.
+    Replicated,
+    /// A voter refused a batch: its promise is above the sender's epoch,
+    /// it is recovering, or the voter sets differ.
+    Refused {
+        /// The voter's promise.
+        promised: u64,
+    },
+}

@@ -1,0 +1,402 @@
+use super::*;
+use crate::locks::{EPOCH_MAX, LockReply, SEQ_MAX, token_epoch};
+
+const V: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+const ME: NodeId = NodeId(1);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct Harness {
+    table: LockTable,
+    replies: Vec<(Ticket, LockReply)>,
+    batches: Vec<(u64, Vec<Entry>)>,
+    new_epoch: bool,
+    next: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+        let out = table.take_over(ms(0), 5, Replica::default());
+        let mut h = Harness {
+            table,
+            replies: Vec::new(),
+            batches: Vec::new(),
+            new_epoch: false,
+            next: 0,
+        };
+        h.absorb(out);
+        h
+    }
+
+    fn absorb(&mut self, out: Vec<LockOutput>) {
+        for o in out {
+            match o {
+                LockOutput::Reply { ticket, reply } => self.replies.push((ticket, reply)),
+                LockOutput::Replicate { batch, entries } => self.batches.push((batch, entries)),
+                LockOutput::NewEpochNeeded => self.new_epoch = true,
+            }
+        }
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next += 1;
+        Ticket(self.next)
+    }
+
+    fn acquire(&mut self, now: u64, name: &str, ttl: u64, wait: u64, id: Option<&str>) -> Ticket {
+        let t = self.ticket();
+        let out = self.table.handle_acquire(
+            ms(now),
+            t,
+            NodeId(9),
+            name,
+            ttl,
+            wait,
+            id.map(String::from),
+        );
+        self.absorb(out);
+        t
+    }
+
+    /// Flushes and has `acks` voters (besides nobody) ack every batch.
+    fn commit(&mut self, now: u64, acks: &[NodeId]) {
+        let out = self.table.flush();
+        self.absorb(out);
+        for (batch, _) in std::mem::take(&mut self.batches) {
+            for &v in acks {
+                let out = self.table.handle_ack(ms(now), batch, v);
+                self.absorb(out);
+            }
+        }
+    }
+
+    fn reply(&mut self, t: Ticket) -> Option<LockReply> {
+        let at = self.replies.iter().position(|(x, _)| *x == t)?;
+        Some(self.replies.remove(at).1)
+    }
+
+    fn granted(&mut self, t: Ticket) -> u64 {
+        match self.reply(t) {
+            Some(LockReply::Granted { token, .. }) => token,
+            other => panic!("expected a grant for {t:?}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_grant_is_told_only_after_a_majority_holds_it() {
+    let mut h = Harness::new();
+    let t = h.acquire(0, "job", 1000, 0, None);
+    assert_eq!(h.reply(t), None, "nothing before the batch is sent");
+    h.commit(1, &[ME]);
+    assert_eq!(h.reply(t), None, "one ack of three is not a majority");
+    // The same batch acked by a second voter commits.
+    let mut h = Harness::new();
+    let t = h.acquire(0, "job", 1000, 0, None);
+    h.commit(1, &[ME, NodeId(3)]);
+    let tok = h.granted(t);
+    assert_eq!(token_epoch(tok), 5);
+    assert_eq!(tok & 0xffff_ffff, 1);
+}
+
+#[test]
+fn many_requests_share_one_batch_and_tokens_increase() {
+    let mut h = Harness::new();
+    let ts: Vec<Ticket> = (0..10)
+        .map(|i| h.acquire(0, &format!("l{i}"), 1000, 0, None))
+        .collect();
+    let out = h.table.flush();
+    h.absorb(out);
+    assert_eq!(h.batches.len(), 1);
+    assert_eq!(h.batches[0].1.len(), 10);
+    h.commit(1, &[ME, NodeId(2)]);
+    let mut last = 0;
+    for t in ts {
+        let tok = h.granted(t);
+        assert!(tok > last);
+        last = tok;
+    }
+}
+
+#[test]
+fn waiters_are_served_first_in_first_out_and_time_out_as_held() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let b = h.acquire(2, "x", 1000, 5000, None);
+    let c = h.acquire(3, "x", 1000, 5000, None);
+    let d = h.acquire(4, "x", 1000, 10, None);
+    let e = h.acquire(4, "x", 1000, 0, None);
+    assert_eq!(h.reply(e), Some(LockReply::Held), "wait 0 on a held lock");
+    let out = h.table.handle_tick(ms(20));
+    h.absorb(out);
+    assert_eq!(h.reply(d), Some(LockReply::Held), "d's wait ran out");
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(30), r, "x", ta);
+    h.absorb(out);
+    h.commit(31, &[ME, NodeId(3)]);
+    assert_eq!(h.reply(r), Some(LockReply::Released));
+    let tb = h.granted(b);
+    assert!(tb > ta);
+    assert_eq!(h.reply(c), None, "c still waits behind b");
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(40), r, "x", tb);
+    h.absorb(out);
+    h.commit(41, &[ME, NodeId(3)]);
+    assert!(h.granted(c) > tb);
+}
+
+#[test]
+fn a_full_queue_is_refused_with_its_bound() {
+    let mut h = Harness::new();
+    h.table.config.waiters_max = 2;
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    h.granted(a);
+    h.acquire(2, "x", 1000, 1000, None);
+    h.acquire(2, "x", 1000, 1000, None);
+    let full = h.acquire(2, "x", 1000, 1000, None);
+    assert_eq!(h.reply(full), Some(LockReply::QueueFull { max: 2 }));
+}
+
+#[test]
+fn k3_the_leader_expires_a_lease_only_after_the_drift_allowance() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let b = h.acquire(1, "x", 1000, 5000, None);
+    // 1000·1.01/0.99 = 1020.2 ms.
+    let out = h.table.handle_tick(ms(1020));
+    h.absorb(out);
+    h.commit(1020, &[ME, NodeId(2)]);
+    assert_eq!(h.reply(b), None, "not expired at 1020 ms");
+    let out = h.table.handle_tick(ms(1021));
+    h.absorb(out);
+    h.commit(1021, &[ME, NodeId(2)]);
+    assert!(h.granted(b) > ta);
+    // The expiry went out as a tombstone carrying the freed token (K2).
+    let r = h.ticket();
+    let out = h.table.handle_renew(ms(1022), r, "x", ta);
+    h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::Lost));
+}
+
+#[test]
+fn renewals_are_answered_at_once_and_stale_tokens_are_lost() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    for at in [500, 1000, 1500] {
+        let r = h.ticket();
+        let out = h.table.handle_renew(ms(at), r, "x", ta);
+        assert!(!out.iter().any(|o| matches!(o, LockOutput::Replicate { .. })));
+        h.absorb(out);
+        assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 1000 }));
+        let out = h.table.handle_tick(ms(at + 900));
+        h.absorb(out);
+    }
+    for (name, tok) in [("x", ta + 1), ("x", ta - 1), ("y", ta)] {
+        let r = h.ticket();
+        let out = h.table.handle_renew(ms(1600), r, name, tok);
+        h.absorb(out);
+        assert_eq!(h.reply(r), Some(LockReply::Lost));
+    }
+    // Releasing twice: the retry is answered the same way, not "lost".
+    for _ in 0..2 {
+        let r = h.ticket();
+        let out = h.table.handle_release(ms(1700), r, "x", ta);
+        h.absorb(out);
+        h.commit(1700, &[ME, NodeId(3)]);
+        assert_eq!(h.reply(r), Some(LockReply::Released));
+    }
+}
+
+#[test]
+fn k1_a_spent_sequence_asks_for_a_new_epoch_and_grants_nothing() {
+    let mut h = Harness::new();
+    h.table.set_next_seq(SEQ_MAX);
+    let a = h.acquire(0, "a", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    assert_eq!(h.granted(a), (5 << 32) | SEQ_MAX);
+    let b = h.acquire(1, "b", 1000, 100, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    assert!(h.new_epoch);
+    assert_eq!(h.reply(b), None);
+    // Epochs beyond 2^32 - 1 cannot form tokens at all.
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    let mut out = table.take_over(ms(0), EPOCH_MAX + 1, Replica::default());
+    out.extend(table.handle_acquire(ms(0), Ticket(1), ME, "a", 1000, 0, None));
+    out.extend(table.flush());
+    assert!(out.contains(&LockOutput::NewEpochNeeded));
+    assert!(!out.iter().any(|o| matches!(o, LockOutput::Replicate { .. })));
+    assert_eq!(super::super::token(EPOCH_MAX + 1, 1), None);
+}
+
+#[test]
+fn k4_a_retry_with_the_request_id_gets_the_same_grant() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, Some("req-1"));
+    let again = h.acquire(0, "x", 1000, 0, Some("req-1"));
+    h.commit(1, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    assert_eq!(h.granted(again), ta);
+    let later = h.acquire(5, "x", 1000, 0, Some("req-1"));
+    assert_eq!(h.granted(later), ta);
+    let other = h.acquire(5, "x", 1000, 0, Some("req-2"));
+    assert_eq!(h.reply(other), Some(LockReply::Held));
+}
+
+#[test]
+fn k4_a_grant_committed_after_its_requester_gave_up_is_released() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 10_000, 100, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    // The batch commits only after wait + grace (1.1 s).
+    let (batch, _) = h.batches.remove(0);
+    for v in [ME, NodeId(2)] {
+        let out = h.table.handle_ack(ms(1200), batch, v);
+        h.absorb(out);
+    }
+    assert_eq!(h.reply(a), Some(LockReply::Held));
+    // Its tombstone is in the next batch, and the lock is free again.
+    h.commit(1201, &[ME, NodeId(2)]);
+    let b = h.acquire(1202, "x", 1000, 0, None);
+    h.commit(1203, &[ME, NodeId(2)]);
+    h.granted(b);
+}
+
+#[test]
+fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
+    let mut merged = Replica::default();
+    let old = (4 << 32) | 7;
+    merged.merge(Entry {
+        name: "x".into(),
+        token: old,
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(9),
+            request_id: None,
+        },
+    });
+    // A stale grant under a tombstone of the same token stays freed (K2).
+    merged.merge(Entry {
+        name: "y".into(),
+        token: old + 1,
+        state: EntryState::Free,
+    });
+    assert!(!merged.merge(Entry {
+        name: "y".into(),
+        token: old + 1,
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(9),
+            request_id: None,
+        },
+    }));
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    table.take_over(ms(5000), 5, merged);
+    let out = table.handle_renew(ms(5100), Ticket(1), "x", old);
+    assert_eq!(
+        out,
+        vec![LockOutput::Reply {
+            ticket: Ticket(1),
+            reply: LockReply::Renewed { ttl_ms: 1000 }
+        }]
+    );
+    let out = table.handle_tick(ms(6000));
+    assert!(out.is_empty(), "still held within the TTL: {out:?}");
+    let mut out = table.handle_acquire(ms(6000), Ticket(2), ME, "y", 1000, 0, None);
+    out.extend(table.flush());
+    assert!(matches!(&out[0], LockOutput::Replicate { entries, .. } if entries[0].token == (5 << 32) | 1));
+}
+
+#[test]
+fn stepping_down_answers_every_open_request_with_no_quorum() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    let b = h.acquire(0, "x", 1000, 1000, None);
+    let out = h.table.step_down();
+    h.absorb(out);
+    assert_eq!(h.reply(a), Some(LockReply::NoQuorum));
+    assert_eq!(h.reply(b), Some(LockReply::NoQuorum));
+    let c = h.acquire(0, "x", 1000, 0, None);
+    assert_eq!(h.reply(c), Some(LockReply::NotLeader));
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_held() {
+    let mut h = Harness::new();
+    let long = "n".repeat(257);
+    for (name, ttl, wait, id) in [
+        ("", 1000, 0, None),
+        (long.as_str(), 1000, 0, None),
+        ("x", 99, 0, None),
+        ("x", 3_600_001, 0, None),
+        ("x", 1000, 60_001, None),
+        ("x", 1000, 0, Some("i".repeat(129))),
+    ] {
+        let t = h.ticket();
+        let out = h
+            .table
+            .handle_acquire(ms(0), t, ME, name, ttl, wait, id);
+        h.absorb(out);
+        assert!(matches!(h.reply(t), Some(LockReply::Invalid(_))));
+    }
+    assert_eq!(h.table.active(), 0);
+    assert!(h.table.flush().is_empty());
+}
+
+#[test]
+fn only_voters_acks_count() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(7), NodeId(8)]);
+    assert_eq!(h.reply(a), None);
+}
+
+mod merge {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (0..3u8, 0..6u64, any::<bool>()).prop_map(|(n, t, free)| Entry {
+            name: format!("n{n}"),
+            token: t,
+            state: if free {
+                EntryState::Free
+            } else {
+                EntryState::Held {
+                    ttl_ms: 1000,
+                    owner: NodeId(1),
+                    request_id: None,
+                }
+            },
+        })
+    }
+
+    proptest! {
+        /// Merging is order-independent: any delivery order of batches,
+        /// promises and recovery copies gives the same table.
+        #[test]
+        fn merge_is_order_independent(mut entries in prop::collection::vec(entry(), 0..20), seed in any::<u64>()) {
+            let mut a = Replica::default();
+            a.merge_all(entries.clone());
+            let mut s = seed;
+            for i in (1..entries.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                entries.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            let mut b = Replica::default();
+            b.merge_all(entries.clone());
+            b.merge_all(entries);
+            prop_assert_eq!(a, b);
+        }
+    }
+}
