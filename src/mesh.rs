@@ -13,14 +13,14 @@ use tokio::sync::{broadcast, watch};
 
 use crate::config::{Config, NodeId};
 use crate::election::{Election, Leadership};
+use crate::locks::table::TableConfig;
+use crate::locks::{LockBuilder, LockReply, LockRequest, LockTable, NamedElection, Replica};
 use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
 use crate::metrics::Metrics;
 use crate::net::Network;
 use crate::node::{Clock, Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
-use crate::locks::table::TableConfig;
-use crate::locks::{LockBuilder, LockReply, LockRequest, LockTable, NamedElection, Replica};
 use crate::storage::{LockStore, PromiseStore};
 
 /// What a node is run with besides its configuration: its network, its
@@ -447,8 +447,9 @@ impl Mesh {
         }
     }
 
-    /// The protocol clock's reading (leases are measured on it).
-    pub(crate) fn clock_now(&self) -> Duration {
+    /// The protocol clock's reading: CLOCK_BOOTTIME on real nodes, the
+    /// simulation's clock in simulations. Lease validity is measured on it.
+    pub fn clock_now(&self) -> Duration {
         self.inner.shared.clock.now()
     }
 

@@ -235,6 +235,9 @@ async fn chaos(seed: u64) -> Duration {
     let durable = rng.random_bool(0.5);
     let dir = tempfile::tempdir().unwrap();
     let mut c = SimCluster::new(seed, voters(3));
+    // Short lock leases keep the wait after a full restart without data
+    // dirs (E7) within the healing bound.
+    c.tuning.lock_ttl_max_ms = Some(1000);
     if durable {
         c.data_root = Some(dir.path().to_path_buf());
     }

@@ -352,6 +352,14 @@ pub struct Election {
     blackout_until: Duration,
     blackout_epoch: u64,
     sync_replies: BTreeMap<NodeId, (u64, bool, u64)>,
+    /// The highest leader epoch any member gossips (E7's evidence of an
+    /// earlier life of the cluster).
+    gossiped_epoch: u64,
+    /// See [`Election::led_epoch`].
+    led_epoch: u64,
+    /// When a full restart's wait is expected to end (E7), for the hint
+    /// in refusals.
+    recover_hint: Duration,
     // Knowledge.
     max_epoch: u64,
     leader: Option<(Leadership, Duration)>,
@@ -395,6 +403,9 @@ impl Election {
             blackout_until: now,
             blackout_epoch: 0,
             sync_replies: BTreeMap::new(),
+            gossiped_epoch: 0,
+            led_epoch: 0,
+            recover_hint: now,
             max_epoch: promised.unwrap_or(0),
             leader: None,
             last_leader: None,
@@ -483,6 +494,13 @@ impl Election {
         self.max_epoch
     }
 
+    /// The highest epoch of a leader this node followed or was: an
+    /// epoch under which locks may have been granted (candidacies that
+    /// failed do not count).
+    pub fn led_epoch(&self) -> u64 {
+        self.led_epoch
+    }
+
     /// True once the start-up wait and any recovery are over (E7).
     pub fn recovered(&self) -> bool {
         self.recovered
@@ -504,6 +522,11 @@ impl Election {
         if !live {
             peer.eligible_since = None;
         }
+    }
+
+    /// A member gossips that it followed (or was) a leader of `epoch`.
+    pub fn handle_peer_epoch(&mut self, epoch: u64) {
+        self.gossiped_epoch = self.gossiped_epoch.max(epoch);
     }
 
     /// A peer left the membership (or died): forget its marks.
@@ -579,9 +602,13 @@ impl Election {
             return;
         }
         // A majority (with this node) all recovering: a full restart
-        // without data dirs. Form anew once every lease granted before
-        // has ended: the longest TTL times (1+ρ), plus `L`, since the last
-        // of them started (E7). Fencing tokens then start over.
+        // without data dirs, or a fresh cluster. If any member remembers
+        // an epoch, the cluster had an earlier life that may have granted
+        // locks: form anew only once every such lease has ended, the
+        // longest TTL times (1+ρ), plus `L`, since the last of them
+        // started (E7). With no such memory anywhere (every node is new,
+        // so every embedded holder is gone), `L` suffices. Fencing
+        // tokens start over either way.
         let recovering: Vec<&(u64, bool, u64)> =
             self.sync_replies.values().filter(|(_, r, _)| *r).collect();
         if recovering.len() + 1 >= self.quorum() {
@@ -592,15 +619,18 @@ impl Election {
                 .iter()
                 .map(|(_, _, ms)| Duration::from_millis(*ms))
                 .fold(up, Duration::min);
-            let hold = self.timing.blackout()
-                + self.timing.blackout()
-                + self.timing.lock_ttl_max.mul_f64(1.0 + self.timing.drift);
+            let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();
+            let earlier_life = self.gossiped_epoch > 0 || heard.is_some_and(|p| p > 0);
+            let mut hold = self.timing.blackout() * 2;
+            if earlier_life {
+                hold += self.timing.lock_ttl_max.mul_f64(1.0 + self.timing.drift);
+            }
+            self.recover_hint = now + hold.saturating_sub(youngest);
             if youngest >= hold {
                 // Every promise heard of counts, healthy voters' included:
                 // epochs go back only if no voter remembers them.
-                let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();
                 self.promised = self.promised.max(heard.unwrap_or(0));
-                self.max_epoch = self.max_epoch.max(self.promised);
+                self.max_epoch = self.max_epoch.max(self.promised).max(self.gossiped_epoch);
                 self.recovered = true;
                 return;
             }
@@ -999,6 +1029,9 @@ impl Election {
 
     fn announce(&mut self, now: Duration, out: &mut Vec<Output>) {
         let current = self.leader(now);
+        if let Some(l) = current {
+            self.led_epoch = self.led_epoch.max(l.epoch);
+        }
         if current != self.announced {
             self.announced = current;
             out.push(Output::LeaderChanged(current));
@@ -1156,7 +1189,11 @@ impl Election {
     fn reject_at(&self, now: Duration, reason: RejectReason) -> Handled {
         let until = match reason {
             RejectReason::Blackout => self.blackout_until,
-            RejectReason::Recovering => self.started_at + self.timing.blackout(),
+            // Past the start-up wait a voter may still be waiting out a
+            // full restart (E7): the candidate is told when that ends.
+            RejectReason::Recovering => {
+                (self.started_at + self.timing.blackout()).max(self.recover_hint)
+            }
             _ => now,
         };
         Handled {

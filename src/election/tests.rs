@@ -29,14 +29,7 @@ impl Net {
             let promised = durable.then_some(0);
             nodes.insert(
                 id,
-                Election::new(
-                    id,
-                    voters,
-                    timing,
-                    Duration::ZERO,
-                    promised,
-                    id.0,
-                ),
+                Election::new(id, voters, timing, Duration::ZERO, promised, id.0),
             );
         }
         let mut net = Net {
@@ -478,8 +471,10 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
 }
 
 /// E7 for a lone voter without durable state: there is no one to copy
-/// from, so it waits out the longest lock TTL granted before (any lease
-/// of its previous life has then ended) and elects itself.
+/// from. With no member remembering an epoch it is a new cluster and
+/// elects itself after the start-up wait; when a member gossips an
+/// earlier epoch, it first waits out the longest lock TTL (any lease of
+/// the earlier life has then ended).
 #[test]
 fn lone_voter_without_durable_state_elects_itself() {
     let timing = Timing {
@@ -487,10 +482,25 @@ fn lone_voter_without_durable_state_elects_itself() {
         ..Timing::default()
     };
     let mut net = Net::with_timing(1, &ids(1), false, timing);
-    net.run_for(Duration::from_secs(3));
-    assert_eq!(net.serving(), Vec::<NodeId>::new(), "a 3 s lease may still run");
     net.run_for(Duration::from_secs(2));
     assert_eq!(net.serving(), vec![NodeId(1)]);
+
+    let mut net = Net::with_timing(1, &ids(1), false, timing);
+    if let Some(e) = net.nodes.get_mut(&NodeId(1)) {
+        e.handle_peer_epoch(7);
+    }
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(
+        net.serving(),
+        Vec::<NodeId>::new(),
+        "a 3 s lease may still run"
+    );
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    assert!(
+        net.nodes[&NodeId(1)].max_epoch() > 7,
+        "epochs continue above the remembered one"
+    );
 }
 
 /// After a full restart without data dirs epochs may start over (E7): a

@@ -48,6 +48,13 @@ pub enum LockError {
 
 /// How long past the wait a client listens for the leader's answer.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
+/// The longest one attempt waits for an answer. A waiter stays queued at
+/// the leader for its whole wait; a retry with the same request id takes
+/// its place again, so attempts can be short, and a leader that died
+/// with the request costs at most this.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The longest one renewal or release waits for an answer.
+const RENEW_TIMEOUT: Duration = Duration::from_millis(250);
 /// Pause between attempts while no leader answers.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
@@ -131,7 +138,8 @@ impl LockBuilder {
                 wait_ms: remaining.as_millis() as u64,
                 request_id: Some(request_id.clone()),
             };
-            match mesh.lock_request(request, remaining + ANSWER_GRACE).await {
+            let timeout = (remaining + ANSWER_GRACE).min(ATTEMPT_TIMEOUT);
+            match mesh.lock_request(request, timeout).await {
                 Ok(LockReply::Granted { token, ttl_ms }) => {
                     let ttl = Duration::from_millis(ttl_ms);
                     return Ok(LockGuard::start(mesh.clone(), self.name, token, ttl, sent));
@@ -144,7 +152,7 @@ impl LockBuilder {
                 }
                 // No leader, a leader change, or a lost message: retry
                 // with the same request id until the wait is over.
-                _ => {}
+                other => tracing::debug!(lock = %self.name, ?other, "acquire: retrying"),
             }
             if mesh.clock_now() >= deadline {
                 return Err(LockError::NoQuorum);
@@ -235,6 +243,15 @@ impl LockGuard {
         !s.lost && self.mesh.clock_now() < s.valid_until
     }
 
+    /// When the lease's validity ends, on the protocol clock
+    /// ([`Mesh::clock_now`]); it moves later with each renewal.
+    pub fn valid_until(&self) -> Duration {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .valid_until
+    }
+
     /// How long the lease stays valid from now, by the holder's count.
     pub fn remaining(&self) -> Duration {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -282,7 +299,8 @@ impl Drop for LockGuard {
         let valid = self.is_valid();
         self.mark_lost();
         if valid && !self.mesh.is_stopped() {
-            let (mesh, name, token, ttl) = (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
+            let (mesh, name, token, ttl) =
+                (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     let _ = release(&mesh, &name, token, ttl).await;
@@ -301,7 +319,7 @@ async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(
             name: name.to_string(),
             token,
         };
-        match mesh.lock_request(request, ANSWER_GRACE).await {
+        match mesh.lock_request(request, RENEW_TIMEOUT).await {
             Ok(LockReply::Released) => return Ok(()),
             Ok(LockReply::Lost) => return Err(LockError::Lost),
             Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
@@ -348,7 +366,10 @@ async fn renew(
             name: name.clone(),
             token,
         };
-        match mesh.lock_request(request, until - sent).await {
+        match mesh
+            .lock_request(request, (until - sent).min(RENEW_TIMEOUT))
+            .await
+        {
             Ok(LockReply::Renewed { ttl_ms }) => {
                 let fresh = sent + Duration::from_millis(ttl_ms).mul_f64(1.0 - drift);
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());

@@ -33,25 +33,25 @@ pub enum Violation {
     #[error("two holders of {}: {:?} and {:?}", a.lock, a, b)]
     TwoHolders {
         /// The earlier hold.
-        a: Hold,
+        a: Box<Hold>,
         /// The hold that started before `a` ended.
-        b: Hold,
+        b: Box<Hold>,
     },
     /// A later grant of a lock carries a lower (or equal) token.
     #[error("grant order differs from token order on {}: {:?} then {:?}", earlier.lock, earlier, later)]
     TokenOrder {
         /// Granted first.
-        earlier: Hold,
+        earlier: Box<Hold>,
         /// Granted later, with a token not above `earlier`'s.
-        later: Hold,
+        later: Box<Hold>,
     },
     /// One token granted to two clients (or two locks).
     #[error("token {} granted twice: {:?} and {:?}", a.token, a, b)]
     TokenReused {
         /// One grant.
-        a: Hold,
+        a: Box<Hold>,
         /// The other.
-        b: Hold,
+        b: Box<Hold>,
     },
 }
 
@@ -90,8 +90,8 @@ impl LockHistory {
                 && (other.client != h.client || other.lock != h.lock)
             {
                 return Err(Violation::TokenReused {
-                    a: other.clone(),
-                    b: h.clone(),
+                    a: Box::new(other.clone()),
+                    b: Box::new(h.clone()),
                 });
             }
         }
@@ -110,8 +110,8 @@ impl LockHistory {
                 }
                 if b.token < a.token {
                     return Err(Violation::TokenOrder {
-                        earlier: a.clone(),
-                        later: b.clone(),
+                        earlier: Box::new(a.clone()),
+                        later: Box::new(b.clone()),
                     });
                 }
             }
@@ -124,8 +124,8 @@ impl LockHistory {
                     && a.until > a.from
                 {
                     return Err(Violation::TwoHolders {
-                        a: a.clone(),
-                        b: h.clone(),
+                        a: Box::new(a.clone()),
+                        b: Box::new(h.clone()),
                     });
                 }
                 if latest.is_none_or(|a| h.until > a.until) {

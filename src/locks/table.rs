@@ -196,9 +196,17 @@ impl LockTable {
                 );
             }
         }
+        // The same epoch served again (after its lease lapsed) goes on
+        // from its last token: tokens never repeat (K1).
+        let next_seq = merged
+            .entries()
+            .filter(|e| super::token_epoch(e.token) == epoch)
+            .map(|e| (e.token & super::SEQ_MAX) + 1)
+            .max()
+            .unwrap_or(1);
         self.term = Some(Term {
             epoch,
-            next_seq: 1,
+            next_seq,
             locks,
             known: merged,
             batches: BTreeMap::new(),

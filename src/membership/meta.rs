@@ -19,6 +19,11 @@ pub const KEY_LEAVING: &str = "leaving";
 /// Key of the "reaches a quorum of voters" mark: a counter the node bumps
 /// each heartbeat interval in which it heard from a majority of voters.
 pub const KEY_REACH: &str = "reach";
+/// Key of the highest epoch of a leader the node followed. Voters that
+/// restart all together without data directories read it: a member that
+/// remembers an epoch means locks may have been granted in an earlier
+/// life of the cluster, whose leases must run out first (E7).
+pub const KEY_EPOCH: &str = "epoch";
 
 /// A node's gossiped metadata, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

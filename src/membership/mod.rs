@@ -23,7 +23,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-pub use meta::{KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC, KEY_VOTER, NodeMeta};
+pub use meta::{
+    KEY_EPOCH, KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC, KEY_VOTER, NodeMeta,
+};
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 
 use crate::config::{Config, NodeId};

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::NodeId;
 use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica, Ticket};
-use crate::membership::{KEY_REACH, Membership};
+use crate::membership::{KEY_EPOCH, KEY_REACH, Membership};
 use crate::metrics::Metrics;
 use crate::rpc::{Request, Response, Rpc};
 use crate::storage::{LockStore, PromiseStore};
@@ -170,6 +170,7 @@ impl Driver {
             tickets: HashMap::new(),
             next_ticket: 0,
             candidacy: None,
+            gossiped_epoch: 0,
             rpc,
             membership,
             shared,
@@ -220,6 +221,8 @@ struct State {
     /// The epoch this node runs for and the lock tables merged from its
     /// promises so far (its own copy included).
     candidacy: Option<(u64, Replica)>,
+    /// The epoch last published in gossip.
+    gossiped_epoch: u64,
     rpc: Arc<Rpc>,
     membership: Arc<Membership>,
     shared: Arc<Shared>,
@@ -307,6 +310,18 @@ impl State {
     /// Peers' "reaches quorum" marks from gossip.
     async fn poll_reach(&mut self, now: Duration) {
         let view = self.membership.view();
+        for (_, value) in self.membership.peer_values(KEY_EPOCH).await {
+            if let Ok(epoch) = value.parse::<u64>() {
+                self.election.handle_peer_epoch(epoch);
+            }
+        }
+        let epoch = self.election.led_epoch();
+        if epoch > self.gossiped_epoch {
+            self.gossiped_epoch = epoch;
+            self.membership
+                .set_local(KEY_EPOCH, &epoch.to_string())
+                .await;
+        }
         for (id, value) in self.membership.peer_values(KEY_REACH).await {
             if let Ok(reach) = value.parse::<u64>() {
                 let alive = view.get(id).is_some_and(|m| m.is_alive());
@@ -418,20 +433,18 @@ impl State {
                     }
                     Some(LockReply::Refused { promised }) if promised > epoch => {
                         // E1: a voter promised a higher epoch: stop.
-                        let outs = self
-                            .election
-                            .handle_response(
-                                now,
-                                to,
-                                &ElectionRequest::Probe {
-                                    voters: self.election.voter_hash(),
-                                },
-                                Some(&ElectionResponse::Reject {
-                                    promised,
-                                    reason: crate::election::RejectReason::StaleEpoch,
-                                    retry_ms: 0,
-                                }),
-                            );
+                        let outs = self.election.handle_response(
+                            now,
+                            to,
+                            &ElectionRequest::Probe {
+                                voters: self.election.voter_hash(),
+                            },
+                            Some(&ElectionResponse::Reject {
+                                promised,
+                                reason: crate::election::RejectReason::StaleEpoch,
+                                retry_ms: 0,
+                            }),
+                        );
                         let ok = self.execute(outs, None).await;
                         self.sync_locks(now);
                         ok
@@ -545,15 +558,20 @@ impl State {
             (Some(e), Some(l)) if e == l => return,
             (Some(e), _) => {
                 // K2: adopt the grants of the promising majority.
+                // Kept for the whole term: a leader whose lease lapsed and
+                // came back serves the same epoch again.
                 let Some(mut merged) = self
                     .candidacy
-                    .take()
+                    .as_ref()
                     .filter(|(epoch, _)| *epoch == e)
-                    .map(|(_, m)| m)
+                    .map(|(_, m)| m.clone())
                 else {
                     // Invariant: a term always starts from a candidacy of
                     // its epoch; without its tables serve no locks.
-                    error!(epoch = e, "leading without the promised lock tables; locks not served this term");
+                    error!(
+                        epoch = e,
+                        "leading without the promised lock tables; locks not served this term"
+                    );
                     return;
                 };
                 merged.merge_all(self.replica.entries().cloned().collect::<Vec<_>>());

@@ -38,6 +38,10 @@ use crate::net::{Faults, Network, SimNet};
 pub const SIM_GOSSIP_PORT: u16 = 7400;
 /// How many of the lowest ids every node uses as seeds.
 pub const SIM_SEEDS: u64 = 3;
+/// The longest lock TTL in simulations (`lock-ttl-max-ms`) unless the
+/// tuning says otherwise: it bounds the wait of a full restart without
+/// data directories (E7), so it is kept short.
+pub const SIM_LOCK_TTL_MAX_MS: u64 = 3000;
 /// How often [`SimCluster::eventually`] re-checks its condition.
 pub const EVENTUALLY_POLL: Duration = Duration::from_millis(10);
 
@@ -163,7 +167,11 @@ impl SimCluster {
     pub async fn restart(&mut self, id: NodeId) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        let tuning = self.tuning.clone();
+        let tuning = ConfigBuilder {
+            lock_ttl_max_ms: Some(SIM_LOCK_TTL_MAX_MS),
+            ..ConfigBuilder::default()
+        }
+        .overlay(self.tuning.clone());
         let seed = self.seed;
         let slot = self.slot_mut(id);
         assert!(slot.mesh.is_none(), "node {id} is running; kill it first");

@@ -48,15 +48,9 @@ impl Harness {
 
     fn acquire(&mut self, now: u64, name: &str, ttl: u64, wait: u64, id: Option<&str>) -> Ticket {
         let t = self.ticket();
-        let out = self.table.handle_acquire(
-            ms(now),
-            t,
-            NodeId(9),
-            name,
-            ttl,
-            wait,
-            id.map(String::from),
-        );
+        let out =
+            self.table
+                .handle_acquire(ms(now), t, NodeId(9), name, ttl, wait, id.map(String::from));
         self.absorb(out);
         t
     }
@@ -195,7 +189,10 @@ fn renewals_are_answered_at_once_and_stale_tokens_are_lost() {
     for at in [500, 1000, 1500] {
         let r = h.ticket();
         let out = h.table.handle_renew(ms(at), r, "x", ta);
-        assert!(!out.iter().any(|o| matches!(o, LockOutput::Replicate { .. })));
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, LockOutput::Replicate { .. }))
+        );
         h.absorb(out);
         assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 1000 }));
         let out = h.table.handle_tick(ms(at + 900));
@@ -234,7 +231,10 @@ fn k1_a_spent_sequence_asks_for_a_new_epoch_and_grants_nothing() {
     out.extend(table.handle_acquire(ms(0), Ticket(1), ME, "a", 1000, 0, None));
     out.extend(table.flush());
     assert!(out.contains(&LockOutput::NewEpochNeeded));
-    assert!(!out.iter().any(|o| matches!(o, LockOutput::Replicate { .. })));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, LockOutput::Replicate { .. }))
+    );
     assert_eq!(super::super::token(EPOCH_MAX + 1, 1), None);
 }
 
@@ -314,7 +314,9 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     assert!(out.is_empty(), "still held within the TTL: {out:?}");
     let mut out = table.handle_acquire(ms(6000), Ticket(2), ME, "y", 1000, 0, None);
     out.extend(table.flush());
-    assert!(matches!(&out[0], LockOutput::Replicate { entries, .. } if entries[0].token == (5 << 32) | 1));
+    assert!(
+        matches!(&out[0], LockOutput::Replicate { entries, .. } if entries[0].token == (5 << 32) | 1)
+    );
 }
 
 #[test]
@@ -343,9 +345,7 @@ fn bad_input_is_refused_and_nothing_is_held() {
         ("x", 1000, 0, Some("i".repeat(129))),
     ] {
         let t = h.ticket();
-        let out = h
-            .table
-            .handle_acquire(ms(0), t, ME, name, ttl, wait, id);
+        let out = h.table.handle_acquire(ms(0), t, ME, name, ttl, wait, id);
         h.absorb(out);
         assert!(matches!(h.reply(t), Some(LockReply::Invalid(_))));
     }
@@ -399,4 +399,65 @@ mod merge {
             prop_assert_eq!(a, b);
         }
     }
+}
+
+#[test]
+fn an_adopted_grant_expires_and_passes_to_the_waiter() {
+    let mut merged = Replica::default();
+    merged.merge(Entry {
+        name: "x".into(),
+        token: (4 << 32) | 1,
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(9),
+            request_id: None,
+        },
+    });
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    table.take_over(ms(0), 5, merged);
+    let mut out = table.handle_acquire(ms(10), Ticket(1), ME, "x", 1000, 5000, None);
+    out.extend(table.flush());
+    assert!(out.is_empty(), "{out:?}");
+    let mut out = table.handle_tick(ms(1100));
+    out.extend(table.flush());
+    let LockOutput::Replicate { batch, entries } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(entries.len(), 2, "the tombstone and the new grant");
+    let batch = *batch;
+    assert!(table.handle_ack(ms(1101), batch, ME).is_empty());
+    let out = table.handle_ack(ms(1101), batch, NodeId(2));
+    assert!(matches!(
+        &out[..],
+        [LockOutput::Reply {
+            ticket: Ticket(1),
+            reply: LockReply::Granted { .. }
+        }]
+    ));
+}
+
+#[test]
+fn serving_the_same_epoch_again_goes_on_from_its_last_token() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let mut known = Replica::default();
+    for (_, entries) in std::mem::take(&mut h.batches) {
+        known.merge_all(entries);
+    }
+    known.merge(Entry {
+        name: "x".into(),
+        token: ta,
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(9),
+            request_id: None,
+        },
+    });
+    h.table.step_down();
+    h.table.take_over(ms(10), 5, known);
+    let b = h.acquire(20, "y", 1000, 0, None);
+    h.commit(20, &[ME, NodeId(2)]);
+    assert!(h.granted(b) > ta);
 }

@@ -1,0 +1,516 @@
+//! Locks in simulated clusters under virtual time (tokio's paused clock),
+//! with seeded faults. Every test prints its seed; replay one with
+//! `COORDMESH_SEED=<seed>` (and `COORDMESH_SIM_SEEDS=1` for the chaos run).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordmesh::locks::history::{Hold, LockHistory};
+use coordmesh::locks::{LockError, LockReply, LockRequest};
+use coordmesh::net::Faults;
+use coordmesh::sim::SimCluster;
+use coordmesh::{Mesh, NodeId};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::watch;
+
+const TTL: Duration = Duration::from_millis(2000);
+
+fn ids(n: u64) -> Vec<NodeId> {
+    (1..=n).map(NodeId).collect()
+}
+
+/// The leader every running node agrees on, if they do.
+fn leader(c: &SimCluster) -> Option<NodeId> {
+    let running = c.running();
+    let first = c.mesh(running[0]).leader()?;
+    (running.contains(&first.id) && running.iter().all(|id| c.mesh(*id).leader() == Some(first)))
+        .then_some(first.id)
+}
+
+async fn led(c: &SimCluster) -> NodeId {
+    c.eventually(Duration::from_secs(5), "a leader all agree on", |c| {
+        leader(c).is_some()
+    })
+    .await;
+    leader(c).expect("a leader")
+}
+
+async fn cluster(seed: u64, n: u64, voters: u64, data: Option<&std::path::Path>) -> SimCluster {
+    let mut c = SimCluster::new(seed, ids(voters));
+    c.data_root = data.map(|d| d.to_path_buf());
+    for id in 1..=n {
+        c.add(NodeId(id)).await;
+    }
+    led(&c).await;
+    c
+}
+
+async fn status(mesh: &Mesh, name: &str) -> LockReply {
+    let request = LockRequest::Status { name: name.into() };
+    mesh.lock_request(request, Duration::from_secs(1))
+        .await
+        .expect("an answer")
+}
+
+/// Goal: a holder keeps its lock and its token across a leader kill: the
+/// guard is never lost, renewals during the failover answer "no quorum"
+/// rather than "lost" (K6), and the new leader reports the same token.
+#[tokio::test(start_paused = true)]
+async fn holder_keeps_lock_and_token_across_leader_kill() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 5, 3, None).await;
+    let old = led(&c).await;
+    let holder = if old == NodeId(5) {
+        NodeId(4)
+    } else {
+        NodeId(5)
+    };
+    let other_node = ids(5)
+        .into_iter()
+        .find(|id| *id != old && *id != holder)
+        .unwrap();
+    let guard = c
+        .mesh(holder)
+        .lock("job")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let token = guard.token();
+    c.kill(old).await;
+    // Straight after the kill the holder's node still names the old
+    // leader, then none: a renewal is "retry", never "lost".
+    for _ in 0..20 {
+        let renew = LockRequest::Renew {
+            name: "job".into(),
+            token,
+        };
+        let answer = c
+            .mesh(holder)
+            .lock_request(renew, Duration::from_millis(200))
+            .await;
+        assert_ne!(answer, Ok(LockReply::Lost), "K6 (seed {seed})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = led(&c).await;
+    assert_ne!(new, old);
+    tokio::time::sleep(TTL * 3).await;
+    assert!(
+        guard.is_valid(),
+        "the guard survived the failover (seed {seed})"
+    );
+    match status(c.mesh(new), "job").await {
+        LockReply::Status {
+            token: Some(t),
+            owner,
+            ..
+        } => {
+            assert_eq!(t, token, "same token under the new leader (seed {seed})");
+            assert_eq!(owner, Some(holder));
+        }
+        other => panic!("unexpected {other:?} (seed {seed})"),
+    }
+    let other = c.mesh(other_node).lock("job").ttl(TTL).try_acquire().await;
+    assert!(matches!(other, Err(LockError::Held(_))), "{other:?}");
+    guard.release().await.expect("released");
+    let next = c
+        .mesh(other_node)
+        .lock("job")
+        .ttl(TTL)
+        .try_acquire()
+        .await
+        .expect("free after the release");
+    assert!(next.token() > token, "a later epoch's token is higher");
+    c.shutdown().await;
+}
+
+/// Goal (K5, K3): a lock whose holder's node was killed is not freed
+/// before its TTL; a waiter gets it once the leader's allowance passed.
+#[tokio::test(start_paused = true)]
+async fn lock_of_a_killed_holder_passes_on_only_after_its_ttl() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 5, 3, None).await;
+    let sent = c.now();
+    let guard = c
+        .mesh(NodeId(4))
+        .lock("job")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let token = guard.token();
+    c.kill(NodeId(4)).await;
+    let waiter = c
+        .mesh(NodeId(2))
+        .lock("job")
+        .ttl(TTL)
+        .wait(Duration::from_secs(5))
+        .acquire()
+        .await
+        .expect("granted after the TTL");
+    let granted = c.now();
+    assert!(waiter.token() > token);
+    assert!(
+        granted >= sent + TTL,
+        "passed on {:?} after the acquire, before the TTL (seed {seed})",
+        granted - sent
+    );
+    assert!(!guard.is_valid(), "the killed holder's guard is over");
+    c.shutdown().await;
+}
+
+/// Goal (E7, K2): voters without data directories, restarted one at a
+/// time, copy the lock table from the others; after the leader dies too,
+/// the lock is still held with its token.
+#[tokio::test(start_paused = true)]
+async fn restarted_voters_without_data_dirs_keep_the_table() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 4, 3, None).await;
+    let leader = led(&c).await;
+    let guard = c
+        .mesh(NodeId(4))
+        .lock("job")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    for v in ids(3).into_iter().filter(|v| *v != leader) {
+        c.kill(v).await;
+        c.restart(v).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            guard.is_valid(),
+            "kept while voter {v} restarted (seed {seed})"
+        );
+    }
+    c.kill(leader).await;
+    let new = led(&c).await;
+    tokio::time::sleep(TTL * 2).await;
+    assert!(guard.is_valid(), "kept after the leader died (seed {seed})");
+    assert!(matches!(
+        status(c.mesh(new), "job").await,
+        LockReply::Status { token: Some(t), .. } if t == guard.token()
+    ));
+    c.shutdown().await;
+}
+
+/// Goal: named elections: the first campaigner is elected, observers see
+/// it, and a resign elects the next campaigner with a higher token.
+#[tokio::test(start_paused = true)]
+async fn named_election_campaign_observe_resign() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 4, 3, None).await;
+    let first = c
+        .mesh(NodeId(3))
+        .election("scheduler")
+        .ttl(TTL)
+        .campaign()
+        .await
+        .expect("elected");
+    let mut observed = c
+        .mesh(NodeId(2))
+        .election("scheduler")
+        .observe(Duration::from_millis(50));
+    let seen = observed.recv().await.expect("a value");
+    assert_eq!(
+        seen.map(|s| (s.node, s.token)),
+        Some((NodeId(3), first.token()))
+    );
+    let second = {
+        let mesh = c.mesh(NodeId(4)).clone();
+        tokio::spawn(async move { mesh.election("scheduler").ttl(TTL).campaign().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "the second campaigner waits");
+    let first_token = first.token();
+    first.resign().await.expect("resigned");
+    let second = second.await.unwrap().expect("elected after the resign");
+    assert!(second.token() > first_token);
+    loop {
+        let seen = observed.recv().await.expect("a value");
+        if seen.map(|s| s.node) == Some(NodeId(4)) {
+            break;
+        }
+    }
+}
+
+/// Goal: bad input is refused with the matching error, and nothing is
+/// held by mistake.
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_refused() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    let m = c.mesh(NodeId(2));
+    let long = "x".repeat(257);
+    assert!(matches!(
+        m.lock("").try_acquire().await,
+        Err(LockError::InvalidName(_))
+    ));
+    assert!(matches!(
+        m.lock(long).try_acquire().await,
+        Err(LockError::InvalidName(_))
+    ));
+    for ttl in [99, 3_600_001] {
+        assert!(matches!(
+            m.lock("a")
+                .ttl(Duration::from_millis(ttl))
+                .try_acquire()
+                .await,
+            Err(LockError::InvalidTtl(_))
+        ));
+    }
+    // Within the contract but above this cluster's lock-ttl-max-ms.
+    assert!(matches!(
+        m.lock("a").ttl(Duration::from_secs(5)).try_acquire().await,
+        Err(LockError::InvalidTtl(_))
+    ));
+    assert!(matches!(
+        m.lock("a")
+            .wait(Duration::from_secs(61))
+            .try_acquire()
+            .await,
+        Err(LockError::InvalidTtl(_))
+    ));
+    assert!(matches!(
+        status(m, "a").await,
+        LockReply::Status { token: None, .. }
+    ));
+    let renew = LockRequest::Renew {
+        name: "a".into(),
+        token: 12345,
+    };
+    assert_eq!(
+        m.lock_request(renew, Duration::from_secs(1)).await,
+        Ok(LockReply::Lost)
+    );
+}
+
+#[derive(Default)]
+struct Stats {
+    grants: u64,
+    refusals: u64,
+}
+
+/// One client: acquires random locks through whichever running node it
+/// is given, holds them for a while (sometimes past the TTL, renewing),
+/// and records each hold as it believed it.
+async fn client(
+    idx: usize,
+    seed: u64,
+    nodes: watch::Receiver<Vec<Mesh>>,
+    history: Arc<Mutex<LockHistory>>,
+    stats: Arc<Mutex<Stats>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (idx as u64) << 32);
+    while !*stop.borrow() {
+        let mesh = {
+            let nodes = nodes.borrow();
+            if nodes.is_empty() {
+                None
+            } else {
+                Some(nodes[rng.random_range(0..nodes.len())].clone())
+            }
+        };
+        let Some(mesh) = mesh else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let name = format!("lock-{}", rng.random_range(0..3));
+        let ttl = Duration::from_millis(rng.random_range(300..=1000));
+        let wait = Duration::from_millis(rng.random_range(0..1500));
+        match mesh.lock(&name).ttl(ttl).wait(wait).acquire().await {
+            Ok(guard) => {
+                let from = mesh.clock_now();
+                let hold = Duration::from_millis(rng.random_range(0..2 * ttl.as_millis() as u64));
+                tokio::select! {
+                    _ = tokio::time::sleep(hold) => {}
+                    _ = guard.lost() => {}
+                }
+                let until = guard.valid_until().min(mesh.clock_now());
+                history.lock().unwrap().record(Hold {
+                    lock: name,
+                    client: format!("c{idx}"),
+                    token: guard.token(),
+                    from,
+                    until,
+                });
+                stats.lock().unwrap().grants += 1;
+                let _ = guard.release().await;
+            }
+            Err(e @ (LockError::Held(_) | LockError::NoQuorum | LockError::ShuttingDown)) => {
+                if std::env::var("DEBUG_CLIENT").is_ok() {
+                    eprintln!("c{idx} {e} at {:?}", mesh.clock_now());
+                }
+                stats.lock().unwrap().refusals += 1;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1..50))).await;
+            }
+            Err(e) => panic!("client {idx}: unexpected {e} (seed {seed})"),
+        }
+    }
+}
+
+fn running_meshes(c: &SimCluster) -> Vec<Mesh> {
+    c.running()
+        .into_iter()
+        .map(|id| c.mesh(id).clone())
+        .collect()
+}
+
+/// Goal: under random kills and restarts of leaders, holders and voters
+/// (with and without data directories), pauses longer than the TTL,
+/// partitions, loss, duplication and reordering, with concurrent clients
+/// on every node: no two clients ever hold one lock at once, grant order
+/// is token order, no token is granted twice; and once the network heals,
+/// every waiting client is served within its wait bound.
+#[tokio::test(start_paused = true)]
+async fn chaos_never_two_holders() {
+    let seeds: u64 = std::env::var("COORDMESH_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let first = SimCluster::seed_from_env();
+    let mut total = Stats::default();
+    for i in 0..seeds {
+        let s = chaos(first.wrapping_add(i)).await;
+        total.grants += s.grants;
+        total.refusals += s.refusals;
+    }
+    println!(
+        "{seeds} seeds from {first}: {} grants, {} refusals, no violation",
+        total.grants, total.refusals
+    );
+    // Some seeds keep a majority of voters down throughout; over all of
+    // them, clients must have been served often.
+    if seeds >= 20 {
+        assert!(
+            total.grants >= 5 * seeds,
+            "too few grants: {}",
+            total.grants
+        );
+    }
+}
+
+async fn chaos(seed: u64) -> Stats {
+    if std::env::var("DEBUG_CLIENT").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x10c5);
+    let dir = tempfile::tempdir().unwrap();
+    let durable = rng.random_bool(0.5);
+    let mut c = cluster(seed, 5, 3, durable.then(|| dir.path())).await;
+    let history = Arc::new(Mutex::new(LockHistory::new()));
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (nodes_tx, nodes) = watch::channel(running_meshes(&c));
+    let (stop_tx, stop) = watch::channel(false);
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(client(
+                i,
+                seed,
+                nodes.clone(),
+                history.clone(),
+                stats.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let mut down: Vec<NodeId> = Vec::new();
+    for _ in 0..6 {
+        let running = c.running();
+        let leader = running.iter().copied().find(|id| c.mesh(*id).is_leader());
+        match rng.random_range(0..6) {
+            0 => {
+                // A pause longer than the TTL, usually of the leader.
+                let victim = leader
+                    .filter(|_| rng.random_bool(0.7))
+                    .unwrap_or(running[rng.random_range(0..running.len())]);
+                c.pause(victim, Duration::from_millis(rng.random_range(500..2500)))
+                    .await;
+            }
+            1 | 2 if down.len() < 2 => {
+                let victim = leader
+                    .filter(|_| rng.random_bool(0.6))
+                    .unwrap_or(running[rng.random_range(0..running.len())]);
+                c.kill(victim).await;
+                down.push(victim);
+            }
+            3 => {
+                let mut ids = c.running();
+                let at = rng.random_range(1..ids.len());
+                let rest = ids.split_off(at);
+                c.partition(&[&ids, &rest]);
+            }
+            _ => {
+                c.heal();
+                if let Some(back) = down.pop() {
+                    c.restart(back).await;
+                }
+            }
+        }
+        let _ = nodes_tx.send(running_meshes(&c));
+        if std::env::var("DEBUG_CLIENT").is_ok() {
+            eprintln!(
+                "step at {:?}: leader {leader:?} down {down:?} running {:?}",
+                c.now(),
+                c.running()
+            );
+        }
+        c.set_faults(Faults {
+            drop_rate: rng.random_range(0.0..0.05),
+            duplicate_rate: rng.random_range(0.0..0.05),
+            delay_min: Duration::from_micros(100),
+            delay_max: Duration::from_millis(rng.random_range(1..10)),
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+    }
+    // Heal: stop the chaos clients, then check the service is back.
+    c.heal();
+    c.set_faults(Faults::default());
+    for back in down.drain(..) {
+        c.restart(back).await;
+    }
+    let _ = nodes_tx.send(running_meshes(&c));
+    let _ = stop_tx.send(true);
+    for t in clients {
+        t.await.expect("client task");
+    }
+    led(&c).await;
+    // Liveness: with a connected majority every waiter is served within
+    // its wait (four clients, FIFO, 100 ms holds).
+    let waiters: Vec<_> = ids(4)
+        .into_iter()
+        .map(|id| {
+            let mesh = c.mesh(id).clone();
+            tokio::spawn(async move {
+                let g = mesh
+                    .lock("live")
+                    .ttl(TTL)
+                    .wait(Duration::from_secs(5))
+                    .acquire()
+                    .await;
+                if let Ok(g) = &g {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    assert!(g.is_valid());
+                }
+                match g {
+                    Ok(g) => g.release().await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            })
+        })
+        .collect();
+    for w in waiters {
+        let r = w.await.expect("waiter task");
+        assert_eq!(r, Ok(()), "a waiter was not served in time (seed {seed})");
+    }
+    let history = history.lock().unwrap().clone();
+    if let Err(v) = history.check() {
+        panic!("{v} (seed {seed}; replay with COORDMESH_SEED={seed} COORDMESH_SIM_SEEDS=1)");
+    }
+    c.shutdown().await;
+    std::mem::take(&mut *stats.lock().unwrap())
+}
