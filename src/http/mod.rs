@@ -1,6 +1,8 @@
-//! The agent's HTTP API (see CONTRACT.md): `/v1/status`, `/metrics` and
-//! the dashboard page. A thin layer over the [`Mesh`] handle: it owns no
-//! state of its own.
+//! The agent's HTTP API (see CONTRACT.md): `/v1/status`, `/v1/locks`,
+//! `/metrics` and the dashboard page. A thin layer over the [`Mesh`]
+//! handle: it owns no state of its own.
+
+mod locks;
 
 use std::future::Future;
 use std::io;
@@ -9,7 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::mesh::Mesh;
@@ -106,6 +108,11 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/", get(dashboard))
         .route("/v1/status", get(get_status))
         .route("/metrics", get(get_metrics))
+        .route("/v1/locks/{name}", get(locks::get))
+        .route("/v1/locks/{name}/acquire", post(locks::acquire))
+        .route("/v1/locks/{name}/renew", post(locks::renew))
+        .route("/v1/locks/{name}/release", post(locks::release))
+        .layer(axum::extract::DefaultBodyLimit::max(locks::LOCK_BODY_BYTES_MAX))
         .fallback(not_found)
         .with_state(mesh)
 }

@@ -109,6 +109,15 @@ impl LockBuilder {
     /// Acquires, waiting up to the wait in FIFO order behind earlier
     /// requests. A missing leader is waited for within the wait too.
     pub async fn acquire(self) -> Result<LockGuard, LockError> {
+        let mesh = self.mesh.clone();
+        let name = self.name.clone();
+        let grant = self.acquire_token().await?;
+        Ok(LockGuard::start(mesh, name, grant.token, grant.ttl, grant.sent))
+    }
+
+    /// Acquires without a guard: the caller renews and releases (the
+    /// agent's HTTP API does, for its clients).
+    pub async fn acquire_token(self) -> Result<Grant, LockError> {
         let ttl_ms = self.ttl.as_millis() as u64;
         let wait_ms = self.wait.as_millis() as u64;
         check_acquire(&self.name, ttl_ms, wait_ms, self.request_id.as_deref()).map_err(
@@ -141,8 +150,11 @@ impl LockBuilder {
             let timeout = (remaining + ANSWER_GRACE).min(ATTEMPT_TIMEOUT);
             match mesh.lock_request(request, timeout).await {
                 Ok(LockReply::Granted { token, ttl_ms }) => {
-                    let ttl = Duration::from_millis(ttl_ms);
-                    return Ok(LockGuard::start(mesh.clone(), self.name, token, ttl, sent));
+                    return Ok(Grant {
+                        token,
+                        ttl: Duration::from_millis(ttl_ms),
+                        sent,
+                    });
                 }
                 Ok(LockReply::Held) => return Err(LockError::Held(self.name)),
                 Ok(LockReply::QueueFull { max }) => return Err(LockError::QueueFull { max }),
@@ -162,6 +174,18 @@ impl LockBuilder {
             let _ = tokio::time::timeout(pause, leader.changed()).await;
         }
     }
+}
+
+/// A grant without a guard (see [`LockBuilder::acquire_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The fencing token.
+    pub token: u64,
+    /// The TTL granted.
+    pub ttl: Duration,
+    /// When the successful attempt was sent, on the protocol clock: the
+    /// lease is valid until this plus the TTL (less the drift margin).
+    pub sent: Duration,
 }
 
 struct GuardState {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
 
-pub use client::{LockBuilder, LockError, LockGuard};
+pub use client::{Grant, LockBuilder, LockError, LockGuard};
 pub use election::{Campaign, ElectionGuard, NamedElection};
 pub use fencing::{FencingChecker, StaleToken};
 pub use table::{LockOutput, LockTable, Ticket};

@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod etcd;
 mod keygen;
+mod lock;
 mod procs;
 mod status;
 
@@ -27,6 +28,8 @@ enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Shows the cluster as one agent sees it.
     Status(status::StatusArgs),
+    /// Runs a command while holding a lock: `meshd lock NAME -- CMD`.
+    Lock(lock::LockArgs),
     /// Makes a new cluster secret (for `--cluster-key`).
     Keygen(keygen::KeygenArgs),
     /// Runs the multi-process local demo on loopback.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent::run(*args),
         Command::Status(args) => status::run(args),
+        Command::Lock(args) => lock::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),

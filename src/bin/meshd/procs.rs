@@ -411,3 +411,25 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let ticks = if ticks > 0 { ticks as u64 } else { 100 };
     Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
 }
+
+/// POSTs a JSON body and returns the status with the JSON answer (error
+/// statuses included); `Err` only when no answer came.
+pub fn post_json_status(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<(u16, Value), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(format!("http://{addr}{path}"))
+        .send_json(body)
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    Ok((status, body))
+}
