@@ -77,7 +77,8 @@ fn lost() -> Response {
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    body.map(|Json(b)| b).map_err(|e| bad_request(&e.body_text()))
+    body.map(|Json(b)| b)
+        .map_err(|e| bad_request(&e.body_text()))
 }
 
 fn checked_name(name: &str) -> Result<(), Response> {

@@ -112,7 +112,9 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/v1/locks/{name}/acquire", post(locks::acquire))
         .route("/v1/locks/{name}/renew", post(locks::renew))
         .route("/v1/locks/{name}/release", post(locks::release))
-        .layer(axum::extract::DefaultBodyLimit::max(locks::LOCK_BODY_BYTES_MAX))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            locks::LOCK_BODY_BYTES_MAX,
+        ))
         .fallback(not_found)
         .with_state(mesh)
 }

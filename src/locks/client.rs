@@ -112,7 +112,13 @@ impl LockBuilder {
         let mesh = self.mesh.clone();
         let name = self.name.clone();
         let grant = self.acquire_token().await?;
-        Ok(LockGuard::start(mesh, name, grant.token, grant.ttl, grant.sent))
+        Ok(LockGuard::start(
+            mesh,
+            name,
+            grant.token,
+            grant.ttl,
+            grant.sent,
+        ))
     }
 
     /// Acquires without a guard: the caller renews and releases (the

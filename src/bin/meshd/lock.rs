@@ -76,35 +76,43 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
     let body = json!({"ttl_ms": args.ttl_ms, "wait_ms": args.wait_ms, "request_id": request_id});
     let timeout = Duration::from_millis(args.wait_ms) + Duration::from_secs(5);
     let sent = Instant::now();
-    let (token, ttl) = match post_json_status(args.http, &path(&args.name, "acquire"), &body, timeout) {
-        Ok((200, v)) => match (v["token_str"].as_str().and_then(|t| t.parse::<u64>().ok()), v["ttl_ms"].as_u64()) {
-            (Some(t), Some(ttl)) => (t, Duration::from_millis(ttl)),
-            _ => {
-                eprintln!("meshd: unexpected answer from the agent: {v}");
+    let (token, ttl) =
+        match post_json_status(args.http, &path(&args.name, "acquire"), &body, timeout) {
+            Ok((200, v)) => match (
+                v["token_str"].as_str().and_then(|t| t.parse::<u64>().ok()),
+                v["ttl_ms"].as_u64(),
+            ) {
+                (Some(t), Some(ttl)) => (t, Duration::from_millis(ttl)),
+                _ => {
+                    eprintln!("meshd: unexpected answer from the agent: {v}");
+                    return ExitCode::from(1);
+                }
+            },
+            Ok((409, _)) => {
+                eprintln!("meshd: lock {:?} is held by another client", args.name);
+                return ExitCode::from(3);
+            }
+            Ok((503, v)) => {
+                eprintln!("meshd: lock {:?} not acquired: {}", args.name, message(&v));
+                return ExitCode::from(4);
+            }
+            Ok((400, v)) => {
+                eprintln!("meshd: {}", message(&v));
+                return ExitCode::from(2);
+            }
+            Ok((status, v)) => {
+                eprintln!(
+                    "meshd: lock {:?} not acquired: HTTP {status}: {}",
+                    args.name,
+                    message(&v)
+                );
                 return ExitCode::from(1);
             }
-        },
-        Ok((409, _)) => {
-            eprintln!("meshd: lock {:?} is held by another client", args.name);
-            return ExitCode::from(3);
-        }
-        Ok((503, v)) => {
-            eprintln!("meshd: lock {:?} not acquired: {}", args.name, message(&v));
-            return ExitCode::from(4);
-        }
-        Ok((400, v)) => {
-            eprintln!("meshd: {}", message(&v));
-            return ExitCode::from(2);
-        }
-        Ok((status, v)) => {
-            eprintln!("meshd: lock {:?} not acquired: HTTP {status}: {}", args.name, message(&v));
-            return ExitCode::from(1);
-        }
-        Err(err) => {
-            eprintln!("meshd: cannot reach the agent at {}: {err}", args.http);
-            return ExitCode::from(1);
-        }
-    };
+            Err(err) => {
+                eprintln!("meshd: cannot reach the agent at {}: {err}", args.http);
+                return ExitCode::from(1);
+            }
+        };
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
@@ -179,12 +187,17 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
                     valid_until = Instant::now();
                 }
                 // 503 during a failover, or no answer: retry soon.
-                _ => last_renew = at.checked_sub(ttl / 3).unwrap_or(at) + Duration::from_millis(100),
+                _ => {
+                    last_renew = at.checked_sub(ttl / 3).unwrap_or(at) + Duration::from_millis(100)
+                }
             }
         }
         let now = Instant::now();
         if !termed && now + margin >= valid_until {
-            eprintln!("meshd: lock {:?} could not be renewed; sending SIGTERM", args.name);
+            eprintln!(
+                "meshd: lock {:?} could not be renewed; sending SIGTERM",
+                args.name
+            );
             kill(libc::SIGTERM);
             termed = true;
             lost = true;
@@ -206,6 +219,9 @@ fn release(args: &LockArgs, token: u64) {
         Duration::from_secs(2),
     );
     if !matches!(answer, Ok((200, _))) {
-        eprintln!("meshd: release of {:?} not confirmed; the lease ends by its TTL", args.name);
+        eprintln!(
+            "meshd: release of {:?} not confirmed; the lease ends by its TTL",
+            args.name
+        );
     }
 }
