@@ -21,7 +21,7 @@ use crate::net::Network;
 use crate::node::{Clock, Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
-use crate::storage::{LockStore, PromiseStore};
+use crate::storage::{LockPersister, LockStore, PromiseStore};
 
 /// What a node is run with besides its configuration: its network, its
 /// incarnation number and its protocol clock. Real nodes use
@@ -207,7 +207,13 @@ impl Mesh {
                 };
                 let (store, promised) = PromiseStore::open(dir).map_err(data_dir)?;
                 let (locks, replica) = LockStore::open(dir).map_err(data_dir)?;
-                (Some(store), Some(promised), (replica, Some(locks)))
+                let persister = match env.clock {
+                    Clock::Boottime => {
+                        LockPersister::start(locks, replica.clone()).map_err(data_dir)?
+                    }
+                    Clock::Tokio(_) => LockPersister::inline(locks, replica.clone()),
+                };
+                (Some(store), Some(promised), (replica, Some(persister)))
             }
             None => (None, None, (Replica::default(), None)),
         };

@@ -493,6 +493,13 @@ async fn chaos(seed: u64) -> Stats {
                     .acquire()
                     .await;
                 if let Ok(g) = &g {
+                    if std::env::var("DEBUG_CLIENT").is_ok() {
+                        eprintln!(
+                            "live granted {} to {id} at {:?}",
+                            g.token(),
+                            mesh.clock_now()
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     assert!(g.is_valid());
                 }

@@ -76,13 +76,13 @@ fn lost() -> Response {
     )
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>> {
     body.map(|Json(b)| b)
-        .map_err(|e| bad_request(&e.body_text()))
+        .map_err(|e| Box::new(bad_request(&e.body_text())))
 }
 
-fn checked_name(name: &str) -> Result<(), Response> {
-    check_name(name).map_err(|e| bad_request(&e.to_string()))
+fn checked_name(name: &str) -> Result<(), Box<Response>> {
+    check_name(name).map_err(|e| Box::new(bad_request(&e.to_string())))
 }
 
 /// `POST /v1/locks/{name}/acquire`.
@@ -93,7 +93,7 @@ pub(super) async fn acquire(
 ) -> Response {
     let b = match body(json) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut builder = mesh
         .lock(name.clone())
@@ -144,11 +144,11 @@ async fn with_token(
     release: bool,
 ) -> Response {
     if let Err(r) = checked_name(&name) {
-        return r;
+        return *r;
     }
     let b = match body(json) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(token) = b.token.get() else {
         return bad_request("token must be a non-negative integer or its decimal string");
@@ -187,7 +187,7 @@ pub(super) async fn release(
 /// `GET /v1/locks/{name}` (answered by the leader).
 pub(super) async fn get(State(mesh): State<Mesh>, Path(name): Path<String>) -> Response {
     if let Err(r) = checked_name(&name) {
-        return r;
+        return *r;
     }
     match mesh
         .lock_request(LockRequest::Status { name }, ANSWER_TIMEOUT)

@@ -21,6 +21,9 @@ use std::time::Duration;
 use super::{Entry, EntryState, LockReply, Replica, check_acquire, check_name, token};
 use crate::config::NodeId;
 
+/// Replication rounds awaiting a majority before the next one is sent.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+
 /// Identifies one request awaiting an answer (assigned by the driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ticket(pub u64);
@@ -597,12 +600,17 @@ impl LockTable {
     }
 
     /// Closes the current batch: everything since the last flush is sent
-    /// in one replication round.
+    /// in one replication round. While [`BATCHES_IN_FLIGHT_MAX`] batches
+    /// await their majority, the batch stays open and keeps growing: under
+    /// load each round carries more, at no cost to an idle table.
     pub fn flush(&mut self) -> Vec<LockOutput> {
         let Some(term) = &mut self.term else {
             return Vec::new();
         };
         if term.outbox.is_empty() && term.effects.is_empty() {
+            return Vec::new();
+        }
+        if term.batches.len() >= BATCHES_IN_FLIGHT_MAX {
             return Vec::new();
         }
         let batch = term.next_batch;

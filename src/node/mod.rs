@@ -23,7 +23,7 @@ use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica
 use crate::membership::{KEY_EPOCH, KEY_REACH, Membership};
 use crate::metrics::Metrics;
 use crate::rpc::{Request, Response, Rpc};
-use crate::storage::{LockStore, PromiseStore};
+use crate::storage::{LockPersister, PromiseStore};
 
 /// Inputs queued for the driver before senders wait.
 pub(crate) const INPUT_QUEUE_MAX: usize = 1024;
@@ -153,7 +153,7 @@ impl Driver {
         election: Election,
         store: Option<PromiseStore>,
         locks: LockTable,
-        replica: (Replica, Option<LockStore>),
+        replica: (Replica, Option<LockPersister>),
         rpc: Arc<Rpc>,
         membership: Arc<Membership>,
         shared: Arc<Shared>,
@@ -214,7 +214,8 @@ struct State {
     locks: LockTable,
     /// This node's copy of the lock table (voters).
     replica: Replica,
-    lock_store: Option<LockStore>,
+    /// Group commit of this voter's copy, with a data directory.
+    lock_store: Option<LockPersister>,
     /// Lock requests awaiting an answer.
     tickets: HashMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
@@ -504,10 +505,12 @@ impl State {
                 let _ = reply.send(LockReply::Refused { promised });
                 return true;
             }
-            if !self.merge_durably(entries) {
-                return false;
-            }
-            let _ = reply.send(LockReply::Replicated);
+            // E8: acked once durable.
+            self.merge_durably(entries, move |ok| {
+                if ok {
+                    let _ = reply.send(LockReply::Replicated);
+                }
+            });
             return true;
         }
         self.sync_locks(now);
@@ -535,19 +538,15 @@ impl State {
         self.apply_locks(outs)
     }
 
-    /// Merges entries into this voter's copy, durably (E8) when it has a
-    /// data directory. False if they could not be made durable.
-    fn merge_durably(&mut self, entries: Vec<Entry>) -> bool {
+    /// Merges entries into this voter's copy; `done` runs once they are
+    /// durable (E8): at once without a data directory, else after the
+    /// persister's next group commit, on its thread.
+    fn merge_durably(&mut self, entries: Vec<Entry>, done: impl FnOnce(bool) + Send + 'static) {
         let changed = self.replica.merge_all(entries);
-        if let Some(store) = &mut self.lock_store
-            && let Err(err) = store.append(&changed, &self.replica)
-        {
-            // Acking what is not durable could lose a grant in a restart:
-            // stop taking part instead.
-            error!(%err, "cannot persist lock entries; this node stops");
-            return false;
+        match &self.lock_store {
+            Some(store) => store.persist(changed, done),
+            None => done(true),
         }
-        true
     }
 
     /// Starts or stops the lock table as this node starts or stops
@@ -578,8 +577,8 @@ impl State {
                 let adopted = merged.entries().filter(|e| e.is_held()).count();
                 info!(epoch = e, adopted, "lock table taken over");
                 let mine: Vec<Entry> = merged.entries().cloned().collect();
-                if self.election.is_voter() && !self.merge_durably(mine) {
-                    return;
+                if self.election.is_voter() {
+                    self.merge_durably(mine, |_| {});
                 }
                 self.locks.take_over(now, e, merged)
             }
@@ -595,6 +594,9 @@ impl State {
         while let Some(out) = queue.pop_front() {
             match out {
                 LockOutput::Reply { ticket, reply } => {
+                    if reply == LockReply::Lost {
+                        debug!(id = %self.election.id(), "lock request answered: lost");
+                    }
                     if let Some(tx) = self.tickets.remove(&ticket.0) {
                         let _ = tx.send(reply);
                     }
@@ -612,11 +614,41 @@ impl State {
                     // The leader's own copy, synced while the batch is on
                     // the wire.
                     if self.election.is_voter() {
-                        if !self.merge_durably(entries) {
-                            return false;
+                        if self.lock_store.is_none() {
+                            self.replica.merge_all(entries);
+                            let now = self.shared.clock.now();
+                            queue.extend(self.locks.handle_ack(now, batch, me));
+                        } else {
+                            let tx = self.tx.clone();
+                            self.merge_durably(entries, move |ok| {
+                                if ok {
+                                    let input = Input::Replicated {
+                                        epoch,
+                                        batch,
+                                        to: me,
+                                        entries: Vec::new(),
+                                        reply: Some(LockReply::Replicated),
+                                    };
+                                    // From the persister's thread, or
+                                    // inline in a simulation's driver.
+                                    if let Err(mpsc::error::TrySendError::Full(input)) =
+                                        tx.try_send(input)
+                                    {
+                                        let tx = tx.clone();
+                                        match tokio::runtime::Handle::try_current() {
+                                            Ok(h) => {
+                                                h.spawn(async move {
+                                                    let _ = tx.send(input).await;
+                                                });
+                                            }
+                                            Err(_) => {
+                                                let _ = tx.blocking_send(input);
+                                            }
+                                        }
+                                    }
+                                }
+                            });
                         }
-                        let now = self.shared.clock.now();
-                        queue.extend(self.locks.handle_ack(now, batch, me));
                     }
                 }
                 LockOutput::NewEpochNeeded => {

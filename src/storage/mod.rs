@@ -156,6 +156,95 @@ impl LockStore {
     }
 }
 
+/// One group-commit job: entries to make durable, and what to do once
+/// they are (`true`) or cannot be (`false`).
+pub struct PersistJob {
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// Called on the persister's thread after the sync.
+    pub done: Box<dyn FnOnce(bool) + Send>,
+}
+
+/// Group commit of lock entries (E8). On real nodes a thread of its own
+/// takes every job queued, appends them all, syncs once, then calls each
+/// job's `done`: the driver never waits for a disk. In simulations the
+/// sync happens inline, so virtual time stays meaningful. After a failed
+/// sync it acks nothing more (it logs why): acking what is not durable
+/// could lose a grant in a restart.
+pub enum LockPersister {
+    /// A group-commit thread.
+    Thread(std::sync::mpsc::Sender<PersistJob>),
+    /// Inline (simulations).
+    Inline(std::sync::Mutex<(LockStore, Replica, bool)>),
+}
+
+impl LockPersister {
+    /// Starts the thread over an opened store and the copy it replayed.
+    pub fn start(mut store: LockStore, mut replica: Replica) -> io::Result<LockPersister> {
+        let (tx, rx) = std::sync::mpsc::channel::<PersistJob>();
+        std::thread::Builder::new()
+            .name("coordmesh-lock-log".into())
+            .spawn(move || {
+                let mut failed = false;
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    let all: Vec<Entry> = jobs.iter().flat_map(|j| j.entries.clone()).collect();
+                    failed = !sync(&mut store, &mut replica, all, failed);
+                    for job in jobs {
+                        (job.done)(!failed);
+                    }
+                }
+            })?;
+        Ok(LockPersister::Thread(tx))
+    }
+
+    /// Persists inline, on the caller's thread.
+    pub fn inline(store: LockStore, replica: Replica) -> LockPersister {
+        LockPersister::Inline(std::sync::Mutex::new((store, replica, false)))
+    }
+
+    /// Queues `entries`; `done` runs once they are durable (or not).
+    pub fn persist(&self, entries: Vec<Entry>, done: impl FnOnce(bool) + Send + 'static) {
+        match self {
+            LockPersister::Thread(tx) => {
+                let job = PersistJob {
+                    entries,
+                    done: Box::new(done),
+                };
+                if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+                    (job.done)(false);
+                }
+            }
+            LockPersister::Inline(state) => {
+                let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+                let (store, replica, failed) = &mut *guard;
+                *failed = !sync(store, replica, entries, *failed);
+                let ok = !*failed;
+                drop(guard);
+                done(ok);
+            }
+        }
+    }
+}
+
+/// Appends what changes the copy and syncs; false once anything failed.
+fn sync(store: &mut LockStore, replica: &mut Replica, entries: Vec<Entry>, failed: bool) -> bool {
+    if failed {
+        return false;
+    }
+    let changed = replica.merge_all(entries);
+    match store.append(&changed, replica) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(%err, "cannot persist lock entries; this node acks no more of them");
+            false
+        }
+    }
+}
+
 fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
     let body = postcard::to_stdvec(entry).map_err(io::Error::other)?;
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());

@@ -11,6 +11,7 @@
 //!   first successful write), in the same run.
 //! - `rpc`: QUIC RPC with mutual TLS on loopback, from this process to a
 //!   real agent: round-trip latency of one caller, throughput of many.
+//! - `locks`: see [`crate::bench_locks`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Which {
     Rpc(RpcArgs),
     /// Leader failover after kill -9, real processes, beside etcd.
     Failover(FailoverArgs),
+    /// Locks: latency, throughput, handoffs and failover, beside etcd.
+    Locks(crate::bench_locks::LocksArgs),
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +131,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         Which::Idle(a) => idle(a),
         Which::Rpc(a) => rpc(a),
         Which::Failover(a) => failover(a),
+        Which::Locks(a) => crate::bench_locks::locks(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,7 +142,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), String> {
+pub(crate) fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), String> {
     if let Some(path) = path {
         let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -339,7 +343,7 @@ fn idle(args: IdleArgs) -> Result<(), String> {
 }
 
 /// Answers nothing: the benchmark's client endpoint serves no one.
-struct Unserved;
+pub(crate) struct Unserved;
 
 #[async_trait::async_trait]
 impl coordmesh::rpc::Service for Unserved {
@@ -354,7 +358,7 @@ impl coordmesh::rpc::Service for Unserved {
     async fn message(&self, _from: NodeId, _message: coordmesh::rpc::Message) {}
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -362,7 +366,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn micros(d: Duration) -> f64 {
+pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 

@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bench_locks;
 mod demo;
 mod etcd;
 mod keygen;

@@ -1,0 +1,585 @@
+//! `meshd bench locks`: lock throughput, latency and failover of a 3-node
+//! cluster of real agents (voters with data directories, so every grant
+//! is fsynced by a majority before it is reported), driven by a native
+//! Rust client over QUIC; then, in the same run, a 3-member etcd driven
+//! through its v3 lock API by `etcd-client` (built with
+//! `--features etcd-bench`), under the same workload.
+//!
+//! Workloads, each client a task on one client thread:
+//! - single client: acquire latency (acquire, then release, repeated);
+//! - uncontended: `--clients` clients, each on its own lock, acquire +
+//!   release cycles per second;
+//! - contended: `--clients` clients on one lock, handoffs per second;
+//! - failover: uncontended traffic, kill -9 of the leader, time from the
+//!   kill to the first cycle completed after it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use coordmesh::NodeId;
+use coordmesh::locks::{LockReply, LockRequest};
+use coordmesh::rpc::{Request, Response, Rpc};
+use serde_json::json;
+
+use crate::bench::{micros, percentile, write_json};
+use crate::procs::Agents;
+
+/// Flags of `meshd bench locks`.
+#[derive(Args, Debug)]
+pub(crate) struct LocksArgs {
+    /// Concurrent clients for the throughput phases.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Sequential acquires timed for the single-client latency.
+    #[arg(long, default_value_t = 2_000)]
+    calls: usize,
+    /// Seconds of each throughput phase.
+    #[arg(long, default_value_t = 5)]
+    duration_s: u64,
+    /// Kill -9 trials of the leader under traffic.
+    #[arg(long, default_value_t = 3)]
+    failovers: usize,
+    /// Skip the etcd comparison.
+    #[arg(long)]
+    no_etcd: bool,
+    /// Run the agents without data directories: nothing is fsynced, so
+    /// the figures are labelled "no durability" (etcd always fsyncs).
+    #[arg(long)]
+    no_data_dir: bool,
+    /// Write results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+const TTL_MS: u64 = 5_000;
+const CALL_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Our native client: a QUIC endpoint that talks to the leader.
+#[derive(Clone)]
+struct MeshClient {
+    rpc: Arc<Rpc>,
+    leader: Arc<Mutex<Option<SocketAddr>>>,
+    /// Every agent's HTTP address, to find the leader.
+    https: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+#[derive(Clone)]
+enum System {
+    Mesh(MeshClient),
+    #[cfg(feature = "etcd-bench")]
+    Etcd(Box<etcd_client::Client>),
+}
+
+enum Session {
+    Mesh,
+    #[cfg(feature = "etcd-bench")]
+    Etcd(i64),
+}
+
+enum Held {
+    Mesh {
+        name: String,
+        token: u64,
+    },
+    #[cfg(feature = "etcd-bench")]
+    Etcd(Vec<u8>),
+}
+
+impl MeshClient {
+    /// The leader's RPC address, from any agent's `/v1/status`.
+    async fn resolve(&self) -> Option<SocketAddr> {
+        let https = self.https.lock().unwrap().clone();
+        let found = tokio::task::spawn_blocking(move || {
+            for http in https {
+                let Ok(s) = crate::procs::get_json(http, "/v1/status", Duration::from_millis(300))
+                else {
+                    continue;
+                };
+                let Some(id) = s["leader"]["id"].as_u64() else {
+                    continue;
+                };
+                let rpc = s["members"].as_array().and_then(|ms| {
+                    ms.iter()
+                        .find(|m| m["id"] == id && m["state"] == "alive")
+                        .and_then(|m| m["rpc_addr"].as_str()?.parse().ok())
+                });
+                if rpc.is_some() {
+                    return rpc;
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        *self.leader.lock().unwrap() = found;
+        found
+    }
+
+    async fn call(&self, request: LockRequest, timeout: Duration) -> Result<LockReply, String> {
+        let leader = *self.leader.lock().unwrap();
+        let leader = match leader {
+            Some(l) => l,
+            None => self.resolve().await.ok_or("no leader")?,
+        };
+        match self.rpc.call(leader, Request::Lock(request), timeout).await {
+            Ok(Response::Lock(LockReply::NotLeader | LockReply::NoQuorum)) | Err(_) => {
+                *self.leader.lock().unwrap() = None;
+                Err("no leader".into())
+            }
+            Ok(Response::Lock(r)) => Ok(r),
+            Ok(_) => Err("unexpected answer".into()),
+        }
+    }
+}
+
+impl System {
+    fn name(&self) -> &'static str {
+        match self {
+            System::Mesh(_) => "meshd",
+            #[cfg(feature = "etcd-bench")]
+            System::Etcd(_) => "etcd",
+        }
+    }
+
+    async fn session(&self) -> Result<Session, String> {
+        match self {
+            System::Mesh(_) => Ok(Session::Mesh),
+            #[cfg(feature = "etcd-bench")]
+            System::Etcd(c) => {
+                let lease = c
+                    .clone()
+                    .lease_grant(60, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Session::Etcd(lease.id()))
+            }
+        }
+    }
+
+    /// One acquire, waiting up to `wait` for the lock. A retry with the
+    /// same `request_id` gets the same grant (etcd's lock call has no
+    /// such id; its retry queues again under the same lease).
+    async fn acquire(
+        &self,
+        s: &Session,
+        name: &str,
+        wait: Duration,
+        request_id: Option<String>,
+    ) -> Result<Held, String> {
+        match (self, s) {
+            (System::Mesh(m), _) => {
+                let request = LockRequest::Acquire {
+                    name: name.to_string(),
+                    ttl_ms: TTL_MS,
+                    wait_ms: wait.as_millis() as u64,
+                    request_id,
+                };
+                match m.call(request, wait + CALL_TIMEOUT).await? {
+                    LockReply::Granted { token, .. } => Ok(Held::Mesh {
+                        name: name.to_string(),
+                        token,
+                    }),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+            #[cfg(feature = "etcd-bench")]
+            (System::Etcd(c), Session::Etcd(lease)) => {
+                let _ = request_id;
+                let options = etcd_client::LockOptions::new().with_lease(*lease);
+                let r = tokio::time::timeout(
+                    wait + Duration::from_secs(2),
+                    c.clone().lock(name, Some(options)),
+                )
+                .await
+                .map_err(|_| "timeout".to_string())?
+                .map_err(|e| e.to_string())?;
+                Ok(Held::Etcd(r.key().to_vec()))
+            }
+            #[cfg(feature = "etcd-bench")]
+            _ => Err("session of another system".into()),
+        }
+    }
+
+    async fn release(&self, held: &Held) -> Result<(), String> {
+        match (self, held) {
+            (System::Mesh(m), Held::Mesh { name, token }) => {
+                let request = LockRequest::Release {
+                    name: name.clone(),
+                    token: *token,
+                };
+                match m.call(request, CALL_TIMEOUT).await? {
+                    LockReply::Released => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+            #[cfg(feature = "etcd-bench")]
+            (System::Etcd(c), Held::Etcd(key)) => c
+                .clone()
+                .unlock(key.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "etcd-bench")]
+            _ => Err("lock of another system".into()),
+        }
+    }
+}
+
+/// Acquire latencies of one client, acquire then release, `calls` times.
+async fn single(sys: &System, calls: usize) -> Result<Vec<Duration>, String> {
+    let s = sys.session().await?;
+    for _ in 0..calls / 10 {
+        let h = sys.acquire(&s, "single", Duration::ZERO, None).await?;
+        sys.release(&h).await?;
+    }
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        let h = sys.acquire(&s, "single", Duration::ZERO, None).await?;
+        times.push(start.elapsed());
+        sys.release(&h).await?;
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
+/// Completed acquire + release cycles of `clients` clients for `d`, each
+/// on its own lock (`shared`: all on one lock, so each grant is a
+/// handoff). Returns the completion times (from the phase's start).
+async fn cycles(
+    sys: &System,
+    clients: usize,
+    d: Duration,
+    shared: bool,
+    kill: Option<(Duration, Box<dyn FnOnce() + Send>)>,
+) -> Result<(Vec<Duration>, Option<Duration>), String> {
+    let start = Instant::now();
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (sys, done) = (sys.clone(), done.clone());
+        let name = if shared {
+            "hot".to_string()
+        } else {
+            format!("u{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut session = sys.session().await.ok();
+            let mut n = 0u64;
+            while start.elapsed() < d {
+                let Some(s) = &session else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    session = sys.session().await.ok();
+                    continue;
+                };
+                let wait = if shared {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::ZERO
+                };
+                // As a real client does: an acquire retried through a
+                // failover keeps its request id, and a release is retried
+                // until it is confirmed.
+                n += 1;
+                let request_id = Some(format!("bench-{i}-{n}"));
+                let held = loop {
+                    match sys.acquire(s, &name, wait, request_id.clone()).await {
+                        Ok(h) => break Some(h),
+                        Err(e) if e.contains("lease") => break None,
+                        Err(e) if e == "Held" => break None,
+                        Err(_) if start.elapsed() >= d => break None,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                };
+                let Some(h) = held else {
+                    session = None;
+                    continue;
+                };
+                loop {
+                    match sys.release(&h).await {
+                        Ok(()) => {
+                            done.lock().unwrap().push(start.elapsed());
+                            break;
+                        }
+                        Err(_) if start.elapsed() >= d + Duration::from_secs(5) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+        }));
+    }
+    let mut killed_at = None;
+    if let Some((at, kill)) = kill {
+        tokio::time::sleep(at).await;
+        killed_at = Some(start.elapsed());
+        tokio::task::spawn_blocking(kill)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    let mut done = done.lock().unwrap().clone();
+    done.sort_unstable();
+    Ok((done, killed_at))
+}
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    cycles_per_s: f64,
+    handoffs_per_s: f64,
+    failover_ms: Vec<f64>,
+}
+
+async fn measure(
+    sys: &System,
+    args: &LocksArgs,
+    mut killer: impl FnMut(usize) -> Box<dyn FnOnce() + Send>,
+    mut heal: impl FnMut(usize),
+) -> Result<Figures, String> {
+    let single = single(sys, args.calls).await?;
+    let d = Duration::from_secs(args.duration_s);
+    let (done, _) = cycles(sys, args.clients, d, false, None).await?;
+    let cycles_per_s = done.len() as f64 / d.as_secs_f64();
+    let (done, _) = cycles(sys, args.clients, d, true, None).await?;
+    let handoffs_per_s = done.len() as f64 / d.as_secs_f64();
+    let mut failover_ms = Vec::new();
+    for trial in 0..args.failovers {
+        let (done, killed) = cycles(
+            sys,
+            args.clients,
+            Duration::from_secs(8),
+            false,
+            Some((Duration::from_millis(1500), killer(trial))),
+        )
+        .await?;
+        let killed = killed.ok_or("no kill")?;
+        // The longest pause in completions from the kill on: cycles in
+        // flight at the kill may still complete just after it.
+        let mut gap = Duration::ZERO;
+        let mut last = killed;
+        for &t in done.iter().filter(|t| **t > killed) {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        if last == killed {
+            return Err(format!("{}: no cycle completed after the kill", sys.name()));
+        }
+        failover_ms.push(gap.as_secs_f64() * 1000.0);
+        heal(trial);
+    }
+    Ok(Figures {
+        p50_us: micros(percentile(&single, 50.0)),
+        p99_us: micros(percentile(&single, 99.0)),
+        cycles_per_s,
+        handoffs_per_s,
+        failover_ms,
+    })
+}
+
+fn report(name: &str, f: &Figures) -> serde_json::Value {
+    println!(
+        "{name:<24} acquire p50 {:>7.0} µs  p99 {:>7.0} µs | {:>8.0} cycles/s | {:>7.0} handoffs/s | failover {:?} ms",
+        f.p50_us,
+        f.p99_us,
+        f.cycles_per_s,
+        f.handoffs_per_s,
+        f.failover_ms.iter().map(|m| m.round()).collect::<Vec<_>>()
+    );
+    json!({
+        "acquire_p50_us": f.p50_us,
+        "acquire_p99_us": f.p99_us,
+        "cycles_per_s": f.cycles_per_s,
+        "handoffs_per_s": f.handoffs_per_s,
+        "failover_ms": f.failover_ms,
+    })
+}
+
+pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-locks-{}", std::process::id()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let durability = if args.no_data_dir {
+        "WITHOUT data dirs (no durability)"
+    } else {
+        "with data dirs (grants fsynced by a majority)"
+    };
+    println!(
+        "lock benchmark: 3 keyed agents {durability} on loopback; {} clients, {} s phases, {} failovers",
+        args.clients, args.duration_s, args.failovers
+    );
+    let agents = Arc::new(Mutex::new(
+        Agents::new(&bin, 3, &dir).map_err(|e| e.to_string())?,
+    ));
+    let secret = {
+        let mut a = agents.lock().unwrap();
+        let (_, secret) = a.close_with_new_key()?;
+        if !args.no_data_dir {
+            a.data_root = Some(dir.join("data"));
+        }
+        a.start_all().map_err(|e| e.to_string())?;
+        a.wait_until(Duration::from_secs(30), |a| {
+            a.all_see(&[1, 2, 3]) && a.agreed_leader().is_some()
+        })
+        .ok_or("no agreed leader within 30 s")?;
+        secret
+    };
+    let https: Vec<SocketAddr> = {
+        let a = agents.lock().unwrap();
+        a.ids().iter().map(|id| a.spec(*id).http).collect()
+    };
+    let ours = runtime.block_on(async {
+        let rpc = Rpc::bind(
+            &coordmesh::net::Network::Udp,
+            "127.0.0.1:0".parse().map_err(|_| "address")?,
+            NodeId(u64::MAX),
+            &secret,
+            Arc::new(crate::bench::Unserved),
+            Arc::new(coordmesh::metrics::Metrics::default()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let sys = System::Mesh(MeshClient {
+            rpc: Arc::new(rpc),
+            leader: Arc::new(Mutex::new(None)),
+            https: Arc::new(Mutex::new(https.clone())),
+        });
+        let killed = Arc::new(Mutex::new(None));
+        let f = measure(
+            &sys,
+            &args,
+            |_| {
+                let (agents, killed) = (agents.clone(), killed.clone());
+                Box::new(move || {
+                    let mut a = agents.lock().unwrap();
+                    if let Some((leader, _)) = a.agreed_leader() {
+                        a.kill9(leader);
+                        *killed.lock().unwrap() = Some(leader);
+                    }
+                })
+            },
+            |_| {
+                let mut a = agents.lock().unwrap();
+                if let Some(id) = killed.lock().unwrap().take() {
+                    let _ = a.start(id);
+                    let _ = a.wait_until(Duration::from_secs(30), |a| {
+                        a.all_see(&[1, 2, 3]) && a.agreed_leader().is_some()
+                    });
+                }
+            },
+        )
+        .await?;
+        Ok::<_, String>(f)
+    })?;
+    agents.lock().unwrap().stop_all(Duration::from_secs(10));
+    let label = if args.no_data_dir {
+        "meshd, no durability"
+    } else {
+        "meshd (3 agents)"
+    };
+    let mut out = json!({
+        "durable": !args.no_data_dir,
+        "clients": args.clients,
+        "duration_s": args.duration_s,
+        "meshd": report(label, &ours),
+    });
+    if args.no_etcd {
+        println!("(--no-etcd: no comparison)");
+    } else {
+        match etcd(&args, &dir, &runtime) {
+            Ok(Some(theirs)) => {
+                out["etcd"] = report("etcd (3 members)", &theirs);
+                let ratios = json!({
+                    "cycles_per_s": ours.cycles_per_s / theirs.cycles_per_s,
+                    "handoffs_per_s": ours.handoffs_per_s / theirs.handoffs_per_s,
+                    "acquire_p50": ours.p50_us / theirs.p50_us,
+                });
+                println!(
+                    "ratios meshd/etcd: cycles/s {:.1}x, handoffs/s {:.1}x, acquire p50 {:.2}",
+                    ratios["cycles_per_s"].as_f64().unwrap_or(f64::NAN),
+                    ratios["handoffs_per_s"].as_f64().unwrap_or(f64::NAN),
+                    ratios["acquire_p50"].as_f64().unwrap_or(f64::NAN),
+                );
+                out["ratios"] = ratios;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("etcd: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    write_json(&args.json, &out)
+}
+
+#[cfg(not(feature = "etcd-bench"))]
+fn etcd(
+    _: &LocksArgs,
+    _: &std::path::Path,
+    _: &tokio::runtime::Runtime,
+) -> Result<Option<Figures>, String> {
+    println!("(built without --features etcd-bench: no etcd comparison)");
+    Ok(None)
+}
+
+#[cfg(feature = "etcd-bench")]
+fn etcd(
+    args: &LocksArgs,
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Option<Figures>, String> {
+    use crate::etcd::EtcdCluster;
+    if !EtcdCluster::available() {
+        println!("(etcd not installed: no comparison)");
+        return Ok(None);
+    }
+    let etcd = Arc::new(Mutex::new(
+        EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?,
+    ));
+    if !etcd.lock().unwrap().wait_healthy(Duration::from_secs(60)) {
+        return Err("not healthy within 60 s".into());
+    }
+    let endpoints: Vec<String> = etcd
+        .lock()
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| format!("http://{}", m.client))
+        .collect();
+    let f = runtime.block_on(async {
+        let client = etcd_client::Client::connect(&endpoints, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sys = System::Etcd(Box::new(client));
+        let killed = Arc::new(Mutex::new(None));
+        measure(
+            &sys,
+            args,
+            |_| {
+                let (etcd, killed) = (etcd.clone(), killed.clone());
+                Box::new(move || {
+                    let mut e = etcd.lock().unwrap();
+                    if let Some(l) = e.leader() {
+                        e.kill9(l);
+                        *killed.lock().unwrap() = Some(l);
+                    }
+                })
+            },
+            |_| {
+                let mut e = etcd.lock().unwrap();
+                if let Some(l) = killed.lock().unwrap().take() {
+                    let _ = e.spawn(l);
+                    e.wait_healthy(Duration::from_secs(60));
+                }
+            },
+        )
+        .await
+    })?;
+    Ok(Some(f))
+}
