@@ -171,45 +171,67 @@ pub struct PersistJob {
 /// sync happens inline, so virtual time stays meaningful. After a failed
 /// sync it acks nothing more (it logs why): acking what is not durable
 /// could lose a grant in a restart.
-pub enum LockPersister {
-    /// A group-commit thread.
-    Thread(std::sync::mpsc::Sender<PersistJob>),
-    /// Inline (simulations).
-    Inline(std::sync::Mutex<(LockStore, Replica, bool)>),
+pub struct LockPersister {
+    state: std::sync::Arc<std::sync::Mutex<PersistState>>,
+    /// The group-commit thread; `None` in simulations.
+    thread: Option<std::sync::mpsc::Sender<PersistJob>>,
+}
+
+struct PersistState {
+    store: LockStore,
+    replica: Replica,
+    failed: bool,
+}
+
+impl PersistState {
+    fn sync(&mut self, entries: Vec<Entry>) -> bool {
+        self.failed = !sync(&mut self.store, &mut self.replica, entries, self.failed);
+        !self.failed
+    }
 }
 
 impl LockPersister {
     /// Starts the thread over an opened store and the copy it replayed.
-    pub fn start(mut store: LockStore, mut replica: Replica) -> io::Result<LockPersister> {
+    pub fn start(store: LockStore, replica: Replica) -> io::Result<LockPersister> {
+        let mut p = LockPersister::inline(store, replica);
         let (tx, rx) = std::sync::mpsc::channel::<PersistJob>();
+        let state = p.state.clone();
         std::thread::Builder::new()
             .name("coordmesh-lock-log".into())
             .spawn(move || {
-                let mut failed = false;
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
                     while let Ok(more) = rx.try_recv() {
                         jobs.push(more);
                     }
                     let all: Vec<Entry> = jobs.iter().flat_map(|j| j.entries.clone()).collect();
-                    failed = !sync(&mut store, &mut replica, all, failed);
+                    let ok = state.lock().unwrap_or_else(|e| e.into_inner()).sync(all);
                     for job in jobs {
-                        (job.done)(!failed);
+                        (job.done)(ok);
                     }
                 }
             })?;
-        Ok(LockPersister::Thread(tx))
+        p.thread = Some(tx);
+        Ok(p)
     }
 
-    /// Persists inline, on the caller's thread.
+    /// Persists inline only, on the caller's thread (simulations).
     pub fn inline(store: LockStore, replica: Replica) -> LockPersister {
-        LockPersister::Inline(std::sync::Mutex::new((store, replica, false)))
+        LockPersister {
+            state: std::sync::Arc::new(std::sync::Mutex::new(PersistState {
+                store,
+                replica,
+                failed: false,
+            })),
+            thread: None,
+        }
     }
 
-    /// Queues `entries`; `done` runs once they are durable (or not).
+    /// Queues `entries` for the group-commit thread (inline without
+    /// one); `done` runs once they are durable (or not).
     pub fn persist(&self, entries: Vec<Entry>, done: impl FnOnce(bool) + Send + 'static) {
-        match self {
-            LockPersister::Thread(tx) => {
+        match &self.thread {
+            Some(tx) => {
                 let job = PersistJob {
                     entries,
                     done: Box::new(done),
@@ -218,15 +240,18 @@ impl LockPersister {
                     (job.done)(false);
                 }
             }
-            LockPersister::Inline(state) => {
-                let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-                let (store, replica, failed) = &mut *guard;
-                *failed = !sync(store, replica, entries, *failed);
-                let ok = !*failed;
-                drop(guard);
-                done(ok);
-            }
+            None => done(self.persist_now(entries)),
         }
+    }
+
+    /// Makes `entries` durable on the caller's thread, now: for a voter
+    /// that only follows, whose acks wait on the disk anyway (no thread
+    /// hand-off on its path).
+    pub fn persist_now(&self, entries: Vec<Entry>) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync(entries)
     }
 }
 
