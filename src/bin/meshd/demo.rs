@@ -1,19 +1,104 @@
 //! `meshd demo`: five real agents on loopback, keyed, voters with data
-//! directories. It shows membership forming and the election live, kills a
-//! follower with SIGKILL and times its detection and rejoin, kills the
-//! leader and times the failover, shows leadership handed back to the
-//! restarted lowest id after the stability window, then stops everything
-//! with SIGTERM. Exits 0 only if every step held within its bound. Ctrl-C
-//! stops the agents and exits.
+//! directories. It shows membership forming and the election live, then
+//! runs a scheduled job on every node guarded by one lock (each tick, the
+//! node that takes the lock runs the job against a resource fenced by the
+//! lock's token; the others see it done). Meanwhile it kills a follower
+//! with SIGKILL and times its detection and rejoin, kills the leader and
+//! times the failover, shows leadership handed back to the restarted
+//! lowest id after the stability window, then stops everything with
+//! SIGTERM. Exits 0 only if every step held within its bound and the job
+//! ran exactly once per tick. Ctrl-C stops the agents and exits.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use coordmesh::locks::FencingChecker;
+use serde_json::json;
 
-use crate::procs::Agents;
+use crate::procs::{Agents, post_json_status};
+
+/// The scheduled job's period.
+const TICK: Duration = Duration::from_millis(1000);
+/// The job's lock.
+const JOB_LOCK: &str = "scheduled-job";
+
+/// The resource the job writes to: every run, by tick, fenced by the
+/// lock's token (a stale holder's write would be refused).
+struct JobRecord {
+    start: Instant,
+    runs: Mutex<BTreeMap<u64, Vec<(u64, u64)>>>,
+    fence: FencingChecker,
+    refused: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl JobRecord {
+    fn say(&self, text: &str) {
+        println!("[{:>7.2}s]    {text}", self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// One node's scheduler: each tick it competes for the job's lock through
+/// its own agent (waiting for it within the tick, through a failover);
+/// the holder runs the job unless this tick's run is already recorded.
+fn scheduler(node: u64, http: SocketAddr, job: Arc<JobRecord>, first_tick: u64) {
+    let mut tried = first_tick - 1;
+    while !job.stop.load(Ordering::Relaxed) {
+        let elapsed = job.start.elapsed();
+        let tick = (elapsed.as_millis() / TICK.as_millis()) as u64;
+        if tick <= tried {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        tried = tick;
+        let tick_end = TICK * (tick as u32 + 1);
+        let wait = tick_end
+            .saturating_sub(elapsed)
+            .saturating_sub(Duration::from_millis(300));
+        let body = json!({"ttl_ms": 3000, "wait_ms": wait.as_millis() as u64,
+                          "request_id": format!("n{node}-tick{tick}")});
+        let path = format!("/v1/locks/{JOB_LOCK}/acquire");
+        let Ok((200, grant)) = post_json_status(http, &path, &body, wait + Duration::from_secs(3))
+        else {
+            continue;
+        };
+        let Some(token) = grant["token_str"].as_str().and_then(|t| t.parse::<u64>().ok()) else {
+            continue;
+        };
+        // Holding the lock: run the job unless this tick's run is done.
+        let done = job
+            .runs
+            .lock()
+            .unwrap()
+            .get(&tick)
+            .is_some_and(|r| !r.is_empty());
+        if !done {
+            let ran = job.fence.apply(token, || {
+                job.runs
+                    .lock()
+                    .unwrap()
+                    .entry(tick)
+                    .or_default()
+                    .push((node, token));
+            });
+            match ran {
+                Ok(()) => job.say(&format!(
+                    "tick {tick}: the job ran on node {node} (fencing token {token})"
+                )),
+                Err(stale) => job.refused.lock().unwrap().push(stale.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let path = format!("/v1/locks/{JOB_LOCK}/release");
+        let _ = post_json_status(http, &path, &json!({"token": token}), Duration::from_secs(3));
+    }
+}
 
 /// Flags of `meshd demo`.
 #[derive(Args, Debug)]
@@ -180,6 +265,27 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
         }
     }
 
+    let job = Arc::new(JobRecord {
+        start: demo.start,
+        runs: Mutex::new(BTreeMap::new()),
+        fence: FencingChecker::default(),
+        refused: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let first_tick = (demo.start.elapsed().as_millis() / TICK.as_millis()) as u64 + 1;
+    let mut schedulers = Vec::new();
+    if demo.failures.is_empty() {
+        demo.say(&format!(
+            "   a scheduled job starts on every node: each {TICK:?} tick, whoever takes lock {JOB_LOCK:?} runs it"
+        ));
+        for id in &all {
+            let (http, job) = (demo.agents.spec(*id).http, job.clone());
+            let id = *id;
+            schedulers.push(std::thread::spawn(move || scheduler(id, http, job, first_tick)));
+        }
+        std::thread::sleep(TICK * 2);
+    }
+
     let victim = n - 1;
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != victim).collect();
     if demo.failures.is_empty() {
@@ -235,6 +341,39 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
                     "   node {leader} leads again, {took:.2?} after its restart"
                 ));
             }
+        }
+    }
+
+    std::thread::sleep(TICK * 2);
+    job.stop.store(true, Ordering::Relaxed);
+    for s in schedulers {
+        let _ = s.join();
+    }
+    let last_tick = (demo.start.elapsed().as_millis() / TICK.as_millis()) as u64;
+    {
+        let runs = job.runs.lock().unwrap();
+        let twice: Vec<u64> = runs
+            .iter()
+            .filter(|(_, r)| r.len() > 1)
+            .map(|(t, _)| *t)
+            .collect();
+        // The last tick may have been cut short by the stop.
+        let missed: Vec<u64> = (first_tick..last_tick)
+            .filter(|t| !runs.contains_key(t))
+            .collect();
+        demo.say(&format!(
+            "   scheduled job: {} ticks ran once each; twice: {twice:?}; missed: {missed:?}; stale writes refused: {}",
+            runs.values().filter(|r| r.len() == 1).count(),
+            job.refused.lock().unwrap().len()
+        ));
+        if !twice.is_empty() {
+            demo.failures
+                .push(format!("the job ran twice in ticks {twice:?}"));
+        }
+        // A tick is missed only if no leader could be reached in it.
+        if missed.len() > 2 {
+            demo.failures
+                .push(format!("the job missed ticks {missed:?}"));
         }
     }
 
