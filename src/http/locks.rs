@@ -184,6 +184,36 @@ pub(super) async fn release(
     with_token(mesh, name, json, true).await
 }
 
+/// Most locks `GET /v1/locks` lists.
+const LIST_MAX: u32 = 1000;
+
+/// `GET /v1/locks` (an extension of the contract, answered by the
+/// leader): the locks held, by name, at most 1,000.
+pub(super) async fn list(State(mesh): State<Mesh>) -> Response {
+    match mesh
+        .lock_request(LockRequest::List { limit: LIST_MAX }, ANSWER_TIMEOUT)
+        .await
+    {
+        Ok(LockReply::Locks { locks, truncated }) => {
+            let locks: Vec<_> = locks
+                .into_iter()
+                .map(|l| {
+                    json!({
+                        "name": l.name,
+                        "token": l.token,
+                        "token_str": l.token.to_string(),
+                        "expires_in_ms": l.expires_in_ms,
+                        "owner": l.owner.0,
+                        "waiters": l.waiters,
+                    })
+                })
+                .collect();
+            Json(json!({ "locks": locks, "truncated": truncated })).into_response()
+        }
+        _ => no_quorum(),
+    }
+}
+
 /// `GET /v1/locks/{name}` (answered by the leader).
 pub(super) async fn get(State(mesh): State<Mesh>, Path(name): Path<String>) -> Response {
     if let Err(r) = checked_name(&name) {

@@ -108,6 +108,7 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/", get(dashboard))
         .route("/v1/status", get(get_status))
         .route("/metrics", get(get_metrics))
+        .route("/v1/locks", get(locks::list))
         .route("/v1/locks/{name}", get(locks::get))
         .route("/v1/locks/{name}/acquire", post(locks::acquire))
         .route("/v1/locks/{name}/renew", post(locks::renew))

@@ -241,6 +241,26 @@ pub enum LockRequest {
         /// The batch's entries.
         entries: Vec<Entry>,
     },
+    /// The locks held now, by name, at most `limit` of them.
+    List {
+        /// The most to return.
+        limit: u32,
+    },
+}
+
+/// One held lock, as [`LockRequest::List`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// Lock name.
+    pub name: String,
+    /// The holder's token.
+    pub token: u64,
+    /// How long until the leader expires it.
+    pub expires_in_ms: u64,
+    /// The node the holder asked through.
+    pub owner: NodeId,
+    /// Clients waiting for it.
+    pub waiters: u32,
 }
 
 /// Answers to [`LockRequest`]s.
@@ -286,6 +306,13 @@ pub enum LockReply {
     NotLeader,
     /// A voter merged a batch.
     Replicated,
+    /// The locks held (answer to [`LockRequest::List`]).
+    Locks {
+        /// Held locks, by name.
+        locks: Vec<LockInfo>,
+        /// More were held than the limit.
+        truncated: bool,
+    },
     /// A voter refused a batch: its promise is above the sender's epoch,
     /// it is recovering, or the voter sets differ.
     Refused {

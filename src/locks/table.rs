@@ -561,6 +561,26 @@ impl LockTable {
         )
     }
 
+    /// The locks held now, by name (committed grants only).
+    pub fn handle_list(&self, now: Duration, ticket: Ticket, limit: usize) -> Vec<LockOutput> {
+        let Some(term) = &self.term else {
+            return reply(ticket, LockReply::NotLeader);
+        };
+        let mut held = term.locks.iter().filter_map(|(name, l)| {
+            let h = l.holder.as_ref().filter(|h| h.committed)?;
+            Some(super::LockInfo {
+                name: name.clone(),
+                token: h.token,
+                expires_in_ms: h.expires_at.saturating_sub(now).as_millis() as u64,
+                owner: h.owner,
+                waiters: l.waiters.len() as u32,
+            })
+        });
+        let locks: Vec<_> = held.by_ref().take(limit).collect();
+        let truncated = held.next().is_some();
+        reply(ticket, LockReply::Locks { locks, truncated })
+    }
+
     /// Expiries and waiters' deadlines.
     pub fn handle_tick(&mut self, now: Duration) -> Vec<LockOutput> {
         let mut out = Vec::new();

@@ -538,6 +538,7 @@ impl State {
                 self.locks.handle_release(now, ticket, &name, token)
             }
             LockRequest::Status { name } => self.locks.handle_status(now, ticket, &name),
+            LockRequest::List { limit } => self.locks.handle_list(now, ticket, limit as usize),
             LockRequest::Replicate { .. } => Vec::new(),
         };
         self.apply_locks(outs)

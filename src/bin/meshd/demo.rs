@@ -68,7 +68,10 @@ fn scheduler(node: u64, http: SocketAddr, job: Arc<JobRecord>, first_tick: u64) 
         else {
             continue;
         };
-        let Some(token) = grant["token_str"].as_str().and_then(|t| t.parse::<u64>().ok()) else {
+        let Some(token) = grant["token_str"]
+            .as_str()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
             continue;
         };
         // Holding the lock: run the job unless this tick's run is done.
@@ -96,7 +99,12 @@ fn scheduler(node: u64, http: SocketAddr, job: Arc<JobRecord>, first_tick: u64) 
             std::thread::sleep(Duration::from_millis(100));
         }
         let path = format!("/v1/locks/{JOB_LOCK}/release");
-        let _ = post_json_status(http, &path, &json!({"token": token}), Duration::from_secs(3));
+        let _ = post_json_status(
+            http,
+            &path,
+            &json!({"token": token}),
+            Duration::from_secs(3),
+        );
     }
 }
 
@@ -281,7 +289,9 @@ pub(crate) fn run(args: DemoArgs) -> ExitCode {
         for id in &all {
             let (http, job) = (demo.agents.spec(*id).http, job.clone());
             let id = *id;
-            schedulers.push(std::thread::spawn(move || scheduler(id, http, job, first_tick)));
+            schedulers.push(std::thread::spawn(move || {
+                scheduler(id, http, job, first_tick)
+            }));
         }
         std::thread::sleep(TICK * 2);
     }
