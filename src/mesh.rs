@@ -124,6 +124,22 @@ struct NodeService {
     driver: OnceLock<tokio::sync::mpsc::Sender<Input>>,
 }
 
+impl NodeService {
+    /// Hands a request to the driver and waits for its answer.
+    async fn forward<T>(
+        &self,
+        input: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Input,
+    ) -> Result<T, Rejection> {
+        let driver = self.driver.get().ok_or(Rejection::ShuttingDown)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        driver
+            .send(input(reply))
+            .await
+            .map_err(|_| Rejection::ShuttingDown)?;
+        answer.await.map_err(|_| Rejection::ShuttingDown)
+    }
+}
+
 #[async_trait]
 impl Service for NodeService {
     async fn request(&self, from: NodeId, request: Request) -> Result<Response, Rejection> {
@@ -134,34 +150,21 @@ impl Service for NodeService {
                 payload,
             })),
             Request::Election(request) => {
-                let driver = self.driver.get().ok_or(Rejection::ShuttingDown)?;
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                driver
-                    .send(Input::Request {
-                        from,
-                        request,
-                        reply,
-                    })
-                    .await
-                    .map_err(|_| Rejection::ShuttingDown)?;
-                answer.await.map_err(|_| Rejection::ShuttingDown)
+                self.forward(|reply| Input::Request {
+                    from,
+                    request,
+                    reply,
+                })
+                .await
             }
-            Request::Lock(request) => {
-                let driver = self.driver.get().ok_or(Rejection::ShuttingDown)?;
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                driver
-                    .send(Input::Lock {
-                        from,
-                        request,
-                        reply,
-                    })
-                    .await
-                    .map_err(|_| Rejection::ShuttingDown)?;
-                answer
-                    .await
-                    .map(Response::Lock)
-                    .map_err(|_| Rejection::ShuttingDown)
-            }
+            Request::Lock(request) => self
+                .forward(|reply| Input::Lock {
+                    from,
+                    request,
+                    reply,
+                })
+                .await
+                .map(Response::Lock),
         }
     }
 

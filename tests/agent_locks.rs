@@ -20,18 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_meshd");
 const WITHIN: Duration = Duration::from_secs(20);
 
 fn led_agents(n: u64, dir: &Path) -> Agents {
-    let mut a = Agents::new(Path::new(BIN), n, dir).expect("plan agents");
-    a.close_with_new_key().unwrap();
-    a.data_root = Some(dir.join("data"));
-    a.start_all().unwrap();
-    let all = a.ids();
-    assert!(
-        a.wait_until(WITHIN, |a| a.all_see(&all) && a.agreed_leader().is_some())
-            .is_some(),
-        "no agreed leader; logs in {}",
-        dir.display()
-    );
-    a
+    Agents::start_led(Path::new(BIN), n, dir, WITHIN).unwrap()
 }
 
 fn token_of(v: &serde_json::Value) -> u64 {

@@ -290,17 +290,7 @@ fn keyed_agents_shut_out_a_keyless_one() {
 #[test]
 fn five_agents_fail_over_after_kill_9_of_the_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Agents::new(Path::new(BIN), 5, dir.path()).expect("plan agents");
-    a.close_with_new_key().unwrap();
-    a.data_root = Some(dir.path().join("data"));
-    a.start_all().unwrap();
-    let all = a.ids();
-    assert!(
-        a.wait_until(WITHIN, |a| a.all_see(&all) && a.agreed_leader().is_some())
-            .is_some(),
-        "no agreed leader; logs in {}",
-        dir.path().display()
-    );
+    let mut a = Agents::start_led(Path::new(BIN), 5, dir.path(), WITHIN).unwrap();
     let (leader, epoch) = a.agreed_leader().unwrap();
     a.kill9(leader);
     let mut new = None;

@@ -133,12 +133,10 @@ impl LockBuilder {
             },
         )?;
         let mesh = &self.mesh;
-        let request_id = self.request_id.clone().unwrap_or_else(|| {
-            let mut b = [0u8; 12];
-            rand::fill(&mut b);
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            format!("{}-{hex}", mesh.id())
-        });
+        let request_id = self
+            .request_id
+            .clone()
+            .unwrap_or_else(|| super::fresh_request_id(&format!("{}-", mesh.id())));
         let start = mesh.clock_now();
         let deadline = start + self.wait;
         loop {

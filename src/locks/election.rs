@@ -88,12 +88,7 @@ impl NamedElection {
                 self.name.len(),
             )));
         }
-        let request_id = {
-            let mut b = [0u8; 12];
-            rand::fill(&mut b);
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            format!("campaign-{}-{hex}", self.mesh.id())
-        };
+        let request_id = super::fresh_request_id(&format!("campaign-{}-", self.mesh.id()));
         loop {
             let attempt = self
                 .mesh

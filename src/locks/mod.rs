@@ -168,6 +168,14 @@ pub enum InvalidRequest {
     RequestId(usize),
 }
 
+/// A fresh request id: `prefix` and 24 random hex digits.
+pub fn fresh_request_id(prefix: &str) -> String {
+    let mut b = [0u8; 12];
+    rand::fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{prefix}{hex}")
+}
+
 /// Checks a lock name against the contract's limits.
 pub fn check_name(name: &str) -> Result<(), InvalidRequest> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {

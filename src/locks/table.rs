@@ -164,8 +164,7 @@ impl LockTable {
     /// `ttl·(1+ρ)/(1−ρ)`: how long past its receive time the leader keeps
     /// a lease (K3).
     pub fn leader_ttl(&self, ttl_ms: u64) -> Duration {
-        let rho = self.config.drift;
-        Duration::from_millis(ttl_ms).mul_f64((1.0 + rho) / (1.0 - rho))
+        leader_ttl(self.config.drift, ttl_ms)
     }
 
     /// Starts serving `epoch` at `now` with the table merged from the
@@ -425,7 +424,7 @@ impl LockTable {
                 name: name.to_string(),
                 token: tok,
             });
-            let ttl = Duration::from_millis(w.ttl_ms).mul_f64((1.0 + rho) / (1.0 - rho));
+            let ttl = leader_ttl(rho, w.ttl_ms);
             lock.holder = Some(Holder {
                 token: tok,
                 ttl_ms: w.ttl_ms,
@@ -487,8 +486,7 @@ impl LockTable {
                 if !h.committed {
                     return reply(ticket, LockReply::NoQuorum);
                 }
-                let ttl = Duration::from_millis(h.ttl_ms).mul_f64((1.0 + rho) / (1.0 - rho));
-                h.expires_at = h.expires_at.max(now + ttl);
+                h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
                 reply(ticket, LockReply::Renewed { ttl_ms: h.ttl_ms })
             }
             // K6: this leader holds the table of a majority, so a token
@@ -711,6 +709,11 @@ impl LockTable {
         }
         out
     }
+}
+
+/// `ttl·(1+ρ)/(1−ρ)` (K3).
+fn leader_ttl(rho: f64, ttl_ms: u64) -> Duration {
+    Duration::from_millis(ttl_ms).mul_f64((1.0 + rho) / (1.0 - rho))
 }
 
 fn reply(ticket: Ticket, reply: LockReply) -> Vec<LockOutput> {

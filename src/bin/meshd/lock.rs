@@ -68,11 +68,7 @@ fn message(body: &Value) -> String {
 }
 
 pub(crate) fn run(args: LockArgs) -> ExitCode {
-    let request_id = {
-        let mut b = [0u8; 12];
-        rand::fill(&mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    };
+    let request_id = coordmesh::locks::fresh_request_id("meshd-lock-");
     let body = json!({"ttl_ms": args.ttl_ms, "wait_ms": args.wait_ms, "request_id": request_id});
     let timeout = Duration::from_millis(args.wait_ms) + Duration::from_secs(5);
     let sent = Instant::now();

@@ -23,14 +23,19 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Poll interval of [`Agents::wait_until`].
 pub const POLL: Duration = Duration::from_millis(20);
 
+/// An HTTP client with one overall timeout; `statuses_as_errors`: any
+/// status but success is an error.
+fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(statuses_as_errors)
+        .build()
+        .into()
+}
+
 /// GETs `path` from an agent's HTTP API and parses the JSON body.
 pub fn get_json(http: SocketAddr, path: &str, timeout: Duration) -> Result<Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
+    let mut resp = http_client(timeout, false)
         .get(format!("http://{http}{path}"))
         .call()
         .map_err(|e| e.to_string())?;
@@ -50,11 +55,7 @@ pub fn post_json(
     body: &Value,
     timeout: Duration,
 ) -> Result<Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
-    agent
+    http_client(timeout, true)
         .post(format!("http://{addr}{path}"))
         .send_json(body)
         .map_err(|e| e.to_string())?
@@ -65,11 +66,7 @@ pub fn post_json(
 
 /// GETs `path` as text.
 pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
-    agent
+    http_client(timeout, true)
         .get(format!("http://{http}{path}"))
         .call()
         .map_err(|e| e.to_string())?
@@ -186,6 +183,20 @@ impl Agents {
         secret.write_new(&path).map_err(|e| e.to_string())?;
         self.extra_args = vec!["--cluster-key".into(), path.display().to_string()];
         Ok((path, secret))
+    }
+
+    /// Starts `n` keyed agents whose voters keep data directories (below
+    /// `dir`, with the logs), and waits up to `within` until every agent
+    /// sees every other and all agree on a leader.
+    pub fn start_led(bin: &Path, n: u64, dir: &Path, within: Duration) -> Result<Agents, String> {
+        let mut a = Agents::new(bin, n, dir).map_err(|e| e.to_string())?;
+        a.close_with_new_key()?;
+        a.data_root = Some(dir.join("data"));
+        a.start_all().map_err(|e| e.to_string())?;
+        let all = a.ids();
+        a.wait_until(within, |a| a.all_see(&all) && a.agreed_leader().is_some())
+            .ok_or(format!("no agreed leader; logs in {}", dir.display()))?;
+        Ok(a)
     }
 
     /// Ids of all planned agents.
@@ -420,12 +431,7 @@ pub fn post_json_status(
     body: &Value,
     timeout: Duration,
 ) -> Result<(u16, Value), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
+    let mut resp = http_client(timeout, false)
         .post(format!("http://{addr}{path}"))
         .send_json(body)
         .map_err(|e| e.to_string())?;
