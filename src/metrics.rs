@@ -62,6 +62,20 @@ pub struct Metrics {
     pub rpc_handshake_failures: AtomicU64,
     /// Incoming RPC connections refused at the connection bound.
     pub rpc_connections_refused: AtomicU64,
+    /// Lock grants reported to clients (committed by a majority).
+    pub lock_grants: AtomicU64,
+    /// Lock releases reported to clients.
+    pub lock_releases: AtomicU64,
+    /// Leases the leader expired.
+    pub lock_expiries: AtomicU64,
+    /// Renewals answered.
+    pub lock_renewals: AtomicU64,
+    /// Lock requests answered "lost" (the token did not hold the lock).
+    pub lock_lost_answers: AtomicU64,
+    /// Replication batches the leader sent.
+    pub lock_batches: AtomicU64,
+    /// Entries in those batches.
+    pub lock_batch_entries: AtomicU64,
 }
 
 impl Metrics {
@@ -72,7 +86,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 26] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 33] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -228,6 +242,48 @@ impl Metrics {
                 "counter",
                 "Incoming RPC connections refused at the bound.",
                 &self.rpc_connections_refused,
+            ),
+            (
+                "coordmesh_lock_grants_total",
+                "counter",
+                "Lock grants reported to clients, each committed by a majority of voters.",
+                &self.lock_grants,
+            ),
+            (
+                "coordmesh_lock_releases_total",
+                "counter",
+                "Lock releases reported to clients.",
+                &self.lock_releases,
+            ),
+            (
+                "coordmesh_lock_expiries_total",
+                "counter",
+                "Leases this node expired as leader.",
+                &self.lock_expiries,
+            ),
+            (
+                "coordmesh_lock_renewals_total",
+                "counter",
+                "Lock renewals answered.",
+                &self.lock_renewals,
+            ),
+            (
+                "coordmesh_lock_lost_answers_total",
+                "counter",
+                "Lock requests answered lost: the token did not hold the lock.",
+                &self.lock_lost_answers,
+            ),
+            (
+                "coordmesh_lock_batches_total",
+                "counter",
+                "Replication batches sent as leader (grants, releases and expiries share them).",
+                &self.lock_batches,
+            ),
+            (
+                "coordmesh_lock_batch_entries_total",
+                "counter",
+                "Entries in the replication batches sent as leader.",
+                &self.lock_batch_entries,
             ),
         ];
         for (name, kind, help, value) in metrics {

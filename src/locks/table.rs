@@ -144,12 +144,17 @@ struct Term {
 pub struct LockTable {
     config: TableConfig,
     term: Option<Term>,
+    expired: u64,
 }
 
 impl LockTable {
     /// An idle table.
     pub fn new(config: TableConfig) -> LockTable {
-        LockTable { config, term: None }
+        LockTable {
+            config,
+            term: None,
+            expired: 0,
+        }
     }
 
     /// The epoch it serves, if leading.
@@ -264,6 +269,11 @@ impl LockTable {
         if let Some(t) = &mut self.term {
             t.next_seq = seq;
         }
+    }
+
+    /// Leases expired by this table, ever.
+    pub fn expired_total(&self) -> u64 {
+        self.expired
     }
 
     /// True while `batch` awaits a majority.
@@ -607,6 +617,7 @@ impl LockTable {
             }
             lock.waiters = kept;
         }
+        self.expired += expired.len() as u64;
         for name in expired {
             self.free(now, &name, &mut out);
         }

@@ -259,7 +259,9 @@ impl State {
                     }
                     let now = self.shared.clock.now();
                     self.sync_locks(now);
+                    let expired = self.locks.expired_total();
                     let outs = self.locks.handle_tick(now);
+                    Metrics::add(&self.metrics.lock_expiries, self.locks.expired_total() - expired);
                     if !self.apply_locks(outs) {
                         return;
                     }
@@ -600,8 +602,15 @@ impl State {
         while let Some(out) = queue.pop_front() {
             match out {
                 LockOutput::Reply { ticket, reply } => {
-                    if reply == LockReply::Lost {
-                        debug!(id = %self.election.id(), "lock request answered: lost");
+                    let counter = match reply {
+                        LockReply::Granted { .. } => Some(&self.metrics.lock_grants),
+                        LockReply::Released => Some(&self.metrics.lock_releases),
+                        LockReply::Renewed { .. } => Some(&self.metrics.lock_renewals),
+                        LockReply::Lost => Some(&self.metrics.lock_lost_answers),
+                        _ => None,
+                    };
+                    if let Some(c) = counter {
+                        Metrics::add(c, 1);
                     }
                     if let Some(tx) = self.tickets.remove(&ticket.0) {
                         let _ = tx.send(reply);
@@ -611,6 +620,8 @@ impl State {
                     let Some(epoch) = self.locks.epoch() else {
                         continue;
                     };
+                    Metrics::add(&self.metrics.lock_batches, 1);
+                    Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
                     let me = self.election.id();
                     for &v in self.election.voters().to_vec().iter() {
                         if v != me {

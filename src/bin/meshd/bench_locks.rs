@@ -479,6 +479,27 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
         .await?;
         Ok::<_, String>(f)
     })?;
+    // How well requests shared replication rounds, from the agents'
+    // counters (every leader of the run; the killed ones' are lost).
+    let (batches, entries) = https.iter().fold((0u64, 0u64), |(b, e), http| {
+        let text =
+            crate::procs::get_text(*http, "/metrics", Duration::from_secs(2)).unwrap_or_default();
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (
+            b + read("coordmesh_lock_batches_total "),
+            e + read("coordmesh_lock_batch_entries_total "),
+        )
+    });
+    if batches > 0 {
+        println!(
+            "meshd replication: {batches} batches, {:.1} entries per batch",
+            entries as f64 / batches as f64
+        );
+    }
     agents.lock().unwrap().stop_all(Duration::from_secs(10));
     let label = if args.no_data_dir {
         "meshd, no durability"
