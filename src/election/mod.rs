@@ -619,8 +619,9 @@ impl Election {
                 .iter()
                 .map(|(_, _, ms)| Duration::from_millis(*ms))
                 .fold(up, Duration::min);
-            let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();
-            let earlier_life = self.gossiped_epoch > 0 || heard.is_some_and(|p| p > 0);
+            // A promise is no such memory: in a new cluster the first
+            // voter to recover may already have promised itself.
+            let earlier_life = self.gossiped_epoch > 0;
             let mut hold = self.timing.blackout() * 2;
             if earlier_life {
                 hold += self.timing.lock_ttl_max.mul_f64(1.0 + self.timing.drift);
@@ -629,6 +630,7 @@ impl Election {
             if youngest >= hold {
                 // Every promise heard of counts, healthy voters' included:
                 // epochs go back only if no voter remembers them.
+                let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();
                 self.promised = self.promised.max(heard.unwrap_or(0));
                 self.max_epoch = self.max_epoch.max(self.promised).max(self.gossiped_epoch);
                 self.recovered = true;

@@ -539,3 +539,26 @@ fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
         })
     );
 }
+
+/// E7 in a new cluster without durable state: the first voter to recover
+/// may promise itself before the others recover; that promise is no sign
+/// of an earlier life, so nobody waits out the longest lock TTL.
+#[test]
+fn new_cluster_without_durable_state_does_not_wait_out_lock_ttls() {
+    let timing = Timing {
+        lock_ttl_max: Duration::from_secs(3600),
+        ..Timing::default()
+    };
+    for n in [3, 5] {
+        let mut net = Net::with_timing(n, &ids(n), false, timing);
+        // Staggered starts: the voters' views of "the youngest start"
+        // differ, so one recovers (and runs, promising itself) first.
+        for id in ids(n) {
+            let start = Duration::from_millis(37 * id.0);
+            net.nodes
+                .insert(id, Election::new(id, &ids(n), timing, start, None, id.0));
+        }
+        net.run_for(Duration::from_secs(5));
+        assert_eq!(net.serving().len(), 1, "{n} voters: a leader within 5 s");
+    }
+}
