@@ -403,6 +403,14 @@ fn report(name: &str, f: &Figures) -> serde_json::Value {
 pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
     let bin = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("meshd-bench-locks-{}", std::process::id()));
+    // Removed however the run ends.
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -535,7 +543,6 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
             Err(e) => return Err(format!("etcd: {e}")),
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     write_json(&args.json, &out)
 }
 
