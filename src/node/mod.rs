@@ -219,8 +219,9 @@ struct State {
     /// Lock requests awaiting an answer.
     tickets: HashMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
-    /// The epoch this node runs for and the lock tables merged from its
-    /// promises so far (its own copy included).
+    /// The epoch this node runs for (or leads) and the lock tables merged
+    /// from its promises (its own copy included), plus every entry it
+    /// issued as leader of that epoch.
     candidacy: Option<(u64, Replica)>,
     /// The epoch last published in gossip.
     gossiped_epoch: u64,
@@ -622,6 +623,15 @@ impl State {
                     };
                     Metrics::add(&self.metrics.lock_batches, 1);
                     Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
+                    // The term's table keeps what this leader issued, voter
+                    // or not: if its lease lapses and comes back, it serves
+                    // the same epoch again from it (grants and tokens
+                    // included), not from the tables it was elected with.
+                    if let Some((e, term_table)) = &mut self.candidacy
+                        && *e == epoch
+                    {
+                        term_table.merge_all(entries.clone());
+                    }
                     let me = self.election.id();
                     for &v in self.election.voters().to_vec().iter() {
                         if v != me {
