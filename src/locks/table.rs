@@ -337,9 +337,10 @@ impl LockTable {
                 && h.request_id.as_ref() == Some(id)
                 && h.owner == owner
             {
+                // The requester counts its lease from this retry's send
+                // time, which may be later than the grant (K3, K4).
+                h.expires_at = h.expires_at.max(now + leader_ttl);
                 if h.committed {
-                    // The requester counts its lease from this retry.
-                    h.expires_at = h.expires_at.max(now + leader_ttl);
                     out.push(LockOutput::Reply {
                         ticket,
                         reply: LockReply::Granted {

@@ -461,3 +461,36 @@ fn serving_the_same_epoch_again_goes_on_from_its_last_token() {
     h.commit(20, &[ME, NodeId(2)]);
     assert!(h.granted(b) > ta);
 }
+
+/// K3 with K4: a retry that joins a grant still being replicated counts
+/// its lease from the retry; the leader's expiry must not come earlier.
+#[test]
+fn a_retry_joining_an_uncommitted_grant_extends_the_leader_expiry() {
+    let mut h = Harness::new();
+    let first = h.acquire(0, "x", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let t0 = h.granted(first);
+    // A waiter with a request id; the lock passes to it at 100 ms, and
+    // the batch carrying the grant is slow to commit.
+    let a = h.acquire(10, "x", 1000, 5000, Some("r"));
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(100), r, "x", t0);
+    h.absorb(out);
+    let out = h.table.flush();
+    h.absorb(out);
+    // The requester gave up on its first attempt and retries at 900 ms.
+    let retry = h.acquire(900, "x", 1000, 4100, Some("r"));
+    h.commit(950, &[ME, NodeId(2)]);
+    let token = h.granted(retry);
+    assert_eq!(h.granted(a), token);
+    // The retry's client counts validity from 900 ms: up to 1,890 ms.
+    let mut out = h.table.handle_tick(ms(1900));
+    out.extend(h.table.flush());
+    assert!(out.is_empty(), "expired before 900 + 1,020 ms: {out:?}");
+    let mut out = h.table.handle_tick(ms(1921));
+    out.extend(h.table.flush());
+    assert!(
+        matches!(&out[..], [LockOutput::Replicate { entries, .. }] if !entries[0].is_held()),
+        "expired after 900 + 1,020 ms: {out:?}"
+    );
+}
