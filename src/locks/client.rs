@@ -342,6 +342,10 @@ impl Drop for LockGuard {
 /// that the lease has ended anyway).
 async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(), LockError> {
     let give_up = mesh.clock_now() + ttl;
+    // After an attempt whose fate is unknown (no answer, or a leader that
+    // stepped down with it in flight), "lost" may mean that attempt
+    // released it: the lock is not held by this token either way.
+    let mut maybe_released = false;
     loop {
         let request = LockRequest::Release {
             name: name.to_string(),
@@ -349,11 +353,14 @@ async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(
         };
         match mesh.lock_request(request, RENEW_TIMEOUT).await {
             Ok(LockReply::Released) => return Ok(()),
+            Ok(LockReply::Lost) if maybe_released => return Ok(()),
             Ok(LockReply::Lost) => return Err(LockError::Lost),
             Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
                 return Err(LockError::ShuttingDown);
             }
-            _ => {}
+            // Not handled by a leader: nothing happened.
+            Ok(LockReply::NotLeader) => {}
+            _ => maybe_released = true,
         }
         if mesh.clock_now() >= give_up {
             return Err(LockError::NoQuorum);
