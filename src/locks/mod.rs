@@ -108,21 +108,30 @@ pub struct Replica {
 impl Replica {
     /// Merges one entry; true if it changed the copy.
     pub fn merge(&mut self, entry: Entry) -> bool {
-        match self.entries.get(&entry.name) {
-            Some(current) if current.rank() >= entry.rank() => false,
-            _ => {
-                self.entries.insert(entry.name.clone(), entry);
-                true
-            }
+        if !self.changes(&entry) {
+            return false;
         }
+        self.entries.insert(entry.name.clone(), entry);
+        true
     }
 
-    /// Merges many; the entries that changed the copy.
+    /// Merges many; the entries that changed the copy (cloned only those).
     pub fn merge_all(&mut self, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
-        entries
-            .into_iter()
-            .filter(|e| self.merge(e.clone()))
-            .collect()
+        let mut changed = Vec::new();
+        for entry in entries {
+            if self.changes(&entry) {
+                self.entries.insert(entry.name.clone(), entry.clone());
+                changed.push(entry);
+            }
+        }
+        changed
+    }
+
+    /// True if merging `entry` would change the copy.
+    fn changes(&self, entry: &Entry) -> bool {
+        self.entries
+            .get(&entry.name)
+            .is_none_or(|current| current.rank() < entry.rank())
     }
 
     /// Every entry, by name.
@@ -143,11 +152,6 @@ impl Replica {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// The highest token in the copy (0 when empty).
-    pub fn max_token(&self) -> u64 {
-        self.entries.values().map(|e| e.token).max().unwrap_or(0)
     }
 }
 

@@ -242,14 +242,10 @@ impl LockTable {
                 tickets.extend(w.tickets);
             }
         }
-        for batch in term.batches.into_values().chain(std::iter::once(Batch {
-            acks: BTreeSet::new(),
-            effects: term.effects,
-        })) {
-            for effect in batch.effects {
-                if let Effect::Release { ticket } = effect {
-                    tickets.push(ticket);
-                }
+        let effects = term.batches.into_values().flat_map(|b| b.effects);
+        for effect in effects.chain(term.effects) {
+            if let Effect::Release { ticket } = effect {
+                tickets.push(ticket);
             }
         }
         tickets.sort_unstable();
@@ -286,13 +282,6 @@ impl LockTable {
     /// Locks held or waited for.
     pub fn active(&self) -> usize {
         self.term.as_ref().map_or(0, |t| t.locks.len())
-    }
-
-    /// Requests waiting in queues, over all locks.
-    pub fn waiting(&self) -> usize {
-        self.term
-            .as_ref()
-            .map_or(0, |t| t.locks.values().map(|l| l.waiters.len()).sum())
     }
 
     /// A request to acquire `name`.
