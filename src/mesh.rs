@@ -215,7 +215,7 @@ impl Mesh {
                         LockPersister::start(locks, replica.clone()).map_err(data_dir)?
                     }
                     // Simulations sync inline: virtual time stays honest.
-                    Clock::Tokio(_) => LockPersister::inline(locks, replica.clone()),
+                    Clock::Tokio { .. } => LockPersister::inline(locks, replica.clone()),
                 };
                 (Some(store), Some(promised), (replica, Some(persister)))
             }

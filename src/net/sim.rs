@@ -200,6 +200,11 @@ impl SimNet {
         self.lock().blocked.insert((from, to));
     }
 
+    /// Restores the direction `from` → `to` cut by [`SimNet::block`].
+    pub fn unblock(&self, from: IpAddr, to: IpAddr) {
+        self.lock().blocked.remove(&(from, to));
+    }
+
     /// Removes every partition and blocked link.
     pub fn heal(&self) {
         let mut inner = self.lock();

@@ -42,8 +42,15 @@ const REPLICATE_RETRY: Duration = Duration::from_millis(20);
 pub enum Clock {
     /// `CLOCK_BOOTTIME`.
     Boottime,
-    /// tokio's (pausable) clock, from this origin.
-    Tokio(tokio::time::Instant),
+    /// tokio's (pausable) clock from `origin`, plus the time the simulated
+    /// host spent suspended (`suspended`, in nanoseconds), which tokio's
+    /// timers, like a real host's monotonic clock, did not see.
+    Tokio {
+        /// The clock's zero.
+        origin: tokio::time::Instant,
+        /// Suspended time so far, in nanoseconds.
+        suspended: Arc<std::sync::atomic::AtomicU64>,
+    },
 }
 
 impl Clock {
@@ -61,7 +68,27 @@ impl Clock {
                 assert_eq!(rc, 0, "CLOCK_BOOTTIME must be readable");
                 Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
             }
-            Clock::Tokio(origin) => tokio::time::Instant::now() - *origin,
+            Clock::Tokio { origin, suspended } => {
+                let suspended = Duration::from_nanos(suspended.load(Ordering::Relaxed));
+                tokio::time::Instant::now() - *origin + suspended
+            }
+        }
+    }
+
+    /// A simulation's clock from `origin`, never suspended yet.
+    pub fn tokio(origin: tokio::time::Instant) -> Clock {
+        Clock::Tokio {
+            origin,
+            suspended: Arc::default(),
+        }
+    }
+
+    /// Simulates a host suspend of `d` that just ended: this clock moves
+    /// on by `d` while tokio's timers do not (simulations only; a no-op
+    /// on CLOCK_BOOTTIME).
+    pub fn suspend(&self, d: Duration) {
+        if let Clock::Tokio { suspended, .. } = self {
+            suspended.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
         }
     }
 }

@@ -45,10 +45,14 @@ pub const SIM_LOCK_TTL_MAX_MS: u64 = 3000;
 /// How often [`SimCluster::eventually`] re-checks its condition.
 pub const EVENTUALLY_POLL: Duration = Duration::from_millis(10);
 
-/// A node slot: its fixed identity, and the running node if any.
+/// A node slot: its fixed identity, its host's clock, and the running
+/// node if any.
 struct Slot {
     builder: ConfigBuilder,
     mesh: Option<Mesh>,
+    /// The host's protocol clock: shared origin, its own suspensions; it
+    /// carries on across restarts of the node, like CLOCK_BOOTTIME.
+    clock: crate::node::Clock,
 }
 
 /// A cluster of simulated nodes.
@@ -58,13 +62,17 @@ pub struct SimCluster {
     voters: Vec<NodeId>,
     slots: BTreeMap<NodeId, Slot>,
     next_generation: u64,
-    /// Every node's protocol clock: tokio's, so virtual time applies.
+    /// The cluster's common clock (tokio's, never suspended): nodes'
+    /// clocks run from the same origin, plus their hosts' suspensions.
     clock: crate::node::Clock,
     /// Applied to every node's configuration (gossip interval, …).
     pub tuning: ConfigBuilder,
     /// When set, each voter gets a data directory below it (added nodes
     /// only), so its promises survive restarts.
     pub data_root: Option<std::path::PathBuf>,
+    /// Voters that run without a data directory even with `data_root`
+    /// (clusters mixing durable and ephemeral voters).
+    pub ephemeral: std::collections::BTreeSet<NodeId>,
 }
 
 impl SimCluster {
@@ -85,9 +93,10 @@ impl SimCluster {
             voters,
             slots: BTreeMap::new(),
             next_generation: 1,
-            clock: crate::node::Clock::Tokio(tokio::time::Instant::now()),
+            clock: crate::node::Clock::tokio(tokio::time::Instant::now()),
             tuning: ConfigBuilder::default(),
             data_root: None,
+            ephemeral: Default::default(),
         }
     }
 
@@ -137,13 +146,19 @@ impl SimCluster {
 
     /// Adds node `id` and starts it.
     pub async fn add(&mut self, id: NodeId) {
+        self.add_tuned(id, ConfigBuilder::default()).await;
+    }
+
+    /// Adds node `id` with its own settings over the cluster's `tuning`
+    /// (a node configured unlike the others), and starts it.
+    pub async fn add_tuned(&mut self, id: NodeId, own: ConfigBuilder) {
         let seeds = (1..=SIM_SEEDS)
             .map(|s| Self::gossip_addr(NodeId(s)).to_string())
             .collect();
         let data_dir = self
             .data_root
             .as_ref()
-            .filter(|_| self.voters.contains(&id))
+            .filter(|_| self.voters.contains(&id) && !self.ephemeral.contains(&id))
             .map(|root| root.join(format!("node-{id}")));
         let builder = ConfigBuilder {
             id: Some(id),
@@ -152,12 +167,18 @@ impl SimCluster {
             voters: Some(self.voters.clone()),
             data_dir,
             ..ConfigBuilder::default()
+        }
+        .overlay(own);
+        let clock = match &self.clock {
+            crate::node::Clock::Tokio { origin, .. } => crate::node::Clock::tokio(*origin),
+            other => other.clone(),
         };
         self.slots.insert(
             id,
             Slot {
                 builder,
                 mesh: None,
+                clock,
             },
         );
         self.restart(id).await;
@@ -173,6 +194,7 @@ impl SimCluster {
         }
         .overlay(self.tuning.clone());
         let seed = self.seed;
+        let net = self.net.clone();
         let slot = self.slot_mut(id);
         assert!(slot.mesh.is_none(), "node {id} is running; kill it first");
         let config = tuning
@@ -180,9 +202,9 @@ impl SimCluster {
             .build()
             .unwrap_or_else(|e| panic!("simulated node {id} config: {e} (seed {seed})"));
         let env = Environment {
-            network: Network::Sim(self.net.clone()),
+            network: Network::Sim(net),
             generation,
-            clock: self.clock.clone(),
+            clock: slot.clock.clone(),
         };
         let mesh = Mesh::start_with(config, env)
             .await
@@ -236,9 +258,41 @@ impl SimCluster {
         self.partition(&[&[id], &rest]);
     }
 
-    /// Removes partitions.
+    /// Cuts everything `from` sends to `to` (one direction).
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        self.net.block(Self::host(from), Self::host(to));
+    }
+
+    /// Undoes [`SimCluster::block`] for that direction.
+    pub fn unblock(&self, from: NodeId, to: NodeId) {
+        self.net.unblock(Self::host(from), Self::host(to));
+    }
+
+    /// Removes partitions and blocked directions.
     pub fn heal(&self) {
         self.net.heal();
+    }
+
+    /// Node `id`'s host comes back from a suspend of `d`: its protocol
+    /// clock (CLOCK_BOOTTIME) moves on by `d` at once, while its timers
+    /// (tokio's, like a monotonic clock) saw no time pass. The other hosts
+    /// see no time pass either, as if it had happened in an instant.
+    pub fn suspend(&self, id: NodeId, d: Duration) {
+        self.slots
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} (seed {})", self.seed))
+            .clock
+            .suspend(d);
+    }
+
+    /// Removes node `id`'s data directory (it must be stopped): it comes
+    /// back on an empty disk.
+    pub fn wipe_data(&mut self, id: NodeId) {
+        let slot = self.slot_mut(id);
+        assert!(slot.mesh.is_none(), "node {id} is running; kill it first");
+        if let Some(dir) = &slot.builder.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// Sets random faults on every link.
@@ -298,16 +352,21 @@ impl SimCluster {
         self.clock.now()
     }
 
-    /// Records what every running node believes about leadership now.
+    /// Records what every running node believes about leadership now,
+    /// on the cluster's common clock (a node's own clock runs ahead of it
+    /// by its host's suspensions).
     pub fn observe(&self, log: &mut LeaderLog) {
+        let now = self.now();
         for id in self.running() {
             let mesh = self.mesh(id);
             let state = mesh.lease_state();
             let durable = mesh.config().data_dir.is_some();
-            log.sample(id, mesh.generation(), state.now, state.lease, mesh.epoch());
+            let common = |t: Duration| (now + t).saturating_sub(state.now);
+            let lease = state.lease.map(|(l, until)| (l, common(until)));
+            log.sample(id, mesh.generation(), now, lease, mesh.epoch());
             log.sample_promise(id, durable, state.promised);
             if let Some((epoch, at)) = state.resigned {
-                log.resigned(id, epoch, at);
+                log.resigned(id, epoch, common(at));
             }
         }
     }
