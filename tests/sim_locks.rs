@@ -588,3 +588,92 @@ async fn leader_serving_its_epoch_again_keeps_what_it_granted() {
     );
     c.shutdown().await;
 }
+
+/// Finding 1 (K2), scripted: leader 1 grants `g`, but the batch to voters
+/// 2 and 3 is lost (one-way loss of 1's outbound traffic) and 1's lease
+/// lapses; 1 serves its epoch again once its traffic flows, with `g` in
+/// its term's table but on no other voter. The requester retries with its
+/// request id and is told `Granted`. Then 1 is cut off, 2 and 3 elect a
+/// leader between them, and another client asks for `g`: before the fix
+/// the new leader had never heard of `g` and granted it again, while the
+/// first client still held it. Now the retry is answered only once a
+/// batch of 1's new stint put `g` on a majority, so the new leader knows
+/// `g` is held. Voters 2 and 3 have a 10 s election timeout, so nobody
+/// but 1 runs while 1 is cut off the first time.
+#[tokio::test(start_paused = true)]
+async fn finding_1_a_retry_is_not_granted_from_a_minority_copy() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = SimCluster::new(seed, ids(3));
+    c.tuning = coordmesh::ConfigBuilder {
+        lock_ttl_max_ms: Some(60_000),
+        ..Default::default()
+    };
+    c.add(NodeId(1)).await;
+    let patient = coordmesh::ConfigBuilder {
+        election_timeout_ms: Some(10_000),
+        ..Default::default()
+    };
+    for id in 2..=4 {
+        c.add_tuned(NodeId(id), patient.clone()).await;
+    }
+    assert_eq!(led(&c).await, NodeId(1), "seed {seed}");
+    let epoch = c.mesh(NodeId(1)).leader().map(|l| l.epoch);
+    let acquire = |id: &str| LockRequest::Acquire {
+        name: "g".into(),
+        ttl_ms: 30_000,
+        wait_ms: 0,
+        request_id: Some(id.into()),
+    };
+    for v in [2, 3] {
+        c.block(NodeId(1), NodeId(v));
+    }
+    let first = c
+        .mesh(NodeId(1))
+        .lock_request(acquire("r"), Duration::from_millis(300))
+        .await;
+    assert!(
+        !matches!(first, Ok(LockReply::Granted { .. })),
+        "{first:?} (seed {seed})"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!c.mesh(NodeId(1)).is_leader(), "lease lapsed (seed {seed})");
+    for v in [2, 3] {
+        c.unblock(NodeId(1), NodeId(v));
+    }
+    c.eventually(Duration::from_secs(2), "node 1 serves again", |c| {
+        c.mesh(NodeId(1)).is_leader()
+    })
+    .await;
+    assert_eq!(
+        c.mesh(NodeId(1)).leader().map(|l| l.epoch),
+        epoch,
+        "the same epoch (seed {seed})"
+    );
+    let retry = c
+        .mesh(NodeId(1))
+        .lock_request(acquire("r"), Duration::from_secs(1))
+        .await;
+    let Ok(LockReply::Granted { token, .. }) = retry else {
+        panic!("retry: {retry:?} (seed {seed})");
+    };
+    let told = c.now();
+    c.isolate(NodeId(1));
+    c.eventually(Duration::from_secs(15), "a leader among 2 and 3", |c| {
+        c.mesh(NodeId(2)).is_leader() || c.mesh(NodeId(3)).is_leader()
+    })
+    .await;
+    let other = c
+        .mesh(NodeId(4))
+        .lock_request(acquire("other"), Duration::from_secs(1))
+        .await;
+    assert!(
+        c.now() < told + Duration::from_secs(30),
+        "the first grant's lease still runs"
+    );
+    assert_eq!(
+        other,
+        Ok(LockReply::Held),
+        "g granted again while token {token} holds it (seed {seed})"
+    );
+    c.shutdown().await;
+}

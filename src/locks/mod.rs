@@ -78,21 +78,60 @@ pub enum EntryState {
         owner: NodeId,
         /// The acquire's request id, so a retry gets this grant (K4).
         request_id: Option<String>,
+        /// A lower bound, in real milliseconds, on how long the holder
+        /// had gone without a renewal when this version was written: a
+        /// leader taking the grant over shortens its TTL by it, so a dead
+        /// holder's lock expires even when leaders change faster than
+        /// its TTL (K3).
+        quiet_ms: u64,
+        /// Which write of this grant this is (`epoch << 32 | n`, by the
+        /// leader that wrote it): a later write wins the merge.
+        version: u64,
     },
     /// Released or expired.
-    Free,
+    Free {
+        /// The request id of the grant it ended: a late or duplicated
+        /// acquire with that id grants nothing (K4).
+        request_id: Option<String>,
+    },
+}
+
+impl EntryState {
+    /// The first write of a grant: nothing quiet yet.
+    pub fn held(ttl_ms: u64, owner: NodeId, request_id: Option<String>, version: u64) -> EntryState {
+        EntryState::Held {
+            ttl_ms,
+            owner,
+            request_id,
+            quiet_ms: 0,
+            version,
+        }
+    }
 }
 
 impl Entry {
     /// Merge order: a higher token wins; at one token, its release wins
-    /// over its grant, so a stale grant never comes back (K2).
-    fn rank(&self) -> (u64, bool) {
-        (self.token, matches!(self.state, EntryState::Free))
+    /// over its grant, so a stale grant never comes back (K2); between
+    /// two writes of one grant, the later version wins.
+    fn rank(&self) -> (u64, bool, u64) {
+        match &self.state {
+            EntryState::Held { version, .. } => (self.token, false, *version),
+            EntryState::Free { .. } => (self.token, true, 0),
+        }
     }
 
     /// True for a grant.
     pub fn is_held(&self) -> bool {
         matches!(self.state, EntryState::Held { .. })
+    }
+
+    /// The request id of the grant (held) or of the grant it ended (free).
+    pub fn request_id(&self) -> Option<&str> {
+        match &self.state {
+            EntryState::Held { request_id, .. } | EntryState::Free { request_id } => {
+                request_id.as_deref()
+            }
+        }
     }
 }
 
@@ -331,4 +370,7 @@ pub enum LockReply {
         /// The voter's promise.
         promised: u64,
     },
+    /// The grant this acquire's request id received has ended (released
+    /// or expired): a late or duplicated acquire gets nothing (K4).
+    Ended,
 }

@@ -8,21 +8,54 @@
 //!   told only once a majority of voters acked the batch that carries its
 //!   outcome (K2). [`LockTable::flush`] closes a batch, so every request
 //!   the driver handled since the last flush shares one round.
-//! - Renewals are answered at once: they need only the leader's lease.
+//! - A new term's first batch carries the whole adopted table, and nothing
+//!   adopted is reported, renewed or counted held before that batch has a
+//!   majority (K2): an adopted grant may have sat on a minority only.
+//! - Batch ids are unique for the life of the table, so an ack of an
+//!   earlier stint's batch (late on the wire, or from the group-commit
+//!   thread) never counts for a later one.
+//! - Renewals are answered at once: they need only the leader's lease,
+//!   unless the grant carries a quiet mark (below), when the renewal is
+//!   written to a majority first.
 //! - The leader expires a lease at its receive time of the acquire or
-//!   renew plus `ttl·(1+ρ)/(1−ρ)` (K3), adopted grants likewise from
-//!   takeover.
+//!   renew plus `ttl·(1+ρ)/(1−ρ)` (K3); an adopted grant likewise from
+//!   takeover, less the time it is known to have been quiet.
+//! - Quiet marks: a holder not heard from for a while has that time
+//!   written into its entry (a lower bound in real time), so the next
+//!   leader shortens its TTL by it. Without them a dead holder's lock got
+//!   a full TTL at every takeover and, with leaders changing faster than
+//!   its TTL, never expired. After a mark, a renewal is made durable
+//!   before it is answered, so no mark ever outlives a renewal it missed.
 //! - Tokens are `(epoch << 32) | seq` (K1); when the sequence is spent the
 //!   table asks for a new epoch and grants nothing until it has one.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use super::{Entry, EntryState, LockReply, Replica, check_acquire, check_name, token};
+use super::{
+    EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
+};
 use crate::config::NodeId;
 
 /// Replication rounds awaiting a majority before the next one is sent.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Answers one acquire may have waiting (its attempt and the retries that
+/// joined it); one more answers the oldest "retry".
+pub const TICKETS_PER_REQUEST_MAX: usize = 8;
+/// Request ids of ended grants remembered per term (besides the one each
+/// tombstone carries), so late duplicates of them grant nothing.
+pub const ENDED_REQUESTS_MAX: usize = 4096;
+/// A holder quiet for `min(ttl/2, this)` gets its first quiet mark; the
+/// next ones follow at twice the quiet time so far.
+pub const QUIET_MARK_FIRST_MAX: Duration = Duration::from_secs(5);
+
+/// See [`TableConfig::reply_grace`].
+pub const REPLY_GRACE: Duration = Duration::from_millis(500);
+/// How long past its wait a requester keeps listening (retrying with its
+/// request id) while an attempt's fate is unknown: longer than
+/// [`REPLY_GRACE`] by a round trip of up to half a second, so every grant
+/// the leader answers finds its requester listening (K4).
+pub const REQUESTER_GRACE: Duration = Duration::from_millis(1000);
 
 /// Identifies one request awaiting an answer (assigned by the driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,13 +74,16 @@ pub enum LockOutput {
     /// Send these entries to every voter (and make them durable here);
     /// report each voter's ack with [`LockTable::handle_ack`].
     Replicate {
-        /// The batch id.
+        /// The batch id, unique for the life of the table.
         batch: u64,
         /// What to merge.
         entries: Vec<Entry>,
     },
     /// This epoch's sequence numbers are spent: take a new epoch (K1).
     NewEpochNeeded,
+    /// The last epoch that can form tokens (2^32 − 1) has spent its
+    /// sequence: this cluster can grant no more locks (K1). Reported once.
+    TokensSpent,
 }
 
 /// Bounds and parameters.
@@ -59,8 +95,10 @@ pub struct TableConfig {
     pub waiters_max: usize,
     /// Locks held or waited for at once.
     pub locks_max: usize,
-    /// How long past a request's wait its requester still listens; a grant
-    /// committed later is released (K4).
+    /// How long past a request's wait (from its arrival) the leader still
+    /// answers its grant; a grant committed later is released (K4). The
+    /// requester keeps listening [`REQUESTER_GRACE`] past its wait from
+    /// when it sent, which covers this plus the round trip.
     pub reply_grace: Duration,
     /// The longest TTL granted (`lock-ttl-max-ms`).
     pub ttl_max_ms: u64,
@@ -75,9 +113,34 @@ impl TableConfig {
             drift,
             waiters_max: 1024,
             locks_max: 100_000,
-            reply_grace: Duration::from_secs(1),
+            reply_grace: REPLY_GRACE,
             ttl_max_ms: super::TTL_MAX.as_millis() as u64,
             voters: voters.to_vec(),
+        }
+    }
+}
+
+/// How long a holder has gone unheard, for quiet marks.
+#[derive(Debug, Clone)]
+struct Quiet {
+    /// Real milliseconds known quiet before `since` (adopted).
+    credit_ms: u64,
+    /// When the holder was last heard (grant, renewal, takeover).
+    since: Duration,
+    /// When the next mark is written.
+    next_mark: Duration,
+    /// A mark with a quiet time above zero may be on the voters: a
+    /// renewal must be made durable before it is answered.
+    marked: bool,
+}
+
+impl Quiet {
+    fn new(now: Duration, ttl_ms: u64, credit_ms: u64) -> Quiet {
+        Quiet {
+            credit_ms,
+            since: now,
+            next_mark: now + first_mark(ttl_ms),
+            marked: credit_ms > 0,
         }
     }
 }
@@ -89,10 +152,18 @@ struct Holder {
     owner: NodeId,
     request_id: Option<String>,
     expires_at: Duration,
+    /// On a majority: its grant's batch, or for an adopted grant the
+    /// term's first batch, committed.
     committed: bool,
+    /// Taken over from an earlier term: its requester may have been told
+    /// then, so it is never released for being late (K4).
+    adopted: bool,
     tickets: Vec<Ticket>,
     /// Past this, nobody listens for the grant any more (K4).
     reply_by: Duration,
+    quiet: Quiet,
+    /// The version of this grant's latest write.
+    version: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -113,8 +184,20 @@ struct Lock {
 
 #[derive(Debug, Clone)]
 enum Effect {
+    /// A grant's first write: committed, its requester is told.
     Grant { name: String, token: u64 },
+    /// An adopted grant's rewrite in the term's first batch.
+    Adopt { name: String, token: u64 },
+    /// A release (or a retry of one) is answered.
     Release { ticket: Ticket },
+    /// A renewal (or an acquire retry) answered once the grant's version
+    /// `version`, written with nothing quiet, holds on a majority.
+    Refresh {
+        name: String,
+        version: u64,
+        ticket: Ticket,
+        reply: LockReply,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -127,15 +210,35 @@ struct Batch {
 struct Term {
     epoch: u64,
     next_seq: u64,
+    /// The next write number of this epoch (versions are `epoch << 32 | n`).
+    next_write: u64,
     locks: BTreeMap<String, Lock>,
     /// Every entry this term knows: adopted, then issued.
     known: Replica,
     batches: BTreeMap<u64, Batch>,
-    next_batch: u64,
     outbox: Vec<Entry>,
     effects: Vec<Effect>,
-    /// A new epoch was asked for (K1).
+    /// Tombstones written this term not yet on a majority, by name: the
+    /// token freed and the batch carrying it (`None`: the open one).
+    frees: HashMap<String, (u64, Option<u64>)>,
+    /// (name, request id) of grants that ended this term.
+    ended: VecDeque<(String, String)>,
+    /// A new epoch was asked for, or the tokens are spent (K1).
     exhausted: bool,
+}
+
+impl Term {
+    fn next_version(&mut self) -> u64 {
+        let v = (self.epoch << 32) | (self.next_write & SEQ_MAX);
+        self.next_write += 1;
+        v
+    }
+
+    /// Queues `entry` for the next batch and remembers it.
+    fn write(&mut self, entry: Entry) {
+        self.known.merge(entry.clone());
+        self.outbox.push(entry);
+    }
 }
 
 /// The leader's lock table. Idle (answering `NotLeader`) until
@@ -144,6 +247,8 @@ struct Term {
 pub struct LockTable {
     config: TableConfig,
     term: Option<Term>,
+    /// The next batch id; never reset, so ids never repeat (finding 2).
+    next_batch: u64,
     expired: u64,
 }
 
@@ -153,6 +258,7 @@ impl LockTable {
         LockTable {
             config,
             term: None,
+            next_batch: 0,
             expired: 0,
         }
     }
@@ -173,55 +279,98 @@ impl LockTable {
     }
 
     /// Starts serving `epoch` at `now` with the table merged from the
-    /// promising majority (K2): each grant in it gets a full TTL from now
-    /// (K3).
+    /// promising majority (K2). Each grant in it is rewritten in the
+    /// term's first batch and counts as held only once that batch has a
+    /// majority; it expires a full TTL from now, less the time it is
+    /// known to have been quiet (K3).
     pub fn take_over(&mut self, now: Duration, epoch: u64, merged: Replica) -> Vec<LockOutput> {
         let mut out = self.step_down();
-        let mut locks = BTreeMap::new();
-        for entry in merged.entries() {
-            if let EntryState::Held {
-                ttl_ms,
-                owner,
-                request_id,
-            } = &entry.state
-            {
-                locks.insert(
-                    entry.name.clone(),
-                    Lock {
-                        holder: Some(Holder {
-                            token: entry.token,
-                            ttl_ms: *ttl_ms,
-                            owner: *owner,
-                            request_id: request_id.clone(),
-                            expires_at: now + self.leader_ttl(*ttl_ms),
-                            committed: true,
-                            tickets: Vec::new(),
-                            reply_by: now,
-                        }),
-                        waiters: VecDeque::new(),
-                    },
-                );
-            }
-        }
+        let rho = self.config.drift;
         // The same epoch served again (after its lease lapsed) goes on
-        // from its last token: tokens never repeat (K1).
+        // from its last token and its last write: neither repeats (K1).
         let next_seq = merged
             .entries()
             .filter(|e| super::token_epoch(e.token) == epoch)
-            .map(|e| (e.token & super::SEQ_MAX) + 1)
+            .map(|e| (e.token & SEQ_MAX) + 1)
             .max()
             .unwrap_or(1);
-        self.term = Some(Term {
+        let next_write = merged
+            .entries()
+            .filter_map(|e| match e.state {
+                EntryState::Held { version, .. } if version >> 32 == epoch => {
+                    Some((version & SEQ_MAX) + 1)
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let mut term = Term {
             epoch,
             next_seq,
-            locks,
-            known: merged,
+            next_write,
+            locks: BTreeMap::new(),
+            known: Replica::default(),
             batches: BTreeMap::new(),
-            next_batch: 0,
             outbox: Vec::new(),
             effects: Vec::new(),
+            frees: HashMap::new(),
+            ended: VecDeque::new(),
             exhausted: false,
-        });
+        };
+        for entry in merged.entries() {
+            match &entry.state {
+                EntryState::Held {
+                    ttl_ms,
+                    owner,
+                    request_id,
+                    quiet_ms,
+                    ..
+                } => {
+                    let version = term.next_version();
+                    let quiet = Duration::from_millis(*quiet_ms).mul_f64(1.0 + rho);
+                    term.locks.insert(
+                        entry.name.clone(),
+                        Lock {
+                            holder: Some(Holder {
+                                token: entry.token,
+                                ttl_ms: *ttl_ms,
+                                owner: *owner,
+                                request_id: request_id.clone(),
+                                expires_at: now + leader_ttl(rho, *ttl_ms).saturating_sub(quiet),
+                                committed: false,
+                                adopted: true,
+                                tickets: Vec::new(),
+                                reply_by: now,
+                                quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
+                                version,
+                            }),
+                            waiters: VecDeque::new(),
+                        },
+                    );
+                    term.write(Entry {
+                        name: entry.name.clone(),
+                        token: entry.token,
+                        state: EntryState::Held {
+                            ttl_ms: *ttl_ms,
+                            owner: *owner,
+                            request_id: request_id.clone(),
+                            quiet_ms: *quiet_ms,
+                            version,
+                        },
+                    });
+                    term.effects.push(Effect::Adopt {
+                        name: entry.name.clone(),
+                        token: entry.token,
+                    });
+                }
+                EntryState::Free { .. } => {
+                    term.frees
+                        .insert(entry.name.clone(), (entry.token, None));
+                    term.write(entry.clone());
+                }
+            }
+        }
+        self.term = Some(term);
         out.extend(self.flush());
         out
     }
@@ -244,8 +393,9 @@ impl LockTable {
         }
         let effects = term.batches.into_values().flat_map(|b| b.effects);
         for effect in effects.chain(term.effects) {
-            if let Effect::Release { ticket } = effect {
-                tickets.push(ticket);
+            match effect {
+                Effect::Release { ticket } | Effect::Refresh { ticket, .. } => tickets.push(ticket),
+                Effect::Grant { .. } | Effect::Adopt { .. } => {}
             }
         }
         tickets.sort_unstable();
@@ -311,53 +461,68 @@ impl LockTable {
         }
         let locks_max = self.config.locks_max;
         let waiters_max = self.config.waiters_max;
+        let rho = self.config.drift;
+        let wait = Duration::from_millis(wait_ms);
         let grace = self.config.reply_grace;
-        let leader_ttl = self.leader_ttl(ttl_ms);
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
+        // K4: a retry of a request this table knows gets its outcome,
+        // whichever node it came through (an HTTP client retries on
+        // another agent); request ids are the client's to keep unique.
+        if let Some(id) = &request_id {
+            let lock = term.locks.get_mut(name);
+            if let Some(h) = lock
+                .as_ref()
+                .and_then(|l| l.holder.as_ref())
+                .filter(|h| h.request_id.as_ref() == Some(id))
+            {
+                if h.committed {
+                    let reply = LockReply::Granted {
+                        token: h.token,
+                        ttl_ms: h.ttl_ms,
+                    };
+                    refresh(term, rho, name, now, ticket, reply, &mut out);
+                } else if let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) {
+                    // Told with the grant's commit; its client counts
+                    // validity from this retry, with the TTL granted
+                    // (finding 5), so the leader's expiry does too (K3).
+                    h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
+                    h.reply_by = h.reply_by.max(now + wait + grace);
+                    h.quiet.since = now;
+                    join(&mut h.tickets, ticket, &mut out);
+                }
+                return out;
+            }
+            if let Some(w) = term
+                .locks
+                .get_mut(name)
+                .and_then(|l| l.waiters.iter_mut().find(|w| w.request_id.as_ref() == Some(id)))
+            {
+                join(&mut w.tickets, ticket, &mut out);
+                return out;
+            }
+            let ended = term
+                .known
+                .get(name)
+                .is_some_and(|e| !e.is_held() && e.request_id() == Some(id.as_str()))
+                || term.ended.iter().any(|(n, r)| n == name && r == id);
+            if ended {
+                return reply(ticket, LockReply::Ended);
+            }
+        }
         if !term.locks.contains_key(name) && term.locks.len() >= locks_max {
             return reply(ticket, LockReply::QueueFull { max: locks_max });
         }
         let lock = term.locks.entry(name.to_string()).or_default();
-        // K4: a retry of a request this table knows gets its outcome.
-        if let Some(id) = &request_id {
-            if let Some(h) = &mut lock.holder
-                && h.request_id.as_ref() == Some(id)
-                && h.owner == owner
-            {
-                // The requester counts its lease from this retry's send
-                // time, which may be later than the grant (K3, K4).
-                h.expires_at = h.expires_at.max(now + leader_ttl);
-                if h.committed {
-                    out.push(LockOutput::Reply {
-                        ticket,
-                        reply: LockReply::Granted {
-                            token: h.token,
-                            ttl_ms: h.ttl_ms,
-                        },
-                    });
-                } else {
-                    h.tickets.push(ticket);
-                }
-                return out;
-            }
-            if let Some(w) = lock
-                .waiters
-                .iter_mut()
-                .find(|w| w.request_id.as_ref() == Some(id) && w.owner == owner)
-            {
-                w.tickets.push(ticket);
-                return out;
-            }
-        }
         let waiter = Waiter {
             tickets: vec![ticket],
             ttl_ms,
             owner,
             request_id,
-            deadline: now + Duration::from_millis(wait_ms),
-            reply_by: now + Duration::from_millis(wait_ms) + grace,
+            deadline: now + wait,
+            // K4: past this its requester stops listening.
+            reply_by: now + wait + grace,
         };
         if lock.holder.is_none() && lock.waiters.is_empty() {
             lock.waiters.push_back(waiter);
@@ -400,23 +565,26 @@ impl LockTable {
             }
             let Some(tok) = token(term.epoch, term.next_seq) else {
                 // K1: no token left in this epoch; the waiter stays first
-                // and the leader asks (once) for a new epoch.
+                // and the leader asks (once) for a new epoch, or, at the
+                // last epoch, says once that tokens are spent.
                 lock.waiters.push_front(w);
                 if !term.exhausted {
                     term.exhausted = true;
-                    out.push(LockOutput::NewEpochNeeded);
+                    out.push(if term.epoch < EPOCH_MAX {
+                        LockOutput::NewEpochNeeded
+                    } else {
+                        LockOutput::TokensSpent
+                    });
                 }
                 break;
             };
             term.next_seq += 1;
+            let version = (term.epoch << 32) | (term.next_write & SEQ_MAX);
+            term.next_write += 1;
             let entry = Entry {
                 name: name.to_string(),
                 token: tok,
-                state: EntryState::Held {
-                    ttl_ms: w.ttl_ms,
-                    owner: w.owner,
-                    request_id: w.request_id.clone(),
-                },
+                state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
             };
             term.known.merge(entry.clone());
             term.outbox.push(entry);
@@ -424,16 +592,18 @@ impl LockTable {
                 name: name.to_string(),
                 token: tok,
             });
-            let ttl = leader_ttl(rho, w.ttl_ms);
             lock.holder = Some(Holder {
                 token: tok,
                 ttl_ms: w.ttl_ms,
                 owner: w.owner,
                 request_id: w.request_id,
-                expires_at: now + ttl,
+                expires_at: now + leader_ttl(rho, w.ttl_ms),
                 committed: false,
+                adopted: false,
                 tickets: w.tickets,
                 reply_by: w.reply_by,
+                quiet: Quiet::new(now, w.ttl_ms, 0),
+                version,
             });
         }
         if lock.holder.is_none() && lock.waiters.is_empty() {
@@ -456,17 +626,25 @@ impl LockTable {
                 reply: LockReply::NoQuorum,
             });
         }
-        let entry = Entry {
+        if let Some(id) = &holder.request_id {
+            if term.ended.len() >= ENDED_REQUESTS_MAX {
+                term.ended.pop_front();
+            }
+            term.ended.push_back((name.to_string(), id.clone()));
+        }
+        term.frees.insert(name.to_string(), (holder.token, None));
+        term.write(Entry {
             name: name.to_string(),
             token: holder.token,
-            state: EntryState::Free,
-        };
-        term.known.merge(entry.clone());
-        term.outbox.push(entry);
+            state: EntryState::Free {
+                request_id: holder.request_id,
+            },
+        });
         self.promote(now, name, out);
     }
 
-    /// A renewal: answered at once while the leader serves.
+    /// A renewal: answered at once while the leader serves (after a
+    /// durable write if the grant carries a quiet mark).
     pub fn handle_renew(
         &mut self,
         now: Duration,
@@ -477,17 +655,19 @@ impl LockTable {
         if let Err(e) = check_name(name) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
         }
+        let rho = self.config.drift;
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
-        let rho = self.config.drift;
-        match term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) {
+        let mut out = Vec::new();
+        match term.locks.get(name).and_then(|l| l.holder.as_ref()) {
             Some(h) if h.token == tok => {
                 if !h.committed {
                     return reply(ticket, LockReply::NoQuorum);
                 }
-                h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
-                reply(ticket, LockReply::Renewed { ttl_ms: h.ttl_ms })
+                let reply = LockReply::Renewed { ttl_ms: h.ttl_ms };
+                refresh(term, rho, name, now, ticket, reply, &mut out);
+                out
             }
             // K6: this leader holds the table of a majority, so a token
             // that is not the holder's is known not to hold the lock.
@@ -520,7 +700,19 @@ impl LockTable {
             self.free(now, name, &mut out);
             return out;
         }
-        // A retried release of this very token is answered again.
+        // A retried release of this very token is answered again, once
+        // its tombstone holds on a majority (K2).
+        match term.frees.get(name) {
+            Some(&(freed, batch)) if freed == tok => {
+                let effect = Effect::Release { ticket };
+                match batch.and_then(|b| term.batches.get_mut(&b)) {
+                    Some(b) => b.effects.push(effect),
+                    None => term.effects.push(effect),
+                }
+                return out;
+            }
+            _ => {}
+        }
         let freed = term
             .known
             .get(name)
@@ -535,7 +727,7 @@ impl LockTable {
         )
     }
 
-    /// Who holds `name`.
+    /// Who holds `name` (committed and adopted grants).
     pub fn handle_status(&self, now: Duration, ticket: Ticket, name: &str) -> Vec<LockOutput> {
         if let Err(e) = check_name(name) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
@@ -547,7 +739,7 @@ impl LockTable {
             .locks
             .get(name)
             .and_then(|l| l.holder.as_ref())
-            .filter(|h| h.committed);
+            .filter(|h| h.committed || h.adopted);
         reply(
             ticket,
             LockReply::Status {
@@ -559,13 +751,13 @@ impl LockTable {
         )
     }
 
-    /// The locks held now, by name (committed grants only).
+    /// The locks held now, by name (committed and adopted grants).
     pub fn handle_list(&self, now: Duration, ticket: Ticket, limit: usize) -> Vec<LockOutput> {
         let Some(term) = &self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
         let mut held = term.locks.iter().filter_map(|(name, l)| {
-            let h = l.holder.as_ref().filter(|h| h.committed)?;
+            let h = l.holder.as_ref().filter(|h| h.committed || h.adopted)?;
             Some(super::LockInfo {
                 name: name.clone(),
                 token: h.token,
@@ -579,16 +771,27 @@ impl LockTable {
         reply(ticket, LockReply::Locks { locks, truncated })
     }
 
-    /// Expiries and waiters' deadlines.
+    /// Expiries, waiters' deadlines and quiet marks.
     pub fn handle_tick(&mut self, now: Duration) -> Vec<LockOutput> {
         let mut out = Vec::new();
+        let rho = self.config.drift;
         let Some(term) = &mut self.term else {
             return out;
         };
         let mut expired = Vec::new();
+        let mut marks = Vec::new();
         for (name, lock) in term.locks.iter_mut() {
-            if lock.holder.as_ref().is_some_and(|h| now >= h.expires_at) {
-                expired.push(name.clone());
+            if let Some(h) = &mut lock.holder {
+                if now >= h.expires_at {
+                    expired.push(name.clone());
+                } else if h.committed && now >= h.quiet.next_mark {
+                    let quiet = now.saturating_sub(h.quiet.since).div_f64(1.0 + rho);
+                    let quiet_ms = h.quiet.credit_ms + quiet.as_millis() as u64;
+                    let spacing = first_mark(h.ttl_ms).max(now.saturating_sub(h.quiet.since));
+                    h.quiet.next_mark = now + spacing;
+                    h.quiet.marked = true;
+                    marks.push((name.clone(), quiet_ms));
+                }
             }
             // Waiters past their deadline hear "held" (409).
             let before = lock.waiters.len();
@@ -606,6 +809,25 @@ impl LockTable {
                 }
             }
             lock.waiters = kept;
+        }
+        for (name, quiet_ms) in marks {
+            let version = term.next_version();
+            let Some(h) = term.locks.get_mut(&name).and_then(|l| l.holder.as_mut()) else {
+                continue;
+            };
+            h.version = version;
+            let entry = Entry {
+                name: name.clone(),
+                token: h.token,
+                state: EntryState::Held {
+                    ttl_ms: h.ttl_ms,
+                    owner: h.owner,
+                    request_id: h.request_id.clone(),
+                    quiet_ms,
+                    version,
+                },
+            };
+            term.write(entry);
         }
         self.expired += expired.len() as u64;
         for name in expired {
@@ -632,8 +854,11 @@ impl LockTable {
         if term.batches.len() >= BATCHES_IN_FLIGHT_MAX {
             return Vec::new();
         }
-        let batch = term.next_batch;
-        term.next_batch += 1;
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        for (_, at) in term.frees.values_mut() {
+            at.get_or_insert(batch);
+        }
         term.batches.insert(
             batch,
             Batch {
@@ -655,6 +880,7 @@ impl LockTable {
             return out;
         }
         let quorum = self.quorum();
+        let rho = self.config.drift;
         let Some(term) = &mut self.term else {
             return out;
         };
@@ -668,6 +894,7 @@ impl LockTable {
         let Some(b) = term.batches.remove(&batch) else {
             return out;
         };
+        term.frees.retain(|_, (_, at)| *at != Some(batch));
         let mut late = Vec::new();
         for effect in b.effects {
             match effect {
@@ -675,6 +902,20 @@ impl LockTable {
                     ticket,
                     reply: LockReply::Released,
                 }),
+                Effect::Refresh {
+                    name,
+                    version,
+                    ticket,
+                    reply,
+                } => {
+                    if let Some(h) = term.locks.get_mut(&name).and_then(|l| l.holder.as_mut())
+                        && h.version == version
+                    {
+                        // The newest write of the grant has nothing quiet.
+                        h.quiet.marked = false;
+                    }
+                    out.push(LockOutput::Reply { ticket, reply });
+                }
                 Effect::Grant { name, token: tok } => {
                     let Some(h) = term
                         .locks
@@ -703,6 +944,28 @@ impl LockTable {
                         });
                     }
                 }
+                Effect::Adopt { name, token: tok } => {
+                    let Some(h) = term
+                        .locks
+                        .get_mut(&name)
+                        .and_then(|l| l.holder.as_mut())
+                        .filter(|h| h.token == tok)
+                    else {
+                        continue;
+                    };
+                    h.committed = true;
+                    let tickets = std::mem::take(&mut h.tickets);
+                    let answer = LockReply::Granted {
+                        token: h.token,
+                        ttl_ms: h.ttl_ms,
+                    };
+                    // Retries that waited for the adoption are answered
+                    // like renewals (never released as late: the grant
+                    // may have been told in an earlier term).
+                    for ticket in tickets {
+                        refresh(term, rho, &name, now, ticket, answer.clone(), &mut out);
+                    }
+                }
             }
         }
         for name in late {
@@ -710,6 +973,77 @@ impl LockTable {
         }
         out
     }
+}
+
+/// Answers a renewal of a committed grant, or an acquire retry that finds
+/// it: the leader's expiry moves to `now` plus the TTL granted (K3, and
+/// finding 5: whatever TTL a retry carries), and the holder counts as
+/// heard from now. With a quiet mark possibly on the voters, the answer
+/// waits for a write of the grant with nothing quiet to hold on a
+/// majority; otherwise it goes at once.
+fn refresh(
+    term: &mut Term,
+    rho: f64,
+    name: &str,
+    now: Duration,
+    ticket: Ticket,
+    reply: LockReply,
+    out: &mut Vec<LockOutput>,
+) {
+    let marked = term
+        .locks
+        .get(name)
+        .and_then(|l| l.holder.as_ref())
+        .is_some_and(|h| h.quiet.marked);
+    let version = if marked { term.next_version() } else { 0 };
+    let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) else {
+        return;
+    };
+    h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
+    h.quiet = Quiet {
+        credit_ms: 0,
+        since: now,
+        next_mark: now + first_mark(h.ttl_ms),
+        marked: h.quiet.marked,
+    };
+    if !h.quiet.marked {
+        out.push(LockOutput::Reply { ticket, reply });
+        return;
+    }
+    h.version = version;
+    let entry = Entry {
+        name: name.to_string(),
+        token: h.token,
+        state: EntryState::held(h.ttl_ms, h.owner, h.request_id.clone(), version),
+    };
+    term.write(entry);
+    term.effects.push(Effect::Refresh {
+        name: name.to_string(),
+        version,
+        ticket,
+        reply,
+    });
+}
+
+/// Adds a retry's ticket to a request's, answering the oldest "retry"
+/// beyond [`TICKETS_PER_REQUEST_MAX`] (its caller gave up on it).
+fn join(tickets: &mut Vec<Ticket>, ticket: Ticket, out: &mut Vec<LockOutput>) {
+    if tickets.len() >= TICKETS_PER_REQUEST_MAX {
+        let oldest = tickets.remove(0);
+        out.push(LockOutput::Reply {
+            ticket: oldest,
+            reply: LockReply::NoQuorum,
+        });
+    }
+    tickets.push(ticket);
+}
+
+/// When a holder quiet since `since` gets its first quiet mark: after
+/// half its TTL (a holder renewing at a third of it is never marked), at
+/// most [`QUIET_MARK_FIRST_MAX`] (so leaders serving that long each add
+/// to a dead holder's quiet time).
+fn first_mark(ttl_ms: u64) -> Duration {
+    (Duration::from_millis(ttl_ms) / 2).min(QUIET_MARK_FIRST_MAX)
 }
 
 /// `ttl·(1+ρ)/(1−ρ)` (K3).

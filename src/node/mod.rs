@@ -612,10 +612,8 @@ impl State {
                 merged.merge_all(self.replica.entries().cloned().collect::<Vec<_>>());
                 let adopted = merged.entries().filter(|e| e.is_held()).count();
                 info!(epoch = e, adopted, "lock table taken over");
-                let mine: Vec<Entry> = merged.entries().cloned().collect();
-                if self.election.is_voter() {
-                    self.merge_durably(mine, |_| {});
-                }
+                // K2: the term's first batch carries the adopted table; it
+                // reaches this voter's own copy (durably) like any batch.
                 self.locks.take_over(now, e, merged)
             }
             (None, Some(_)) => self.locks.step_down(),
@@ -704,6 +702,11 @@ impl State {
                             });
                         }
                     }
+                }
+                LockOutput::TokensSpent => {
+                    error!(
+                        "the last epoch's token sequence is spent (K1): this cluster grants no more locks"
+                    );
                 }
                 LockOutput::NewEpochNeeded => {
                     // K1: hand over; the next term has a fresh sequence.

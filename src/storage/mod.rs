@@ -287,11 +287,7 @@ mod tests {
         Entry {
             name: name.into(),
             token,
-            state: EntryState::Held {
-                ttl_ms: 1000,
-                owner: NodeId(1),
-                request_id: None,
-            },
+            state: EntryState::held(1000, NodeId(1), None, 0),
         }
     }
 
@@ -306,7 +302,7 @@ mod tests {
         let free = Entry {
             name: "a".into(),
             token: 1,
-            state: EntryState::Free,
+            state: EntryState::Free { request_id: None },
         };
         replica.merge(free.clone());
         store.append(&[free], &replica).unwrap();

@@ -13,6 +13,7 @@ struct Harness {
     replies: Vec<(Ticket, LockReply)>,
     batches: Vec<(u64, Vec<Entry>)>,
     new_epoch: bool,
+    spent: bool,
     next: u64,
 }
 
@@ -25,6 +26,7 @@ impl Harness {
             replies: Vec::new(),
             batches: Vec::new(),
             new_epoch: false,
+            spent: false,
             next: 0,
         };
         h.absorb(out);
@@ -37,6 +39,7 @@ impl Harness {
                 LockOutput::Reply { ticket, reply } => self.replies.push((ticket, reply)),
                 LockOutput::Replicate { batch, entries } => self.batches.push((batch, entries)),
                 LockOutput::NewEpochNeeded => self.new_epoch = true,
+                LockOutput::TokensSpent => self.spent = true,
             }
         }
     }
@@ -195,8 +198,9 @@ fn renewals_are_answered_at_once_and_stale_tokens_are_lost() {
         );
         h.absorb(out);
         assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 1000 }));
-        let out = h.table.handle_tick(ms(at + 900));
+        let out = h.table.handle_tick(ms(at + 490));
         h.absorb(out);
+        assert!(h.batches.is_empty(), "a holder renewing in time is never marked");
     }
     for (name, tok) in [("x", ta + 1), ("x", ta - 1), ("y", ta)] {
         let r = h.ticket();
@@ -225,12 +229,21 @@ fn k1_a_spent_sequence_asks_for_a_new_epoch_and_grants_nothing() {
     h.commit(1, &[ME, NodeId(2)]);
     assert!(h.new_epoch);
     assert_eq!(h.reply(b), None);
-    // Epochs beyond 2^32 - 1 cannot form tokens at all.
+    // At the last epoch that can form tokens there is no new epoch to
+    // ask for: the table says once that tokens are spent, and the leader
+    // keeps serving renewals and releases rather than resigning in a loop.
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-    let mut out = table.take_over(ms(0), EPOCH_MAX + 1, Replica::default());
-    out.extend(table.handle_acquire(ms(0), Ticket(1), ME, "a", 1000, 0, None));
+    let mut out = table.take_over(ms(0), EPOCH_MAX, Replica::default());
+    table.set_next_seq(SEQ_MAX + 1);
+    for t in 1..=2 {
+        out.extend(table.handle_acquire(ms(0), Ticket(t), ME, "a", 1000, 100, None));
+    }
     out.extend(table.flush());
-    assert!(out.contains(&LockOutput::NewEpochNeeded));
+    assert_eq!(
+        out.iter().filter(|o| **o == LockOutput::TokensSpent).count(),
+        1
+    );
+    assert!(!out.contains(&LockOutput::NewEpochNeeded));
     assert!(
         !out.iter()
             .any(|o| matches!(o, LockOutput::Replicate { .. }))
@@ -279,29 +292,29 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     merged.merge(Entry {
         name: "x".into(),
         token: old,
-        state: EntryState::Held {
-            ttl_ms: 1000,
-            owner: NodeId(9),
-            request_id: None,
-        },
+        state: EntryState::held(1000, NodeId(9), None, 0),
     });
     // A stale grant under a tombstone of the same token stays freed (K2).
     merged.merge(Entry {
         name: "y".into(),
         token: old + 1,
-        state: EntryState::Free,
+        state: EntryState::Free { request_id: None },
     });
     assert!(!merged.merge(Entry {
         name: "y".into(),
         token: old + 1,
-        state: EntryState::Held {
-            ttl_ms: 1000,
-            owner: NodeId(9),
-            request_id: None,
-        },
+        state: EntryState::held(1000, NodeId(9), None, 0),
     }));
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-    table.take_over(ms(5000), 5, merged);
+    let out = table.take_over(ms(5000), 5, merged);
+    // The term's first batch carries the adopted table (finding 1).
+    let [LockOutput::Replicate { batch, entries }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(entries.len(), 2);
+    for v in [ME, NodeId(2)] {
+        table.handle_ack(ms(5010), *batch, v);
+    }
     let out = table.handle_renew(ms(5100), Ticket(1), "x", old);
     assert_eq!(
         out,
@@ -315,7 +328,8 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     let mut out = table.handle_acquire(ms(6000), Ticket(2), ME, "y", 1000, 0, None);
     out.extend(table.flush());
     assert!(
-        matches!(&out[0], LockOutput::Replicate { entries, .. } if entries[0].token == (5 << 32) | 1)
+        matches!(&out[0], LockOutput::Replicate { entries, .. }
+            if entries.iter().any(|e| e.name == "y" && e.token == (5 << 32) | 1))
     );
 }
 
@@ -366,19 +380,24 @@ mod merge {
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = Entry> {
-        (0..3u8, 0..6u64, any::<bool>()).prop_map(|(n, t, free)| Entry {
-            name: format!("n{n}"),
-            token: t,
-            state: if free {
-                EntryState::Free
-            } else {
-                EntryState::Held {
-                    ttl_ms: 1000,
-                    owner: NodeId(1),
-                    request_id: None,
-                }
+        (0..3u8, 0..6u64, any::<bool>(), 0..4u64).prop_map(
+            |(n, t, free, version)| Entry {
+                name: format!("n{n}"),
+                token: t,
+                state: if free {
+                    EntryState::Free { request_id: None }
+                } else {
+                    // One write per version: a version names its content.
+                    EntryState::Held {
+                        ttl_ms: 1000,
+                        owner: NodeId(1),
+                        request_id: None,
+                        quiet_ms: version * 100,
+                        version,
+                    }
+                },
             },
-        })
+        )
     }
 
     proptest! {
@@ -407,11 +426,7 @@ fn an_adopted_grant_expires_and_passes_to_the_waiter() {
     merged.merge(Entry {
         name: "x".into(),
         token: (4 << 32) | 1,
-        state: EntryState::Held {
-            ttl_ms: 1000,
-            owner: NodeId(9),
-            request_id: None,
-        },
+        state: EntryState::held(1000, NodeId(9), None, 0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     table.take_over(ms(0), 5, merged);
@@ -449,11 +464,7 @@ fn serving_the_same_epoch_again_goes_on_from_its_last_token() {
     known.merge(Entry {
         name: "x".into(),
         token: ta,
-        state: EntryState::Held {
-            ttl_ms: 1000,
-            owner: NodeId(9),
-            request_id: None,
-        },
+        state: EntryState::held(1000, NodeId(9), None, 0),
     });
     h.table.step_down();
     h.table.take_over(ms(10), 5, known);
@@ -486,11 +497,318 @@ fn a_retry_joining_an_uncommitted_grant_extends_the_leader_expiry() {
     // The retry's client counts validity from 900 ms: up to 1,890 ms.
     let mut out = h.table.handle_tick(ms(1900));
     out.extend(h.table.flush());
-    assert!(out.is_empty(), "expired before 900 + 1,020 ms: {out:?}");
+    assert!(!frees(&out, "x"), "expired before 900 + 1,020 ms: {out:?}");
+    h.commit(1900, &[ME, NodeId(2)]);
     let mut out = h.table.handle_tick(ms(1921));
     out.extend(h.table.flush());
-    assert!(
-        matches!(&out[..], [LockOutput::Replicate { entries, .. }] if !entries[0].is_held()),
-        "expired after 900 + 1,020 ms: {out:?}"
-    );
+    assert!(frees(&out, "x"), "expired after 900 + 1,020 ms: {out:?}");
+}
+
+impl Harness {
+    /// An acquire asked through `owner`.
+    fn acquire_via(
+        &mut self,
+        now: u64,
+        owner: NodeId,
+        name: &str,
+        ttl: u64,
+        wait: u64,
+        id: Option<&str>,
+    ) -> Ticket {
+        let t = self.ticket();
+        let out = self
+            .table
+            .handle_acquire(ms(now), t, owner, name, ttl, wait, id.map(String::from));
+        self.absorb(out);
+        t
+    }
+
+    /// Whether any batch sent so far carries a grant of `name`.
+    fn grants_sent(&self, name: &str) -> bool {
+        self.batches
+            .iter()
+            .flat_map(|(_, e)| e)
+            .any(|e| e.name == name && e.is_held())
+    }
+}
+
+/// True if `out` replicates a release or expiry of `name`.
+fn frees(out: &[LockOutput], name: &str) -> bool {
+    out.iter().any(|o| {
+        matches!(o, LockOutput::Replicate { entries, .. }
+            if entries.iter().any(|e| e.name == name && !e.is_held()))
+    })
+}
+
+fn adopted(name: &str, token: u64, ttl_ms: u64, request_id: Option<&str>) -> Entry {
+    Entry {
+        name: name.into(),
+        token,
+        state: EntryState::held(ttl_ms, NodeId(9), request_id.map(String::from), 0),
+    }
+}
+
+/// Finding 1 (K2): a grant adopted at takeover may sit on a minority (its
+/// batch was lost before the old leader's lease lapsed). Nothing adopted
+/// is reported, renewed or counted held before a batch of the new term
+/// carrying it has a majority.
+#[test]
+fn finding_1_an_adopted_grant_is_reported_only_once_a_majority_holds_it() {
+    let old = (5 << 32) | 3;
+    let mut merged = Replica::default();
+    merged.merge(adopted("g", old, 5000, Some("r")));
+    let mut h = Harness::new();
+    h.table.step_down();
+    let out = h.table.take_over(ms(1000), 5, merged);
+    h.absorb(out);
+    // The requester retries with its request id: not told yet.
+    let retry = h.acquire(1010, "g", 5000, 0, Some("r"));
+    assert_eq!(h.reply(retry), None, "reported before a majority holds it");
+    let r = h.ticket();
+    let out = h.table.handle_renew(ms(1010), r, "g", old);
+    h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::NoQuorum), "renewed as committed");
+    // The term's first batch carries the adopted table; once a majority
+    // acked it, the retry hears of its grant.
+    assert!(h.grants_sent("g"), "the adopted grant is replicated again");
+    h.commit(1020, &[ME, NodeId(2)]);
+    assert_eq!(h.granted(retry), old);
+}
+
+/// Finding 2: batch ids are unique for the life of the table, so an ack
+/// of a batch from an earlier stint of the same epoch (late on the wire,
+/// or from the group-commit thread) commits nothing of the next stint.
+#[test]
+fn finding_2_an_ack_from_an_earlier_stint_of_the_epoch_commits_nothing() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "a", 1000, 0, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    let (first, _) = h.batches.remove(0);
+    // The lease lapses with the batch unacked; the leader serves epoch 5
+    // again from what it had issued.
+    h.table.step_down();
+    let mut known = Replica::default();
+    known.merge(adopted("a", (5 << 32) | 1, 1000, None));
+    let out = h.table.take_over(ms(500), 5, known);
+    h.absorb(out);
+    h.batches.clear();
+    let b = h.acquire(510, "b", 1000, 0, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    let (second, _) = h.batches.remove(0);
+    let out = h.table.handle_ack(ms(520), second, ME);
+    h.absorb(out);
+    // Voter 2's ack of the first stint's batch arrives late.
+    let out = h.table.handle_ack(ms(520), first, NodeId(2));
+    h.absorb(out);
+    assert_eq!(h.reply(b), None, "committed by an ack of another batch");
+    let _ = h.reply(a);
+}
+
+/// Finding 5 (K3, K4): a retry carrying a smaller TTL is answered with the
+/// TTL granted, so the leader must keep the lease for that TTL from the
+/// retry's arrival (its client counts validity from the retry).
+#[test]
+fn finding_5_a_retry_with_a_smaller_ttl_keeps_the_granted_ttl() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 10_000, 0, Some("r"));
+    h.commit(0, &[ME, NodeId(2)]);
+    h.granted(a);
+    let retry = h.acquire(5000, "x", 1000, 0, Some("r"));
+    assert!(matches!(
+        h.reply(retry),
+        Some(LockReply::Granted { ttl_ms: 10_000, .. })
+    ));
+    // The retry's client believes its lease until 5,000 + 10,000 ms.
+    let mut out = h.table.handle_tick(ms(14_000));
+    out.extend(h.table.flush());
+    assert!(!frees(&out, "x"), "expired under a believing holder: {out:?}");
+}
+
+/// K4: the leader releases a grant committed after its requester stops
+/// listening. The requester listens `REQUESTER_GRACE` (1 s) past its wait
+/// from its send; the leader's cut-off, `REPLY_GRACE` (0.5 s) past the
+/// wait from arrival, falls inside that window, not after it.
+#[test]
+fn k4_a_grant_committed_after_the_requesters_deadline_is_released() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 10_000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let b = h.acquire(10, "x", 10_000, 100, None);
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(90), r, "x", ta);
+    h.absorb(out);
+    let out = h.table.flush();
+    h.absorb(out);
+    // The batch with b's grant commits at 650 ms: b's requester, which
+    // sent at most at 10 ms, listens until 1,110 ms, so an answer sent
+    // later than 610 ms could miss it by a round trip of 500 ms.
+    let (batch, _) = h.batches.remove(0);
+    for v in [ME, NodeId(2)] {
+        let out = h.table.handle_ack(ms(650), batch, v);
+        h.absorb(out);
+    }
+    assert_eq!(h.reply(b), Some(LockReply::Held));
+}
+
+/// K4: a retry with the request id finds its grant whichever node it is
+/// sent through (an HTTP client retries on another agent).
+#[test]
+fn k4_a_retry_through_another_node_gets_the_same_grant() {
+    let mut h = Harness::new();
+    let a = h.acquire_via(0, NodeId(4), "x", 1000, 0, Some("req"));
+    // Uncommitted, then committed.
+    let b = h.acquire_via(0, NodeId(5), "x", 1000, 0, Some("req"));
+    h.commit(1, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    assert_eq!(h.granted(b), ta);
+    let c = h.acquire_via(2, NodeId(6), "x", 1000, 0, Some("req"));
+    assert_eq!(h.granted(c), ta);
+}
+
+/// A late or duplicated acquire that arrives after its grant was released
+/// grants nothing (it would go to nobody and hold the lock for a TTL).
+#[test]
+fn a_duplicate_acquire_after_the_release_grants_nothing() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, Some("req"));
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(10), r, "x", ta);
+    h.absorb(out);
+    h.commit(10, &[ME, NodeId(2)]);
+    assert_eq!(h.reply(r), Some(LockReply::Released));
+    h.batches.clear();
+    let dup = h.acquire(20, "x", 1000, 0, Some("req"));
+    let out = h.table.flush();
+    h.absorb(out);
+    assert!(!h.grants_sent("x"), "granted again to nobody");
+    assert!(!matches!(h.reply(dup), Some(LockReply::Granted { .. })));
+}
+
+/// Runs terms of `serve` each (epochs from 6), `gap` apart, over a table
+/// that voters replicate faithfully; returns the time `name` was freed.
+fn serve_terms(
+    merged: Replica,
+    name: &str,
+    terms: u64,
+    serve: u64,
+    gap: u64,
+) -> Option<u64> {
+    let mut voters = merged;
+    let mut now = 0;
+    for epoch in 6..6 + terms {
+        let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+        let mut out = table.take_over(ms(now), epoch, voters.clone());
+        let end = now + serve;
+        loop {
+            out.extend(table.flush());
+            let mut freed = false;
+            for o in std::mem::take(&mut out) {
+                if let LockOutput::Replicate { batch, entries } = o {
+                    freed |= entries.iter().any(|e| e.name == name && !e.is_held());
+                    voters.merge_all(entries);
+                    for v in [ME, NodeId(2)] {
+                        table.handle_ack(ms(now), batch, v);
+                    }
+                }
+            }
+            if freed {
+                return Some(now);
+            }
+            now += 50;
+            if now >= end {
+                break;
+            }
+            out = table.handle_tick(ms(now));
+        }
+        now += gap;
+    }
+    None
+}
+
+/// A dead holder's lock expires although leaders change faster than its
+/// TTL: each leader writes how long the holder has been quiet, and the
+/// next one shortens the adopted TTL by it. Without quiet marks every
+/// takeover gave the grant a full TTL again, so it never expired.
+#[test]
+fn a_dead_holders_lock_expires_though_leaders_change_faster_than_its_ttl() {
+    let mut merged = Replica::default();
+    merged.merge(adopted("x", (5 << 32) | 1, 4000, None));
+    // Terms of 3 s, 0.5 s apart; the TTL is 4 s (4,080 ms at the leader).
+    let freed = serve_terms(merged, "x", 6, 3000, 500).expect("the lock was never freed");
+    // Term 1 (0–3 s) marks 2 s quiet at 2 s; term 2 (from 3.5 s) keeps
+    // it 4,080 − 2,020 ms: freed at about 5.6 s. Never before the dead
+    // holder's own count could end (4 s after its last renewal, before 0).
+    assert!((4000..=6000).contains(&freed), "freed at {freed} ms");
+}
+
+/// After a quiet mark may be on the voters, a renewal is answered only
+/// once a write of the grant with nothing quiet holds on a majority: a
+/// later leader then credits no quiet time that the renewal cut short.
+#[test]
+fn after_a_quiet_mark_a_renewal_is_answered_once_a_majority_holds_it() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 2000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    // Quiet for half the TTL: a mark.
+    let out = h.table.handle_tick(ms(1000));
+    h.absorb(out);
+    let out = h.table.flush();
+    h.absorb(out);
+    let marks: Vec<Entry> = h.batches.iter().flat_map(|(_, e)| e.clone()).collect();
+    assert!(matches!(
+        &marks[..],
+        [Entry { state: EntryState::Held { quiet_ms, .. }, .. }] if *quiet_ms >= 980
+    ));
+    h.commit(1000, &[ME, NodeId(2)]);
+    let r = h.ticket();
+    let out = h.table.handle_renew(ms(1100), r, "x", ta);
+    h.absorb(out);
+    assert_eq!(h.reply(r), None, "answered before the reset holds");
+    h.commit(1101, &[ME, NodeId(2)]);
+    assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 2000 }));
+    // The reset is on a majority: the next renewal goes at once.
+    let r = h.ticket();
+    let out = h.table.handle_renew(ms(1500), r, "x", ta);
+    h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 2000 }));
+}
+
+/// A takeover after a mark keeps the credited quiet time: a holder that
+/// renewed before the mark but not since loses its lock earlier, never
+/// before its own count ends.
+#[test]
+fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
+    let mut merged = Replica::default();
+    merged.merge(Entry {
+        name: "x".into(),
+        token: (4 << 32) | 1,
+        state: EntryState::Held {
+            ttl_ms: 10_000,
+            owner: NodeId(9),
+            request_id: None,
+            quiet_ms: 6000,
+            version: (4 << 32) | 5,
+        },
+    });
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    let out = table.take_over(ms(0), 5, merged);
+    let [LockOutput::Replicate { batch, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    for v in [ME, NodeId(2)] {
+        table.handle_ack(ms(0), *batch, v);
+    }
+    // 10,202 − 6,060 ms.
+    let mut out = table.handle_tick(ms(4100));
+    out.extend(table.flush());
+    assert!(!frees(&out, "x"), "{out:?}");
+    let mut out = table.handle_tick(ms(4150));
+    out.extend(table.flush());
+    assert!(frees(&out, "x"), "{out:?}");
 }
