@@ -677,3 +677,75 @@ async fn finding_1_a_retry_is_not_granted_from_a_minority_copy() {
     );
     c.shutdown().await;
 }
+
+/// Finding 9 (T1): the guard's timers run on a clock that stops while
+/// the host is suspended; validity is on CLOCK_BOOTTIME, which does not.
+/// After a suspend longer than the lease, `lost()` must resolve at once,
+/// not when the renewer's sleep (up to a third of the TTL) ends.
+#[tokio::test(start_paused = true)]
+async fn finding_9_lost_resolves_at_once_after_a_host_suspend() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 4, 3, None).await;
+    let guard = c
+        .mesh(NodeId(4))
+        .lock("job")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    // Just after a renewal, so the renewer sleeps for about TTL/3.
+    tokio::time::sleep(TTL / 3 + Duration::from_millis(50)).await;
+    assert!(guard.is_valid());
+    c.suspend(NodeId(4), TTL * 2);
+    assert!(!guard.is_valid(), "validity counts the suspend");
+    let lost = tokio::time::timeout(Duration::from_millis(20), guard.lost()).await;
+    assert!(
+        lost.is_ok(),
+        "lost() still pending after the lease ended (seed {seed})"
+    );
+}
+
+/// A queued acquire whose TTL is shorter than one attempt: the grant used
+/// to be answered to an attempt sent up to a second earlier, so the guard
+/// came back already invalid, and was never released. Now attempts last
+/// at most half the TTL, a grant answered too late is retried (answered
+/// like a renewal), and the guard is valid when returned.
+#[tokio::test(start_paused = true)]
+async fn a_queued_acquire_with_a_short_ttl_returns_a_valid_guard() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 4, 3, None).await;
+    let first = c
+        .mesh(NodeId(2))
+        .lock("x")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let mesh = c.mesh(NodeId(4)).clone();
+    let waiter = tokio::spawn(async move {
+        mesh.lock("x")
+            .ttl(Duration::from_millis(200))
+            .wait(Duration::from_secs(5))
+            .acquire()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.release().await.expect("released");
+    let second = waiter.await.unwrap().expect("granted after the release");
+    assert!(
+        second.is_valid(),
+        "the guard came back already invalid (seed {seed})"
+    );
+    let token = second.token();
+    drop(second);
+    // Dropped: released, so the next acquire gets it at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = c
+        .mesh(NodeId(3))
+        .lock("x")
+        .ttl(TTL)
+        .try_acquire()
+        .await
+        .expect("free after the drop");
+    assert!(third.token() > token);
+}

@@ -132,7 +132,12 @@ pub(super) async fn acquire(
             "shutting_down",
             "this agent is shutting down",
         ),
-        Err(LockError::Lost) => no_quorum(),
+        // K4: this request id's grant was released or expired already.
+        Err(LockError::Lost) => error(
+            StatusCode::GONE,
+            "lock_lost",
+            "the grant of this request_id has ended (released or expired); acquire with a new request_id",
+        ),
     }
 }
 

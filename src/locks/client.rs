@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::table::REQUESTER_GRACE;
 use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
 use crate::mesh::Mesh;
 
@@ -46,17 +47,21 @@ pub enum LockError {
     ShuttingDown,
 }
 
-/// How long past the wait a client listens for the leader's answer.
-const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// The longest one attempt waits for an answer. A waiter stays queued at
 /// the leader for its whole wait; a retry with the same request id takes
 /// its place again, so attempts can be short, and a leader that died
-/// with the request costs at most this.
+/// with the request costs at most this. Attempts are also at most half
+/// the TTL, so a grant answered to one leaves at least half its lease.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The longest one renewal or release waits for an answer.
 const RENEW_TIMEOUT: Duration = Duration::from_millis(250);
 /// Pause between attempts while no leader answers.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// The longest a guard goes without comparing its validity with the
+/// protocol clock. Its timers run on a clock that stops while the host is
+/// suspended; the protocol clock (CLOCK_BOOTTIME) does not, so after a
+/// resume `lost()` fires within this, not a renewal interval late (T1).
+pub const VALIDITY_CHECK: Duration = Duration::from_millis(10);
 
 /// A lock to acquire: `mesh.lock(name).ttl(d).wait(d).acquire()`.
 #[derive(Clone)]
@@ -133,17 +138,40 @@ impl LockBuilder {
             },
         )?;
         let mesh = &self.mesh;
-        let request_id = self
-            .request_id
-            .clone()
-            .unwrap_or_else(|| super::fresh_request_id(&format!("{}-", mesh.id())));
+        let drift = mesh.config().election.drift;
+        let fresh_id = || super::fresh_request_id(&format!("{}-", mesh.id()));
+        let mut request_id = self.request_id.clone().unwrap_or_else(fresh_id);
         let start = mesh.clock_now();
         let deadline = start + self.wait;
+        // K4: past the wait, keep listening (retrying with the request
+        // id) while an attempt that reached a leader has an unknown fate:
+        // the leader answers its grant up to `REPLY_GRACE` past the wait,
+        // and releases it after; this window covers that and a round trip.
+        let listen_until = deadline + REQUESTER_GRACE;
+        let attempt_max = ATTEMPT_TIMEOUT.min(self.ttl / 2);
+        let mut in_flight = false;
+        // A grant answered too late to use: released if this call fails.
+        let mut unused = None;
+        let give_up = |unused: Option<u64>| {
+            if let Some(token) = unused {
+                let (mesh, name, ttl) = (mesh.clone(), self.name.clone(), self.ttl);
+                tokio::spawn(async move {
+                    let _ = release(&mesh, &name, token, ttl).await;
+                });
+            }
+            Err(LockError::NoQuorum)
+        };
+        let mut first = true;
         loop {
             if mesh.is_stopped() {
                 return Err(LockError::ShuttingDown);
             }
             let sent = mesh.clock_now();
+            let over = sent >= listen_until || (sent >= deadline && !in_flight);
+            if over && !std::mem::take(&mut first) {
+                return give_up(unused);
+            }
+            first = false;
             let remaining = deadline.saturating_sub(sent);
             let request = LockRequest::Acquire {
                 name: self.name.clone(),
@@ -151,30 +179,58 @@ impl LockBuilder {
                 wait_ms: remaining.as_millis() as u64,
                 request_id: Some(request_id.clone()),
             };
-            let timeout = (remaining + ANSWER_GRACE).min(ATTEMPT_TIMEOUT);
-            match mesh.lock_request(request, timeout).await {
+            let timeout = attempt_max.min(listen_until - sent);
+            let reaches_leader = mesh.leader().is_some();
+            let answer = mesh.lock_request(request, timeout).await;
+            match answer {
                 Ok(LockReply::Granted { token, ttl_ms }) => {
-                    return Ok(Grant {
-                        token,
-                        ttl: Duration::from_millis(ttl_ms),
-                        sent,
-                    });
+                    let ttl = Duration::from_millis(ttl_ms);
+                    if mesh.clock_now() < sent + ttl.mul_f64(1.0 - drift) {
+                        return Ok(Grant { token, ttl, sent });
+                    }
+                    // Answered too late to be of use (a slow answer to a
+                    // queued request): the grant holds at the leader, and
+                    // a retry with the request id is answered like a
+                    // renewal, valid from its own send.
+                    in_flight = true;
+                    unused = Some(token);
+                    continue;
                 }
                 Ok(LockReply::Held) => return Err(LockError::Held(self.name)),
                 Ok(LockReply::QueueFull { max }) => return Err(LockError::QueueFull { max }),
                 Ok(LockReply::Invalid(message)) => return Err(LockError::InvalidTtl(message)),
+                // The grant made for this request ended before any answer
+                // reached this call (lost through a failover, then
+                // expired). A generated id is this call's own: start over
+                // with a new one. A caller's id is the caller's to renew.
+                Ok(LockReply::Ended) if self.request_id.is_none() => {
+                    request_id = fresh_id();
+                    in_flight = false;
+                    unused = None;
+                }
+                Ok(LockReply::Ended) => return Err(LockError::Lost),
                 Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
                     return Err(LockError::ShuttingDown);
                 }
+                // Handled by no leader: nothing is pending there.
+                Ok(LockReply::NotLeader) => {}
                 // No leader, a leader change, or a lost message: retry
                 // with the same request id until the wait is over.
-                other => tracing::debug!(lock = %self.name, ?other, "acquire: retrying"),
+                other => {
+                    in_flight |= reaches_leader;
+                    tracing::debug!(lock = %self.name, ?other, "acquire: retrying");
+                    if matches!(other, Err(crate::rpc::RpcError::Timeout { .. })) {
+                        continue;
+                    }
+                }
             }
-            if mesh.clock_now() >= deadline {
-                return Err(LockError::NoQuorum);
+            let now = mesh.clock_now();
+            let until = if in_flight { listen_until } else { deadline };
+            if now >= until {
+                return give_up(unused);
             }
             let mut leader = mesh.watch_leader();
-            let pause = RETRY_PAUSE.min(deadline.saturating_sub(mesh.clock_now()));
+            let pause = RETRY_PAUSE.min(until - now);
             let _ = tokio::time::timeout(pause, leader.changed()).await;
         }
     }
@@ -196,6 +252,9 @@ struct GuardState {
     /// End of validity on the protocol clock.
     valid_until: Duration,
     lost: bool,
+    /// The leader said the token does not hold the lock (or it was
+    /// released): nothing to release any more.
+    gone: bool,
 }
 
 /// A held lock. Renews in the background; [`LockGuard::lost`] resolves
@@ -227,13 +286,14 @@ impl LockGuard {
         let state = Arc::new(Mutex::new(GuardState {
             valid_until: sent + ttl.mul_f64(1.0 - drift),
             lost: false,
+            gone: false,
         }));
         let (lost_tx, lost) = watch::channel(false);
         let renewer = tokio::spawn(renew(
             mesh.clone(),
             name.clone(),
             token,
-            ttl,
+            (ttl, sent),
             drift,
             state.clone(),
             lost_tx,
@@ -299,22 +359,41 @@ impl LockGuard {
     }
 
     /// Releases the lock and waits for the leader to confirm it.
-    /// `Lost` if the lease was already over; `NoQuorum` if no leader
-    /// confirmed (the lease then ends by its TTL).
+    /// `Lost` if the lease was already over (a release still goes out in
+    /// the background, in case the token holds at the leader); `NoQuorum`
+    /// if no leader confirmed (the lease then ends by its TTL).
     pub async fn release(mut self) -> Result<(), LockError> {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
         let was_valid = self.is_valid();
-        self.mark_lost();
+        let gone = self.finish();
         if !was_valid {
+            if !gone {
+                self.release_in_background();
+            }
             return Err(LockError::Lost);
         }
         release(&self.mesh, &self.name, self.token, self.ttl).await
     }
 
-    fn mark_lost(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
+    /// Marks the guard over; true if the token is known not to hold.
+    fn finish(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.lost = true;
+        std::mem::replace(&mut s.gone, true)
+    }
+
+    fn release_in_background(&self) {
+        if self.mesh.is_stopped() {
+            return;
+        }
+        let (mesh, name, token, ttl) = (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = release(&mesh, &name, token, ttl).await;
+            });
+        }
     }
 }
 
@@ -324,16 +403,12 @@ impl Drop for LockGuard {
             return;
         };
         renewer.abort();
-        let valid = self.is_valid();
-        self.mark_lost();
-        if valid && !self.mesh.is_stopped() {
-            let (mesh, name, token, ttl) =
-                (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = release(&mesh, &name, token, ttl).await;
-                });
-            }
+        // Released even when the lease is over by the holder's count: the
+        // leader may still hold it for this token (a grant answered late,
+        // a lease that lapsed here first), and nobody else can get it
+        // until it is released or expires.
+        if !self.finish() {
+            self.release_in_background();
         }
     }
 }
@@ -371,17 +446,20 @@ async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(
 
 /// The renewal loop: renew at a third of the TTL; through a failover
 /// (no quorum, no answer) retry quickly; give up the moment validity ends.
+/// Every sleep is at most [`VALIDITY_CHECK`], since timers stop in a host
+/// suspend and validity, on the protocol clock, does not (T1).
 async fn renew(
     mesh: Mesh,
     name: String,
     token: u64,
-    ttl: Duration,
+    (ttl, granted): (Duration, Duration),
     drift: f64,
     state: Arc<Mutex<GuardState>>,
     lost: watch::Sender<bool>,
 ) {
     let valid_until = || state.lock().unwrap_or_else(|e| e.into_inner()).valid_until;
-    let mut last_sent = mesh.clock_now();
+    // From the grant's send: a grant that arrived late is renewed at once.
+    let mut last_sent = granted;
     loop {
         let now = mesh.clock_now();
         let until = valid_until();
@@ -390,7 +468,7 @@ async fn renew(
         }
         let next = (last_sent + ttl / 3).min(until);
         if next > now {
-            tokio::time::sleep(next - now).await;
+            tokio::time::sleep((next - now).min(VALIDITY_CHECK)).await;
             continue;
         }
         let sent = mesh.clock_now();
@@ -401,11 +479,13 @@ async fn renew(
             name: name.clone(),
             token,
         };
-        match mesh
-            .lock_request(request, (until - sent).min(RENEW_TIMEOUT))
-            .await
-        {
-            Ok(LockReply::Renewed { ttl_ms }) => {
+        let answer = tokio::select! {
+            a = mesh.lock_request(request, (until - sent).min(RENEW_TIMEOUT)) => Some(a),
+            _ = past(&mesh, until) => None,
+        };
+        match answer {
+            None => break,
+            Some(Ok(LockReply::Renewed { ttl_ms })) => {
                 let fresh = sent + Duration::from_millis(ttl_ms).mul_f64(1.0 - drift);
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                 if fresh > s.valid_until {
@@ -413,9 +493,12 @@ async fn renew(
                 }
                 last_sent = sent;
             }
-            Ok(LockReply::Lost) => break,
+            Some(Ok(LockReply::Lost)) => {
+                state.lock().unwrap_or_else(|e| e.into_inner()).gone = true;
+                break;
+            }
             // K6: a failover answers "no quorum"; the lock is kept.
-            _ => {
+            Some(_) => {
                 let now = mesh.clock_now();
                 let pause = RETRY_PAUSE.min(valid_until().saturating_sub(now));
                 tokio::time::sleep(pause).await;
@@ -424,4 +507,16 @@ async fn renew(
     }
     state.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
     let _ = lost.send(true);
+}
+
+/// Resolves once the protocol clock passes `until`, checking every
+/// [`VALIDITY_CHECK`].
+async fn past(mesh: &Mesh, until: Duration) {
+    loop {
+        let now = mesh.clock_now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(VALIDITY_CHECK)).await;
+    }
 }
