@@ -372,11 +372,12 @@ impl Mesh {
     /// clock's reading (for the simulation's safety checker).
     pub(crate) fn lease_state(&self) -> crate::sim::LeaseState {
         let shared = &self.inner.shared;
+        let cell = *shared.lease.lock().unwrap_or_else(|e| e.into_inner());
         crate::sim::LeaseState {
-            lease: *shared.lease.lock().unwrap_or_else(|e| e.into_inner()),
+            lease: cell.serving.filter(|_| !shared.is_stopped()),
             now: shared.clock.now(),
             promised: shared.promised.load(std::sync::atomic::Ordering::Relaxed),
-            resigned: *shared.resigned.lock().unwrap_or_else(|e| e.into_inner()),
+            ended: cell.ended,
         }
     }
 
@@ -488,11 +489,8 @@ impl Mesh {
         // node; a leader then stops serving and resigns, which ends the
         // voters' blackout; the leave completes after that.
         self.inner.membership.announce_leaving().await;
-        self.inner
-            .shared
-            .stopped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.driver.resign().await;
+        self.inner.shared.stop();
         self.inner.driver.stop().await;
         self.inner.membership.finish_leave().await;
         self.inner.rpc.close().await;
@@ -501,10 +499,7 @@ impl Mesh {
     /// Stops at once without telling peers, as a crash would (peers time
     /// the node out). Used by simulations to kill a node.
     pub async fn kill(&self) {
-        self.inner
-            .shared
-            .stopped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.shared.stop();
         self.inner.driver.stop().await;
         self.inner.membership.stop().await;
         self.inner.rpc.close().await;

@@ -383,3 +383,53 @@ async fn graceful_shutdown_of_the_leader_hands_over_quickly() {
     assert_safe(&c, &log);
     c.shutdown().await;
 }
+
+/// Finding 6 (E6): a leader that hands over stops serving, and says so
+/// through `Mesh::is_leader()`, before its first `Resign` leaves. Here one
+/// of its resign sends hangs (the link to non-voter 5 is cut one way), so
+/// before the fix `is_leader()` stayed true for that send's whole timeout
+/// while voters 2 and 3 had already ended their blackout and elected the
+/// next leader: two nodes answering `is_leader()` at once. The check
+/// polls `is_leader()` itself, not the recorded intent to resign. Gossip
+/// every 20 ms spreads the `leaving` mark (which lets the successor run)
+/// well within the hung send's 200 ms.
+#[tokio::test(start_paused = true)]
+async fn finding_6_a_resigning_leader_stops_serving_before_it_resigns() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = SimCluster::new(seed, voters(3));
+    c.tuning = coordmesh::ConfigBuilder {
+        gossip_interval_ms: Some(20),
+        ..Default::default()
+    };
+    for id in 1..=5 {
+        c.add(NodeId(id)).await;
+    }
+    let mut log = LeaderLog::default();
+    let (first, _) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    c.net()
+        .block(SimCluster::host(first), SimCluster::host(NodeId(5)));
+    let leaving = c.mesh(first).clone();
+    let leave = tokio::spawn(async move { leaving.shutdown().await });
+    let others: Vec<NodeId> = (1..=4).map(NodeId).filter(|n| *n != first).collect();
+    let start = c.now();
+    let mut successor = None;
+    while c.now() < start + Duration::from_secs(2) {
+        let serving: Vec<NodeId> = others
+            .iter()
+            .copied()
+            .filter(|n| c.mesh(*n).is_leader())
+            .collect();
+        if !serving.is_empty() {
+            assert!(
+                !c.mesh(first).is_leader(),
+                "{first} and {serving:?} both answer is_leader() at {:?} (seed {seed})",
+                c.now() - start
+            );
+            successor = serving.first().copied();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(successor.is_some(), "no successor (seed {seed})");
+    leave.await.unwrap();
+    assert!(!c.mesh(first).is_leader(), "after shutdown (seed {seed})");
+}

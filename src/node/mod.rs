@@ -131,14 +131,25 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) leader: watch::Sender<Option<Leadership>>,
     pub(crate) events: broadcast::Sender<Option<Leadership>>,
-    /// While serving: the leadership and the lease end on `clock`.
-    pub(crate) lease: Mutex<Option<(Leadership, Duration)>>,
+    /// What [`Shared::is_leader`] answers from.
+    pub(crate) lease: Mutex<LeaseCell>,
     pub(crate) max_epoch: std::sync::atomic::AtomicU64,
     pub(crate) promised: std::sync::atomic::AtomicU64,
-    /// The last term this node resigned, and when (on `clock`).
-    pub(crate) resigned: Mutex<Option<(u64, Duration)>>,
     /// Set once the node shut down or was killed.
     pub(crate) stopped: AtomicBool,
+}
+
+/// The lease as the node's users see it, written before any message of
+/// the driver leaves (E6: a leader stops serving, visibly, before it
+/// resigns).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LeaseCell {
+    /// While serving: the leadership and the lease end on the clock.
+    pub(crate) serving: Option<(Leadership, Duration)>,
+    /// The last term that stopped serving before its lease ran out
+    /// (resigned, deposed, shut down), and when: from then on
+    /// `is_leader()` answered false.
+    pub(crate) ended: Option<(u64, Duration)>,
 }
 
 impl Shared {
@@ -147,10 +158,9 @@ impl Shared {
             clock,
             leader: watch::channel(None).0,
             events: broadcast::channel(LEADER_EVENTS_QUEUE_MAX).0,
-            lease: Mutex::new(None),
+            lease: Mutex::new(LeaseCell::default()),
             max_epoch: Default::default(),
             promised: Default::default(),
-            resigned: Mutex::new(None),
             stopped: AtomicBool::new(false),
         }
     }
@@ -160,11 +170,30 @@ impl Shared {
         self.stopped.load(Ordering::Relaxed)
     }
 
-    /// True only while this node's lease is valid, read on the protocol
-    /// clock at the moment of the call.
+    /// True only while this node's lease is valid and it runs, read on
+    /// the protocol clock at the moment of the call.
     pub(crate) fn is_leader(&self) -> bool {
-        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        lease.is_some_and(|(_, until)| self.clock.now() < until)
+        let cell = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        !self.is_stopped() && cell.serving.is_some_and(|(_, until)| self.clock.now() < until)
+    }
+
+    /// Publishes the lease this node serves under (`None`: not serving).
+    pub(crate) fn set_lease(&self, serving: Option<(Leadership, Duration)>) {
+        let now = self.clock.now();
+        let mut cell = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((l, until)) = cell.serving
+            && now < until
+            && serving.is_none_or(|(n, _)| n != l)
+        {
+            cell.ended = Some((l.epoch, now));
+        }
+        cell.serving = serving;
+    }
+
+    /// The node stops (shutdown or kill): it serves nothing from now on.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.set_lease(None);
     }
 }
 
@@ -276,12 +305,7 @@ impl State {
                         self.last_poll = Some(now);
                         self.poll_reach(now).await;
                     }
-                    let term = self.own_term(now);
                     let outs = self.election.handle_tick(now);
-                    let resigned = outs.iter().any(|o| matches!(o, Output::Send { request: ElectionRequest::Resign { .. }, .. }));
-                    if let Some(epoch) = term.filter(|_| resigned) {
-                        self.record_resign(epoch, now);
-                    }
                     if !self.execute(outs, None).await {
                         return;
                     }
@@ -493,9 +517,6 @@ impl State {
                 true
             }
             Input::Resign { done } => {
-                if let Some(epoch) = self.own_term(now) {
-                    self.record_resign(epoch, now);
-                }
                 let outs = self.election.resign(now);
                 let mut sends = JoinSet::new();
                 let ok = self.execute(outs, Some(&mut sends)).await;
@@ -777,14 +798,6 @@ impl State {
             .map(|l| l.epoch)
     }
 
-    fn record_resign(&self, epoch: u64, now: Duration) {
-        *self
-            .shared
-            .resigned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((epoch, now));
-    }
-
     fn persist(&mut self, epoch: u64) -> bool {
         let Some(store) = &self.store else {
             return true;
@@ -801,8 +814,11 @@ impl State {
     }
 
     /// Carries out the core's outputs. Sends are spawned (their answers
-    /// come back as inputs), or collected in `wait` when given.
+    /// come back as inputs), or collected in `wait` when given. What the
+    /// node's users see is published first: a leader that stopped serving
+    /// (a resign, a higher epoch) says so before any message leaves (E6).
     async fn execute(&mut self, outs: Vec<Output>, mut wait: Option<&mut JoinSet<()>>) -> bool {
+        self.publish();
         let now = self.shared.clock.now();
         let mut queue: std::collections::VecDeque<Output> = outs.into();
         while let Some(out) = queue.pop_front() {
@@ -921,7 +937,7 @@ impl State {
             .lease_until()
             .zip(leader.filter(|l| l.id == self.election.id()))
             .map(|(until, l)| (l, until));
-        *self.shared.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+        self.shared.set_lease(lease);
         self.shared.max_epoch.store(
             self.election.max_epoch(),
             std::sync::atomic::Ordering::Relaxed,

@@ -365,8 +365,8 @@ impl SimCluster {
             let lease = state.lease.map(|(l, until)| (l, common(until)));
             log.sample(id, mesh.generation(), now, lease, mesh.epoch());
             log.sample_promise(id, durable, state.promised);
-            if let Some((epoch, at)) = state.resigned {
-                log.resigned(id, epoch, common(at));
+            if let Some((epoch, at)) = state.ended {
+                log.ended(id, epoch, common(at));
             }
         }
     }
@@ -395,8 +395,9 @@ pub struct LeaseState {
     pub now: Duration,
     /// Its highest promise.
     pub promised: u64,
-    /// The last term it resigned, and when.
-    pub resigned: Option<(u64, Duration)>,
+    /// The last term that stopped serving before its lease ran out, and
+    /// when: from then on `is_leader()` answered false.
+    pub ended: Option<(u64, Duration)>,
 }
 
 /// A leadership history checked for the election's safety properties:
@@ -467,9 +468,10 @@ impl LeaderLog {
         *epoch_seen = epoch;
     }
 
-    /// A node resigned `epoch` at `at`: it stopped believing its lease
-    /// then (E6), so its term ends there, not at the lease's end.
-    pub fn resigned(&mut self, node: NodeId, epoch: u64, at: Duration) {
+    /// Node `node` stopped serving `epoch` at `at`, before its lease ran
+    /// out (resigned, deposed, shut down): `is_leader()` answered false
+    /// from then on, so its term ends there, not at the lease's end.
+    pub fn ended(&mut self, node: NodeId, epoch: u64, at: Duration) {
         for interval in self.intervals.iter_mut() {
             if interval.0 == node && interval.1 == epoch && interval.2 <= at {
                 interval.3 = interval.3.min(at);
