@@ -32,7 +32,8 @@ pub struct Metrics {
     pub gossip_members_malformed: AtomicU64,
     /// Membership events published (joined, left, died, restarted).
     pub membership_events: AtomicU64,
-    /// Election messages refused for another voter set (V1).
+    /// Protocol messages refused for another voter set or other safety
+    /// timings (V1).
     pub election_voter_set_mismatches: AtomicU64,
     /// Election attempts this node started.
     pub elections_started: AtomicU64,

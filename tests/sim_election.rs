@@ -433,3 +433,46 @@ async fn finding_6_a_resigning_leader_stops_serving_before_it_resigns() {
     leave.await.unwrap();
     assert!(!c.mesh(first).is_leader(), "after shutdown (seed {seed})");
 }
+
+/// Finding 7 (V1): the safety timings are compared between nodes. Node 1
+/// runs a rolling change to a 2 s lease while voters 2 and 3 still black
+/// out for 404 ms after a heartbeat; before the fix node 1 led (lowest
+/// id), and when it was cut off, 2 and 3 elected a successor while node 1
+/// still trusted its 2 s lease: two leaders at once. Now the voters
+/// refuse node 1's messages (counted), so it never leads.
+#[tokio::test(start_paused = true)]
+async fn finding_7_a_node_with_another_lease_is_refused() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = SimCluster::new(seed, voters(3));
+    let longer = coordmesh::ConfigBuilder {
+        lease_ms: Some(2000),
+        election_timeout_ms: Some(2100),
+        ..Default::default()
+    };
+    c.add_tuned(NodeId(1), longer).await;
+    for id in 2..=3 {
+        c.add(NodeId(id)).await;
+    }
+    let mut log = LeaderLog::default();
+    run(&c, &mut log, Duration::from_secs(3)).await;
+    let leader = c.running().into_iter().find(|n| c.mesh(*n).is_leader());
+    let leader = leader.unwrap_or_else(|| panic!("no leader (seed {seed})"));
+    c.isolate(leader);
+    run(&c, &mut log, Duration::from_secs(3)).await;
+    assert_safe(&c, &log);
+    assert!(
+        !log.terms().iter().any(|(n, _)| *n == NodeId(1)),
+        "node 1 led with another lease (seed {seed})"
+    );
+    let refused: u64 = [2, 3]
+        .iter()
+        .map(|id| {
+            c.mesh(NodeId(*id))
+                .metrics()
+                .election_voter_set_mismatches
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(refused > 0, "mismatches not counted (seed {seed})");
+    c.shutdown().await;
+}

@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
+use crate::locks::EPOCH_MAX;
 
 /// Election timing, with the drift bound `ρ`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -137,18 +138,32 @@ impl Timing {
     }
 }
 
-/// A hash of the voter set, carried by every election message (V1).
-pub fn voter_hash(voters: &[NodeId]) -> u64 {
-    // FNV-1a over the sorted ids: stable across builds and platforms.
+/// What every protocol message carries and every node compares (V1): a
+/// hash of the voter set and of the timings safety rests on, the lease
+/// `L` and the drift bound `ρ` (leases and blackouts, E3–E5) and the
+/// longest lock TTL (K3, the full-restart wait of E7). Nodes that differ
+/// in any of them refuse each other's messages: a rolling change of the
+/// lease would let a leader trust a lease longer than the voters' blackout.
+/// The heartbeat, the election timeout and the stability window are
+/// liveness settings and may differ.
+pub fn config_hash(voters: &[NodeId], timing: &Timing) -> u64 {
+    // FNV-1a over the sorted ids, then the timings, in a fixed byte
+    // layout: stable across builds and platforms.
     let mut sorted = voters.to_vec();
     sorted.sort_unstable();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for id in sorted {
-        for byte in id.0.to_be_bytes() {
+    let mut eat = |bytes: [u8; 8]| {
+        for byte in bytes {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
+    };
+    for id in sorted {
+        eat(id.0.to_be_bytes());
     }
+    eat((timing.lease.as_micros() as u64).to_be_bytes());
+    eat(timing.drift.to_bits().to_be_bytes());
+    eat((timing.lock_ttl_max.as_millis() as u64).to_be_bytes());
     hash
 }
 
@@ -240,10 +255,13 @@ pub enum RejectReason {
     Blackout,
     /// Started too recently, or recovering its state (E7).
     Recovering,
-    /// Another voter set (V1).
-    VoterSet,
+    /// Another voter set or safety timing (V1; see [`config_hash`]).
+    Config,
     /// Not a voter: it neither promises nor counts.
     NotVoter,
+    /// The epoch is above 2^32 − 1, the last that can form fencing tokens
+    /// (K1): refused whatever the promise.
+    EpochSpent,
 }
 
 /// The current leader as a node sees it.
@@ -393,7 +411,7 @@ impl Election {
         voters.dedup();
         Election {
             id,
-            hash: voter_hash(&voters),
+            hash: config_hash(&voters, &timing),
             voters,
             timing,
             started_at: now,
@@ -442,8 +460,9 @@ impl Election {
         &self.voters
     }
 
-    /// The voter-set hash this node's messages carry (V1).
-    pub fn voter_hash(&self) -> u64 {
+    /// The configuration hash this node's messages carry (V1; see
+    /// [`config_hash`]).
+    pub fn config_hash(&self) -> u64 {
         self.hash
     }
 
@@ -705,6 +724,12 @@ impl Election {
 
     fn run(&mut self, now: Duration, out: &mut Vec<Output>) {
         let epoch = self.max_epoch.max(self.promised) + 1;
+        if epoch > EPOCH_MAX {
+            // K1: no epoch left that can form tokens; nobody will promise
+            // one, so do not ask.
+            self.next_attempt_at = now + self.timing.election_timeout;
+            return;
+        }
         self.max_epoch = epoch;
         let mut promises = BTreeSet::new();
         if self.can_promise(now, epoch).is_ok() {
@@ -806,6 +831,9 @@ impl Election {
         if !self.is_voter() {
             return Err(RejectReason::NotVoter);
         }
+        if epoch > EPOCH_MAX {
+            return Err(RejectReason::EpochSpent);
+        }
         if !self.recovered {
             return Err(RejectReason::Recovering);
         }
@@ -888,8 +916,10 @@ impl Election {
         *last_round_at = now;
         let mut acks = BTreeSet::new();
         // The leader's own ack counts only while it has promised no
-        // higher epoch (it steps down when it does; belt and braces).
-        let self_ack = is_voter && self.promised <= *epoch;
+        // higher epoch (it steps down when it does; belt and braces), and
+        // only once it has recovered (E7: a recovering voter acks
+        // nothing, its own leadership included).
+        let self_ack = is_voter && self.recovered && self.promised <= *epoch;
         if self_ack {
             acks.insert(id);
         }
@@ -1046,6 +1076,12 @@ impl Election {
     }
 
     fn observe_epoch(&mut self, epoch: u64) {
+        // K1: an epoch that cannot form tokens is no epoch; a peer (buggy
+        // or hostile) reporting one must not carry this node past the
+        // last usable epoch.
+        if epoch > EPOCH_MAX {
+            return;
+        }
         self.max_epoch = self.max_epoch.max(epoch);
         // E1: a leader or candidate that learns of a higher epoch stops.
         let mine = match self.role {
@@ -1074,14 +1110,16 @@ impl Election {
             | ElectionRequest::Sync { voters } => *voters,
         };
         if hash != self.hash {
-            return (self.reject(RejectReason::VoterSet), out);
+            return (self.reject(RejectReason::Config), out);
         }
         let handled = match *request {
             ElectionRequest::Prepare { epoch, .. } => {
                 // Only noted: an attempt is not a leader, and most are
                 // refused (a leader steps down when a voter refuses its
                 // heartbeat, or another leader's heartbeat arrives).
-                self.max_epoch = self.max_epoch.max(epoch);
+                if epoch <= EPOCH_MAX {
+                    self.max_epoch = self.max_epoch.max(epoch);
+                }
                 match self.can_promise(now, epoch) {
                     Ok(()) => {
                         // E1: having promised a higher epoch, a leader or
@@ -1152,6 +1190,9 @@ impl Election {
         if epoch < self.promised {
             return self.reject(RejectReason::StaleEpoch);
         }
+        if epoch > EPOCH_MAX {
+            return self.reject(RejectReason::EpochSpent);
+        }
         self.observe_epoch(epoch);
         if from != self.id {
             // A record of a higher epoch blocks a lower one only while
@@ -1208,6 +1249,49 @@ impl Election {
         }
     }
 
+    /// A replication batch of `epoch` with configuration hash `hash` from
+    /// the leader: whether this voter may merge it (E1, E7, V1). `Ok`
+    /// carries a promise to make durable before the ack when the batch's
+    /// epoch is above this voter's promise (E1: a higher epoch raises the
+    /// promise); `Err` the reason and this voter's promise, for the
+    /// refusal.
+    pub fn handle_replicate(
+        &mut self,
+        epoch: u64,
+        hash: u64,
+    ) -> Result<Option<u64>, (RejectReason, u64)> {
+        let refuse = |reason| Err((reason, self.promised));
+        if hash != self.hash {
+            return refuse(RejectReason::Config);
+        }
+        if !self.is_voter() {
+            return refuse(RejectReason::NotVoter);
+        }
+        if !self.recovered {
+            return refuse(RejectReason::Recovering);
+        }
+        if epoch < self.promised {
+            return refuse(RejectReason::StaleEpoch);
+        }
+        if epoch > EPOCH_MAX {
+            return refuse(RejectReason::EpochSpent);
+        }
+        let persist = (epoch > self.promised).then_some(epoch);
+        self.promised = epoch;
+        self.observe_epoch(epoch);
+        Ok(persist)
+    }
+
+    /// A peer refused a message of this node's term because it promised
+    /// `epoch` (a replication batch, say): a leader or candidate of a lower
+    /// epoch stops at once (E1).
+    pub fn handle_higher_epoch(&mut self, now: Duration, epoch: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.observe_epoch(epoch);
+        self.announce(now, &mut out);
+        out
+    }
+
     /// The answer from `from` to a request this node sent (`None`: it
     /// failed or timed out).
     pub fn handle_response(
@@ -1257,7 +1341,7 @@ impl Election {
                 if let Some(ElectionResponse::Reject {
                     promised, reason, ..
                 }) = response
-                    && *reason != RejectReason::VoterSet
+                    && *reason != RejectReason::Config
                 {
                     self.observe_epoch(*promised);
                 }
@@ -1272,10 +1356,15 @@ impl Election {
                     promised, reason, ..
                 }),
             ) => {
-                if *reason != RejectReason::VoterSet {
+                if *reason != RejectReason::Config {
                     self.observe_epoch(*promised);
                 }
-                if matches!(request, ElectionRequest::Probe { .. }) {
+                // A refusal proves the voter reachable, unless it refused
+                // this node's configuration (V1): then this node reaches
+                // nobody it could lead, and must not look eligible.
+                if matches!(request, ElectionRequest::Probe { .. })
+                    && *reason != RejectReason::Config
+                {
                     self.probe_acks.insert(from, now);
                 }
             }

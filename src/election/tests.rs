@@ -164,7 +164,7 @@ impl Net {
 fn prepare(e: &mut Election, now: Duration, from: NodeId, epoch: u64) -> Handled {
     let request = ElectionRequest::Prepare {
         epoch,
-        voters: voter_hash(&ids(3)),
+        voters: config_hash(&ids(3), &Timing::default()),
     };
     e.handle_request(now, from, &request).0
 }
@@ -215,13 +215,36 @@ fn timing_relations_are_validated() {
     assert_eq!(bad.validate(), Err(TimingError::Drift(0.5)));
 }
 
+/// V1: the hash covers the voter set (not its order) and the safety
+/// timings (lease, drift bound, longest lock TTL), not the liveness ones.
 #[test]
-fn voter_hash_depends_on_the_set_not_the_order() {
+fn config_hash_covers_the_voter_set_and_the_safety_timings() {
+    let t = Timing::default();
     assert_eq!(
-        voter_hash(&[NodeId(3), NodeId(1), NodeId(2)]),
-        voter_hash(&ids(3))
+        config_hash(&[NodeId(3), NodeId(1), NodeId(2)], &t),
+        config_hash(&ids(3), &t)
     );
-    assert_ne!(voter_hash(&ids(3)), voter_hash(&ids(4)));
+    assert_ne!(config_hash(&ids(3), &t), config_hash(&ids(4), &t));
+    for other in [
+        Timing {
+            lease: Duration::from_millis(2000),
+            ..t
+        },
+        Timing { drift: 0.02, ..t },
+        Timing {
+            lock_ttl_max: Duration::from_secs(60),
+            ..t
+        },
+    ] {
+        assert_ne!(config_hash(&ids(3), &t), config_hash(&ids(3), &other));
+    }
+    let liveness = Timing {
+        heartbeat: Duration::from_millis(50),
+        election_timeout: Duration::from_millis(900),
+        stability_window: Duration::from_secs(9),
+        ..t
+    };
+    assert_eq!(config_hash(&ids(3), &t), config_hash(&ids(3), &liveness));
 }
 
 /// Bully rule: on a cold start the lowest id leads, within the start-up
@@ -289,10 +312,10 @@ fn other_voter_set_is_refused() {
     let mut e = voter(1, 0);
     let request = ElectionRequest::Prepare {
         epoch: 9,
-        voters: voter_hash(&ids(5)),
+        voters: config_hash(&ids(5), &Timing::default()),
     };
     let (h, _) = e.handle_request(Duration::from_secs(5), NodeId(2), &request);
-    assert_eq!(refusal(&h), Some(RejectReason::VoterSet));
+    assert_eq!(refusal(&h), Some(RejectReason::Config));
     assert_eq!(e.promised(), 0);
 }
 
@@ -309,7 +332,7 @@ fn restarted_voter_waits_before_promising() {
     let heartbeat = ElectionRequest::Heartbeat {
         epoch: 5,
         round: 0,
-        voters: voter_hash(&ids(3)),
+        voters: config_hash(&ids(3), &Timing::default()),
     };
     let (h, _) = e.handle_request(early, NodeId(1), &heartbeat);
     assert_eq!(refusal(&h), Some(RejectReason::Recovering));
@@ -516,7 +539,7 @@ fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
         None,
         4,
     );
-    let hash = voter_hash(&ids(3));
+    let hash = config_hash(&ids(3), &Timing::default());
     let beat = |epoch| ElectionRequest::Heartbeat {
         epoch,
         round: 0,
@@ -561,4 +584,149 @@ fn new_cluster_without_durable_state_does_not_wait_out_lock_ttls() {
         net.run_for(Duration::from_secs(5));
         assert_eq!(net.serving().len(), 1, "{n} voters: a leader within 5 s");
     }
+}
+
+/// K1: epochs at or above 2^32 cannot form tokens. They are refused in
+/// a prepare or a heartbeat, never raise a node's view of the epoch, and
+/// a node at the last epoch does not run.
+#[test]
+fn k1_epochs_beyond_the_token_range_are_refused() {
+    let mut v = voter(2, 5);
+    v.handle_tick(Duration::from_secs(1));
+    let promised = v.promised();
+    let now = Duration::from_secs(2);
+    let h = prepare(&mut v, now, NodeId(1), EPOCH_MAX + 1);
+    assert_eq!(refusal(&h), Some(RejectReason::EpochSpent));
+    assert_eq!(v.promised(), promised);
+    assert!(v.max_epoch() <= EPOCH_MAX, "a spent epoch was noted");
+    let beat = ElectionRequest::Heartbeat {
+        epoch: EPOCH_MAX + 7,
+        round: 0,
+        voters: config_hash(&ids(3), &Timing::default()),
+    };
+    let (h, _) = v.handle_request(now, NodeId(1), &beat);
+    assert_eq!(refusal(&h), Some(RejectReason::EpochSpent));
+    assert_eq!(v.promised(), promised);
+    // A refusal carrying a spent epoch does not push a candidate past
+    // the last usable epoch either.
+    let mut c = voter(1, EPOCH_MAX);
+    c.handle_tick(Duration::from_secs(1));
+    let outs = c.handle_tick(Duration::from_secs(5));
+    assert!(
+        !outs.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                request: ElectionRequest::Prepare { .. },
+                ..
+            }
+        )),
+        "ran for an epoch past 2^32 - 1: {outs:?}"
+    );
+}
+
+/// E7: a leader that is itself a recovering voter (no durable state,
+/// its copy from the others not yet taken) does not count its own ack
+/// toward its lease: a round acked by one other voter of three is no
+/// majority.
+#[test]
+fn a_recovering_leader_does_not_count_its_own_ack() {
+    let t = Timing::default();
+    let mut e = Election::new(NodeId(1), &ids(3), t, Duration::ZERO, None, 1);
+    for p in [2, 3] {
+        e.handle_peer(Duration::ZERO, NodeId(p), true, None);
+    }
+    // Past the start-up wait and the cold-start head start; no Sync
+    // answers ever arrive, so it stays recovering.
+    let mut now = Duration::ZERO;
+    let mut prepare_epoch = None;
+    while now < Duration::from_secs(2) && prepare_epoch.is_none() {
+        now += STEP;
+        for o in e.handle_tick(now) {
+            if let Output::Send {
+                request: ElectionRequest::Prepare { epoch, .. },
+                ..
+            } = o
+            {
+                prepare_epoch = Some(epoch);
+            }
+        }
+    }
+    let epoch = prepare_epoch.expect("it ran");
+    assert!(!e.recovered());
+    let prep = ElectionRequest::Prepare {
+        epoch,
+        voters: e.config_hash(),
+    };
+    let mut rounds = Vec::new();
+    for v in [2, 3] {
+        for o in e.handle_response(
+            now,
+            NodeId(v),
+            &prep,
+            Some(&ElectionResponse::Promise { epoch }),
+        ) {
+            if let Output::Send {
+                to: NodeId(2),
+                request: r @ ElectionRequest::Heartbeat { .. },
+            } = o
+            {
+                rounds.push(r);
+            }
+        }
+    }
+    assert!(!rounds.is_empty(), "leading: a round goes out at once");
+    for r in &rounds {
+        let ElectionRequest::Heartbeat { round, .. } = r else {
+            continue;
+        };
+        e.handle_response(
+            now,
+            NodeId(2),
+            r,
+            Some(&ElectionResponse::Ack {
+                epoch,
+                round: *round,
+            }),
+        );
+    }
+    assert!(
+        !e.is_serving(now),
+        "its own ack and one other made a majority of three"
+    );
+}
+
+/// E1: a replication batch above a voter's promise raises the promise
+/// (to be made durable before the ack), so no lower epoch is promised
+/// afterwards; one below it, or from another configuration, is refused.
+#[test]
+fn e1_a_replication_batch_above_the_promise_raises_it() {
+    let mut v = voter(2, 3);
+    v.handle_tick(Duration::from_secs(1));
+    let hash = config_hash(&ids(3), &Timing::default());
+    assert_eq!(v.handle_replicate(5, hash), Ok(Some(5)));
+    assert_eq!(v.promised(), 5);
+    assert_eq!(v.handle_replicate(5, hash), Ok(None));
+    assert_eq!(
+        v.handle_replicate(4, hash),
+        Err((RejectReason::StaleEpoch, 5))
+    );
+    assert_eq!(
+        v.handle_replicate(6, hash ^ 1),
+        Err((RejectReason::Config, 5))
+    );
+    let h = prepare(&mut v, Duration::from_secs(2), NodeId(1), 4);
+    assert_eq!(refusal(&h), Some(RejectReason::StaleEpoch));
+    let mut fresh = Election::new(
+        NodeId(3),
+        &ids(3),
+        Timing::default(),
+        Duration::ZERO,
+        None,
+        3,
+    );
+    assert_eq!(
+        fresh.handle_replicate(5, hash).map_err(|(r, _)| r),
+        Err(RejectReason::Recovering),
+        "a recovering voter merges nothing (E7)"
+    );
 }

@@ -98,7 +98,12 @@ pub enum EntryState {
 
 impl EntryState {
     /// The first write of a grant: nothing quiet yet.
-    pub fn held(ttl_ms: u64, owner: NodeId, request_id: Option<String>, version: u64) -> EntryState {
+    pub fn held(
+        ttl_ms: u64,
+        owner: NodeId,
+        request_id: Option<String>,
+        version: u64,
+    ) -> EntryState {
         EntryState::Held {
             ttl_ms,
             owner,

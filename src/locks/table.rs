@@ -364,8 +364,7 @@ impl LockTable {
                     });
                 }
                 EntryState::Free { .. } => {
-                    term.frees
-                        .insert(entry.name.clone(), (entry.token, None));
+                    term.frees.insert(entry.name.clone(), (entry.token, None));
                     term.write(entry.clone());
                 }
             }
@@ -494,11 +493,11 @@ impl LockTable {
                 }
                 return out;
             }
-            if let Some(w) = term
-                .locks
-                .get_mut(name)
-                .and_then(|l| l.waiters.iter_mut().find(|w| w.request_id.as_ref() == Some(id)))
-            {
+            if let Some(w) = term.locks.get_mut(name).and_then(|l| {
+                l.waiters
+                    .iter_mut()
+                    .find(|w| w.request_id.as_ref() == Some(id))
+            }) {
                 join(&mut w.tickets, ticket, &mut out);
                 return out;
             }

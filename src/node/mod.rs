@@ -174,7 +174,10 @@ impl Shared {
     /// the protocol clock at the moment of the call.
     pub(crate) fn is_leader(&self) -> bool {
         let cell = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        !self.is_stopped() && cell.serving.is_some_and(|(_, until)| self.clock.now() < until)
+        !self.is_stopped()
+            && cell
+                .serving
+                .is_some_and(|(_, until)| self.clock.now() < until)
     }
 
     /// Publishes the lease this node serves under (`None`: not serving).
@@ -391,6 +394,10 @@ impl State {
     /// made durable).
     async fn handle(&mut self, input: Input) -> bool {
         let now = self.shared.clock.now();
+        // E5: a lease that lapsed since the last tick stops the lock table
+        // before this input is handled (acks included: nothing is told
+        // after the lease ends).
+        self.sync_locks(now);
         match input {
             Input::Request {
                 from,
@@ -401,13 +408,13 @@ impl State {
                 if matches!(
                     handled.response,
                     ElectionResponse::Reject {
-                        reason: crate::election::RejectReason::VoterSet,
+                        reason: crate::election::RejectReason::Config,
                         ..
                     }
                 ) {
                     // V1: configurations disagree; an operator must act.
                     Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
-                    tracing::warn!(%from, "election message from a node with another voter set refused");
+                    tracing::warn!(%from, "election message refused: the sender runs another voter set or other safety timings (lease-ms, drift, lock-ttl-max-ms)");
                 }
                 if let Some(epoch) = handled.persist
                     && !self.persist(epoch)
@@ -488,18 +495,7 @@ impl State {
                     }
                     Some(LockReply::Refused { promised }) if promised > epoch => {
                         // E1: a voter promised a higher epoch: stop.
-                        let outs = self.election.handle_response(
-                            now,
-                            to,
-                            &ElectionRequest::Probe {
-                                voters: self.election.voter_hash(),
-                            },
-                            Some(&ElectionResponse::Reject {
-                                promised,
-                                reason: crate::election::RejectReason::StaleEpoch,
-                                retry_ms: 0,
-                            }),
-                        );
+                        let outs = self.election.handle_higher_epoch(now, promised);
                         let ok = self.execute(outs, None).await;
                         self.sync_locks(now);
                         ok
@@ -545,16 +541,24 @@ impl State {
             entries,
         } = request
         {
-            let promised = self.election.promised();
-            // E1, E7, V1: only a recovered voter of this voter set merges,
-            // and only at or above its promise.
-            if voters != self.election.voter_hash()
-                || !self.election.is_voter()
-                || !self.election.recovered()
-                || epoch < promised
-            {
-                let _ = reply.send(LockReply::Refused { promised });
-                return true;
+            // E1, E7, V1: only a recovered voter of this configuration
+            // merges, only at or above its promise, and a higher epoch
+            // raises the promise (durably, before the ack).
+            match self.election.handle_replicate(epoch, voters) {
+                Err((reason, promised)) => {
+                    if reason == crate::election::RejectReason::Config {
+                        Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
+                        warn!(%from, "replication batch refused: the leader runs another voter set or other safety timings");
+                    }
+                    let _ = reply.send(LockReply::Refused { promised });
+                    return true;
+                }
+                Ok(Some(raised)) => {
+                    if !self.persist(raised) {
+                        return false;
+                    }
+                }
+                Ok(None) => {}
             }
             // E8: acked once durable. A follower syncs on its driver: it
             // has nothing else to do meanwhile that the ack does not wait
@@ -754,7 +758,7 @@ impl State {
         let rpc = self.rpc.clone();
         let tx = self.tx.clone();
         let addr = self.addr_of(to);
-        let voters = self.election.voter_hash();
+        let voters = self.election.config_hash();
         let timeout = self.election.timing().heartbeat * 2;
         tokio::spawn(async move {
             if !delay.is_zero() {

@@ -200,7 +200,10 @@ fn renewals_are_answered_at_once_and_stale_tokens_are_lost() {
         assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 1000 }));
         let out = h.table.handle_tick(ms(at + 490));
         h.absorb(out);
-        assert!(h.batches.is_empty(), "a holder renewing in time is never marked");
+        assert!(
+            h.batches.is_empty(),
+            "a holder renewing in time is never marked"
+        );
     }
     for (name, tok) in [("x", ta + 1), ("x", ta - 1), ("y", ta)] {
         let r = h.ticket();
@@ -240,7 +243,9 @@ fn k1_a_spent_sequence_asks_for_a_new_epoch_and_grants_nothing() {
     }
     out.extend(table.flush());
     assert_eq!(
-        out.iter().filter(|o| **o == LockOutput::TokensSpent).count(),
+        out.iter()
+            .filter(|o| **o == LockOutput::TokensSpent)
+            .count(),
         1
     );
     assert!(!out.contains(&LockOutput::NewEpochNeeded));
@@ -327,10 +332,8 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     assert!(out.is_empty(), "still held within the TTL: {out:?}");
     let mut out = table.handle_acquire(ms(6000), Ticket(2), ME, "y", 1000, 0, None);
     out.extend(table.flush());
-    assert!(
-        matches!(&out[0], LockOutput::Replicate { entries, .. }
-            if entries.iter().any(|e| e.name == "y" && e.token == (5 << 32) | 1))
-    );
+    assert!(matches!(&out[0], LockOutput::Replicate { entries, .. }
+            if entries.iter().any(|e| e.name == "y" && e.token == (5 << 32) | 1)));
 }
 
 #[test]
@@ -380,24 +383,22 @@ mod merge {
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = Entry> {
-        (0..3u8, 0..6u64, any::<bool>(), 0..4u64).prop_map(
-            |(n, t, free, version)| Entry {
-                name: format!("n{n}"),
-                token: t,
-                state: if free {
-                    EntryState::Free { request_id: None }
-                } else {
-                    // One write per version: a version names its content.
-                    EntryState::Held {
-                        ttl_ms: 1000,
-                        owner: NodeId(1),
-                        request_id: None,
-                        quiet_ms: version * 100,
-                        version,
-                    }
-                },
+        (0..3u8, 0..6u64, any::<bool>(), 0..4u64).prop_map(|(n, t, free, version)| Entry {
+            name: format!("n{n}"),
+            token: t,
+            state: if free {
+                EntryState::Free { request_id: None }
+            } else {
+                // One write per version: a version names its content.
+                EntryState::Held {
+                    ttl_ms: 1000,
+                    owner: NodeId(1),
+                    request_id: None,
+                    quiet_ms: version * 100,
+                    version,
+                }
             },
-        )
+        })
     }
 
     proptest! {
@@ -516,9 +517,9 @@ impl Harness {
         id: Option<&str>,
     ) -> Ticket {
         let t = self.ticket();
-        let out = self
-            .table
-            .handle_acquire(ms(now), t, owner, name, ttl, wait, id.map(String::from));
+        let out =
+            self.table
+                .handle_acquire(ms(now), t, owner, name, ttl, wait, id.map(String::from));
         self.absorb(out);
         t
     }
@@ -567,7 +568,11 @@ fn finding_1_an_adopted_grant_is_reported_only_once_a_majority_holds_it() {
     let r = h.ticket();
     let out = h.table.handle_renew(ms(1010), r, "g", old);
     h.absorb(out);
-    assert_eq!(h.reply(r), Some(LockReply::NoQuorum), "renewed as committed");
+    assert_eq!(
+        h.reply(r),
+        Some(LockReply::NoQuorum),
+        "renewed as committed"
+    );
     // The term's first batch carries the adopted table; once a majority
     // acked it, the retry hears of its grant.
     assert!(h.grants_sent("g"), "the adopted grant is replicated again");
@@ -623,7 +628,10 @@ fn finding_5_a_retry_with_a_smaller_ttl_keeps_the_granted_ttl() {
     // The retry's client believes its lease until 5,000 + 10,000 ms.
     let mut out = h.table.handle_tick(ms(14_000));
     out.extend(h.table.flush());
-    assert!(!frees(&out, "x"), "expired under a believing holder: {out:?}");
+    assert!(
+        !frees(&out, "x"),
+        "expired under a believing holder: {out:?}"
+    );
 }
 
 /// K4: the leader releases a grant committed after its requester stops
@@ -691,13 +699,7 @@ fn a_duplicate_acquire_after_the_release_grants_nothing() {
 
 /// Runs terms of `serve` each (epochs from 6), `gap` apart, over a table
 /// that voters replicate faithfully; returns the time `name` was freed.
-fn serve_terms(
-    merged: Replica,
-    name: &str,
-    terms: u64,
-    serve: u64,
-    gap: u64,
-) -> Option<u64> {
+fn serve_terms(merged: Replica, name: &str, terms: u64, serve: u64, gap: u64) -> Option<u64> {
     let mut voters = merged;
     let mut now = 0;
     for epoch in 6..6 + terms {
