@@ -105,15 +105,25 @@ pub struct Config {
     pub election: Timing,
     /// Clients queued per lock (`lock-waiters-max`).
     pub lock_waiters_max: usize,
+    /// This is the first start of a new cluster (`--bootstrap`): if a
+    /// majority of voters recover together with no memory (no data
+    /// directories), they form the cluster without waiting out the
+    /// longest lock TTL (E7). Leave it off when restarting an existing
+    /// cluster: there, a lease granted before the restart may still run.
+    pub bootstrap: bool,
 }
 
 impl Config {
     /// A single-node configuration listening on `gossip_addr` (RPC and HTTP
-    /// on the two ports after it). Use [`ConfigBuilder`] for anything more.
+    /// on the two ports after it), started as a new cluster: a lone node
+    /// whose lock holders live in its own process (they die with it, so
+    /// no earlier lease can outlive a restart). Use [`ConfigBuilder`] for
+    /// anything more.
     pub fn new(id: u64, gossip_addr: SocketAddr) -> Result<Config, ConfigError> {
         ConfigBuilder {
             id: Some(NodeId(id)),
             gossip: Some(gossip_addr),
+            bootstrap: Some(true),
             ..ConfigBuilder::default()
         }
         .build()
@@ -189,6 +199,9 @@ pub struct ConfigBuilder {
     /// is refused with `QueueFull`.
     #[serde(alias = "lock_waiters_max")]
     pub lock_waiters_max: Option<usize>,
+    /// `--bootstrap`: the first start of a new cluster (see
+    /// [`Config::bootstrap`]).
+    pub bootstrap: Option<bool>,
 }
 
 impl ConfigBuilder {
@@ -238,6 +251,7 @@ impl ConfigBuilder {
             stability_window_ms: over.stability_window_ms.or(self.stability_window_ms),
             lock_ttl_max_ms: over.lock_ttl_max_ms.or(self.lock_ttl_max_ms),
             lock_waiters_max: over.lock_waiters_max.or(self.lock_waiters_max),
+            bootstrap: over.bootstrap.or(self.bootstrap),
         }
     }
 
@@ -347,6 +361,7 @@ impl ConfigBuilder {
             gossip_compression: self.gossip_compression.unwrap_or(false),
             election,
             lock_waiters_max,
+            bootstrap: self.bootstrap.unwrap_or(false),
         })
     }
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::{Config, NodeId};
-use crate::election::{Election, Leadership};
+use crate::election::{Election, Leadership, Memory};
 use crate::locks::table::TableConfig;
 use crate::locks::{LockBuilder, LockReply, LockRequest, LockTable, NamedElection, Replica};
 use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
@@ -21,7 +21,7 @@ use crate::net::Network;
 use crate::node::{Clock, Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
-use crate::storage::{LockPersister, LockStore, PromiseStore};
+use crate::storage::{DataDir, Persister, Stored};
 
 /// What a node is run with besides its configuration: its network, its
 /// incarnation number and its protocol clock. Real nodes use
@@ -35,6 +35,10 @@ pub struct Environment {
     pub generation: u64,
     /// The clock leases are measured on (T1).
     pub clock: Clock,
+    /// How long a write to the data directory takes in a simulation
+    /// (virtual time; zero writes at once). Real nodes write on a thread
+    /// of their own and take what the disk takes.
+    pub disk_latency: Duration,
 }
 
 impl Environment {
@@ -49,6 +53,7 @@ impl Environment {
             network: Network::Udp,
             generation,
             clock: Clock::Boottime,
+            disk_latency: Duration::ZERO,
         }
     }
 }
@@ -200,30 +205,41 @@ impl Mesh {
             .cluster_secret
             .clone()
             .unwrap_or_else(ClusterSecret::open_cluster);
-        // The durable promise and lock table, read before anything can be
-        // promised or acked.
-        let (store, promised, replica) = match &config.data_dir {
+        // What the data directory remembers, read before anything can be
+        // promised or acked; a directory that is not this node's refuses
+        // the start (E7).
+        let mut generation = env.generation;
+        let (disk, memory, promised, replica) = match &config.data_dir {
             Some(dir) => {
                 let data_dir = |source| StartError::DataDir {
                     path: dir.clone(),
                     source,
                 };
-                let (store, promised) = PromiseStore::open(dir).map_err(data_dir)?;
-                let (locks, replica) = LockStore::open(dir).map_err(data_dir)?;
-                let persister = match env.clock {
-                    Clock::Boottime => {
-                        LockPersister::start(locks, replica.clone()).map_err(data_dir)?
+                let mut repaired = Vec::new();
+                let (data, stored) = DataDir::open(dir, &config.cluster, config.id, &mut repaired)
+                    .map_err(data_dir)?;
+                for message in repaired {
+                    tracing::warn!("{message}");
+                }
+                generation = data.next_generation(generation).map_err(data_dir)?;
+                let (memory, promised, replica) = match &stored {
+                    Stored::Initialized { promised, replica } => {
+                        (Memory::Durable, *promised, replica.clone())
                     }
-                    // Simulations sync inline: virtual time stays honest.
-                    Clock::Tokio { .. } => LockPersister::inline(locks, replica.clone()),
+                    Stored::Blank => (Memory::Blank, 0, Replica::default()),
                 };
-                (Some(store), Some(promised), (replica, Some(persister)))
+                let disk = match env.clock {
+                    Clock::Boottime => Persister::thread(data, &stored).map_err(data_dir)?,
+                    // Simulations write inline: virtual time stays honest.
+                    Clock::Tokio { .. } => Persister::inline(data, &stored, env.disk_latency),
+                };
+                (disk, memory, promised, replica)
             }
-            None => (None, None, (Replica::default(), None)),
+            None => (Persister::memory(), Memory::None, 0, Replica::default()),
         };
         let service = Arc::new(NodeService {
             id: config.id,
-            generation: env.generation,
+            generation,
             driver: OnceLock::new(),
         });
         let rpc = Rpc::bind(
@@ -238,23 +254,27 @@ impl Mesh {
         .map_err(|e| StartError::from_bind("rpc", config.rpc_addr, e))?;
         let rpc = Arc::new(rpc);
         config.rpc_addr = rpc.local_addr();
-        let membership =
-            match Membership::start(&config, gossip, env.generation, metrics.clone()).await {
-                Ok(membership) => membership,
-                Err(e) => {
-                    rpc.close().await;
-                    return Err(StartError::Gossip(format!("{e:#}")));
-                }
-            };
+        let membership = match Membership::start(&config, gossip, generation, metrics.clone()).await
+        {
+            Ok(membership) => membership,
+            Err(e) => {
+                rpc.close().await;
+                return Err(StartError::Gossip(format!("{e:#}")));
+            }
+        };
         let membership = Arc::new(membership);
-        let shared = Arc::new(Shared::new(env.clock.clone()));
+        let mut shared = Shared::new(env.clock.clone());
+        shared.promised_durable = disk.durable_promise();
+        let shared = Arc::new(shared);
         let election = Election::new(
             config.id,
             &config.voters,
             config.election,
             env.clock.now(),
+            memory,
             promised,
-            env.generation ^ config.id.0.rotate_left(32),
+            config.bootstrap,
+            generation ^ config.id.0.rotate_left(32),
         );
         let locks = LockTable::new(TableConfig {
             waiters_max: config.lock_waiters_max,
@@ -263,9 +283,9 @@ impl Mesh {
         });
         let driver = Driver::start(
             election,
-            store,
             locks,
             replica,
+            disk,
             rpc.clone(),
             membership.clone(),
             shared.clone(),
@@ -274,11 +294,11 @@ impl Mesh {
         // Invariant: set once, here, before any election request can be
         // served (until now they were refused as "shutting down").
         let _ = service.driver.set(driver.tx.clone());
-        tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, generation = env.generation, "node started");
+        tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, generation, "node started");
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config,
-                generation: env.generation,
+                generation,
                 metrics,
                 membership,
                 rpc,
@@ -376,7 +396,9 @@ impl Mesh {
         crate::sim::LeaseState {
             lease: cell.serving.filter(|_| !shared.is_stopped()),
             now: shared.clock.now(),
-            promised: shared.promised.load(std::sync::atomic::Ordering::Relaxed),
+            promised: shared
+                .promised_durable
+                .load(std::sync::atomic::Ordering::Relaxed),
             ended: cell.ended,
         }
     }

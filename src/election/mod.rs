@@ -131,6 +131,14 @@ impl Timing {
         self.lease.mul_f64((1.0 - self.drift) / (1.0 + self.drift))
     }
 
+    /// How long an election attempt waits for promises, and a `Prepare`
+    /// for its answer: a lease. A promise is made durable before it is
+    /// answered (E1), so a voter on a slow disk answers late; a shorter
+    /// wait would fail every attempt while that disk is slow.
+    pub fn attempt_window(&self) -> Duration {
+        self.lease.max(self.heartbeat * 2)
+    }
+
     /// How long a peer's "reaches quorum" mark stays fresh: it is bumped
     /// every heartbeat interval, and gossip takes a round or two.
     pub fn reach_fresh(&self) -> Duration {
@@ -243,6 +251,8 @@ pub enum ElectionResponse {
         recovering: bool,
         /// How long ago it started, in milliseconds.
         up_ms: u64,
+        /// What it remembers from before its start.
+        memory: Memory,
     },
 }
 
@@ -262,6 +272,34 @@ pub enum RejectReason {
     /// The epoch is above 2^32 − 1, the last that can form fencing tokens
     /// (K1): refused whatever the promise.
     EpochSpent,
+}
+
+/// What a voter remembers from before its start (E7), as its answers to
+/// a recovery `Sync` tell the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Memory {
+    /// No data directory: nothing survives a restart.
+    None,
+    /// A data directory never initialized (new, empty, a mistyped path):
+    /// nothing yet, and a sign of a new cluster if every voter shows it.
+    Blank,
+    /// An initialized data directory: its promise and lock table.
+    Durable,
+}
+
+/// How a voter recovered (E7), for the driver to settle its lock table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Copied from these healthy voters, at least ⌊(n−1)/2⌋+1 of them:
+    /// their tables replace this voter's own (they hold everything
+    /// committed; its own may be a restored snapshot or an earlier life).
+    Copied(Vec<NodeId>),
+    /// Resumed from its own durable state (too few healthy voters to copy
+    /// from).
+    Own,
+    /// No copy was possible and a majority of voters were recovering: the
+    /// cluster forms anew from every table and promise heard.
+    Anew,
 }
 
 /// The current leader as a node sees it.
@@ -284,8 +322,9 @@ pub enum Output {
         /// What to send.
         request: ElectionRequest,
     },
-    /// Make this promise durable before anything after it is sent (the
-    /// candidate's promise to itself; E1).
+    /// Make this promise durable (the candidate's promise to itself),
+    /// then report it with [`Election::handle_persisted`]: the attempt's
+    /// `Prepare`s leave only then (E1).
     Persist(u64),
     /// Publish a new "reaches quorum" mark in gossip.
     PublishReach(u64),
@@ -298,6 +337,8 @@ pub enum Output {
         /// Its epoch.
         epoch: u64,
     },
+    /// This voter finished its recovery (E7) and may promise and ack.
+    Recovered(Recovery),
 }
 
 /// A request's handling: the answer, and an epoch that must be durable
@@ -322,7 +363,9 @@ enum Role {
         retry_at: Option<Duration>,
         /// A refusal showed a competing promise: back off in full.
         contested: bool,
-        sent_at: Duration,
+        /// When its `Prepare`s left; `None` while its promise to itself
+        /// is being made durable (they leave once it is, E1).
+        sent_at: Option<Duration>,
     },
     Leader {
         epoch: u64,
@@ -361,7 +404,11 @@ pub struct Election {
     hash: u64,
     timing: Timing,
     started_at: Duration,
-    durable: bool,
+    memory: Memory,
+    /// Started as the first start of a new cluster: a recovering
+    /// majority without memory forms it without waiting out the longest
+    /// lock TTL (E7).
+    bootstrap: bool,
     // Voter state.
     promised: u64,
     /// Recovery done (E7): the start-up wait, and without durable state
@@ -369,7 +416,9 @@ pub struct Election {
     recovered: bool,
     blackout_until: Duration,
     blackout_epoch: u64,
-    sync_replies: BTreeMap<NodeId, (u64, bool, u64)>,
+    /// Answers to recovery syncs: promise, recovering, up time, memory.
+    sync_replies: BTreeMap<NodeId, (u64, bool, u64, Memory)>,
+    last_sync_at: Option<Duration>,
     /// The highest leader epoch any member gossips (E7's evidence of an
     /// earlier life of the cluster).
     gossiped_epoch: u64,
@@ -396,35 +445,46 @@ pub struct Election {
 }
 
 impl Election {
-    /// A node starting at `now`. `promised` is the durable promise read at
-    /// start (`Some` with a data directory, even if 0; `None` without).
+    /// A node starting at `now` with what it remembers: `memory`, and
+    /// `promised`, the durable promise read at start (0 without one).
+    /// `bootstrap` marks the first start of a new cluster (E7).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,
         voters: &[NodeId],
         timing: Timing,
         now: Duration,
-        promised: Option<u64>,
+        memory: Memory,
+        promised: u64,
+        bootstrap: bool,
         seed: u64,
     ) -> Election {
         let mut voters = voters.to_vec();
         voters.sort_unstable();
         voters.dedup();
+        let promised = if memory == Memory::Durable {
+            promised
+        } else {
+            0
+        };
         Election {
             id,
             hash: config_hash(&voters, &timing),
             voters,
             timing,
             started_at: now,
-            durable: promised.is_some(),
-            promised: promised.unwrap_or(0),
+            memory,
+            bootstrap,
+            promised,
             recovered: false,
             blackout_until: now,
             blackout_epoch: 0,
             sync_replies: BTreeMap::new(),
+            last_sync_at: None,
             gossiped_epoch: 0,
             led_epoch: 0,
             recover_hint: now,
-            max_epoch: promised.unwrap_or(0),
+            max_epoch: promised,
             leader: None,
             last_leader: None,
             resigned_at: None,
@@ -578,12 +638,18 @@ impl Election {
         self.update_eligibility(now);
         match self.role.clone() {
             Role::Leader { .. } => self.lead(now, &mut out),
-            Role::Candidate { sent_at, .. } => {
-                // An attempt that has not won within two heartbeats failed.
-                if now >= sent_at + self.timing.heartbeat * 2 {
+            Role::Candidate {
+                sent_at: Some(sent_at),
+                ..
+            } => {
+                // An attempt that has not won within its window failed.
+                if now >= sent_at + self.timing.attempt_window() {
                     self.fail_attempt(now);
                 }
             }
+            // Waiting for its own promise to be durable (it may take a
+            // slow disk a while; the window starts when it asks).
+            Role::Candidate { sent_at: None, .. } => {}
             Role::Follower => {
                 if self.should_run(now) {
                     self.run(now, &mut out);
@@ -596,70 +662,20 @@ impl Election {
     }
 
     fn recover(&mut self, now: Duration, out: &mut Vec<Output>) {
-        if self.recovered || now < self.started_at + self.timing.blackout() {
+        if self.recovered {
             return;
         }
-        if !self.is_voter() || self.durable {
-            self.recovered = true;
+        if !self.is_voter() {
+            self.recovered = now >= self.started_at + self.timing.blackout();
             return;
         }
-        // E7 without durable state: copy the highest promise from
-        // ⌊(n−1)/2⌋+1 other voters that are not recovering.
-        let need = (self.voters.len() - 1) / 2 + 1;
-        let healthy: Vec<u64> = self
-            .sync_replies
-            .values()
-            .filter(|(_, recovering, _)| !recovering)
-            .map(|(p, _, _)| *p)
-            .collect();
-        if healthy.len() >= need {
-            self.promised = self
-                .promised
-                .max(healthy.iter().copied().max().unwrap_or(0));
-            self.max_epoch = self.max_epoch.max(self.promised);
-            self.recovered = true;
-            return;
-        }
-        // A majority (with this node) all recovering: a full restart
-        // without data dirs, or a fresh cluster. If any member remembers
-        // an epoch, the cluster had an earlier life that may have granted
-        // locks: form anew only once every such lease has ended, the
-        // longest TTL times (1+ρ), plus `L`, since the last of them
-        // started (E7). With no such memory anywhere (every node is new,
-        // so every embedded holder is gone), `L` suffices. Fencing
-        // tokens start over either way.
-        let recovering: Vec<&(u64, bool, u64)> =
-            self.sync_replies.values().filter(|(_, r, _)| *r).collect();
-        if recovering.len() + 1 >= self.quorum() {
-            // The youngest start among them, this node's own included (a
-            // lone voter has no one else to hear from).
-            let up = now.saturating_sub(self.started_at);
-            let youngest = recovering
-                .iter()
-                .map(|(_, _, ms)| Duration::from_millis(*ms))
-                .fold(up, Duration::min);
-            // A promise is no such memory: in a new cluster the first
-            // voter to recover may already have promised itself.
-            let earlier_life = self.gossiped_epoch > 0;
-            let mut hold = self.timing.blackout() * 2;
-            if earlier_life {
-                hold += self.timing.lock_ttl_max.mul_f64(1.0 + self.timing.drift);
-            }
-            self.recover_hint = now + hold.saturating_sub(youngest);
-            if youngest >= hold {
-                // Every promise heard of counts, healthy voters' included:
-                // epochs go back only if no voter remembers them.
-                let heard = self.sync_replies.values().map(|(p, _, _)| *p).max();
-                self.promised = self.promised.max(heard.unwrap_or(0));
-                self.max_epoch = self.max_epoch.max(self.promised).max(self.gossiped_epoch);
-                self.recovered = true;
-                return;
-            }
-        }
-        if self
-            .last_probe_at
-            .is_none_or(|at| now >= at + self.timing.heartbeat)
-        {
+        // Ask from the start, so the answers are in when the start-up
+        // wait ends.
+        let sync = self
+            .last_sync_at
+            .is_none_or(|at| now >= at + self.timing.heartbeat);
+        if sync {
+            self.last_sync_at = Some(now);
             for &v in &self.voters {
                 if v != self.id {
                     out.push(Output::Send {
@@ -669,6 +685,82 @@ impl Election {
                 }
             }
         }
+        if now < self.started_at + self.timing.blackout() {
+            return;
+        }
+        // E7: copy the highest promise (and the lock tables) from
+        // ⌊(n−1)/2⌋+1 other voters that are not recovering: with this
+        // voter they make a majority, so they hold every promise and
+        // grant a majority ever acked. This also protects a durable voter
+        // whose directory is a restored snapshot, or an earlier life's.
+        let need = (self.voters.len() - 1) / 2 + 1;
+        let healthy: Vec<(NodeId, u64)> = self
+            .sync_replies
+            .iter()
+            .filter(|(_, (_, recovering, _, _))| !recovering)
+            .map(|(id, (p, ..))| (*id, *p))
+            .collect();
+        let heard = self.sync_replies.values().map(|(p, ..)| *p).max();
+        if healthy.len() >= need {
+            self.finish_recovery(
+                heard,
+                Recovery::Copied(healthy.iter().map(|(id, _)| *id).collect()),
+                out,
+            );
+            return;
+        }
+        if self.memory == Memory::Durable {
+            // Too few healthy voters to copy from: resume from its own
+            // durable state (and no lower than any promise heard).
+            self.finish_recovery(heard, Recovery::Own, out);
+            return;
+        }
+        // No memory and no copy possible. If a majority of voters are all
+        // recovering, the cluster has restarted (or is new): it forms
+        // anew, but only once every lease an earlier life may have
+        // granted has run out, the longest TTL times (1+ρ) after the last
+        // of them started, unless the operator declared a new cluster
+        // (bootstrap) or every one of them shows a blank data directory,
+        // which only a new cluster has (E7).
+        let recovering: Vec<(u64, Memory)> = self
+            .sync_replies
+            .values()
+            .filter(|(_, r, _, _)| *r)
+            .map(|(_, _, up, memory)| (*up, *memory))
+            .collect();
+        if recovering.len() + 1 >= self.quorum() {
+            // The youngest start among them, this node's own included (a
+            // lone voter has no one else to hear from).
+            let up = now.saturating_sub(self.started_at);
+            let youngest = recovering
+                .iter()
+                .map(|(ms, _)| Duration::from_millis(*ms))
+                .fold(up, Duration::min);
+            let new_cluster = self.bootstrap
+                || (self.memory == Memory::Blank
+                    && recovering.iter().all(|(_, m)| *m == Memory::Blank));
+            let mut hold = self.timing.blackout() * 2;
+            if !new_cluster {
+                hold += self.timing.lock_ttl_max.mul_f64(1.0 + self.timing.drift);
+            }
+            self.recover_hint = now + hold.saturating_sub(youngest);
+            if youngest >= hold {
+                self.finish_recovery(heard, Recovery::Anew, out);
+            }
+        }
+    }
+
+    /// Recovery done: the promise goes no lower than any heard (epochs go
+    /// back only if no voter remembers them), nor the known epoch below
+    /// what any member gossips.
+    fn finish_recovery(&mut self, heard: Option<u64>, how: Recovery, out: &mut Vec<Output>) {
+        self.promised = self.promised.max(heard.unwrap_or(0));
+        self.max_epoch = self
+            .max_epoch
+            .max(self.promised)
+            .max(self.gossiped_epoch.min(EPOCH_MAX));
+        self.recovered = true;
+        out.push(Output::Recovered(how));
     }
 
     fn update_eligibility(&mut self, now: Duration) {
@@ -732,11 +824,15 @@ impl Election {
         }
         self.max_epoch = epoch;
         let mut promises = BTreeSet::new();
+        let mut sent_at = Some(now);
         if self.can_promise(now, epoch).is_ok() {
-            // A voting candidate promises itself, durably, before asking.
+            // A voting candidate promises itself, durably, before asking:
+            // it asks once the driver reports the promise durable
+            // (`handle_persisted`).
             self.promised = epoch;
             promises.insert(self.id);
             out.push(Output::Persist(epoch));
+            sent_at = None;
         }
         self.role = Role::Candidate {
             epoch,
@@ -744,9 +840,17 @@ impl Election {
             refused: BTreeSet::new(),
             retry_at: None,
             contested: false,
-            sent_at: now,
+            sent_at,
         };
         out.push(Output::ElectionStarted { epoch });
+        if sent_at.is_some() {
+            self.ask(now, epoch, out);
+        }
+    }
+
+    /// Sends this attempt's `Prepare`s and checks whether it won already
+    /// (a lone voter).
+    fn ask(&mut self, now: Duration, epoch: u64, out: &mut Vec<Output>) {
         for &v in &self.voters {
             if v != self.id {
                 out.push(Output::Send {
@@ -759,6 +863,24 @@ impl Election {
             }
         }
         self.check_won(now, out);
+    }
+
+    /// The promise of `epoch` this node made to itself ([`Output::Persist`])
+    /// is durable: if it still runs for that epoch, it asks the voters now.
+    pub fn handle_persisted(&mut self, now: Duration, epoch: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Role::Candidate {
+            epoch: mine,
+            sent_at: sent_at @ None,
+            ..
+        } = &mut self.role
+            && *mine == epoch
+        {
+            *sent_at = Some(now);
+            self.ask(now, epoch, &mut out);
+        }
+        self.announce(now, &mut out);
+        out
     }
 
     fn rank(&self, now: Duration) -> u32 {
@@ -1177,6 +1299,7 @@ impl Election {
                     promised: self.promised,
                     recovering: self.is_voter() && !self.recovered,
                     up_ms: now.saturating_sub(self.started_at).as_millis() as u64,
+                    memory: self.memory,
                 },
                 persist: None,
             },
@@ -1379,11 +1502,12 @@ impl Election {
                     promised,
                     recovering,
                     up_ms,
+                    memory,
                 }),
             ) => {
                 self.observe_epoch(*promised);
                 self.sync_replies
-                    .insert(from, (*promised, *recovering, *up_ms));
+                    .insert(from, (*promised, *recovering, *up_ms, *memory));
             }
             _ => {}
         }

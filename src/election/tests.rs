@@ -25,11 +25,26 @@ impl Net {
 
     fn with_timing(n: u64, voters: &[NodeId], durable: bool, timing: Timing) -> Net {
         let mut nodes = BTreeMap::new();
+        // Durable voters start initialized with nothing promised; the
+        // others start a new cluster (bootstrap) without data directories.
+        let memory = if durable {
+            Memory::Durable
+        } else {
+            Memory::None
+        };
         for id in ids(n) {
-            let promised = durable.then_some(0);
             nodes.insert(
                 id,
-                Election::new(id, voters, timing, Duration::ZERO, promised, id.0),
+                Election::new(
+                    id,
+                    voters,
+                    timing,
+                    Duration::ZERO,
+                    memory,
+                    0,
+                    !durable,
+                    id.0,
+                ),
             );
         }
         let mut net = Net {
@@ -79,6 +94,16 @@ impl Net {
                         &request,
                         response.as_ref(),
                     );
+                    self.process(from, more);
+                }
+                // The disk answers at once here.
+                Output::Persist(epoch) => {
+                    let now = self.now;
+                    let more = self
+                        .nodes
+                        .get_mut(&from)
+                        .unwrap()
+                        .handle_persisted(now, epoch);
                     self.process(from, more);
                 }
                 Output::PublishReach(reach) => {
@@ -177,16 +202,30 @@ fn refusal(h: &Handled) -> Option<RejectReason> {
     }
 }
 
-/// A fresh durable voter `id` of the 3-voter set, started at 0.
+/// A durable voter `id` of the 3-voter set, started at 0.
 fn voter(id: u64, promised: u64) -> Election {
     Election::new(
         NodeId(id),
         &ids(3),
         Timing::default(),
         Duration::ZERO,
-        Some(promised),
+        Memory::Durable,
+        promised,
+        false,
         1,
     )
+}
+
+/// A voter `id` without memory (a data directory of kind `memory`, or
+/// none) restarting an existing cluster at `now`.
+fn forgetful(
+    id: u64,
+    voters: &[NodeId],
+    timing: Timing,
+    now: Duration,
+    memory: Memory,
+) -> Election {
+    Election::new(NodeId(id), voters, timing, now, memory, 0, false, id)
 }
 
 #[test]
@@ -354,7 +393,7 @@ fn voter_without_durable_state_copies_the_promise_first() {
     let now = net.now;
     net.nodes.insert(
         NodeId(3),
-        Election::new(NodeId(3), &ids(3), Timing::default(), now, None, 3),
+        forgetful(3, &ids(3), Timing::default(), now, Memory::None),
     );
     for p in ids(3) {
         net.nodes
@@ -447,10 +486,27 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
     // Run once the start-up wait and the election timeout are over.
     let t0 = timing.election_timeout + STEP;
     let outs = e.handle_tick(t0);
+    let Some(&Output::Persist(own)) = outs.iter().find(|o| matches!(o, Output::Persist(_))) else {
+        panic!("a durable promise to itself first: {outs:?}")
+    };
+    assert!(
+        !outs.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                request: ElectionRequest::Prepare { .. },
+                ..
+            }
+        )),
+        "asked before its own promise was durable (E1)"
+    );
+    let outs = e.handle_persisted(t0, own);
     let prepare = outs
         .iter()
         .find_map(|o| match o {
-            Output::Send { to, request } if *to == NodeId(2) => Some(request.clone()),
+            Output::Send {
+                to,
+                request: request @ ElectionRequest::Prepare { .. },
+            } if *to == NodeId(2) => Some(request.clone()),
             _ => None,
         })
         .expect("a prepare to node 2");
@@ -493,37 +549,41 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
     assert!(!e.is_serving(t1 + timing.lease_trusted()));
 }
 
-/// E7 for a lone voter without durable state: there is no one to copy
-/// from. With no member remembering an epoch it is a new cluster and
-/// elects itself after the start-up wait; when a member gossips an
-/// earlier epoch, it first waits out the longest lock TTL (any lease of
-/// the earlier life has then ended).
+/// E7, finding 4: a voter without memory (no data directory) cannot tell
+/// a new cluster from one that restarted while holders still believe
+/// their leases, so a lone one forms the cluster only after the longest
+/// lock TTL (and epochs continue above any remembered); started as a new
+/// cluster (bootstrap) it does not wait.
 #[test]
-fn lone_voter_without_durable_state_elects_itself() {
+fn lone_voter_without_memory_waits_out_the_longest_ttl_unless_bootstrapped() {
     let timing = Timing {
         lock_ttl_max: Duration::from_secs(3),
         ..Timing::default()
     };
     let mut net = Net::with_timing(1, &ids(1), false, timing);
     net.run_for(Duration::from_secs(2));
-    assert_eq!(net.serving(), vec![NodeId(1)]);
+    assert_eq!(net.serving(), vec![NodeId(1)], "bootstrapped: at once");
 
-    let mut net = Net::with_timing(1, &ids(1), false, timing);
-    if let Some(e) = net.nodes.get_mut(&NodeId(1)) {
-        e.handle_peer_epoch(7);
+    for gossiped in [None, Some(7)] {
+        let mut net = Net::with_timing(1, &ids(1), false, timing);
+        let mut e = forgetful(1, &ids(1), timing, Duration::ZERO, Memory::None);
+        if let Some(epoch) = gossiped {
+            e.handle_peer_epoch(epoch);
+        }
+        net.nodes.insert(NodeId(1), e);
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(
+            net.serving(),
+            Vec::<NodeId>::new(),
+            "a 3 s lease may still run ({gossiped:?})"
+        );
+        net.run_for(Duration::from_secs(2));
+        assert_eq!(net.serving(), vec![NodeId(1)]);
+        assert!(
+            net.nodes[&NodeId(1)].max_epoch() > gossiped.unwrap_or(0),
+            "epochs continue above the remembered one"
+        );
     }
-    net.run_for(Duration::from_secs(3));
-    assert_eq!(
-        net.serving(),
-        Vec::<NodeId>::new(),
-        "a 3 s lease may still run"
-    );
-    net.run_for(Duration::from_secs(2));
-    assert_eq!(net.serving(), vec![NodeId(1)]);
-    assert!(
-        net.nodes[&NodeId(1)].max_epoch() > 7,
-        "epochs continue above the remembered one"
-    );
 }
 
 /// After a full restart without data dirs epochs may start over (E7): a
@@ -531,14 +591,7 @@ fn lone_voter_without_durable_state_elects_itself() {
 /// leader there is once that record's lease has passed.
 #[test]
 fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
-    let mut e = Election::new(
-        NodeId(4),
-        &ids(3),
-        Timing::default(),
-        Duration::ZERO,
-        None,
-        4,
-    );
+    let mut e = forgetful(4, &ids(3), Timing::default(), Duration::ZERO, Memory::None);
     let hash = config_hash(&ids(3), &Timing::default());
     let beat = |epoch| ElectionRequest::Heartbeat {
         epoch,
@@ -563,26 +616,81 @@ fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
     );
 }
 
-/// E7 in a new cluster without durable state: the first voter to recover
-/// may promise itself before the others recover; that promise is no sign
-/// of an earlier life, so nobody waits out the longest lock TTL.
+/// E7 in a new cluster: voters whose data directories are all blank, or
+/// that were started as a new cluster (bootstrap), form it at once, even
+/// though the first to recover may promise itself before the others have
+/// recovered; voters without memory restarting together (no bootstrap, a
+/// directory-less voter among them) wait out the longest lock TTL.
 #[test]
-fn new_cluster_without_durable_state_does_not_wait_out_lock_ttls() {
+fn a_new_cluster_forms_at_once_a_restarted_one_without_memory_waits() {
     let timing = Timing {
         lock_ttl_max: Duration::from_secs(3600),
         ..Timing::default()
     };
     for n in [3, 5] {
-        let mut net = Net::with_timing(n, &ids(n), false, timing);
-        // Staggered starts: the voters' views of "the youngest start"
-        // differ, so one recovers (and runs, promising itself) first.
-        for id in ids(n) {
-            let start = Duration::from_millis(37 * id.0);
-            net.nodes
-                .insert(id, Election::new(id, &ids(n), timing, start, None, id.0));
+        for (memory, bootstrap, forms) in [
+            (Memory::Blank, false, true),
+            (Memory::None, true, true),
+            (Memory::None, false, false),
+        ] {
+            let mut net = Net::with_timing(n, &ids(n), false, timing);
+            // Staggered starts: the voters' views of "the youngest start"
+            // differ, so one recovers (and runs, promising itself) first.
+            for id in ids(n) {
+                let start = Duration::from_millis(37 * id.0);
+                let e = Election::new(id, &ids(n), timing, start, memory, 0, bootstrap, id.0);
+                net.nodes.insert(id, e);
+            }
+            net.run_for(Duration::from_secs(5));
+            let leaders = usize::from(forms);
+            assert_eq!(
+                net.serving().len(),
+                leaders,
+                "{n} voters, {memory:?}, bootstrap {bootstrap}"
+            );
         }
-        net.run_for(Duration::from_secs(5));
-        assert_eq!(net.serving().len(), 1, "{n} voters: a leader within 5 s");
+    }
+}
+
+/// Finding 3 (E7): a voter whose data directory is blank (a fresh disk, a
+/// mistyped path) among healthy voters copies their promise before it
+/// promises anything, instead of counting as durable with nothing
+/// promised; and a durable voter whose directory went back (a restored
+/// snapshot) takes the healthy voters' higher promise.
+#[test]
+fn finding_3_a_voter_on_a_blank_or_restored_directory_copies_from_the_healthy() {
+    for memory in [Memory::Blank, Memory::Durable] {
+        let mut net = Net::new(3, &ids(3), true);
+        net.run_for(Duration::from_secs(2));
+        let epoch = net.nodes[&NodeId(1)].leader(net.now).unwrap().epoch;
+        // The restored snapshot predates the cluster's epoch.
+        let promised = epoch - 1;
+        let now = net.now;
+        let e = Election::new(
+            NodeId(3),
+            &ids(3),
+            Timing::default(),
+            now,
+            memory,
+            promised,
+            false,
+            3,
+        );
+        net.nodes.insert(NodeId(3), e);
+        for p in ids(3) {
+            net.nodes
+                .get_mut(&NodeId(3))
+                .unwrap()
+                .handle_peer(now, p, true, None);
+        }
+        net.run_for(Duration::from_secs(1));
+        let v = &net.nodes[&NodeId(3)];
+        assert!(v.recovered(), "{memory:?}");
+        assert!(
+            v.promised() >= epoch,
+            "{memory:?}: promise {} below the cluster's {epoch}",
+            v.promised()
+        );
     }
 }
 
@@ -631,7 +739,7 @@ fn k1_epochs_beyond_the_token_range_are_refused() {
 #[test]
 fn a_recovering_leader_does_not_count_its_own_ack() {
     let t = Timing::default();
-    let mut e = Election::new(NodeId(1), &ids(3), t, Duration::ZERO, None, 1);
+    let mut e = forgetful(1, &ids(3), t, Duration::ZERO, Memory::None);
     for p in [2, 3] {
         e.handle_peer(Duration::ZERO, NodeId(p), true, None);
     }
@@ -716,14 +824,7 @@ fn e1_a_replication_batch_above_the_promise_raises_it() {
     );
     let h = prepare(&mut v, Duration::from_secs(2), NodeId(1), 4);
     assert_eq!(refusal(&h), Some(RejectReason::StaleEpoch));
-    let mut fresh = Election::new(
-        NodeId(3),
-        &ids(3),
-        Timing::default(),
-        Duration::ZERO,
-        None,
-        3,
-    );
+    let mut fresh = forgetful(3, &ids(3), Timing::default(), Duration::ZERO, Memory::None);
     assert_eq!(
         fresh.handle_replicate(5, hash).map_err(|(r, _)| r),
         Err(RejectReason::Recovering),

@@ -3,8 +3,9 @@
 //! gossip state, no clock, no socket, so its rules are unit-tested alone.
 //!
 //! Rules:
-//! - one member per `NodeId`: the newest generation wins, and an older
-//!   generation is forgotten at once (it is a process that was replaced);
+//! - one member per `NodeId`: a live incarnation wins over a dead one,
+//!   else the newest generation, and the other is forgotten at once (it
+//!   is a process that was replaced);
 //! - a member is `Alive` when its newest generation is live in the failure
 //!   detector and not leaving, `Left` when it announced a graceful leave,
 //!   `Dead` otherwise;
@@ -136,17 +137,22 @@ impl MembershipView {
                 continue;
             };
             let id = NodeId(id);
-            if members
-                .get(&id)
-                .is_some_and(|m| m.generation >= obs.generation)
-            {
-                continue;
-            }
             let state = match (meta.leaving, obs.live) {
                 (true, _) => MemberState::Left,
                 (false, true) => MemberState::Alive,
                 (false, false) => MemberState::Dead,
             };
+            // A live incarnation wins over a dead one, whatever their
+            // numbers (a restart after the wall clock stepped back has a
+            // lower generation than its dead predecessor); between two
+            // live ones, or two dead ones, the newer generation.
+            let rank = |alive: bool, generation: u64| (alive, generation);
+            if members.get(&id).is_some_and(|m| {
+                rank(m.is_alive(), m.generation)
+                    >= rank(state == MemberState::Alive, obs.generation)
+            }) {
+                continue;
+            }
             members.insert(
                 id,
                 Member {
@@ -257,8 +263,15 @@ mod tests {
         let v = view(vec![obs("2", 10, true), obs("2", 11, true)]);
         assert_eq!(v.len(), 1);
         assert_eq!(v.get(NodeId(2)).unwrap().generation, 11);
+        // A restart after the wall clock stepped back: the live process
+        // has the lower generation and its dead predecessor the higher.
+        // The live one is the member (before, the dead one hid it until
+        // gossip forgot it, an hour later).
         let v = view(vec![obs("2", 11, false), obs("2", 10, true)]);
-        assert_eq!(v.get(NodeId(2)).unwrap().state, MemberState::Dead);
+        let m = v.get(NodeId(2)).unwrap();
+        assert_eq!((m.state, m.generation), (MemberState::Alive, 10));
+        let v = view(vec![obs("2", 11, false), obs("2", 10, false)]);
+        assert_eq!(v.get(NodeId(2)).unwrap().generation, 11);
     }
 
     #[test]

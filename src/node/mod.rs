@@ -8,7 +8,7 @@
 //! entry of an older epoch is merged, so the copy it handed the new leader
 //! with its promise stays complete.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,12 +18,12 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::config::NodeId;
-use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output};
+use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output, Recovery};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica, Ticket};
 use crate::membership::{KEY_EPOCH, KEY_REACH, Membership};
 use crate::metrics::Metrics;
 use crate::rpc::{Request, Response, Rpc};
-use crate::storage::{LockPersister, PromiseStore};
+use crate::storage::Persister;
 
 /// Inputs queued for the driver before senders wait.
 pub(crate) const INPUT_QUEUE_MAX: usize = 1024;
@@ -121,6 +121,14 @@ pub(crate) enum Input {
     Resign {
         done: oneshot::Sender<()>,
     },
+    /// The candidate's promise to itself of `epoch` is durable.
+    Persisted {
+        epoch: u64,
+    },
+    /// The data directory cannot be written: stop taking part (acting on
+    /// a promise or an ack that is not durable could elect two leaders or
+    /// lose a grant after a restart).
+    DiskFailed,
     /// Stop processing anything for a while, as a SIGSTOP would
     /// (simulations only).
     Pause(Duration),
@@ -134,7 +142,8 @@ pub(crate) struct Shared {
     /// What [`Shared::is_leader`] answers from.
     pub(crate) lease: Mutex<LeaseCell>,
     pub(crate) max_epoch: std::sync::atomic::AtomicU64,
-    pub(crate) promised: std::sync::atomic::AtomicU64,
+    /// The promise the data directory holds (0 without one).
+    pub(crate) promised_durable: Arc<std::sync::atomic::AtomicU64>,
     /// Set once the node shut down or was killed.
     pub(crate) stopped: AtomicBool,
 }
@@ -160,7 +169,7 @@ impl Shared {
             events: broadcast::channel(LEADER_EVENTS_QUEUE_MAX).0,
             lease: Mutex::new(LeaseCell::default()),
             max_epoch: Default::default(),
-            promised: Default::default(),
+            promised_durable: Default::default(),
             stopped: AtomicBool::new(false),
         }
     }
@@ -210,9 +219,9 @@ impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         election: Election,
-        store: Option<PromiseStore>,
         locks: LockTable,
-        replica: (Replica, Option<LockPersister>),
+        replica: Replica,
+        disk: Persister,
         rpc: Arc<Rpc>,
         membership: Arc<Membership>,
         shared: Arc<Shared>,
@@ -222,10 +231,10 @@ impl Driver {
         let started = shared.clock.now();
         let state = State {
             election,
-            store,
             locks,
-            replica: replica.0,
-            lock_store: replica.1,
+            replica,
+            disk: Arc::new(disk),
+            sync_tables: BTreeMap::new(),
             tickets: HashMap::new(),
             next_ticket: 0,
             candidacy: None,
@@ -269,12 +278,15 @@ impl Driver {
 
 struct State {
     election: Election,
-    store: Option<PromiseStore>,
     locks: LockTable,
-    /// This node's copy of the lock table (voters).
+    /// This node's copy of the lock table (voters), in memory.
     replica: Replica,
-    /// Group commit of this voter's copy, with a data directory.
-    lock_store: Option<LockPersister>,
+    /// Makes promises and lock entries durable off this task (a memory
+    /// stand-in without a data directory).
+    disk: Arc<Persister>,
+    /// While recovering (E7): the latest lock table each voter answered a
+    /// sync with.
+    sync_tables: BTreeMap<NodeId, Vec<Entry>>,
     /// Lock requests awaiting an answer.
     tickets: HashMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
@@ -416,11 +428,6 @@ impl State {
                     Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
                     tracing::warn!(%from, "election message refused: the sender runs another voter set or other safety timings (lease-ms, drift, lock-ttl-max-ms)");
                 }
-                if let Some(epoch) = handled.persist
-                    && !self.persist(epoch)
-                {
-                    return false;
-                }
                 // A promise and a recovery answer carry this voter's copy
                 // of the lock table (the new leader adopts the promising
                 // majority's grants; a recovering voter copies them, E7).
@@ -433,7 +440,23 @@ impl State {
                     }
                     r => Response::Election(r),
                 };
-                let _ = reply.send(response);
+                // E1: the answer leaves once the promise it raised is
+                // durable, from the disk's thread, and so does every
+                // answer while a raised promise is still being written
+                // (it follows that write in the disk's queue); this task
+                // goes on meanwhile.
+                if handled.persist.is_some() || self.promise_in_flight() {
+                    let failed = self.failure_notice();
+                    self.disk.persist(handled.persist, Vec::new(), move |ok| {
+                        if ok {
+                            let _ = reply.send(response);
+                        } else {
+                            failed();
+                        }
+                    });
+                } else {
+                    let _ = reply.send(response);
+                }
                 let ok = self.execute(outs, None).await;
                 self.sync_locks(now);
                 ok
@@ -459,9 +482,9 @@ impl State {
                         (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
                             if !self.election.recovered() =>
                         {
-                            // E7: a voter without durable state copies the
-                            // table before it acks anything.
-                            self.replica.merge_all(table);
+                            // E7: kept until the recovery decides whose
+                            // tables this voter takes.
+                            self.sync_tables.insert(from, table);
                         }
                         _ => {}
                     }
@@ -512,6 +535,18 @@ impl State {
                 tokio::time::sleep(d).await;
                 true
             }
+            Input::Persisted { epoch } => {
+                let outs = self.election.handle_persisted(now, epoch);
+                let ok = self.execute(outs, None).await;
+                self.sync_locks(now);
+                ok
+            }
+            Input::DiskFailed => {
+                error!(
+                    "the data directory cannot be written; the election and locks stop on this node"
+                );
+                false
+            }
             Input::Resign { done } => {
                 let outs = self.election.resign(now);
                 let mut sends = JoinSet::new();
@@ -553,23 +588,20 @@ impl State {
                     let _ = reply.send(LockReply::Refused { promised });
                     return true;
                 }
-                Ok(Some(raised)) => {
-                    if !self.persist(raised) {
-                        return false;
-                    }
+                Ok(raised) => {
+                    // E8: acked once durable, the raised promise with the
+                    // entries (E1), from the disk's thread; checked on what
+                    // the disk holds, not on this copy.
+                    self.replica.merge_all(entries.iter().cloned());
+                    let failed = self.failure_notice();
+                    self.disk.persist(raised, entries, move |ok| {
+                        if ok {
+                            let _ = reply.send(LockReply::Replicated);
+                        } else {
+                            failed();
+                        }
+                    });
                 }
-                Ok(None) => {}
-            }
-            // E8: acked once durable. A follower syncs on its driver: it
-            // has nothing else to do meanwhile that the ack does not wait
-            // for, and a thread hand-off would add to every grant.
-            let changed = self.replica.merge_all(entries);
-            let ok = match &self.lock_store {
-                Some(store) => store.persist_now(changed),
-                None => true,
-            };
-            if ok {
-                let _ = reply.send(LockReply::Replicated);
             }
             return true;
         }
@@ -597,17 +629,6 @@ impl State {
             LockRequest::Replicate { .. } => Vec::new(),
         };
         self.apply_locks(outs)
-    }
-
-    /// Merges entries into this voter's copy; `done` runs once they are
-    /// durable (E8): at once without a data directory, else after the
-    /// persister's next group commit, on its thread.
-    fn merge_durably(&mut self, entries: Vec<Entry>, done: impl FnOnce(bool) + Send + 'static) {
-        let changed = self.replica.merge_all(entries);
-        match &self.lock_store {
-            Some(store) => store.persist(changed, done),
-            None => done(true),
-        }
     }
 
     /// Starts or stops the lock table as this node starts or stops
@@ -688,41 +709,29 @@ impl State {
                             self.send_batch(epoch, batch, v, entries.clone(), Duration::ZERO);
                         }
                     }
-                    // The leader's own copy, synced while the batch is on
-                    // the wire.
-                    if self.election.is_voter() {
-                        if self.lock_store.is_none() {
-                            self.replica.merge_all(entries);
+                    // The leader's own copy, made durable while the batch is
+                    // on the wire; it counts once it is (E8), and only from
+                    // a recovered voter (E7).
+                    self.replica.merge_all(entries.iter().cloned());
+                    if self.election.is_voter() && self.election.recovered() {
+                        if !self.disk.is_durable() {
                             let now = self.shared.clock.now();
                             queue.extend(self.locks.handle_ack(now, batch, me));
                         } else {
+                            let input = Input::Replicated {
+                                epoch,
+                                batch,
+                                to: me,
+                                entries: Vec::new(),
+                                reply: Some(LockReply::Replicated),
+                            };
                             let tx = self.tx.clone();
-                            self.merge_durably(entries, move |ok| {
+                            let failed = self.failure_notice();
+                            self.disk.persist(None, entries, move |ok| {
                                 if ok {
-                                    let input = Input::Replicated {
-                                        epoch,
-                                        batch,
-                                        to: me,
-                                        entries: Vec::new(),
-                                        reply: Some(LockReply::Replicated),
-                                    };
-                                    // From the persister's thread, or
-                                    // inline in a simulation's driver.
-                                    if let Err(mpsc::error::TrySendError::Full(input)) =
-                                        tx.try_send(input)
-                                    {
-                                        let tx = tx.clone();
-                                        match tokio::runtime::Handle::try_current() {
-                                            Ok(h) => {
-                                                h.spawn(async move {
-                                                    let _ = tx.send(input).await;
-                                                });
-                                            }
-                                            Err(_) => {
-                                                let _ = tx.blocking_send(input);
-                                            }
-                                        }
-                                    }
+                                    send_from_anywhere(&tx, input);
+                                } else {
+                                    failed();
                                 }
                             });
                         }
@@ -802,17 +811,78 @@ impl State {
             .map(|l| l.epoch)
     }
 
-    fn persist(&mut self, epoch: u64) -> bool {
-        let Some(store) = &self.store else {
-            return true;
-        };
-        match store.save(epoch) {
-            Ok(()) => true,
-            Err(err) => {
-                // Acting on a promise that is not durable could elect two
-                // leaders after a restart: stop taking part instead.
-                error!(%err, epoch, "cannot persist the promised epoch; the election stops on this node");
-                false
+    /// Makes the candidate's promise to itself durable, off this task;
+    /// the election asks the voters once it is (E1).
+    fn persist_own_promise(&self, epoch: u64) {
+        let tx = self.tx.clone();
+        let failed = self.failure_notice();
+        self.disk.persist(Some(epoch), Vec::new(), move |ok| {
+            if ok {
+                send_from_anywhere(&tx, Input::Persisted { epoch });
+            } else {
+                failed();
+            }
+        });
+    }
+
+    /// True while this voter's promise is above what its data directory
+    /// holds: a raise is being written.
+    fn promise_in_flight(&self) -> bool {
+        self.disk.is_durable()
+            && self.election.promised()
+                > self
+                    .shared
+                    .promised_durable
+                    .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What a disk callback calls when it could not make its job durable.
+    fn failure_notice(&self) -> impl FnOnce() + Send + 'static {
+        let tx = self.tx.clone();
+        move || send_from_anywhere(&tx, Input::DiskFailed)
+    }
+
+    /// Settles this voter's lock table once it has recovered (E7): a copy
+    /// from healthy voters replaces its own; a cluster formed anew merges
+    /// every table heard; its own durable state stays as it is. A data
+    /// directory is then initialized (or rewritten) with the result.
+    fn recovered(&mut self, how: Recovery) {
+        let tables = std::mem::take(&mut self.sync_tables);
+        let promised = self.election.promised();
+        match how {
+            Recovery::Copied(from) => {
+                let mut copy = Replica::default();
+                for id in &from {
+                    if let Some(t) = tables.get(id) {
+                        copy.merge_all(t.iter().cloned());
+                    }
+                }
+                let replaced = copy != self.replica;
+                self.replica = copy;
+                info!(from = ?from, entries = self.replica.len(), "recovered: promise and lock table copied from healthy voters");
+                if replaced || !self.disk.is_durable() {
+                    self.disk.initialize(promised, self.replica.clone());
+                }
+            }
+            Recovery::Own => {
+                info!(
+                    promised,
+                    entries = self.replica.len(),
+                    "recovered: resumed from the data directory"
+                );
+            }
+            Recovery::Anew => {
+                for t in tables.into_values() {
+                    self.replica.merge_all(t);
+                }
+                warn!(
+                    promised,
+                    entries = self.replica.len(),
+                    "recovered: a majority of voters restarted together without the others' copies; the cluster forms anew"
+                );
+                if !self.disk.is_durable() {
+                    self.disk.initialize(promised, self.replica.clone());
+                }
             }
         }
     }
@@ -842,7 +912,12 @@ impl State {
                     };
                     let rpc = self.rpc.clone();
                     let tx = self.tx.clone();
-                    let timeout = self.election.timing().heartbeat * 2;
+                    let timing = self.election.timing();
+                    let timeout = match request {
+                        // Answered once the voter's promise is durable.
+                        ElectionRequest::Prepare { .. } => timing.attempt_window(),
+                        _ => timing.heartbeat * 2,
+                    };
                     let send = async move {
                         let answer = rpc
                             .call(addr, Request::Election(request.clone()), timeout)
@@ -872,11 +947,8 @@ impl State {
                         }
                     }
                 }
-                Output::Persist(epoch) => {
-                    if !self.persist(epoch) {
-                        return false;
-                    }
-                }
+                Output::Persist(epoch) => self.persist_own_promise(epoch),
+                Output::Recovered(how) => self.recovered(how),
                 Output::PublishReach(reach) => {
                     self.membership
                         .set_local(KEY_REACH, &reach.to_string())
@@ -946,10 +1018,24 @@ impl State {
             self.election.max_epoch(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        self.shared.promised.store(
-            self.election.promised(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    }
+}
+
+/// Hands `input` to the driver from any thread: the disk's (blocking
+/// send), a task's, or the driver's own (never blocking it).
+fn send_from_anywhere(tx: &mpsc::Sender<Input>, input: Input) {
+    if let Err(mpsc::error::TrySendError::Full(input)) = tx.try_send(input) {
+        let tx = tx.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    let _ = tx.send(input).await;
+                });
+            }
+            Err(_) => {
+                let _ = tx.blocking_send(input);
+            }
+        }
     }
 }
 

@@ -12,8 +12,10 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Version of the frame format and message enums.
-pub const WIRE_VERSION: u16 = 1;
+/// Version of the frame format and message enums. 2: recovery answers
+/// tell what a voter remembers (E7), lock entries carry versions, quiet
+/// times and the request ids of the grants they ended.
+pub const WIRE_VERSION: u16 = 2;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Bytes of the length prefix.

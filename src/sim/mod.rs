@@ -53,6 +53,9 @@ struct Slot {
     /// The host's protocol clock: shared origin, its own suspensions; it
     /// carries on across restarts of the node, like CLOCK_BOOTTIME.
     clock: crate::node::Clock,
+    /// Started at least once: later starts are restarts, not the first
+    /// start of a new cluster (E7's bootstrap).
+    started: bool,
 }
 
 /// A cluster of simulated nodes.
@@ -73,6 +76,8 @@ pub struct SimCluster {
     /// Voters that run without a data directory even with `data_root`
     /// (clusters mixing durable and ephemeral voters).
     pub ephemeral: std::collections::BTreeSet<NodeId>,
+    /// How long each write to a data directory takes (virtual time).
+    pub disk_latency: Duration,
 }
 
 impl SimCluster {
@@ -97,6 +102,7 @@ impl SimCluster {
             tuning: ConfigBuilder::default(),
             data_root: None,
             ephemeral: Default::default(),
+            disk_latency: Duration::ZERO,
         }
     }
 
@@ -179,24 +185,31 @@ impl SimCluster {
                 builder,
                 mesh: None,
                 clock,
+                started: false,
             },
         );
         self.restart(id).await;
     }
 
     /// Starts node `id` again as a new generation (it must be stopped).
+    /// A node's first start is the bootstrap of a new cluster (E7); later
+    /// ones are restarts, unless the tuning says otherwise.
     pub async fn restart(&mut self, id: NodeId) {
         let generation = self.next_generation;
         self.next_generation += 1;
+        let first = !self.slot_mut(id).started;
         let tuning = ConfigBuilder {
             lock_ttl_max_ms: Some(SIM_LOCK_TTL_MAX_MS),
+            bootstrap: Some(first),
             ..ConfigBuilder::default()
         }
         .overlay(self.tuning.clone());
         let seed = self.seed;
         let net = self.net.clone();
+        let disk_latency = self.disk_latency;
         let slot = self.slot_mut(id);
         assert!(slot.mesh.is_none(), "node {id} is running; kill it first");
+        slot.started = true;
         let config = tuning
             .overlay(slot.builder.clone())
             .build()
@@ -205,6 +218,7 @@ impl SimCluster {
             network: Network::Sim(net),
             generation,
             clock: slot.clock.clone(),
+            disk_latency,
         };
         let mesh = Mesh::start_with(config, env)
             .await
@@ -393,7 +407,7 @@ pub struct LeaseState {
     pub lease: Option<(Leadership, Duration)>,
     /// The node's protocol clock now.
     pub now: Duration,
-    /// Its highest promise.
+    /// The promise its data directory holds (0 without one).
     pub promised: u64,
     /// The last term that stopped serving before its lease ran out, and
     /// when: from then on `is_leader()` answered false.
@@ -489,6 +503,12 @@ impl LeaderLog {
             ));
         }
         *seen = promised.max(*seen);
+    }
+
+    /// Forgets `node`'s promise: its data directory was wiped (a new
+    /// disk starts from nothing).
+    pub fn forget_promise(&mut self, node: NodeId) {
+        self.promises.remove(&node);
     }
 
     /// Nodes whose lease was valid at `now`.

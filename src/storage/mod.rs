@@ -1,120 +1,334 @@
-//! Durable node state in the data directory:
-//! - the highest epoch a voter promised (DESIGN.md E1, E8), one small file
-//!   replaced atomically (write, fsync, rename, fsync the directory), so a
-//!   crash leaves either the old or the new value, never a torn one;
-//! - the voter's copy of the lock table ([`LockStore`]), an append-only log
-//!   of entries synced before each ack (E8), compacted by rewriting it.
+//! Durable node state in the data directory (E1, E8, E7), and the one
+//! thread that writes it.
+//!
+//! A data directory holds:
+//! - `identity`: written last when the directory is initialized, so its
+//!   presence means everything else is there; names the cluster and the
+//!   node. A directory without it is *blank* (new, empty, a mistyped path,
+//!   an ephemeral volume, or left by a build without identities): its
+//!   voter has no memory and recovers like one without a data directory
+//!   (E7), then initializes it. A directory of another node or cluster is
+//!   refused at start.
+//! - `promise`: the highest epoch this voter promised, one small file
+//!   replaced atomically (write, fsync, rename, fsync the directory).
+//! - `locks.log`: the voter's copy of the lock table, a log of checksummed
+//!   records after a header, replayed at start and compacted by rewriting
+//!   it. A torn or zero-filled tail (a crash mid-append) is truncated and
+//!   reported; a corrupt record with whole records after it refuses the
+//!   start with the offset.
+//! - `generation`: the last incarnation number used, so a restart is
+//!   newer than its dead predecessor even if the wall clock stepped back.
+//!
+//! [`Persister`] makes promises and lock entries durable off the node's
+//! driver: on a thread of its own (group commit: every job queued during a
+//! sync shares the next one), or inline in simulations (optionally after a
+//! virtual disk latency). Each job's `done` runs once its promise and
+//! entries are durable, so an answer that depends on them is sent from
+//! there and the driver never waits for a disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::config::NodeId;
 use crate::locks::{Entry, Replica};
 
+const IDENTITY_FILE: &str = "identity";
 const PROMISE_FILE: &str = "promise";
+const LOCKS_FILE: &str = "locks.log";
+const GENERATION_FILE: &str = "generation";
+/// The first line of an identity file.
+const IDENTITY_HEADER: &str = "coordmesh data directory 1";
+/// The lock log's first bytes: format and version.
+const LOG_MAGIC: &[u8; 8] = b"CMLOCKS1";
+/// Bytes before each record's body: its length and its CRC-32.
+const RECORD_HEADER_BYTES: usize = 8;
+/// The largest record read back; larger lengths are corruption.
+const RECORD_BYTES_MAX: usize = 1 << 20;
 
-/// Where a voter's promise lives.
-#[derive(Debug)]
-pub struct PromiseStore {
-    dir: PathBuf,
+/// What a voter's data directory remembers at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Initialized: the promise and the lock table it holds.
+    Initialized {
+        /// The durable promise.
+        promised: u64,
+        /// The durable copy of the lock table.
+        replica: Replica,
+    },
+    /// Not initialized (new, empty, or not this node's): no memory.
+    Blank,
 }
 
-impl PromiseStore {
-    /// Opens (creating) the data directory and reads the promise: 0 if
-    /// none was ever written.
-    pub fn open(dir: &Path) -> io::Result<(PromiseStore, u64)> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join(PROMISE_FILE);
-        let promised = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} does not hold an epoch", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+/// A node's data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    cluster: String,
+    node: NodeId,
+    /// The log replayed at open, for the persister's appends.
+    log: Option<LockLog>,
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {message}", path.display()),
+    )
+}
+
+impl DataDir {
+    /// Opens (creating) the directory of `node` in `cluster` and reads
+    /// what it remembers. Errors name the file and what is wrong with it;
+    /// `warnings` gets what was repaired (a truncated log tail).
+    pub fn open(
+        path: &Path,
+        cluster: &str,
+        node: NodeId,
+        warnings: &mut Vec<String>,
+    ) -> io::Result<(DataDir, Stored)> {
+        create_dir_durably(path)?;
+        let mut dir = DataDir {
+            path: path.to_path_buf(),
+            cluster: cluster.to_string(),
+            node,
+            log: None,
+        };
+        let identity = path.join(IDENTITY_FILE);
+        let text = match fs::read_to_string(&identity) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((dir, Stored::Blank)),
             Err(e) => return Err(e),
         };
-        Ok((
-            PromiseStore {
-                dir: dir.to_path_buf(),
-            },
-            promised,
-        ))
+        let (their_cluster, their_node) = parse_identity(&text)
+            .ok_or_else(|| invalid(&identity, "is not a coordmesh data directory identity"))?;
+        if their_cluster != cluster || their_node != node {
+            return Err(invalid(
+                path,
+                format!(
+                    "belongs to node {their_node} of cluster {their_cluster:?}, not node {node} of {cluster:?}; give each node its own directory"
+                ),
+            ));
+        }
+        // Initialized: the promise and the log must be there.
+        let promise = path.join(PROMISE_FILE);
+        let promised = match fs::read_to_string(&promise) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid(&promise, "does not hold an epoch"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(invalid(
+                    &promise,
+                    "is missing from an initialized data directory; remove the directory to have this voter recover from the others",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let (log, replica, repaired) = LockLog::open(&path.join(LOCKS_FILE))?;
+        warnings.extend(repaired);
+        dir.log = Some(log);
+        Ok((dir, Stored::Initialized { promised, replica }))
     }
 
-    /// Makes `epoch` the durable promise before returning.
-    pub fn save(&self, epoch: u64) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{PROMISE_FILE}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(format!("{epoch}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.dir.join(PROMISE_FILE))?;
-        File::open(&self.dir)?.sync_all()
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This start's generation: `proposed` (the wall clock), or one above
+    /// the last one used here if that is not lower, written before it is
+    /// used.
+    pub fn next_generation(&self, proposed: u64) -> io::Result<u64> {
+        let path = self.path.join(GENERATION_FILE);
+        let last = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let generation = match last {
+            Some(last) if last >= proposed => last + 1,
+            _ => proposed,
+        };
+        replace_file(
+            &self.path,
+            GENERATION_FILE,
+            format!("{generation}\n").as_bytes(),
+        )?;
+        Ok(generation)
+    }
+
+    /// Initializes the directory with `promised` and `replica`: the
+    /// promise and the log first, the identity last (E7: from then on the
+    /// voter is durable).
+    fn initialize(&self, promised: u64, replica: &Replica) -> io::Result<LockLog> {
+        replace_file(&self.path, PROMISE_FILE, format!("{promised}\n").as_bytes())?;
+        let log = LockLog::create(&self.path.join(LOCKS_FILE), replica)?;
+        let identity = format!(
+            "{IDENTITY_HEADER}\ncluster = {}\nnode = {}\n",
+            self.cluster, self.node
+        );
+        replace_file(&self.path, IDENTITY_FILE, identity.as_bytes())?;
+        Ok(log)
+    }
+
+    fn save_promise(&self, epoch: u64) -> io::Result<()> {
+        replace_file(&self.path, PROMISE_FILE, format!("{epoch}\n").as_bytes())
     }
 }
 
-const LOCKS_FILE: &str = "locks.log";
+fn parse_identity(text: &str) -> Option<(String, NodeId)> {
+    let mut lines = text.lines();
+    if lines.next()? != IDENTITY_HEADER {
+        return None;
+    }
+    let mut cluster = None;
+    let mut node = None;
+    for line in lines {
+        let (key, value) = line.split_once(" = ")?;
+        match key {
+            "cluster" => cluster = Some(value.to_string()),
+            "node" => node = Some(NodeId(value.parse().ok()?)),
+            _ => return None,
+        }
+    }
+    Some((cluster?, node?))
+}
 
-/// A voter's copy of the lock table on disk: a log of length-prefixed
-/// postcard entries. Replaying it through [`Replica::merge`] rebuilds the
-/// copy (merging is order-independent); a torn last record, from a crash
-/// mid-append, is ignored, since it was never acked.
+/// Creates `path` (and its parents) and makes the new entries durable in
+/// their parent directories.
+fn create_dir_durably(path: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(path);
+    while let Some(p) = at {
+        if p.as_os_str().is_empty() || p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        at = p.parent();
+    }
+    fs::create_dir_all(path)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` atomically and durably: write a temporary file,
+/// fsync it, rename it over, fsync the directory.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// A voter's copy of the lock table on disk: `LOG_MAGIC`, then records of
+/// `len: u32 LE | crc32(body): u32 LE | body` (a postcard [`Entry`]).
+/// Replaying them through [`Replica::merge`] rebuilds the copy (merging is
+/// order-independent).
 #[derive(Debug)]
-pub struct LockStore {
-    dir: PathBuf,
+pub struct LockLog {
+    path: PathBuf,
     file: File,
     records: usize,
 }
 
-impl LockStore {
-    /// Opens (creating) the log in `dir` and replays it.
-    pub fn open(dir: &Path) -> io::Result<(LockStore, Replica)> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join(LOCKS_FILE);
-        let bytes = match fs::read(&path) {
+impl LockLog {
+    /// Opens and replays the log at `path`. A torn or zero-filled tail is
+    /// truncated (reported in the returned messages); a corrupt record
+    /// followed by more data, a bad header or a missing file is an error.
+    pub fn open(path: &Path) -> io::Result<(LockLog, Replica, Vec<String>)> {
+        let bytes = match fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(invalid(
+                    path,
+                    "is missing from an initialized data directory; remove the directory to have this voter recover from the others",
+                ));
+            }
             Err(e) => return Err(e),
         };
+        if bytes.len() < LOG_MAGIC.len() || &bytes[..LOG_MAGIC.len()] != LOG_MAGIC {
+            return Err(invalid(path, "is not a coordmesh lock log (bad header)"));
+        }
         let mut replica = Replica::default();
-        let mut at = 0;
+        let mut at = LOG_MAGIC.len();
         let mut records = 0;
-        while at + 4 <= bytes.len() {
-            let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-                as usize;
-            let Some(body) = bytes.get(at + 4..at + 4 + len) else {
-                break;
-            };
-            let entry: Entry = postcard::from_bytes(body).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} holds an undecodable record", path.display()),
-                )
-            })?;
-            replica.merge(entry);
-            records += 1;
-            at += 4 + len;
+        let mut repaired = Vec::new();
+        while at < bytes.len() {
+            match decode_record(&bytes[at..]) {
+                Ok((entry, used)) => {
+                    replica.merge(entry);
+                    records += 1;
+                    at += used;
+                }
+                Err(extent) => {
+                    let rest = &bytes[at..];
+                    let torn = extent >= rest.len() || rest.iter().all(|b| *b == 0);
+                    if !torn {
+                        return Err(invalid(
+                            path,
+                            format!(
+                                "record at offset {at} is corrupt and {} bytes follow it; restore the file, or remove the data directory to have this voter recover from the others",
+                                rest.len()
+                            ),
+                        ));
+                    }
+                    repaired.push(format!(
+                        "{}: dropped a torn tail of {} bytes at offset {at} (a crash mid-append; it was never acknowledged)",
+                        path.display(),
+                        rest.len()
+                    ));
+                    break;
+                }
+            }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new().append(true).open(path)?;
         if at < bytes.len() {
-            // Drop the torn tail so later appends follow whole records.
+            // Later appends must follow whole records.
             file.set_len(at as u64)?;
+            file.sync_all()?;
         }
-        let store = LockStore {
-            dir: dir.to_path_buf(),
+        let log = LockLog {
+            path: path.to_path_buf(),
             file,
             records,
         };
-        Ok((store, replica))
+        Ok((log, replica, repaired))
     }
 
-    /// Appends `entries` and syncs them before returning (one sync per
-    /// call: callers group a batch into one call).
+    /// Writes a new log holding `replica` at `path`, atomically.
+    pub fn create(path: &Path, replica: &Replica) -> io::Result<LockLog> {
+        let mut buf = LOG_MAGIC.to_vec();
+        for e in replica.entries() {
+            encode_record(&mut buf, e)?;
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(LOCKS_FILE);
+        replace_file(dir, name, &buf)?;
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(LockLog {
+            path: path.to_path_buf(),
+            file,
+            records: replica.len(),
+        })
+    }
+
+    /// Appends `entries` and syncs them (one sync per call: callers group
+    /// a batch into one call); compacts once the log is mostly superseded.
     pub fn append(&mut self, entries: &[Entry], replica: &Replica) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -126,214 +340,277 @@ impl LockStore {
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
         self.records += entries.len();
-        // Compact once the log is mostly superseded records.
         if self.records > 4 * replica.len() + 4096 {
-            self.compact(replica)?;
+            *self = LockLog::create(&self.path, replica)?;
         }
-        Ok(())
-    }
-
-    fn compact(&mut self, replica: &Replica) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{LOCKS_FILE}.tmp"));
-        let mut buf = Vec::new();
-        for e in replica.entries() {
-            encode_record(&mut buf, e)?;
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(&buf)?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.dir.join(LOCKS_FILE))?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(self.dir.join(LOCKS_FILE))?;
-        self.records = replica.len();
         Ok(())
     }
 }
 
-/// One group-commit job: entries to make durable, and what to do once
-/// they are (`true`) or cannot be (`false`).
-pub struct PersistJob {
-    /// The entries.
+/// One record at the start of `bytes`: the entry and the bytes it used,
+/// or, if it is not whole and valid, how far it claims to extend.
+fn decode_record(bytes: &[u8]) -> Result<(Entry, usize), usize> {
+    if bytes.len() < RECORD_HEADER_BYTES {
+        return Err(RECORD_HEADER_BYTES);
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let extent = RECORD_HEADER_BYTES.saturating_add(len);
+    if len == 0 || len > RECORD_BYTES_MAX {
+        return Err(extent);
+    }
+    let Some(body) = bytes.get(RECORD_HEADER_BYTES..extent) else {
+        return Err(extent);
+    };
+    if crc32fast::hash(body) != crc {
+        return Err(extent);
+    }
+    let entry = postcard::from_bytes(body).map_err(|_| extent)?;
+    Ok((entry, extent))
+}
+
+fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
+    let body = postcard::to_stdvec(entry).map_err(io::Error::other)?;
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    buf.extend_from_slice(&body);
+    Ok(())
+}
+
+/// What a job's `done` is told: everything it asked for is durable.
+pub type Done = Box<dyn FnOnce(bool) + Send>;
+
+/// One unit of work for the [`Persister`].
+pub struct Job {
+    /// A promise to make durable (the highest of a group is written).
+    pub promise: Option<u64>,
+    /// Lock entries to make durable.
     pub entries: Vec<Entry>,
-    /// Called on the persister's thread after the sync.
-    pub done: Box<dyn FnOnce(bool) + Send>,
+    /// Initialize a blank directory with this promise and table first.
+    pub init: Option<(u64, Replica)>,
+    /// Called once all of it is durable (`true`), or cannot be (`false`).
+    pub done: Done,
 }
 
-/// Group commit of lock entries (E8). On real nodes a thread of its own
-/// takes every job queued, appends them all, syncs once, then calls each
-/// job's `done`: the driver never waits for a disk. In simulations the
-/// sync happens inline, so virtual time stays meaningful. After a failed
-/// sync it acks nothing more (it logs why): acking what is not durable
-/// could lose a grant in a restart.
-pub struct LockPersister {
-    state: std::sync::Arc<std::sync::Mutex<PersistState>>,
-    /// The group-commit thread; `None` in simulations.
-    thread: Option<std::sync::mpsc::Sender<PersistJob>>,
-}
-
-struct PersistState {
-    store: LockStore,
+/// The durable state and the files behind it.
+struct Disk {
+    dir: Option<DataDir>,
+    log: Option<LockLog>,
+    /// The durable copy: what the log holds (E8 acks are checked on it,
+    /// not on the driver's in-memory copy).
     replica: Replica,
+    promised: u64,
+    /// `promised`, readable without the lock (lease checker, reply gate).
+    promised_cell: Arc<AtomicU64>,
     failed: bool,
 }
 
-impl PersistState {
-    fn sync(&mut self, entries: Vec<Entry>) -> bool {
-        self.failed = !sync(&mut self.store, &mut self.replica, entries, self.failed);
-        !self.failed
+impl Disk {
+    /// Runs a group of jobs with one sync of each file they touch.
+    fn run(&mut self, jobs: Vec<Job>) {
+        let ok = self.write(&jobs);
+        for job in jobs {
+            (job.done)(ok);
+        }
+    }
+
+    fn write(&mut self, jobs: &[Job]) -> bool {
+        if self.failed {
+            return false;
+        }
+        let result = (|| -> io::Result<()> {
+            for job in jobs {
+                if let (Some((promised, replica)), Some(dir)) = (&job.init, &self.dir) {
+                    self.log = Some(dir.initialize(*promised, replica)?);
+                    self.replica = replica.clone();
+                    self.promised = *promised;
+                    self.promised_cell.store(*promised, Ordering::Release);
+                }
+            }
+            // A blank directory not initialized yet: this voter has no
+            // durable state (it recovers like one without a data dir).
+            let (Some(dir), Some(log)) = (&self.dir, &mut self.log) else {
+                return Ok(());
+            };
+            if let Some(p) = jobs.iter().filter_map(|j| j.promise).max()
+                && p > self.promised
+            {
+                dir.save_promise(p)?;
+                self.promised = p;
+                self.promised_cell.store(p, Ordering::Release);
+            }
+            let changed = self
+                .replica
+                .merge_all(jobs.iter().flat_map(|j| j.entries.iter().cloned()));
+            log.append(&changed, &self.replica)
+        })();
+        match result {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(%err, "cannot make the voter's state durable; this node acks and promises nothing more");
+                self.failed = true;
+                false
+            }
+        }
     }
 }
 
-impl LockPersister {
-    /// Starts the thread over an opened store and the copy it replayed.
-    pub fn start(store: LockStore, replica: Replica) -> io::Result<LockPersister> {
-        let mut p = LockPersister::inline(store, replica);
-        let (tx, rx) = std::sync::mpsc::channel::<PersistJob>();
-        let state = p.state.clone();
+enum Mode {
+    /// A thread of its own, group-committing.
+    Thread(std::sync::mpsc::Sender<Job>),
+    /// On the caller's thread, at once (simulations).
+    Inline,
+    /// A task that waits `latency` of (virtual) time per group, then
+    /// writes (simulations of a slow disk).
+    Delayed(tokio::sync::mpsc::UnboundedSender<Job>),
+}
+
+/// Makes promises and lock entries durable off the driver (E8).
+pub struct Persister {
+    disk: Arc<Mutex<Disk>>,
+    /// The promise the data directory holds.
+    promised: Arc<AtomicU64>,
+    mode: Mode,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister").finish_non_exhaustive()
+    }
+}
+
+impl Persister {
+    fn with(mut dir: Option<DataDir>, stored: &Stored) -> Persister {
+        let log = dir.as_mut().and_then(|d| d.log.take());
+        let (replica, promised) = match stored {
+            Stored::Initialized { promised, replica } if log.is_some() => {
+                (replica.clone(), *promised)
+            }
+            _ => (Replica::default(), 0),
+        };
+        let promised_cell = Arc::new(AtomicU64::new(promised));
+        Persister {
+            disk: Arc::new(Mutex::new(Disk {
+                dir,
+                log,
+                replica,
+                promised,
+                promised_cell: promised_cell.clone(),
+                failed: false,
+            })),
+            promised: promised_cell,
+            mode: Mode::Inline,
+        }
+    }
+
+    /// No data directory: everything is "durable" at once (in memory).
+    pub fn memory() -> Persister {
+        Persister::with(None, &Stored::Blank)
+    }
+
+    /// A thread of its own over `dir`, which holds `stored`.
+    pub fn thread(dir: DataDir, stored: &Stored) -> io::Result<Persister> {
+        let mut p = Persister::with(Some(dir), stored);
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let disk = p.disk.clone();
         std::thread::Builder::new()
-            .name("coordmesh-lock-log".into())
+            .name("coordmesh-disk".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
                     while let Ok(more) = rx.try_recv() {
                         jobs.push(more);
                     }
-                    let all: Vec<Entry> = jobs.iter().flat_map(|j| j.entries.clone()).collect();
-                    let ok = state.lock().unwrap_or_else(|e| e.into_inner()).sync(all);
-                    for job in jobs {
-                        (job.done)(ok);
-                    }
+                    disk.lock().unwrap_or_else(|e| e.into_inner()).run(jobs);
                 }
             })?;
-        p.thread = Some(tx);
+        p.mode = Mode::Thread(tx);
         Ok(p)
     }
 
-    /// Persists inline only, on the caller's thread (simulations).
-    pub fn inline(store: LockStore, replica: Replica) -> LockPersister {
-        LockPersister {
-            state: std::sync::Arc::new(std::sync::Mutex::new(PersistState {
-                store,
-                replica,
-                failed: false,
-            })),
-            thread: None,
+    /// Writes on the caller's thread at once (simulations), or, with a
+    /// `latency`, from a task after that much (virtual) time per group.
+    pub fn inline(dir: DataDir, stored: &Stored, latency: Duration) -> Persister {
+        let mut p = Persister::with(Some(dir), stored);
+        if !latency.is_zero() {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let disk = p.disk.clone();
+            tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    tokio::time::sleep(latency).await;
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    disk.lock().unwrap_or_else(|e| e.into_inner()).run(jobs);
+                }
+            });
+            p.mode = Mode::Delayed(tx);
         }
+        p
     }
 
-    /// Queues `entries` for the group-commit thread (inline without
-    /// one); `done` runs once they are durable (or not).
-    pub fn persist(&self, entries: Vec<Entry>, done: impl FnOnce(bool) + Send + 'static) {
-        match &self.thread {
-            Some(tx) => {
-                let job = PersistJob {
-                    entries,
-                    done: Box::new(done),
-                };
+    /// True once this node's data directory holds its state (it was
+    /// initialized, now or at an earlier start).
+    pub fn is_durable(&self) -> bool {
+        let disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        disk.log.is_some()
+    }
+
+    /// The promise the data directory holds now (0 without one), shared:
+    /// it moves as writes complete.
+    pub fn durable_promise(&self) -> Arc<AtomicU64> {
+        self.promised.clone()
+    }
+
+    /// Queues a job; `done` runs once it is durable (or cannot be).
+    pub fn submit(&self, job: Job) {
+        match &self.mode {
+            Mode::Thread(tx) => {
                 if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
                     (job.done)(false);
                 }
             }
-            None => done(self.persist_now(entries)),
+            Mode::Delayed(tx) => {
+                if let Err(tokio::sync::mpsc::error::SendError(job)) = tx.send(job) {
+                    (job.done)(false);
+                }
+            }
+            Mode::Inline => self
+                .disk
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .run(vec![job]),
         }
     }
 
-    /// Makes `entries` durable on the caller's thread, now: for a voter
-    /// that only follows, whose acks wait on the disk anyway (no thread
-    /// hand-off on its path).
-    pub fn persist_now(&self, entries: Vec<Entry>) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sync(entries)
+    /// Makes `promise` (if any) and `entries` durable, then calls `done`.
+    pub fn persist(
+        &self,
+        promise: Option<u64>,
+        entries: Vec<Entry>,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) {
+        self.submit(Job {
+            promise,
+            entries,
+            init: None,
+            done: Box::new(done),
+        });
     }
-}
 
-/// Appends what changes the copy and syncs; false once anything failed.
-fn sync(store: &mut LockStore, replica: &mut Replica, entries: Vec<Entry>, failed: bool) -> bool {
-    if failed {
-        return false;
+    /// Initializes a blank data directory with this voter's recovered
+    /// state (E7), or rewrites an initialized one with a replaced copy;
+    /// later jobs follow it. Without a data directory it does nothing.
+    pub fn initialize(&self, promised: u64, replica: Replica) {
+        self.submit(Job {
+            promise: None,
+            entries: Vec::new(),
+            init: Some((promised, replica)),
+            done: Box::new(|_| {}),
+        });
     }
-    let changed = replica.merge_all(entries);
-    match store.append(&changed, replica) {
-        Ok(()) => true,
-        Err(err) => {
-            tracing::error!(%err, "cannot persist lock entries; this node acks no more of them");
-            false
-        }
-    }
-}
-
-fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
-    let body = postcard::to_stdvec(entry).map_err(io::Error::other)?;
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::NodeId;
-    use crate::locks::EntryState;
-
-    fn held(name: &str, token: u64) -> Entry {
-        Entry {
-            name: name.into(),
-            token,
-            state: EntryState::held(1000, NodeId(1), None, 0),
-        }
-    }
-
-    #[test]
-    fn lock_log_replays_survives_a_torn_tail_and_compacts() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut store, mut replica) = LockStore::open(dir.path()).unwrap();
-        assert!(replica.is_empty());
-        let batch = vec![held("a", 1), held("b", 2)];
-        replica.merge_all(batch.clone());
-        store.append(&batch, &replica).unwrap();
-        let free = Entry {
-            name: "a".into(),
-            token: 1,
-            state: EntryState::Free { request_id: None },
-        };
-        replica.merge(free.clone());
-        store.append(&[free], &replica).unwrap();
-        drop(store);
-        // A crash mid-append leaves part of a record.
-        let path = dir.path().join(LOCKS_FILE);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
-        drop(f);
-        let (mut store, again) = LockStore::open(dir.path()).unwrap();
-        assert_eq!(again, replica);
-        for i in 0..5000 {
-            let e = held("c", 10 + i);
-            replica.merge(e.clone());
-            store.append(&[e], &replica).unwrap();
-        }
-        assert!(store.records < 5000, "compacted: {}", store.records);
-        let (_, again) = LockStore::open(dir.path()).unwrap();
-        assert_eq!(again, replica);
-    }
-
-    #[test]
-    fn promise_survives_reopen_and_garbage_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, promised) = PromiseStore::open(dir.path()).unwrap();
-        assert_eq!(promised, 0);
-        store.save(41).unwrap();
-        store.save(42).unwrap();
-        let (_, promised) = PromiseStore::open(dir.path()).unwrap();
-        assert_eq!(promised, 42);
-        fs::write(dir.path().join(PROMISE_FILE), "x").unwrap();
-        assert!(PromiseStore::open(dir.path()).is_err());
-    }
-}
+mod tests;

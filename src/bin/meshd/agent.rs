@@ -57,6 +57,11 @@ pub(crate) struct AgentArgs {
     /// Time without a leader before a node runs, in ms [default: 450].
     #[arg(long, value_name = "MS")]
     election_timeout_ms: Option<u64>,
+    /// This is the first start of a new cluster: voters without data
+    /// directories form it without waiting out the longest lock TTL. Do
+    /// not give it when restarting an existing cluster.
+    #[arg(long)]
+    bootstrap: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +132,7 @@ fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigE
         stability_window_ms: None,
         lock_ttl_max_ms: None,
         lock_waiters_max: None,
+        bootstrap: args.bootstrap.then_some(true),
     };
     file.overlay(flags).build()
 }
@@ -151,9 +157,17 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
         }
     }
     if config.is_voter() && config.data_dir.is_none() {
-        tracing::warn!(
-            "voter without --data-dir: after a restart it copies the promised epoch from a majority before voting; if a majority restarts without data dirs at once, it waits out the longest lock TTL (lock-ttl-max-ms) before the cluster forms anew, and epochs and fencing tokens restart"
-        );
+        let wait_s = config.election.lock_ttl_max.as_secs_f64() * (1.0 + config.election.drift);
+        if config.bootstrap {
+            tracing::warn!(
+                "voter without --data-dir, started with --bootstrap as a new cluster: it forms at once with the others; a later restart of a majority of voters without data dirs waits out the longest lock TTL before the cluster forms anew, and epochs and fencing tokens restart"
+            );
+        } else {
+            tracing::warn!(
+                wait_s = format!("{wait_s:.0}"),
+                "voter without --data-dir: after a restart it copies the promised epoch and the lock table from a majority of voters before voting; if a majority of voters are restarting without data dirs (or this is a new cluster started without --bootstrap), they wait out the longest lock TTL (lock-ttl-max-ms, times 1 + drift) before forming the cluster anew, since a lease granted before may still run; epochs and fencing tokens then restart"
+            );
+        }
     }
     // Bind the HTTP listener first: if its address is taken, nothing else
     // has started yet.

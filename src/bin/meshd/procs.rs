@@ -134,6 +134,9 @@ pub struct Agents {
     pub extra_args: Vec<String>,
     /// When set, agent `id` runs with `--data-dir <root>/node-<id>`.
     pub data_root: Option<PathBuf>,
+    /// Agents started at least once: their first start gets
+    /// `--bootstrap` (a new cluster), restarts do not (E7).
+    started: HashSet<u64>,
 }
 
 impl Agents {
@@ -170,6 +173,7 @@ impl Agents {
             seeds,
             extra_args: Vec::new(),
             data_root: None,
+            started: HashSet::new(),
         })
     }
 
@@ -224,7 +228,9 @@ impl Agents {
         self.children.get(&id).map(Child::id)
     }
 
-    /// Starts agent `id` (again, after a kill: a new generation).
+    /// Starts agent `id` (again, after a kill: a new generation). Its
+    /// first start is a new cluster's (`--bootstrap`), later ones are
+    /// restarts.
     pub fn start(&mut self, id: u64) -> io::Result<()> {
         let spec = self.specs[&id].clone();
         let log = OpenOptions::new()
@@ -241,6 +247,9 @@ impl Agents {
         }
         if let Some(root) = &self.data_root {
             cmd.arg("--data-dir").arg(root.join(format!("node-{id}")));
+        }
+        if self.started.insert(id) {
+            cmd.arg("--bootstrap");
         }
         cmd.args(&self.extra_args)
             .stdin(Stdio::null())

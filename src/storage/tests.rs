@@ -1,0 +1,206 @@
+use super::*;
+use crate::locks::EntryState;
+
+fn held(name: &str, token: u64) -> Entry {
+    Entry {
+        name: name.into(),
+        token,
+        state: EntryState::held(1000, NodeId(1), None, 0),
+    }
+}
+
+fn open(dir: &Path, node: u64) -> io::Result<(DataDir, Stored, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let (d, s) = DataDir::open(dir, "c", NodeId(node), &mut warnings)?;
+    Ok((d, s, warnings))
+}
+
+/// Finding 3 (E7): a new, empty or foreign directory is no memory. Only
+/// a directory initialized for this node of this cluster counts as
+/// durable; one of another node or cluster refuses the start.
+#[test]
+fn finding_3_only_an_initialized_directory_of_this_node_is_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("a/b/node-1");
+    let (dir, stored, _) = open(&path, 1).unwrap();
+    assert_eq!(stored, Stored::Blank, "a new directory");
+    // Left by a build without identities (or a partial restore): still
+    // blank, whatever promise file it holds.
+    fs::write(path.join(PROMISE_FILE), "41\n").unwrap();
+    assert_eq!(open(&path, 1).unwrap().1, Stored::Blank);
+    let mut replica = Replica::default();
+    replica.merge(held("x", 7));
+    dir.initialize(9, &replica).unwrap();
+    let (_, stored, _) = open(&path, 1).unwrap();
+    assert_eq!(
+        stored,
+        Stored::Initialized {
+            promised: 9,
+            replica: replica.clone()
+        }
+    );
+    let other_node = open(&path, 2).unwrap_err().to_string();
+    assert!(other_node.contains("belongs to node 1"), "{other_node}");
+    let mut w = Vec::new();
+    let other_cluster = DataDir::open(&path, "d", NodeId(1), &mut w)
+        .unwrap_err()
+        .to_string();
+    assert!(other_cluster.contains("cluster \"c\""), "{other_cluster}");
+    fs::remove_file(path.join(PROMISE_FILE)).unwrap();
+    let damaged = open(&path, 1).unwrap_err().to_string();
+    assert!(damaged.contains("promise: is missing"), "{damaged}");
+}
+
+#[test]
+fn promise_survives_reopen_and_garbage_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, _) = open(root.path(), 1).unwrap();
+    dir.initialize(0, &Replica::default()).unwrap();
+    dir.save_promise(41).unwrap();
+    dir.save_promise(42).unwrap();
+    assert!(matches!(
+        open(root.path(), 1).unwrap().1,
+        Stored::Initialized { promised: 42, .. }
+    ));
+    fs::write(root.path().join(PROMISE_FILE), "x").unwrap();
+    assert!(open(root.path(), 1).is_err());
+}
+
+/// The lock log: a torn or zero-filled tail (a crash mid-append) is
+/// truncated and reported; a corrupt record with records after it refuses
+/// the start; a record whose bytes decode but fail the checksum is never
+/// merged (it could carry any token).
+#[test]
+fn lock_log_checksums_truncate_a_torn_tail_and_refuse_a_corrupt_middle() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join(LOCKS_FILE);
+    let mut replica = Replica::default();
+    let mut log = LockLog::create(&path, &replica).unwrap();
+    for (i, e) in [held("a", 1), held("b", 2), held("c", 3)]
+        .into_iter()
+        .enumerate()
+    {
+        replica.merge(e.clone());
+        log.append(&[e], &replica).unwrap();
+        let _ = i;
+    }
+    drop(log);
+    let whole = fs::read(&path).unwrap();
+    // A torn last record.
+    let mut torn = whole.clone();
+    torn.truncate(whole.len() - 3);
+    fs::write(&path, &torn).unwrap();
+    let (_, again, repaired) = LockLog::open(&path).unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    assert!(fs::read(&path).unwrap().len() < torn.len(), "truncated");
+    // A zero-filled tail (the file grew, the data never landed).
+    let mut zeros = whole.clone();
+    zeros.extend_from_slice(&[0; 4096]);
+    fs::write(&path, &zeros).unwrap();
+    let (_, again, repaired) = LockLog::open(&path).unwrap();
+    assert_eq!(again, replica);
+    assert_eq!(repaired.len(), 1);
+    assert_eq!(fs::read(&path).unwrap(), whole);
+    // A flipped byte in the first record, with two whole records after.
+    let mut flipped = whole.clone();
+    flipped[LOG_MAGIC.len() + RECORD_HEADER_BYTES + 1] ^= 0x40;
+    fs::write(&path, &flipped).unwrap();
+    let err = LockLog::open(&path).unwrap_err().to_string();
+    assert!(err.contains("offset 8 is corrupt"), "{err}");
+    // Garbage that postcard decodes into an entry with a huge token,
+    // without a matching checksum, as the last record: dropped, never
+    // merged.
+    let body = postcard::to_stdvec(&held("a", u64::MAX)).unwrap();
+    let mut forged = whole.clone();
+    forged.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    forged.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+    forged.extend_from_slice(&body);
+    fs::write(&path, &forged).unwrap();
+    let (_, again, _) = LockLog::open(&path).unwrap();
+    assert_eq!(again.get("a").map(|e| e.token), Some(1));
+    // Not a lock log at all.
+    fs::write(&path, b"hello").unwrap();
+    assert!(LockLog::open(&path).is_err());
+}
+
+#[test]
+fn lock_log_compacts() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join(LOCKS_FILE);
+    let mut replica = Replica::default();
+    let mut log = LockLog::create(&path, &replica).unwrap();
+    for i in 0..5000 {
+        let e = held("c", 10 + i);
+        replica.merge(e.clone());
+        log.append(&[e], &replica).unwrap();
+    }
+    assert!(log.records < 5000, "compacted: {}", log.records);
+    let (_, again, _) = LockLog::open(&path).unwrap();
+    assert_eq!(again, replica);
+}
+
+/// Generations: newer than the last one used here even when the wall
+/// clock stepped back (finding: a restart looked older than its dead
+/// incarnation).
+#[test]
+fn a_generation_is_newer_than_the_last_one_even_if_the_clock_stepped_back() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, _) = open(root.path(), 1).unwrap();
+    assert_eq!(dir.next_generation(1000).unwrap(), 1000);
+    assert_eq!(
+        dir.next_generation(500).unwrap(),
+        1001,
+        "the clock went back"
+    );
+    assert_eq!(dir.next_generation(5000).unwrap(), 5000);
+}
+
+/// E8: an ack waits for what the *disk* holds, not what the driver holds
+/// in memory: entries the driver merged earlier without writing them (an
+/// E7 copy, a table adopted at takeover) are still written before `done`.
+#[test]
+fn e8_entries_already_in_memory_are_written_before_the_ack() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(3, Replica::default());
+    let acked = Arc::new(Mutex::new(None));
+    let a = acked.clone();
+    // The driver's own copy already has "x" (it merged it from a promise);
+    // the batch that carries it again must still reach the disk.
+    p.persist(Some(4), vec![held("x", 9)], move |ok| {
+        *a.lock().unwrap() = Some(ok)
+    });
+    assert_eq!(*acked.lock().unwrap(), Some(true));
+    drop(p);
+    let (_, stored, _) = open(root.path(), 1).unwrap();
+    let Stored::Initialized { promised, replica } = stored else {
+        panic!("{stored:?}")
+    };
+    assert_eq!(promised, 4);
+    assert_eq!(replica.get("x").map(|e| e.token), Some(9));
+}
+
+/// A blank directory writes nothing until it is initialized: its voter
+/// has no durable state (it recovers like one without a data directory).
+#[test]
+fn a_blank_directory_holds_nothing_until_initialized() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    assert!(!p.is_durable());
+    p.persist(Some(4), vec![held("x", 9)], |ok| assert!(ok));
+    assert_eq!(open(root.path(), 1).unwrap().1, Stored::Blank);
+    let mut copied = Replica::default();
+    copied.merge(held("y", 3));
+    p.initialize(5, copied.clone());
+    assert!(p.is_durable());
+    assert_eq!(
+        open(root.path(), 1).unwrap().1,
+        Stored::Initialized {
+            promised: 5,
+            replica: copied
+        }
+    );
+}
