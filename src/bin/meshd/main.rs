@@ -31,6 +31,13 @@ enum Command {
     Status(status::StatusArgs),
     /// Runs a command while holding a lock: `meshd lock NAME -- CMD`.
     Lock(lock::LockArgs),
+    /// Ends a `meshd lock` command's process group when `meshd lock` dies
+    /// or its lease's deadline passes (started by `meshd lock` itself).
+    #[command(name = "lock-watchdog", hide = true)]
+    LockWatchdog {
+        /// The deadline, CLOCK_BOOTTIME nanoseconds.
+        deadline_ns: u64,
+    },
     /// Makes a new cluster secret (for `--cluster-key`).
     Keygen(keygen::KeygenArgs),
     /// Runs the multi-process local demo on loopback.
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(*args),
         Command::Status(args) => status::run(args),
         Command::Lock(args) => lock::run(args),
+        Command::LockWatchdog { deadline_ns } => lock::watchdog(deadline_ns),
         Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
