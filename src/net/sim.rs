@@ -96,6 +96,9 @@ struct Inner {
     groups: HashMap<IpAddr, usize>,
     /// One-way cuts (from, to).
     blocked: HashSet<(IpAddr, IpAddr)>,
+    /// One-way cuts of one kind of request only (from, to, kind): the
+    /// RPC layer names each request's kind (see `rpc::sim`).
+    dropped_kinds: HashSet<(IpAddr, IpAddr, &'static str)>,
     stats: SimStats,
 }
 
@@ -109,6 +112,7 @@ impl SimNet {
                 faults: Faults::default(),
                 groups: HashMap::new(),
                 blocked: HashSet::new(),
+                dropped_kinds: HashSet::new(),
                 stats: SimStats::default(),
             })),
             gossip: chitchat::transport::ChannelTransport::with_mtu(super::DATAGRAM_BYTES_MAX),
@@ -205,11 +209,29 @@ impl SimNet {
         self.lock().blocked.remove(&(from, to));
     }
 
-    /// Removes every partition and blocked link.
+    /// Loses every request of `kind` (as the RPC layer names it, e.g.
+    /// `"lock-replicate"`) from `from` to `to`, and nothing else: faults
+    /// a lossy link would cause only by chance, placed by hand.
+    pub fn drop_requests(&self, from: IpAddr, to: IpAddr, kind: &'static str) {
+        self.lock().dropped_kinds.insert((from, to, kind));
+    }
+
+    /// Undoes [`SimNet::drop_requests`].
+    pub fn keep_requests(&self, from: IpAddr, to: IpAddr, kind: &'static str) {
+        self.lock().dropped_kinds.remove(&(from, to, kind));
+    }
+
+    /// True if a request of `kind` from `from` to `to` is to be lost.
+    pub fn drops_request(&self, from: IpAddr, to: IpAddr, kind: &'static str) -> bool {
+        self.lock().dropped_kinds.contains(&(from, to, kind))
+    }
+
+    /// Removes every partition, blocked link and dropped kind.
     pub fn heal(&self) {
         let mut inner = self.lock();
         inner.groups.clear();
         inner.blocked.clear();
+        inner.dropped_kinds.clear();
     }
 
     /// What the network has done so far.
@@ -375,6 +397,11 @@ pub struct SimSender {
 }
 
 impl SimSender {
+    /// The network it sends on.
+    pub fn net(&self) -> &SimNet {
+        &self.net
+    }
+
     /// Hands one datagram to the network.
     pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         if buf.len() > super::DATAGRAM_BYTES_MAX {

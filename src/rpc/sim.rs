@@ -42,6 +42,23 @@ enum Packet {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ResponseEnvelope>>>>;
 
+/// The name of a request's kind, for faults placed on one kind only
+/// ([`SimNet::drop_requests`]).
+fn kind(request: &Request) -> &'static str {
+    use crate::election::ElectionRequest as E;
+    use crate::locks::LockRequest as L;
+    match request {
+        Request::Ping(_) => "ping",
+        Request::Election(E::Prepare { .. }) => "prepare",
+        Request::Election(E::Heartbeat { .. }) => "heartbeat",
+        Request::Election(E::Resign { .. }) => "resign",
+        Request::Election(E::Probe { .. }) => "probe",
+        Request::Election(E::Sync { .. }) => "sync",
+        Request::Lock(L::Replicate { .. }) => "lock-replicate",
+        Request::Lock(_) => "lock",
+    }
+}
+
 pub(super) struct SimRpc {
     id: NodeId,
     sender: SimSender,
@@ -95,6 +112,10 @@ impl SimRpc {
             return Err(RpcError::Closed);
         }
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let lost = self
+            .sender
+            .net()
+            .drops_request(self.local.ip(), to.ip(), kind(&request));
         let frame = encode_datagram(&Packet::Request {
             call,
             envelope: RequestEnvelope {
@@ -112,7 +133,9 @@ impl SimRpc {
         }
         // A send error is the datagram being refused as too large, which
         // `encode_datagram` already ruled out; treat it as lost.
-        let _ = self.sender.send_to(&frame, to);
+        if !lost {
+            let _ = self.sender.send_to(&frame, to);
+        }
         let answer = tokio::time::timeout(timeout, rx).await;
         lock(&self.pending).remove(&call);
         match answer {

@@ -282,7 +282,20 @@ impl SimCluster {
         self.net.unblock(Self::host(from), Self::host(to));
     }
 
-    /// Removes partitions and blocked directions.
+    /// Loses every request of `kind` ("lock-replicate", "heartbeat",
+    /// "prepare", "sync", …) from `from` to `to`, and nothing else.
+    pub fn drop_requests(&self, from: NodeId, to: NodeId, kind: &'static str) {
+        self.net
+            .drop_requests(Self::host(from), Self::host(to), kind);
+    }
+
+    /// Undoes [`SimCluster::drop_requests`].
+    pub fn keep_requests(&self, from: NodeId, to: NodeId, kind: &'static str) {
+        self.net
+            .keep_requests(Self::host(from), Self::host(to), kind);
+    }
+
+    /// Removes partitions, blocked directions and dropped kinds.
     pub fn heal(&self) {
         self.net.heal();
     }
