@@ -227,6 +227,9 @@ impl Mesh {
                         (Memory::Durable, *promised, replica.clone())
                     }
                     Stored::Blank => (Memory::Blank, 0, Replica::default()),
+                    // Files of an earlier life without an identity: no
+                    // memory to trust, and no sign of a new cluster.
+                    Stored::Leftover => (Memory::None, 0, Replica::default()),
                 };
                 let disk = match env.clock {
                     Clock::Boottime => Persister::thread(data, &stored).map_err(data_dir)?,
@@ -497,6 +500,19 @@ impl Mesh {
             .shared
             .max_epoch
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When this voter last formed the cluster anew, on the protocol clock
+    /// ([`Mesh::clock_now`]): a majority of voters recovered together with
+    /// no memory of the cluster's earlier life (E7), so fencing tokens may
+    /// have started over. `None` if it never did.
+    pub fn formed_anew_at(&self) -> Option<Duration> {
+        *self
+            .inner
+            .shared
+            .formed_anew_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// This node's counters.

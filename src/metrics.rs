@@ -45,6 +45,9 @@ pub struct Metrics {
     pub leaderless_ms_total: AtomicU64,
     /// Length of the last leaderless period, in ms (a gauge).
     pub leaderless_ms_last: AtomicU64,
+    /// Times this voter formed the cluster anew with others that
+    /// remembered nothing (E7): fencing tokens may have started over.
+    pub cluster_formed_anew: AtomicU64,
     /// RPC calls made.
     pub rpc_calls: AtomicU64,
     /// RPC calls that failed (timeout, unreachable, refused).
@@ -87,7 +90,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 33] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 34] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -189,6 +192,12 @@ impl Metrics {
                 "gauge",
                 "Length of the last period without a leader as this node saw it, in ms.",
                 &self.leaderless_ms_last,
+            ),
+            (
+                "coordmesh_cluster_formed_anew_total",
+                "counter",
+                "Times this voter formed the cluster anew with voters that remembered nothing (tokens may have started over).",
+                &self.cluster_formed_anew,
             ),
             (
                 "coordmesh_rpc_calls_total",

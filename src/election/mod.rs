@@ -139,6 +139,19 @@ impl Timing {
         self.lease.max(self.heartbeat * 2)
     }
 
+    /// How long after its start a voter waits before it takes a copy from
+    /// the others (E7): until no answer it gave before its restart can
+    /// still be counted, neither a promise (an attempt lasts
+    /// [`Timing::attempt_window`]) nor an ack of a replication batch (a
+    /// batch pending [`crate::locks::table::BATCH_PENDING_MAX`] is sent
+    /// again under a new id), whatever the clocks' drift. A batch or an
+    /// election its old answers helped decide is then in every copy.
+    pub fn old_answers_expire(&self) -> Duration {
+        self.attempt_window()
+            .max(crate::locks::table::BATCH_PENDING_MAX)
+            .mul_f64((1.0 + self.drift) / (1.0 - self.drift))
+    }
+
     /// How long a peer's "reaches quorum" mark stays fresh: it is bumped
     /// every heartbeat interval, and gossip takes a round or two.
     pub fn reach_fresh(&self) -> Duration {
@@ -414,8 +427,12 @@ pub struct Election {
     /// Recovery done (E7): the start-up wait, and without durable state
     /// the copy of the highest promise from a majority.
     recovered: bool,
+    /// When it finished.
+    recovered_at: Option<Duration>,
     blackout_until: Duration,
     blackout_epoch: u64,
+    /// The highest epoch whose leader resigned (E6): refused from then on.
+    resigned_epoch: u64,
     /// Answers to recovery syncs: promise, recovering, up time, memory.
     sync_replies: BTreeMap<NodeId, (u64, bool, u64, Memory)>,
     last_sync_at: Option<Duration>,
@@ -477,8 +494,10 @@ impl Election {
             bootstrap,
             promised,
             recovered: false,
+            recovered_at: None,
             blackout_until: now,
             blackout_epoch: 0,
+            resigned_epoch: 0,
             sync_replies: BTreeMap::new(),
             last_sync_at: None,
             gossiped_epoch: 0,
@@ -700,19 +719,28 @@ impl Election {
             .filter(|(_, (_, recovering, _, _))| !recovering)
             .map(|(id, (p, ..))| (*id, *p))
             .collect();
-        let heard = self.sync_replies.values().map(|(p, ..)| *p).max();
+        // K1: a promise beyond the last usable epoch is no promise.
+        let heard = self
+            .sync_replies
+            .values()
+            .map(|(p, ..)| *p)
+            .filter(|p| *p <= EPOCH_MAX)
+            .max();
+        // A copy is taken only once every answer of this voter's earlier
+        // life has expired: an old ack or promise could otherwise decide
+        // a batch or an election after the copy, which would miss it.
+        let copy_ready = now >= self.started_at + self.timing.old_answers_expire();
         if healthy.len() >= need {
-            self.finish_recovery(
-                heard,
-                Recovery::Copied(healthy.iter().map(|(id, _)| *id).collect()),
-                out,
-            );
+            if copy_ready {
+                let from = healthy.iter().map(|(id, _)| *id).collect();
+                self.finish_recovery(now, heard, Recovery::Copied(from), out);
+            }
             return;
         }
         if self.memory == Memory::Durable {
             // Too few healthy voters to copy from: resume from its own
             // durable state (and no lower than any promise heard).
-            self.finish_recovery(heard, Recovery::Own, out);
+            self.finish_recovery(now, heard, Recovery::Own, out);
             return;
         }
         // No memory and no copy possible. If a majority of voters are all
@@ -728,7 +756,7 @@ impl Election {
             .filter(|(_, r, _, _)| *r)
             .map(|(_, _, up, memory)| (*up, *memory))
             .collect();
-        if recovering.len() + 1 >= self.quorum() {
+        if recovering.len() + 1 >= self.quorum() && copy_ready {
             // The youngest start among them, this node's own included (a
             // lone voter has no one else to hear from).
             let up = now.saturating_sub(self.started_at);
@@ -736,8 +764,16 @@ impl Election {
                 .iter()
                 .map(|(ms, _)| Duration::from_millis(*ms))
                 .fold(up, Duration::min);
+            // Blank directories all round are a new cluster only if no
+            // member remembers a leader. (A promise heard is no such sign:
+            // in a new cluster the first voters to recover promise
+            // themselves before the last ones decide. No leader of the new
+            // cluster exists before a majority of them has recovered, and
+            // the voters recovering later can copy from that majority.)
+            let no_earlier_life = self.gossiped_epoch == 0;
             let new_cluster = self.bootstrap
-                || (self.memory == Memory::Blank
+                || (no_earlier_life
+                    && self.memory == Memory::Blank
                     && recovering.iter().all(|(_, m)| *m == Memory::Blank));
             let mut hold = self.timing.blackout() * 2;
             if !new_cluster {
@@ -745,7 +781,7 @@ impl Election {
             }
             self.recover_hint = now + hold.saturating_sub(youngest);
             if youngest >= hold {
-                self.finish_recovery(heard, Recovery::Anew, out);
+                self.finish_recovery(now, heard, Recovery::Anew, out);
             }
         }
     }
@@ -753,7 +789,14 @@ impl Election {
     /// Recovery done: the promise goes no lower than any heard (epochs go
     /// back only if no voter remembers them), nor the known epoch below
     /// what any member gossips.
-    fn finish_recovery(&mut self, heard: Option<u64>, how: Recovery, out: &mut Vec<Output>) {
+    fn finish_recovery(
+        &mut self,
+        now: Duration,
+        heard: Option<u64>,
+        how: Recovery,
+        out: &mut Vec<Output>,
+    ) {
+        self.recovered_at = Some(now);
         self.promised = self.promised.max(heard.unwrap_or(0));
         self.max_epoch = self
             .max_epoch
@@ -783,6 +826,14 @@ impl Election {
         if now < self.next_attempt_at {
             return false;
         }
+        // E7: a voter still recovering does not run: its own copy of the
+        // lock table (from before its restart, maybe from an earlier life
+        // of the cluster) is not to be trusted until it has recovered,
+        // and a leader takes its own copy over with the promised ones.
+        // Non-voters and recovered voters lead meanwhile.
+        if self.is_voter() && !self.recovered {
+            return false;
+        }
         if let Some((_, seen)) = self.leader {
             let resigned = self.resigned_at.is_some_and(|r| r >= seen);
             if !resigned && now < seen + self.timing.election_timeout {
@@ -807,7 +858,20 @@ impl Election {
                 .filter(|(p, peer)| **p < self.id && peer.live && Some(**p) != lost)
                 .count() as u32;
             let head_start = self.timing.election_timeout / 2 * lower_live;
-            if now < self.started_at + self.timing.election_timeout + head_start {
+            // From when this node could first count: a voter once it has
+            // recovered (a copy takes a second, E7), anyone else once a
+            // voter recovering from the others could have.
+            let ready = if self.is_voter() {
+                match self.recovered_at {
+                    Some(at) => at,
+                    None if lower_live > 0 => return false,
+                    None => now,
+                }
+            } else {
+                self.started_at + self.timing.old_answers_expire()
+            };
+            let base = ready.max(self.started_at + self.timing.election_timeout);
+            if now < base + head_start {
                 return false;
             }
         }
@@ -815,7 +879,7 @@ impl Election {
     }
 
     fn run(&mut self, now: Duration, out: &mut Vec<Output>) {
-        let epoch = self.max_epoch.max(self.promised) + 1;
+        let epoch = self.max_epoch.max(self.promised).saturating_add(1);
         if epoch > EPOCH_MAX {
             // K1: no epoch left that can form tokens; nobody will promise
             // one, so do not ask.
@@ -1272,8 +1336,13 @@ impl Election {
                 if self.blackout_epoch == epoch {
                     self.blackout_until = now;
                 }
-                // E6: refuse that epoch from now on.
-                if self.is_voter() && self.recovered && epoch > self.promised {
+                // E6: refuse that epoch from now on, its late heartbeats
+                // and batches included (they would restart the blackout).
+                if epoch <= EPOCH_MAX {
+                    self.resigned_epoch = self.resigned_epoch.max(epoch);
+                }
+                if self.is_voter() && self.recovered && epoch > self.promised && epoch <= EPOCH_MAX
+                {
                     self.promised = epoch;
                     Handled {
                         response: ElectionResponse::Noted { recovering: false },
@@ -1309,8 +1378,9 @@ impl Election {
     }
 
     fn heartbeat(&mut self, now: Duration, from: NodeId, epoch: u64, round: u64) -> Handled {
-        // E1: below the promise: refuse, tell the sender.
-        if epoch < self.promised {
+        // E1: below the promise: refuse, tell the sender; E6: a resigned
+        // epoch likewise.
+        if epoch < self.promised || epoch <= self.resigned_epoch {
             return self.reject(RejectReason::StaleEpoch);
         }
         if epoch > EPOCH_MAX {
@@ -1358,7 +1428,14 @@ impl Election {
             // Past the start-up wait a voter may still be waiting out a
             // full restart (E7): the candidate is told when that ends.
             RejectReason::Recovering => {
-                (self.started_at + self.timing.blackout()).max(self.recover_hint)
+                // A voter that will copy from the others waits for its
+                // earlier life's answers to expire first.
+                let wait = if self.memory == Memory::Durable {
+                    self.timing.blackout()
+                } else {
+                    self.timing.blackout().max(self.timing.old_answers_expire())
+                };
+                (self.started_at + wait).max(self.recover_hint)
             }
             _ => now,
         };
@@ -1393,7 +1470,7 @@ impl Election {
         if !self.recovered {
             return refuse(RejectReason::Recovering);
         }
-        if epoch < self.promised {
+        if epoch < self.promised || epoch <= self.resigned_epoch {
             return refuse(RejectReason::StaleEpoch);
         }
         if epoch > EPOCH_MAX {

@@ -59,6 +59,12 @@ pub enum Violation {
 #[derive(Debug, Clone, Default)]
 pub struct LockHistory {
     holds: Vec<Hold>,
+    /// Times at which the cluster may have formed anew without the memory
+    /// of its earlier life (a majority of voters restarted without data
+    /// directories, E7): fencing tokens may start over there, so token
+    /// order and reuse are checked within each stretch between them. Two
+    /// holders are checked across all of them.
+    restarts: Vec<Duration>,
 }
 
 impl LockHistory {
@@ -70,6 +76,16 @@ impl LockHistory {
     /// Records a hold.
     pub fn record(&mut self, hold: Hold) {
         self.holds.push(hold);
+    }
+
+    /// The cluster may have formed anew at `at` (see the field's doc).
+    pub fn tokens_may_restart_at(&mut self, at: Duration) {
+        self.restarts.push(at);
+    }
+
+    /// Which stretch between restarts a hold began in.
+    fn life(&self, h: &Hold) -> usize {
+        self.restarts.iter().filter(|r| **r <= h.from).count()
     }
 
     /// Adds every hold of another history.
@@ -84,9 +100,9 @@ impl LockHistory {
 
     /// Checks every property; the first violation found.
     pub fn check(&self) -> Result<(), Violation> {
-        let mut by_token: BTreeMap<u64, &Hold> = BTreeMap::new();
+        let mut by_token: BTreeMap<(usize, u64), &Hold> = BTreeMap::new();
         for h in &self.holds {
-            if let Some(other) = by_token.insert(h.token, h)
+            if let Some(other) = by_token.insert((self.life(h), h.token), h)
                 && (other.client != h.client || other.lock != h.lock)
             {
                 return Err(Violation::TokenReused {
@@ -105,7 +121,7 @@ impl LockHistory {
             // request id) merge; distinct tokens must not overlap.
             for pair in holds.windows(2) {
                 let (a, b) = (pair[0], pair[1]);
-                if a.token == b.token {
+                if a.token == b.token || self.life(a) != self.life(b) {
                     continue;
                 }
                 if b.token < a.token {
@@ -187,6 +203,18 @@ mod tests {
     fn grant_order_against_token_order_fails() {
         let h = history(&[hold("a", "c1", 5, 0, 100), hold("a", "c2", 4, 200, 300)]);
         assert!(matches!(h.check(), Err(Violation::TokenOrder { .. })));
+    }
+
+    /// Across a restart that may have lost the cluster's memory, tokens
+    /// may start over, but two holders are never allowed.
+    #[test]
+    fn tokens_may_restart_across_a_new_life_but_holders_never_overlap() {
+        let mut h = history(&[hold("a", "c1", 5, 0, 100), hold("a", "c2", 5, 200, 300)]);
+        h.tokens_may_restart_at(Duration::from_millis(150));
+        assert_eq!(h.check(), Ok(()));
+        let mut h = history(&[hold("a", "c1", 5, 0, 250), hold("a", "c2", 4, 200, 300)]);
+        h.tokens_may_restart_at(Duration::from_millis(150));
+        assert!(matches!(h.check(), Err(Violation::TwoHolders { .. })));
     }
 
     #[test]

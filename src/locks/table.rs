@@ -39,6 +39,13 @@ use crate::config::NodeId;
 
 /// Replication rounds awaiting a majority before the next one is sent.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// How long a batch may await its majority before it is sent again under
+/// a new id, so that acks it gathered (from voters that may have restarted
+/// and lost what they acked since) count no more. A voter recovering from
+/// others waits this out before it copies (E7): no ack of its earlier life
+/// can then commit a batch its copy missed. It is also the longest a
+/// voter's disk may take to sync before its acks stop counting.
+pub const BATCH_PENDING_MAX: Duration = Duration::from_secs(1);
 /// Answers one acquire may have waiting (its attempt and the retries that
 /// joined it); one more answers the oldest "retry".
 pub const TICKETS_PER_REQUEST_MAX: usize = 8;
@@ -204,6 +211,9 @@ enum Effect {
 struct Batch {
     acks: BTreeSet<NodeId>,
     effects: Vec<Effect>,
+    /// What it carries, kept to send it again under a new id.
+    entries: Vec<Entry>,
+    sent_at: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -228,10 +238,30 @@ struct Term {
 }
 
 impl Term {
-    fn next_version(&mut self) -> u64 {
-        let v = (self.epoch << 32) | (self.next_write & SEQ_MAX);
+    /// The version of this term's next write, or `None` once the epoch's
+    /// write numbers are spent: then, like spent tokens, the term asks
+    /// (once) for a new epoch and writes nothing more (a wrapped version
+    /// would lose the merge to an older write of the same grant).
+    fn next_version(&mut self, out: &mut Vec<LockOutput>) -> Option<u64> {
+        if self.next_write > SEQ_MAX {
+            self.spent(out);
+            return None;
+        }
+        let v = (self.epoch << 32) | self.next_write;
         self.next_write += 1;
-        v
+        Some(v)
+    }
+
+    /// K1: this epoch can grant (or write) no more.
+    fn spent(&mut self, out: &mut Vec<LockOutput>) {
+        if !self.exhausted {
+            self.exhausted = true;
+            out.push(if self.epoch < EPOCH_MAX {
+                LockOutput::NewEpochNeeded
+            } else {
+                LockOutput::TokensSpent
+            });
+        }
     }
 
     /// Queues `entry` for the next batch and remembers it.
@@ -250,6 +280,9 @@ pub struct LockTable {
     /// The next batch id; never reset, so ids never repeat (finding 2).
     next_batch: u64,
     expired: u64,
+    /// The latest time the table was told (ticks and requests), which
+    /// stamps the batches `flush` closes.
+    now: Duration,
 }
 
 impl LockTable {
@@ -260,6 +293,7 @@ impl LockTable {
             term: None,
             next_batch: 0,
             expired: 0,
+            now: Duration::ZERO,
         }
     }
 
@@ -284,6 +318,7 @@ impl LockTable {
     /// majority; it expires a full TTL from now, less the time it is
     /// known to have been quiet (K3).
     pub fn take_over(&mut self, now: Duration, epoch: u64, merged: Replica) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
         let mut out = self.step_down();
         let rho = self.config.drift;
         // The same epoch served again (after its lease lapsed) goes on
@@ -326,7 +361,11 @@ impl LockTable {
                     quiet_ms,
                     ..
                 } => {
-                    let version = term.next_version();
+                    // Without a write number left, the grant is not
+                    // rewritten: it stays uncommitted this term (its
+                    // renewals hear "retry", nobody else gets it) until
+                    // the new epoch asked for.
+                    let version = term.next_version(&mut out);
                     let quiet = Duration::from_millis(*quiet_ms).mul_f64(1.0 + rho);
                     term.locks.insert(
                         entry.name.clone(),
@@ -342,11 +381,14 @@ impl LockTable {
                                 tickets: Vec::new(),
                                 reply_by: now,
                                 quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
-                                version,
+                                version: version.unwrap_or(0),
                             }),
                             waiters: VecDeque::new(),
                         },
                     );
+                    let Some(version) = version else {
+                        continue;
+                    };
                     term.write(Entry {
                         name: entry.name.clone(),
                         token: entry.token,
@@ -416,6 +458,14 @@ impl LockTable {
         }
     }
 
+    /// Sets the next write number (tests of K1 only).
+    #[doc(hidden)]
+    pub fn set_next_write(&mut self, n: u64) {
+        if let Some(t) = &mut self.term {
+            t.next_write = n;
+        }
+    }
+
     /// Leases expired by this table, ever.
     pub fn expired_total(&self) -> u64 {
         self.expired
@@ -445,6 +495,7 @@ impl LockTable {
         wait_ms: u64,
         request_id: Option<String>,
     ) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
         let mut out = Vec::new();
         if let Err(e) = check_acquire(name, ttl_ms, wait_ms, request_id.as_deref()) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
@@ -462,7 +513,13 @@ impl LockTable {
         let waiters_max = self.config.waiters_max;
         let rho = self.config.drift;
         let wait = Duration::from_millis(wait_ms);
-        let grace = self.config.reply_grace;
+        // K4: the requester listens `wait + REQUESTER_GRACE` on its clock
+        // from its send; the leader's cut-off, `wait + reply_grace` from
+        // arrival, is taken short by the drift allowance so that it falls
+        // inside that window in real time for round trips below
+        // `REQUESTER_GRACE - reply_grace`.
+        let shrink = (1.0 - self.config.drift) / (1.0 + self.config.drift);
+        let reply_within = (wait + self.config.reply_grace).mul_f64(shrink);
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
@@ -487,7 +544,7 @@ impl LockTable {
                     // validity from this retry, with the TTL granted
                     // (finding 5), so the leader's expiry does too (K3).
                     h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
-                    h.reply_by = h.reply_by.max(now + wait + grace);
+                    h.reply_by = h.reply_by.max(now + reply_within);
                     h.quiet.since = now;
                     join(&mut h.tickets, ticket, &mut out);
                 }
@@ -521,7 +578,7 @@ impl LockTable {
             request_id,
             deadline: now + wait,
             // K4: past this its requester stops listening.
-            reply_by: now + wait + grace,
+            reply_by: now + reply_within,
         };
         if lock.holder.is_none() && lock.waiters.is_empty() {
             lock.waiters.push_back(waiter);
@@ -562,14 +619,17 @@ impl LockTable {
                 }
                 continue;
             }
-            let Some(tok) = token(term.epoch, term.next_seq) else {
-                // K1: no token left in this epoch; the waiter stays first
-                // and the leader asks (once) for a new epoch, or, at the
-                // last epoch, says once that tokens are spent.
+            let (Some(tok), true) = (token(term.epoch, term.next_seq), term.next_write <= SEQ_MAX)
+            else {
+                // K1: no token (or write number) left in this epoch; the
+                // waiter stays first and the leader asks (once) for a new
+                // epoch, or, at the last epoch, says once that tokens are
+                // spent.
                 lock.waiters.push_front(w);
-                if !term.exhausted {
-                    term.exhausted = true;
-                    out.push(if term.epoch < EPOCH_MAX {
+                let (epoch, exhausted) = (term.epoch, &mut term.exhausted);
+                if !*exhausted {
+                    *exhausted = true;
+                    out.push(if epoch < EPOCH_MAX {
                         LockOutput::NewEpochNeeded
                     } else {
                         LockOutput::TokensSpent
@@ -578,7 +638,7 @@ impl LockTable {
                 break;
             };
             term.next_seq += 1;
-            let version = (term.epoch << 32) | (term.next_write & SEQ_MAX);
+            let version = (term.epoch << 32) | term.next_write;
             term.next_write += 1;
             let entry = Entry {
                 name: name.to_string(),
@@ -770,13 +830,32 @@ impl LockTable {
         reply(ticket, LockReply::Locks { locks, truncated })
     }
 
-    /// Expiries, waiters' deadlines and quiet marks.
+    /// Expiries, waiters' deadlines, quiet marks, and batches pending too
+    /// long (sent again under a new id).
     pub fn handle_tick(&mut self, now: Duration) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
         let mut out = Vec::new();
         let rho = self.config.drift;
         let Some(term) = &mut self.term else {
             return out;
         };
+        let stale: Vec<u64> = term
+            .batches
+            .iter()
+            .filter(|(_, b)| now >= b.sent_at + BATCH_PENDING_MAX)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(b) = term.batches.remove(&id) {
+                for (_, at) in term.frees.values_mut() {
+                    if *at == Some(id) {
+                        *at = None;
+                    }
+                }
+                term.outbox.extend(b.entries);
+                term.effects.extend(b.effects);
+            }
+        }
         let mut expired = Vec::new();
         let mut marks = Vec::new();
         for (name, lock) in term.locks.iter_mut() {
@@ -786,9 +865,6 @@ impl LockTable {
                 } else if h.committed && now >= h.quiet.next_mark {
                     let quiet = now.saturating_sub(h.quiet.since).div_f64(1.0 + rho);
                     let quiet_ms = h.quiet.credit_ms + quiet.as_millis() as u64;
-                    let spacing = first_mark(h.ttl_ms).max(now.saturating_sub(h.quiet.since));
-                    h.quiet.next_mark = now + spacing;
-                    h.quiet.marked = true;
                     marks.push((name.clone(), quiet_ms));
                 }
             }
@@ -810,10 +886,15 @@ impl LockTable {
             lock.waiters = kept;
         }
         for (name, quiet_ms) in marks {
-            let version = term.next_version();
+            let Some(version) = term.next_version(&mut out) else {
+                break;
+            };
             let Some(h) = term.locks.get_mut(&name).and_then(|l| l.holder.as_mut()) else {
                 continue;
             };
+            let spacing = first_mark(h.ttl_ms).max(now.saturating_sub(h.quiet.since));
+            h.quiet.next_mark = now + spacing;
+            h.quiet.marked = true;
             h.version = version;
             let entry = Entry {
                 name: name.clone(),
@@ -858,22 +939,23 @@ impl LockTable {
         for (_, at) in term.frees.values_mut() {
             at.get_or_insert(batch);
         }
+        let entries = std::mem::take(&mut term.outbox);
         term.batches.insert(
             batch,
             Batch {
                 acks: BTreeSet::new(),
                 effects: std::mem::take(&mut term.effects),
+                entries: entries.clone(),
+                sent_at: self.now,
             },
         );
-        vec![LockOutput::Replicate {
-            batch,
-            entries: std::mem::take(&mut term.outbox),
-        }]
+        vec![LockOutput::Replicate { batch, entries }]
     }
 
     /// Voter `from` holds batch `batch` durably (the leader reports its
     /// own copy too, once made durable).
     pub fn handle_ack(&mut self, now: Duration, batch: u64, from: NodeId) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
         let mut out = Vec::new();
         if !self.config.voters.contains(&from) {
             return out;
@@ -994,7 +1076,22 @@ fn refresh(
         .get(name)
         .and_then(|l| l.holder.as_ref())
         .is_some_and(|h| h.quiet.marked);
-    let version = if marked { term.next_version() } else { 0 };
+    let version = if marked {
+        match term.next_version(out) {
+            Some(v) => v,
+            None => {
+                // No write number left: the renewal cannot be made durable
+                // in this epoch; its holder retries under the next one.
+                out.push(LockOutput::Reply {
+                    ticket,
+                    reply: LockReply::NoQuorum,
+                });
+                return;
+            }
+        }
+    } else {
+        0
+    };
     let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) else {
         return;
     };

@@ -146,6 +146,8 @@ pub(crate) struct Shared {
     pub(crate) promised_durable: Arc<std::sync::atomic::AtomicU64>,
     /// Set once the node shut down or was killed.
     pub(crate) stopped: AtomicBool,
+    /// When this voter last formed the cluster anew (E7), on `clock`.
+    pub(crate) formed_anew_at: Mutex<Option<Duration>>,
 }
 
 /// The lease as the node's users see it, written before any message of
@@ -171,6 +173,7 @@ impl Shared {
             max_epoch: Default::default(),
             promised_durable: Default::default(),
             stopped: AtomicBool::new(false),
+            formed_anew_at: Mutex::new(None),
         }
     }
 
@@ -714,7 +717,7 @@ impl State {
                     // a recovered voter (E7).
                     self.replica.merge_all(entries.iter().cloned());
                     if self.election.is_voter() && self.election.recovered() {
-                        if !self.disk.is_durable() {
+                        if !self.disk.has_dir() {
                             let now = self.shared.clock.now();
                             queue.extend(self.locks.handle_ack(now, batch, me));
                         } else {
@@ -828,7 +831,7 @@ impl State {
     /// True while this voter's promise is above what its data directory
     /// holds: a raise is being written.
     fn promise_in_flight(&self) -> bool {
-        self.disk.is_durable()
+        self.disk.has_dir()
             && self.election.promised()
                 > self
                     .shared
@@ -862,6 +865,9 @@ impl State {
                 info!(from = ?from, entries = self.replica.len(), "recovered: promise and lock table copied from healthy voters");
                 if replaced || !self.disk.is_durable() {
                     self.disk.initialize(promised, self.replica.clone());
+                } else {
+                    // E1: the promise copied may be above the one stored.
+                    self.disk.persist(Some(promised), Vec::new(), |_| {});
                 }
             }
             Recovery::Own => {
@@ -870,11 +876,19 @@ impl State {
                     entries = self.replica.len(),
                     "recovered: resumed from the data directory"
                 );
+                // E1: no lower than any promise heard, durably.
+                self.disk.persist(Some(promised), Vec::new(), |_| {});
             }
             Recovery::Anew => {
                 for t in tables.into_values() {
                     self.replica.merge_all(t);
                 }
+                Metrics::add(&self.metrics.cluster_formed_anew, 1);
+                *self
+                    .shared
+                    .formed_anew_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(self.shared.clock.now());
                 warn!(
                     promised,
                     entries = self.replica.len(),

@@ -59,8 +59,12 @@ pub enum Stored {
         /// The durable copy of the lock table.
         replica: Replica,
     },
-    /// Not initialized (new, empty, or not this node's): no memory.
+    /// New or empty: no memory, and no sign of an earlier life.
     Blank,
+    /// Not initialized, but holding files of an earlier life (a build
+    /// without identities, a partial restore): no memory this node can
+    /// trust, and no sign of a new cluster either.
+    Leftover,
 }
 
 /// A node's data directory.
@@ -100,7 +104,21 @@ impl DataDir {
         let identity = path.join(IDENTITY_FILE);
         let text = match fs::read_to_string(&identity) {
             Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((dir, Stored::Blank)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let leftover = [PROMISE_FILE, LOCKS_FILE]
+                    .iter()
+                    .any(|f| path.join(f).exists());
+                let stored = if leftover {
+                    warnings.push(format!(
+                        "{}: holds a promise or a lock log but no identity (an earlier build, or a partial restore); it is treated as no data directory until this voter has recovered from the others",
+                        path.display()
+                    ));
+                    Stored::Leftover
+                } else {
+                    Stored::Blank
+                };
+                return Ok((dir, stored));
+            }
             Err(e) => return Err(e),
         };
         let (their_cluster, their_node) = parse_identity(&text)
@@ -402,18 +420,25 @@ struct Disk {
     promised: u64,
     /// `promised`, readable without the lock (lease checker, reply gate).
     promised_cell: Arc<AtomicU64>,
+    /// `log.is_some()`, readable without the lock.
+    initialized: Arc<std::sync::atomic::AtomicBool>,
     failed: bool,
 }
 
-impl Disk {
-    /// Runs a group of jobs with one sync of each file they touch.
-    fn run(&mut self, jobs: Vec<Job>) {
-        let ok = self.write(&jobs);
-        for job in jobs {
-            (job.done)(ok);
-        }
+/// Runs a group of jobs with one sync of each file they touch, then
+/// their callbacks, outside the lock (a callback may wait for the driver,
+/// which may be asking the disk a question meanwhile).
+fn run(disk: &Mutex<Disk>, jobs: Vec<Job>) {
+    let outcome = {
+        let mut d = disk.lock().unwrap_or_else(|e| e.into_inner());
+        Outcome { ok: d.write(&jobs) }
+    };
+    for job in jobs {
+        (job.done)(outcome.ok);
     }
+}
 
+impl Disk {
     fn write(&mut self, jobs: &[Job]) -> bool {
         if self.failed {
             return false;
@@ -422,6 +447,7 @@ impl Disk {
             for job in jobs {
                 if let (Some((promised, replica)), Some(dir)) = (&job.init, &self.dir) {
                     self.log = Some(dir.initialize(*promised, replica)?);
+                    self.initialized.store(true, Ordering::Release);
                     self.replica = replica.clone();
                     self.promised = *promised;
                     self.promised_cell.store(*promised, Ordering::Release);
@@ -455,6 +481,11 @@ impl Disk {
     }
 }
 
+/// What the disk thread decides under its lock and reports after it.
+struct Outcome {
+    ok: bool,
+}
+
 enum Mode {
     /// A thread of its own, group-committing.
     Thread(std::sync::mpsc::Sender<Job>),
@@ -470,6 +501,10 @@ pub struct Persister {
     disk: Arc<Mutex<Disk>>,
     /// The promise the data directory holds.
     promised: Arc<AtomicU64>,
+    /// The data directory is initialized.
+    initialized: Arc<std::sync::atomic::AtomicBool>,
+    /// There is a data directory at all.
+    has_dir: bool,
     mode: Mode,
 }
 
@@ -489,6 +524,8 @@ impl Persister {
             _ => (Replica::default(), 0),
         };
         let promised_cell = Arc::new(AtomicU64::new(promised));
+        let initialized = Arc::new(std::sync::atomic::AtomicBool::new(log.is_some()));
+        let has_dir = dir.is_some();
         Persister {
             disk: Arc::new(Mutex::new(Disk {
                 dir,
@@ -496,9 +533,12 @@ impl Persister {
                 replica,
                 promised,
                 promised_cell: promised_cell.clone(),
+                initialized: initialized.clone(),
                 failed: false,
             })),
             promised: promised_cell,
+            initialized,
+            has_dir,
             mode: Mode::Inline,
         }
     }
@@ -521,7 +561,7 @@ impl Persister {
                     while let Ok(more) = rx.try_recv() {
                         jobs.push(more);
                     }
-                    disk.lock().unwrap_or_else(|e| e.into_inner()).run(jobs);
+                    run(&disk, jobs);
                 }
             })?;
         p.mode = Mode::Thread(tx);
@@ -542,7 +582,7 @@ impl Persister {
                     while let Ok(more) = rx.try_recv() {
                         jobs.push(more);
                     }
-                    disk.lock().unwrap_or_else(|e| e.into_inner()).run(jobs);
+                    run(&disk, jobs);
                 }
             });
             p.mode = Mode::Delayed(tx);
@@ -553,8 +593,13 @@ impl Persister {
     /// True once this node's data directory holds its state (it was
     /// initialized, now or at an earlier start).
     pub fn is_durable(&self) -> bool {
-        let disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
-        disk.log.is_some()
+        self.initialized.load(Ordering::Acquire)
+    }
+
+    /// True if this node has a data directory (initialized or not):
+    /// everything that should be durable goes through it, in order.
+    pub fn has_dir(&self) -> bool {
+        self.has_dir
     }
 
     /// The promise the data directory holds now (0 without one), shared:
@@ -576,11 +621,7 @@ impl Persister {
                     (job.done)(false);
                 }
             }
-            Mode::Inline => self
-                .disk
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .run(vec![job]),
+            Mode::Inline => run(&self.disk, vec![job]),
         }
     }
 

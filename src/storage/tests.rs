@@ -24,10 +24,12 @@ fn finding_3_only_an_initialized_directory_of_this_node_is_durable() {
     let path = root.path().join("a/b/node-1");
     let (dir, stored, _) = open(&path, 1).unwrap();
     assert_eq!(stored, Stored::Blank, "a new directory");
-    // Left by a build without identities (or a partial restore): still
-    // blank, whatever promise file it holds.
+    // Left by a build without identities (or a partial restore): no
+    // memory, but not blank either (it is no sign of a new cluster).
     fs::write(path.join(PROMISE_FILE), "41\n").unwrap();
-    assert_eq!(open(&path, 1).unwrap().1, Stored::Blank);
+    let (_, stored, warnings) = open(&path, 1).unwrap();
+    assert_eq!(stored, Stored::Leftover);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     let mut replica = Replica::default();
     replica.merge(held("x", 7));
     dir.initialize(9, &replica).unwrap();
@@ -203,4 +205,35 @@ fn a_blank_directory_holds_nothing_until_initialized() {
             replica: copied
         }
     );
+}
+
+/// The disk's callbacks run outside its lock: a callback that waits for
+/// the driver while the driver asks the disk a question must not
+/// deadlock (the driver's input queue full, in the review's scenario).
+#[test]
+fn callbacks_run_outside_the_disk_lock() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let p = Arc::new(Persister::thread(dir, &stored).unwrap());
+    p.initialize(1, Replica::default());
+    let (asked_tx, asked_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    p.persist(Some(2), vec![held("x", 3)], move |ok| {
+        assert!(ok);
+        // Waits until the "driver" below has asked its questions.
+        let _ = asked_rx.recv_timeout(Duration::from_secs(5));
+        let _ = done_tx.send(());
+    });
+    // The "driver" asks while the callback waits for it.
+    let q = p.clone();
+    let asker = std::thread::spawn(move || {
+        let _ = (q.is_durable(), q.has_dir(), q.durable_promise());
+        q.persist(None, Vec::new(), |_| {});
+        asked_tx.send(()).unwrap();
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the callback and the driver deadlocked"
+    );
+    asker.join().unwrap();
 }

@@ -430,7 +430,13 @@ fn an_adopted_grant_expires_and_passes_to_the_waiter() {
         state: EntryState::held(1000, NodeId(9), None, 0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-    table.take_over(ms(0), 5, merged);
+    let out = table.take_over(ms(0), 5, merged);
+    let [LockOutput::Replicate { batch, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    for v in [ME, NodeId(2)] {
+        table.handle_ack(ms(5), *batch, v);
+    }
     let mut out = table.handle_acquire(ms(10), Ticket(1), ME, "x", 1000, 5000, None);
     out.extend(table.flush());
     assert!(out.is_empty(), "{out:?}");
@@ -813,4 +819,34 @@ fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
     let mut out = table.handle_tick(ms(4150));
     out.extend(table.flush());
     assert!(frees(&out, "x"), "{out:?}");
+}
+
+/// K1 for write numbers: a term's writes (grants, adoptions, quiet marks,
+/// durable renewals) are numbered within its epoch; when the numbers are
+/// spent the table asks for a new epoch and writes nothing with a lower
+/// number (which would lose the merge to an older write of the grant).
+#[test]
+fn k1_spent_write_numbers_ask_for_a_new_epoch_and_write_nothing_lower() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 2000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    h.table.set_next_write(SEQ_MAX + 1);
+    // A quiet mark is due: none is written.
+    let out = h.table.handle_tick(ms(1000));
+    h.absorb(out);
+    let out = h.table.flush();
+    h.absorb(out);
+    assert!(h.new_epoch, "a new epoch is asked for");
+    assert!(h.batches.is_empty(), "wrote {:?}", h.batches);
+    // Nor is a new grant.
+    let b = h.acquire(1000, "y", 2000, 100, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    assert!(h.batches.is_empty());
+    assert_eq!(h.reply(b), None);
+    let r = h.ticket();
+    let out = h.table.handle_renew(ms(1000), r, "x", ta);
+    h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 2000 }));
 }
