@@ -24,6 +24,17 @@ fn stubborn(dir: &Path) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script]
 }
 
+/// `meshd lock job` running [`stubborn`] under a TTL of `ttl_ms`, once
+/// both of the command's processes run: it and their pids.
+fn stubborn_under_lock(http: std::net::SocketAddr, ttl_ms: u64, dir: &Path) -> (Child, [i32; 2]) {
+    let lock = meshd_lock(http, ttl_ms, &stubborn(dir));
+    let pids = [
+        read_pid(&dir.join("child.pid"), WITHIN),
+        read_pid(&dir.join("grandchild.pid"), WITHIN),
+    ];
+    (lock, pids)
+}
+
 fn meshd_lock(http: std::net::SocketAddr, ttl_ms: u64, command: &[String]) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.args(["lock", "job", "--http", &http.to_string()])
@@ -85,11 +96,7 @@ fn kill_all(pids: &[i32]) {
 fn finding_8_a_killed_meshd_lock_takes_its_command_and_grandchildren_along() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agents::start_led(Path::new(BIN), 3, dir.path(), WITHIN).unwrap();
-    let mut lock = meshd_lock(a.spec(1).http, 10_000, &stubborn(dir.path()));
-    let pids = [
-        read_pid(&dir.path().join("child.pid"), WITHIN),
-        read_pid(&dir.path().join("grandchild.pid"), WITHIN),
-    ];
+    let (mut lock, pids) = stubborn_under_lock(a.spec(1).http, 10_000, dir.path());
     assert!(pids.iter().all(|p| alive(*p)));
     let _ = lock.kill();
     let _ = lock.wait();
@@ -111,15 +118,7 @@ fn finding_8_no_process_of_the_command_survives_past_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Agents::start_led(Path::new(BIN), 3, dir.path(), WITHIN).unwrap();
     let ttl = Duration::from_millis(1500);
-    let mut lock = meshd_lock(
-        a.spec(1).http,
-        ttl.as_millis() as u64,
-        &stubborn(dir.path()),
-    );
-    let pids = [
-        read_pid(&dir.path().join("child.pid"), WITHIN),
-        read_pid(&dir.path().join("grandchild.pid"), WITHIN),
-    ];
+    let (mut lock, pids) = stubborn_under_lock(a.spec(1).http, ttl.as_millis() as u64, dir.path());
     // Renewals go on while the voters run.
     std::thread::sleep(ttl * 2);
     assert!(pids.iter().all(|p| alive(*p)), "renewed while voters run");
@@ -146,15 +145,7 @@ fn a_stopped_meshd_lock_cannot_keep_its_command_past_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agents::start_led(Path::new(BIN), 3, dir.path(), WITHIN).unwrap();
     let ttl = Duration::from_millis(1500);
-    let mut lock = meshd_lock(
-        a.spec(1).http,
-        ttl.as_millis() as u64,
-        &stubborn(dir.path()),
-    );
-    let pids = [
-        read_pid(&dir.path().join("child.pid"), WITHIN),
-        read_pid(&dir.path().join("grandchild.pid"), WITHIN),
-    ];
+    let (mut lock, pids) = stubborn_under_lock(a.spec(1).http, ttl.as_millis() as u64, dir.path());
     std::thread::sleep(ttl);
     let stopped = Instant::now();
     // SAFETY: signalling our own child.

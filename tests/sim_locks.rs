@@ -366,29 +366,40 @@ fn running_meshes(c: &SimCluster) -> Vec<Mesh> {
 /// every waiting client is served within its wait bound.
 #[tokio::test(start_paused = true)]
 async fn chaos_never_two_holders() {
-    let seeds: u64 = std::env::var("COORDMESH_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let first = SimCluster::seed_from_env();
+    let (first, seeds) = chaos_seeds(200);
     let mut total = Stats::default();
     for i in 0..seeds {
-        let s = chaos(first.wrapping_add(i)).await;
-        total.grants += s.grants;
-        total.refusals += s.refusals;
+        total.add(chaos(first.wrapping_add(i)).await);
     }
-    println!(
-        "{seeds} seeds from {first}: {} grants, {} refusals, no violation",
-        total.grants, total.refusals
-    );
-    // Some seeds keep a majority of voters down throughout; over all of
-    // them, clients must have been served often.
-    if seeds >= 20 {
-        assert!(
-            total.grants >= 5 * seeds,
-            "too few grants: {}",
-            total.grants
+    total.report(first, seeds);
+}
+
+/// The first seed and how many (`COORDMESH_SEED`, `COORDMESH_SIM_SEEDS`).
+fn chaos_seeds(default: u64) -> (u64, u64) {
+    let seeds = std::env::var("COORDMESH_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (SimCluster::seed_from_env(), seeds)
+}
+
+impl Stats {
+    fn add(&mut self, s: Stats) {
+        self.grants += s.grants;
+        self.refusals += s.refusals;
+    }
+
+    /// Prints the totals; some seeds keep a majority of voters down
+    /// throughout, but over all of them clients must have been served
+    /// often.
+    fn report(&self, first: u64, seeds: u64) {
+        println!(
+            "{seeds} seeds from {first}: {} grants, {} refusals, no violation",
+            self.grants, self.refusals
         );
+        if seeds >= 20 {
+            assert!(self.grants >= 5 * seeds, "too few grants: {}", self.grants);
+        }
     }
 }
 
@@ -1122,28 +1133,12 @@ async fn retrying_client(
 /// tokens over, by design); then every waiter is served once it heals.
 #[tokio::test(start_paused = true)]
 async fn chaos_aimed_at_the_review_holes() {
-    let seeds: u64 = std::env::var("COORDMESH_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
-    let first = SimCluster::seed_from_env();
+    let (first, seeds) = chaos_seeds(100);
     let mut total = Stats::default();
     for i in 0..seeds {
-        let s = aimed_chaos(first.wrapping_add(i)).await;
-        total.grants += s.grants;
-        total.refusals += s.refusals;
+        total.add(aimed_chaos(first.wrapping_add(i)).await);
     }
-    println!(
-        "{seeds} seeds from {first}: {} grants, {} refusals, no violation",
-        total.grants, total.refusals
-    );
-    if seeds >= 20 {
-        assert!(
-            total.grants >= 5 * seeds,
-            "too few grants: {}",
-            total.grants
-        );
-    }
+    total.report(first, seeds);
 }
 
 async fn aimed_chaos(seed: u64) -> Stats {

@@ -998,16 +998,9 @@ impl LockTable {
                     out.push(LockOutput::Reply { ticket, reply });
                 }
                 Effect::Grant { name, token: tok } => {
-                    let Some(h) = term
-                        .locks
-                        .get_mut(&name)
-                        .and_then(|l| l.holder.as_mut())
-                        .filter(|h| h.token == tok)
-                    else {
+                    let Some((h, tickets)) = commit(term, &name, tok) else {
                         continue;
                     };
-                    h.committed = true;
-                    let tickets = std::mem::take(&mut h.tickets);
                     let answer = if now > h.reply_by && !tickets.is_empty() {
                         // K4: its requester no longer listens; free it.
                         late.push(name);
@@ -1026,16 +1019,9 @@ impl LockTable {
                     }
                 }
                 Effect::Adopt { name, token: tok } => {
-                    let Some(h) = term
-                        .locks
-                        .get_mut(&name)
-                        .and_then(|l| l.holder.as_mut())
-                        .filter(|h| h.token == tok)
-                    else {
+                    let Some((h, tickets)) = commit(term, &name, tok) else {
                         continue;
                     };
-                    h.committed = true;
-                    let tickets = std::mem::take(&mut h.tickets);
                     let answer = LockReply::Granted {
                         token: h.token,
                         ttl_ms: h.ttl_ms,
@@ -1054,6 +1040,19 @@ impl LockTable {
         }
         out
     }
+}
+
+/// Marks the holder of `name` committed if it still holds `tok`; it and
+/// the tickets that waited for the commit.
+fn commit<'t>(term: &'t mut Term, name: &str, tok: u64) -> Option<(&'t mut Holder, Vec<Ticket>)> {
+    let h = term
+        .locks
+        .get_mut(name)
+        .and_then(|l| l.holder.as_mut())
+        .filter(|h| h.token == tok)?;
+    h.committed = true;
+    let tickets = std::mem::take(&mut h.tickets);
+    Some((h, tickets))
 }
 
 /// Answers a renewal of a committed grant, or an acquire retry that finds
