@@ -178,6 +178,9 @@ struct Waiter {
     tickets: Vec<Ticket>,
     ttl_ms: u64,
     owner: NodeId,
+    /// The nodes its attempts came through (retries may use others): once
+    /// all of them are dead, nobody can receive its grant.
+    via: BTreeSet<NodeId>,
     request_id: Option<String>,
     deadline: Duration,
     reply_by: Duration,
@@ -555,6 +558,7 @@ impl LockTable {
                     .iter_mut()
                     .find(|w| w.request_id.as_ref() == Some(id))
             }) {
+                w.via.insert(owner);
                 join(&mut w.tickets, ticket, &mut out);
                 return out;
             }
@@ -575,6 +579,7 @@ impl LockTable {
             tickets: vec![ticket],
             ttl_ms,
             owner,
+            via: BTreeSet::from([owner]),
             request_id,
             deadline: now + wait,
             // K4: past this its requester stops listening.
@@ -700,6 +705,36 @@ impl LockTable {
             },
         });
         self.promote(now, name, out);
+    }
+
+    /// The membership declared `node` dead (or it left): requests queued
+    /// only through it are dropped, since nobody could receive their grant
+    /// (it would hold the lock for a TTL, through a failover for two).
+    /// Requests that also came through a live node stay queued; grants
+    /// already made stay (their holder may have been told, K5).
+    pub fn handle_node_gone(&mut self, node: NodeId) -> Vec<LockOutput> {
+        let mut out = Vec::new();
+        let Some(term) = &mut self.term else {
+            return out;
+        };
+        for lock in term.locks.values_mut() {
+            lock.waiters.retain_mut(|w| {
+                w.via.remove(&node);
+                if !w.via.is_empty() {
+                    return true;
+                }
+                for ticket in w.tickets.drain(..) {
+                    out.push(LockOutput::Reply {
+                        ticket,
+                        reply: LockReply::NoQuorum,
+                    });
+                }
+                false
+            });
+        }
+        term.locks
+            .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
+        out
     }
 
     /// A renewal: answered at once while the leader serves (after a

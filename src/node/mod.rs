@@ -238,6 +238,7 @@ impl Driver {
             replica,
             disk: Arc::new(disk),
             sync_tables: BTreeMap::new(),
+            gone: Default::default(),
             tickets: HashMap::new(),
             next_ticket: 0,
             candidacy: None,
@@ -290,6 +291,8 @@ struct State {
     /// While recovering (E7): the latest lock table each voter answered a
     /// sync with.
     sync_tables: BTreeMap<NodeId, Vec<Entry>>,
+    /// Members the membership lists as not alive.
+    gone: std::collections::BTreeSet<NodeId>,
     /// Lock requests awaiting an answer.
     tickets: HashMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
@@ -374,8 +377,14 @@ impl State {
             }
             if member.is_alive() {
                 self.election.handle_peer(now, member.id, true, None);
+                self.gone.remove(&member.id);
             } else {
                 self.election.handle_peer_gone(member.id);
+                if self.gone.insert(member.id) {
+                    // Requests queued only through it can reach nobody.
+                    let outs = self.locks.handle_node_gone(member.id);
+                    self.apply_locks(outs);
+                }
             }
         }
     }

@@ -850,3 +850,35 @@ fn k1_spent_write_numbers_ask_for_a_new_epoch_and_write_nothing_lower() {
     h.absorb(out);
     assert_eq!(h.reply(r), Some(LockReply::Renewed { ttl_ms: 2000 }));
 }
+
+/// A request queued through a node that then died is dropped once the
+/// membership says so: granted, it would go to nobody and hold the lock
+/// for a TTL. One that a retry also brought through a live node stays.
+#[test]
+fn requests_queued_only_through_a_dead_node_are_dropped() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(0, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let dead = h.acquire_via(1, NodeId(4), "x", 1000, 5000, Some("d"));
+    let kept = h.acquire_via(2, NodeId(6), "x", 1000, 5000, Some("k"));
+    let retry = h.acquire_via(3, NodeId(7), "x", 1000, 5000, Some("k"));
+    let next = h.acquire_via(4, NodeId(5), "x", 1000, 5000, Some("n"));
+    let out = h.table.handle_node_gone(NodeId(4));
+    h.absorb(out);
+    let out = h.table.handle_node_gone(NodeId(6));
+    h.absorb(out);
+    assert_eq!(h.reply(dead), Some(LockReply::NoQuorum));
+    assert_eq!(h.reply(kept), None, "its retry came through node 7");
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(10), r, "x", ta);
+    h.absorb(out);
+    h.commit(10, &[ME, NodeId(2)]);
+    let tk = h.granted(retry);
+    assert_eq!(h.granted(kept), tk);
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(20), r, "x", tk);
+    h.absorb(out);
+    h.commit(20, &[ME, NodeId(2)]);
+    assert!(h.granted(next) > tk, "the dead node's request was skipped");
+}
