@@ -12,6 +12,10 @@
 //! - contended: `--clients` clients on one lock, handoffs per second;
 //! - failover: uncontended traffic, kill -9 of the leader, time from the
 //!   kill to the first cycle completed after it.
+//!
+//! Beside them, the disk's floor: a 4 KiB write and `fdatasync` of one
+//! file in the benchmark's directory, alone, which a durable grant waits
+//! for on a majority of the voters.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -382,6 +386,27 @@ async fn measure(
     })
 }
 
+/// `count` sequential 4 KiB appends to one file in `dir`, each followed
+/// by `fdatasync`; the time of each, sorted.
+fn fsync_floor(dir: &std::path::Path, count: usize) -> std::io::Result<Vec<Duration>> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("fsync-floor");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        times.push(start.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    times.sort_unstable();
+    Ok(times)
+}
+
 fn report(name: &str, f: &Figures) -> serde_json::Value {
     println!(
         "{name:<24} acquire p50 {:>7.0} µs  p99 {:>7.0} µs | {:>8.0} cycles/s | {:>7.0} handoffs/s | failover {:?} ms",
@@ -424,6 +449,20 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
         "lock benchmark: 3 keyed agents {durability} on loopback; {} clients, {} s phases, {} failovers",
         args.clients, args.duration_s, args.failovers
     );
+    let floor = if args.no_data_dir {
+        None
+    } else {
+        let times = fsync_floor(&dir, 1_000).map_err(|e| format!("disk floor: {e}"))?;
+        let (p50, p99) = (
+            micros(percentile(&times, 50.0)),
+            micros(percentile(&times, 99.0)),
+        );
+        println!(
+            "floor: 4 KiB write + fdatasync in {}, alone: p50 {p50:.0} µs  p99 {p99:.0} µs",
+            dir.display()
+        );
+        Some(json!({"fdatasync_p50_us": p50, "fdatasync_p99_us": p99}))
+    };
     let agents = Arc::new(Mutex::new(
         Agents::new(&bin, 3, &dir).map_err(|e| e.to_string())?,
     ));
@@ -520,6 +559,9 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
         "duration_s": args.duration_s,
         "meshd": report(label, &ours),
     });
+    if let Some(floor) = floor {
+        out["floor"] = floor;
+    }
     if args.no_etcd {
         println!("(--no-etcd: no comparison)");
     } else {
