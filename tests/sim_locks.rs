@@ -298,10 +298,12 @@ struct Stats {
 async fn client(
     idx: usize,
     seed: u64,
-    nodes: watch::Receiver<Vec<Mesh>>,
-    history: Arc<Mutex<LockHistory>>,
-    stats: Arc<Mutex<Stats>>,
-    stop: watch::Receiver<bool>,
+    ClientEnv {
+        nodes,
+        history,
+        stats,
+        stop,
+    }: ClientEnv,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ (idx as u64) << 32);
     while !*stop.borrow() {
@@ -358,6 +360,91 @@ fn running_meshes(c: &SimCluster) -> Vec<Mesh> {
         .collect()
 }
 
+/// What a chaos client shares with the run: the nodes it may call, the
+/// history it records its holds in, the counters, and the stop signal.
+#[derive(Clone)]
+struct ClientEnv {
+    nodes: watch::Receiver<Vec<Mesh>>,
+    history: Arc<Mutex<LockHistory>>,
+    stats: Arc<Mutex<Stats>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The clients of one chaos run and the channels that steer them.
+struct Workload {
+    env: ClientEnv,
+    nodes: watch::Sender<Vec<Mesh>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn new(c: &SimCluster) -> Workload {
+        let (nodes, nodes_rx) = watch::channel(running_meshes(c));
+        let (stop, stop_rx) = watch::channel(false);
+        let env = ClientEnv {
+            nodes: nodes_rx,
+            history: Arc::new(Mutex::new(LockHistory::new())),
+            stats: Arc::new(Mutex::new(Stats::default())),
+            stop: stop_rx,
+        };
+        Workload {
+            env,
+            nodes,
+            stop,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn clients(&self) -> ClientEnv {
+        self.env.clone()
+    }
+
+    fn spawn(&mut self, client: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(client));
+    }
+
+    /// Tells the clients which nodes run now.
+    fn publish(&self, c: &SimCluster) {
+        let _ = self.nodes.send(running_meshes(c));
+    }
+
+    async fn stop_clients(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            t.await.expect("client task");
+        }
+    }
+
+    /// Checks the holds every client recorded; the run's counters.
+    fn finish(self, seed: u64) -> Stats {
+        let history = self.env.history.lock().unwrap().clone();
+        if let Err(v) = history.check() {
+            panic!("{v} (seed {seed}; replay with COORDMESH_SEED={seed} COORDMESH_SIM_SEEDS=1)");
+        }
+        std::mem::take(&mut *self.env.stats.lock().unwrap())
+    }
+}
+
+/// Logs through `tracing` when `DEBUG_CLIENT` is set (with `RUST_LOG`).
+fn trace_if_debugging() {
+    if std::env::var("DEBUG_CLIENT").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+}
+
+/// Up to 5% loss and 5% duplication, 0.1–10 ms delays (so reordering).
+fn random_faults(rng: &mut StdRng) -> Faults {
+    Faults {
+        drop_rate: rng.random_range(0.0..0.05),
+        duplicate_rate: rng.random_range(0.0..0.05),
+        delay_min: Duration::from_micros(100),
+        delay_max: Duration::from_millis(rng.random_range(1..10)),
+    }
+}
+
 /// Goal: under random kills and restarts of leaders, holders and voters
 /// (with and without data directories), pauses longer than the TTL,
 /// partitions, loss, duplication and reordering, with concurrent clients
@@ -404,31 +491,15 @@ impl Stats {
 }
 
 async fn chaos(seed: u64) -> Stats {
-    if std::env::var("DEBUG_CLIENT").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-    }
+    trace_if_debugging();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x10c5);
     let dir = tempfile::tempdir().unwrap();
     let durable = rng.random_bool(0.5);
     let mut c = cluster(seed, 5, 3, durable.then(|| dir.path())).await;
-    let history = Arc::new(Mutex::new(LockHistory::new()));
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let (nodes_tx, nodes) = watch::channel(running_meshes(&c));
-    let (stop_tx, stop) = watch::channel(false);
-    let clients: Vec<_> = (0..6)
-        .map(|i| {
-            tokio::spawn(client(
-                i,
-                seed,
-                nodes.clone(),
-                history.clone(),
-                stats.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let mut work = Workload::new(&c);
+    for i in 0..6 {
+        work.spawn(client(i, seed, work.clients()));
+    }
     let mut down: Vec<NodeId> = Vec::new();
     for _ in 0..6 {
         let running = c.running();
@@ -462,7 +533,7 @@ async fn chaos(seed: u64) -> Stats {
                 }
             }
         }
-        let _ = nodes_tx.send(running_meshes(&c));
+        work.publish(&c);
         if std::env::var("DEBUG_CLIENT").is_ok() {
             eprintln!(
                 "step at {:?}: leader {leader:?} down {down:?} running {:?}",
@@ -470,12 +541,7 @@ async fn chaos(seed: u64) -> Stats {
                 c.running()
             );
         }
-        c.set_faults(Faults {
-            drop_rate: rng.random_range(0.0..0.05),
-            duplicate_rate: rng.random_range(0.0..0.05),
-            delay_min: Duration::from_micros(100),
-            delay_max: Duration::from_millis(rng.random_range(1..10)),
-        });
+        c.set_faults(random_faults(&mut rng));
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
     }
     // Heal: stop the chaos clients, then check the service is back.
@@ -484,11 +550,8 @@ async fn chaos(seed: u64) -> Stats {
     for back in down.drain(..) {
         c.restart(back).await;
     }
-    let _ = nodes_tx.send(running_meshes(&c));
-    let _ = stop_tx.send(true);
-    for t in clients {
-        t.await.expect("client task");
-    }
+    work.publish(&c);
+    work.stop_clients().await;
     led(&c).await;
     // Liveness: with a connected majority every waiter is served within
     // its wait (four clients, FIFO, 100 ms holds).
@@ -525,12 +588,8 @@ async fn chaos(seed: u64) -> Stats {
         let r = w.await.expect("waiter task");
         assert_eq!(r, Ok(()), "a waiter was not served in time (seed {seed})");
     }
-    let history = history.lock().unwrap().clone();
-    if let Err(v) = history.check() {
-        panic!("{v} (seed {seed}; replay with COORDMESH_SEED={seed} COORDMESH_SIM_SEEDS=1)");
-    }
     c.shutdown().await;
-    std::mem::take(&mut *stats.lock().unwrap())
+    work.finish(seed)
 }
 
 /// Goal: a leader whose lease lapses (a pause just past it) and comes
@@ -880,11 +939,7 @@ async fn finding_4_a_full_restart_without_data_dirs_waits_out_the_longest_ttl() 
 /// promise, so epochs, and tokens, go above everything it remembers).
 #[tokio::test(start_paused = true)]
 async fn finding_4_a_durable_voter_back_late_does_not_outrank_the_new_cluster() {
-    if std::env::var("DEBUG_CLIENT").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-    }
+    trace_if_debugging();
     let seed = SimCluster::seed_from_env();
     let dir = tempfile::tempdir().unwrap();
     let mut c = SimCluster::new(seed, ids(3));
@@ -999,11 +1054,7 @@ async fn a_full_restart_with_a_durable_majority_keeps_the_locks() {
 /// on the old one.)
 #[tokio::test(start_paused = true)]
 async fn a_slow_disk_does_not_lapse_the_leaders_lease() {
-    if std::env::var("DEBUG_CLIENT").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-    }
+    trace_if_debugging();
     let seed = SimCluster::seed_from_env();
     let dir = tempfile::tempdir().unwrap();
     let mut c = SimCluster::new(seed, ids(3));
@@ -1051,10 +1102,12 @@ async fn a_slow_disk_does_not_lapse_the_leaders_lease() {
 async fn retrying_client(
     idx: usize,
     seed: u64,
-    nodes: watch::Receiver<Vec<Mesh>>,
-    history: Arc<Mutex<LockHistory>>,
-    stats: Arc<Mutex<Stats>>,
-    stop: watch::Receiver<bool>,
+    ClientEnv {
+        nodes,
+        history,
+        stats,
+        stop,
+    }: ClientEnv,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7e7 ^ (idx as u64) << 40);
     let pick = |rng: &mut StdRng| {
@@ -1142,11 +1195,7 @@ async fn chaos_aimed_at_the_review_holes() {
 }
 
 async fn aimed_chaos(seed: u64) -> Stats {
-    if std::env::var("DEBUG_CLIENT").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-    }
+    trace_if_debugging();
     let mut rng = StdRng::seed_from_u64(seed ^ 0xa1ed);
     let dir = tempfile::tempdir().unwrap();
     let mut c = SimCluster::new(seed, ids(3));
@@ -1158,38 +1207,17 @@ async fn aimed_chaos(seed: u64) -> Stats {
         c.add(NodeId(id)).await;
     }
     led(&c).await;
-    let history = Arc::new(Mutex::new(LockHistory::new()));
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let (nodes_tx, nodes) = watch::channel(running_meshes(&c));
-    let (stop_tx, stop) = watch::channel(false);
-    let mut clients: Vec<_> = (0..3)
-        .map(|i| {
-            tokio::spawn(client(
-                i,
-                seed,
-                nodes.clone(),
-                history.clone(),
-                stats.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    clients.extend((0..3).map(|i| {
-        tokio::spawn(retrying_client(
-            i,
-            seed,
-            nodes.clone(),
-            history.clone(),
-            stats.clone(),
-            stop.clone(),
-        ))
-    }));
+    let mut work = Workload::new(&c);
+    for i in 0..3 {
+        work.spawn(client(i, seed, work.clients()));
+        work.spawn(retrying_client(i, seed, work.clients()));
+    }
     // Where the cluster forms anew (its voters remember nothing: after a
     // full restart of ephemeral voters, or when the durable ones were
     // wiped), tokens may start over: the checker is told exactly when.
     let (watch_stop_tx, watch_stop) = watch::channel(false);
     let watcher = tokio::spawn({
-        let (nodes, history, stop) = (nodes.clone(), history.clone(), watch_stop);
+        let (nodes, history, stop) = (work.env.nodes.clone(), work.env.history.clone(), watch_stop);
         async move {
             let mut seen = std::collections::BTreeSet::new();
             while !*stop.borrow() {
@@ -1263,28 +1291,20 @@ async fn aimed_chaos(seed: u64) -> Stats {
                 c.heal();
             }
         }
-        let _ = nodes_tx.send(running_meshes(&c));
+        work.publish(&c);
         if std::env::var("DEBUG_CLIENT").is_ok() {
             eprintln!(
                 "step {step} done at {:?}: leader was {leader:?}, durable voters 1..={durable}",
                 c.now()
             );
         }
-        c.set_faults(Faults {
-            drop_rate: rng.random_range(0.0..0.05),
-            duplicate_rate: rng.random_range(0.0..0.05),
-            delay_min: Duration::from_micros(100),
-            delay_max: Duration::from_millis(rng.random_range(1..10)),
-        });
+        c.set_faults(random_faults(&mut rng));
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
     }
     c.heal();
     c.set_faults(Faults::default());
-    let _ = stop_tx.send(true);
-    for t in clients {
-        t.await.expect("client task");
-    }
-    let _ = nodes_tx.send(running_meshes(&c));
+    work.stop_clients().await;
+    work.publish(&c);
     // A full restart of ephemeral voters waits out the longest TTL.
     c.eventually(Duration::from_secs(10), "a leader all agree on", |c| {
         leader(c).is_some()
@@ -1311,12 +1331,8 @@ async fn aimed_chaos(seed: u64) -> Stats {
     }
     let _ = watch_stop_tx.send(true);
     watcher.await.expect("watcher task");
-    let history = history.lock().unwrap().clone();
-    if let Err(v) = history.check() {
-        panic!("{v} (seed {seed}; replay with COORDMESH_SEED={seed} COORDMESH_SIM_SEEDS=1)");
-    }
     c.shutdown().await;
-    std::mem::take(&mut *stats.lock().unwrap())
+    work.finish(seed)
 }
 
 /// E7 (review of the fix): a voter's *old* ack must not commit a batch
