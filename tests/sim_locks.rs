@@ -426,6 +426,48 @@ impl Workload {
     }
 }
 
+/// Liveness: with a connected majority, a waiter on each of nodes 1–4 is
+/// served within its wait (FIFO, 100 ms holds), and its guard is still
+/// valid when it releases.
+async fn every_waiter_served(c: &SimCluster, seed: u64) {
+    let waiters: Vec<_> = ids(4)
+        .into_iter()
+        .map(|id| {
+            let mesh = c.mesh(id).clone();
+            tokio::spawn(async move {
+                let g = mesh
+                    .lock("live")
+                    .ttl(TTL)
+                    .wait(Duration::from_secs(5))
+                    .acquire()
+                    .await;
+                if let Ok(g) = &g {
+                    if std::env::var("DEBUG_CLIENT").is_ok() {
+                        eprintln!(
+                            "live granted {} to {id} at {:?}",
+                            g.token(),
+                            mesh.clock_now()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    assert!(
+                        g.is_valid(),
+                        "a guard lapsed in a 100 ms hold (seed {seed})"
+                    );
+                }
+                match g {
+                    Ok(g) => g.release().await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            })
+        })
+        .collect();
+    for w in waiters {
+        let r = w.await.expect("waiter task");
+        assert_eq!(r, Ok(()), "a waiter was not served in time (seed {seed})");
+    }
+}
+
 /// Logs through `tracing` when `DEBUG_CLIENT` is set (with `RUST_LOG`).
 fn trace_if_debugging() {
     if std::env::var("DEBUG_CLIENT").is_ok() {
@@ -553,41 +595,7 @@ async fn chaos(seed: u64) -> Stats {
     work.publish(&c);
     work.stop_clients().await;
     led(&c).await;
-    // Liveness: with a connected majority every waiter is served within
-    // its wait (four clients, FIFO, 100 ms holds).
-    let waiters: Vec<_> = ids(4)
-        .into_iter()
-        .map(|id| {
-            let mesh = c.mesh(id).clone();
-            tokio::spawn(async move {
-                let g = mesh
-                    .lock("live")
-                    .ttl(TTL)
-                    .wait(Duration::from_secs(5))
-                    .acquire()
-                    .await;
-                if let Ok(g) = &g {
-                    if std::env::var("DEBUG_CLIENT").is_ok() {
-                        eprintln!(
-                            "live granted {} to {id} at {:?}",
-                            g.token(),
-                            mesh.clock_now()
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    assert!(g.is_valid());
-                }
-                match g {
-                    Ok(g) => g.release().await.map(|_| ()),
-                    Err(e) => Err(e),
-                }
-            })
-        })
-        .collect();
-    for w in waiters {
-        let r = w.await.expect("waiter task");
-        assert_eq!(r, Ok(()), "a waiter was not served in time (seed {seed})");
-    }
+    every_waiter_served(&c, seed).await;
     c.shutdown().await;
     work.finish(seed)
 }
@@ -1310,25 +1318,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
         leader(c).is_some()
     })
     .await;
-    let waiters: Vec<_> = (1..=4)
-        .map(|id| {
-            let mesh = c.mesh(NodeId(id)).clone();
-            tokio::spawn(async move {
-                let g = mesh
-                    .lock("live")
-                    .ttl(TTL)
-                    .wait(Duration::from_secs(5))
-                    .acquire()
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                g.release().await
-            })
-        })
-        .collect();
-    for w in waiters {
-        let r = w.await.expect("waiter task");
-        assert_eq!(r, Ok(()), "a waiter was not served in time (seed {seed})");
-    }
+    every_waiter_served(&c, seed).await;
     let _ = watch_stop_tx.send(true);
     watcher.await.expect("watcher task");
     c.shutdown().await;
