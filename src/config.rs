@@ -3,39 +3,15 @@
 //! flags (flags win), then validated as a whole before anything starts, so
 //! a bad value is reported by name and nothing is half-started.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::election::{Timing, TimingError};
+use crate::ids::NodeId;
 use crate::secret::{ClusterSecret, SecretError};
-
-/// A node's identity: unique in the cluster, ordered numerically (the
-/// lowest live id is the preferred leader).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(pub u64);
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for NodeId {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.trim()
-            .parse::<u64>()
-            .map(NodeId)
-            .map_err(|_| ConfigError::InvalidNodeId(s.to_string()))
-    }
-}
 
 /// Default gossip address, as in the CLI contract.
 pub const DEFAULT_GOSSIP_ADDR: SocketAddr =
@@ -368,7 +344,12 @@ impl ConfigBuilder {
 
 /// Parses a comma-separated voter list (`1,2,3`).
 pub fn parse_voters(list: &str) -> Result<Vec<NodeId>, ConfigError> {
-    list.split(',').map(|part| part.parse::<NodeId>()).collect()
+    list.split(',')
+        .map(|part| {
+            part.parse::<NodeId>()
+                .map_err(|_| ConfigError::InvalidNodeId(part.to_string()))
+        })
+        .collect()
 }
 
 fn port_after(addr: SocketAddr, offset: u16) -> Result<SocketAddr, ConfigError> {

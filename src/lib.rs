@@ -75,9 +75,11 @@
 
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod clock;
 pub mod config;
 pub mod election;
 pub mod http;
+pub mod ids;
 pub mod locks;
 pub mod membership;
 pub mod mesh;
@@ -89,7 +91,8 @@ pub mod secret;
 pub mod sim;
 pub mod storage;
 
-pub use config::{Config, ConfigBuilder, ConfigError, NodeId};
+pub use config::{Config, ConfigBuilder, ConfigError};
+pub use ids::NodeId;
 pub use membership::{Member, MemberEvent, MemberState, MembershipView};
 pub use mesh::{Environment, Mesh, StartError};
 pub use secret::ClusterSecret;

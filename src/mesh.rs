@@ -11,14 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{Config, NodeId};
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::election::{Election, Leadership, Memory};
+use crate::ids::NodeId;
 use crate::locks::table::TableConfig;
 use crate::locks::{LockBuilder, LockReply, LockRequest, LockTable, NamedElection, Replica};
 use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
 use crate::metrics::Metrics;
 use crate::net::Network;
-use crate::node::{Clock, Driver, Input, Shared};
+use crate::node::{Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
 use crate::storage::{DataDir, Persister, Stored};
@@ -393,10 +395,10 @@ impl Mesh {
 
     /// The lease this node serves under, on its protocol clock, and that
     /// clock's reading (for the simulation's safety checker).
-    pub(crate) fn lease_state(&self) -> crate::sim::LeaseState {
+    pub(crate) fn lease_state(&self) -> LeaseState {
         let shared = &self.inner.shared;
         let cell = *shared.lease.lock().unwrap_or_else(|e| e.into_inner());
-        crate::sim::LeaseState {
+        LeaseState {
             lease: cell.serving.filter(|_| !shared.is_stopped()),
             now: shared.clock.now(),
             promised: shared
@@ -542,4 +544,18 @@ impl Mesh {
         self.inner.membership.stop().await;
         self.inner.rpc.close().await;
     }
+}
+
+/// What a node believes about its own leadership, read by the checker.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseState {
+    /// While serving: the term and its lease end.
+    pub lease: Option<(Leadership, Duration)>,
+    /// The node's protocol clock now.
+    pub now: Duration,
+    /// The promise its data directory holds (0 without one).
+    pub promised: u64,
+    /// The last term that stopped serving before its lease ran out, and
+    /// when: from then on `is_leader()` answered false.
+    pub ended: Option<(u64, Duration)>,
 }

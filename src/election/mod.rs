@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeId;
+use crate::ids::NodeId;
 use crate::locks::EPOCH_MAX;
 
 /// Election timing, with the drift bound `ρ`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::client::{LockError, LockGuard};
 use super::{LockReply, LockRequest, NAME_BYTES_MAX};
-use crate::config::NodeId;
+use crate::ids::NodeId;
 use crate::mesh::Mesh;
 
 const PREFIX: &str = "election:";

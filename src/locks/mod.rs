@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeId;
+use crate::ids::NodeId;
 
 pub use client::{Grant, LockBuilder, LockError, LockGuard};
 pub use election::{Campaign, ElectionGuard, NamedElection};

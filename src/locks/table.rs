@@ -35,7 +35,7 @@ use std::time::Duration;
 use super::{
     EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
 };
-use crate::config::NodeId;
+use crate::ids::NodeId;
 
 /// Replication rounds awaiting a majority before the next one is sent.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;

@@ -28,7 +28,8 @@ pub use meta::{
 };
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 
-use crate::config::{Config, NodeId};
+use crate::config::Config;
+use crate::ids::NodeId;
 use crate::metrics::Metrics;
 pub(crate) use transport::GossipTransport;
 

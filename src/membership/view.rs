@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::meta::NodeMeta;
-use crate::config::NodeId;
+use crate::ids::NodeId;
 
 /// Liveness of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

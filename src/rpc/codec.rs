@@ -117,7 +117,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::NodeId;
+    use crate::ids::NodeId;
     use crate::rpc::message::*;
 
     fn node() -> impl Strategy<Value = NodeId> {

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeId;
 use crate::election::{ElectionRequest, ElectionResponse};
+use crate::ids::NodeId;
 use crate::locks::{Entry, LockReply, LockRequest};
 
 /// A request that expects a [`Response`].

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 pub use codec::{FRAME_BYTES_MAX, FrameError, WIRE_VERSION};
 pub use message::{Message, Ping, Pong, Rejection, Request, Response};
 
-use crate::config::NodeId;
+use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::net::Network;
 use crate::secret::ClusterSecret;

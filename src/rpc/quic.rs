@@ -18,7 +18,7 @@ use super::{
     MESSAGE_SEND_TIMEOUT, MESSAGES_PER_PEER_MAX, Message, PEERS_MAX, REQUEST_READ_TIMEOUT, Request,
     Response, RpcError, STRIKES_MAX, Service, count, tls,
 };
-use crate::config::NodeId;
+use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::secret::ClusterSecret;
 

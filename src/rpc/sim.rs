@@ -20,7 +20,7 @@ use tracing::debug;
 use super::codec;
 use super::message::{MessageEnvelope, RequestEnvelope, ResponseEnvelope};
 use super::{INFLIGHT_PER_PEER_MAX, Message, Request, Response, RpcError, Service, count};
-use crate::config::NodeId;
+use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::net::{DATAGRAM_BYTES_MAX, SimNet, SimSender, SimSocket};
 

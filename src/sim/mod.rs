@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{ConfigBuilder, NodeId};
+use crate::config::ConfigBuilder;
 use crate::election::Leadership;
+use crate::ids::NodeId;
 use crate::mesh::{Environment, Mesh};
 use crate::net::{Faults, Network, SimNet};
 
@@ -52,7 +53,7 @@ struct Slot {
     mesh: Option<Mesh>,
     /// The host's protocol clock: shared origin, its own suspensions; it
     /// carries on across restarts of the node, like CLOCK_BOOTTIME.
-    clock: crate::node::Clock,
+    clock: crate::clock::Clock,
     /// Started at least once: later starts are restarts, not the first
     /// start of a new cluster (E7's bootstrap).
     started: bool,
@@ -67,7 +68,7 @@ pub struct SimCluster {
     next_generation: u64,
     /// The cluster's common clock (tokio's, never suspended): nodes'
     /// clocks run from the same origin, plus their hosts' suspensions.
-    clock: crate::node::Clock,
+    clock: crate::clock::Clock,
     /// Applied to every node's configuration (gossip interval, …).
     pub tuning: ConfigBuilder,
     /// When set, each voter gets a data directory below it (added nodes
@@ -98,7 +99,7 @@ impl SimCluster {
             voters,
             slots: BTreeMap::new(),
             next_generation: 1,
-            clock: crate::node::Clock::tokio(tokio::time::Instant::now()),
+            clock: crate::clock::Clock::tokio(tokio::time::Instant::now()),
             tuning: ConfigBuilder::default(),
             data_root: None,
             ephemeral: Default::default(),
@@ -176,7 +177,7 @@ impl SimCluster {
         }
         .overlay(own);
         let clock = match &self.clock {
-            crate::node::Clock::Tokio { origin, .. } => crate::node::Clock::tokio(*origin),
+            crate::clock::Clock::Tokio { origin, .. } => crate::clock::Clock::tokio(*origin),
             other => other.clone(),
         };
         self.slots.insert(
@@ -411,20 +412,6 @@ impl SimCluster {
             .get_mut(&id)
             .unwrap_or_else(|| panic!("no node {id} in the simulation (seed {seed})"))
     }
-}
-
-/// What a node believes about its own leadership, read by the checker.
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseState {
-    /// While serving: the term and its lease end.
-    pub lease: Option<(Leadership, Duration)>,
-    /// The node's protocol clock now.
-    pub now: Duration,
-    /// The promise its data directory holds (0 without one).
-    pub promised: u64,
-    /// The last term that stopped serving before its lease ran out, and
-    /// when: from then on `is_leader()` answered false.
-    pub ended: Option<(u64, Duration)>,
 }
 
 /// A leadership history checked for the election's safety properties:

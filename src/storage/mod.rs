@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::NodeId;
+use crate::ids::NodeId;
 use crate::locks::{Entry, Replica};
 
 const IDENTITY_FILE: &str = "identity";

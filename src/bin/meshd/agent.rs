@@ -68,7 +68,8 @@ pub(crate) struct AgentArgs {
 struct VoterList(Vec<NodeId>);
 
 fn parse_id(s: &str) -> Result<NodeId, String> {
-    s.parse().map_err(|e: coordmesh::ConfigError| e.to_string())
+    s.parse()
+        .map_err(|e: coordmesh::ids::ParseIdError| e.to_string())
 }
 
 fn parse_voter_list(s: &str) -> Result<VoterList, String> {

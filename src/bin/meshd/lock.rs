@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use coordmesh::node::Clock;
+use coordmesh::clock::Clock;
 use serde_json::{Value, json};
 
 use crate::procs::post_json_status;

@@ -1,0 +1,51 @@
+//! The identifiers every protocol shares. This module owns their types
+//! and how they print and parse; it knows nothing of the protocols that
+//! use them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity: unique in the cluster, ordered numerically (the
+/// lowest live id is the preferred leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A node id that is not an unsigned 64-bit integer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node id {0:?}: expected an unsigned integer")]
+pub struct ParseIdError(pub String);
+
+impl FromStr for NodeId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .parse::<u64>()
+            .map(NodeId)
+            .map_err(|_| ParseIdError(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_trimmed_and_name_what_is_wrong() {
+        assert_eq!(" 7 ".parse::<NodeId>(), Ok(NodeId(7)));
+        let err = "x1".parse::<NodeId>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid node id \"x1\": expected an unsigned integer"
+        );
+    }
+}
