@@ -78,6 +78,8 @@
 pub mod clock;
 pub mod config;
 pub mod election;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod http;
 pub mod ids;
 pub mod locks;

@@ -3,17 +3,15 @@
 //! contract's answers to bad input, and `meshd lock`. Ports are taken
 //! free at run time; every process started is ended.
 
-#[path = "../src/bin/meshd/procs.rs"]
-mod procs;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use coordmesh::harness::agents::Agents;
+use coordmesh::harness::http::{get_json, post_json_status};
 use coordmesh::locks::history::{Hold, LockHistory};
-use procs::{Agents, post_json_status};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshd");
@@ -190,7 +188,7 @@ fn five_agents_keep_locks_safe_through_a_leader_kill() {
         "the keeper was told lost: {answers:?}"
     );
     let (successor, _) = new.unwrap();
-    let status = procs::get_json(a.spec(successor).http, "/v1/locks/keeper", WITHIN).unwrap();
+    let status = get_json(a.spec(successor).http, "/v1/locks/keeper", WITHIN).unwrap();
     assert_eq!(status["held"], true, "{status}");
     assert_eq!(
         token_of(&status),
@@ -257,7 +255,7 @@ fn http_answers_and_meshd_lock() {
     let (code, v) = post("/v1/locks/x/renew", json!({"token": token - 1}));
     assert_eq!((code, v["error"].as_str()), (410, Some("lock_lost")));
     assert_eq!(post("/v1/locks/x/renew", json!({"token": "abc"})).0, 400);
-    let status = procs::get_json(http, "/v1/locks/x", WITHIN).unwrap();
+    let status = get_json(http, "/v1/locks/x", WITHIN).unwrap();
     assert_eq!(
         (status["held"].as_bool(), token_of(&status)),
         (Some(true), token)
@@ -268,7 +266,7 @@ fn http_answers_and_meshd_lock() {
         200,
         "a retried release"
     );
-    let status = procs::get_json(http, "/v1/locks/x", WITHIN).unwrap();
+    let status = get_json(http, "/v1/locks/x", WITHIN).unwrap();
     assert_eq!(status, json!({"held": false}));
 
     // meshd lock: the command runs with the token and its exit status.

@@ -2,14 +2,12 @@
 //! SIGTERM leave, address in use. Ports are taken free at run time; every
 //! process started is ended (on drop, and by the kernel if the test dies).
 
-#[path = "../src/bin/meshd/procs.rs"]
-mod procs;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use procs::Agents;
+use coordmesh::harness::agents::Agents;
+use coordmesh::harness::http::get_text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshd");
 /// Generous: a loaded CI machine runs many tests at once.
@@ -137,7 +135,7 @@ fn metrics_report_members_and_gossip_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let a = agents(2, dir.path());
     assert!(a.wait_until(WITHIN, |a| a.all_see(&[1, 2])).is_some());
-    let text = procs::get_text(a.spec(1).http, "/metrics", Duration::from_secs(2)).unwrap();
+    let text = get_text(a.spec(1).http, "/metrics", Duration::from_secs(2)).unwrap();
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
@@ -182,7 +180,7 @@ fn malformed_gossip_case(compression: bool) {
         junk.send_to(payload, a.spec(1).gossip).unwrap();
     }
     let malformed = || {
-        procs::get_text(a.spec(1).http, "/metrics", Duration::from_secs(2))
+        get_text(a.spec(1).http, "/metrics", Duration::from_secs(2))
             .ok()
             .and_then(|t| {
                 t.lines().find_map(|l| {
@@ -308,7 +306,7 @@ fn five_agents_fail_over_after_kill_9_of_the_leader() {
     let (successor, _) = new.unwrap();
     let status = a.status(successor).unwrap();
     assert_eq!(status["is_leader"], true);
-    let metrics = procs::get_text(a.spec(successor).http, "/metrics", WITHIN).unwrap();
+    let metrics = get_text(a.spec(successor).http, "/metrics", WITHIN).unwrap();
     let served: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("coordmesh_election_terms_won_total "))

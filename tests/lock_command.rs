@@ -2,14 +2,11 @@
 //! never outlives the lease, its children included. Ports are taken free
 //! at run time; every process started is ended.
 
-#[path = "../src/bin/meshd/procs.rs"]
-mod procs;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procs::{Agents, die_with_parent};
+use coordmesh::harness::agents::{Agents, die_with_parent};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshd");
 const WITHIN: Duration = Duration::from_secs(20);

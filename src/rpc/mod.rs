@@ -145,6 +145,20 @@ pub trait Service: Send + Sync + 'static {
     async fn message(&self, from: NodeId, message: Message);
 }
 
+/// Serves nothing: every request is refused as `Unsupported` and messages
+/// are dropped. For an endpoint that only calls (a client outside the
+/// mesh, a benchmark's caller).
+pub struct Unserved;
+
+#[async_trait]
+impl Service for Unserved {
+    async fn request(&self, _from: NodeId, _request: Request) -> Result<Response, Rejection> {
+        Err(Rejection::Unsupported)
+    }
+
+    async fn message(&self, _from: NodeId, _message: Message) {}
+}
+
 /// One node's RPC endpoint: listens for peers and calls them.
 pub struct Rpc {
     inner: Inner,

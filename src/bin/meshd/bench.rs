@@ -24,7 +24,9 @@ use coordmesh::{ConfigBuilder, NodeId};
 use serde_json::json;
 
 use crate::etcd::EtcdCluster;
-use crate::procs::{Agents, cpu_time, rss_kib};
+use coordmesh::harness::agents::{Agents, cpu_time, rss_kib};
+use coordmesh::harness::report::{micros, percentile, write_json};
+use coordmesh::rpc::Unserved;
 
 /// `meshd bench`.
 #[derive(Args, Debug)]
@@ -142,14 +144,6 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-pub(crate) fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), String> {
-    if let Some(path) = path {
-        let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
 fn membership(args: MembershipArgs) -> Result<(), String> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let window = Duration::from_secs(args.window_s.max(1));
@@ -227,7 +221,7 @@ fn membership(args: MembershipArgs) -> Result<(), String> {
     }
     println!("(times are virtual; detection is from the kill until every survivor sees it)");
     write_json(
-        &args.json,
+        args.json.as_deref(),
         &json!({"seed": seed, "gossip_interval_ms": 100, "rows": rows}),
     )
 }
@@ -339,35 +333,7 @@ fn idle(args: IdleArgs) -> Result<(), String> {
     drop(etcd);
     agents.stop_all(Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
-    write_json(&args.json, &out)
-}
-
-/// Answers nothing: the benchmark's client endpoint serves no one.
-pub(crate) struct Unserved;
-
-#[async_trait::async_trait]
-impl coordmesh::rpc::Service for Unserved {
-    async fn request(
-        &self,
-        _from: NodeId,
-        _request: coordmesh::rpc::Request,
-    ) -> Result<coordmesh::rpc::Response, coordmesh::rpc::Rejection> {
-        Err(coordmesh::rpc::Rejection::Unsupported)
-    }
-
-    async fn message(&self, _from: NodeId, _message: coordmesh::rpc::Message) {}
-}
-
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-pub(crate) fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
+    write_json(args.json.as_deref(), &out)
 }
 
 fn rpc(args: RpcArgs) -> Result<(), String> {
@@ -540,7 +506,7 @@ fn rpc(args: RpcArgs) -> Result<(), String> {
         "udp_floor": {"calls": floor.len(), "p50_us": micros(percentile(&floor, 50.0)), "p99_us": micros(percentile(&floor, 99.0))},
         "concurrent": {"callers": args.callers, "calls": loaded.len(), "calls_per_s": rate, "p50_us": micros(percentile(&loaded, 50.0)), "p99_us": micros(percentile(&loaded, 99.0)), "errors": errors},
     });
-    write_json(&args.json, &out)
+    write_json(args.json.as_deref(), &out)
 }
 
 /// Round trips of plain UDP datagrams (no QUIC, no TLS) to an echo on
@@ -702,5 +668,5 @@ fn failover(args: FailoverArgs) -> Result<(), String> {
         println!("(etcd not installed or --no-etcd: no comparison)");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    write_json(&args.json, &out)
+    write_json(args.json.as_deref(), &out)
 }

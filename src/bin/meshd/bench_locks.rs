@@ -28,8 +28,9 @@ use coordmesh::locks::{LockReply, LockRequest};
 use coordmesh::rpc::{Request, Response, Rpc};
 use serde_json::json;
 
-use crate::bench::{micros, percentile, write_json};
-use crate::procs::Agents;
+use coordmesh::harness::agents::Agents;
+use coordmesh::harness::report::{micros, percentile, write_json};
+use coordmesh::rpc::Unserved;
 
 /// Flags of `meshd bench locks`.
 #[derive(Args, Debug)]
@@ -98,8 +99,11 @@ impl MeshClient {
         let https = self.https.lock().unwrap().clone();
         let found = tokio::task::spawn_blocking(move || {
             for http in https {
-                let Ok(s) = crate::procs::get_json(http, "/v1/status", Duration::from_millis(300))
-                else {
+                let Ok(s) = coordmesh::harness::http::get_json(
+                    http,
+                    "/v1/status",
+                    Duration::from_millis(300),
+                ) else {
                     continue;
                 };
                 let Some(id) = s["leader"]["id"].as_u64() else {
@@ -489,7 +493,7 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
             "127.0.0.1:0".parse().map_err(|_| "address")?,
             NodeId(u64::MAX),
             &secret,
-            Arc::new(crate::bench::Unserved),
+            Arc::new(Unserved),
             Arc::new(coordmesh::metrics::Metrics::default()),
         )
         .await
@@ -529,8 +533,8 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
     // How well requests shared replication rounds, from the agents'
     // counters (every leader of the run; the killed ones' are lost).
     let (batches, entries) = https.iter().fold((0u64, 0u64), |(b, e), http| {
-        let text =
-            crate::procs::get_text(*http, "/metrics", Duration::from_secs(2)).unwrap_or_default();
+        let text = coordmesh::harness::http::get_text(*http, "/metrics", Duration::from_secs(2))
+            .unwrap_or_default();
         let read = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
@@ -585,7 +589,7 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
             Err(e) => return Err(format!("etcd: {e}")),
         }
     }
-    write_json(&args.json, &out)
+    write_json(args.json.as_deref(), &out)
 }
 
 #[cfg(not(feature = "etcd-bench"))]

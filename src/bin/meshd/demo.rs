@@ -21,7 +21,8 @@ use clap::Args;
 use coordmesh::locks::FencingChecker;
 use serde_json::json;
 
-use crate::procs::{Agents, post_json_status};
+use coordmesh::harness::agents::Agents;
+use coordmesh::harness::http::post_json_status;
 
 /// The scheduled job's period.
 const TICK: Duration = Duration::from_millis(1000);

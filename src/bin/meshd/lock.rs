@@ -36,7 +36,7 @@ use clap::Args;
 use coordmesh::clock::Clock;
 use serde_json::{Value, json};
 
-use crate::procs::post_json_status;
+use coordmesh::harness::http::post_json_status;
 
 /// SIGKILL goes to the command's group this long before the lease's
 /// validity ends: the watchdog's and this loop's wake-up granularity plus

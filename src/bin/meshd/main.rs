@@ -8,7 +8,6 @@ mod demo;
 mod etcd;
 mod keygen;
 mod lock;
-mod procs;
 mod status;
 
 use std::process::ExitCode;

@@ -19,13 +19,14 @@ pub(crate) struct StatusArgs {
 }
 
 pub(crate) fn run(args: StatusArgs) -> ExitCode {
-    let status = match crate::procs::get_json(args.http, "/v1/status", Duration::from_secs(3)) {
-        Ok(v) => v,
-        Err(err) => {
-            eprintln!("meshd: cannot read status from {}: {err}", args.http);
-            return ExitCode::from(1);
-        }
-    };
+    let status =
+        match coordmesh::harness::http::get_json(args.http, "/v1/status", Duration::from_secs(3)) {
+            Ok(v) => v,
+            Err(err) => {
+                eprintln!("meshd: cannot read status from {}: {err}", args.http);
+                return ExitCode::from(1);
+            }
+        };
     if args.json {
         println!("{status}");
     } else {

@@ -1,10 +1,9 @@
 //! Real `meshd agent` processes on loopback, for the demo, the process
-//! benchmarks and the multi-process tests (which include this file).
+//! benchmarks and the multi-process tests.
 //!
 //! Every agent gets free ports, its log in a file, and dies with us: the
 //! children are killed on drop, and the kernel kills them if this process
 //! dies first (`PR_SET_PDEATHSIG`), so nothing is ever left orphaned.
-#![allow(dead_code)] // each includer uses a different part
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
@@ -17,63 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::http::get_json;
+
 /// How long one status request may take before the agent counts as
 /// unreachable for that poll.
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Poll interval of [`Agents::wait_until`].
 pub const POLL: Duration = Duration::from_millis(20);
-
-/// An HTTP client with one overall timeout; `statuses_as_errors`: any
-/// status but success is an error.
-fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(statuses_as_errors)
-        .build()
-        .into()
-}
-
-/// GETs `path` from an agent's HTTP API and parses the JSON body.
-pub fn get_json(http: SocketAddr, path: &str, timeout: Duration) -> Result<Value, String> {
-    let mut resp = http_client(timeout, false)
-        .get(format!("http://{http}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body: Value = resp.body_mut().read_json().map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("HTTP {status}: {body}"));
-    }
-    Ok(body)
-}
-
-/// POSTs a JSON body to `path` and parses the JSON answer; any status
-/// but success is an error.
-pub fn post_json(
-    addr: SocketAddr,
-    path: &str,
-    body: &Value,
-    timeout: Duration,
-) -> Result<Value, String> {
-    http_client(timeout, true)
-        .post(format!("http://{addr}{path}"))
-        .send_json(body)
-        .map_err(|e| e.to_string())?
-        .body_mut()
-        .read_json()
-        .map_err(|e| e.to_string())
-}
-
-/// GETs `path` as text.
-pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
-    http_client(timeout, true)
-        .get(format!("http://{http}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())
-}
 
 /// A gossip port `p` such that UDP `p`, UDP `p+1` and TCP `p+2` are free
 /// now and not in `taken`. (Free now: another process may still take them
@@ -180,10 +129,10 @@ impl Agents {
     /// Makes the cluster closed: writes a new cluster secret into the log
     /// directory and passes it to every agent started from now on.
     /// Returns the key file and the secret.
-    pub fn close_with_new_key(&mut self) -> Result<(PathBuf, coordmesh::ClusterSecret), String> {
+    pub fn close_with_new_key(&mut self) -> Result<(PathBuf, crate::ClusterSecret), String> {
         let path = self.log_dir.join("cluster.key");
         let _ = std::fs::remove_file(&path);
-        let secret = coordmesh::ClusterSecret::generate().map_err(|e| e.to_string())?;
+        let secret = crate::ClusterSecret::generate().map_err(|e| e.to_string())?;
         secret.write_new(&path).map_err(|e| e.to_string())?;
         self.extra_args = vec!["--cluster-key".into(), path.display().to_string()];
         Ok((path, secret))
@@ -430,21 +379,4 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as u64 } else { 100 };
     Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
-}
-
-/// POSTs a JSON body and returns the status with the JSON answer (error
-/// statuses included); `Err` only when no answer came.
-pub fn post_json_status(
-    addr: SocketAddr,
-    path: &str,
-    body: &Value,
-    timeout: Duration,
-) -> Result<(u16, Value), String> {
-    let mut resp = http_client(timeout, false)
-        .post(format!("http://{addr}{path}"))
-        .send_json(body)
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-    Ok((status, body))
 }

@@ -1,0 +1,78 @@
+//! Small blocking JSON-over-HTTP calls to an agent's HTTP API (CONTRACT.md),
+//! for the CLI's client commands, the demo, the benchmarks and the
+//! multi-process tests. This module owns only the HTTP exchange; what
+//! the answers mean is the caller's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// An HTTP client with one overall timeout; `statuses_as_errors`: any
+/// status but success is an error.
+fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(statuses_as_errors)
+        .build()
+        .into()
+}
+
+/// GETs `path` from an agent's HTTP API and parses the JSON body.
+pub fn get_json(http: SocketAddr, path: &str, timeout: Duration) -> Result<Value, String> {
+    let mut resp = http_client(timeout, false)
+        .get(format!("http://{http}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body: Value = resp.body_mut().read_json().map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    Ok(body)
+}
+
+/// POSTs a JSON body to `path` and parses the JSON answer; any status
+/// but success is an error.
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Value, String> {
+    http_client(timeout, true)
+        .post(format!("http://{addr}{path}"))
+        .send_json(body)
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .read_json()
+        .map_err(|e| e.to_string())
+}
+
+/// GETs `path` as text.
+pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    http_client(timeout, true)
+        .get(format!("http://{http}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())
+}
+
+/// POSTs a JSON body and returns the status with the JSON answer (error
+/// statuses included); `Err` only when no answer came.
+pub fn post_json_status(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<(u16, Value), String> {
+    let mut resp = http_client(timeout, false)
+        .post(format!("http://{addr}{path}"))
+        .send_json(body)
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    Ok((status, body))
+}
