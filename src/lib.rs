@@ -80,6 +80,7 @@ pub mod config;
 pub mod election;
 #[cfg(feature = "harness")]
 pub mod harness;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod ids;
 pub mod locks;
@@ -90,6 +91,7 @@ pub mod net;
 pub mod node;
 pub mod rpc;
 pub mod secret;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod storage;
 

@@ -395,6 +395,7 @@ impl Mesh {
 
     /// The lease this node serves under, on its protocol clock, and that
     /// clock's reading (for the simulation's safety checker).
+    #[cfg(feature = "sim")]
     pub(crate) fn lease_state(&self) -> LeaseState {
         let shared = &self.inner.shared;
         let cell = *shared.lease.lock().unwrap_or_else(|e| e.into_inner());
@@ -410,6 +411,7 @@ impl Mesh {
 
     /// Freezes the election driver for `d`, as SIGSTOP would freeze the
     /// process (simulations).
+    #[cfg(feature = "sim")]
     pub(crate) async fn pause_driver(&self, d: Duration) {
         self.inner.driver.pause(d).await;
     }
@@ -547,6 +549,7 @@ impl Mesh {
 }
 
 /// What a node believes about its own leadership, read by the checker.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseState {
     /// While serving: the term and its lease end.

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod election;
 mod fencing;
+#[cfg(feature = "sim")]
 pub mod history;
 pub mod table;
 

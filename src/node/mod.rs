@@ -75,6 +75,7 @@ pub(crate) enum Input {
     DiskFailed,
     /// Stop processing anything for a while, as a SIGSTOP would
     /// (simulations only).
+    #[cfg(feature = "sim")]
     Pause(Duration),
 }
 
@@ -211,6 +212,7 @@ impl Driver {
         }
     }
 
+    #[cfg(feature = "sim")]
     pub(crate) async fn pause(&self, d: Duration) {
         let _ = self.tx.send(Input::Pause(d)).await;
     }
@@ -487,6 +489,7 @@ impl State {
                     }
                 }
             }
+            #[cfg(feature = "sim")]
             Input::Pause(d) => {
                 tokio::time::sleep(d).await;
                 true
