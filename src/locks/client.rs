@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::holder::HolderLease;
 use super::table::REQUESTER_GRACE;
 use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
 use crate::mesh::Mesh;
@@ -249,9 +250,8 @@ pub struct Grant {
 }
 
 struct GuardState {
-    /// End of validity on the protocol clock.
-    valid_until: Duration,
-    lost: bool,
+    /// The holder's count of the lease (lost once released, too).
+    lease: HolderLease,
     /// The leader said the token does not hold the lock (or it was
     /// released): nothing to release any more.
     gone: bool,
@@ -284,8 +284,7 @@ impl LockGuard {
     fn start(mesh: Mesh, name: String, token: u64, ttl: Duration, sent: Duration) -> LockGuard {
         let drift = mesh.config().election.drift;
         let state = Arc::new(Mutex::new(GuardState {
-            valid_until: sent + ttl.mul_f64(1.0 - drift),
-            lost: false,
+            lease: HolderLease::granted(sent, ttl, drift),
             gone: false,
         }));
         let (lost_tx, lost) = watch::channel(false);
@@ -293,8 +292,6 @@ impl LockGuard {
             mesh.clone(),
             name.clone(),
             token,
-            (ttl, sent),
-            drift,
             state.clone(),
             lost_tx,
         ));
@@ -328,7 +325,7 @@ impl LockGuard {
     /// Check it right before each act (and fence what can be delayed).
     pub fn is_valid(&self) -> bool {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        !s.lost && self.mesh.clock_now() < s.valid_until
+        s.lease.is_valid(self.mesh.clock_now())
     }
 
     /// When the lease's validity ends, on the protocol clock
@@ -337,16 +334,14 @@ impl LockGuard {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .valid_until
+            .lease
+            .valid_until()
     }
 
     /// How long the lease stays valid from now, by the holder's count.
     pub fn remaining(&self) -> Duration {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.lost {
-            return Duration::ZERO;
-        }
-        s.valid_until.saturating_sub(self.mesh.clock_now())
+        s.lease.remaining(self.mesh.clock_now())
     }
 
     /// Resolves when the lease is over: validity ran out, a renewal was
@@ -380,7 +375,7 @@ impl LockGuard {
     /// Marks the guard over; true if the token is known not to hold.
     fn finish(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.lost = true;
+        s.lease.on_lost();
         std::mem::replace(&mut s.gone, true)
     }
 
@@ -452,25 +447,27 @@ async fn renew(
     mesh: Mesh,
     name: String,
     token: u64,
-    (ttl, granted): (Duration, Duration),
-    drift: f64,
     state: Arc<Mutex<GuardState>>,
     lost: watch::Sender<bool>,
 ) {
-    let valid_until = || state.lock().unwrap_or_else(|e| e.into_inner()).valid_until;
-    // From the grant's send: a grant that arrived late is renewed at once.
-    let mut last_sent = granted;
+    let lease = || {
+        state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lease
+            .clone()
+    };
     loop {
         let now = mesh.clock_now();
-        let until = valid_until();
-        if now >= until || mesh.is_stopped() {
+        let l = lease();
+        if !l.is_valid(now) || mesh.is_stopped() {
             break;
         }
-        let next = (last_sent + ttl / 3).min(until);
-        if next > now {
-            tokio::time::sleep((next - now).min(VALIDITY_CHECK)).await;
+        if !l.renew_due(now) {
+            tokio::time::sleep((l.next_deadline() - now).min(VALIDITY_CHECK)).await;
             continue;
         }
+        let until = l.valid_until();
         let sent = mesh.clock_now();
         if sent >= until {
             break;
@@ -483,29 +480,25 @@ async fn renew(
             a = mesh.lock_request(request, (until - sent).min(RENEW_TIMEOUT)) => Some(a),
             _ = past(&mesh, until) => None,
         };
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         match answer {
             None => break,
             Some(Ok(LockReply::Renewed { ttl_ms })) => {
-                let fresh = sent + Duration::from_millis(ttl_ms).mul_f64(1.0 - drift);
-                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                if fresh > s.valid_until {
-                    s.valid_until = fresh;
-                }
-                last_sent = sent;
+                s.lease.on_renewed(sent, Duration::from_millis(ttl_ms));
             }
             Some(Ok(LockReply::Lost)) => {
-                state.lock().unwrap_or_else(|e| e.into_inner()).gone = true;
+                s.gone = true;
                 break;
             }
             // K6: a failover answers "no quorum"; the lock is kept.
-            Some(_) => {
-                let now = mesh.clock_now();
-                let pause = RETRY_PAUSE.min(valid_until().saturating_sub(now));
-                tokio::time::sleep(pause).await;
-            }
+            Some(_) => s.lease.on_renew_failed(mesh.clock_now(), RETRY_PAUSE),
         }
     }
-    state.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
+    state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .lease
+        .on_lost();
     let _ = lost.send(true);
 }
 

@@ -16,6 +16,7 @@ pub mod election;
 mod fencing;
 #[cfg(feature = "sim")]
 pub mod history;
+pub mod holder;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use crate::ids::NodeId;
 pub use client::{Grant, LockBuilder, LockError, LockGuard};
 pub use election::{Campaign, ElectionGuard, NamedElection};
 pub use fencing::{FencingChecker, StaleToken};
+pub use holder::HolderLease;
 pub use table::{LockOutput, LockTable, Ticket};
 
 /// Longest lock name, in bytes of UTF-8 (CONTRACT.md).

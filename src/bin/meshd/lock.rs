@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use clap::Args;
 use coordmesh::clock::Clock;
+use coordmesh::locks::HolderLease;
 use serde_json::{Value, json};
 
 use coordmesh::harness::http::post_json_status;
@@ -237,8 +238,8 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
         };
     // The lease is ours until `sent + ttl` (send time of the last good
     // acquire or renew, on CLOCK_BOOTTIME).
-    let mut valid_until = sent + ttl;
-    let mut watchdog = match Watchdog::start(valid_until.saturating_sub(KILL_MARGIN)) {
+    let mut lease = HolderLease::granted(sent, ttl, 0.0);
+    let mut watchdog = match Watchdog::start(lease.valid_until().saturating_sub(KILL_MARGIN)) {
         Ok(w) => w,
         Err(err) => {
             eprintln!(
@@ -287,7 +288,8 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
     };
     let pid = child.id() as libc::pid_t;
     let margin = (ttl / 4).min(Duration::from_secs(2));
-    let mut last_renew = sent;
+    // When the leader said the token no longer holds the lock.
+    let mut lost_at = None;
     let mut termed = false;
     let mut lost = false;
     // The leader said the token no longer holds the lock (410).
@@ -317,9 +319,10 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
             signal_group(group, sig);
             forwarded = sig;
         }
+        let valid_until = lost_at.unwrap_or(lease.valid_until());
         let kill_at = valid_until.saturating_sub(KILL_MARGIN);
         let at = now();
-        if !gone && at >= last_renew + ttl / 3 && at < kill_at {
+        if !gone && lease.renew_due(at) && at < kill_at {
             // Never wait for an answer past the kill deadline.
             let patience = (kill_at - at).min(Duration::from_secs(1));
             let answer = post_json_status(
@@ -330,25 +333,24 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
             );
             match answer {
                 Ok((200, _)) => {
-                    if at + ttl > valid_until {
-                        valid_until = at + ttl;
-                        watchdog.deadline(valid_until.saturating_sub(KILL_MARGIN));
+                    let before = lease.valid_until();
+                    lease.on_renewed(at, ttl);
+                    if lease.valid_until() > before {
+                        watchdog.deadline(lease.valid_until().saturating_sub(KILL_MARGIN));
                     }
-                    last_renew = at;
                 }
                 Ok((410, _)) => {
                     eprintln!("meshd: lock {:?} lost; stopping the command", args.name);
                     lost = true;
                     gone = true;
-                    valid_until = now();
+                    lease.on_lost();
+                    lost_at = Some(now());
                 }
                 // 503 during a failover, or no answer: retry soon.
-                _ => {
-                    last_renew =
-                        at.saturating_sub(ttl / 3) + Duration::from_millis(100).min(ttl / 10)
-                }
+                _ => lease.on_renew_failed(at, Duration::from_millis(100).min(ttl / 10)),
             }
         }
+        let valid_until = lost_at.unwrap_or(lease.valid_until());
         let at = now();
         if !termed && at + margin >= valid_until {
             eprintln!(
