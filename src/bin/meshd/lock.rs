@@ -14,7 +14,8 @@
 //!   (parent-death signal).
 //! - Time is CLOCK_BOOTTIME, which counts a host suspend (T1). The lease
 //!   is valid until the send time of the last successful acquire or renew
-//!   plus the TTL (CONTRACT.md's client rule); if renewals fail, the group
+//!   plus the TTL less the drift margin, `ttl·(1−ρ)` (the holder rule of
+//!   `coordmesh::locks::HolderLease`, as for a library guard); if renewals fail, the group
 //!   gets SIGTERM a quarter TTL (at most 2 s) before that, and SIGKILL
 //!   [`KILL_MARGIN`] before it, strictly inside the lease.
 //!
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use clap::Args;
 use coordmesh::clock::Clock;
+use coordmesh::election::Timing;
 use coordmesh::locks::HolderLease;
 use serde_json::{Value, json};
 
@@ -236,9 +238,10 @@ pub(crate) fn run(args: LockArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-    // The lease is ours until `sent + ttl` (send time of the last good
-    // acquire or renew, on CLOCK_BOOTTIME).
-    let mut lease = HolderLease::granted(sent, ttl, 0.0);
+    // The lease is ours until `sent + ttl·(1−ρ)` (send time of the last
+    // good acquire or renew, on CLOCK_BOOTTIME), the rule every holder
+    // follows; ρ is the agents' default drift bound.
+    let mut lease = HolderLease::granted(sent, ttl, Timing::default().drift);
     let mut watchdog = match Watchdog::start(lease.valid_until().saturating_sub(KILL_MARGIN)) {
         Ok(w) => w,
         Err(err) => {
