@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::election::{Election, Leadership, Memory};
 use crate::ids::NodeId;
 use crate::locks::table::TableConfig;
-use crate::locks::{LockBuilder, LockReply, LockRequest, LockTable, NamedElection, Replica};
+use crate::locks::{
+    LockBuilder, LockPath, LockReply, LockRequest, LockTable, NamedElection, Replica,
+};
 use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
 use crate::metrics::Metrics;
 use crate::net::Network;
@@ -433,7 +435,7 @@ impl Mesh {
     /// # Ok(()) }
     /// ```
     pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
-        LockBuilder::new(self.clone(), name.into())
+        LockBuilder::new(Arc::new(self.clone()), name.into())
     }
 
     /// A named election for an application role, built on a lock.
@@ -545,6 +547,44 @@ impl Mesh {
         self.inner.driver.stop().await;
         self.inner.membership.stop().await;
         self.inner.rpc.close().await;
+    }
+}
+
+/// A node reaches the leader through itself: its own driver when it
+/// leads, an RPC to the leader it knows otherwise.
+#[async_trait]
+impl LockPath for Mesh {
+    async fn lock_request(
+        &self,
+        request: LockRequest,
+        timeout: Duration,
+    ) -> Result<LockReply, RpcError> {
+        Mesh::lock_request(self, request, timeout).await
+    }
+
+    fn now(&self) -> Duration {
+        self.clock_now()
+    }
+
+    fn drift(&self) -> f64 {
+        self.config().election.drift
+    }
+
+    fn is_stopped(&self) -> bool {
+        Mesh::is_stopped(self)
+    }
+
+    fn request_id_prefix(&self) -> String {
+        format!("{}-", self.id())
+    }
+
+    fn knows_leader(&self) -> bool {
+        self.leader().is_some()
+    }
+
+    async fn pause_for_leader(&self, pause: Duration) {
+        let mut leader = self.watch_leader();
+        let _ = tokio::time::timeout(pause, leader.changed()).await;
     }
 }
 

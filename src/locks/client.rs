@@ -17,7 +17,33 @@ use tokio::task::JoinHandle;
 use super::holder::HolderLease;
 use super::table::REQUESTER_GRACE;
 use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
-use crate::mesh::Mesh;
+use crate::rpc::RpcError;
+
+/// The way to the leader that a lock client takes: a node of the mesh
+/// ([`Mesh`](crate::Mesh)), or a remote client outside it. The acquire
+/// flow, the guard's renewals and releases are the same over either.
+#[async_trait::async_trait]
+pub trait LockPath: Send + Sync + 'static {
+    /// Sends one lock request to the leader and returns its answer
+    /// (`NoQuorum` when no leader is known).
+    async fn lock_request(
+        &self,
+        request: LockRequest,
+        timeout: Duration,
+    ) -> Result<LockReply, RpcError>;
+    /// The protocol clock (T1), on which validity is counted.
+    fn now(&self) -> Duration;
+    /// The drift bound ρ between this clock and the leader's.
+    fn drift(&self) -> f64;
+    /// True once the path is closed for good (the node stopped).
+    fn is_stopped(&self) -> bool;
+    /// A prefix for generated request ids, unique to this client.
+    fn request_id_prefix(&self) -> String;
+    /// True when a leader is known (an attempt may reach it).
+    fn knows_leader(&self) -> bool;
+    /// Waits up to `pause`, or less if the leader changes meanwhile.
+    async fn pause_for_leader(&self, pause: Duration);
+}
 
 /// Why a lock operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +93,7 @@ pub const VALIDITY_CHECK: Duration = Duration::from_millis(10);
 /// A lock to acquire: `mesh.lock(name).ttl(d).wait(d).acquire()`.
 #[derive(Clone)]
 pub struct LockBuilder {
-    mesh: Mesh,
+    mesh: Arc<dyn LockPath>,
     name: String,
     ttl: Duration,
     wait: Duration,
@@ -75,7 +101,7 @@ pub struct LockBuilder {
 }
 
 impl LockBuilder {
-    pub(crate) fn new(mesh: Mesh, name: String) -> LockBuilder {
+    pub(crate) fn new(mesh: Arc<dyn LockPath>, name: String) -> LockBuilder {
         LockBuilder {
             mesh,
             name,
@@ -139,10 +165,10 @@ impl LockBuilder {
             },
         )?;
         let mesh = &self.mesh;
-        let drift = mesh.config().election.drift;
-        let fresh_id = || super::fresh_request_id(&format!("{}-", mesh.id()));
+        let drift = mesh.drift();
+        let fresh_id = || super::fresh_request_id(&mesh.request_id_prefix());
         let mut request_id = self.request_id.clone().unwrap_or_else(fresh_id);
-        let start = mesh.clock_now();
+        let start = mesh.now();
         let deadline = start + self.wait;
         // K4: past the wait, keep listening (retrying with the request
         // id) while an attempt that reached a leader has an unknown fate:
@@ -157,7 +183,7 @@ impl LockBuilder {
             if let Some(token) = unused {
                 let (mesh, name, ttl) = (mesh.clone(), self.name.clone(), self.ttl);
                 tokio::spawn(async move {
-                    let _ = release(&mesh, &name, token, ttl).await;
+                    let _ = release(&*mesh, &name, token, ttl).await;
                 });
             }
             Err(LockError::NoQuorum)
@@ -167,7 +193,7 @@ impl LockBuilder {
             if mesh.is_stopped() {
                 return Err(LockError::ShuttingDown);
             }
-            let sent = mesh.clock_now();
+            let sent = mesh.now();
             let over = sent >= listen_until || (sent >= deadline && !in_flight);
             if over && !std::mem::take(&mut first) {
                 return give_up(unused);
@@ -181,12 +207,12 @@ impl LockBuilder {
                 request_id: Some(request_id.clone()),
             };
             let timeout = attempt_max.min(listen_until - sent);
-            let reaches_leader = mesh.leader().is_some();
+            let reaches_leader = mesh.knows_leader();
             let answer = mesh.lock_request(request, timeout).await;
             match answer {
                 Ok(LockReply::Granted { token, ttl_ms }) => {
                     let ttl = Duration::from_millis(ttl_ms);
-                    if mesh.clock_now() < sent + ttl.mul_f64(1.0 - drift) {
+                    if mesh.now() < sent + ttl.mul_f64(1.0 - drift) {
                         return Ok(Grant { token, ttl, sent });
                     }
                     // Answered too late to be of use (a slow answer to a
@@ -210,7 +236,7 @@ impl LockBuilder {
                     unused = None;
                 }
                 Ok(LockReply::Ended) => return Err(LockError::Lost),
-                Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
+                Err(RpcError::Closed) if mesh.is_stopped() => {
                     return Err(LockError::ShuttingDown);
                 }
                 // Handled by no leader: nothing is pending there.
@@ -220,19 +246,17 @@ impl LockBuilder {
                 other => {
                     in_flight |= reaches_leader;
                     tracing::debug!(lock = %self.name, ?other, "acquire: retrying");
-                    if matches!(other, Err(crate::rpc::RpcError::Timeout { .. })) {
+                    if matches!(other, Err(RpcError::Timeout { .. })) {
                         continue;
                     }
                 }
             }
-            let now = mesh.clock_now();
+            let now = mesh.now();
             let until = if in_flight { listen_until } else { deadline };
             if now >= until {
                 return give_up(unused);
             }
-            let mut leader = mesh.watch_leader();
-            let pause = RETRY_PAUSE.min(until - now);
-            let _ = tokio::time::timeout(pause, leader.changed()).await;
+            mesh.pause_for_leader(RETRY_PAUSE.min(until - now)).await;
         }
     }
 }
@@ -262,7 +286,7 @@ struct GuardState {
 /// stops). Dropping it releases the lock (best effort, in the
 /// background); [`LockGuard::release`] releases and reports.
 pub struct LockGuard {
-    mesh: Mesh,
+    mesh: Arc<dyn LockPath>,
     name: String,
     token: u64,
     ttl: Duration,
@@ -281,8 +305,14 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
-    fn start(mesh: Mesh, name: String, token: u64, ttl: Duration, sent: Duration) -> LockGuard {
-        let drift = mesh.config().election.drift;
+    fn start(
+        mesh: Arc<dyn LockPath>,
+        name: String,
+        token: u64,
+        ttl: Duration,
+        sent: Duration,
+    ) -> LockGuard {
+        let drift = mesh.drift();
         let state = Arc::new(Mutex::new(GuardState {
             lease: HolderLease::granted(sent, ttl, drift),
             gone: false,
@@ -325,7 +355,7 @@ impl LockGuard {
     /// Check it right before each act (and fence what can be delayed).
     pub fn is_valid(&self) -> bool {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.lease.is_valid(self.mesh.clock_now())
+        s.lease.is_valid(self.mesh.now())
     }
 
     /// When the lease's validity ends, on the protocol clock
@@ -341,7 +371,7 @@ impl LockGuard {
     /// How long the lease stays valid from now, by the holder's count.
     pub fn remaining(&self) -> Duration {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.lease.remaining(self.mesh.clock_now())
+        s.lease.remaining(self.mesh.now())
     }
 
     /// Resolves when the lease is over: validity ran out, a renewal was
@@ -369,7 +399,7 @@ impl LockGuard {
             }
             return Err(LockError::Lost);
         }
-        release(&self.mesh, &self.name, self.token, self.ttl).await
+        release(&*self.mesh, &self.name, self.token, self.ttl).await
     }
 
     /// Marks the guard over; true if the token is known not to hold.
@@ -386,7 +416,7 @@ impl LockGuard {
         let (mesh, name, token, ttl) = (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = release(&mesh, &name, token, ttl).await;
+                let _ = release(&*mesh, &name, token, ttl).await;
             });
         }
     }
@@ -410,8 +440,13 @@ impl Drop for LockGuard {
 
 /// Releases, retrying through leader changes for up to the TTL (after
 /// that the lease has ended anyway).
-async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(), LockError> {
-    let give_up = mesh.clock_now() + ttl;
+async fn release(
+    mesh: &dyn LockPath,
+    name: &str,
+    token: u64,
+    ttl: Duration,
+) -> Result<(), LockError> {
+    let give_up = mesh.now() + ttl;
     // After an attempt whose fate is unknown (no answer, or a leader that
     // stepped down with it in flight), "lost" may mean that attempt
     // released it: the lock is not held by this token either way.
@@ -425,14 +460,14 @@ async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(
             Ok(LockReply::Released) => return Ok(()),
             Ok(LockReply::Lost) if maybe_released => return Ok(()),
             Ok(LockReply::Lost) => return Err(LockError::Lost),
-            Err(crate::rpc::RpcError::Closed) if mesh.is_stopped() => {
+            Err(RpcError::Closed) if mesh.is_stopped() => {
                 return Err(LockError::ShuttingDown);
             }
             // Not handled by a leader: nothing happened.
             Ok(LockReply::NotLeader) => {}
             _ => maybe_released = true,
         }
-        if mesh.clock_now() >= give_up {
+        if mesh.now() >= give_up {
             return Err(LockError::NoQuorum);
         }
         tokio::time::sleep(RETRY_PAUSE).await;
@@ -444,7 +479,7 @@ async fn release(mesh: &Mesh, name: &str, token: u64, ttl: Duration) -> Result<(
 /// Every sleep is at most [`VALIDITY_CHECK`], since timers stop in a host
 /// suspend and validity, on the protocol clock, does not (T1).
 async fn renew(
-    mesh: Mesh,
+    mesh: Arc<dyn LockPath>,
     name: String,
     token: u64,
     state: Arc<Mutex<GuardState>>,
@@ -458,7 +493,7 @@ async fn renew(
             .clone()
     };
     loop {
-        let now = mesh.clock_now();
+        let now = mesh.now();
         let l = lease();
         if !l.is_valid(now) || mesh.is_stopped() {
             break;
@@ -468,7 +503,7 @@ async fn renew(
             continue;
         }
         let until = l.valid_until();
-        let sent = mesh.clock_now();
+        let sent = mesh.now();
         if sent >= until {
             break;
         }
@@ -478,7 +513,7 @@ async fn renew(
         };
         let answer = tokio::select! {
             a = mesh.lock_request(request, (until - sent).min(RENEW_TIMEOUT)) => Some(a),
-            _ = past(&mesh, until) => None,
+            _ = past(&*mesh, until) => None,
         };
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         match answer {
@@ -491,7 +526,7 @@ async fn renew(
                 break;
             }
             // K6: a failover answers "no quorum"; the lock is kept.
-            Some(_) => s.lease.on_renew_failed(mesh.clock_now(), RETRY_PAUSE),
+            Some(_) => s.lease.on_renew_failed(mesh.now(), RETRY_PAUSE),
         }
     }
     state
@@ -504,9 +539,9 @@ async fn renew(
 
 /// Resolves once the protocol clock passes `until`, checking every
 /// [`VALIDITY_CHECK`].
-async fn past(mesh: &Mesh, until: Duration) {
+async fn past(mesh: &dyn LockPath, until: Duration) {
     loop {
-        let now = mesh.clock_now();
+        let now = mesh.now();
         if now >= until {
             return;
         }
