@@ -75,6 +75,7 @@
 
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod election;

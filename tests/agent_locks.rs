@@ -312,3 +312,69 @@ fn http_answers_and_meshd_lock() {
         stopped.elapsed()
     );
 }
+
+/// A remote client (no node of its own: an RPC endpoint with the cluster
+/// secret) finds the leader among the agents it was given, keeps its lock
+/// and token through a kill -9 of that leader (its renewals find the
+/// successor), and a second remote client is refused while it holds and
+/// gets the lock after the release, with a higher token.
+#[test]
+fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
+    use coordmesh::ClusterSecret;
+    use coordmesh::client::RemoteClient;
+    use coordmesh::locks::LockError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = led_agents(3, dir.path());
+    let secret = ClusterSecret::load(&dir.path().join("cluster.key")).unwrap();
+    let (leader, _) = a.agreed_leader().unwrap();
+    let dead_rpc = a.spec(leader).rpc;
+    let rpcs: Vec<_> = a.ids().iter().map(|id| a.spec(*id).rpc).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let first = RemoteClient::connect(rpcs.clone(), &secret).await.unwrap();
+        let guard = first
+            .lock("remote")
+            .ttl(Duration::from_secs(5))
+            .wait(Duration::from_secs(5))
+            .acquire()
+            .await
+            .unwrap();
+        assert_eq!(first.leader(), Some(dead_rpc), "found the leader");
+        let token = guard.token();
+        let second = RemoteClient::connect(rpcs.clone(), &secret).await.unwrap();
+        assert!(
+            matches!(
+                second.lock("remote").try_acquire().await,
+                Err(LockError::Held(_))
+            ),
+            "no second holder"
+        );
+        a.kill9(leader);
+        // Two renewal intervals and more past the failover.
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            assert!(guard.is_valid(), "the lease was lost through the failover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let now_leader = first.leader();
+        assert!(
+            now_leader.is_some() && now_leader != Some(dead_rpc),
+            "renewals went to the successor ({now_leader:?})"
+        );
+        assert_eq!(guard.token(), token, "the token is kept");
+        guard.release().await.unwrap();
+        let next = second
+            .lock("remote")
+            .wait(Duration::from_secs(5))
+            .acquire()
+            .await
+            .unwrap();
+        assert!(next.token() > token, "tokens only grow");
+        next.release().await.unwrap();
+    });
+}

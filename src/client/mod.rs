@@ -1,0 +1,289 @@
+//! A lock client outside the mesh: a program that wants a lock without
+//! being a node. It holds its own RPC endpoint (QUIC with mutual TLS, the
+//! cluster secret), finds the leader among the agents it was given, and
+//! takes locks with the same [`LockBuilder`] and [`LockGuard`] as a node:
+//! the same acquire flow (one request id through failovers), the same
+//! holder rule, renewals and release on drop.
+//!
+//! This module owns leader discovery and the endpoint. It must not hold
+//! protocol rules of its own: what to retry and when a lease is valid
+//! belong to [`crate::locks`].
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! let secret = coordmesh::ClusterSecret::load("cluster.key".as_ref())?;
+//! let agents = vec!["10.0.0.1:7401".parse()?, "10.0.0.2:7401".parse()?];
+//! let client = coordmesh::client::RemoteClient::connect(agents, &secret).await?;
+//! let guard = client.lock("nightly-report").ttl(Duration::from_secs(10)).acquire().await?;
+//! println!("holding with token {}", guard.token());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`LockBuilder`]: crate::locks::LockBuilder
+//! [`LockGuard`]: crate::locks::LockGuard
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::election::Timing;
+use crate::ids::NodeId;
+use crate::locks::{LockBuilder, LockPath, LockReply, LockRequest};
+use crate::metrics::Metrics;
+use crate::net::Network;
+use crate::rpc::{Request, Response, Rpc, RpcError, Unserved};
+use crate::secret::ClusterSecret;
+
+/// The id a remote client gives as the sender of its calls: no node has
+/// it (ids name members; a remote client is none).
+pub const REMOTE_CLIENT_ID: NodeId = NodeId(u64::MAX);
+
+/// The longest one discovery question to an agent waits (it is answered
+/// at once by any live agent), so a dead agent in the list costs little.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A client of the mesh's locks that is not a node. Cheap to clone.
+#[derive(Clone)]
+pub struct RemoteClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rpc: Rpc,
+    agents: Vec<SocketAddr>,
+    /// The agent that last answered as the leader.
+    leader: Mutex<Option<SocketAddr>>,
+    /// Where the next discovery round starts (spreads the probes).
+    next: AtomicUsize,
+    changed: Notify,
+    clock: Clock,
+    drift: f64,
+    closed: AtomicBool,
+}
+
+impl RemoteClient {
+    /// A client of the agents at `agents` (their RPC addresses; any
+    /// subset of the cluster that includes live members), authenticated
+    /// with the cluster's `secret`.
+    pub async fn connect(
+        agents: Vec<SocketAddr>,
+        secret: &ClusterSecret,
+    ) -> io::Result<RemoteClient> {
+        let unspecified = match agents.first().map(|a| a.ip()) {
+            Some(IpAddr::V6(ip)) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            Some(IpAddr::V4(ip)) if ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        Self::start(
+            &Network::Udp,
+            SocketAddr::new(unspecified, 0),
+            Clock::Boottime,
+            agents,
+            secret,
+        )
+        .await
+    }
+
+    /// A client on `network`, bound to `bind`, counting leases on `clock`
+    /// (simulations pass theirs).
+    pub async fn start(
+        network: &Network,
+        bind: SocketAddr,
+        clock: Clock,
+        agents: Vec<SocketAddr>,
+        secret: &ClusterSecret,
+    ) -> io::Result<RemoteClient> {
+        if agents.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a remote client needs at least one agent's RPC address",
+            ));
+        }
+        let rpc = Rpc::bind(
+            network,
+            bind,
+            REMOTE_CLIENT_ID,
+            secret,
+            Arc::new(Unserved),
+            Arc::new(Metrics::default()),
+        )
+        .await?;
+        Ok(RemoteClient {
+            inner: Arc::new(Inner {
+                rpc,
+                agents,
+                leader: Mutex::new(None),
+                next: AtomicUsize::new(0),
+                changed: Notify::new(),
+                clock,
+                drift: Timing::default().drift,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// A lock by name, as [`Mesh::lock`](crate::Mesh::lock).
+    pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
+        LockBuilder::new(Arc::new(self.clone()), name.into())
+    }
+
+    /// The RPC address of the agent that last answered as the leader.
+    pub fn leader(&self) -> Option<SocketAddr> {
+        *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The protocol clock's reading, on which the guards count validity.
+    pub fn clock_now(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    /// Closes the client: its guards stop renewing and report lost, and
+    /// new requests fail with `ShuttingDown`.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
+    }
+
+    fn set_leader(&self, leader: Option<SocketAddr>) {
+        let mut cell = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner());
+        if *cell != leader {
+            *cell = leader;
+            self.inner.changed.notify_waiters();
+        }
+    }
+
+    /// One call to `to`; `None` when `to` is not the serving leader (or
+    /// could not be asked).
+    async fn ask(
+        &self,
+        to: SocketAddr,
+        request: &LockRequest,
+        timeout: Duration,
+    ) -> Result<Option<LockReply>, RpcError> {
+        match self
+            .inner
+            .rpc
+            .call(to, Request::Lock(request.clone()), timeout)
+            .await?
+        {
+            Response::Lock(LockReply::NotLeader) => Ok(None),
+            Response::Lock(reply) => Ok(Some(reply)),
+            _ => Err(RpcError::Malformed),
+        }
+    }
+}
+
+/// The name a request is about (a discovery probe asks about the same).
+fn name_of(request: &LockRequest) -> &str {
+    match request {
+        LockRequest::Acquire { name, .. }
+        | LockRequest::Renew { name, .. }
+        | LockRequest::Release { name, .. }
+        | LockRequest::Status { name } => name,
+        _ => "probe",
+    }
+}
+
+#[async_trait]
+impl LockPath for RemoteClient {
+    /// To the known leader; if it is gone or no longer leads, the agents
+    /// are asked in turn who holds the lock (a question only the serving
+    /// leader answers, at once, acting on nothing) and the request goes to
+    /// the one that answers. A timeout is passed on as is: the request may
+    /// have reached a leader, and the caller's retry with the same request
+    /// id settles it. `NoQuorum` when no agent leads.
+    async fn lock_request(
+        &self,
+        request: LockRequest,
+        timeout: Duration,
+    ) -> Result<LockReply, RpcError> {
+        if self.is_stopped() {
+            return Err(RpcError::Closed);
+        }
+        let start = self.inner.clock.now();
+        let left = |clock: &Clock| timeout.saturating_sub(clock.now() - start);
+        if let Some(leader) = self.leader() {
+            match self.ask(leader, &request, timeout).await {
+                Ok(Some(reply)) => return Ok(reply),
+                // It may have acted; the next attempt looks for the
+                // leader again (a dead one answers nothing, ever).
+                Err(e @ RpcError::Timeout { .. }) => {
+                    self.set_leader(None);
+                    return Err(e);
+                }
+                Ok(None) | Err(_) => self.set_leader(None),
+            }
+        }
+        let probe = LockRequest::Status {
+            name: name_of(&request).to_string(),
+        };
+        let agents = &self.inner.agents;
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut found = None;
+        for i in 0..agents.len() {
+            let to = agents[(first + i) % agents.len()];
+            let remaining = left(&self.inner.clock);
+            if remaining.is_zero() {
+                return Err(RpcError::Timeout { after: timeout });
+            }
+            if let Ok(Some(LockReply::Status { .. })) =
+                self.ask(to, &probe, remaining.min(PROBE_TIMEOUT)).await
+            {
+                found = Some(to);
+                break;
+            }
+        }
+        let Some(leader) = found else {
+            return Ok(LockReply::NoQuorum);
+        };
+        self.set_leader(Some(leader));
+        let remaining = left(&self.inner.clock);
+        if remaining.is_zero() {
+            return Err(RpcError::Timeout { after: timeout });
+        }
+        match self.ask(leader, &request, remaining).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                self.set_leader(None);
+                Ok(LockReply::NotLeader)
+            }
+            Err(e) => {
+                self.set_leader(None);
+                Err(e)
+            }
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    fn drift(&self) -> f64 {
+        self.inner.drift
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn request_id_prefix(&self) -> String {
+        "remote-".to_string()
+    }
+
+    fn knows_leader(&self) -> bool {
+        self.leader().is_some()
+    }
+
+    async fn pause_for_leader(&self, pause: Duration) {
+        let _ = tokio::time::timeout(pause, self.inner.changed.notified()).await;
+    }
+}
