@@ -23,14 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use coordmesh::NodeId;
+use coordmesh::client::RemoteClient;
+use coordmesh::locks::LockPath;
 use coordmesh::locks::{LockReply, LockRequest};
-use coordmesh::rpc::{Request, Response, Rpc};
 use serde_json::json;
 
 use coordmesh::harness::agents::Agents;
 use coordmesh::harness::report::{micros, percentile, write_json};
-use coordmesh::rpc::Unserved;
 
 /// Flags of `meshd bench locks`.
 #[derive(Args, Debug)]
@@ -62,18 +61,11 @@ pub(crate) struct LocksArgs {
 const TTL_MS: u64 = 5_000;
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Our native client: a QUIC endpoint that talks to the leader.
-#[derive(Clone)]
-struct MeshClient {
-    rpc: Arc<Rpc>,
-    leader: Arc<Mutex<Option<SocketAddr>>>,
-    /// Every agent's HTTP address, to find the leader.
-    https: Arc<Mutex<Vec<SocketAddr>>>,
-}
-
 #[derive(Clone)]
 enum System {
-    Mesh(MeshClient),
+    /// Our remote client: a QUIC endpoint outside the mesh that finds
+    /// the leader itself.
+    Mesh(RemoteClient),
     #[cfg(feature = "etcd-bench")]
     Etcd(Box<etcd_client::Client>),
 }
@@ -91,57 +83,6 @@ enum Held {
     },
     #[cfg(feature = "etcd-bench")]
     Etcd(Vec<u8>),
-}
-
-impl MeshClient {
-    /// The leader's RPC address, from any agent's `/v1/status`.
-    async fn resolve(&self) -> Option<SocketAddr> {
-        let https = self.https.lock().unwrap().clone();
-        let found = tokio::task::spawn_blocking(move || {
-            for http in https {
-                let Ok(s) = coordmesh::harness::http::get_json(
-                    http,
-                    "/v1/status",
-                    Duration::from_millis(300),
-                ) else {
-                    continue;
-                };
-                let Some(id) = s["leader"]["id"].as_u64() else {
-                    continue;
-                };
-                let rpc = s["members"].as_array().and_then(|ms| {
-                    ms.iter()
-                        .find(|m| m["id"] == id && m["state"] == "alive")
-                        .and_then(|m| m["rpc_addr"].as_str()?.parse().ok())
-                });
-                if rpc.is_some() {
-                    return rpc;
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        *self.leader.lock().unwrap() = found;
-        found
-    }
-
-    async fn call(&self, request: LockRequest, timeout: Duration) -> Result<LockReply, String> {
-        let leader = *self.leader.lock().unwrap();
-        let leader = match leader {
-            Some(l) => l,
-            None => self.resolve().await.ok_or("no leader")?,
-        };
-        match self.rpc.call(leader, Request::Lock(request), timeout).await {
-            Ok(Response::Lock(LockReply::NotLeader | LockReply::NoQuorum)) | Err(_) => {
-                *self.leader.lock().unwrap() = None;
-                Err("no leader".into())
-            }
-            Ok(Response::Lock(r)) => Ok(r),
-            Ok(_) => Err("unexpected answer".into()),
-        }
-    }
 }
 
 impl System {
@@ -180,19 +121,15 @@ impl System {
     ) -> Result<Held, String> {
         match (self, s) {
             (System::Mesh(m), _) => {
-                let request = LockRequest::Acquire {
-                    name: name.to_string(),
-                    ttl_ms: TTL_MS,
-                    wait_ms: wait.as_millis() as u64,
-                    request_id,
-                };
-                match m.call(request, wait + CALL_TIMEOUT).await? {
-                    LockReply::Granted { token, .. } => Ok(Held::Mesh {
-                        name: name.to_string(),
-                        token,
-                    }),
-                    other => Err(format!("{other:?}")),
+                let mut lock = m.lock(name).ttl(Duration::from_millis(TTL_MS)).wait(wait);
+                if let Some(id) = request_id {
+                    lock = lock.request_id(id);
                 }
+                let grant = lock.acquire_token().await.map_err(|e| e.to_string())?;
+                Ok(Held::Mesh {
+                    name: name.to_string(),
+                    token: grant.token,
+                })
             }
             #[cfg(feature = "etcd-bench")]
             (System::Etcd(c), Session::Etcd(lease)) => {
@@ -219,8 +156,8 @@ impl System {
                     name: name.clone(),
                     token: *token,
                 };
-                match m.call(request, CALL_TIMEOUT).await? {
-                    LockReply::Released => Ok(()),
+                match m.lock_request(request, CALL_TIMEOUT).await {
+                    Ok(LockReply::Released) => Ok(()),
                     other => Err(format!("{other:?}")),
                 }
             }
@@ -488,21 +425,14 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
         a.ids().iter().map(|id| a.spec(*id).http).collect()
     };
     let ours = runtime.block_on(async {
-        let rpc = Rpc::bind(
-            &coordmesh::net::Network::Udp,
-            "127.0.0.1:0".parse().map_err(|_| "address")?,
-            NodeId(u64::MAX),
-            &secret,
-            Arc::new(Unserved),
-            Arc::new(coordmesh::metrics::Metrics::default()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let sys = System::Mesh(MeshClient {
-            rpc: Arc::new(rpc),
-            leader: Arc::new(Mutex::new(None)),
-            https: Arc::new(Mutex::new(https.clone())),
-        });
+        let rpcs: Vec<SocketAddr> = {
+            let a = agents.lock().unwrap();
+            a.ids().iter().map(|id| a.spec(*id).rpc).collect()
+        };
+        let client = RemoteClient::connect(rpcs, &secret)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sys = System::Mesh(client);
         let killed = Arc::new(Mutex::new(None));
         let f = measure(
             &sys,
