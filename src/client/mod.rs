@@ -39,12 +39,17 @@ use crate::ids::NodeId;
 use crate::locks::{LockBuilder, LockPath, LockReply, LockRequest};
 use crate::metrics::Metrics;
 use crate::net::Network;
-use crate::rpc::{Request, Response, Rpc, RpcError, Unserved};
+use crate::rpc::{Ping, Request, Response, Rpc, RpcError, Unserved};
 use crate::secret::ClusterSecret;
 
 /// The id a remote client gives as the sender of its calls: no node has
 /// it (ids name members; a remote client is none).
 pub const REMOTE_CLIENT_ID: NodeId = NodeId(u64::MAX);
+
+/// While a call to the leader lasts, the leader must answer a ping this
+/// often (within this long), or the call is given up and the leader looked
+/// for again.
+const LIVENESS_CHECK: Duration = Duration::from_millis(200);
 
 /// The longest one discovery question to an agent waits (it is answered
 /// at once by any live agent), so a dead agent in the list costs little.
@@ -161,6 +166,37 @@ impl RemoteClient {
         }
     }
 
+    /// One call to `to` that is given up as soon as `to` stops answering
+    /// pings (checked every [`LIVENESS_CHECK`] while the call lasts): a
+    /// queued acquire waits long at a live leader, and must not wait out
+    /// its whole timeout at a dead one.
+    async fn ask_watching(
+        &self,
+        to: SocketAddr,
+        request: &LockRequest,
+        timeout: Duration,
+    ) -> Result<Option<LockReply>, RpcError> {
+        let rpc = &self.inner.rpc;
+        let dead = async {
+            loop {
+                tokio::time::sleep(LIVENESS_CHECK).await;
+                let ping = Request::Ping(Ping {
+                    payload: Vec::new(),
+                });
+                if let Err(e) = rpc.call(to, ping, LIVENESS_CHECK).await {
+                    return e;
+                }
+            }
+        };
+        tokio::select! {
+            answer = self.ask(to, request, timeout) => answer,
+            e = dead => Err(RpcError::Unreachable {
+                addr: to,
+                reason: format!("stopped answering pings during the call: {e}"),
+            }),
+        }
+    }
+
     /// One call to `to`; `None` when `to` is not the serving leader (or
     /// could not be asked).
     async fn ask(
@@ -212,7 +248,7 @@ impl LockPath for RemoteClient {
         let start = self.inner.clock.now();
         let left = |clock: &Clock| timeout.saturating_sub(clock.now() - start);
         if let Some(leader) = self.leader() {
-            match self.ask(leader, &request, timeout).await {
+            match self.ask_watching(leader, &request, timeout).await {
                 Ok(Some(reply)) => return Ok(reply),
                 // It may have acted; the next attempt looks for the
                 // leader again (a dead one answers nothing, ever).
@@ -250,7 +286,7 @@ impl LockPath for RemoteClient {
         if remaining.is_zero() {
             return Err(RpcError::Timeout { after: timeout });
         }
-        match self.ask(leader, &request, remaining).await {
+        match self.ask_watching(leader, &request, remaining).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => {
                 self.set_leader(None);
