@@ -2,6 +2,10 @@
 //! the host's tokio runtime, answers questions about the cluster, and stops
 //! the node when asked. It never exits the process and installs no global
 //! tracing subscriber: the host owns both.
+//!
+//! Owns: assembly at start (data directory, membership, RPC, driver) and
+//! the handle's questions. Must not hold protocol state: it asks the
+//! driver, and reads what the driver publishes.
 
 use std::io;
 use std::net::SocketAddr;

@@ -19,6 +19,11 @@
 //!   blackout of `L·(1+ρ)` in which it promises no one else.
 //! - The leader serves (is leader for its users) only while its lease,
 //!   from a round sent after takeover, is valid.
+//!
+//! Owns: every election rule (E1–E8, V1) and what a voter may accept.
+//! Must not know how messages travel, how promises reach the disk, or
+//! what the leader replicates (locks are merged by the driver once this
+//! core says a batch may be).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -359,7 +359,9 @@ impl LockGuard {
     }
 
     /// When the lease's validity ends, on the protocol clock
-    /// ([`Mesh::clock_now`]); it moves later with each renewal.
+    /// of the guard's path ([`crate::Mesh::clock_now`], or
+    /// [`crate::client::RemoteClient::clock_now`]); it moves later with
+    /// each renewal.
     pub fn valid_until(&self) -> Duration {
         self.state
             .lock()

@@ -28,6 +28,10 @@
 //!   before it is answered, so no mark ever outlives a renewal it missed.
 //! - Tokens are `(epoch << 32) | seq` (K1); when the sequence is spent the
 //!   table asks for a new epoch and grants nothing until it has one.
+//!
+//! Owns: every lock rule the leader applies (K1–K4). Must not send,
+//! persist or read a clock: its outputs say what to reply and what to
+//! replicate, and the driver does it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;

@@ -7,6 +7,13 @@
 //! replicated lock entries one sequence: once it promised epoch `e`, no
 //! entry of an older epoch is merged, so the copy it handed the new leader
 //! with its promise stays complete.
+//!
+//! Owns: the order of inputs, the effects (sends, persists, timers), and
+//! the glue between the cores. Must not decide a protocol rule itself:
+//! what to promise, grant, merge or ack is the cores' (`election`,
+//! `locks::table`) and the disk's (`storage`) answer; today the voter's
+//! merge of a replication batch and the leader's batch retries still sit
+//! here (ARCHITECTURE.md says where they are headed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,10 @@
 //! Durable node state in the data directory (E1, E8, E7), and the one
 //! thread that writes it.
 //!
+//! Owns: the files, their formats and checksums, and when a write is
+//! durable. Must not decide what is written or when an ack may go: the
+//! driver asks, and answers from the callbacks.
+//!
 //! A data directory holds:
 //! - `identity`: written last when the directory is initialized, so its
 //!   presence means everything else is there; names the cluster and the
