@@ -90,6 +90,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod replication;
 pub mod rpc;
 pub mod secret;
 #[cfg(feature = "sim")]

@@ -19,12 +19,12 @@ pub mod history;
 pub mod holder;
 pub mod table;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
+use crate::replication::Merge;
 
 pub use client::{Grant, LockBuilder, LockError, LockGuard, LockPath};
 pub use election::{Campaign, ElectionGuard, NamedElection};
@@ -117,7 +117,15 @@ impl EntryState {
     }
 }
 
-impl Entry {
+/// Entries replicate by the merge of [`crate::replication`] (K2).
+impl Merge for Entry {
+    type Key = String;
+    type Rank = (u64, bool, u64);
+
+    fn key(&self) -> &String {
+        &self.name
+    }
+
     /// Merge order: a higher token wins; at one token, its release wins
     /// over its grant, so a stale grant never comes back (K2); between
     /// two writes of one grant, the later version wins.
@@ -127,7 +135,9 @@ impl Entry {
             EntryState::Free { .. } => (self.token, true, 0),
         }
     }
+}
 
+impl Entry {
     /// True for a grant.
     pub fn is_held(&self) -> bool {
         matches!(self.state, EntryState::Held { .. })
@@ -143,64 +153,10 @@ impl Entry {
     }
 }
 
-/// A voter's copy of the lock table. Merging is commutative, associative
-/// and idempotent (highest rank per name wins), so the order in which
-/// replication batches, promises and recovery copies arrive does not
-/// matter.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Replica {
-    entries: BTreeMap<String, Entry>,
-}
-
-impl Replica {
-    /// Merges one entry; true if it changed the copy.
-    pub fn merge(&mut self, entry: Entry) -> bool {
-        if !self.changes(&entry) {
-            return false;
-        }
-        self.entries.insert(entry.name.clone(), entry);
-        true
-    }
-
-    /// Merges many; the entries that changed the copy (cloned only those).
-    pub fn merge_all(&mut self, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
-        let mut changed = Vec::new();
-        for entry in entries {
-            if self.changes(&entry) {
-                self.entries.insert(entry.name.clone(), entry.clone());
-                changed.push(entry);
-            }
-        }
-        changed
-    }
-
-    /// True if merging `entry` would change the copy.
-    fn changes(&self, entry: &Entry) -> bool {
-        self.entries
-            .get(&entry.name)
-            .is_none_or(|current| current.rank() < entry.rank())
-    }
-
-    /// Every entry, by name.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
-    }
-
-    /// One lock's entry.
-    pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries.get(name)
-    }
-
-    /// Number of names.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
+/// A voter's copy of the lock table: highest rank per name wins, so the
+/// order in which replication batches, promises and recovery copies
+/// arrive does not matter.
+pub type Replica = crate::replication::Replica<Entry>;
 
 /// Why a lock request is malformed (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
