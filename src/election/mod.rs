@@ -148,12 +148,12 @@ impl Timing {
     /// the others (E7): until no answer it gave before its restart can
     /// still be counted, neither a promise (an attempt lasts
     /// [`Timing::attempt_window`]) nor an ack of a replication batch (a
-    /// batch pending [`crate::locks::table::BATCH_PENDING_MAX`] is sent
+    /// batch pending [`crate::replication::BATCH_PENDING_MAX`] is sent
     /// again under a new id), whatever the clocks' drift. A batch or an
     /// election its old answers helped decide is then in every copy.
     pub fn old_answers_expire(&self) -> Duration {
         self.attempt_window()
-            .max(crate::locks::table::BATCH_PENDING_MAX)
+            .max(crate::replication::BATCH_PENDING_MAX)
             .mul_f64((1.0 + self.drift) / (1.0 - self.drift))
     }
 

@@ -40,16 +40,10 @@ use super::{
     EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
 };
 use crate::ids::NodeId;
+use crate::replication::Batches;
 
-/// Replication rounds awaiting a majority before the next one is sent.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
-/// How long a batch may await its majority before it is sent again under
-/// a new id, so that acks it gathered (from voters that may have restarted
-/// and lost what they acked since) count no more. A voter recovering from
-/// others waits this out before it copies (E7): no ack of its earlier life
-/// can then commit a batch its copy missed. It is also the longest a
-/// voter's disk may take to sync before its acks stop counting.
-pub const BATCH_PENDING_MAX: Duration = Duration::from_secs(1);
+pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
+
 /// Answers one acquire may have waiting (its attempt and the retries that
 /// joined it); one more answers the oldest "retry".
 pub const TICKETS_PER_REQUEST_MAX: usize = 8;
@@ -215,15 +209,6 @@ enum Effect {
 }
 
 #[derive(Debug, Clone)]
-struct Batch {
-    acks: BTreeSet<NodeId>,
-    effects: Vec<Effect>,
-    /// What it carries, kept to send it again under a new id.
-    entries: Vec<Entry>,
-    sent_at: Duration,
-}
-
-#[derive(Debug, Clone)]
 struct Term {
     epoch: u64,
     next_seq: u64,
@@ -232,9 +217,7 @@ struct Term {
     locks: BTreeMap<String, Lock>,
     /// Every entry this term knows: adopted, then issued.
     known: Replica,
-    batches: BTreeMap<u64, Batch>,
-    outbox: Vec<Entry>,
-    effects: Vec<Effect>,
+    batches: Batches<Entry, Effect>,
     /// Tombstones written this term not yet on a majority, by name: the
     /// token freed and the batch carrying it (`None`: the open one).
     frees: HashMap<String, (u64, Option<u64>)>,
@@ -274,7 +257,7 @@ impl Term {
     /// Queues `entry` for the next batch and remembers it.
     fn write(&mut self, entry: Entry) {
         self.known.merge(entry.clone());
-        self.outbox.push(entry);
+        self.batches.write(entry);
     }
 }
 
@@ -352,9 +335,7 @@ impl LockTable {
             next_write,
             locks: BTreeMap::new(),
             known: Replica::default(),
-            batches: BTreeMap::new(),
-            outbox: Vec::new(),
-            effects: Vec::new(),
+            batches: Batches::default(),
             frees: HashMap::new(),
             ended: VecDeque::new(),
             exhausted: false,
@@ -407,7 +388,7 @@ impl LockTable {
                             version,
                         },
                     });
-                    term.effects.push(Effect::Adopt {
+                    term.batches.effect(Effect::Adopt {
                         name: entry.name.clone(),
                         token: entry.token,
                     });
@@ -439,8 +420,7 @@ impl LockTable {
                 tickets.extend(w.tickets);
             }
         }
-        let effects = term.batches.into_values().flat_map(|b| b.effects);
-        for effect in effects.chain(term.effects) {
+        for effect in term.batches.into_effects() {
             match effect {
                 Effect::Release { ticket } | Effect::Refresh { ticket, .. } => tickets.push(ticket),
                 Effect::Grant { .. } | Effect::Adopt { .. } => {}
@@ -482,7 +462,7 @@ impl LockTable {
     pub fn is_pending(&self, batch: u64) -> bool {
         self.term
             .as_ref()
-            .is_some_and(|t| t.batches.contains_key(&batch))
+            .is_some_and(|t| t.batches.is_pending(batch))
     }
 
     /// Locks held or waited for.
@@ -655,8 +635,8 @@ impl LockTable {
                 state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
             };
             term.known.merge(entry.clone());
-            term.outbox.push(entry);
-            term.effects.push(Effect::Grant {
+            term.batches.write(entry);
+            term.batches.effect(Effect::Grant {
                 name: name.to_string(),
                 token: tok,
             });
@@ -794,7 +774,7 @@ impl LockTable {
             .and_then(|l| l.holder.as_ref())
             .is_some_and(|h| h.token == tok);
         if holds {
-            term.effects.push(Effect::Release { ticket });
+            term.batches.effect(Effect::Release { ticket });
             self.free(now, name, &mut out);
             return out;
         }
@@ -802,11 +782,7 @@ impl LockTable {
         // its tombstone holds on a majority (K2).
         match term.frees.get(name) {
             Some(&(freed, batch)) if freed == tok => {
-                let effect = Effect::Release { ticket };
-                match batch.and_then(|b| term.batches.get_mut(&b)) {
-                    Some(b) => b.effects.push(effect),
-                    None => term.effects.push(effect),
-                }
+                term.batches.effect_on(batch, Effect::Release { ticket });
                 return out;
             }
             _ => {}
@@ -878,21 +854,11 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return out;
         };
-        let stale: Vec<u64> = term
-            .batches
-            .iter()
-            .filter(|(_, b)| now >= b.sent_at + BATCH_PENDING_MAX)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            if let Some(b) = term.batches.remove(&id) {
-                for (_, at) in term.frees.values_mut() {
-                    if *at == Some(id) {
-                        *at = None;
-                    }
+        for id in term.batches.requeue_stale(now) {
+            for (_, at) in term.frees.values_mut() {
+                if *at == Some(id) {
+                    *at = None;
                 }
-                term.outbox.extend(b.entries);
-                term.effects.extend(b.effects);
             }
         }
         let mut expired = Vec::new();
@@ -967,27 +933,12 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return Vec::new();
         };
-        if term.outbox.is_empty() && term.effects.is_empty() {
+        let Some((batch, entries)) = term.batches.flush(self.now, &mut self.next_batch) else {
             return Vec::new();
-        }
-        if term.batches.len() >= BATCHES_IN_FLIGHT_MAX {
-            return Vec::new();
-        }
-        let batch = self.next_batch;
-        self.next_batch += 1;
+        };
         for (_, at) in term.frees.values_mut() {
             at.get_or_insert(batch);
         }
-        let entries = std::mem::take(&mut term.outbox);
-        term.batches.insert(
-            batch,
-            Batch {
-                acks: BTreeSet::new(),
-                effects: std::mem::take(&mut term.effects),
-                entries: entries.clone(),
-                sent_at: self.now,
-            },
-        );
         vec![LockOutput::Replicate { batch, entries }]
     }
 
@@ -1004,19 +955,12 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return out;
         };
-        let Some(b) = term.batches.get_mut(&batch) else {
-            return out;
-        };
-        b.acks.insert(from);
-        if b.acks.len() < quorum {
-            return out;
-        }
-        let Some(b) = term.batches.remove(&batch) else {
+        let Some(effects) = term.batches.ack(batch, from, quorum) else {
             return out;
         };
         term.frees.retain(|_, (_, at)| *at != Some(batch));
         let mut late = Vec::new();
-        for effect in b.effects {
+        for effect in effects {
             match effect {
                 Effect::Release { ticket } => out.push(LockOutput::Reply {
                     ticket,
@@ -1151,7 +1095,7 @@ fn refresh(
         state: EntryState::held(h.ttl_ms, h.owner, h.request_id.clone(), version),
     };
     term.write(entry);
-    term.effects.push(Effect::Refresh {
+    term.batches.effect(Effect::Refresh {
         name: name.to_string(),
         version,
         ticket,

@@ -1,6 +1,8 @@
-//! Replication, sans-io: what every replicated protocol shares. Today it
-//! holds the voter's copy ([`Replica`]), generic over what is replicated
-//! ([`Merge`]): lock entries now, idempotency records next.
+//! Replication, sans-io: what every replicated protocol shares, generic
+//! over what is replicated ([`Merge`]; lock entries now, idempotency
+//! records next): the voter's copy ([`Replica`]), and the leader's
+//! batches ([`Batches`]: ids, acks, majority, the in-flight bound, sends
+//! again under a new id).
 //!
 //! Owns: the merge of replicated entries (a join: commutative, associative,
 //! idempotent), so the order in which replication batches, promises and
@@ -8,11 +10,24 @@
 //! means (a grant, a record) nor read a clock, send or persist.
 //!
 //! Not yet here: the voter's acceptance of a batch (E1, E7, V1, E8; the
-//! election decides it and the node driver merges), and the leader's
-//! batches, acks and retries (in `locks::table` and the node driver).
+//! election decides it and the node driver merges), and the resend of a
+//! batch to a voter that has not acked (the node driver).
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::ids::NodeId;
+
+/// Replication rounds awaiting a majority before the next one is sent.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// How long a batch may await its majority before it is sent again under
+/// a new id, so that acks it gathered (from voters that may have restarted
+/// and lost what they acked since) count no more. A voter recovering from
+/// others waits this out before it copies (E7): no ack of its earlier life
+/// can then commit a batch its copy missed. It is also the longest a
+/// voter's disk may take to sync before its acks stop counting.
+pub const BATCH_PENDING_MAX: Duration = Duration::from_secs(1);
 
 /// An entry that replicates by merging: one entry per key, and of two
 /// entries of one key the higher rank wins. The rank must be a total
@@ -97,6 +112,128 @@ impl<E: Merge> Replica<E> {
     }
 }
 
+/// The leader's replication batches: entries written since the last
+/// flush, with the effects (answers, promotions) that wait for them, go
+/// out as one batch; a batch's effects are released when a majority of
+/// voters acked it. `X` is what the protocol does on commit.
+#[derive(Debug, Clone)]
+pub struct Batches<E, X> {
+    open: Vec<E>,
+    open_effects: Vec<X>,
+    in_flight: BTreeMap<u64, Batch<E, X>>,
+}
+
+#[derive(Debug, Clone)]
+struct Batch<E, X> {
+    acks: BTreeSet<NodeId>,
+    effects: Vec<X>,
+    /// What it carries, kept to send it again under a new id.
+    entries: Vec<E>,
+    sent_at: Duration,
+}
+
+impl<E: Clone, X> Default for Batches<E, X> {
+    fn default() -> Self {
+        Batches {
+            open: Vec::new(),
+            open_effects: Vec::new(),
+            in_flight: BTreeMap::new(),
+        }
+    }
+}
+
+impl<E: Clone, X> Batches<E, X> {
+    /// Queues `entry` for the next batch.
+    pub fn write(&mut self, entry: E) {
+        self.open.push(entry);
+    }
+
+    /// `effect` waits for the next batch's majority.
+    pub fn effect(&mut self, effect: X) {
+        self.open_effects.push(effect);
+    }
+
+    /// `effect` waits for batch `batch` if it is still in flight, else for
+    /// the next one.
+    pub fn effect_on(&mut self, batch: Option<u64>, effect: X) {
+        match batch.and_then(|b| self.in_flight.get_mut(&b)) {
+            Some(b) => b.effects.push(effect),
+            None => self.open_effects.push(effect),
+        }
+    }
+
+    /// True while `batch` awaits a majority.
+    pub fn is_pending(&self, batch: u64) -> bool {
+        self.in_flight.contains_key(&batch)
+    }
+
+    /// Closes the open batch under the id `*next_id` (then advanced; the
+    /// caller keeps the counter so that ids never repeat for the life of
+    /// the leader, finding 2) and returns what to send; `None` when
+    /// nothing is open or [`BATCHES_IN_FLIGHT_MAX`] batches await their
+    /// majority (the open batch then keeps growing).
+    pub fn flush(&mut self, now: Duration, next_id: &mut u64) -> Option<(u64, Vec<E>)> {
+        if self.open.is_empty() && self.open_effects.is_empty() {
+            return None;
+        }
+        if self.in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
+            return None;
+        }
+        let id = *next_id;
+        *next_id += 1;
+        let entries = std::mem::take(&mut self.open);
+        self.in_flight.insert(
+            id,
+            Batch {
+                acks: BTreeSet::new(),
+                effects: std::mem::take(&mut self.open_effects),
+                entries: entries.clone(),
+                sent_at: now,
+            },
+        );
+        Some((id, entries))
+    }
+
+    /// Voter `from` holds `batch` durably. When that makes `quorum` acks,
+    /// the batch is committed: its effects are returned, once.
+    pub fn ack(&mut self, batch: u64, from: NodeId, quorum: usize) -> Option<Vec<X>> {
+        let b = self.in_flight.get_mut(&batch)?;
+        b.acks.insert(from);
+        if b.acks.len() < quorum {
+            return None;
+        }
+        self.in_flight.remove(&batch).map(|b| b.effects)
+    }
+
+    /// Batches pending [`BATCH_PENDING_MAX`] by `now` go back into the open
+    /// batch, to be sent again under a new id (their acks so far count no
+    /// more); their old ids, oldest first.
+    pub fn requeue_stale(&mut self, now: Duration) -> Vec<u64> {
+        let stale: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, b)| now >= b.sent_at + BATCH_PENDING_MAX)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stale {
+            if let Some(b) = self.in_flight.remove(id) {
+                self.open.extend(b.entries);
+                self.open_effects.extend(b.effects);
+            }
+        }
+        stale
+    }
+
+    /// Every effect still waiting, in flight first, then open (a leader
+    /// stepping down answers them).
+    pub fn into_effects(self) -> impl Iterator<Item = X> {
+        self.in_flight
+            .into_values()
+            .flat_map(|b| b.effects)
+            .chain(self.open_effects)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +297,76 @@ mod tests {
             }
             proptest::prop_assert_eq!(forward, other);
         }
+    }
+
+    fn n(id: u64) -> NodeId {
+        NodeId(id)
+    }
+
+    #[test]
+    fn a_batch_commits_once_on_a_majority_and_ids_never_repeat() {
+        let mut b: Batches<u8, &str> = Batches::default();
+        let mut next = 7;
+        assert_eq!(b.flush(Duration::ZERO, &mut next), None, "nothing open");
+        b.write(1);
+        b.effect("tell a");
+        assert_eq!(b.flush(Duration::ZERO, &mut next), Some((7, vec![1])));
+        assert_eq!(next, 8);
+        assert_eq!(b.ack(7, n(1), 2), None);
+        assert_eq!(b.ack(7, n(1), 2), None, "one voter counts once");
+        assert_eq!(b.ack(7, n(2), 2), Some(vec!["tell a"]));
+        assert_eq!(b.ack(7, n(3), 2), None, "committed once");
+        assert!(!b.is_pending(7));
+    }
+
+    #[test]
+    fn the_open_batch_grows_while_two_are_in_flight() {
+        let mut b: Batches<u8, ()> = Batches::default();
+        let mut next = 0;
+        for e in 0..2 {
+            b.write(e);
+            assert!(b.flush(Duration::ZERO, &mut next).is_some());
+        }
+        b.write(2);
+        b.write(3);
+        assert_eq!(b.flush(Duration::ZERO, &mut next), None);
+        b.ack(0, n(1), 1);
+        assert_eq!(b.flush(Duration::ZERO, &mut next), Some((2, vec![2, 3])));
+    }
+
+    /// A batch pending too long goes out again under a new id; an ack of
+    /// its old id commits nothing.
+    #[test]
+    fn a_stale_batch_is_sent_again_under_a_new_id() {
+        let mut b: Batches<u8, &str> = Batches::default();
+        let mut next = 0;
+        b.write(1);
+        b.effect("x");
+        b.flush(Duration::ZERO, &mut next);
+        b.ack(0, n(1), 2);
+        assert!(b.requeue_stale(BATCH_PENDING_MAX / 2).is_empty());
+        assert_eq!(b.requeue_stale(BATCH_PENDING_MAX), vec![0]);
+        assert_eq!(b.ack(0, n(2), 2), None, "the old id is gone");
+        assert_eq!(b.flush(BATCH_PENDING_MAX, &mut next), Some((1, vec![1])));
+        assert_eq!(
+            b.ack(1, n(2), 2),
+            None,
+            "acks before the resend count no more"
+        );
+        assert_eq!(b.ack(1, n(1), 2), Some(vec!["x"]));
+    }
+
+    #[test]
+    fn effects_follow_their_batch_or_the_next_and_all_come_back_at_the_end() {
+        let mut b: Batches<u8, u8> = Batches::default();
+        let mut next = 0;
+        b.write(1);
+        b.flush(Duration::ZERO, &mut next);
+        b.effect_on(Some(0), 10);
+        b.effect_on(Some(5), 11);
+        b.effect(12);
+        let all: Vec<u8> = b.clone().into_effects().collect();
+        assert_eq!(all, vec![10, 11, 12]);
+        assert_eq!(b.ack(0, n(1), 1), Some(vec![10]));
     }
 }
