@@ -35,6 +35,26 @@ impl FromStr for NodeId {
     }
 }
 
+/// A replication batch's id, unique for the life of the leader's table
+/// that sent it: an ack of an earlier stint's batch must never count for a
+/// later one (review finding 2). Never on the wire: a voter's ack answers
+/// the call that carried the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BatchId(pub u64);
+
+impl BatchId {
+    /// The id after this one.
+    pub fn next(self) -> BatchId {
+        BatchId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ use std::time::Duration;
 use super::{
     EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
 };
-use crate::ids::NodeId;
+use crate::ids::{BatchId, NodeId};
 use crate::replication::Batches;
 
 pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
@@ -80,7 +80,7 @@ pub enum LockOutput {
     /// report each voter's ack with [`LockTable::handle_ack`].
     Replicate {
         /// The batch id, unique for the life of the table.
-        batch: u64,
+        batch: BatchId,
         /// What to merge.
         entries: Vec<Entry>,
     },
@@ -220,7 +220,7 @@ struct Term {
     batches: Batches<Entry, Effect>,
     /// Tombstones written this term not yet on a majority, by name: the
     /// token freed and the batch carrying it (`None`: the open one).
-    frees: HashMap<String, (u64, Option<u64>)>,
+    frees: HashMap<String, (u64, Option<BatchId>)>,
     /// (name, request id) of grants that ended this term.
     ended: VecDeque<(String, String)>,
     /// A new epoch was asked for, or the tokens are spent (K1).
@@ -268,7 +268,7 @@ pub struct LockTable {
     config: TableConfig,
     term: Option<Term>,
     /// The next batch id; never reset, so ids never repeat (finding 2).
-    next_batch: u64,
+    next_batch: BatchId,
     expired: u64,
     /// The latest time the table was told (ticks and requests), which
     /// stamps the batches `flush` closes.
@@ -281,7 +281,7 @@ impl LockTable {
         LockTable {
             config,
             term: None,
-            next_batch: 0,
+            next_batch: BatchId(0),
             expired: 0,
             now: Duration::ZERO,
         }
@@ -459,7 +459,7 @@ impl LockTable {
     }
 
     /// True while `batch` awaits a majority.
-    pub fn is_pending(&self, batch: u64) -> bool {
+    pub fn is_pending(&self, batch: BatchId) -> bool {
         self.term
             .as_ref()
             .is_some_and(|t| t.batches.is_pending(batch))
@@ -944,7 +944,7 @@ impl LockTable {
 
     /// Voter `from` holds batch `batch` durably (the leader reports its
     /// own copy too, once made durable).
-    pub fn handle_ack(&mut self, now: Duration, batch: u64, from: NodeId) -> Vec<LockOutput> {
+    pub fn handle_ack(&mut self, now: Duration, batch: BatchId, from: NodeId) -> Vec<LockOutput> {
         self.now = self.now.max(now);
         let mut out = Vec::new();
         if !self.config.voters.contains(&from) {

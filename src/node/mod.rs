@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output, Recovery};
-use crate::ids::NodeId;
+use crate::ids::{BatchId, NodeId};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica, Ticket};
 use crate::membership::{KEY_EPOCH, KEY_REACH, Membership};
 use crate::metrics::Metrics;
@@ -64,7 +64,7 @@ pub(crate) enum Input {
     /// A voter's answer to a replication batch (`None`: no answer).
     Replicated {
         epoch: u64,
-        batch: u64,
+        batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,
         reply: Option<LockReply>,
@@ -729,7 +729,14 @@ impl State {
     }
 
     /// Sends one replication batch to one voter, after `delay`.
-    fn send_batch(&self, epoch: u64, batch: u64, to: NodeId, entries: Vec<Entry>, delay: Duration) {
+    fn send_batch(
+        &self,
+        epoch: u64,
+        batch: BatchId,
+        to: NodeId,
+        entries: Vec<Entry>,
+        delay: Duration,
+    ) {
         let rpc = self.rpc.clone();
         let tx = self.tx.clone();
         let addr = self.addr_of(to);

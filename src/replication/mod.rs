@@ -17,7 +17,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::ids::NodeId;
+use crate::ids::{BatchId, NodeId};
 
 /// Replication rounds awaiting a majority before the next one is sent.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
@@ -120,7 +120,7 @@ impl<E: Merge> Replica<E> {
 pub struct Batches<E, X> {
     open: Vec<E>,
     open_effects: Vec<X>,
-    in_flight: BTreeMap<u64, Batch<E, X>>,
+    in_flight: BTreeMap<BatchId, Batch<E, X>>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ impl<E: Clone, X> Batches<E, X> {
 
     /// `effect` waits for batch `batch` if it is still in flight, else for
     /// the next one.
-    pub fn effect_on(&mut self, batch: Option<u64>, effect: X) {
+    pub fn effect_on(&mut self, batch: Option<BatchId>, effect: X) {
         match batch.and_then(|b| self.in_flight.get_mut(&b)) {
             Some(b) => b.effects.push(effect),
             None => self.open_effects.push(effect),
@@ -163,7 +163,7 @@ impl<E: Clone, X> Batches<E, X> {
     }
 
     /// True while `batch` awaits a majority.
-    pub fn is_pending(&self, batch: u64) -> bool {
+    pub fn is_pending(&self, batch: BatchId) -> bool {
         self.in_flight.contains_key(&batch)
     }
 
@@ -172,7 +172,7 @@ impl<E: Clone, X> Batches<E, X> {
     /// the leader, finding 2) and returns what to send; `None` when
     /// nothing is open or [`BATCHES_IN_FLIGHT_MAX`] batches await their
     /// majority (the open batch then keeps growing).
-    pub fn flush(&mut self, now: Duration, next_id: &mut u64) -> Option<(u64, Vec<E>)> {
+    pub fn flush(&mut self, now: Duration, next_id: &mut BatchId) -> Option<(BatchId, Vec<E>)> {
         if self.open.is_empty() && self.open_effects.is_empty() {
             return None;
         }
@@ -180,7 +180,7 @@ impl<E: Clone, X> Batches<E, X> {
             return None;
         }
         let id = *next_id;
-        *next_id += 1;
+        *next_id = id.next();
         let entries = std::mem::take(&mut self.open);
         self.in_flight.insert(
             id,
@@ -196,7 +196,7 @@ impl<E: Clone, X> Batches<E, X> {
 
     /// Voter `from` holds `batch` durably. When that makes `quorum` acks,
     /// the batch is committed: its effects are returned, once.
-    pub fn ack(&mut self, batch: u64, from: NodeId, quorum: usize) -> Option<Vec<X>> {
+    pub fn ack(&mut self, batch: BatchId, from: NodeId, quorum: usize) -> Option<Vec<X>> {
         let b = self.in_flight.get_mut(&batch)?;
         b.acks.insert(from);
         if b.acks.len() < quorum {
@@ -208,8 +208,8 @@ impl<E: Clone, X> Batches<E, X> {
     /// Batches pending [`BATCH_PENDING_MAX`] by `now` go back into the open
     /// batch, to be sent again under a new id (their acks so far count no
     /// more); their old ids, oldest first.
-    pub fn requeue_stale(&mut self, now: Duration) -> Vec<u64> {
-        let stale: Vec<u64> = self
+    pub fn requeue_stale(&mut self, now: Duration) -> Vec<BatchId> {
+        let stale: Vec<BatchId> = self
             .in_flight
             .iter()
             .filter(|(_, b)| now >= b.sent_at + BATCH_PENDING_MAX)
@@ -306,23 +306,26 @@ mod tests {
     #[test]
     fn a_batch_commits_once_on_a_majority_and_ids_never_repeat() {
         let mut b: Batches<u8, &str> = Batches::default();
-        let mut next = 7;
+        let mut next = BatchId(7);
         assert_eq!(b.flush(Duration::ZERO, &mut next), None, "nothing open");
         b.write(1);
         b.effect("tell a");
-        assert_eq!(b.flush(Duration::ZERO, &mut next), Some((7, vec![1])));
-        assert_eq!(next, 8);
-        assert_eq!(b.ack(7, n(1), 2), None);
-        assert_eq!(b.ack(7, n(1), 2), None, "one voter counts once");
-        assert_eq!(b.ack(7, n(2), 2), Some(vec!["tell a"]));
-        assert_eq!(b.ack(7, n(3), 2), None, "committed once");
-        assert!(!b.is_pending(7));
+        assert_eq!(
+            b.flush(Duration::ZERO, &mut next),
+            Some((BatchId(7), vec![1]))
+        );
+        assert_eq!(next, BatchId(8));
+        assert_eq!(b.ack(BatchId(7), n(1), 2), None);
+        assert_eq!(b.ack(BatchId(7), n(1), 2), None, "one voter counts once");
+        assert_eq!(b.ack(BatchId(7), n(2), 2), Some(vec!["tell a"]));
+        assert_eq!(b.ack(BatchId(7), n(3), 2), None, "committed once");
+        assert!(!b.is_pending(BatchId(7)));
     }
 
     #[test]
     fn the_open_batch_grows_while_two_are_in_flight() {
         let mut b: Batches<u8, ()> = Batches::default();
-        let mut next = 0;
+        let mut next = BatchId(0);
         for e in 0..2 {
             b.write(e);
             assert!(b.flush(Duration::ZERO, &mut next).is_some());
@@ -330,8 +333,11 @@ mod tests {
         b.write(2);
         b.write(3);
         assert_eq!(b.flush(Duration::ZERO, &mut next), None);
-        b.ack(0, n(1), 1);
-        assert_eq!(b.flush(Duration::ZERO, &mut next), Some((2, vec![2, 3])));
+        b.ack(BatchId(0), n(1), 1);
+        assert_eq!(
+            b.flush(Duration::ZERO, &mut next),
+            Some((BatchId(2), vec![2, 3]))
+        );
     }
 
     /// A batch pending too long goes out again under a new id; an ack of
@@ -339,34 +345,37 @@ mod tests {
     #[test]
     fn a_stale_batch_is_sent_again_under_a_new_id() {
         let mut b: Batches<u8, &str> = Batches::default();
-        let mut next = 0;
+        let mut next = BatchId(0);
         b.write(1);
         b.effect("x");
         b.flush(Duration::ZERO, &mut next);
-        b.ack(0, n(1), 2);
+        b.ack(BatchId(0), n(1), 2);
         assert!(b.requeue_stale(BATCH_PENDING_MAX / 2).is_empty());
-        assert_eq!(b.requeue_stale(BATCH_PENDING_MAX), vec![0]);
-        assert_eq!(b.ack(0, n(2), 2), None, "the old id is gone");
-        assert_eq!(b.flush(BATCH_PENDING_MAX, &mut next), Some((1, vec![1])));
+        assert_eq!(b.requeue_stale(BATCH_PENDING_MAX), vec![BatchId(0)]);
+        assert_eq!(b.ack(BatchId(0), n(2), 2), None, "the old id is gone");
         assert_eq!(
-            b.ack(1, n(2), 2),
+            b.flush(BATCH_PENDING_MAX, &mut next),
+            Some((BatchId(1), vec![1]))
+        );
+        assert_eq!(
+            b.ack(BatchId(1), n(2), 2),
             None,
             "acks before the resend count no more"
         );
-        assert_eq!(b.ack(1, n(1), 2), Some(vec!["x"]));
+        assert_eq!(b.ack(BatchId(1), n(1), 2), Some(vec!["x"]));
     }
 
     #[test]
     fn effects_follow_their_batch_or_the_next_and_all_come_back_at_the_end() {
         let mut b: Batches<u8, u8> = Batches::default();
-        let mut next = 0;
+        let mut next = BatchId(0);
         b.write(1);
         b.flush(Duration::ZERO, &mut next);
-        b.effect_on(Some(0), 10);
-        b.effect_on(Some(5), 11);
+        b.effect_on(Some(BatchId(0)), 10);
+        b.effect_on(Some(BatchId(5)), 11);
         b.effect(12);
         let all: Vec<u8> = b.clone().into_effects().collect();
         assert_eq!(all, vec![10, 11, 12]);
-        assert_eq!(b.ack(0, n(1), 1), Some(vec![10]));
+        assert_eq!(b.ack(BatchId(0), n(1), 1), Some(vec![10]));
     }
 }

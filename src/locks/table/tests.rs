@@ -11,7 +11,7 @@ fn ms(n: u64) -> Duration {
 struct Harness {
     table: LockTable,
     replies: Vec<(Ticket, LockReply)>,
-    batches: Vec<(u64, Vec<Entry>)>,
+    batches: Vec<(BatchId, Vec<Entry>)>,
     new_epoch: bool,
     spent: bool,
     next: u64,
