@@ -53,6 +53,63 @@ async fn status(mesh: &Mesh, name: &str) -> LockReply {
         .expect("an answer")
 }
 
+/// A remote client (no node of its own, `client::RemoteClient`) finds the
+/// leader among the nodes, keeps its lock and token through a kill of
+/// that leader (its renewals find the successor; the guard is never
+/// lost), and a second remote client is refused while it holds and gets
+/// the lock after the release, with a higher token.
+#[tokio::test(start_paused = true)]
+async fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 5, 3, None).await;
+    let old = led(&c).await;
+    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
+    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let guard = first
+        .lock("job")
+        .ttl(TTL)
+        .wait(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let token = guard.token();
+    let old_rpc = c.mesh(old).config().rpc_addr;
+    assert_eq!(
+        first.leader(),
+        Some(old_rpc),
+        "found the leader (seed {seed})"
+    );
+    let refused = second.lock("job").ttl(TTL).try_acquire().await;
+    assert!(
+        matches!(refused, Err(LockError::Held(_))),
+        "no second holder: {refused:?} (seed {seed})"
+    );
+    c.kill(old).await;
+    let until = c.now() + TTL * 3;
+    while c.now() < until {
+        assert!(guard.is_valid(), "lost through the failover (seed {seed})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = led(&c).await;
+    assert_eq!(
+        first.leader(),
+        Some(c.mesh(new).config().rpc_addr),
+        "renewals went to the successor (seed {seed})"
+    );
+    assert_eq!(guard.token(), token);
+    guard.release().await.expect("released");
+    let next = second
+        .lock("job")
+        .ttl(TTL)
+        .wait(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("granted after the release: {e} (seed {seed})"));
+    assert!(next.token() > token, "tokens only grow (seed {seed})");
+    next.release().await.expect("released");
+    c.shutdown().await;
+}
+
 /// Goal: a holder keeps its lock and its token across a leader kill: the
 /// guard is never lost, renewals during the failover answer "no quorum"
 /// rather than "lost" (K6), and the new leader reports the same token.

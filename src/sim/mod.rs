@@ -151,6 +151,37 @@ impl SimCluster {
         SocketAddr::new(Self::host(id), SIM_GOSSIP_PORT)
     }
 
+    /// A remote client (no node of its own) on the simulated network at
+    /// host address `host` (outside the nodes' range, e.g. `127.200.0.1`),
+    /// on the cluster's clock, knowing every node's RPC address.
+    pub async fn remote_client(&self, host: IpAddr) -> crate::client::RemoteClient {
+        let agents = self
+            .slots
+            .values()
+            .filter_map(|slot| {
+                self.tuning
+                    .clone()
+                    .overlay(slot.builder.clone())
+                    .build()
+                    .ok()
+            })
+            .map(|config| config.rpc_addr)
+            .collect();
+        let clock = match &self.clock {
+            crate::clock::Clock::Tokio { origin, .. } => crate::clock::Clock::tokio(*origin),
+            other => other.clone(),
+        };
+        crate::client::RemoteClient::start(
+            &crate::net::Network::Sim(self.net.clone()),
+            SocketAddr::new(host, SIM_GOSSIP_PORT + 1),
+            clock,
+            agents,
+            &crate::ClusterSecret::open_cluster(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("remote client at {host}: {e} (seed {})", self.seed))
+    }
+
     /// Adds node `id` and starts it.
     pub async fn add(&mut self, id: NodeId) {
         self.add_tuned(id, ConfigBuilder::default()).await;
