@@ -110,6 +110,55 @@ async fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
     c.shutdown().await;
 }
 
+/// A remote client must keep listening (retrying with its request id) as
+/// long as an attempt may have reached a leader, even when it knew no
+/// leader when the attempt began: its first attempt finds the leader by
+/// discovery and delivers the acquire. Here the leader cannot commit the
+/// grant at first (its replication is held back) and the client's call is
+/// given up (the leader stops answering its pings); the grant commits
+/// inside the leader's reply window. The client must then hold it, or the
+/// leader must not: a grant nobody believes it holds sits for a whole TTL.
+/// (Review of the remote client: it once gave up at its wait's end.)
+#[tokio::test(start_paused = true)]
+async fn a_remote_acquire_whose_call_was_given_up_is_not_stranded() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    let leader = led(&c).await;
+    let host: std::net::IpAddr = "127.200.0.1".parse().unwrap();
+    let client = c.remote_client(host).await;
+    let others: Vec<NodeId> = ids(3).into_iter().filter(|id| *id != leader).collect();
+    for v in &others {
+        c.drop_requests(leader, *v, "lock-replicate");
+    }
+    c.net()
+        .drop_requests(host, SimCluster::host(leader), "ping");
+    let net = c.net().clone();
+    let (l, vs) = (SimCluster::host(leader), others.clone());
+    let restore = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(405)).await;
+        for v in vs {
+            net.keep_requests(l, SimCluster::host(v), "lock-replicate");
+        }
+    });
+    let outcome = client.lock("x").ttl(TTL).try_acquire().await;
+    restore.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = match status(c.mesh(leader), "x").await {
+        LockReply::Status { token, .. } => token,
+        other => panic!("status: {other:?} (seed {seed})"),
+    };
+    match outcome {
+        Ok(guard) => {
+            assert!(guard.is_valid(), "granted, and valid (seed {seed})");
+            assert_eq!(held, Some(guard.token()), "seed {seed}");
+        }
+        Err(e) => assert_eq!(
+            held, None,
+            "the client gave up ({e}) while the leader holds the lock for it (seed {seed})"
+        ),
+    }
+}
+
 /// Goal: a holder keeps its lock and its token across a leader kill: the
 /// guard is never lost, renewals during the failover answer "no quorum"
 /// rather than "lost" (K6), and the new leader reports the same token.

@@ -152,7 +152,8 @@ impl RemoteClient {
     }
 
     /// Closes the client: its guards stop renewing and report lost, and
-    /// new requests fail with `ShuttingDown`.
+    /// new requests fail with `ShuttingDown`. It releases nothing: release
+    /// the guards first, or their locks stay held until their TTL ends.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
@@ -315,8 +316,11 @@ impl LockPath for RemoteClient {
         "remote-".to_string()
     }
 
+    /// Always: even with no leader cached, an attempt's discovery may find
+    /// one and deliver the request, so the acquire flow must count every
+    /// attempt as possibly pending at a leader (and keep listening).
     fn knows_leader(&self) -> bool {
-        self.leader().is_some()
+        true
     }
 
     async fn pause_for_leader(&self, pause: Duration) {

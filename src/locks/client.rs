@@ -39,7 +39,9 @@ pub trait LockPath: Send + Sync + 'static {
     fn is_stopped(&self) -> bool;
     /// A prefix for generated request ids, unique to this client.
     fn request_id_prefix(&self) -> String;
-    /// True when a leader is known (an attempt may reach it).
+    /// True when an attempt sent now may reach a leader (and so may be
+    /// pending there when its answer is lost): the acquire flow then keeps
+    /// listening past its wait. When false, nothing is sent.
     fn knows_leader(&self) -> bool;
     /// Waits up to `pause`, or less if the leader changes meanwhile.
     async fn pause_for_leader(&self, pause: Duration);
