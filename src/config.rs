@@ -234,6 +234,9 @@ impl ConfigBuilder {
     /// Checks everything and fills defaults.
     pub fn build(self) -> Result<Config, ConfigError> {
         let id = self.id.ok_or(ConfigError::MissingId)?;
+        if id == NodeId::REMOTE_CLIENT {
+            return Err(ConfigError::ReservedNodeId(id));
+        }
         let cluster = self.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
         if cluster.is_empty() || cluster.len() > CLUSTER_NAME_BYTES_MAX {
             return Err(ConfigError::InvalidCluster(cluster));
@@ -279,6 +282,9 @@ impl ConfigBuilder {
         sorted.sort_unstable();
         if let Some(pair) = sorted.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateVoter(pair[0]));
+        }
+        if voters.contains(&NodeId::REMOTE_CLIENT) {
+            return Err(ConfigError::ReservedNodeId(NodeId::REMOTE_CLIENT));
         }
         let gossip_interval_ms = self
             .gossip_interval_ms
@@ -438,6 +444,9 @@ pub enum ConfigError {
     /// The same id twice in the voter set.
     #[error("duplicate id {0} in voters")]
     DuplicateVoter(NodeId),
+    /// The id remote clients use (2^64 − 1); no node may have it.
+    #[error("node id {0} is reserved for remote clients")]
+    ReservedNodeId(NodeId),
     /// Gossip interval outside its bounds.
     #[error(
         "invalid gossip interval {0} ms: expected {GOSSIP_INTERVAL_MS_MIN}-{GOSSIP_INTERVAL_MS_MAX}"
@@ -476,6 +485,27 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remote_clients_id_is_refused_for_a_node() {
+        let as_id = ConfigBuilder {
+            id: Some(NodeId::REMOTE_CLIENT),
+            ..ConfigBuilder::default()
+        };
+        assert_eq!(
+            as_id.build().unwrap_err().to_string(),
+            "node id 18446744073709551615 is reserved for remote clients"
+        );
+        let as_voter = ConfigBuilder {
+            id: Some(NodeId(1)),
+            voters: Some(vec![NodeId(1), NodeId::REMOTE_CLIENT]),
+            ..ConfigBuilder::default()
+        };
+        assert!(matches!(
+            as_voter.build(),
+            Err(ConfigError::ReservedNodeId(_))
+        ));
+    }
 
     fn base() -> ConfigBuilder {
         ConfigBuilder {

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct NodeId(pub u64);
 
+impl NodeId {
+    /// The id remote clients (programs that take locks without being a
+    /// node) give as the sender of their calls; no node may have it.
+    pub const REMOTE_CLIENT: NodeId = NodeId(u64::MAX);
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -42,9 +42,9 @@ use crate::net::Network;
 use crate::rpc::{Ping, Request, Response, Rpc, RpcError, Unserved};
 use crate::secret::ClusterSecret;
 
-/// The id a remote client gives as the sender of its calls: no node has
-/// it (ids name members; a remote client is none).
-pub const REMOTE_CLIENT_ID: NodeId = NodeId(u64::MAX);
+/// The id a remote client gives as the sender of its calls; configuration
+/// refuses it for a node.
+pub const REMOTE_CLIENT_ID: NodeId = NodeId::REMOTE_CLIENT;
 
 /// While a call to the leader lasts, the leader must answer a ping this
 /// often (within this long), or the call is given up and the leader looked
