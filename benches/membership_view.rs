@@ -29,7 +29,7 @@ fn build(obs: &[(String, SocketAddr, bool)]) -> MembershipView {
     };
     let iter = obs.iter().map(|(id, addr, live)| Observation {
         node_id: id,
-        generation: 1,
+        generation: coordmesh::ids::Generation(1),
         gossip_addr: *addr,
         live: *live,
         meta: Some(meta),

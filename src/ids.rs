@@ -41,6 +41,21 @@ impl FromStr for NodeId {
     }
 }
 
+/// One run of a node: every start gets a generation above the last one
+/// its data directory (or the clock, without one) knows, so peers tell a
+/// restarted node from its dead incarnation.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A replication batch's id, unique for the life of the leader's table
 /// that sent it: an ack of an earlier stint's batch must never count for a
 /// later one (review finding 2). Never on the wire: a voter's ack answers

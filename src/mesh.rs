@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::election::{Election, Leadership, Memory};
-use crate::ids::NodeId;
+use crate::ids::{Generation, NodeId};
 use crate::locks::table::TableConfig;
 use crate::locks::{
     LockBuilder, LockPath, LockReply, LockRequest, LockTable, NamedElection, Replica,
@@ -40,7 +40,7 @@ pub struct Environment {
     /// Where sockets come from.
     pub network: Network,
     /// This incarnation's generation; a restart must use a higher one.
-    pub generation: u64,
+    pub generation: Generation,
     /// The clock leases are measured on (T1).
     pub clock: Clock,
     /// How long a write to the data directory takes in a simulation
@@ -53,10 +53,12 @@ impl Environment {
     /// The operating system's network; the generation is the start time in
     /// microseconds since the Unix epoch, so each restart is newer.
     pub fn real() -> Environment {
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let generation = Generation(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+        );
         Environment {
             network: Network::Udp,
             generation,
@@ -121,7 +123,7 @@ pub struct Mesh {
 
 struct Inner {
     config: Config,
-    generation: u64,
+    generation: Generation,
     metrics: Arc<Metrics>,
     membership: Arc<Membership>,
     rpc: Arc<Rpc>,
@@ -133,7 +135,7 @@ struct Inner {
 /// the driver (set once it runs).
 struct NodeService {
     id: NodeId,
-    generation: u64,
+    generation: Generation,
     driver: OnceLock<tokio::sync::mpsc::Sender<Input>>,
 }
 
@@ -229,7 +231,7 @@ impl Mesh {
                 for message in repaired {
                     tracing::warn!("{message}");
                 }
-                generation = data.next_generation(generation).map_err(data_dir)?;
+                generation = Generation(data.next_generation(generation.0).map_err(data_dir)?);
                 let (memory, promised, replica) = match &stored {
                     Stored::Initialized { promised, replica } => {
                         (Memory::Durable, *promised, replica.clone())
@@ -285,7 +287,7 @@ impl Mesh {
             memory,
             promised,
             config.bootstrap,
-            generation ^ config.id.0.rotate_left(32),
+            generation.0 ^ config.id.0.rotate_left(32),
         );
         let locks = LockTable::new(TableConfig {
             waiters_max: config.lock_waiters_max,
@@ -305,7 +307,7 @@ impl Mesh {
         // Invariant: set once, here, before any election request can be
         // served (until now they were refused as "shutting down").
         let _ = service.driver.set(driver.tx.clone());
-        tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, generation, "node started");
+        tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, %generation, "node started");
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config,
@@ -325,7 +327,7 @@ impl Mesh {
     }
 
     /// This incarnation's generation.
-    pub fn generation(&self) -> u64 {
+    pub fn generation(&self) -> Generation {
         self.inner.generation
     }
 

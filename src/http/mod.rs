@@ -14,6 +14,7 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
+use crate::ids::Generation;
 use crate::mesh::Mesh;
 use crate::metrics::render_metric;
 
@@ -34,7 +35,7 @@ pub struct StatusBody {
     /// This node's voter set.
     pub voters: Vec<u64>,
     /// This incarnation's generation.
-    pub generation: u64,
+    pub generation: Generation,
     /// Every member this node knows, by id.
     pub members: Vec<MemberBody>,
 }
@@ -58,7 +59,7 @@ pub struct MemberBody {
     /// True when the member left gracefully (its `state` is then `dead`).
     pub left: bool,
     /// Incarnation.
-    pub generation: u64,
+    pub generation: Generation,
     /// Gossip address.
     pub gossip_addr: String,
     /// RPC address.

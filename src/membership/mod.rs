@@ -29,7 +29,7 @@ pub use meta::{
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 
 use crate::config::Config;
-use crate::ids::NodeId;
+use crate::ids::{Generation, NodeId};
 use crate::metrics::Metrics;
 pub(crate) use transport::GossipTransport;
 
@@ -66,11 +66,11 @@ impl Membership {
     pub(crate) async fn start(
         config: &Config,
         transport: GossipTransport,
-        generation: u64,
+        generation: Generation,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Membership> {
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.id.to_string(), generation, config.gossip_addr),
+            chitchat_id: ChitchatId::new(config.id.to_string(), generation.0, config.gossip_addr),
             cluster_id: config.cluster.clone(),
             gossip_interval: config.gossip_interval,
             listen_addr: config.gossip_addr,
@@ -274,7 +274,7 @@ fn snapshot(
         .filter(|(id, _)| seen_alive.contains(*id))
         .map(|(id, state)| Observation {
             node_id: &id.node_id,
-            generation: id.generation_id,
+            generation: Generation(id.generation_id),
             gossip_addr: id.gossip_advertise_addr,
             live: live.contains(id),
             meta: NodeMeta::parse(|key| state.get(key)),
@@ -290,5 +290,5 @@ fn log_event(self_id: NodeId, event: &MemberEvent) {
         MemberEvent::Died(_) => "died",
         MemberEvent::Restarted(_) => "restarted",
     };
-    info!(node = %self_id, member = %m.id, generation = m.generation, kind, "membership change");
+    info!(node = %self_id, member = %m.id, generation = %m.generation, kind, "membership change");
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::meta::NodeMeta;
-use crate::ids::NodeId;
+use crate::ids::{Generation, NodeId};
 
 /// Liveness of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,7 +44,7 @@ pub struct Member {
     /// Node id.
     pub id: NodeId,
     /// Incarnation: a restart is a new, higher generation.
-    pub generation: u64,
+    pub generation: Generation,
     /// Liveness.
     pub state: MemberState,
     /// Gossip address.
@@ -98,7 +98,7 @@ pub struct Observation<'a> {
     /// The peer's id as gossiped (a decimal `u64` when well formed).
     pub node_id: &'a str,
     /// Its generation.
-    pub generation: u64,
+    pub generation: Generation,
     /// Its gossip address.
     pub gossip_addr: SocketAddr,
     /// Live in the failure detector.
@@ -146,7 +146,7 @@ impl MembershipView {
             // numbers (a restart after the wall clock stepped back has a
             // lower generation than its dead predecessor); between two
             // live ones, or two dead ones, the newer generation.
-            let rank = |alive: bool, generation: u64| (alive, generation);
+            let rank = |alive: bool, generation: Generation| (alive, generation);
             if members.get(&id).is_some_and(|m| {
                 rank(m.is_alive(), m.generation)
                     >= rank(state == MemberState::Alive, obs.generation)
@@ -245,7 +245,7 @@ mod tests {
     fn obs(id: &str, generation: u64, live: bool) -> Observation<'_> {
         Observation {
             node_id: id,
-            generation,
+            generation: Generation(generation),
             gossip_addr: "127.0.0.1:1".parse().unwrap(),
             live,
             meta: meta(false),
@@ -262,16 +262,19 @@ mod tests {
         // has not timed out yet), but a newer one exists: one member, new.
         let v = view(vec![obs("2", 10, true), obs("2", 11, true)]);
         assert_eq!(v.len(), 1);
-        assert_eq!(v.get(NodeId(2)).unwrap().generation, 11);
+        assert_eq!(v.get(NodeId(2)).unwrap().generation, Generation(11));
         // A restart after the wall clock stepped back: the live process
         // has the lower generation and its dead predecessor the higher.
         // The live one is the member (before, the dead one hid it until
         // gossip forgot it, an hour later).
         let v = view(vec![obs("2", 11, false), obs("2", 10, true)]);
         let m = v.get(NodeId(2)).unwrap();
-        assert_eq!((m.state, m.generation), (MemberState::Alive, 10));
+        assert_eq!(
+            (m.state, m.generation),
+            (MemberState::Alive, Generation(10))
+        );
         let v = view(vec![obs("2", 11, false), obs("2", 10, false)]);
-        assert_eq!(v.get(NodeId(2)).unwrap().generation, 11);
+        assert_eq!(v.get(NodeId(2)).unwrap().generation, Generation(11));
     }
 
     #[test]

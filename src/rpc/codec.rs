@@ -150,7 +150,7 @@ mod tests {
             (node(), any::<u64>(), ping()).prop_map(|(id, generation, p)| Ok(Response::Pong(
                 Pong {
                     id,
-                    generation,
+                    generation: crate::ids::Generation(generation),
                     payload: p.payload
                 }
             ))),

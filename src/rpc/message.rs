@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::election::{ElectionRequest, ElectionResponse};
-use crate::ids::NodeId;
+use crate::ids::{Generation, NodeId};
 use crate::locks::{Entry, LockReply, LockRequest};
 
 /// A request that expects a [`Response`].
@@ -64,7 +64,7 @@ pub struct Pong {
     /// The answering node.
     pub id: NodeId,
     /// Its generation (incarnation).
-    pub generation: u64,
+    pub generation: Generation,
     /// The ping's payload.
     pub payload: Vec<u8>,
 }

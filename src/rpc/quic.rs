@@ -429,7 +429,7 @@ mod tests {
             match request {
                 Request::Ping(Ping { payload }) => Ok(Response::Pong(Pong {
                     id: NodeId(1),
-                    generation: 0,
+                    generation: crate::ids::Generation(0),
                     payload,
                 })),
                 _ => Err(Rejection::Unsupported),

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::config::ConfigBuilder;
 use crate::election::Leadership;
-use crate::ids::NodeId;
+use crate::ids::{Generation, NodeId};
 use crate::mesh::{Environment, Mesh};
 use crate::net::{Faults, Network, SimNet};
 
@@ -248,7 +248,7 @@ impl SimCluster {
             .unwrap_or_else(|e| panic!("simulated node {id} config: {e} (seed {seed})"));
         let env = Environment {
             network: Network::Sim(net),
-            generation,
+            generation: Generation(generation),
             clock: slot.clock.clone(),
             disk_latency,
         };
@@ -458,7 +458,7 @@ pub struct LeaderLog {
     /// Per node: the time of its previous sample.
     last_seen: BTreeMap<NodeId, Duration>,
     /// Per node: (generation, highest epoch seen).
-    epochs: BTreeMap<NodeId, (u64, u64)>,
+    epochs: BTreeMap<NodeId, (Generation, u64)>,
     /// Per node: highest promise seen.
     promises: BTreeMap<NodeId, u64>,
     /// Broken properties, in words.
@@ -470,7 +470,7 @@ impl LeaderLog {
     pub fn sample(
         &mut self,
         node: NodeId,
-        generation: u64,
+        generation: Generation,
         now: Duration,
         lease: Option<(Leadership, Duration)>,
         epoch: u64,
