@@ -42,10 +42,6 @@ use crate::net::Network;
 use crate::rpc::{Ping, Request, Response, Rpc, RpcError, Unserved};
 use crate::secret::ClusterSecret;
 
-/// The id a remote client gives as the sender of its calls; configuration
-/// refuses it for a node.
-pub const REMOTE_CLIENT_ID: NodeId = NodeId::REMOTE_CLIENT;
-
 /// While a call to the leader lasts, the leader must answer a ping this
 /// often (within this long), or the call is given up and the leader looked
 /// for again.
@@ -116,7 +112,7 @@ impl RemoteClient {
         let rpc = Rpc::bind(
             network,
             bind,
-            REMOTE_CLIENT_ID,
+            NodeId::REMOTE_CLIENT,
             secret,
             Arc::new(Unserved),
             Arc::new(Metrics::default()),

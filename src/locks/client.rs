@@ -489,13 +489,7 @@ async fn renew(
     state: Arc<Mutex<GuardState>>,
     lost: watch::Sender<bool>,
 ) {
-    let lease = || {
-        state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lease
-            .clone()
-    };
+    let lease = || state.lock().unwrap_or_else(|e| e.into_inner()).lease;
     loop {
         let now = mesh.now();
         let l = lease();

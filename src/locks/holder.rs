@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 /// One holder's lease on one lock, on the protocol clock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HolderLease {
     ttl: Duration,
     drift: f64,

@@ -151,6 +151,15 @@ impl SimCluster {
         SocketAddr::new(Self::host(id), SIM_GOSSIP_PORT)
     }
 
+    /// A new host's protocol clock: the cluster's origin, no suspensions
+    /// of its own yet.
+    fn host_clock(&self) -> crate::clock::Clock {
+        match &self.clock {
+            crate::clock::Clock::Tokio { origin, .. } => crate::clock::Clock::tokio(*origin),
+            other => other.clone(),
+        }
+    }
+
     /// A remote client (no node of its own) on the simulated network at
     /// host address `host` (outside the nodes' range, e.g. `127.200.0.1`),
     /// on the cluster's clock, knowing every node's RPC address.
@@ -167,10 +176,7 @@ impl SimCluster {
             })
             .map(|config| config.rpc_addr)
             .collect();
-        let clock = match &self.clock {
-            crate::clock::Clock::Tokio { origin, .. } => crate::clock::Clock::tokio(*origin),
-            other => other.clone(),
-        };
+        let clock = self.host_clock();
         crate::client::RemoteClient::start(
             &crate::net::Network::Sim(self.net.clone()),
             SocketAddr::new(host, SIM_GOSSIP_PORT + 1),
@@ -207,10 +213,7 @@ impl SimCluster {
             ..ConfigBuilder::default()
         }
         .overlay(own);
-        let clock = match &self.clock {
-            crate::clock::Clock::Tokio { origin, .. } => crate::clock::Clock::tokio(*origin),
-            other => other.clone(),
-        };
+        let clock = self.host_clock();
         self.slots.insert(
             id,
             Slot {
