@@ -431,6 +431,13 @@ async fn client(
         match mesh.lock(&name).ttl(ttl).wait(wait).acquire().await {
             Ok(guard) => {
                 let from = mesh.clock_now();
+                if std::env::var("DEBUG_CLIENT").is_ok() {
+                    eprintln!(
+                        "c{idx} granted {} through {} at {from:?}",
+                        guard.token(),
+                        mesh.id()
+                    );
+                }
                 let hold = Duration::from_millis(rng.random_range(0..2 * ttl.as_millis() as u64));
                 tokio::select! {
                     _ = tokio::time::sleep(hold) => {}
@@ -1263,6 +1270,12 @@ async fn retrying_client(
             continue;
         };
         let valid = g.sent + g.ttl.mul_f64(0.99);
+        if std::env::var("DEBUG_CLIENT").is_ok() {
+            eprintln!(
+                "r{idx} {id} granted {} (sent {:?}, ttl {:?}) at {from:?}",
+                g.token, g.sent, g.ttl
+            );
+        }
         let hold = Duration::from_millis(rng.random_range(0..g.ttl.as_millis() as u64));
         tokio::time::sleep(hold).await;
         let released = from + hold;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use crate::clock::Clock;
 use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership, Output, Recovery};
@@ -478,6 +478,7 @@ impl State {
                 }
                 match reply {
                     Some(LockReply::Replicated) => {
+                        trace!(epoch, ?batch, %to, ?now, "lock batch acked");
                         let outs = self.locks.handle_ack(now, batch, to);
                         self.apply_locks(outs)
                     }
@@ -575,6 +576,7 @@ impl State {
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
         self.tickets.insert(ticket.0, reply);
+        trace!(ticket = ticket.0, %from, ?request, ?now, "lock request");
         let outs = match request {
             LockRequest::Acquire {
                 name,
@@ -640,6 +642,7 @@ impl State {
         while let Some(out) = queue.pop_front() {
             match out {
                 LockOutput::Reply { ticket, reply } => {
+                    trace!(ticket = ticket.0, ?reply, "lock reply");
                     let counter = match reply {
                         LockReply::Granted { .. } => Some(&self.metrics.lock_grants),
                         LockReply::Released => Some(&self.metrics.lock_releases),
@@ -658,6 +661,7 @@ impl State {
                     let Some(epoch) = self.locks.epoch() else {
                         continue;
                     };
+                    trace!(epoch, ?batch, ?entries, "lock batch");
                     Metrics::add(&self.metrics.lock_batches, 1);
                     Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
                     // The term's table keeps what this leader issued, voter
