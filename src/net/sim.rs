@@ -100,6 +100,8 @@ struct Inner {
     /// RPC layer names each request's kind (see `rpc::sim`).
     dropped_kinds: HashSet<(IpAddr, IpAddr, &'static str)>,
     stats: SimStats,
+    /// Bindings made so far (see [`SimSocket::binding`]).
+    bindings: u64,
 }
 
 impl SimNet {
@@ -114,6 +116,7 @@ impl SimNet {
                 blocked: HashSet::new(),
                 dropped_kinds: HashSet::new(),
                 stats: SimStats::default(),
+                bindings: 0,
             })),
             gossip: chitchat::transport::ChannelTransport::with_mtu(super::DATAGRAM_BYTES_MAX),
         }
@@ -174,9 +177,11 @@ impl SimNet {
         }
         let (tx, rx) = mpsc::channel(SIM_SOCKET_QUEUE_MAX);
         inner.sockets.insert(addr, tx.clone());
+        inner.bindings += 1;
         Ok(SimSocket {
             net: self.clone(),
             addr,
+            binding: inner.bindings,
             own: tx,
             rx,
         })
@@ -341,6 +346,7 @@ impl Inner {
 pub struct SimSocket {
     net: SimNet,
     addr: SocketAddr,
+    binding: u64,
     own: mpsc::Sender<Datagram>,
     rx: mpsc::Receiver<Datagram>,
 }
@@ -357,6 +363,13 @@ impl SimSocket {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Which binding of the network this socket is: unique for the life
+    /// of the network, so a socket bound again to a freed address (a
+    /// restarted node) is told apart from its predecessor.
+    pub fn binding(&self) -> u64 {
+        self.binding
     }
 
     /// Hands one datagram to the network.

@@ -27,20 +27,32 @@ use crate::net::{DATAGRAM_BYTES_MAX, SimNet, SimSender, SimSocket};
 /// Calls awaiting an answer at one node (all peers together).
 const PENDING_MAX: usize = 16 * INFLIGHT_PER_PEER_MAX;
 
+/// One call: the caller's socket binding and a number unique within it.
+/// Over QUIC an answer travels on the stream of a connection that ends
+/// with the calling process; here the binding stands for that connection,
+/// so an answer to a call of a node's earlier life (same address, an
+/// earlier binding) is dropped instead of being taken for a later call
+/// with the same number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct CallId {
+    binding: u64,
+    seq: u64,
+}
+
 #[derive(Serialize, Deserialize)]
 enum Packet {
     Request {
-        call: u64,
+        call: CallId,
         envelope: RequestEnvelope,
     },
     Response {
-        call: u64,
+        call: CallId,
         envelope: ResponseEnvelope,
     },
     Message(MessageEnvelope),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ResponseEnvelope>>>>;
+type Pending = Arc<Mutex<HashMap<CallId, oneshot::Sender<ResponseEnvelope>>>>;
 
 /// The name of a request's kind, for faults placed on one kind only
 /// ([`SimNet::drop_requests`]).
@@ -63,6 +75,7 @@ pub(super) struct SimRpc {
     id: NodeId,
     sender: SimSender,
     local: SocketAddr,
+    binding: u64,
     pending: Pending,
     next_call: AtomicU64,
     metrics: Arc<Metrics>,
@@ -79,6 +92,7 @@ impl SimRpc {
     ) -> std::io::Result<SimRpc> {
         let socket = net.bind(addr)?;
         let local = socket.local_addr();
+        let binding = socket.binding();
         let sender = socket.sender();
         let pending = Pending::default();
         let task = tokio::spawn(receive_loop(
@@ -91,6 +105,7 @@ impl SimRpc {
             id,
             sender,
             local,
+            binding,
             pending,
             next_call: AtomicU64::new(0),
             metrics,
@@ -111,7 +126,10 @@ impl SimRpc {
         if self.is_closed() {
             return Err(RpcError::Closed);
         }
-        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let call = CallId {
+            binding: self.binding,
+            seq: self.next_call.fetch_add(1, Ordering::Relaxed),
+        };
         let lost = self
             .sender
             .net()
@@ -241,7 +259,8 @@ async fn receive_loop(
                 });
             }
             Packet::Response { call, envelope } => {
-                // Unknown calls are duplicates or answers after a timeout.
+                // Unknown calls are duplicates, answers after a timeout,
+                // or answers to an earlier binding of this address.
                 if let Some(tx) = lock(&pending).remove(&call) {
                     let _ = tx.send(envelope);
                 }
@@ -253,6 +272,80 @@ async fn receive_loop(
                     service.message(envelope.from, envelope.message).await;
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::Rejection;
+    use crate::rpc::message::{Ping, Pong};
+
+    /// Answers a ping with its payload after 100 ms.
+    struct SlowEcho;
+
+    #[async_trait::async_trait]
+    impl Service for SlowEcho {
+        async fn request(&self, _from: NodeId, request: Request) -> Result<Response, Rejection> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match request {
+                Request::Ping(Ping { payload }) => Ok(Response::Pong(Pong {
+                    id: NodeId(2),
+                    generation: crate::ids::Generation(1),
+                    payload,
+                })),
+                _ => Err(Rejection::Unsupported),
+            }
+        }
+        async fn message(&self, _from: NodeId, _message: Message) {}
+    }
+
+    fn addr(host: u8) -> SocketAddr {
+        SocketAddr::from(([127, 1, 0, host], 7401))
+    }
+
+    fn ping(payload: &[u8]) -> Request {
+        Request::Ping(Ping {
+            payload: payload.to_vec(),
+        })
+    }
+
+    fn bind(net: &SimNet, host: u8, service: Arc<dyn Service>) -> SimRpc {
+        let metrics = Arc::new(Metrics::default());
+        SimRpc::bind(net, addr(host), NodeId(host as u64), service, metrics).unwrap()
+    }
+
+    /// An answer to a call of a node's earlier life never reaches a call
+    /// of its next one on the same address (over QUIC the answer travels
+    /// on the stream of a connection that died with the process). Node 1
+    /// asks node 2, is killed before the answer, restarts on the same
+    /// address and asks again: the first answer arrives while the second
+    /// call waits, and must not be taken for it.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_to_an_earlier_life_is_not_taken_for_a_later_call() {
+        let net = SimNet::new(7);
+        let _server = bind(&net, 2, Arc::new(SlowEcho));
+        let first = Arc::new(bind(&net, 1, Arc::new(crate::rpc::Unserved)));
+        let call = tokio::spawn({
+            let first = first.clone();
+            async move {
+                first
+                    .call(addr(2), ping(b"old"), Duration::from_secs(1))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.close().await;
+        assert!(call.await.unwrap().is_err(), "the killed node's call fails");
+        let second = bind(&net, 1, Arc::new(crate::rpc::Unserved));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let answer = second
+            .call(addr(2), ping(b"new"), Duration::from_secs(1))
+            .await;
+        match answer {
+            Ok(Response::Pong(Pong { payload, .. })) => assert_eq!(payload, b"new".to_vec()),
+            other => panic!("expected the answer to \"new\", got {other:?}"),
         }
     }
 }
