@@ -431,7 +431,7 @@ async fn client(
         match mesh.lock(&name).ttl(ttl).wait(wait).acquire().await {
             Ok(guard) => {
                 let from = mesh.clock_now();
-                if std::env::var("DEBUG_CLIENT").is_ok() {
+                if debugging() {
                     eprintln!(
                         "c{idx} granted {} through {} at {from:?}",
                         guard.token(),
@@ -455,7 +455,7 @@ async fn client(
                 let _ = guard.release().await;
             }
             Err(e @ (LockError::Held(_) | LockError::NoQuorum | LockError::ShuttingDown)) => {
-                if std::env::var("DEBUG_CLIENT").is_ok() {
+                if debugging() {
                     eprintln!("c{idx} {e} at {:?}", mesh.clock_now());
                 }
                 stats.lock().unwrap().refusals += 1;
@@ -555,7 +555,7 @@ async fn every_waiter_served(c: &SimCluster, seed: u64) {
                     .acquire()
                     .await;
                 if let Ok(g) = &g {
-                    if std::env::var("DEBUG_CLIENT").is_ok() {
+                    if debugging() {
                         eprintln!(
                             "live granted {} to {id} at {:?}",
                             g.token(),
@@ -582,8 +582,14 @@ async fn every_waiter_served(c: &SimCluster, seed: u64) {
 }
 
 /// Logs through `tracing` when `DEBUG_CLIENT` is set (with `RUST_LOG`).
+/// True when `DEBUG_CLIENT` is set: the chaos clients print what they
+/// were told, and [`trace_if_debugging`] installs a subscriber.
+fn debugging() -> bool {
+    std::env::var("DEBUG_CLIENT").is_ok()
+}
+
 fn trace_if_debugging() {
-    if std::env::var("DEBUG_CLIENT").is_ok() {
+    if debugging() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
@@ -689,7 +695,7 @@ async fn chaos(seed: u64) -> Stats {
             }
         }
         work.publish(&c);
-        if std::env::var("DEBUG_CLIENT").is_ok() {
+        if debugging() {
             eprintln!(
                 "step at {:?}: leader {leader:?} down {down:?} running {:?}",
                 c.now(),
@@ -1270,7 +1276,7 @@ async fn retrying_client(
             continue;
         };
         let valid = g.sent + g.ttl.mul_f64(0.99);
-        if std::env::var("DEBUG_CLIENT").is_ok() {
+        if debugging() {
             eprintln!(
                 "r{idx} {id} granted {} (sent {:?}, ttl {:?}) at {from:?}",
                 g.token, g.sent, g.ttl
@@ -1419,7 +1425,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
             }
         }
         work.publish(&c);
-        if std::env::var("DEBUG_CLIENT").is_ok() {
+        if debugging() {
             eprintln!(
                 "step {step} done at {:?}: leader was {leader:?}, durable voters 1..={durable}",
                 c.now()
