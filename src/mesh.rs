@@ -23,9 +23,11 @@ use crate::locks::table::TableConfig;
 use crate::locks::{
     LockBuilder, LockPath, LockReply, LockRequest, LockTable, NamedElection, Replica,
 };
-use crate::membership::{GossipTransport, Member, MemberEvent, Membership, MembershipView};
+use crate::membership::{
+    GossipStart, GossipTransport, Member, MemberEvent, Membership, MembershipView,
+};
 use crate::metrics::Metrics;
-use crate::net::Network;
+use crate::net::{Network, SimGossip};
 use crate::node::{Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
@@ -200,17 +202,28 @@ impl Mesh {
     pub async fn start_with(mut config: Config, env: Environment) -> Result<Mesh, StartError> {
         let metrics = Arc::new(Metrics::default());
         let format = crate::membership::wire_format(config.gossip_compression);
-        let gossip = GossipTransport::bind(
-            &env.network,
-            config.gossip_addr,
-            format,
-            config.cluster_secret.as_ref(),
-            metrics.clone(),
-        )
-        .await
-        .map_err(|e| StartError::from_bind("gossip", config.gossip_addr, e))?;
-        // Port 0 asks for any free port; peers must be told the real one.
-        config.gossip_addr = gossip.local_addr();
+        // A simulated network that models gossip needs no gossip socket:
+        // the node takes its address on the network's board instead.
+        let gossip = match &env.network {
+            Network::Sim(net) if net.gossip() == SimGossip::Model => {
+                GossipStart::Model(net.clone())
+            }
+            network => {
+                let gossip = GossipTransport::bind(
+                    network,
+                    config.gossip_addr,
+                    format,
+                    config.cluster_secret.as_ref(),
+                    metrics.clone(),
+                )
+                .await
+                .map_err(|e| StartError::from_bind("gossip", config.gossip_addr, e))?;
+                // Port 0 asks for any free port; peers must be told the
+                // real one.
+                config.gossip_addr = gossip.local_addr();
+                GossipStart::Chitchat(gossip)
+            }
+        };
         let secret = config
             .cluster_secret
             .clone()
@@ -275,6 +288,7 @@ impl Mesh {
                 return Err(StartError::Gossip(format!("{e:#}")));
             }
         };
+        config.gossip_addr = membership.gossip_addr();
         let membership = Arc::new(membership);
         let mut shared = Shared::new(env.clock.clone());
         shared.promised_durable = disk.durable_promise();

@@ -1,19 +1,26 @@
 //! Simulated clusters (tier 2): whole nodes in one process on a simulated
-//! network under tokio's paused clock. Each test logs its seed; replay with
-//! `COORDMESH_SEED=<seed> cargo test --test sim_membership`.
+//! network under tokio's paused clock. Each test logs its seed; replay its faults
+//! with `COORDMESH_SEED=<seed> cargo test --test sim_membership` (chitchat
+//! picks its gossip peers from an RNG of its own, so not exactly).
 
 use std::time::Duration;
 
-use coordmesh::net::Faults;
+use coordmesh::net::{Faults, SimGossip};
 use coordmesh::sim::SimCluster;
 use coordmesh::{ConfigBuilder, MemberEvent, MemberState, NodeId};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
+/// Nodes `1..=n` gossiping by chitchat itself: these tests are of the
+/// gossip, not of the replayable model the other simulations use.
+async fn chitchat_cluster(n: u64, tuning: ConfigBuilder) -> SimCluster {
+    SimCluster::start_gossiping(SimCluster::seed_from_env(), n, tuning, SimGossip::Chitchat).await
+}
+
 /// Goal: five nodes started together all see all five alive.
 #[tokio::test(start_paused = true)]
 async fn five_nodes_converge() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut c = chitchat_cluster(5, ConfigBuilder::default()).await;
     let took = c
         .eventually(CONVERGE, "all 5 see all 5", |c| c.all_see_alive(5))
         .await;
@@ -31,7 +38,7 @@ async fn five_nodes_converge() {
 /// survivor publishes a `Died` event for it.
 #[tokio::test(start_paused = true)]
 async fn killed_node_is_declared_dead_by_all() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut c = chitchat_cluster(5, ConfigBuilder::default()).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(5))
         .await;
     let mut events: Vec<_> = [1, 2, 3, 4]
@@ -66,7 +73,7 @@ async fn killed_node_is_declared_dead_by_all() {
 /// brings every node back to seeing everyone.
 #[tokio::test(start_paused = true)]
 async fn partition_isolates_and_heals() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut c = chitchat_cluster(5, ConfigBuilder::default()).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(5))
         .await;
     let (a, b) = ([NodeId(1), NodeId(2), NodeId(3)], [NodeId(4), NodeId(5)]);
@@ -95,7 +102,7 @@ async fn partition_isolates_and_heals() {
 /// Goal: an isolated node sees everyone else dead, and they see it dead.
 #[tokio::test(start_paused = true)]
 async fn isolated_node_and_the_rest_see_each_other_dead() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 4).await;
+    let mut c = chitchat_cluster(4, ConfigBuilder::default()).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(4))
         .await;
     c.isolate(NodeId(2));
@@ -114,7 +121,7 @@ async fn isolated_node_and_the_rest_see_each_other_dead() {
 /// `Restarted` event.
 #[tokio::test(start_paused = true)]
 async fn restarted_node_replaces_its_old_generation() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
+    let mut c = chitchat_cluster(5, ConfigBuilder::default()).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(5))
         .await;
     let old = c.mesh(NodeId(3)).generation();
@@ -153,7 +160,7 @@ async fn restarted_node_replaces_its_old_generation() {
 /// Goal: a graceful leave is seen as `Left` (not `Died`) by every peer.
 #[tokio::test(start_paused = true)]
 async fn graceful_leave_is_seen_as_left() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 4).await;
+    let mut c = chitchat_cluster(4, ConfigBuilder::default()).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(4))
         .await;
     let mut events = c.mesh(NodeId(1)).member_events();
@@ -179,7 +186,7 @@ async fn graceful_leave_is_seen_as_left() {
 /// and 0-20 ms of jitter (reordering).
 #[tokio::test(start_paused = true)]
 async fn converges_and_detects_under_loss_and_reordering() {
-    let mut c = SimCluster::start(SimCluster::seed_from_env(), 7).await;
+    let mut c = chitchat_cluster(7, ConfigBuilder::default()).await;
     c.set_faults(Faults {
         drop_rate: 0.2,
         duplicate_rate: 0.0,
@@ -207,7 +214,7 @@ async fn converges_with_digest_compression() {
         gossip_compression: Some(true),
         ..ConfigBuilder::default()
     };
-    let mut c = SimCluster::start_tuned(SimCluster::seed_from_env(), 6, tuning).await;
+    let mut c = chitchat_cluster(6, tuning).await;
     c.eventually(CONVERGE, "converged", |c| c.all_see_alive(6))
         .await;
     c.kill(NodeId(4)).await;

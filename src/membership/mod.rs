@@ -8,11 +8,14 @@
 //! (the election will gossip its leader hint and quorum mark there).
 
 mod meta;
+mod model;
 mod seal;
 mod transport;
 mod view;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,11 +29,13 @@ use tracing::{debug, info};
 pub use meta::{
     KEY_EPOCH, KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC, KEY_VOTER, NodeMeta,
 };
+pub use model::Board;
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 
 use crate::config::Config;
 use crate::ids::{Generation, NodeId};
 use crate::metrics::Metrics;
+use crate::net::SimNet;
 pub(crate) use transport::GossipTransport;
 
 /// Membership events buffered per subscriber; a subscriber that falls
@@ -53,17 +58,58 @@ pub(crate) fn wire_format(compression: bool) -> chitchat::ProtocolVersion {
 /// The running gossip membership of one node.
 pub struct Membership {
     self_id: NodeId,
-    handle: Mutex<Option<ChitchatHandle>>,
-    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    gossip_addr: SocketAddr,
+    gossip: Gossip,
     view: watch::Receiver<Arc<MembershipView>>,
     events: broadcast::Sender<MemberEvent>,
     watcher: JoinHandle<()>,
     leave_duration: Duration,
 }
 
+/// What a node's membership starts from.
+pub(crate) enum GossipStart {
+    /// chitchat, on this bound socket.
+    Chitchat(GossipTransport),
+    /// The gossip model of this simulated network.
+    Model(SimNet),
+}
+
+/// What gossips for a node.
+enum Gossip {
+    /// chitchat: real nodes, and simulations of the gossip itself.
+    Chitchat {
+        handle: Mutex<Option<ChitchatHandle>>,
+        chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    },
+    /// The replayable model of a simulated network (`model`).
+    Model {
+        net: SimNet,
+        addr: SocketAddr,
+        silent_max: Duration,
+        stopped: AtomicBool,
+    },
+}
+
 impl Membership {
-    /// Starts gossip on an already-bound socket.
+    /// Starts gossip: chitchat on an already-bound socket, or the model of
+    /// a simulated network.
     pub(crate) async fn start(
+        config: &Config,
+        gossip: GossipStart,
+        generation: Generation,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Membership> {
+        match gossip {
+            GossipStart::Chitchat(transport) => {
+                Membership::start_chitchat(config, transport, generation, metrics).await
+            }
+            GossipStart::Model(net) => {
+                Ok(Membership::start_model(config, &net, generation, metrics)?)
+            }
+        }
+    }
+
+    async fn start_chitchat(
         config: &Config,
         transport: GossipTransport,
         generation: Generation,
@@ -107,13 +153,68 @@ impl Membership {
         ));
         Ok(Membership {
             self_id: config.id,
-            handle: Mutex::new(Some(handle)),
-            chitchat,
+            gossip_addr: config.gossip_addr,
+            gossip: Gossip::Chitchat {
+                handle: Mutex::new(Some(handle)),
+                chitchat,
+            },
             view: view_rx,
             events: events_tx,
             watcher,
             leave_duration: config.leave_duration,
         })
+    }
+
+    /// Starts the replayable gossip model on a simulated network (see
+    /// `model`): a round every gossip interval, a peer dead after
+    /// `phi_threshold` silent intervals.
+    fn start_model(
+        config: &Config,
+        net: &SimNet,
+        generation: Generation,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Membership> {
+        let initial = NodeMeta::initial(config.rpc_addr, config.http_addr, config.is_voter());
+        let addr = net.board().join(
+            &config.cluster,
+            config.gossip_addr,
+            config.id,
+            generation,
+            initial,
+            tokio::time::Instant::now(),
+        )?;
+        let silent_max = config.gossip_interval.mul_f64(config.phi_threshold);
+        let (view_tx, view_rx) = watch::channel(Arc::new(MembershipView::empty(config.id)));
+        let (events_tx, _) = broadcast::channel(MEMBER_EVENTS_QUEUE_MAX);
+        let watcher = tokio::spawn(model_loop(
+            config.id,
+            net.clone(),
+            addr,
+            config.gossip_interval,
+            silent_max,
+            view_tx,
+            events_tx.clone(),
+            metrics,
+        ));
+        Ok(Membership {
+            self_id: config.id,
+            gossip_addr: addr,
+            gossip: Gossip::Model {
+                net: net.clone(),
+                addr,
+                silent_max,
+                stopped: AtomicBool::new(false),
+            },
+            view: view_rx,
+            events: events_tx,
+            watcher,
+            leave_duration: config.leave_duration,
+        })
+    }
+
+    /// The gossip address this node took.
+    pub(crate) fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
     }
 
     /// The current view.
@@ -133,13 +234,36 @@ impl Membership {
 
     /// Publishes a key-value about this node to every peer.
     pub async fn set_local(&self, key: &str, value: &str) {
-        self.chitchat.lock().await.self_node_state().set(key, value);
+        match &self.gossip {
+            Gossip::Chitchat { chitchat, .. } => {
+                chitchat.lock().await.self_node_state().set(key, value);
+            }
+            Gossip::Model { net, addr, .. } => {
+                net.board()
+                    .set(*addr, key, value, tokio::time::Instant::now());
+            }
+        }
     }
 
     /// The value of `key` gossiped by each live peer (newest generation
     /// per node id; this node and unparsable ids left out).
     pub async fn peer_values(&self, key: &str) -> Vec<(NodeId, String)> {
-        let chitchat = self.chitchat.lock().await;
+        let chitchat = match &self.gossip {
+            Gossip::Chitchat { chitchat, .. } => chitchat.lock().await,
+            Gossip::Model {
+                net,
+                addr,
+                silent_max,
+                ..
+            } => {
+                return net.board().peer_values(
+                    *addr,
+                    key,
+                    tokio::time::Instant::now(),
+                    *silent_max,
+                );
+            }
+        };
         let mut newest: std::collections::BTreeMap<NodeId, (u64, String)> = Default::default();
         for cid in chitchat.live_nodes() {
             let Ok(id) = cid.node_id.parse::<NodeId>() else {
@@ -191,20 +315,38 @@ impl Membership {
     /// Stops gossip at once, without telling anyone (peers will time the
     /// node out as dead).
     pub async fn stop(&self) {
-        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle
-            && let Err(err) = handle.shutdown().await
-        {
-            debug!(%err, "gossip stopped with an error");
+        match &self.gossip {
+            Gossip::Chitchat { handle, .. } => {
+                let handle = handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(handle) = handle
+                    && let Err(err) = handle.shutdown().await
+                {
+                    debug!(%err, "gossip stopped with an error");
+                }
+            }
+            Gossip::Model { .. } => self.stop_model(),
         }
         self.watcher.abort();
     }
 
+    /// Takes a modelled node off its network's board (once).
+    fn stop_model(&self) {
+        if let Gossip::Model {
+            net, addr, stopped, ..
+        } = &self.gossip
+            && !stopped.swap(true, Ordering::Relaxed)
+        {
+            net.board().leave(*addr);
+        }
+    }
+
     fn handle_taken(&self) -> bool {
-        self.handle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+        match &self.gossip {
+            Gossip::Chitchat { handle, .. } => {
+                handle.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+            }
+            Gossip::Model { stopped, .. } => stopped.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -212,9 +354,12 @@ impl Drop for Membership {
     fn drop(&mut self) {
         // Dropped without a leave (a killed node in a simulation, or a host
         // that forgot `shutdown`): stop the tasks so the socket is freed.
-        if let Some(handle) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Gossip::Chitchat { handle, .. } = &self.gossip
+            && let Some(handle) = handle.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
             handle.abort();
         }
+        self.stop_model();
         self.watcher.abort();
     }
 }
@@ -239,22 +384,60 @@ async fn watch_loop(
             let chitchat = chitchat.lock().await;
             snapshot(self_id, &chitchat, &mut seen_alive)
         };
-        metrics
-            .gossip_members_malformed
-            .store(ignored as u64, std::sync::atomic::Ordering::Relaxed);
-        let old = view_tx.borrow().clone();
-        if *old != view {
-            let events = view.changes_since(&old);
-            view_tx.send_replace(Arc::new(view));
-            for event in events {
-                Metrics::add(&metrics.membership_events, 1);
-                log_event(self_id, &event);
-                // No subscriber is fine: the view is still published.
-                let _ = events_tx.send(event);
-            }
-        }
+        publish(self_id, view, ignored, &view_tx, &events_tx, &metrics);
         if live_rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// The modelled node's gossip: one round per interval, then its view.
+#[allow(clippy::too_many_arguments)]
+async fn model_loop(
+    self_id: NodeId,
+    net: SimNet,
+    addr: SocketAddr,
+    interval: Duration,
+    silent_max: Duration,
+    view_tx: watch::Sender<Arc<MembershipView>>,
+    events_tx: broadcast::Sender<MemberEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let (view, ignored) = {
+            let mut board = net.board();
+            board.round(&net, addr, now);
+            board.view(addr, self_id, now, silent_max)
+        };
+        publish(self_id, view, ignored, &view_tx, &events_tx, &metrics);
+    }
+}
+
+/// Publishes `view` if it changed, and the events that lead to it.
+fn publish(
+    self_id: NodeId,
+    view: MembershipView,
+    ignored: usize,
+    view_tx: &watch::Sender<Arc<MembershipView>>,
+    events_tx: &broadcast::Sender<MemberEvent>,
+    metrics: &Metrics,
+) {
+    metrics
+        .gossip_members_malformed
+        .store(ignored as u64, Ordering::Relaxed);
+    let old = view_tx.borrow().clone();
+    if *old != view {
+        let events = view.changes_since(&old);
+        view_tx.send_replace(Arc::new(view));
+        for event in events {
+            Metrics::add(&metrics.membership_events, 1);
+            log_event(self_id, &event);
+            // No subscriber is fine: the view is still published.
+            let _ = events_tx.send(event);
         }
     }
 }

@@ -6,7 +6,7 @@
 
 mod sim;
 
-pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimNet, SimSender, SimSocket, SimStats};
+pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimGossip, SimNet, SimSender, SimSocket, SimStats};
 
 /// Largest UDP payload over IPv4; nothing larger is ever sent.
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;

@@ -19,6 +19,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
+use crate::membership::Board;
+
 /// Datagrams queued at one simulated socket before it drops more, as a
 /// kernel receive buffer would.
 pub const SIM_SOCKET_QUEUE_MAX: usize = 4096;
@@ -70,6 +72,18 @@ pub struct SimStats {
     pub duplicated: u64,
 }
 
+/// How the nodes of a simulated network gossip their membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimGossip {
+    /// A gossip model (`membership::model`) whose every choice comes from
+    /// the network's seed, so a seed replays a run exactly.
+    #[default]
+    Model,
+    /// chitchat itself, over in-memory envelopes: its own rules and
+    /// bytes, but its gossip peers come from an RNG no seed reaches.
+    Chitchat,
+}
+
 /// The simulated network. Cheap to clone; all clones are one network.
 #[derive(Clone)]
 pub struct SimNet {
@@ -77,6 +91,10 @@ pub struct SimNet {
     /// Gossip envelopes travel in memory (see `membership::transport`);
     /// faults are applied through [`SimNet::fate`].
     gossip: chitchat::transport::ChannelTransport,
+    /// How nodes gossip on this network.
+    gossip_mode: SimGossip,
+    /// The modelled gossip state of every node ([`SimGossip::Model`]).
+    board: Arc<Mutex<Board>>,
 }
 
 impl std::fmt::Debug for SimNet {
@@ -105,8 +123,15 @@ struct Inner {
 }
 
 impl SimNet {
-    /// A new network whose random faults follow `seed`.
+    /// A new network whose random faults follow `seed`; its nodes gossip
+    /// by the replayable model ([`SimGossip::Model`]).
     pub fn new(seed: u64) -> SimNet {
+        SimNet::with_gossip(seed, SimGossip::Model)
+    }
+
+    /// A new network whose random faults follow `seed`, whose nodes
+    /// gossip as `gossip` says.
+    pub fn with_gossip(seed: u64, gossip: SimGossip) -> SimNet {
         SimNet {
             inner: Arc::new(Mutex::new(Inner {
                 sockets: HashMap::new(),
@@ -119,7 +144,19 @@ impl SimNet {
                 bindings: 0,
             })),
             gossip: chitchat::transport::ChannelTransport::with_mtu(super::DATAGRAM_BYTES_MAX),
+            gossip_mode: gossip,
+            board: Arc::new(Mutex::new(Board::default())),
         }
+    }
+
+    /// How nodes gossip on this network.
+    pub fn gossip(&self) -> SimGossip {
+        self.gossip_mode
+    }
+
+    /// The modelled gossip state ([`SimGossip::Model`]).
+    pub(crate) fn board(&self) -> MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The in-memory transport that carries gossip envelopes.
@@ -151,7 +188,9 @@ impl SimNet {
             return None;
         }
         inner.stats.delivered += 1;
-        Some(inner.delay(&faults))
+        let delay = inner.delay(&faults);
+        tracing::trace!(%from, %to, len, ?delay, "message");
+        Some(delay)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -272,6 +311,7 @@ impl SimNet {
         };
         for _ in 0..copies {
             let delay = inner.delay(&faults);
+            tracing::trace!(%from, %to, len = buf.len(), ?delay, "datagram");
             let datagram = (from, buf.to_vec());
             if delay.is_zero() {
                 inner.deliver(&tx, datagram);

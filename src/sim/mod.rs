@@ -7,8 +7,11 @@
 //! task waits, so a minute of cluster life takes milliseconds.
 //!
 //! Every cluster logs its seed at creation. The seed drives the network's
-//! random faults; set `COORDMESH_SEED` to replay a run's faults. (chitchat
-//! picks gossip peers with its own RNG, so a replay is close, not exact.)
+//! random faults and, through them, the gossip model its nodes share
+//! (`membership::model`); the paused clock and one thread order the rest,
+//! so `COORDMESH_SEED` replays a run exactly. A cluster made to gossip by
+//! chitchat itself ([`SimGossip::Chitchat`], the membership simulations)
+//! replays only its faults: chitchat picks gossip peers with its own RNG.
 //!
 //! ```
 //! # use std::time::Duration;
@@ -33,7 +36,7 @@ use crate::config::ConfigBuilder;
 use crate::election::Leadership;
 use crate::ids::{Generation, NodeId};
 use crate::mesh::{Environment, Mesh};
-use crate::net::{Faults, Network, SimNet};
+use crate::net::{Faults, Network, SimGossip, SimNet};
 
 /// Gossip port of every simulated node (each node is its own host).
 pub const SIM_GOSSIP_PORT: u16 = 7400;
@@ -90,12 +93,20 @@ impl SimCluster {
             .unwrap_or_else(rand::random)
     }
 
-    /// An empty cluster whose voters are `voters`. Prints the seed.
+    /// An empty cluster whose voters are `voters`, gossiping by the
+    /// replayable model. Prints the seed.
     pub fn new(seed: u64, voters: Vec<NodeId>) -> SimCluster {
+        SimCluster::with_gossip(seed, voters, SimGossip::Model)
+    }
+
+    /// An empty cluster whose voters are `voters`, gossiping as `gossip`
+    /// says ([`SimGossip::Chitchat`] to simulate the gossip itself).
+    /// Prints the seed.
+    pub fn with_gossip(seed: u64, voters: Vec<NodeId>, gossip: SimGossip) -> SimCluster {
         eprintln!("simulation seed: {seed} (replay with COORDMESH_SEED={seed})");
         SimCluster {
             seed,
-            net: SimNet::new(seed),
+            net: SimNet::with_gossip(seed, gossip),
             voters,
             slots: BTreeMap::new(),
             next_generation: 1,
@@ -114,8 +125,18 @@ impl SimCluster {
 
     /// As [`SimCluster::start`], with `tuning` applied to every node.
     pub async fn start_tuned(seed: u64, n: u64, tuning: ConfigBuilder) -> SimCluster {
+        SimCluster::start_gossiping(seed, n, tuning, SimGossip::Model).await
+    }
+
+    /// As [`SimCluster::start_tuned`], gossiping as `gossip` says.
+    pub async fn start_gossiping(
+        seed: u64,
+        n: u64,
+        tuning: ConfigBuilder,
+        gossip: SimGossip,
+    ) -> SimCluster {
         let voters = (1..=n.min(5)).map(NodeId).collect();
-        let mut cluster = SimCluster::new(seed, voters);
+        let mut cluster = SimCluster::with_gossip(seed, voters, gossip);
         cluster.tuning = tuning;
         for id in 1..=n {
             cluster.add(NodeId(id)).await;
@@ -584,3 +605,4 @@ impl LeaderLog {
         set.into_iter().collect()
     }
 }
+

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use coordmesh::net::SimGossip;
 use coordmesh::sim::SimCluster;
 use coordmesh::{ConfigBuilder, NodeId};
 use serde_json::json;
@@ -171,7 +172,8 @@ fn membership(args: MembershipArgs) -> Result<(), String> {
                 gossip_compression: Some(args.compression),
                 ..ConfigBuilder::default()
             };
-            let mut cluster = SimCluster::start_tuned(seed, n, tuning).await;
+            let mut cluster =
+                SimCluster::start_gossiping(seed, n, tuning, SimGossip::Chitchat).await;
             let converge = cluster
                 .eventually(Duration::from_secs(120), "all see all", |c| {
                     c.all_see_alive(n as usize)
