@@ -603,8 +603,8 @@ impl LockPath for Mesh {
     }
 
     async fn pause_for_leader(&self, pause: Duration) {
-        let mut leader = self.watch_leader();
-        let _ = tokio::time::timeout(pause, leader.changed()).await;
+        let changed = self.inner.shared.leader_changed.notified();
+        let _ = tokio::time::timeout(pause, changed).await;
     }
 }
 

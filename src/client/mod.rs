@@ -186,6 +186,8 @@ impl RemoteClient {
             }
         };
         tokio::select! {
+            // Biased (so a seed replays a run): an answer that came wins.
+            biased;
             answer = self.ask(to, request, timeout) => answer,
             e = dead => Err(RpcError::Unreachable {
                 addr: to,

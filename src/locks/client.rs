@@ -510,6 +510,9 @@ async fn renew(
             token,
         };
         let answer = tokio::select! {
+            // Biased (so a seed replays a run): an answer that came is
+            // taken, and counts from `sent` however late it came.
+            biased;
             a = mesh.lock_request(request, (until - sent).min(RENEW_TIMEOUT)) => Some(a),
             _ = past(&*mesh, until) => None,
         };

@@ -15,7 +15,7 @@
 //! merge of a replication batch and the leader's batch retries still sit
 //! here (ARCHITECTURE.md says where they are headed).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,6 +90,10 @@ pub(crate) enum Input {
 pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) leader: watch::Sender<Option<Leadership>>,
+    /// Notified on every change of `leader`. Waiters on a `watch` are
+    /// woken in an order tokio draws at random; a `Notify` wakes them in
+    /// the order they came, so a seed replays a run.
+    pub(crate) leader_changed: tokio::sync::Notify,
     pub(crate) events: broadcast::Sender<Option<Leadership>>,
     /// What [`Shared::is_leader`] answers from.
     pub(crate) lease: Mutex<LeaseCell>,
@@ -120,6 +124,7 @@ impl Shared {
         Shared {
             clock,
             leader: watch::channel(None).0,
+            leader_changed: tokio::sync::Notify::new(),
             events: broadcast::channel(LEADER_EVENTS_QUEUE_MAX).0,
             lease: Mutex::new(LeaseCell::default()),
             max_epoch: Default::default(),
@@ -191,7 +196,7 @@ impl Driver {
             disk: Arc::new(disk),
             sync_tables: BTreeMap::new(),
             gone: Default::default(),
-            tickets: HashMap::new(),
+            tickets: BTreeMap::new(),
             next_ticket: 0,
             candidacy: None,
             gossiped_epoch: 0,
@@ -246,8 +251,9 @@ struct State {
     sync_tables: BTreeMap<NodeId, Vec<Entry>>,
     /// Members the membership lists as not alive.
     gone: std::collections::BTreeSet<NodeId>,
-    /// Lock requests awaiting an answer.
-    tickets: HashMap<u64, oneshot::Sender<LockReply>>,
+    /// Lock requests awaiting an answer. Ordered, so that a stop wakes
+    /// their callers in one order every run (a seed replays a run).
+    tickets: BTreeMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
     /// The epoch this node runs for (or leads) and the lock tables merged
     /// from its promises (its own copy included), plus every entry it
@@ -272,7 +278,11 @@ impl State {
         let mut views = self.membership.watch();
         self.sync_peers();
         loop {
+            // Biased, so a seed replays a run: the tick, then membership
+            // (each is ready now and then, so a busy queue cannot starve
+            // the lease's checks or the liveness of peers), then the queue.
             tokio::select! {
+                biased;
                 _ = tick.tick() => {
                     let now = self.shared.clock.now();
                     if self.last_poll.is_none_or(|at| now >= at + heartbeat / 2) {
@@ -292,6 +302,12 @@ impl State {
                         return;
                     }
                 }
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.sync_peers();
+                }
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     if !self.handle(input).await {
@@ -304,12 +320,6 @@ impl State {
                             return;
                         }
                     }
-                }
-                changed = views.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    self.sync_peers();
                 }
             }
             let outs = self.locks.flush();
@@ -988,7 +998,7 @@ impl State {
     fn publish(&self) {
         let now = self.shared.clock.now();
         let leader = self.election.leader(now);
-        self.shared.leader.send_if_modified(|current| {
+        let changed = self.shared.leader.send_if_modified(|current| {
             if *current != leader {
                 *current = leader;
                 true
@@ -996,6 +1006,9 @@ impl State {
                 false
             }
         });
+        if changed {
+            self.shared.leader_changed.notify_waiters();
+        }
         let lease = self
             .election
             .lease_until()

@@ -6,7 +6,7 @@
 //! a dead QUIC peer would); a duplicated request runs twice at the server,
 //! which protocols must tolerate (callers retry over QUIC too).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ const PENDING_MAX: usize = 16 * INFLIGHT_PER_PEER_MAX;
 /// so an answer to a call of a node's earlier life (same address, an
 /// earlier binding) is dropped instead of being taken for a later call
 /// with the same number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct CallId {
     binding: u64,
     seq: u64,
@@ -52,7 +52,9 @@ enum Packet {
     Message(MessageEnvelope),
 }
 
-type Pending = Arc<Mutex<HashMap<CallId, oneshot::Sender<ResponseEnvelope>>>>;
+/// Calls awaiting an answer. Ordered, so that a close wakes the callers in
+/// one order every run (a seed replays a run).
+type Pending = Arc<Mutex<BTreeMap<CallId, oneshot::Sender<ResponseEnvelope>>>>;
 
 /// The name of a request's kind, for faults placed on one kind only
 /// ([`SimNet::drop_requests`]).
