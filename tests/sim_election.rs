@@ -211,7 +211,7 @@ async fn chaos_keeps_leases_disjoint() {
     let first = SimCluster::seed_from_env();
     let mut slowest = Duration::ZERO;
     for i in 0..seeds {
-        slowest = slowest.max(chaos(first.wrapping_add(i)).await);
+        slowest = slowest.max(chaos(first.wrapping_add(i)).await.0);
     }
     println!("{seeds} seeds from {first}: slowest leader after healing {slowest:?}");
 }
@@ -229,8 +229,10 @@ fn majority_side(groups: &[Vec<NodeId>]) -> Vec<NodeId> {
         .unwrap_or_default()
 }
 
-/// One chaos run; returns how long a leader took to emerge after healing.
-async fn chaos(seed: u64) -> Duration {
+/// One chaos run; returns how long a leader took to emerge after healing,
+/// and what the run did in words (every leadership sample and promise the
+/// log kept, and the network's counters), to compare two runs of a seed.
+async fn chaos(seed: u64) -> (Duration, String) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let durable = rng.random_bool(0.5);
     let dir = tempfile::tempdir().unwrap();
@@ -325,7 +327,30 @@ async fn chaos(seed: u64) -> Duration {
     assert_safe(&c, &log);
     assert!(!log.terms().is_empty());
     c.shutdown().await;
-    took
+    (took, format!("{log:#?}\n{:?}", c.net().stats()))
+}
+
+/// Goal: a seed replays an election chaos run exactly: run twice, each in
+/// a fresh runtime (one thread, the clock paused), the leadership log
+/// (who led which epoch from when to when, every epoch and promise seen)
+/// and the network's counters are the same.
+#[test]
+fn a_seed_replays_an_election_chaos_run_exactly() {
+    let seeds: u64 = std::env::var("COORDMESH_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let first = SimCluster::seed_from_env();
+    for seed in (0..seeds).map(|i| first.wrapping_add(i)) {
+        coordmesh::sim::assert_replays(seed, "election chaos", |seed| async move {
+            let (_, account) = chaos(seed).await;
+            assert!(
+                account.contains("intervals"),
+                "no leadership logged (seed {seed})"
+            );
+            account
+        });
+    }
 }
 
 /// Goal: a leader paused (SIGSTOP-like) for longer than its lease is

@@ -606,3 +606,32 @@ impl LeaderLog {
     }
 }
 
+/// Runs `run(seed)` twice, each in a fresh runtime as a simulation test
+/// gets one (one thread, the clock paused), and panics unless both runs
+/// give the same account of what they did, showing where they part.
+/// `run` returns its account in words (a history's `Debug`, say).
+pub fn assert_replays<F, Fut>(seed: u64, what: &str, run: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let once = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime for the simulation")
+            .block_on(run(seed))
+    };
+    let (a, b) = (once(), once());
+    if a != b {
+        let (la, lb): (Vec<_>, Vec<_>) = (a.lines().collect(), b.lines().collect());
+        let i = la.iter().zip(&lb).take_while(|(x, y)| x == y).count();
+        let around = |l: &[&str]| l[i.saturating_sub(3)..(i + 3).min(l.len())].join("\n");
+        panic!(
+            "{what}, seed {seed}, ran differently twice, from line {i}:\n{}\n--- the second run:\n{}",
+            around(&la),
+            around(&lb)
+        );
+    }
+}
