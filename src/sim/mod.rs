@@ -609,7 +609,9 @@ impl LeaderLog {
 /// Runs `run(seed)` twice, each in a fresh runtime as a simulation test
 /// gets one (one thread, the clock paused), and panics unless both runs
 /// give the same account of what they did, showing where they part.
-/// `run` returns its account in words (a history's `Debug`, say).
+/// `run` returns its account in words (a history's `Debug`, say). With
+/// `COORDMESH_ACCOUNTS_DIR` set, the account is also written there, one
+/// file per workload and seed, to compare two builds with `diff -r`.
 pub fn assert_replays<F, Fut>(seed: u64, what: &str, run: F)
 where
     F: Fn(u64) -> Fut,
@@ -624,6 +626,14 @@ where
             .block_on(run(seed))
     };
     let (a, b) = (once(), once());
+    // Kept for a comparison across builds: a refactor that changes no
+    // behaviour leaves every account as it was.
+    if let Some(dir) = std::env::var_os("COORDMESH_ACCOUNTS_DIR") {
+        let name = format!("{}-{seed}.txt", what.replace(' ', "-"));
+        let path = std::path::Path::new(&dir).join(name);
+        std::fs::write(&path, &a)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
     if a != b {
         let (la, lb): (Vec<_>, Vec<_>) = (a.lines().collect(), b.lines().collect());
         let i = la.iter().zip(&lb).take_while(|(x, y)| x == y).count();
