@@ -305,20 +305,8 @@ pub enum Memory {
     Durable,
 }
 
-/// How a voter recovered (E7), for the driver to settle its lock table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recovery {
-    /// Copied from these healthy voters, at least ⌊(n−1)/2⌋+1 of them:
-    /// their tables replace this voter's own (they hold everything
-    /// committed; its own may be a restored snapshot or an earlier life).
-    Copied(Vec<NodeId>),
-    /// Resumed from its own durable state (too few healthy voters to copy
-    /// from).
-    Own,
-    /// No copy was possible and a majority of voters were recovering: the
-    /// cluster forms anew from every table and promise heard.
-    Anew,
-}
+/// How a voter recovered (E7): the replication core settles its copy.
+pub use crate::replication::Recovery;
 
 /// The current leader as a node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

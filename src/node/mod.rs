@@ -10,10 +10,9 @@
 //!
 //! Owns: the order of inputs, the effects (sends, persists, timers), and
 //! the glue between the cores. Must not decide a protocol rule itself:
-//! what to promise, grant, merge or ack is the cores' (`election`,
-//! `locks::table`) and the disk's (`storage`) answer; today the voter's
-//! merge of a replication batch and the leader's batch retries still sit
-//! here (ARCHITECTURE.md says where they are headed).
+//! what to promise, grant, merge, ack or resend is the cores' answer
+//! (`election`, `locks::table`, `replication`), and what is durable the
+//! disk's (`storage`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +29,7 @@ use crate::ids::{BatchId, NodeId};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica, Ticket};
 use crate::membership::{KEY_EPOCH, KEY_REACH, Membership};
 use crate::metrics::Metrics;
+use crate::replication::{self, Answer, Copies, Gate, Next, Settle, Verdict};
 use crate::rpc::{Request, Response, Rpc};
 use crate::storage::Persister;
 
@@ -40,9 +40,6 @@ pub(crate) const LEADER_EVENTS_QUEUE_MAX: usize = 256;
 /// Inputs handled before the open lock batch is flushed: requests that
 /// arrive together share one replication round.
 const BATCH_INPUTS_MAX: usize = 128;
-/// Pause before a replication batch is sent again to a voter that did
-/// not ack it.
-const REPLICATE_RETRY: Duration = Duration::from_millis(20);
 
 pub(crate) enum Input {
     Request {
@@ -192,13 +189,11 @@ impl Driver {
         let state = State {
             election,
             locks,
-            replica,
+            copies: Copies::new(replica),
             disk: Arc::new(disk),
-            sync_tables: BTreeMap::new(),
             gone: Default::default(),
             tickets: BTreeMap::new(),
             next_ticket: 0,
-            candidacy: None,
             gossiped_epoch: 0,
             rpc,
             membership,
@@ -241,24 +236,18 @@ impl Driver {
 struct State {
     election: Election,
     locks: LockTable,
-    /// This node's copy of the lock table (voters), in memory.
-    replica: Replica,
+    /// This node's copy of the lock table (voters), the copies heard while
+    /// recovering, and the candidacy's merge of its promises.
+    copies: Copies<Entry>,
     /// Makes promises and lock entries durable off this task (a memory
     /// stand-in without a data directory).
     disk: Arc<Persister>,
-    /// While recovering (E7): the latest lock table each voter answered a
-    /// sync with.
-    sync_tables: BTreeMap<NodeId, Vec<Entry>>,
     /// Members the membership lists as not alive.
     gone: std::collections::BTreeSet<NodeId>,
     /// Lock requests awaiting an answer. Ordered, so that a stop wakes
     /// their callers in one order every run (a seed replays a run).
     tickets: BTreeMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
-    /// The epoch this node runs for (or leads) and the lock tables merged
-    /// from its promises (its own copy included), plus every entry it
-    /// issued as leader of that epoch.
-    candidacy: Option<(u64, Replica)>,
     /// The epoch last published in gossip.
     gossiped_epoch: u64,
     rpc: Arc<Rpc>,
@@ -410,7 +399,7 @@ impl State {
                     r @ (ElectionResponse::Promise { .. } | ElectionResponse::State { .. }) => {
                         Response::ElectionWithTable {
                             response: r,
-                            table: self.replica.entries().cloned().collect(),
+                            table: self.copies.snapshot(),
                         }
                     }
                     r => Response::Election(r),
@@ -447,19 +436,13 @@ impl State {
                         (
                             ElectionRequest::Prepare { epoch, .. },
                             Some(ElectionResponse::Promise { epoch: promised }),
-                        ) if epoch == promised => {
-                            if let Some((e, merged)) = &mut self.candidacy
-                                && e == epoch
-                            {
-                                merged.merge_all(table);
-                            }
-                        }
+                        ) if epoch == promised => self.copies.on_promise(*epoch, table),
                         (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
                             if !self.election.recovered() =>
                         {
                             // E7: kept until the recovery decides whose
                             // tables this voter takes.
-                            self.sync_tables.insert(from, table);
+                            self.copies.on_sync_answer(from, table);
                         }
                         _ => {}
                     }
@@ -486,25 +469,29 @@ impl State {
                 if self.locks.epoch() != Some(epoch) {
                     return true;
                 }
-                match reply {
-                    Some(LockReply::Replicated) => {
+                let answer = match reply {
+                    Some(LockReply::Replicated) => Some(Answer::Acked),
+                    Some(LockReply::Refused { promised }) => Some(Answer::Refused { promised }),
+                    _ => None,
+                };
+                match replication::after_answer(epoch, answer, self.locks.is_pending(batch)) {
+                    Next::CountAck => {
                         trace!(epoch, ?batch, %to, ?now, "lock batch acked");
                         let outs = self.locks.handle_ack(now, batch, to);
                         self.apply_locks(outs)
                     }
-                    Some(LockReply::Refused { promised }) if promised > epoch => {
+                    Next::Deposed { promised } => {
                         // E1: a voter promised a higher epoch: stop.
                         let outs = self.election.handle_higher_epoch(now, promised);
                         let ok = self.execute(outs, None).await;
                         self.sync_locks(now);
                         ok
                     }
-                    _ => {
-                        if self.locks.is_pending(batch) {
-                            self.send_batch(epoch, batch, to, entries, REPLICATE_RETRY);
-                        }
+                    Next::Resend { after } => {
+                        self.send_batch(epoch, batch, to, entries, after);
                         true
                     }
+                    Next::Forget => true,
                 }
             }
             #[cfg(feature = "sim")]
@@ -556,22 +543,30 @@ impl State {
             // E1, E7, V1: only a recovered voter of this configuration
             // merges, only at or above its promise, and a higher epoch
             // raises the promise (durably, before the ack).
-            match self.election.handle_replicate(epoch, voters) {
-                Err((reason, promised)) => {
-                    if reason == crate::election::RejectReason::Config {
-                        Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
-                        warn!(%from, "replication batch refused: the leader runs another voter set or other safety timings");
-                    }
+            let gate = match self.election.handle_replicate(epoch, voters) {
+                Ok(raise) => Gate::Open { raise },
+                Err((reason, promised)) => Gate::Closed {
+                    promised,
+                    config_mismatch: reason == crate::election::RejectReason::Config,
+                },
+            };
+            if let Gate::Closed {
+                config_mismatch: true,
+                ..
+            } = gate
+            {
+                Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
+                warn!(%from, "replication batch refused: the leader runs another voter set or other safety timings");
+            }
+            match self.copies.on_batch(gate, entries) {
+                Verdict::Refuse { promised } => {
                     let _ = reply.send(LockReply::Refused { promised });
-                    return true;
                 }
-                Ok(raised) => {
+                Verdict::Ack { raise, entries } => {
                     // E8: acked once durable, the raised promise with the
-                    // entries (E1), from the disk's thread; checked on what
-                    // the disk holds, not on this copy.
-                    self.replica.merge_all(entries.iter().cloned());
+                    // entries (E1), from the disk's thread.
                     let failed = self.failure_notice();
-                    self.disk.persist(raised, entries, move |ok| {
+                    self.disk.persist(raise, entries, move |ok| {
                         if ok {
                             let _ = reply.send(LockReply::Replicated);
                         } else {
@@ -619,12 +614,7 @@ impl State {
                 // K2: adopt the grants of the promising majority.
                 // Kept for the whole term: a leader whose lease lapsed and
                 // came back serves the same epoch again.
-                let Some(mut merged) = self
-                    .candidacy
-                    .as_ref()
-                    .filter(|(epoch, _)| *epoch == e)
-                    .map(|(_, m)| m.clone())
-                else {
+                let Some(merged) = self.copies.takeover(e) else {
                     // Invariant: a term always starts from a candidacy of
                     // its epoch; without its tables serve no locks.
                     error!(
@@ -633,7 +623,6 @@ impl State {
                     );
                     return;
                 };
-                merged.merge_all(self.replica.entries().cloned().collect::<Vec<_>>());
                 let adopted = merged.entries().filter(|e| e.is_held()).count();
                 info!(epoch = e, adopted, "lock table taken over");
                 // K2: the term's first batch carries the adopted table; it
@@ -674,25 +663,18 @@ impl State {
                     trace!(epoch, ?batch, ?entries, "lock batch");
                     Metrics::add(&self.metrics.lock_batches, 1);
                     Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
-                    // The term's table keeps what this leader issued, voter
-                    // or not: if its lease lapses and comes back, it serves
-                    // the same epoch again from it (grants and tokens
-                    // included), not from the tables it was elected with.
-                    if let Some((e, term_table)) = &mut self.candidacy
-                        && *e == epoch
-                    {
-                        term_table.merge_all(entries.clone());
-                    }
+                    // The term's copy keeps what this leader issued, voter
+                    // or not, and so does its own copy (made durable while
+                    // the batch is on the wire).
+                    self.copies.issued(epoch, &entries);
                     let me = self.election.id();
                     for &v in self.election.voters().to_vec().iter() {
                         if v != me {
                             self.send_batch(epoch, batch, v, entries.clone(), Duration::ZERO);
                         }
                     }
-                    // The leader's own copy, made durable while the batch is
-                    // on the wire; it counts once it is (E8), and only from
-                    // a recovered voter (E7).
-                    self.replica.merge_all(entries.iter().cloned());
+                    // The leader's own ack counts once its copy is durable
+                    // (E8), and only from a recovered voter (E7).
                     if self.election.is_voter() && self.election.recovered() {
                         if !self.disk.has_dir() {
                             let now = self.shared.clock.now();
@@ -829,44 +811,24 @@ impl State {
         move || send_from_anywhere(&tx, Input::DiskFailed)
     }
 
-    /// Settles this voter's lock table once it has recovered (E7): a copy
-    /// from healthy voters replaces its own; a cluster formed anew merges
-    /// every table heard; its own durable state stays as it is. A data
-    /// directory is then initialized (or rewritten) with the result.
+    /// Settles this voter's lock table once it has recovered (E7), as the
+    /// replication core decides ([`Copies::settle`]), and writes the data
+    /// directory as it says.
     fn recovered(&mut self, how: Recovery) {
-        let tables = std::mem::take(&mut self.sync_tables);
         let promised = self.election.promised();
+        let settle = self.copies.settle(&how, self.disk.is_durable());
+        let entries = self.copies.own().len();
         match how {
             Recovery::Copied(from) => {
-                let mut copy = Replica::default();
-                for id in &from {
-                    if let Some(t) = tables.get(id) {
-                        copy.merge_all(t.iter().cloned());
-                    }
-                }
-                let replaced = copy != self.replica;
-                self.replica = copy;
-                info!(from = ?from, entries = self.replica.len(), "recovered: promise and lock table copied from healthy voters");
-                if replaced || !self.disk.is_durable() {
-                    self.disk.initialize(promised, self.replica.clone());
-                } else {
-                    // E1: the promise copied may be above the one stored.
-                    self.disk.persist(Some(promised), Vec::new(), |_| {});
-                }
+                info!(from = ?from, entries, "recovered: promise and lock table copied from healthy voters");
             }
             Recovery::Own => {
                 info!(
                     promised,
-                    entries = self.replica.len(),
-                    "recovered: resumed from the data directory"
+                    entries, "recovered: resumed from the data directory"
                 );
-                // E1: no lower than any promise heard, durably.
-                self.disk.persist(Some(promised), Vec::new(), |_| {});
             }
             Recovery::Anew => {
-                for t in tables.into_values() {
-                    self.replica.merge_all(t);
-                }
                 Metrics::add(&self.metrics.cluster_formed_anew, 1);
                 *self
                     .shared
@@ -875,13 +837,16 @@ impl State {
                     .unwrap_or_else(|e| e.into_inner()) = Some(self.shared.clock.now());
                 warn!(
                     promised,
-                    entries = self.replica.len(),
+                    entries,
                     "recovered: a majority of voters restarted together without the others' copies; the cluster forms anew"
                 );
-                if !self.disk.is_durable() {
-                    self.disk.initialize(promised, self.replica.clone());
-                }
             }
+        }
+        match settle {
+            Settle::Initialize(copy) => self.disk.initialize(promised, copy),
+            // E1: no lower than any promise heard, durably.
+            Settle::Promise => self.disk.persist(Some(promised), Vec::new(), |_| {}),
+            Settle::Nothing => {}
         }
     }
 
@@ -966,7 +931,7 @@ impl State {
                 Output::ElectionStarted { epoch } => {
                     // The candidate's own copy is the first of the tables
                     // it will merge (K2).
-                    self.candidacy = Some((epoch, self.replica.clone()));
+                    self.copies.start_candidacy(epoch);
                     Metrics::add(&self.metrics.elections_started, 1);
                     debug!(id = %self.election.id(), epoch, "running for leader");
                 }

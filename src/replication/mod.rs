@@ -9,9 +9,17 @@
 //! recovery copies arrive does not matter. Must not know what an entry
 //! means (a grant, a record) nor read a clock, send or persist.
 //!
-//! Not yet here: the voter's acceptance of a batch (E1, E7, V1, E8; the
-//! election decides it and the node driver merges), and the resend of a
-//! batch to a voter that has not acked (the node driver).
+//! [`Copies`] is what one node keeps: its voter copy and how it takes a
+//! batch the election let in (E1, E7, V1, E8), the copies a recovery
+//! settles on (E7), and those a candidate merges from its promises (K2);
+//! [`after_answer`] is what the leader does with a voter's answer (count
+//! it, stop on a higher promise, resend).
+
+mod copies;
+
+pub use copies::{
+    Answer, Copies, Gate, Next, REPLICATE_RETRY, Recovery, Settle, Verdict, after_answer,
+};
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +43,7 @@ pub const BATCH_PENDING_MAX: Duration = Duration::from_secs(1);
 /// then a release over its grant, then a later write of one grant.
 pub trait Merge: Clone {
     /// What names the entry (a lock's name).
-    type Key: Ord + Clone;
+    type Key: Ord + Clone + std::fmt::Debug;
     /// The merge order.
     type Rank: Ord;
     /// The entry's key.

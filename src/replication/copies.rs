@@ -1,0 +1,418 @@
+//! What one node keeps of the replicated entries, sans-io: its voter
+//! copy, the copies other voters answered its recovery with (E7), and the
+//! copies a candidate merges from its promises (K2); how it takes a
+//! batch from the leader (E1, E7, V1 as the election decides, E8); and
+//! what a leader does with a voter's answer to a batch.
+//!
+//! Owns: every merge into this node's copy and the choice of the copy a
+//! recovery settles on. Must not: decide whether a batch's epoch may be
+//! taken (the election's promise does), read a clock, send, or write the
+//! disk (the driver carries out [`Settle`] and acks once durable).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Merge, Replica};
+use crate::ids::NodeId;
+
+/// Pause before a replication batch is sent again to a voter that did
+/// not ack it.
+pub const REPLICATE_RETRY: Duration = Duration::from_millis(20);
+
+/// How a recovering voter settled (E7), as the election decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Copied from these healthy voters, at least ⌊(n−1)/2⌋+1 of them:
+    /// their copies replace this voter's own (they hold everything
+    /// committed; its own may be a restored snapshot or an earlier life).
+    Copied(Vec<NodeId>),
+    /// Resumed from its own durable state (too few healthy voters to copy
+    /// from).
+    Own,
+    /// No copy was possible and a majority of voters were recovering: the
+    /// cluster forms anew from every copy and promise heard.
+    Anew,
+}
+
+/// Whether the election lets a batch of the leader's epoch in (E1, E7,
+/// V1): the driver asks the election and hands its answer over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Taken; `raise` is the promise to make durable with the entries
+    /// when the batch's epoch is above this voter's promise (E1).
+    Open {
+        /// The raised promise, if the epoch raised it.
+        raise: Option<u64>,
+    },
+    /// Refused: this voter's promise, and whether the reason is a
+    /// configuration that differs (V1: an operator must act).
+    Closed {
+        /// This voter's promise, for the refusal.
+        promised: u64,
+        /// The leader runs another voter set or other safety timings.
+        config_mismatch: bool,
+    },
+}
+
+/// What a voter does with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<E> {
+    /// Make `raise` (if any) and `entries` durable, then ack (E8); the
+    /// entries are already merged into this voter's copy.
+    Ack {
+        /// The promise to write with them.
+        raise: Option<u64>,
+        /// The entries to write.
+        entries: Vec<E>,
+    },
+    /// Refuse, telling the leader this voter's promise.
+    Refuse {
+        /// This voter's promise.
+        promised: u64,
+    },
+}
+
+/// A voter's answer to a batch, as the leader reads it (`None` in
+/// [`after_answer`]: no answer came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Durable on the voter.
+    Acked,
+    /// Refused by a voter that promised `promised`.
+    Refused {
+        /// The voter's promise.
+        promised: u64,
+    },
+}
+
+/// What the leader of `epoch` does next with one voter and one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Count the voter's ack.
+    CountAck,
+    /// A voter promised a higher epoch: this leader stops (E1).
+    Deposed {
+        /// The epoch it promised.
+        promised: u64,
+    },
+    /// Send the batch to that voter again after the pause.
+    Resend {
+        /// How long to wait first.
+        after: Duration,
+    },
+    /// Nothing: the batch is no longer pending (committed, or sent again
+    /// under a new id).
+    Forget,
+}
+
+/// The leader of `epoch`, after a voter's `answer` to a batch that is
+/// `pending` or not: count the ack; stop on a higher promise (E1); else
+/// resend while the batch still awaits its majority.
+pub fn after_answer(epoch: u64, answer: Option<Answer>, pending: bool) -> Next {
+    match answer {
+        Some(Answer::Acked) => Next::CountAck,
+        Some(Answer::Refused { promised }) if promised > epoch => Next::Deposed { promised },
+        _ if pending => Next::Resend {
+            after: REPLICATE_RETRY,
+        },
+        _ => Next::Forget,
+    }
+}
+
+/// How the data directory follows a settled recovery (E7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle<E: Merge> {
+    /// Initialize (or rewrite) it with this copy and the promise.
+    Initialize(Replica<E>),
+    /// Keep its copy; write the promise (E1: it may be above the one
+    /// stored).
+    Promise,
+    /// Nothing to write.
+    Nothing,
+}
+
+/// The copies one node keeps.
+#[derive(Debug, Clone)]
+pub struct Copies<E: Merge> {
+    /// This node's copy (a voter's; a leader's own, voter or not).
+    own: Replica<E>,
+    /// While recovering (E7): the latest copy each voter answered a sync
+    /// with.
+    heard: BTreeMap<NodeId, Vec<E>>,
+    /// The epoch this node runs for (or leads) and the copies merged from
+    /// its promises, its own included, plus every entry it issued as
+    /// leader of that epoch.
+    candidacy: Option<(u64, Replica<E>)>,
+}
+
+impl<E: Merge> Copies<E> {
+    /// Starts from `own` (what the data directory holds, or nothing).
+    pub fn new(own: Replica<E>) -> Copies<E> {
+        Copies {
+            own,
+            heard: BTreeMap::new(),
+            candidacy: None,
+        }
+    }
+
+    /// This node's copy.
+    pub fn own(&self) -> &Replica<E> {
+        &self.own
+    }
+
+    /// What a promise and a recovery answer carry: this voter's copy.
+    pub fn snapshot(&self) -> Vec<E> {
+        self.own.entries().cloned().collect()
+    }
+
+    /// A batch from the leader that the election let in or not.
+    pub fn on_batch(&mut self, gate: Gate, entries: Vec<E>) -> Verdict<E> {
+        match gate {
+            Gate::Closed { promised, .. } => Verdict::Refuse { promised },
+            Gate::Open { raise } => {
+                // Merged now; acked only once the disk holds them (E8),
+                // so an ack is checked on what the disk holds.
+                self.own.merge_all(entries.iter().cloned());
+                Verdict::Ack { raise, entries }
+            }
+        }
+    }
+
+    /// This node runs for `epoch`: its own copy is the first of those it
+    /// will merge (K2).
+    pub fn start_candidacy(&mut self, epoch: u64) {
+        self.candidacy = Some((epoch, self.own.clone()));
+    }
+
+    /// A voter promised `epoch` with its copy: merged if this node still
+    /// runs for that epoch (K2).
+    pub fn on_promise(&mut self, epoch: u64, snapshot: Vec<E>) {
+        if let Some((e, merged)) = &mut self.candidacy
+            && *e == epoch
+        {
+            merged.merge_all(snapshot);
+        }
+    }
+
+    /// A voter answered this node's recovery sync with its copy (E7):
+    /// kept, the latest per voter, until the recovery settles.
+    pub fn on_sync_answer(&mut self, from: NodeId, snapshot: Vec<E>) {
+        self.heard.insert(from, snapshot);
+    }
+
+    /// This node, leading `epoch`, wrote `entries` in a batch: the term's
+    /// copy keeps them (if its lease lapses and comes back it serves the
+    /// same epoch again from everything it issued, not from the copies it
+    /// was elected with), and so does its own copy.
+    pub fn issued(&mut self, epoch: u64, entries: &[E]) {
+        if let Some((e, term)) = &mut self.candidacy
+            && *e == epoch
+        {
+            term.merge_all(entries.iter().cloned());
+        }
+        self.own.merge_all(entries.iter().cloned());
+    }
+
+    /// The copy a leader of `epoch` takes over with (K2): its candidacy's
+    /// merge and its own copy. `None` without a candidacy of that epoch.
+    pub fn takeover(&self, epoch: u64) -> Option<Replica<E>> {
+        let (_, merged) = self.candidacy.as_ref().filter(|(e, _)| *e == epoch)?;
+        let mut merged = merged.clone();
+        merged.merge_all(self.own.entries().cloned().collect::<Vec<_>>());
+        Some(merged)
+    }
+
+    /// Settles the recovery (E7): copied from healthy voters, their
+    /// merged copies replace this node's own; resumed, its own stays;
+    /// formed anew, every copy heard is merged into its own. `durable`:
+    /// the data directory already holds an initialized state.
+    pub fn settle(&mut self, how: &Recovery, durable: bool) -> Settle<E>
+    where
+        Replica<E>: PartialEq,
+    {
+        let heard = std::mem::take(&mut self.heard);
+        match how {
+            Recovery::Copied(from) => {
+                let mut copy = Replica::default();
+                for id in from {
+                    if let Some(t) = heard.get(id) {
+                        copy.merge_all(t.iter().cloned());
+                    }
+                }
+                let replaced = copy != self.own;
+                self.own = copy;
+                if replaced || !durable {
+                    Settle::Initialize(self.own.clone())
+                } else {
+                    Settle::Promise
+                }
+            }
+            Recovery::Own => Settle::Promise,
+            Recovery::Anew => {
+                for t in heard.into_values() {
+                    self.own.merge_all(t);
+                }
+                if durable {
+                    Settle::Nothing
+                } else {
+                    Settle::Initialize(self.own.clone())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A register per key: the highest version wins.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Reg(u8, u32);
+
+    impl Merge for Reg {
+        type Key = u8;
+        type Rank = u32;
+        fn key(&self) -> &u8 {
+            &self.0
+        }
+        fn rank(&self) -> u32 {
+            self.1
+        }
+    }
+
+    fn copy(entries: &[Reg]) -> Replica<Reg> {
+        let mut r = Replica::default();
+        r.merge_all(entries.iter().cloned());
+        r
+    }
+
+    fn n(id: u64) -> NodeId {
+        NodeId(id)
+    }
+
+    /// E1, V1, E7: a batch the election refuses changes nothing and the
+    /// leader hears this voter's promise.
+    #[test]
+    fn a_refused_batch_is_not_merged() {
+        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        let v = c.on_batch(
+            Gate::Closed {
+                promised: 7,
+                config_mismatch: false,
+            },
+            vec![Reg(1, 9)],
+        );
+        assert_eq!(v, Verdict::Refuse { promised: 7 });
+        assert_eq!(c.own(), &copy(&[Reg(1, 1)]));
+    }
+
+    /// E1, E8: a batch let in is merged, and the ack waits for the raised
+    /// promise and the entries to be durable.
+    #[test]
+    fn an_admitted_batch_is_merged_and_acked_once_durable() {
+        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        let v = c.on_batch(Gate::Open { raise: Some(4) }, vec![Reg(1, 2), Reg(2, 1)]);
+        assert_eq!(
+            v,
+            Verdict::Ack {
+                raise: Some(4),
+                entries: vec![Reg(1, 2), Reg(2, 1)]
+            }
+        );
+        assert_eq!(c.own(), &copy(&[Reg(1, 2), Reg(2, 1)]));
+        assert_eq!(c.snapshot(), vec![Reg(1, 2), Reg(2, 1)]);
+    }
+
+    /// E1: a voter that promised a higher epoch deposes the leader; a
+    /// refusal at or below its epoch (recovering, another configuration)
+    /// or no answer is retried while the batch is pending, and forgotten
+    /// once it is not.
+    #[test]
+    fn the_leader_counts_acks_stops_on_a_higher_promise_and_retries_the_rest() {
+        assert_eq!(after_answer(5, Some(Answer::Acked), true), Next::CountAck);
+        assert_eq!(
+            after_answer(5, Some(Answer::Refused { promised: 6 }), true),
+            Next::Deposed { promised: 6 }
+        );
+        let resend = Next::Resend {
+            after: REPLICATE_RETRY,
+        };
+        assert_eq!(
+            after_answer(5, Some(Answer::Refused { promised: 5 }), true),
+            resend
+        );
+        assert_eq!(after_answer(5, None, true), resend);
+        assert_eq!(after_answer(5, None, false), Next::Forget);
+    }
+
+    /// K2: the leader takes over with the merge of its promises' copies
+    /// and its own, and only for the epoch it ran for; a promise of
+    /// another epoch is not merged.
+    #[test]
+    fn a_takeover_merges_the_promises_of_its_epoch() {
+        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        assert_eq!(c.takeover(3), None, "no candidacy");
+        c.start_candidacy(3);
+        c.on_promise(3, vec![Reg(1, 2), Reg(2, 5)]);
+        c.on_promise(2, vec![Reg(3, 9)]);
+        c.on_promise(3, vec![Reg(2, 4)]);
+        assert_eq!(c.takeover(3), Some(copy(&[Reg(1, 2), Reg(2, 5)])));
+        assert_eq!(c.takeover(4), None);
+    }
+
+    /// A leader whose lease lapsed serves its epoch again from everything
+    /// it issued, and a new candidacy starts from its own copy.
+    #[test]
+    fn what_a_leader_issued_stays_in_its_terms_copy() {
+        let mut c = Copies::new(Replica::default());
+        c.start_candidacy(3);
+        c.issued(3, &[Reg(1, 7)]);
+        c.issued(2, &[Reg(2, 1)]);
+        assert_eq!(c.takeover(3), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
+        c.start_candidacy(4);
+        c.on_promise(4, vec![]);
+        assert_eq!(c.takeover(4), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
+    }
+
+    /// E7: copied from healthy voters, their merged copies replace this
+    /// node's own (an earlier life's or a restored snapshot's entries
+    /// go), and only those voters' answers count.
+    #[test]
+    fn a_copy_from_healthy_voters_replaces_the_own() {
+        let mut c = Copies::new(copy(&[Reg(1, 9), Reg(4, 1)]));
+        c.on_sync_answer(n(2), vec![Reg(1, 2)]);
+        c.on_sync_answer(n(3), vec![Reg(2, 1)]);
+        c.on_sync_answer(n(3), vec![Reg(2, 3)]);
+        c.on_sync_answer(n(4), vec![Reg(5, 5)]);
+        let s = c.settle(&Recovery::Copied(vec![n(2), n(3)]), true);
+        let expected = copy(&[Reg(1, 2), Reg(2, 3)]);
+        assert_eq!(s, Settle::Initialize(expected.clone()));
+        assert_eq!(c.own(), &expected);
+        // The same copy again, on a durable directory: the promise only.
+        c.on_sync_answer(n(2), vec![Reg(1, 2), Reg(2, 3)]);
+        assert_eq!(
+            c.settle(&Recovery::Copied(vec![n(2)]), true),
+            Settle::Promise
+        );
+    }
+
+    /// E7: resumed from its own state, the copy stays; formed anew, every
+    /// copy heard is merged, and a blank directory is initialized.
+    #[test]
+    fn resumed_keeps_the_own_and_anew_merges_all_heard() {
+        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        c.on_sync_answer(n(2), vec![Reg(1, 5)]);
+        assert_eq!(c.settle(&Recovery::Own, true), Settle::Promise);
+        assert_eq!(c.own(), &copy(&[Reg(1, 1)]));
+        c.on_sync_answer(n(2), vec![Reg(1, 5)]);
+        c.on_sync_answer(n(3), vec![Reg(2, 2)]);
+        let expected = copy(&[Reg(1, 5), Reg(2, 2)]);
+        assert_eq!(
+            c.settle(&Recovery::Anew, false),
+            Settle::Initialize(expected.clone())
+        );
+        assert_eq!(c.own(), &expected);
+        assert_eq!(c.settle(&Recovery::Anew, true), Settle::Nothing);
+    }
+}
