@@ -182,6 +182,14 @@ impl Service for NodeService {
                 })
                 .await
                 .map(Response::Lock),
+            Request::Voter(request) => self
+                .forward(|reply| Input::Voter {
+                    from,
+                    request,
+                    reply,
+                })
+                .await
+                .map(Response::Voter),
         }
     }
 

@@ -246,16 +246,6 @@ pub enum LockRequest {
         /// Lock name.
         name: String,
     },
-    /// Leader to voters: merge these entries (K2). Carries the epoch and
-    /// the voter-set hash (E1, V1).
-    Replicate {
-        /// The leader's epoch.
-        epoch: u64,
-        /// Voter-set hash.
-        voters: u64,
-        /// The batch's entries.
-        entries: Vec<Entry>,
-    },
     /// The locks held now, by name, at most `limit` of them.
     List {
         /// The most to return.
@@ -319,20 +309,12 @@ pub enum LockReply {
     Invalid(String),
     /// This node is not the serving leader.
     NotLeader,
-    /// A voter merged a batch.
-    Replicated,
     /// The locks held (answer to [`LockRequest::List`]).
     Locks {
         /// Held locks, by name.
         locks: Vec<LockInfo>,
         /// More were held than the limit.
         truncated: bool,
-    },
-    /// A voter refused a batch: its promise is above the sender's epoch,
-    /// it is recovering, or the voter sets differ.
-    Refused {
-        /// The voter's promise.
-        promised: u64,
     },
     /// The grant this acquire's request id received has ended (released
     /// or expired): a late or duplicated acquire gets nothing (K4).

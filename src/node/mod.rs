@@ -30,7 +30,7 @@ use crate::locks::{Entry, LockOutput, LockReply, LockRequest, LockTable, Replica
 use crate::membership::{KEY_EPOCH, KEY_REACH, Membership};
 use crate::metrics::Metrics;
 use crate::replication::{self, Answer, Copies, Gate, Next, Settle, Verdict};
-use crate::rpc::{Request, Response, Rpc};
+use crate::rpc::{Request, Response, Rpc, VoterReply, VoterRequest, VoterSnapshot};
 use crate::storage::Persister;
 
 /// Inputs queued for the driver before senders wait.
@@ -51,12 +51,18 @@ pub(crate) enum Input {
         from: NodeId,
         request: ElectionRequest,
         response: Option<ElectionResponse>,
-        table: Option<Vec<Entry>>,
+        snapshot: Option<VoterSnapshot>,
     },
     Lock {
         from: NodeId,
         request: LockRequest,
         reply: oneshot::Sender<LockReply>,
+    },
+    /// A replication batch from the leader to this voter.
+    Voter {
+        from: NodeId,
+        request: VoterRequest,
+        reply: oneshot::Sender<VoterReply>,
     },
     /// A voter's answer to a replication batch (`None`: no answer).
     Replicated {
@@ -64,7 +70,7 @@ pub(crate) enum Input {
         batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,
-        reply: Option<LockReply>,
+        reply: Option<VoterReply>,
     },
     Resign {
         done: oneshot::Sender<()>,
@@ -397,9 +403,11 @@ impl State {
                 // majority's grants; a recovering voter copies them, E7).
                 let response = match handled.response {
                     r @ (ElectionResponse::Promise { .. } | ElectionResponse::State { .. }) => {
-                        Response::ElectionWithTable {
+                        Response::ElectionWithSnapshot {
                             response: r,
-                            table: self.copies.snapshot(),
+                            snapshot: VoterSnapshot {
+                                locks: self.copies.snapshot(),
+                            },
                         }
                     }
                     r => Response::Election(r),
@@ -429,9 +437,9 @@ impl State {
                 from,
                 request,
                 response,
-                table,
+                snapshot,
             } => {
-                if let Some(table) = table {
+                if let Some(VoterSnapshot { locks: table }) = snapshot {
                     match (&request, &response) {
                         (
                             ElectionRequest::Prepare { epoch, .. },
@@ -459,6 +467,14 @@ impl State {
                 request,
                 reply,
             } => self.handle_lock(now, from, request, reply),
+            Input::Voter {
+                from,
+                request,
+                reply,
+            } => {
+                self.handle_voter(from, request, reply);
+                true
+            }
             Input::Replicated {
                 epoch,
                 batch,
@@ -470,9 +486,9 @@ impl State {
                     return true;
                 }
                 let answer = match reply {
-                    Some(LockReply::Replicated) => Some(Answer::Acked),
-                    Some(LockReply::Refused { promised }) => Some(Answer::Refused { promised }),
-                    _ => None,
+                    Some(VoterReply::Acked) => Some(Answer::Acked),
+                    Some(VoterReply::Refused { promised }) => Some(Answer::Refused { promised }),
+                    None => None,
                 };
                 match replication::after_answer(epoch, answer, self.locks.is_pending(batch)) {
                     Next::CountAck => {
@@ -525,8 +541,57 @@ impl State {
         }
     }
 
-    /// A lock request: from a client (any node, this one included) to
-    /// the leader, or a replication batch from the leader to this voter.
+    /// A replication batch from the leader to this voter.
+    fn handle_voter(
+        &mut self,
+        from: NodeId,
+        request: VoterRequest,
+        reply: oneshot::Sender<VoterReply>,
+    ) {
+        let VoterRequest::Replicate {
+            epoch,
+            voters,
+            locks: entries,
+        } = request;
+        // E1, E7, V1: only a recovered voter of this configuration
+        // merges, only at or above its promise, and a higher epoch
+        // raises the promise (durably, before the ack).
+        let gate = match self.election.handle_replicate(epoch, voters) {
+            Ok(raise) => Gate::Open { raise },
+            Err((reason, promised)) => Gate::Closed {
+                promised,
+                config_mismatch: reason == crate::election::RejectReason::Config,
+            },
+        };
+        if let Gate::Closed {
+            config_mismatch: true,
+            ..
+        } = gate
+        {
+            Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
+            warn!(%from, "replication batch refused: the leader runs another voter set or other safety timings");
+        }
+        match self.copies.on_batch(gate, entries) {
+            Verdict::Refuse { promised } => {
+                let _ = reply.send(VoterReply::Refused { promised });
+            }
+            Verdict::Ack { raise, entries } => {
+                // E8: acked once durable, the raised promise with the
+                // entries (E1), from the disk's thread.
+                let failed = self.failure_notice();
+                self.disk.persist(raise, entries, move |ok| {
+                    if ok {
+                        let _ = reply.send(VoterReply::Acked);
+                    } else {
+                        failed();
+                    }
+                });
+            }
+        }
+    }
+
+    /// A lock request from a client (any node, this one included) to the
+    /// leader.
     fn handle_lock(
         &mut self,
         now: Duration,
@@ -534,49 +599,6 @@ impl State {
         request: LockRequest,
         reply: oneshot::Sender<LockReply>,
     ) -> bool {
-        if let LockRequest::Replicate {
-            epoch,
-            voters,
-            entries,
-        } = request
-        {
-            // E1, E7, V1: only a recovered voter of this configuration
-            // merges, only at or above its promise, and a higher epoch
-            // raises the promise (durably, before the ack).
-            let gate = match self.election.handle_replicate(epoch, voters) {
-                Ok(raise) => Gate::Open { raise },
-                Err((reason, promised)) => Gate::Closed {
-                    promised,
-                    config_mismatch: reason == crate::election::RejectReason::Config,
-                },
-            };
-            if let Gate::Closed {
-                config_mismatch: true,
-                ..
-            } = gate
-            {
-                Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
-                warn!(%from, "replication batch refused: the leader runs another voter set or other safety timings");
-            }
-            match self.copies.on_batch(gate, entries) {
-                Verdict::Refuse { promised } => {
-                    let _ = reply.send(LockReply::Refused { promised });
-                }
-                Verdict::Ack { raise, entries } => {
-                    // E8: acked once durable, the raised promise with the
-                    // entries (E1), from the disk's thread.
-                    let failed = self.failure_notice();
-                    self.disk.persist(raise, entries, move |ok| {
-                        if ok {
-                            let _ = reply.send(LockReply::Replicated);
-                        } else {
-                            failed();
-                        }
-                    });
-                }
-            }
-            return true;
-        }
         self.sync_locks(now);
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
@@ -599,7 +621,6 @@ impl State {
             }
             LockRequest::Status { name } => self.locks.handle_status(now, ticket, &name),
             LockRequest::List { limit } => self.locks.handle_list(now, ticket, limit as usize),
-            LockRequest::Replicate { .. } => Vec::new(),
         };
         self.apply_locks(outs)
     }
@@ -685,7 +706,7 @@ impl State {
                                 batch,
                                 to: me,
                                 entries: Vec::new(),
-                                reply: Some(LockReply::Replicated),
+                                reply: Some(VoterReply::Acked),
                             };
                             let tx = self.tx.clone();
                             let failed = self.failure_notice();
@@ -744,13 +765,13 @@ impl State {
             }
             let reply = match addr {
                 Some(addr) => {
-                    let request = Request::Lock(LockRequest::Replicate {
+                    let request = Request::Voter(VoterRequest::Replicate {
                         epoch,
                         voters,
-                        entries: entries.clone(),
+                        locks: entries.clone(),
                     });
                     match rpc.call(addr, request, timeout).await {
-                        Ok(Response::Lock(r)) => Some(r),
+                        Ok(Response::Voter(r)) => Some(r),
                         _ => None,
                     }
                 }
@@ -885,10 +906,10 @@ impl State {
                         let answer = rpc
                             .call(addr, Request::Election(request.clone()), timeout)
                             .await;
-                        let (response, table) = match answer {
+                        let (response, snapshot) = match answer {
                             Ok(Response::Election(r)) => (Some(r), None),
-                            Ok(Response::ElectionWithTable { response, table }) => {
-                                (Some(response), Some(table))
+                            Ok(Response::ElectionWithSnapshot { response, snapshot }) => {
+                                (Some(response), Some(snapshot))
                             }
                             _ => (None, None),
                         };
@@ -897,7 +918,7 @@ impl State {
                                 from: to,
                                 request,
                                 response,
-                                table,
+                                snapshot,
                             })
                             .await;
                     };

@@ -14,8 +14,11 @@ use serde::de::DeserializeOwned;
 
 /// Version of the frame format and message enums. 2: recovery answers
 /// tell what a voter remembers (E7), lock entries carry versions, quiet
-/// times and the request ids of the grants they ended.
-pub const WIRE_VERSION: u16 = 2;
+/// times and the request ids of the grants they ended. 3: the voter
+/// protocol has messages of its own (`Request::Voter`, `Response::Voter`),
+/// out of the client lock messages, and promises and recovery answers
+/// carry a `VoterSnapshot`.
+pub const WIRE_VERSION: u16 = 3;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Bytes of the length prefix.

@@ -17,9 +17,10 @@ pub enum Request {
     Ping(Ping),
     /// Leader election.
     Election(ElectionRequest),
-    /// Locks: clients to the leader, and the leader's replication to
-    /// voters.
+    /// Locks: clients to the leader.
     Lock(LockRequest),
+    /// The leader's replication to voters.
+    Voter(VoterRequest),
 }
 
 /// The answer to a [`Request`].
@@ -32,14 +33,55 @@ pub enum Response {
     Election(ElectionResponse),
     /// Answer to [`Request::Lock`].
     Lock(LockReply),
-    /// Answer to an election request that carries the voter's copy of the
-    /// lock table: a promise (the new leader merges the promising
-    /// majority's copies) or a recovery sync (E7).
-    ElectionWithTable {
+    /// Answer to an election request that carries the voter's copy: a
+    /// promise (the new leader merges the promising majority's copies,
+    /// K2) or a recovery sync (E7).
+    ElectionWithSnapshot {
         /// The election answer.
         response: ElectionResponse,
-        /// The voter's lock table.
-        table: Vec<Entry>,
+        /// The voter's copy.
+        snapshot: VoterSnapshot,
+    },
+    /// Answer to [`Request::Voter`].
+    Voter(VoterReply),
+}
+
+/// A voter's copy of what the leader replicates, as it travels with a
+/// promise and a recovery answer: the lock table now; idempotency records
+/// will be a field of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterSnapshot {
+    /// The voter's lock table.
+    pub locks: Vec<Entry>,
+}
+
+/// Leader to voters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum VoterRequest {
+    /// Merge these entries (K2), durably before the ack (E8). Carries the
+    /// leader's epoch and its configuration hash (E1, V1).
+    Replicate {
+        /// The leader's epoch.
+        epoch: u64,
+        /// Configuration hash (voter set and safety timings).
+        voters: u64,
+        /// The batch's lock entries.
+        locks: Vec<Entry>,
+    },
+}
+
+/// A voter's answer to a [`VoterRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum VoterReply {
+    /// The batch is durable on this voter.
+    Acked,
+    /// Refused: this voter promised an epoch above the batch's, is
+    /// recovering, or runs another configuration.
+    Refused {
+        /// This voter's promise.
+        promised: u64,
     },
 }
 

@@ -59,8 +59,8 @@ type Pending = Arc<Mutex<BTreeMap<CallId, oneshot::Sender<ResponseEnvelope>>>>;
 /// The name of a request's kind, for faults placed on one kind only
 /// ([`SimNet::drop_requests`]).
 fn kind(request: &Request) -> &'static str {
+    use super::VoterRequest as V;
     use crate::election::ElectionRequest as E;
-    use crate::locks::LockRequest as L;
     match request {
         Request::Ping(_) => "ping",
         Request::Election(E::Prepare { .. }) => "prepare",
@@ -68,7 +68,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Election(E::Resign { .. }) => "resign",
         Request::Election(E::Probe { .. }) => "probe",
         Request::Election(E::Sync { .. }) => "sync",
-        Request::Lock(L::Replicate { .. }) => "lock-replicate",
+        Request::Voter(V::Replicate { .. }) => "lock-replicate",
         Request::Lock(_) => "lock",
     }
 }
