@@ -147,13 +147,25 @@ async fn a_remote_acquire_whose_call_was_given_up_is_not_stranded() {
         .drop_requests(host, SimCluster::host(leader), "ping");
     let net = c.net().clone();
     let (l, vs) = (SimCluster::host(leader), others.clone());
+    // The call is given up at 800 ms (the ping at 200 ms and two more at
+    // once after it go unanswered); the grant commits just after, inside
+    // the leader's reply window (the wait, 600 ms, plus its grace).
     let restore = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(405)).await;
+        tokio::time::sleep(Duration::from_millis(805)).await;
         for v in vs {
             net.keep_requests(l, SimCluster::host(v), "lock-replicate");
         }
     });
-    let outcome = client.lock("x").ttl(TTL).try_acquire().await;
+    let outcome = client
+        .lock("x")
+        .ttl(TTL)
+        .wait(Duration::from_millis(600))
+        .acquire()
+        .await;
+    assert!(
+        client.calls_given_up() >= 1,
+        "the call was given up (seed {seed})"
+    );
     restore.await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let held = match status(c.mesh(leader), "x").await {
@@ -170,6 +182,105 @@ async fn a_remote_acquire_whose_call_was_given_up_is_not_stranded() {
             "the client gave up ({e}) while the leader holds the lock for it (seed {seed})"
         ),
     }
+}
+
+/// Goal: a remote client's queued acquire outlasts a lost ping: the
+/// leader misses one liveness check while the acquire waits in its queue,
+/// and the call goes on (one lost datagram once gave the call up, and the
+/// retry joined the queue again at its end).
+#[tokio::test(start_paused = true)]
+async fn a_remote_call_outlasts_a_lost_ping() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    let leader = led(&c).await;
+    let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
+    let host: std::net::IpAddr = "127.200.0.1".parse().unwrap();
+    let client = c.remote_client(host).await;
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .lock("q")
+                .ttl(TTL)
+                .wait(Duration::from_secs(3))
+                .acquire()
+                .await
+        })
+    };
+    // The client's first ping to the leader goes at 200 ms into the call:
+    // lose it, and only it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.net()
+        .drop_requests(host, SimCluster::host(leader), "ping");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.net()
+        .keep_requests(host, SimCluster::host(leader), "ping");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.release().await.unwrap();
+    let guard = waiting
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the waiter is served: {e} (seed {seed})"));
+    assert_eq!(client.calls_given_up(), 0, "seed {seed}");
+    guard.release().await.unwrap();
+}
+
+/// Goal: a closed remote client releases what it holds: the next client
+/// gets the lock at once, not after the TTL, and the closed client's
+/// guard reports lost.
+#[tokio::test(start_paused = true)]
+async fn a_closed_remote_client_releases_its_locks() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    led(&c).await;
+    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
+    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let guard = first.lock("job").ttl(TTL).acquire().await.unwrap();
+    let closed_at = c.now();
+    first.close().await;
+    let next = second
+        .lock("job")
+        .ttl(TTL)
+        .try_acquire()
+        .await
+        .unwrap_or_else(|e| panic!("free once the client closed: {e} (seed {seed})"));
+    assert!(c.now() - closed_at < TTL / 2, "seed {seed}");
+    assert!(next.token() > guard.token(), "seed {seed}");
+    tokio::time::timeout(Duration::from_millis(100), guard.lost())
+        .await
+        .unwrap_or_else(|_| panic!("the closed client's guard is lost (seed {seed})"));
+    next.release().await.unwrap();
+}
+
+/// Goal: a remote client counts validity with the cluster's drift bound
+/// (`ttl·(1−ρ)` from the send), and refuses one outside 0..=0.1.
+#[tokio::test(start_paused = true)]
+async fn a_remote_client_counts_validity_with_the_clusters_drift() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    led(&c).await;
+    let options = coordmesh::client::ClientOptions { drift: 0.1 };
+    let client = c
+        .remote_client_with("127.200.0.1".parse().unwrap(), options)
+        .await;
+    let before = client.clock_now();
+    let guard = client.lock("d").ttl(TTL).acquire().await.unwrap();
+    assert!(
+        guard.valid_until() <= before + TTL.mul_f64(0.9),
+        "validity {:?} counted with ρ = 0.1 from {before:?} (seed {seed})",
+        guard.valid_until()
+    );
+    guard.release().await.unwrap();
+    let refused = coordmesh::client::RemoteClient::connect_with(
+        vec!["127.0.0.1:1".parse().unwrap()],
+        &coordmesh::ClusterSecret::open_cluster(),
+        coordmesh::client::ClientOptions { drift: 0.2 },
+    )
+    .await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("drift bound 0.2")),
+        "seed {seed}"
+    );
 }
 
 /// Goal: a holder keeps its lock and its token across a leader kill: the

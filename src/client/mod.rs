@@ -24,9 +24,10 @@
 //! [`LockBuilder`]: crate::locks::LockBuilder
 //! [`LockGuard`]: crate::locks::LockGuard
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,10 +43,36 @@ use crate::net::Network;
 use crate::rpc::{Ping, Request, Response, Rpc, RpcError, Unserved};
 use crate::secret::ClusterSecret;
 
-/// While a call to the leader lasts, the leader must answer a ping this
-/// often (within this long), or the call is given up and the leader looked
-/// for again.
+/// While a call to the leader lasts, the leader is pinged this often
+/// (each ping waiting this long for its answer).
 const LIVENESS_CHECK: Duration = Duration::from_millis(200);
+/// Pings in a row left unanswered before a call is given up and the
+/// leader looked for again: one lost datagram must not abandon a queued
+/// acquire (a retry would join the queue again at its end). After a miss
+/// the next ping goes at once, so a dead leader costs four checks (800
+/// ms), inside an acquire attempt (at most 1 s).
+const LIVENESS_MISSES_MAX: u32 = 3;
+/// The longest [`RemoteClient::close`] spends releasing the locks the
+/// client holds.
+const CLOSE_RELEASE_MAX: Duration = Duration::from_secs(2);
+
+/// What a remote client must agree on with the cluster it calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientOptions {
+    /// The cluster's drift bound `ρ` (its agents' `drift` setting): a
+    /// guard counts its lease valid for `ttl·(1−ρ)` from the send of its
+    /// last successful acquire or renewal. Within 0 and 0.1.
+    pub drift: f64,
+}
+
+impl Default for ClientOptions {
+    /// The agents' default drift bound (1%).
+    fn default() -> Self {
+        ClientOptions {
+            drift: Timing::default().drift,
+        }
+    }
+}
 
 /// The longest one discovery question to an agent waits (it is answered
 /// at once by any live agent), so a dead agent in the list costs little.
@@ -68,6 +95,12 @@ struct Inner {
     clock: Clock,
     drift: f64,
     closed: AtomicBool,
+    /// Locks granted through this client and not known to have ended, by
+    /// (name, token), with their TTL: what [`RemoteClient::close`]
+    /// releases.
+    held: Mutex<BTreeMap<(String, u64), Duration>>,
+    /// Calls given up because the leader stopped answering pings.
+    given_up: AtomicU64,
 }
 
 impl RemoteClient {
@@ -77,6 +110,16 @@ impl RemoteClient {
     pub async fn connect(
         agents: Vec<SocketAddr>,
         secret: &ClusterSecret,
+    ) -> io::Result<RemoteClient> {
+        Self::connect_with(agents, secret, ClientOptions::default()).await
+    }
+
+    /// As [`RemoteClient::connect`], for a cluster whose settings differ
+    /// from the defaults (its drift bound).
+    pub async fn connect_with(
+        agents: Vec<SocketAddr>,
+        secret: &ClusterSecret,
+        options: ClientOptions,
     ) -> io::Result<RemoteClient> {
         let unspecified = match agents.first().map(|a| a.ip()) {
             Some(IpAddr::V6(ip)) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -90,6 +133,7 @@ impl RemoteClient {
             Clock::Boottime,
             agents,
             secret,
+            options,
         )
         .await
     }
@@ -102,11 +146,21 @@ impl RemoteClient {
         clock: Clock,
         agents: Vec<SocketAddr>,
         secret: &ClusterSecret,
+        options: ClientOptions,
     ) -> io::Result<RemoteClient> {
         if agents.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a remote client needs at least one agent's RPC address",
+            ));
+        }
+        if !(0.0..=0.1).contains(&options.drift) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "drift bound {} must be within 0 and 0.1, as the cluster's",
+                    options.drift
+                ),
             ));
         }
         let rpc = Rpc::bind(
@@ -126,8 +180,10 @@ impl RemoteClient {
                 next: AtomicUsize::new(0),
                 changed: Notify::new(),
                 clock,
-                drift: Timing::default().drift,
+                drift: options.drift,
                 closed: AtomicBool::new(false),
+                held: Mutex::new(BTreeMap::new()),
+                given_up: AtomicU64::new(0),
             }),
         })
     }
@@ -147,12 +203,53 @@ impl RemoteClient {
         self.inner.clock.now()
     }
 
-    /// Closes the client: its guards stop renewing and report lost, and
-    /// new requests fail with `ShuttingDown`. It releases nothing: release
-    /// the guards first, or their locks stay held until their TTL ends.
-    pub fn close(&self) {
+    /// Closes the client: first releases every lock granted through it
+    /// and not known to have ended (for up to 2 s in all), so that the
+    /// next holder need not wait out a TTL; then its guards stop renewing
+    /// and report lost, and new requests fail with `ShuttingDown`. A lock
+    /// whose release found no leader in that time stays held until its
+    /// TTL ends.
+    pub async fn close(&self) {
+        let held = std::mem::take(&mut *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut releases = tokio::task::JoinSet::new();
+        for ((name, token), ttl) in held {
+            let client = self.clone();
+            releases.spawn(async move {
+                let _ = crate::locks::client::release(
+                    &client,
+                    &name,
+                    token,
+                    ttl.min(CLOSE_RELEASE_MAX),
+                )
+                .await;
+            });
+        }
+        let _ = tokio::time::timeout(CLOSE_RELEASE_MAX, releases.join_all()).await;
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
+    }
+
+    /// Calls given up so far because the leader stopped answering pings
+    /// while they lasted ([`LIVENESS_MISSES_MAX`] in a row).
+    pub fn calls_given_up(&self) -> u64 {
+        self.inner.given_up.load(Ordering::Relaxed)
+    }
+
+    /// Keeps [`Inner::held`] in step with what the leader answered.
+    fn track(&self, request: &LockRequest, reply: &LockReply) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        match (request, reply) {
+            (LockRequest::Acquire { name, .. }, LockReply::Granted { token, ttl_ms }) => {
+                held.insert((name.clone(), *token), Duration::from_millis(*ttl_ms));
+            }
+            (
+                LockRequest::Release { name, token } | LockRequest::Renew { name, token },
+                LockReply::Released | LockReply::Lost | LockReply::Ended,
+            ) => {
+                held.remove(&(name.clone(), *token));
+            }
+            _ => {}
+        }
     }
 
     fn set_leader(&self, leader: Option<SocketAddr>) {
@@ -163,8 +260,9 @@ impl RemoteClient {
         }
     }
 
-    /// One call to `to` that is given up as soon as `to` stops answering
-    /// pings (checked every [`LIVENESS_CHECK`] while the call lasts): a
+    /// One call to `to` that is given up once `to` leaves
+    /// [`LIVENESS_MISSES_MAX`] pings in a row unanswered (checked every
+    /// [`LIVENESS_CHECK`] while the call lasts): a
     /// queued acquire waits long at a live leader, and must not wait out
     /// its whole timeout at a dead one.
     async fn ask_watching(
@@ -175,13 +273,24 @@ impl RemoteClient {
     ) -> Result<Option<LockReply>, RpcError> {
         let rpc = &self.inner.rpc;
         let dead = async {
+            let mut missed = 0;
             loop {
-                tokio::time::sleep(LIVENESS_CHECK).await;
+                // After a miss, ask again at once.
+                if missed == 0 {
+                    tokio::time::sleep(LIVENESS_CHECK).await;
+                }
                 let ping = Request::Ping(Ping {
                     payload: Vec::new(),
                 });
-                if let Err(e) = rpc.call(to, ping, LIVENESS_CHECK).await {
-                    return e;
+                match rpc.call(to, ping, LIVENESS_CHECK).await {
+                    Ok(_) => missed = 0,
+                    Err(e) => {
+                        missed += 1;
+                        if missed >= LIVENESS_MISSES_MAX {
+                            self.inner.given_up.fetch_add(1, Ordering::Relaxed);
+                            return e;
+                        }
+                    }
                 }
             }
         };
@@ -191,7 +300,9 @@ impl RemoteClient {
             answer = self.ask(to, request, timeout) => answer,
             e = dead => Err(RpcError::Unreachable {
                 addr: to,
-                reason: format!("stopped answering pings during the call: {e}"),
+                reason: format!(
+                    "stopped answering pings during the call ({LIVENESS_MISSES_MAX} in a row): {e}"
+                ),
             }),
         }
     }
@@ -215,39 +326,21 @@ impl RemoteClient {
             _ => Err(RpcError::Malformed),
         }
     }
-}
 
-/// The name a request is about (a discovery probe asks about the same).
-fn name_of(request: &LockRequest) -> &str {
-    match request {
-        LockRequest::Acquire { name, .. }
-        | LockRequest::Renew { name, .. }
-        | LockRequest::Release { name, .. }
-        | LockRequest::Status { name } => name,
-        _ => "probe",
-    }
-}
-
-#[async_trait]
-impl LockPath for RemoteClient {
     /// To the known leader; if it is gone or no longer leads, the agents
     /// are asked in turn who holds the lock (a question only the serving
     /// leader answers, at once, acting on nothing) and the request goes to
     /// the one that answers. A timeout is passed on as is: the request may
     /// have reached a leader, and the caller's retry with the same request
     /// id settles it. `NoQuorum` when no agent leads.
-    async fn lock_request(
-        &self,
-        request: LockRequest,
-        timeout: Duration,
-    ) -> Result<LockReply, RpcError> {
+    async fn route(&self, request: &LockRequest, timeout: Duration) -> Result<LockReply, RpcError> {
         if self.is_stopped() {
             return Err(RpcError::Closed);
         }
         let start = self.inner.clock.now();
         let left = |clock: &Clock| timeout.saturating_sub(clock.now() - start);
         if let Some(leader) = self.leader() {
-            match self.ask_watching(leader, &request, timeout).await {
+            match self.ask_watching(leader, request, timeout).await {
                 Ok(Some(reply)) => return Ok(reply),
                 // It may have acted; the next attempt looks for the
                 // leader again (a dead one answers nothing, ever).
@@ -259,7 +352,7 @@ impl LockPath for RemoteClient {
             }
         }
         let probe = LockRequest::Status {
-            name: name_of(&request).to_string(),
+            name: name_of(request).to_string(),
         };
         let agents = &self.inner.agents;
         let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +378,7 @@ impl LockPath for RemoteClient {
         if remaining.is_zero() {
             return Err(RpcError::Timeout { after: timeout });
         }
-        match self.ask_watching(leader, &request, remaining).await {
+        match self.ask_watching(leader, request, remaining).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => {
                 self.set_leader(None);
@@ -296,6 +389,34 @@ impl LockPath for RemoteClient {
                 Err(e)
             }
         }
+    }
+}
+
+/// The name a request is about (a discovery probe asks about the same).
+fn name_of(request: &LockRequest) -> &str {
+    match request {
+        LockRequest::Acquire { name, .. }
+        | LockRequest::Renew { name, .. }
+        | LockRequest::Release { name, .. }
+        | LockRequest::Status { name } => name,
+        _ => "probe",
+    }
+}
+
+#[async_trait]
+impl LockPath for RemoteClient {
+    /// Routed to the leader ([`RemoteClient::route`]); what it answers
+    /// keeps the record of held locks that `close` releases.
+    async fn lock_request(
+        &self,
+        request: LockRequest,
+        timeout: Duration,
+    ) -> Result<LockReply, RpcError> {
+        let reply = self.route(&request, timeout).await;
+        if let Ok(reply) = &reply {
+            self.track(&request, reply);
+        }
+        reply
     }
 
     fn now(&self) -> Duration {

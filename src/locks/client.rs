@@ -444,7 +444,7 @@ impl Drop for LockGuard {
 
 /// Releases, retrying through leader changes for up to the TTL (after
 /// that the lease has ended anyway).
-async fn release(
+pub(crate) async fn release(
     mesh: &dyn LockPath,
     name: &str,
     token: u64,

@@ -185,6 +185,16 @@ impl SimCluster {
     /// host address `host` (outside the nodes' range, e.g. `127.200.0.1`),
     /// on the cluster's clock, knowing every node's RPC address.
     pub async fn remote_client(&self, host: IpAddr) -> crate::client::RemoteClient {
+        self.remote_client_with(host, crate::client::ClientOptions::default())
+            .await
+    }
+
+    /// As [`SimCluster::remote_client`], with `options`.
+    pub async fn remote_client_with(
+        &self,
+        host: IpAddr,
+        options: crate::client::ClientOptions,
+    ) -> crate::client::RemoteClient {
         let agents = self
             .slots
             .values()
@@ -204,6 +214,7 @@ impl SimCluster {
             clock,
             agents,
             &crate::ClusterSecret::open_cluster(),
+            options,
         )
         .await
         .unwrap_or_else(|e| panic!("remote client at {host}: {e} (seed {})", self.seed))
