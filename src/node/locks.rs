@@ -1,0 +1,265 @@
+//! The lock table's adapter in the node driver: client requests in, the
+//! table started and stopped with the lease, its outputs out (answers,
+//! replication batches to every voter), and voters' answers to batches.
+//!
+//! Owns: turning `locks::table` outputs into effects. Must not decide a
+//! grant, an expiry or a resend (the `locks::table` and `replication`
+//! cores do).
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tracing::{error, info, trace, warn};
+
+use crate::ids::{BatchId, NodeId};
+use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Ticket};
+use crate::metrics::Metrics;
+use crate::replication::{self, Answer, Next};
+use crate::rpc::{Request, Response, VoterReply, VoterRequest};
+
+use super::{Input, State, send_from_anywhere};
+
+impl State {
+    /// A voter's answer to a replication batch of this leader (`None`:
+    /// none came), as the replication core says: count it, stop, resend.
+    pub(super) async fn on_batch_answer(
+        &mut self,
+        now: Duration,
+        epoch: u64,
+        batch: BatchId,
+        to: NodeId,
+        entries: Vec<Entry>,
+        reply: Option<VoterReply>,
+    ) -> bool {
+        if self.locks.epoch() != Some(epoch) {
+            return true;
+        }
+        let answer = match reply {
+            Some(VoterReply::Acked) => Some(Answer::Acked),
+            Some(VoterReply::Refused { promised }) => Some(Answer::Refused { promised }),
+            None => None,
+        };
+        match replication::after_answer(epoch, answer, self.locks.is_pending(batch)) {
+            Next::CountAck => {
+                trace!(epoch, ?batch, %to, ?now, "lock batch acked");
+                let outs = self.locks.handle_ack(now, batch, to);
+                self.apply_locks(outs)
+            }
+            Next::Deposed { promised } => {
+                // E1: a voter promised a higher epoch: stop.
+                let outs = self.election.handle_higher_epoch(now, promised);
+                let ok = self.execute(outs, None).await;
+                self.sync_locks(now);
+                ok
+            }
+            Next::Resend { after } => {
+                self.send_batch(epoch, batch, to, entries, after);
+                true
+            }
+            Next::Forget => true,
+        }
+    }
+
+    /// A lock request from a client (any node, this one included) to the
+    /// leader.
+    pub(super) fn handle_lock(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        request: LockRequest,
+        reply: oneshot::Sender<LockReply>,
+    ) -> bool {
+        self.sync_locks(now);
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        self.tickets.insert(ticket.0, reply);
+        trace!(ticket = ticket.0, %from, ?request, ?now, "lock request");
+        let outs = match request {
+            LockRequest::Acquire {
+                name,
+                ttl_ms,
+                wait_ms,
+                request_id,
+            } => self
+                .locks
+                .handle_acquire(now, ticket, from, &name, ttl_ms, wait_ms, request_id),
+            LockRequest::Renew { name, token } => {
+                self.locks.handle_renew(now, ticket, &name, token)
+            }
+            LockRequest::Release { name, token } => {
+                self.locks.handle_release(now, ticket, &name, token)
+            }
+            LockRequest::Status { name } => self.locks.handle_status(now, ticket, &name),
+            LockRequest::List { limit } => self.locks.handle_list(now, ticket, limit as usize),
+        };
+        self.apply_locks(outs)
+    }
+
+    /// Starts or stops the lock table as this node starts or stops
+    /// serving as leader.
+    pub(super) fn sync_locks(&mut self, now: Duration) {
+        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        let outs = match (serving, self.locks.epoch()) {
+            (Some(e), Some(l)) if e == l => return,
+            (Some(e), _) => {
+                // K2: adopt the grants of the promising majority.
+                // Kept for the whole term: a leader whose lease lapsed and
+                // came back serves the same epoch again.
+                let Some(merged) = self.copies.takeover(e) else {
+                    // Invariant: a term always starts from a candidacy of
+                    // its epoch; without its tables serve no locks.
+                    error!(
+                        epoch = e,
+                        "leading without the promised lock tables; locks not served this term"
+                    );
+                    return;
+                };
+                let adopted = merged.entries().filter(|e| e.is_held()).count();
+                info!(epoch = e, adopted, "lock table taken over");
+                // K2: the term's first batch carries the adopted table; it
+                // reaches this voter's own copy (durably) like any batch.
+                self.locks.take_over(now, e, merged)
+            }
+            (None, Some(_)) => self.locks.step_down(),
+            (None, None) => return,
+        };
+        self.apply_locks(outs);
+    }
+
+    /// Carries out the lock table's outputs. False if this node must stop.
+    pub(super) fn apply_locks(&mut self, outs: Vec<LockOutput>) -> bool {
+        let mut queue: std::collections::VecDeque<LockOutput> = outs.into();
+        while let Some(out) = queue.pop_front() {
+            match out {
+                LockOutput::Reply { ticket, reply } => {
+                    trace!(ticket = ticket.0, ?reply, "lock reply");
+                    let counter = match reply {
+                        LockReply::Granted { .. } => Some(&self.metrics.lock_grants),
+                        LockReply::Released => Some(&self.metrics.lock_releases),
+                        LockReply::Renewed { .. } => Some(&self.metrics.lock_renewals),
+                        LockReply::Lost => Some(&self.metrics.lock_lost_answers),
+                        _ => None,
+                    };
+                    if let Some(c) = counter {
+                        Metrics::add(c, 1);
+                    }
+                    if let Some(tx) = self.tickets.remove(&ticket.0) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                LockOutput::Replicate { batch, entries } => {
+                    let Some(epoch) = self.locks.epoch() else {
+                        continue;
+                    };
+                    trace!(epoch, ?batch, ?entries, "lock batch");
+                    Metrics::add(&self.metrics.lock_batches, 1);
+                    Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
+                    // The term's copy keeps what this leader issued, voter
+                    // or not, and so does its own copy (made durable while
+                    // the batch is on the wire).
+                    self.copies.issued(epoch, &entries);
+                    let me = self.election.id();
+                    for &v in self.election.voters().to_vec().iter() {
+                        if v != me {
+                            self.send_batch(epoch, batch, v, entries.clone(), Duration::ZERO);
+                        }
+                    }
+                    // The leader's own ack counts once its copy is durable
+                    // (E8), and only from a recovered voter (E7).
+                    if self.election.is_voter() && self.election.recovered() {
+                        if !self.disk.has_dir() {
+                            let now = self.shared.clock.now();
+                            queue.extend(self.locks.handle_ack(now, batch, me));
+                        } else {
+                            let input = Input::Replicated {
+                                epoch,
+                                batch,
+                                to: me,
+                                entries: Vec::new(),
+                                reply: Some(VoterReply::Acked),
+                            };
+                            let tx = self.tx.clone();
+                            let failed = self.failure_notice();
+                            self.disk.persist(None, entries, move |ok| {
+                                if ok {
+                                    send_from_anywhere(&tx, input);
+                                } else {
+                                    failed();
+                                }
+                            });
+                        }
+                    }
+                }
+                LockOutput::TokensSpent => {
+                    error!(
+                        "the last epoch's token sequence is spent (K1): this cluster grants no more locks"
+                    );
+                }
+                LockOutput::NewEpochNeeded => {
+                    // K1: hand over; the next term has a fresh sequence.
+                    warn!("lock token sequence spent in this epoch; resigning for a new one");
+                    let (done, _) = oneshot::channel();
+                    let _ = self.tx.try_send(Input::Resign { done });
+                    queue.extend(self.locks.step_down());
+                }
+            }
+        }
+        true
+    }
+
+    pub(super) fn addr_of(&self, node: NodeId) -> Option<std::net::SocketAddr> {
+        self.membership
+            .view()
+            .get(node)
+            .filter(|m| m.is_alive())
+            .map(|m| m.rpc_addr)
+    }
+
+    /// Sends one replication batch to one voter, after `delay`.
+    pub(super) fn send_batch(
+        &self,
+        epoch: u64,
+        batch: BatchId,
+        to: NodeId,
+        entries: Vec<Entry>,
+        delay: Duration,
+    ) {
+        let rpc = self.rpc.clone();
+        let tx = self.tx.clone();
+        let addr = self.addr_of(to);
+        let voters = self.election.config_hash();
+        let timeout = self.election.timing().heartbeat * 2;
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let reply = match addr {
+                Some(addr) => {
+                    let request = Request::Voter(VoterRequest::Replicate {
+                        epoch,
+                        voters,
+                        locks: entries.clone(),
+                    });
+                    match rpc.call(addr, request, timeout).await {
+                        Ok(Response::Voter(r)) => Some(r),
+                        _ => None,
+                    }
+                }
+                None => {
+                    // Not a live member: retry after a pause.
+                    tokio::time::sleep(timeout / 4).await;
+                    None
+                }
+            };
+            let _ = tx
+                .send(Input::Replicated {
+                    epoch,
+                    batch,
+                    to,
+                    entries,
+                    reply,
+                })
+                .await;
+        });
+    }
+}
