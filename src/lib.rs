@@ -103,6 +103,4 @@ pub use membership::{Member, MemberEvent, MemberState, MembershipView};
 pub use mesh::{Environment, Mesh, StartError};
 pub use secret::ClusterSecret;
 
-/// The protocol version this build speaks; gossiped by every node and
-/// carried by every protocol message.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use membership::PROTOCOL_VERSION;

@@ -21,7 +21,7 @@ use crate::election::{Election, Leadership, Memory};
 use crate::ids::{Generation, NodeId};
 use crate::locks::table::TableConfig;
 use crate::locks::{
-    LockBuilder, LockPath, LockReply, LockRequest, LockTable, NamedElection, Replica,
+    LockBuilder, LockPath, LockReply, LockRequest, LockTable, NamedElection, PathError, Replica,
 };
 use crate::membership::{
     GossipStart, GossipTransport, Member, MemberEvent, Membership, MembershipView,
@@ -468,7 +468,7 @@ impl Mesh {
 
     /// A named election for an application role, built on a lock.
     pub fn election(&self, name: impl Into<String>) -> NamedElection {
-        NamedElection::new(self.clone(), name.into())
+        NamedElection::new(std::sync::Arc::new(self.clone()), name.into())
     }
 
     /// Sends a lock request to the leader (this node's driver when it
@@ -586,8 +586,8 @@ impl LockPath for Mesh {
         &self,
         request: LockRequest,
         timeout: Duration,
-    ) -> Result<LockReply, RpcError> {
-        Mesh::lock_request(self, request, timeout).await
+    ) -> Result<LockReply, PathError> {
+        Ok(Mesh::lock_request(self, request, timeout).await?)
     }
 
     fn now(&self) -> Duration {

@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::election::Timing;
 use crate::ids::NodeId;
-use crate::locks::{LockBuilder, LockPath, LockReply, LockRequest};
+use crate::locks::{LockBuilder, LockPath, LockReply, LockRequest, PathError};
 use crate::metrics::Metrics;
 use crate::net::Network;
 use crate::rpc::{Ping, Request, Response, Rpc, RpcError, Unserved};
@@ -411,12 +411,10 @@ impl LockPath for RemoteClient {
         &self,
         request: LockRequest,
         timeout: Duration,
-    ) -> Result<LockReply, RpcError> {
-        let reply = self.route(&request, timeout).await;
-        if let Ok(reply) = &reply {
-            self.track(&request, reply);
-        }
-        reply
+    ) -> Result<LockReply, PathError> {
+        let reply = self.route(&request, timeout).await?;
+        self.track(&request, &reply);
+        Ok(reply)
     }
 
     fn now(&self) -> Duration {

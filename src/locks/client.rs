@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use super::holder::HolderLease;
 use super::table::REQUESTER_GRACE;
 use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
-use crate::rpc::RpcError;
 
 /// The way to the leader that a lock client takes: a node of the mesh
 /// ([`Mesh`](crate::Mesh)), or a remote client outside it. The acquire
@@ -30,7 +29,7 @@ pub trait LockPath: Send + Sync + 'static {
         &self,
         request: LockRequest,
         timeout: Duration,
-    ) -> Result<LockReply, RpcError>;
+    ) -> Result<LockReply, PathError>;
     /// The protocol clock (T1), on which validity is counted.
     fn now(&self) -> Duration;
     /// The drift bound ρ between this clock and the leader's.
@@ -45,6 +44,25 @@ pub trait LockPath: Send + Sync + 'static {
     fn knows_leader(&self) -> bool;
     /// Waits up to `pause`, or less if the leader changes meanwhile.
     async fn pause_for_leader(&self, pause: Duration);
+}
+
+/// Why a request got no answer on its path to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// No answer in time: the request may have reached a leader and been
+    /// acted on; a retry with the same request id settles it.
+    #[error("no answer within {} ms", after.as_millis())]
+    Timeout {
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The path is closed: its node stopped, or the client was closed.
+    #[error("the path to the leader is closed")]
+    Closed,
+    /// No answer for another reason (the peer unreachable or refusing, a
+    /// malformed answer); the request's fate is unknown.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why a lock operation failed.
@@ -238,7 +256,7 @@ impl LockBuilder {
                     unused = None;
                 }
                 Ok(LockReply::Ended) => return Err(LockError::Lost),
-                Err(RpcError::Closed) if mesh.is_stopped() => {
+                Err(PathError::Closed) if mesh.is_stopped() => {
                     return Err(LockError::ShuttingDown);
                 }
                 // Handled by no leader: nothing is pending there.
@@ -248,7 +266,7 @@ impl LockBuilder {
                 other => {
                     in_flight |= reaches_leader;
                     tracing::debug!(lock = %self.name, ?other, "acquire: retrying");
-                    if matches!(other, Err(RpcError::Timeout { .. })) {
+                    if matches!(other, Err(PathError::Timeout { .. })) {
                         continue;
                     }
                 }
@@ -464,7 +482,7 @@ pub(crate) async fn release(
             Ok(LockReply::Released) => return Ok(()),
             Ok(LockReply::Lost) if maybe_released => return Ok(()),
             Ok(LockReply::Lost) => return Err(LockError::Lost),
-            Err(RpcError::Closed) if mesh.is_stopped() => {
+            Err(PathError::Closed) if mesh.is_stopped() => {
                 return Err(LockError::ShuttingDown);
             }
             // Not handled by a leader: nothing happened.

@@ -6,19 +6,19 @@
 //! lock's token is the term's fencing token. Campaigners are served in
 //! the order they asked.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{LockError, LockGuard};
+use super::client::{LockBuilder, LockError, LockGuard, LockPath, PathError};
 use super::{LockReply, LockRequest, NAME_BYTES_MAX};
 use crate::ids::NodeId;
-use crate::mesh::Mesh;
 
 const PREFIX: &str = "election:";
 
 /// A named election: `mesh.election("scheduler")`.
 #[derive(Clone)]
 pub struct NamedElection {
-    mesh: Mesh,
+    path: Arc<dyn LockPath>,
     name: String,
     ttl: Duration,
 }
@@ -61,9 +61,9 @@ impl ElectionGuard {
 }
 
 impl NamedElection {
-    pub(crate) fn new(mesh: Mesh, name: String) -> NamedElection {
+    pub(crate) fn new(path: Arc<dyn LockPath>, name: String) -> NamedElection {
         NamedElection {
-            mesh,
+            path,
             name,
             ttl: Duration::from_secs(5),
         }
@@ -88,11 +88,10 @@ impl NamedElection {
                 self.name.len(),
             )));
         }
-        let request_id = super::fresh_request_id(&format!("campaign-{}-", self.mesh.id()));
+        let prefix = format!("campaign-{}", self.path.request_id_prefix());
+        let request_id = super::fresh_request_id(&prefix);
         loop {
-            let attempt = self
-                .mesh
-                .lock(self.lock_name())
+            let attempt = LockBuilder::new(self.path.clone(), self.lock_name())
                 .ttl(self.ttl)
                 .wait(super::WAIT_MAX)
                 .request_id(request_id.clone())
@@ -114,7 +113,7 @@ impl NamedElection {
             name: self.lock_name(),
         };
         match self
-            .mesh
+            .path
             .lock_request(request, Duration::from_secs(1))
             .await
         {
@@ -124,7 +123,7 @@ impl NamedElection {
                 ..
             }) => Ok(Some(Campaign { node, token })),
             Ok(LockReply::Status { .. }) => Ok(None),
-            Err(crate::rpc::RpcError::Closed) => Err(LockError::ShuttingDown),
+            Err(PathError::Closed) => Err(LockError::ShuttingDown),
             _ => Err(LockError::NoQuorum),
         }
     }

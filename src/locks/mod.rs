@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::NodeId;
 use crate::replication::Merge;
 
-pub use client::{Grant, LockBuilder, LockError, LockGuard, LockPath};
+pub use client::{Grant, LockBuilder, LockError, LockGuard, LockPath, PathError};
 pub use election::{Campaign, ElectionGuard, NamedElection};
 pub use fencing::{FencingChecker, StaleToken};
 pub use holder::HolderLease;

@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use crate::PROTOCOL_VERSION;
+/// The protocol version this build speaks; gossiped by every node and
+/// carried by every protocol message.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Gossip key: the node's QUIC RPC address.
 pub const KEY_RPC: &str = "rpc";

@@ -28,8 +28,8 @@ use tracing::{debug, info};
 
 pub use meta::{
     KEY_EPOCH, KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC, KEY_VOTER, NodeMeta,
+    PROTOCOL_VERSION,
 };
-pub use model::Board;
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 
 use crate::config::Config;
@@ -411,7 +411,7 @@ async fn model_loop(
         let (view, ignored) = {
             let mut board = net.board();
             board.round(&net, addr, now);
-            board.view(addr, self_id, now, silent_max)
+            model::view(&board, addr, self_id, now, silent_max)
         };
         publish(self_id, view, ignored, &view_tx, &events_tx, &metrics);
     }

@@ -4,7 +4,10 @@
 //! [`Network`] they are given, so simulated clusters run the same node code
 //! as real ones.
 
+mod gossip;
 mod sim;
+
+pub(crate) use gossip::GossipBoard;
 
 pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimGossip, SimNet, SimSender, SimSocket, SimStats};
 

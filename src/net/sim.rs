@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
-use crate::membership::Board;
+use super::GossipBoard;
 
 /// Datagrams queued at one simulated socket before it drops more, as a
 /// kernel receive buffer would.
@@ -94,7 +94,7 @@ pub struct SimNet {
     /// How nodes gossip on this network.
     gossip_mode: SimGossip,
     /// The modelled gossip state of every node ([`SimGossip::Model`]).
-    board: Arc<Mutex<Board>>,
+    board: Arc<Mutex<GossipBoard>>,
 }
 
 impl std::fmt::Debug for SimNet {
@@ -145,7 +145,7 @@ impl SimNet {
             })),
             gossip: chitchat::transport::ChannelTransport::with_mtu(super::DATAGRAM_BYTES_MAX),
             gossip_mode: gossip,
-            board: Arc::new(Mutex::new(Board::default())),
+            board: Arc::new(Mutex::new(GossipBoard::default())),
         }
     }
 
@@ -155,7 +155,7 @@ impl SimNet {
     }
 
     /// The modelled gossip state ([`SimGossip::Model`]).
-    pub(crate) fn board(&self) -> MutexGuard<'_, Board> {
+    pub(crate) fn board(&self) -> MutexGuard<'_, GossipBoard> {
         self.board.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -113,6 +113,17 @@ pub enum RpcError {
     Closed,
 }
 
+/// What a lock request's path reports when the RPC under it failed.
+impl From<RpcError> for crate::locks::PathError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Timeout { after } => crate::locks::PathError::Timeout { after },
+            RpcError::Closed => crate::locks::PathError::Closed,
+            other => crate::locks::PathError::Failed(other.to_string()),
+        }
+    }
+}
+
 impl RpcError {
     fn from_frame(error: FrameError) -> RpcError {
         match error {
