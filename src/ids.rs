@@ -56,6 +56,54 @@ impl fmt::Display for Generation {
     }
 }
 
+/// An election term: promises, leaderships and the fencing tokens of the
+/// locks granted in it are numbered by it. Only epochs up to
+/// [`Epoch::MAX`] can form tokens (K1). On the wire and in JSON as its
+/// number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// Before any term.
+    pub const ZERO: Epoch = Epoch(0);
+    /// The last epoch that can form fencing tokens (2^32 − 1, K1).
+    pub const MAX: Epoch = Epoch((1 << 32) - 1);
+
+    /// The epoch after this one (saturating).
+    pub fn next(self) -> Epoch {
+        Epoch(self.0.saturating_add(1))
+    }
+}
+
+impl From<u64> for Epoch {
+    fn from(n: u64) -> Epoch {
+        Epoch(n)
+    }
+}
+
+impl std::ops::Add<u64> for Epoch {
+    type Output = Epoch;
+    fn add(self, n: u64) -> Epoch {
+        Epoch(self.0 + n)
+    }
+}
+
+impl std::ops::Sub<u64> for Epoch {
+    type Output = Epoch;
+    fn sub(self, n: u64) -> Epoch {
+        Epoch(self.0 - n)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A replication batch's id, unique for the life of the leader's table
 /// that sent it: an ack of an earlier stint's batch must never count for a
 /// later one (review finding 2). Never on the wire: a voter's ack answers

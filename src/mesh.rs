@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::election::{Election, Leadership, Memory};
-use crate::ids::{Generation, NodeId};
+use crate::ids::{Epoch, Generation, NodeId};
 use crate::locks::table::TableConfig;
 use crate::locks::{
     LockBuilder, LockPath, LockReply, LockRequest, LockTable, NamedElection, PathError, Replica,
@@ -257,10 +257,10 @@ impl Mesh {
                     Stored::Initialized { promised, replica } => {
                         (Memory::Durable, *promised, replica.clone())
                     }
-                    Stored::Blank => (Memory::Blank, 0, Replica::default()),
+                    Stored::Blank => (Memory::Blank, Epoch::ZERO, Replica::default()),
                     // Files of an earlier life without an identity: no
                     // memory to trust, and no sign of a new cluster.
-                    Stored::Leftover => (Memory::None, 0, Replica::default()),
+                    Stored::Leftover => (Memory::None, Epoch::ZERO, Replica::default()),
                 };
                 let disk = match env.clock {
                     Clock::Boottime => Persister::thread(data, &stored).map_err(data_dir)?,
@@ -269,7 +269,12 @@ impl Mesh {
                 };
                 (disk, memory, promised, replica)
             }
-            None => (Persister::memory(), Memory::None, 0, Replica::default()),
+            None => (
+                Persister::memory(),
+                Memory::None,
+                Epoch::ZERO,
+                Replica::default(),
+            ),
         };
         let service = Arc::new(NodeService {
             id: config.id,
@@ -432,9 +437,11 @@ impl Mesh {
         LeaseState {
             lease: cell.serving.filter(|_| !shared.is_stopped()),
             now: shared.clock.now(),
-            promised: shared
-                .promised_durable
-                .load(std::sync::atomic::Ordering::Relaxed),
+            promised: Epoch(
+                shared
+                    .promised_durable
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
             ended: cell.ended,
         }
     }
@@ -529,11 +536,13 @@ impl Mesh {
     }
 
     /// The highest epoch this node has heard of.
-    pub fn epoch(&self) -> u64 {
-        self.inner
-            .shared
-            .max_epoch
-            .load(std::sync::atomic::Ordering::Relaxed)
+    pub fn epoch(&self) -> Epoch {
+        Epoch(
+            self.inner
+                .shared
+                .max_epoch
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// When this voter last formed the cluster anew, on the protocol clock
@@ -625,8 +634,8 @@ pub struct LeaseState {
     /// The node's protocol clock now.
     pub now: Duration,
     /// The promise its data directory holds (0 without one).
-    pub promised: u64,
+    pub promised: Epoch,
     /// The last term that stopped serving before its lease ran out, and
     /// when: from then on `is_leader()` answered false.
-    pub ended: Option<(u64, Duration)>,
+    pub ended: Option<(Epoch, Duration)>,
 }

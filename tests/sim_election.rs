@@ -8,9 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use coordmesh::NodeId;
 use coordmesh::net::Faults;
 use coordmesh::sim::{LeaderLog, SimCluster};
+use coordmesh::{Epoch, NodeId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -37,7 +37,7 @@ async fn run(c: &SimCluster, log: &mut LeaderLog, d: Duration) {
 }
 
 /// The leader every running node agrees on, if they all agree.
-fn agreed_leader(c: &SimCluster) -> Option<(NodeId, u64)> {
+fn agreed_leader(c: &SimCluster) -> Option<(NodeId, Epoch)> {
     let seen: BTreeSet<_> = c
         .running()
         .iter()
@@ -49,7 +49,7 @@ fn agreed_leader(c: &SimCluster) -> Option<(NodeId, u64)> {
     }
 }
 
-async fn wait_for_leader(c: &SimCluster, log: &mut LeaderLog, within: Duration) -> (NodeId, u64) {
+async fn wait_for_leader(c: &SimCluster, log: &mut LeaderLog, within: Duration) -> (NodeId, Epoch) {
     let start = c.now();
     loop {
         if let Some(l) = agreed_leader(c)
@@ -69,7 +69,7 @@ async fn wait_for_leader(c: &SimCluster, log: &mut LeaderLog, within: Duration) 
 
 /// Five nodes (all voters) with an agreed leader: the cluster, its log,
 /// and (leader, epoch).
-async fn led_cluster() -> (SimCluster, LeaderLog, (NodeId, u64)) {
+async fn led_cluster() -> (SimCluster, LeaderLog, (NodeId, Epoch)) {
     let c = SimCluster::start(SimCluster::seed_from_env(), 5).await;
     let mut log = LeaderLog::default();
     let leader = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
@@ -93,7 +93,7 @@ async fn cold_start_elects_node_1() {
     let mut log = LeaderLog::default();
     let (leader, epoch) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
     assert_eq!(leader, NodeId(1), "seed {}", c.seed());
-    assert!(epoch >= 1);
+    assert!(epoch >= Epoch(1));
     let status = coordmesh::http::status(c.mesh(NodeId(3)));
     assert!(status.quorum);
     assert_eq!(status.leader.map(|l| l.id), Some(1));

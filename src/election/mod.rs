@@ -30,8 +30,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::NodeId;
-use crate::locks::EPOCH_MAX;
+use crate::ids::{Epoch, NodeId};
 
 /// Election timing, with the drift bound `ρ`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -199,14 +198,14 @@ pub enum ElectionRequest {
     /// A candidate asks for promises for `epoch`.
     Prepare {
         /// The candidate's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Voter-set hash.
         voters: u64,
     },
     /// A leader's heartbeat round.
     Heartbeat {
         /// The leader's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The round (fresh per send).
         round: u64,
         /// Voter-set hash.
@@ -215,7 +214,7 @@ pub enum ElectionRequest {
     /// The leader stops serving and hands over (E6).
     Resign {
         /// The epoch it led.
-        epoch: u64,
+        epoch: Epoch,
         /// Voter-set hash.
         voters: u64,
     },
@@ -237,19 +236,19 @@ pub enum ElectionResponse {
     /// A promise for `epoch`.
     Promise {
         /// The epoch promised.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// A heartbeat counted toward the lease.
     Ack {
         /// The leader's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The round acked.
         round: u64,
     },
     /// Refused; `promised` tells the sender the epoch to beat.
     Reject {
         /// The refusing node's promise.
-        promised: u64,
+        promised: Epoch,
         /// Why.
         reason: RejectReason,
         /// For a blackout or a start-up wait: how long until it ends, in
@@ -264,7 +263,7 @@ pub enum ElectionResponse {
     /// Answer to a sync.
     State {
         /// The highest epoch promised.
-        promised: u64,
+        promised: Epoch,
         /// Still recovering itself.
         recovering: bool,
         /// How long ago it started, in milliseconds.
@@ -314,7 +313,7 @@ pub struct Leadership {
     /// The leader.
     pub id: NodeId,
     /// Its epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 /// What the driver must do.
@@ -331,7 +330,7 @@ pub enum Output {
     /// Make this promise durable (the candidate's promise to itself),
     /// then report it with [`Election::handle_persisted`]: the attempt's
     /// `Prepare`s leave only then (E1).
-    Persist(u64),
+    Persist(Epoch),
     /// Publish a new "reaches quorum" mark in gossip.
     PublishReach(u64),
     /// This node's view of the leader changed.
@@ -341,7 +340,7 @@ pub enum Output {
     /// An election attempt started (for metrics).
     ElectionStarted {
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// This voter finished its recovery (E7) and may promise and ack.
     Recovered(Recovery),
@@ -354,14 +353,14 @@ pub struct Handled {
     /// The answer.
     pub response: ElectionResponse,
     /// Persist this promise first, if set.
-    pub persist: Option<u64>,
+    pub persist: Option<Epoch>,
 }
 
 #[derive(Debug, Clone)]
 enum Role {
     Follower,
     Candidate {
-        epoch: u64,
+        epoch: Epoch,
         promises: BTreeSet<NodeId>,
         /// Voters that refused (or could not be reached).
         refused: BTreeSet<NodeId>,
@@ -374,7 +373,7 @@ enum Role {
         sent_at: Option<Duration>,
     },
     Leader {
-        epoch: u64,
+        epoch: Epoch,
         /// When the deciding promise arrived (E4).
         takeover_at: Duration,
         /// Valid until; `None` until a post-takeover round is majority-acked.
@@ -416,29 +415,29 @@ pub struct Election {
     /// lock TTL (E7).
     bootstrap: bool,
     // Voter state.
-    promised: u64,
+    promised: Epoch,
     /// Recovery done (E7): the start-up wait, and without durable state
     /// the copy of the highest promise from a majority.
     recovered: bool,
     /// When it finished.
     recovered_at: Option<Duration>,
     blackout_until: Duration,
-    blackout_epoch: u64,
+    blackout_epoch: Epoch,
     /// The highest epoch whose leader resigned (E6): refused from then on.
-    resigned_epoch: u64,
+    resigned_epoch: Epoch,
     /// Answers to recovery syncs: promise, recovering, up time, memory.
-    sync_replies: BTreeMap<NodeId, (u64, bool, u64, Memory)>,
+    sync_replies: BTreeMap<NodeId, (Epoch, bool, u64, Memory)>,
     last_sync_at: Option<Duration>,
     /// The highest leader epoch any member gossips (E7's evidence of an
     /// earlier life of the cluster).
-    gossiped_epoch: u64,
+    gossiped_epoch: Epoch,
     /// See [`Election::led_epoch`].
-    led_epoch: u64,
+    led_epoch: Epoch,
     /// When a full restart's wait is expected to end (E7), for the hint
     /// in refusals.
     recover_hint: Duration,
     // Knowledge.
-    max_epoch: u64,
+    max_epoch: Epoch,
     leader: Option<(Leadership, Duration)>,
     /// The last leader this node heard from, kept after its lease.
     last_leader: Option<NodeId>,
@@ -465,7 +464,7 @@ impl Election {
         timing: Timing,
         now: Duration,
         memory: Memory,
-        promised: u64,
+        promised: Epoch,
         bootstrap: bool,
         seed: u64,
     ) -> Election {
@@ -475,7 +474,7 @@ impl Election {
         let promised = if memory == Memory::Durable {
             promised
         } else {
-            0
+            Epoch::ZERO
         };
         Election {
             id,
@@ -489,12 +488,12 @@ impl Election {
             recovered: false,
             recovered_at: None,
             blackout_until: now,
-            blackout_epoch: 0,
-            resigned_epoch: 0,
+            blackout_epoch: Epoch::ZERO,
+            resigned_epoch: Epoch::ZERO,
             sync_replies: BTreeMap::new(),
             last_sync_at: None,
-            gossiped_epoch: 0,
-            led_epoch: 0,
+            gossiped_epoch: Epoch::ZERO,
+            led_epoch: Epoch::ZERO,
             recover_hint: now,
             max_epoch: promised,
             leader: None,
@@ -576,19 +575,19 @@ impl Election {
     }
 
     /// The highest epoch this node promised (voters) .
-    pub fn promised(&self) -> u64 {
+    pub fn promised(&self) -> Epoch {
         self.promised
     }
 
     /// The highest epoch this node has heard of.
-    pub fn max_epoch(&self) -> u64 {
+    pub fn max_epoch(&self) -> Epoch {
         self.max_epoch
     }
 
     /// The highest epoch of a leader this node followed or was: an
     /// epoch under which locks may have been granted (candidacies that
     /// failed do not count).
-    pub fn led_epoch(&self) -> u64 {
+    pub fn led_epoch(&self) -> Epoch {
         self.led_epoch
     }
 
@@ -616,7 +615,7 @@ impl Election {
     }
 
     /// A member gossips that it followed (or was) a leader of `epoch`.
-    pub fn handle_peer_epoch(&mut self, epoch: u64) {
+    pub fn handle_peer_epoch(&mut self, epoch: Epoch) {
         self.gossiped_epoch = self.gossiped_epoch.max(epoch);
     }
 
@@ -706,7 +705,7 @@ impl Election {
         // grant a majority ever acked. This also protects a durable voter
         // whose directory is a restored snapshot, or an earlier life's.
         let need = (self.voters.len() - 1) / 2 + 1;
-        let healthy: Vec<(NodeId, u64)> = self
+        let healthy: Vec<(NodeId, Epoch)> = self
             .sync_replies
             .iter()
             .filter(|(_, (_, recovering, _, _))| !recovering)
@@ -717,7 +716,7 @@ impl Election {
             .sync_replies
             .values()
             .map(|(p, ..)| *p)
-            .filter(|p| *p <= EPOCH_MAX)
+            .filter(|p| *p <= Epoch::MAX)
             .max();
         // A copy is taken only once every answer of this voter's earlier
         // life has expired: an old ack or promise could otherwise decide
@@ -763,7 +762,7 @@ impl Election {
             // themselves before the last ones decide. No leader of the new
             // cluster exists before a majority of them has recovered, and
             // the voters recovering later can copy from that majority.)
-            let no_earlier_life = self.gossiped_epoch == 0;
+            let no_earlier_life = self.gossiped_epoch == Epoch::ZERO;
             let new_cluster = self.bootstrap
                 || (no_earlier_life
                     && self.memory == Memory::Blank
@@ -785,16 +784,16 @@ impl Election {
     fn finish_recovery(
         &mut self,
         now: Duration,
-        heard: Option<u64>,
+        heard: Option<Epoch>,
         how: Recovery,
         out: &mut Vec<Output>,
     ) {
         self.recovered_at = Some(now);
-        self.promised = self.promised.max(heard.unwrap_or(0));
+        self.promised = self.promised.max(heard.unwrap_or(Epoch::ZERO));
         self.max_epoch = self
             .max_epoch
             .max(self.promised)
-            .max(self.gossiped_epoch.min(EPOCH_MAX));
+            .max(self.gossiped_epoch.min(Epoch::MAX));
         self.recovered = true;
         out.push(Output::Recovered(how));
     }
@@ -872,8 +871,8 @@ impl Election {
     }
 
     fn run(&mut self, now: Duration, out: &mut Vec<Output>) {
-        let epoch = self.max_epoch.max(self.promised).saturating_add(1);
-        if epoch > EPOCH_MAX {
+        let epoch = self.max_epoch.max(self.promised).next();
+        if epoch > Epoch::MAX {
             // K1: no epoch left that can form tokens; nobody will promise
             // one, so do not ask.
             self.next_attempt_at = now + self.timing.election_timeout;
@@ -907,7 +906,7 @@ impl Election {
 
     /// Sends this attempt's `Prepare`s and checks whether it won already
     /// (a lone voter).
-    fn ask(&mut self, now: Duration, epoch: u64, out: &mut Vec<Output>) {
+    fn ask(&mut self, now: Duration, epoch: Epoch, out: &mut Vec<Output>) {
         for &v in &self.voters {
             if v != self.id {
                 out.push(Output::Send {
@@ -924,7 +923,7 @@ impl Election {
 
     /// The promise of `epoch` this node made to itself ([`Output::Persist`])
     /// is durable: if it still runs for that epoch, it asks the voters now.
-    pub fn handle_persisted(&mut self, now: Duration, epoch: u64) -> Vec<Output> {
+    pub fn handle_persisted(&mut self, now: Duration, epoch: Epoch) -> Vec<Output> {
         let mut out = Vec::new();
         if let Role::Candidate {
             epoch: mine,
@@ -1006,11 +1005,11 @@ impl Election {
         }
     }
 
-    fn can_promise(&self, now: Duration, epoch: u64) -> Result<(), RejectReason> {
+    fn can_promise(&self, now: Duration, epoch: Epoch) -> Result<(), RejectReason> {
         if !self.is_voter() {
             return Err(RejectReason::NotVoter);
         }
-        if epoch > EPOCH_MAX {
+        if epoch > Epoch::MAX {
             return Err(RejectReason::EpochSpent);
         }
         if !self.recovered {
@@ -1254,11 +1253,11 @@ impl Election {
         }
     }
 
-    fn observe_epoch(&mut self, epoch: u64) {
+    fn observe_epoch(&mut self, epoch: Epoch) {
         // K1: an epoch that cannot form tokens is no epoch; a peer (buggy
         // or hostile) reporting one must not carry this node past the
         // last usable epoch.
-        if epoch > EPOCH_MAX {
+        if epoch > Epoch::MAX {
             return;
         }
         self.max_epoch = self.max_epoch.max(epoch);
@@ -1296,7 +1295,7 @@ impl Election {
                 // Only noted: an attempt is not a leader, and most are
                 // refused (a leader steps down when a voter refuses its
                 // heartbeat, or another leader's heartbeat arrives).
-                if epoch <= EPOCH_MAX {
+                if epoch <= Epoch::MAX {
                     self.max_epoch = self.max_epoch.max(epoch);
                 }
                 match self.can_promise(now, epoch) {
@@ -1331,10 +1330,10 @@ impl Election {
                 }
                 // E6: refuse that epoch from now on, its late heartbeats
                 // and batches included (they would restart the blackout).
-                if epoch <= EPOCH_MAX {
+                if epoch <= Epoch::MAX {
                     self.resigned_epoch = self.resigned_epoch.max(epoch);
                 }
-                if self.is_voter() && self.recovered && epoch > self.promised && epoch <= EPOCH_MAX
+                if self.is_voter() && self.recovered && epoch > self.promised && epoch <= Epoch::MAX
                 {
                     self.promised = epoch;
                     Handled {
@@ -1370,13 +1369,13 @@ impl Election {
         (handled, out)
     }
 
-    fn heartbeat(&mut self, now: Duration, from: NodeId, epoch: u64, round: u64) -> Handled {
+    fn heartbeat(&mut self, now: Duration, from: NodeId, epoch: Epoch, round: u64) -> Handled {
         // E1: below the promise: refuse, tell the sender; E6: a resigned
         // epoch likewise.
         if epoch < self.promised || epoch <= self.resigned_epoch {
             return self.reject(RejectReason::StaleEpoch);
         }
-        if epoch > EPOCH_MAX {
+        if epoch > Epoch::MAX {
             return self.reject(RejectReason::EpochSpent);
         }
         self.observe_epoch(epoch);
@@ -1450,9 +1449,9 @@ impl Election {
     /// refusal.
     pub fn handle_replicate(
         &mut self,
-        epoch: u64,
+        epoch: Epoch,
         hash: u64,
-    ) -> Result<Option<u64>, (RejectReason, u64)> {
+    ) -> Result<Option<Epoch>, (RejectReason, Epoch)> {
         let refuse = |reason| Err((reason, self.promised));
         if hash != self.hash {
             return refuse(RejectReason::Config);
@@ -1466,7 +1465,7 @@ impl Election {
         if epoch < self.promised || epoch <= self.resigned_epoch {
             return refuse(RejectReason::StaleEpoch);
         }
-        if epoch > EPOCH_MAX {
+        if epoch > Epoch::MAX {
             return refuse(RejectReason::EpochSpent);
         }
         let persist = (epoch > self.promised).then_some(epoch);
@@ -1478,7 +1477,7 @@ impl Election {
     /// A peer refused a message of this node's term because it promised
     /// `epoch` (a replication batch, say): a leader or candidate of a lower
     /// epoch stops at once (E1).
-    pub fn handle_higher_epoch(&mut self, now: Duration, epoch: u64) -> Vec<Output> {
+    pub fn handle_higher_epoch(&mut self, now: Duration, epoch: Epoch) -> Vec<Output> {
         let mut out = Vec::new();
         self.observe_epoch(epoch);
         self.announce(now, &mut out);

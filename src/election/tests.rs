@@ -11,7 +11,7 @@ struct Net {
     cut: BTreeSet<(NodeId, NodeId)>,
     now: Duration,
     /// (node, epoch, first instant it served, last instant it served)
-    served: BTreeMap<(NodeId, u64), (Duration, Duration)>,
+    served: BTreeMap<(NodeId, Epoch), (Duration, Duration)>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -41,7 +41,7 @@ impl Net {
                     timing,
                     Duration::ZERO,
                     memory,
-                    0,
+                    Epoch(0),
                     !durable,
                     id.0,
                 ),
@@ -186,9 +186,9 @@ impl Net {
 }
 
 /// A prepare for `epoch` from `from`, with the 3-voter set's hash.
-fn prepare(e: &mut Election, now: Duration, from: NodeId, epoch: u64) -> Handled {
+fn prepare(e: &mut Election, now: Duration, from: NodeId, epoch: impl Into<Epoch>) -> Handled {
     let request = ElectionRequest::Prepare {
-        epoch,
+        epoch: epoch.into(),
         voters: config_hash(&ids(3), &Timing::default()),
     };
     e.handle_request(now, from, &request).0
@@ -203,14 +203,14 @@ fn refusal(h: &Handled) -> Option<RejectReason> {
 }
 
 /// A durable voter `id` of the 3-voter set, started at 0.
-fn voter(id: u64, promised: u64) -> Election {
+fn voter(id: u64, promised: impl Into<Epoch>) -> Election {
     Election::new(
         NodeId(id),
         &ids(3),
         Timing::default(),
         Duration::ZERO,
         Memory::Durable,
-        promised,
+        promised.into(),
         false,
         1,
     )
@@ -225,7 +225,7 @@ fn forgetful(
     now: Duration,
     memory: Memory,
 ) -> Election {
-    Election::new(NodeId(id), voters, timing, now, memory, 0, false, id)
+    Election::new(NodeId(id), voters, timing, now, memory, Epoch(0), false, id)
 }
 
 #[test]
@@ -350,12 +350,12 @@ fn voter_refuses_stale_epochs_and_promises_in_blackout() {
 fn other_voter_set_is_refused() {
     let mut e = voter(1, 0);
     let request = ElectionRequest::Prepare {
-        epoch: 9,
+        epoch: Epoch(9),
         voters: config_hash(&ids(5), &Timing::default()),
     };
     let (h, _) = e.handle_request(Duration::from_secs(5), NodeId(2), &request);
     assert_eq!(refusal(&h), Some(RejectReason::Config));
-    assert_eq!(e.promised(), 0);
+    assert_eq!(e.promised(), Epoch(0));
 }
 
 /// E7: a voter neither promises nor acks within `L·(1+ρ)` of its start.
@@ -369,7 +369,7 @@ fn restarted_voter_waits_before_promising() {
         Some(RejectReason::Recovering)
     );
     let heartbeat = ElectionRequest::Heartbeat {
-        epoch: 5,
+        epoch: Epoch(5),
         round: 0,
         voters: config_hash(&ids(3), &Timing::default()),
     };
@@ -378,7 +378,7 @@ fn restarted_voter_waits_before_promising() {
     let later = Timing::default().blackout() + STEP;
     e.handle_tick(later);
     let h = prepare(&mut e, later, NodeId(1), 5);
-    assert_eq!(h.response, ElectionResponse::Promise { epoch: 5 });
+    assert_eq!(h.response, ElectionResponse::Promise { epoch: Epoch(5) });
 }
 
 /// E7: a voter without durable state copies the highest promise from a
@@ -568,7 +568,7 @@ fn lone_voter_without_memory_waits_out_the_longest_ttl_unless_bootstrapped() {
         let mut net = Net::with_timing(1, &ids(1), false, timing);
         let mut e = forgetful(1, &ids(1), timing, Duration::ZERO, Memory::None);
         if let Some(epoch) = gossiped {
-            e.handle_peer_epoch(epoch);
+            e.handle_peer_epoch(Epoch(epoch));
         }
         net.nodes.insert(NodeId(1), e);
         net.run_for(Duration::from_secs(3));
@@ -580,7 +580,7 @@ fn lone_voter_without_memory_waits_out_the_longest_ttl_unless_bootstrapped() {
         net.run_for(Duration::from_secs(2));
         assert_eq!(net.serving(), vec![NodeId(1)]);
         assert!(
-            net.nodes[&NodeId(1)].max_epoch() > gossiped.unwrap_or(0),
+            net.nodes[&NodeId(1)].max_epoch() > Epoch(gossiped.unwrap_or(0)),
             "epochs continue above the remembered one"
         );
     }
@@ -599,19 +599,19 @@ fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
         voters: hash,
     };
     let t = Duration::from_secs(1);
-    e.handle_request(t, NodeId(2), &beat(15));
-    assert_eq!(e.leader(t).map(|l| l.epoch), Some(15));
+    e.handle_request(t, NodeId(2), &beat(Epoch(15)));
+    assert_eq!(e.leader(t).map(|l| l.epoch), Some(Epoch(15)));
     // Within that lease a lower epoch is not taken for the leader...
-    e.handle_request(t + STEP, NodeId(1), &beat(12));
+    e.handle_request(t + STEP, NodeId(1), &beat(Epoch(12)));
     assert_eq!(e.leader(t + STEP).map(|l| l.id), Some(NodeId(2)));
     // ...after it, it is.
     let later = t + Timing::default().lease + STEP;
-    e.handle_request(later, NodeId(1), &beat(12));
+    e.handle_request(later, NodeId(1), &beat(Epoch(12)));
     assert_eq!(
         e.leader(later),
         Some(Leadership {
             id: NodeId(1),
-            epoch: 12
+            epoch: Epoch(12)
         })
     );
 }
@@ -638,7 +638,16 @@ fn a_new_cluster_forms_at_once_a_restarted_one_without_memory_waits() {
             // differ, so one recovers (and runs, promising itself) first.
             for id in ids(n) {
                 let start = Duration::from_millis(37 * id.0);
-                let e = Election::new(id, &ids(n), timing, start, memory, 0, bootstrap, id.0);
+                let e = Election::new(
+                    id,
+                    &ids(n),
+                    timing,
+                    start,
+                    memory,
+                    Epoch(0),
+                    bootstrap,
+                    id.0,
+                );
                 net.nodes.insert(id, e);
             }
             net.run_for(Duration::from_secs(5));
@@ -703,12 +712,12 @@ fn k1_epochs_beyond_the_token_range_are_refused() {
     v.handle_tick(Duration::from_secs(1));
     let promised = v.promised();
     let now = Duration::from_secs(2);
-    let h = prepare(&mut v, now, NodeId(1), EPOCH_MAX + 1);
+    let h = prepare(&mut v, now, NodeId(1), Epoch::MAX + 1);
     assert_eq!(refusal(&h), Some(RejectReason::EpochSpent));
     assert_eq!(v.promised(), promised);
-    assert!(v.max_epoch() <= EPOCH_MAX, "a spent epoch was noted");
+    assert!(v.max_epoch() <= Epoch::MAX, "a spent epoch was noted");
     let beat = ElectionRequest::Heartbeat {
-        epoch: EPOCH_MAX + 7,
+        epoch: Epoch::MAX + 7,
         round: 0,
         voters: config_hash(&ids(3), &Timing::default()),
     };
@@ -717,7 +726,7 @@ fn k1_epochs_beyond_the_token_range_are_refused() {
     assert_eq!(v.promised(), promised);
     // A refusal carrying a spent epoch does not push a candidate past
     // the last usable epoch either.
-    let mut c = voter(1, EPOCH_MAX);
+    let mut c = voter(1, Epoch::MAX);
     c.handle_tick(Duration::from_secs(1));
     let outs = c.handle_tick(Duration::from_secs(5));
     assert!(
@@ -773,22 +782,22 @@ fn e1_a_replication_batch_above_the_promise_raises_it() {
     let mut v = voter(2, 3);
     v.handle_tick(Duration::from_secs(1));
     let hash = config_hash(&ids(3), &Timing::default());
-    assert_eq!(v.handle_replicate(5, hash), Ok(Some(5)));
-    assert_eq!(v.promised(), 5);
-    assert_eq!(v.handle_replicate(5, hash), Ok(None));
+    assert_eq!(v.handle_replicate(Epoch(5), hash), Ok(Some(Epoch(5))));
+    assert_eq!(v.promised(), Epoch(5));
+    assert_eq!(v.handle_replicate(Epoch(5), hash), Ok(None));
     assert_eq!(
-        v.handle_replicate(4, hash),
-        Err((RejectReason::StaleEpoch, 5))
+        v.handle_replicate(Epoch(4), hash),
+        Err((RejectReason::StaleEpoch, Epoch(5)))
     );
     assert_eq!(
-        v.handle_replicate(6, hash ^ 1),
-        Err((RejectReason::Config, 5))
+        v.handle_replicate(Epoch(6), hash ^ 1),
+        Err((RejectReason::Config, Epoch(5)))
     );
     let h = prepare(&mut v, Duration::from_secs(2), NodeId(1), 4);
     assert_eq!(refusal(&h), Some(RejectReason::StaleEpoch));
     let mut fresh = forgetful(3, &ids(3), Timing::default(), Duration::ZERO, Memory::None);
     assert_eq!(
-        fresh.handle_replicate(5, hash).map_err(|(r, _)| r),
+        fresh.handle_replicate(Epoch(5), hash).map_err(|(r, _)| r),
         Err(RejectReason::Recovering),
         "a recovering voter merges nothing (E7)"
     );
@@ -804,14 +813,14 @@ fn e6_a_resigned_epoch_is_refused_and_its_blackout_ends() {
     v.handle_tick(t);
     let hash = config_hash(&ids(3), &Timing::default());
     let beat = ElectionRequest::Heartbeat {
-        epoch: 5,
+        epoch: Epoch(5),
         round: 0,
         voters: hash,
     };
     let (h, _) = v.handle_request(t, NodeId(1), &beat);
     assert!(matches!(h.response, ElectionResponse::Ack { .. }));
     let resign = ElectionRequest::Resign {
-        epoch: 5,
+        epoch: Epoch(5),
         voters: hash,
     };
     v.handle_request(t + STEP, NodeId(1), &resign);
@@ -824,7 +833,7 @@ fn e6_a_resigned_epoch_is_refused_and_its_blackout_ends() {
     let h = prepare(&mut v, t + STEP * 3, NodeId(3), 6);
     assert_eq!(
         h.response,
-        ElectionResponse::Promise { epoch: 6 },
+        ElectionResponse::Promise { epoch: Epoch(6) },
         "no blackout"
     );
 }
@@ -838,7 +847,7 @@ fn k1_a_spent_epoch_in_a_recovery_answer_is_ignored() {
     let sync = ElectionRequest::Sync {
         voters: e.config_hash(),
     };
-    for (from, promised) in [(1, EPOCH_MAX + 9), (2, 7)] {
+    for (from, promised) in [(1, Epoch::MAX + 9), (2, Epoch(7))] {
         e.handle_response(
             Duration::from_millis(10),
             NodeId(from),
@@ -854,7 +863,11 @@ fn k1_a_spent_epoch_in_a_recovery_answer_is_ignored() {
     e.handle_tick(t.old_answers_expire() + STEP);
     assert!(e.recovered());
     // 7 copied (8 if it then ran for election itself).
-    assert!((7..=8).contains(&e.promised()), "{}", e.promised());
+    assert!(
+        (Epoch(7)..=Epoch(8)).contains(&e.promised()),
+        "{}",
+        e.promised()
+    );
 }
 
 /// E7: blank data directories all round are a new cluster only if
@@ -876,11 +889,11 @@ fn blank_directories_with_signs_of_an_earlier_life_wait_out_the_ttl() {
                 timing,
                 Duration::ZERO,
                 Memory::Blank,
-                0,
+                Epoch(0),
                 false,
                 id.0,
             );
-            e.handle_peer_epoch(gossiped);
+            e.handle_peer_epoch(Epoch(gossiped));
             net.nodes.insert(id, e);
         }
         net.run_for(Duration::from_secs(5));

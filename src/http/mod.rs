@@ -14,7 +14,7 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::ids::Generation;
+use crate::ids::{Epoch, Generation};
 use crate::mesh::Mesh;
 use crate::metrics::render_metric;
 
@@ -29,7 +29,7 @@ pub struct StatusBody {
     /// valid lease.
     pub quorum: bool,
     /// The highest epoch this node has heard of.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// True while this node is the leader with a valid lease.
     pub is_leader: bool,
     /// This node's voter set.
@@ -46,7 +46,7 @@ pub struct LeaderBody {
     /// Leader id.
     pub id: u64,
     /// Its epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 /// One member in `/v1/status`.

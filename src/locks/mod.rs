@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::NodeId;
+use crate::ids::{Epoch, NodeId};
 use crate::replication::Merge;
 
 pub use client::{Grant, LockBuilder, LockError, LockGuard, LockPath, PathError};
@@ -43,19 +43,19 @@ pub const WAIT_MAX: Duration = Duration::from_millis(60_000);
 /// Longest request id, in bytes.
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// The highest epoch that can still form tokens (K1).
-pub const EPOCH_MAX: u64 = (1 << 32) - 1;
+pub const EPOCH_MAX: Epoch = Epoch::MAX;
 /// The highest sequence number within an epoch (K1).
 pub const SEQ_MAX: u64 = (1 << 32) - 1;
 
 /// The token for the `seq`-th grant of `epoch` (K1), or `None` when
 /// either is out of range.
-pub fn token(epoch: u64, seq: u64) -> Option<u64> {
-    (epoch <= EPOCH_MAX && seq <= SEQ_MAX).then_some((epoch << 32) | seq)
+pub fn token(epoch: Epoch, seq: u64) -> Option<u64> {
+    (epoch <= EPOCH_MAX && seq <= SEQ_MAX).then_some((epoch.0 << 32) | seq)
 }
 
 /// The epoch a token was granted in.
-pub fn token_epoch(token: u64) -> u64 {
-    token >> 32
+pub fn token_epoch(token: u64) -> Epoch {
+    Epoch(token >> 32)
 }
 
 /// One lock's replicated state: the latest grant, or the tombstone of the

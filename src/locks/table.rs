@@ -39,7 +39,7 @@ use std::time::Duration;
 use super::{
     EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
 };
-use crate::ids::{BatchId, NodeId};
+use crate::ids::{BatchId, Epoch, NodeId};
 use crate::replication::Batches;
 
 pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
@@ -210,7 +210,7 @@ enum Effect {
 
 #[derive(Debug, Clone)]
 struct Term {
-    epoch: u64,
+    epoch: Epoch,
     next_seq: u64,
     /// The next write number of this epoch (versions are `epoch << 32 | n`).
     next_write: u64,
@@ -237,7 +237,7 @@ impl Term {
             self.spent(out);
             return None;
         }
-        let v = (self.epoch << 32) | self.next_write;
+        let v = (self.epoch.0 << 32) | self.next_write;
         self.next_write += 1;
         Some(v)
     }
@@ -288,7 +288,7 @@ impl LockTable {
     }
 
     /// The epoch it serves, if leading.
-    pub fn epoch(&self) -> Option<u64> {
+    pub fn epoch(&self) -> Option<Epoch> {
         self.term.as_ref().map(|t| t.epoch)
     }
 
@@ -307,7 +307,7 @@ impl LockTable {
     /// term's first batch and counts as held only once that batch has a
     /// majority; it expires a full TTL from now, less the time it is
     /// known to have been quiet (K3).
-    pub fn take_over(&mut self, now: Duration, epoch: u64, merged: Replica) -> Vec<LockOutput> {
+    pub fn take_over(&mut self, now: Duration, epoch: Epoch, merged: Replica) -> Vec<LockOutput> {
         self.now = self.now.max(now);
         let mut out = self.step_down();
         let rho = self.config.drift;
@@ -322,7 +322,7 @@ impl LockTable {
         let next_write = merged
             .entries()
             .filter_map(|e| match e.state {
-                EntryState::Held { version, .. } if version >> 32 == epoch => {
+                EntryState::Held { version, .. } if version >> 32 == epoch.0 => {
                     Some((version & SEQ_MAX) + 1)
                 }
                 _ => None,
@@ -627,7 +627,7 @@ impl LockTable {
                 break;
             };
             term.next_seq += 1;
-            let version = (term.epoch << 32) | term.next_write;
+            let version = (term.epoch.0 << 32) | term.next_write;
             term.next_write += 1;
             let entry = Entry {
                 name: name.to_string(),

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::election::{ElectionRequest, ElectionResponse, Leadership, Output, Recovery};
-use crate::ids::NodeId;
+use crate::ids::{Epoch, NodeId};
 use crate::membership::{KEY_EPOCH, KEY_REACH};
 use crate::metrics::Metrics;
 use crate::replication::Settle;
@@ -50,7 +50,7 @@ impl State {
         let view = self.membership.view();
         for (_, value) in self.membership.peer_values(KEY_EPOCH).await {
             if let Ok(epoch) = value.parse::<u64>() {
-                self.election.handle_peer_epoch(epoch);
+                self.election.handle_peer_epoch(Epoch(epoch));
             }
         }
         let epoch = self.election.led_epoch();
@@ -177,7 +177,7 @@ impl State {
     }
 
     /// The epoch this node serves as leader, if it does.
-    pub(super) fn own_term(&self, now: Duration) -> Option<u64> {
+    pub(super) fn own_term(&self, now: Duration) -> Option<Epoch> {
         self.election
             .leader(now)
             .filter(|l| l.id == self.election.id())
@@ -186,7 +186,7 @@ impl State {
 
     /// Makes the candidate's promise to itself durable, off this task;
     /// the election asks the voters once it is (E1).
-    pub(super) fn persist_own_promise(&self, epoch: u64) {
+    pub(super) fn persist_own_promise(&self, epoch: Epoch) {
         let tx = self.tx.clone();
         let failed = self.failure_notice();
         self.disk.persist(Some(epoch), Vec::new(), move |ok| {
@@ -203,10 +203,11 @@ impl State {
     pub(super) fn promise_in_flight(&self) -> bool {
         self.disk.has_dir()
             && self.election.promised()
-                > self
-                    .shared
-                    .promised_durable
-                    .load(std::sync::atomic::Ordering::Acquire)
+                > Epoch(
+                    self.shared
+                        .promised_durable
+                        .load(std::sync::atomic::Ordering::Acquire),
+                )
     }
 
     /// Settles this voter's lock table once it has recovered (E7), as the
@@ -222,7 +223,7 @@ impl State {
             }
             Recovery::Own => {
                 info!(
-                    promised,
+                    %promised,
                     entries, "recovered: resumed from the data directory"
                 );
             }
@@ -234,7 +235,7 @@ impl State {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(self.shared.clock.now());
                 warn!(
-                    promised,
+                    %promised,
                     entries,
                     "recovered: a majority of voters restarted together without the others' copies; the cluster forms anew"
                 );
@@ -335,7 +336,7 @@ impl State {
                     // it will merge (K2).
                     self.copies.start_candidacy(epoch);
                     Metrics::add(&self.metrics.elections_started, 1);
-                    debug!(id = %self.election.id(), epoch, "running for leader");
+                    debug!(id = %self.election.id(), %epoch, "running for leader");
                 }
             }
         }
@@ -356,7 +357,7 @@ impl State {
                         .store(ms, std::sync::atomic::Ordering::Relaxed);
                 }
                 Metrics::add(&self.metrics.leader_changes, 1);
-                info!(id = %self.election.id(), leader = %l.id, epoch = l.epoch, "leader");
+                info!(id = %self.election.id(), leader = %l.id, epoch = %l.epoch, "leader");
             }
         }
         let _ = self.shared.events.send(leader);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, trace, warn};
 
-use crate::ids::{BatchId, NodeId};
+use crate::ids::{BatchId, Epoch, NodeId};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Ticket};
 use crate::metrics::Metrics;
 use crate::replication::{self, Answer, Next};
@@ -25,7 +25,7 @@ impl State {
     pub(super) async fn on_batch_answer(
         &mut self,
         now: Duration,
-        epoch: u64,
+        epoch: Epoch,
         batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,
@@ -41,7 +41,7 @@ impl State {
         };
         match replication::after_answer(epoch, answer, self.locks.is_pending(batch)) {
             Next::CountAck => {
-                trace!(epoch, ?batch, %to, ?now, "lock batch acked");
+                trace!(%epoch, ?batch, %to, ?now, "lock batch acked");
                 let outs = self.locks.handle_ack(now, batch, to);
                 self.apply_locks(outs)
             }
@@ -109,13 +109,13 @@ impl State {
                     // Invariant: a term always starts from a candidacy of
                     // its epoch; without its tables serve no locks.
                     error!(
-                        epoch = e,
+                        epoch = %e,
                         "leading without the promised lock tables; locks not served this term"
                     );
                     return;
                 };
                 let adopted = merged.entries().filter(|e| e.is_held()).count();
-                info!(epoch = e, adopted, "lock table taken over");
+                info!(epoch = %e, adopted, "lock table taken over");
                 // K2: the term's first batch carries the adopted table; it
                 // reaches this voter's own copy (durably) like any batch.
                 self.locks.take_over(now, e, merged)
@@ -151,7 +151,7 @@ impl State {
                     let Some(epoch) = self.locks.epoch() else {
                         continue;
                     };
-                    trace!(epoch, ?batch, ?entries, "lock batch");
+                    trace!(%epoch, ?batch, ?entries, "lock batch");
                     Metrics::add(&self.metrics.lock_batches, 1);
                     Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
                     // The term's copy keeps what this leader issued, voter
@@ -218,7 +218,7 @@ impl State {
     /// Sends one replication batch to one voter, after `delay`.
     pub(super) fn send_batch(
         &self,
-        epoch: u64,
+        epoch: Epoch,
         batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,

@@ -32,7 +32,7 @@ use tracing::error;
 
 use crate::clock::Clock;
 use crate::election::{Election, ElectionRequest, ElectionResponse, Leadership};
-use crate::ids::{BatchId, NodeId};
+use crate::ids::{BatchId, Epoch, NodeId};
 use crate::locks::{Entry, LockReply, LockRequest, LockTable, Replica};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -77,7 +77,7 @@ pub(crate) enum Input {
     },
     /// A voter's answer to a replication batch (`None`: no answer).
     Replicated {
-        epoch: u64,
+        epoch: Epoch,
         batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,
@@ -88,7 +88,7 @@ pub(crate) enum Input {
     },
     /// The candidate's promise to itself of `epoch` is durable.
     Persisted {
-        epoch: u64,
+        epoch: Epoch,
     },
     /// The data directory cannot be written: stop taking part (acting on
     /// a promise or an ack that is not durable could elect two leaders or
@@ -130,7 +130,7 @@ pub(crate) struct LeaseCell {
     /// The last term that stopped serving before its lease ran out
     /// (resigned, deposed, shut down), and when: from then on
     /// `is_leader()` answered false.
-    pub(crate) ended: Option<(u64, Duration)>,
+    pub(crate) ended: Option<(Epoch, Duration)>,
 }
 
 impl Shared {
@@ -211,7 +211,7 @@ impl Driver {
             gone: Default::default(),
             tickets: BTreeMap::new(),
             next_ticket: 0,
-            gossiped_epoch: 0,
+            gossiped_epoch: Epoch::ZERO,
             rpc,
             membership,
             shared,
@@ -266,7 +266,7 @@ struct State {
     tickets: BTreeMap<u64, oneshot::Sender<LockReply>>,
     next_ticket: u64,
     /// The epoch last published in gossip.
-    gossiped_epoch: u64,
+    gossiped_epoch: Epoch,
     rpc: Arc<Rpc>,
     membership: Arc<Membership>,
     shared: Arc<Shared>,
@@ -430,7 +430,7 @@ impl State {
             .map(|(until, l)| (l, until));
         self.shared.set_lease(lease);
         self.shared.max_epoch.store(
-            self.election.max_epoch(),
+            self.election.max_epoch().0,
             std::sync::atomic::Ordering::Relaxed,
         );
     }

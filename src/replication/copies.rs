@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{Merge, Replica};
-use crate::ids::NodeId;
+use crate::ids::{Epoch, NodeId};
 
 /// Pause before a replication batch is sent again to a voter that did
 /// not ack it.
@@ -42,13 +42,13 @@ pub enum Gate {
     /// when the batch's epoch is above this voter's promise (E1).
     Open {
         /// The raised promise, if the epoch raised it.
-        raise: Option<u64>,
+        raise: Option<Epoch>,
     },
     /// Refused: this voter's promise, and whether the reason is a
     /// configuration that differs (V1: an operator must act).
     Closed {
         /// This voter's promise, for the refusal.
-        promised: u64,
+        promised: Epoch,
         /// The leader runs another voter set or other safety timings.
         config_mismatch: bool,
     },
@@ -61,14 +61,14 @@ pub enum Verdict<E> {
     /// entries are already merged into this voter's copy.
     Ack {
         /// The promise to write with them.
-        raise: Option<u64>,
+        raise: Option<Epoch>,
         /// The entries to write.
         entries: Vec<E>,
     },
     /// Refuse, telling the leader this voter's promise.
     Refuse {
         /// This voter's promise.
-        promised: u64,
+        promised: Epoch,
     },
 }
 
@@ -81,7 +81,7 @@ pub enum Answer {
     /// Refused by a voter that promised `promised`.
     Refused {
         /// The voter's promise.
-        promised: u64,
+        promised: Epoch,
     },
 }
 
@@ -93,7 +93,7 @@ pub enum Next {
     /// A voter promised a higher epoch: this leader stops (E1).
     Deposed {
         /// The epoch it promised.
-        promised: u64,
+        promised: Epoch,
     },
     /// Send the batch to that voter again after the pause.
     Resend {
@@ -108,7 +108,7 @@ pub enum Next {
 /// The leader of `epoch`, after a voter's `answer` to a batch that is
 /// `pending` or not: count the ack; stop on a higher promise (E1); else
 /// resend while the batch still awaits its majority.
-pub fn after_answer(epoch: u64, answer: Option<Answer>, pending: bool) -> Next {
+pub fn after_answer(epoch: Epoch, answer: Option<Answer>, pending: bool) -> Next {
     match answer {
         Some(Answer::Acked) => Next::CountAck,
         Some(Answer::Refused { promised }) if promised > epoch => Next::Deposed { promised },
@@ -142,7 +142,7 @@ pub struct Copies<E: Merge> {
     /// The epoch this node runs for (or leads) and the copies merged from
     /// its promises, its own included, plus every entry it issued as
     /// leader of that epoch.
-    candidacy: Option<(u64, Replica<E>)>,
+    candidacy: Option<(Epoch, Replica<E>)>,
 }
 
 impl<E: Merge> Copies<E> {
@@ -180,13 +180,13 @@ impl<E: Merge> Copies<E> {
 
     /// This node runs for `epoch`: its own copy is the first of those it
     /// will merge (K2).
-    pub fn start_candidacy(&mut self, epoch: u64) {
+    pub fn start_candidacy(&mut self, epoch: Epoch) {
         self.candidacy = Some((epoch, self.own.clone()));
     }
 
     /// A voter promised `epoch` with its copy: merged if this node still
     /// runs for that epoch (K2).
-    pub fn on_promise(&mut self, epoch: u64, snapshot: Vec<E>) {
+    pub fn on_promise(&mut self, epoch: Epoch, snapshot: Vec<E>) {
         if let Some((e, merged)) = &mut self.candidacy
             && *e == epoch
         {
@@ -204,7 +204,7 @@ impl<E: Merge> Copies<E> {
     /// copy keeps them (if its lease lapses and comes back it serves the
     /// same epoch again from everything it issued, not from the copies it
     /// was elected with), and so does its own copy.
-    pub fn issued(&mut self, epoch: u64, entries: &[E]) {
+    pub fn issued(&mut self, epoch: Epoch, entries: &[E]) {
         if let Some((e, term)) = &mut self.candidacy
             && *e == epoch
         {
@@ -215,7 +215,7 @@ impl<E: Merge> Copies<E> {
 
     /// The copy a leader of `epoch` takes over with (K2): its candidacy's
     /// merge and its own copy. `None` without a candidacy of that epoch.
-    pub fn takeover(&self, epoch: u64) -> Option<Replica<E>> {
+    pub fn takeover(&self, epoch: Epoch) -> Option<Replica<E>> {
         let (_, merged) = self.candidacy.as_ref().filter(|(e, _)| *e == epoch)?;
         let mut merged = merged.clone();
         merged.merge_all(self.own.entries().cloned().collect::<Vec<_>>());
@@ -298,12 +298,12 @@ mod tests {
         let mut c = Copies::new(copy(&[Reg(1, 1)]));
         let v = c.on_batch(
             Gate::Closed {
-                promised: 7,
+                promised: Epoch(7),
                 config_mismatch: false,
             },
             vec![Reg(1, 9)],
         );
-        assert_eq!(v, Verdict::Refuse { promised: 7 });
+        assert_eq!(v, Verdict::Refuse { promised: Epoch(7) });
         assert_eq!(c.own(), &copy(&[Reg(1, 1)]));
     }
 
@@ -312,11 +312,16 @@ mod tests {
     #[test]
     fn an_admitted_batch_is_merged_and_acked_once_durable() {
         let mut c = Copies::new(copy(&[Reg(1, 1)]));
-        let v = c.on_batch(Gate::Open { raise: Some(4) }, vec![Reg(1, 2), Reg(2, 1)]);
+        let v = c.on_batch(
+            Gate::Open {
+                raise: Some(Epoch(4)),
+            },
+            vec![Reg(1, 2), Reg(2, 1)],
+        );
         assert_eq!(
             v,
             Verdict::Ack {
-                raise: Some(4),
+                raise: Some(Epoch(4)),
                 entries: vec![Reg(1, 2), Reg(2, 1)]
             }
         );
@@ -330,20 +335,23 @@ mod tests {
     /// once it is not.
     #[test]
     fn the_leader_counts_acks_stops_on_a_higher_promise_and_retries_the_rest() {
-        assert_eq!(after_answer(5, Some(Answer::Acked), true), Next::CountAck);
         assert_eq!(
-            after_answer(5, Some(Answer::Refused { promised: 6 }), true),
-            Next::Deposed { promised: 6 }
+            after_answer(Epoch(5), Some(Answer::Acked), true),
+            Next::CountAck
+        );
+        assert_eq!(
+            after_answer(Epoch(5), Some(Answer::Refused { promised: Epoch(6) }), true),
+            Next::Deposed { promised: Epoch(6) }
         );
         let resend = Next::Resend {
             after: REPLICATE_RETRY,
         };
         assert_eq!(
-            after_answer(5, Some(Answer::Refused { promised: 5 }), true),
+            after_answer(Epoch(5), Some(Answer::Refused { promised: Epoch(5) }), true),
             resend
         );
-        assert_eq!(after_answer(5, None, true), resend);
-        assert_eq!(after_answer(5, None, false), Next::Forget);
+        assert_eq!(after_answer(Epoch(5), None, true), resend);
+        assert_eq!(after_answer(Epoch(5), None, false), Next::Forget);
     }
 
     /// K2: the leader takes over with the merge of its promises' copies
@@ -352,13 +360,13 @@ mod tests {
     #[test]
     fn a_takeover_merges_the_promises_of_its_epoch() {
         let mut c = Copies::new(copy(&[Reg(1, 1)]));
-        assert_eq!(c.takeover(3), None, "no candidacy");
-        c.start_candidacy(3);
-        c.on_promise(3, vec![Reg(1, 2), Reg(2, 5)]);
-        c.on_promise(2, vec![Reg(3, 9)]);
-        c.on_promise(3, vec![Reg(2, 4)]);
-        assert_eq!(c.takeover(3), Some(copy(&[Reg(1, 2), Reg(2, 5)])));
-        assert_eq!(c.takeover(4), None);
+        assert_eq!(c.takeover(Epoch(3)), None, "no candidacy");
+        c.start_candidacy(Epoch(3));
+        c.on_promise(Epoch(3), vec![Reg(1, 2), Reg(2, 5)]);
+        c.on_promise(Epoch(2), vec![Reg(3, 9)]);
+        c.on_promise(Epoch(3), vec![Reg(2, 4)]);
+        assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 2), Reg(2, 5)])));
+        assert_eq!(c.takeover(Epoch(4)), None);
     }
 
     /// A leader whose lease lapsed serves its epoch again from everything
@@ -366,13 +374,13 @@ mod tests {
     #[test]
     fn what_a_leader_issued_stays_in_its_terms_copy() {
         let mut c = Copies::new(Replica::default());
-        c.start_candidacy(3);
-        c.issued(3, &[Reg(1, 7)]);
-        c.issued(2, &[Reg(2, 1)]);
-        assert_eq!(c.takeover(3), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
-        c.start_candidacy(4);
-        c.on_promise(4, vec![]);
-        assert_eq!(c.takeover(4), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
+        c.start_candidacy(Epoch(3));
+        c.issued(Epoch(3), &[Reg(1, 7)]);
+        c.issued(Epoch(2), &[Reg(2, 1)]);
+        assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
+        c.start_candidacy(Epoch(4));
+        c.on_promise(Epoch(4), vec![]);
+        assert_eq!(c.takeover(Epoch(4)), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
     }
 
     /// E7: copied from healthy voters, their merged copies replace this

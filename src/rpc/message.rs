@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::election::{ElectionRequest, ElectionResponse};
-use crate::ids::{Generation, NodeId};
+use crate::ids::{Epoch, Generation, NodeId};
 use crate::locks::{Entry, LockReply, LockRequest};
 
 /// A request that expects a [`Response`].
@@ -63,7 +63,7 @@ pub enum VoterRequest {
     /// leader's epoch and its configuration hash (E1, V1).
     Replicate {
         /// The leader's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Configuration hash (voter set and safety timings).
         voters: u64,
         /// The batch's lock entries.
@@ -81,7 +81,7 @@ pub enum VoterReply {
     /// recovering, or runs another configuration.
     Refused {
         /// This voter's promise.
-        promised: u64,
+        promised: Epoch,
     },
 }
 

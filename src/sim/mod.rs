@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::config::ConfigBuilder;
 use crate::election::Leadership;
-use crate::ids::{Generation, NodeId};
+use crate::ids::{Epoch, Generation, NodeId};
 use crate::mesh::{Environment, Mesh};
 use crate::net::{Faults, Network, SimGossip, SimNet};
 
@@ -487,15 +487,15 @@ impl SimCluster {
 #[derive(Debug, Default)]
 pub struct LeaderLog {
     /// Closed and open intervals: (leader, epoch, from, until).
-    intervals: Vec<(NodeId, u64, Duration, Duration)>,
+    intervals: Vec<(NodeId, Epoch, Duration, Duration)>,
     /// Per node: the index of its open interval, if serving.
     open: BTreeMap<NodeId, usize>,
     /// Per node: the time of its previous sample.
     last_seen: BTreeMap<NodeId, Duration>,
     /// Per node: (generation, highest epoch seen).
-    epochs: BTreeMap<NodeId, (Generation, u64)>,
+    epochs: BTreeMap<NodeId, (Generation, Epoch)>,
     /// Per node: highest promise seen.
-    promises: BTreeMap<NodeId, u64>,
+    promises: BTreeMap<NodeId, Epoch>,
     /// Broken properties, in words.
     pub violations: Vec<String>,
 }
@@ -508,7 +508,7 @@ impl LeaderLog {
         generation: Generation,
         now: Duration,
         lease: Option<(Leadership, Duration)>,
-        epoch: u64,
+        epoch: Epoch,
     ) {
         // A term may have begun just after the node's previous sample:
         // count it from there, conservatively.
@@ -551,7 +551,7 @@ impl LeaderLog {
     /// Node `node` stopped serving `epoch` at `at`, before its lease ran
     /// out (resigned, deposed, shut down): `is_leader()` answered false
     /// from then on, so its term ends there, not at the lease's end.
-    pub fn ended(&mut self, node: NodeId, epoch: u64, at: Duration) {
+    pub fn ended(&mut self, node: NodeId, epoch: Epoch, at: Duration) {
         for interval in self.intervals.iter_mut() {
             if interval.0 == node && interval.1 == epoch && interval.2 <= at {
                 interval.3 = interval.3.min(at);
@@ -561,7 +561,7 @@ impl LeaderLog {
 
     /// Records a voter's promise: with durable state it must never go
     /// down, restarts included.
-    pub fn sample_promise(&mut self, node: NodeId, durable: bool, promised: u64) {
+    pub fn sample_promise(&mut self, node: NodeId, durable: bool, promised: Epoch) {
         let seen = self.promises.entry(node).or_insert(promised);
         if durable && promised < *seen {
             self.violations.push(format!(
@@ -578,7 +578,7 @@ impl LeaderLog {
     }
 
     /// Nodes whose lease was valid at `now`.
-    pub fn leaders_at(&self, now: Duration) -> Vec<(NodeId, u64)> {
+    pub fn leaders_at(&self, now: Duration) -> Vec<(NodeId, Epoch)> {
         self.intervals
             .iter()
             .filter(|(_, _, from, until)| *from <= now && now < *until)
@@ -610,7 +610,7 @@ impl LeaderLog {
     }
 
     /// Terms recorded: (leader, epoch).
-    pub fn terms(&self) -> Vec<(NodeId, u64)> {
+    pub fn terms(&self) -> Vec<(NodeId, Epoch)> {
         let set: std::collections::BTreeSet<_> =
             self.intervals.iter().map(|(n, e, _, _)| (*n, *e)).collect();
         set.into_iter().collect()

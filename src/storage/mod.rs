@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::ids::NodeId;
+use crate::ids::{Epoch, NodeId};
 use crate::locks::{Entry, Replica};
 
 const IDENTITY_FILE: &str = "identity";
@@ -59,7 +59,7 @@ pub enum Stored {
     /// Initialized: the promise and the lock table it holds.
     Initialized {
         /// The durable promise.
-        promised: u64,
+        promised: Epoch,
         /// The durable copy of the lock table.
         replica: Replica,
     },
@@ -141,6 +141,7 @@ impl DataDir {
             Ok(text) => text
                 .trim()
                 .parse::<u64>()
+                .map(Epoch)
                 .map_err(|_| invalid(&promise, "does not hold an epoch"))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(invalid(
@@ -184,7 +185,7 @@ impl DataDir {
     /// Initializes the directory with `promised` and `replica`: the
     /// promise and the log first, the identity last (E7: from then on the
     /// voter is durable).
-    fn initialize(&self, promised: u64, replica: &Replica) -> io::Result<LockLog> {
+    fn initialize(&self, promised: Epoch, replica: &Replica) -> io::Result<LockLog> {
         replace_file(&self.path, PROMISE_FILE, format!("{promised}\n").as_bytes())?;
         let log = LockLog::create(&self.path.join(LOCKS_FILE), replica)?;
         let identity = format!(
@@ -195,7 +196,7 @@ impl DataDir {
         Ok(log)
     }
 
-    fn save_promise(&self, epoch: u64) -> io::Result<()> {
+    fn save_promise(&self, epoch: Epoch) -> io::Result<()> {
         replace_file(&self.path, PROMISE_FILE, format!("{epoch}\n").as_bytes())
     }
 }
@@ -405,11 +406,11 @@ pub type Done = Box<dyn FnOnce(bool) + Send>;
 /// One unit of work for the [`Persister`].
 pub struct Job {
     /// A promise to make durable (the highest of a group is written).
-    pub promise: Option<u64>,
+    pub promise: Option<Epoch>,
     /// Lock entries to make durable.
     pub entries: Vec<Entry>,
     /// Initialize a blank directory with this promise and table first.
-    pub init: Option<(u64, Replica)>,
+    pub init: Option<(Epoch, Replica)>,
     /// Called once all of it is durable (`true`), or cannot be (`false`).
     pub done: Done,
 }
@@ -421,7 +422,7 @@ struct Disk {
     /// The durable copy: what the log holds (E8 acks are checked on it,
     /// not on the driver's in-memory copy).
     replica: Replica,
-    promised: u64,
+    promised: Epoch,
     /// `promised`, readable without the lock (lease checker, reply gate).
     promised_cell: Arc<AtomicU64>,
     /// `log.is_some()`, readable without the lock.
@@ -454,7 +455,7 @@ impl Disk {
                     self.initialized.store(true, Ordering::Release);
                     self.replica = replica.clone();
                     self.promised = *promised;
-                    self.promised_cell.store(*promised, Ordering::Release);
+                    self.promised_cell.store(promised.0, Ordering::Release);
                 }
             }
             // A blank directory not initialized yet: this voter has no
@@ -467,7 +468,7 @@ impl Disk {
             {
                 dir.save_promise(p)?;
                 self.promised = p;
-                self.promised_cell.store(p, Ordering::Release);
+                self.promised_cell.store(p.0, Ordering::Release);
             }
             let changed = self
                 .replica
@@ -525,9 +526,9 @@ impl Persister {
             Stored::Initialized { promised, replica } if log.is_some() => {
                 (replica.clone(), *promised)
             }
-            _ => (Replica::default(), 0),
+            _ => (Replica::default(), Epoch::ZERO),
         };
-        let promised_cell = Arc::new(AtomicU64::new(promised));
+        let promised_cell = Arc::new(AtomicU64::new(promised.0));
         let initialized = Arc::new(std::sync::atomic::AtomicBool::new(log.is_some()));
         let has_dir = dir.is_some();
         Persister {
@@ -632,7 +633,7 @@ impl Persister {
     /// Makes `promise` (if any) and `entries` durable, then calls `done`.
     pub fn persist(
         &self,
-        promise: Option<u64>,
+        promise: Option<Epoch>,
         entries: Vec<Entry>,
         done: impl FnOnce(bool) + Send + 'static,
     ) {
@@ -647,7 +648,7 @@ impl Persister {
     /// Initializes a blank data directory with this voter's recovered
     /// state (E7), or rewrites an initialized one with a replaced copy;
     /// later jobs follow it. Without a data directory it does nothing.
-    pub fn initialize(&self, promised: u64, replica: Replica) {
+    pub fn initialize(&self, promised: Epoch, replica: Replica) {
         self.submit(Job {
             promise: None,
             entries: Vec::new(),

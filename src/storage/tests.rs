@@ -32,12 +32,12 @@ fn finding_3_only_an_initialized_directory_of_this_node_is_durable() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     let mut replica = Replica::default();
     replica.merge(held("x", 7));
-    dir.initialize(9, &replica).unwrap();
+    dir.initialize(Epoch(9), &replica).unwrap();
     let (_, stored, _) = open(&path, 1).unwrap();
     assert_eq!(
         stored,
         Stored::Initialized {
-            promised: 9,
+            promised: Epoch(9),
             replica: replica.clone()
         }
     );
@@ -57,12 +57,15 @@ fn finding_3_only_an_initialized_directory_of_this_node_is_durable() {
 fn promise_survives_reopen_and_garbage_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let (dir, _, _) = open(root.path(), 1).unwrap();
-    dir.initialize(0, &Replica::default()).unwrap();
-    dir.save_promise(41).unwrap();
-    dir.save_promise(42).unwrap();
+    dir.initialize(Epoch(0), &Replica::default()).unwrap();
+    dir.save_promise(Epoch(41)).unwrap();
+    dir.save_promise(Epoch(42)).unwrap();
     assert!(matches!(
         open(root.path(), 1).unwrap().1,
-        Stored::Initialized { promised: 42, .. }
+        Stored::Initialized {
+            promised: Epoch(42),
+            ..
+        }
     ));
     fs::write(root.path().join(PROMISE_FILE), "x").unwrap();
     assert!(open(root.path(), 1).is_err());
@@ -166,12 +169,12 @@ fn e8_entries_already_in_memory_are_written_before_the_ack() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);
-    p.initialize(3, Replica::default());
+    p.initialize(Epoch(3), Replica::default());
     let acked = Arc::new(Mutex::new(None));
     let a = acked.clone();
     // The driver's own copy already has "x" (it merged it from a promise);
     // the batch that carries it again must still reach the disk.
-    p.persist(Some(4), vec![held("x", 9)], move |ok| {
+    p.persist(Some(Epoch(4)), vec![held("x", 9)], move |ok| {
         *a.lock().unwrap() = Some(ok)
     });
     assert_eq!(*acked.lock().unwrap(), Some(true));
@@ -180,7 +183,7 @@ fn e8_entries_already_in_memory_are_written_before_the_ack() {
     let Stored::Initialized { promised, replica } = stored else {
         panic!("{stored:?}")
     };
-    assert_eq!(promised, 4);
+    assert_eq!(promised, Epoch(4));
     assert_eq!(replica.get("x").map(|e| e.token), Some(9));
 }
 
@@ -192,16 +195,16 @@ fn a_blank_directory_holds_nothing_until_initialized() {
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);
     assert!(!p.is_durable());
-    p.persist(Some(4), vec![held("x", 9)], |ok| assert!(ok));
+    p.persist(Some(Epoch(4)), vec![held("x", 9)], |ok| assert!(ok));
     assert_eq!(open(root.path(), 1).unwrap().1, Stored::Blank);
     let mut copied = Replica::default();
     copied.merge(held("y", 3));
-    p.initialize(5, copied.clone());
+    p.initialize(Epoch(5), copied.clone());
     assert!(p.is_durable());
     assert_eq!(
         open(root.path(), 1).unwrap().1,
         Stored::Initialized {
-            promised: 5,
+            promised: Epoch(5),
             replica: copied
         }
     );
@@ -215,10 +218,10 @@ fn callbacks_run_outside_the_disk_lock() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Arc::new(Persister::thread(dir, &stored).unwrap());
-    p.initialize(1, Replica::default());
+    p.initialize(Epoch(1), Replica::default());
     let (asked_tx, asked_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    p.persist(Some(2), vec![held("x", 3)], move |ok| {
+    p.persist(Some(Epoch(2)), vec![held("x", 3)], move |ok| {
         assert!(ok);
         // Waits until the "driver" below has asked its questions.
         let _ = asked_rx.recv_timeout(Duration::from_secs(5));

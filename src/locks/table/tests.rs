@@ -20,7 +20,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-        let out = table.take_over(ms(0), 5, Replica::default());
+        let out = table.take_over(ms(0), Epoch(5), Replica::default());
         let mut h = Harness {
             table,
             replies: Vec::new(),
@@ -95,7 +95,7 @@ fn a_grant_is_told_only_after_a_majority_holds_it() {
     let t = h.acquire(0, "job", 1000, 0, None);
     h.commit(1, &[ME, NodeId(3)]);
     let tok = h.granted(t);
-    assert_eq!(token_epoch(tok), 5);
+    assert_eq!(token_epoch(tok), Epoch(5));
     assert_eq!(tok & 0xffff_ffff, 1);
 }
 
@@ -311,7 +311,7 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
         state: EntryState::held(1000, NodeId(9), None, 0),
     }));
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-    let out = table.take_over(ms(5000), 5, merged);
+    let out = table.take_over(ms(5000), Epoch(5), merged);
     // The term's first batch carries the adopted table (finding 1).
     let [LockOutput::Replicate { batch, entries }] = &out[..] else {
         panic!("{out:?}")
@@ -430,7 +430,7 @@ fn an_adopted_grant_expires_and_passes_to_the_waiter() {
         state: EntryState::held(1000, NodeId(9), None, 0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-    let out = table.take_over(ms(0), 5, merged);
+    let out = table.take_over(ms(0), Epoch(5), merged);
     let [LockOutput::Replicate { batch, .. }] = &out[..] else {
         panic!("{out:?}")
     };
@@ -474,7 +474,7 @@ fn serving_the_same_epoch_again_goes_on_from_its_last_token() {
         state: EntryState::held(1000, NodeId(9), None, 0),
     });
     h.table.step_down();
-    h.table.take_over(ms(10), 5, known);
+    h.table.take_over(ms(10), Epoch(5), known);
     let b = h.acquire(20, "y", 1000, 0, None);
     h.commit(20, &[ME, NodeId(2)]);
     assert!(h.granted(b) > ta);
@@ -566,7 +566,7 @@ fn finding_1_an_adopted_grant_is_reported_only_once_a_majority_holds_it() {
     merged.merge(adopted("g", old, 5000, Some("r")));
     let mut h = Harness::new();
     h.table.step_down();
-    let out = h.table.take_over(ms(1000), 5, merged);
+    let out = h.table.take_over(ms(1000), Epoch(5), merged);
     h.absorb(out);
     // The requester retries with its request id: not told yet.
     let retry = h.acquire(1010, "g", 5000, 0, Some("r"));
@@ -601,7 +601,7 @@ fn finding_2_an_ack_from_an_earlier_stint_of_the_epoch_commits_nothing() {
     h.table.step_down();
     let mut known = Replica::default();
     known.merge(adopted("a", (5 << 32) | 1, 1000, None));
-    let out = h.table.take_over(ms(500), 5, known);
+    let out = h.table.take_over(ms(500), Epoch(5), known);
     h.absorb(out);
     h.batches.clear();
     let b = h.acquire(510, "b", 1000, 0, None);
@@ -710,7 +710,7 @@ fn serve_terms(merged: Replica, name: &str, terms: u64, serve: u64, gap: u64) ->
     let mut now = 0;
     for epoch in 6..6 + terms {
         let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-        let mut out = table.take_over(ms(now), epoch, voters.clone());
+        let mut out = table.take_over(ms(now), Epoch(epoch), voters.clone());
         let end = now + serve;
         loop {
             out.extend(table.flush());
@@ -805,7 +805,7 @@ fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
         },
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
-    let out = table.take_over(ms(0), 5, merged);
+    let out = table.take_over(ms(0), Epoch(5), merged);
     let [LockOutput::Replicate { batch, .. }] = &out[..] else {
         panic!("{out:?}")
     };
