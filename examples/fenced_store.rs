@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use coordmesh::locks::{FencingChecker, StaleToken};
-use coordmesh::{Config, Mesh};
+use coordmesh::{Config, Mesh, Token};
 
 /// The protected resource: every write carries the writer's token.
 #[derive(Default)]
@@ -27,7 +27,7 @@ struct Store {
 }
 
 impl Store {
-    fn put(&self, token: u64, key: &str, value: &str) -> Result<(), StaleToken> {
+    fn put(&self, token: Token, key: &str, value: &str) -> Result<(), StaleToken> {
         // Check and write under one guard: no newer holder's write can
         // slip between the check and this write.
         self.fence.apply(token, || {

@@ -104,6 +104,58 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// A lock's fencing token: `(epoch << 32) | seq`, the `seq`-th grant of
+/// an epoch (K1), so a later grant of any lock has a higher token. A
+/// resource that remembers the highest token it saw refuses a stalled
+/// holder's write with a lower one. On the wire and in JSON as its number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Token(pub u64);
+
+impl Token {
+    /// The highest sequence number within an epoch (K1).
+    pub const SEQ_MAX: u64 = (1 << 32) - 1;
+
+    /// The token of the `seq`-th grant of `epoch`, or `None` when either
+    /// is out of range (K1).
+    pub fn new(epoch: Epoch, seq: u64) -> Option<Token> {
+        (epoch <= Epoch::MAX && seq <= Token::SEQ_MAX).then_some(Token((epoch.0 << 32) | seq))
+    }
+
+    /// The epoch it was granted in.
+    pub fn epoch(self) -> Epoch {
+        Epoch(self.0 >> 32)
+    }
+}
+
+impl From<u64> for Token {
+    fn from(n: u64) -> Token {
+        Token(n)
+    }
+}
+
+impl std::ops::Add<u64> for Token {
+    type Output = Token;
+    fn add(self, n: u64) -> Token {
+        Token(self.0 + n)
+    }
+}
+
+impl std::ops::Sub<u64> for Token {
+    type Output = Token;
+    fn sub(self, n: u64) -> Token {
+        Token(self.0 - n)
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A replication batch's id, unique for the life of the leader's table
 /// that sent it: an ack of an earlier stint's batch must never count for a
 /// later one (review finding 2). Never on the wire: a voter's ack answers

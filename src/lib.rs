@@ -98,7 +98,7 @@ pub mod sim;
 pub mod storage;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
-pub use ids::{Epoch, NodeId};
+pub use ids::{Epoch, NodeId, Token};
 pub use membership::{Member, MemberEvent, MemberState, MembershipView};
 pub use mesh::{Environment, Mesh, StartError};
 pub use secret::ClusterSecret;

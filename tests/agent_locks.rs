@@ -21,8 +21,8 @@ fn led_agents(n: u64, dir: &Path) -> Agents {
     Agents::start_led(Path::new(BIN), n, dir, WITHIN).unwrap()
 }
 
-fn token_of(v: &serde_json::Value) -> u64 {
-    v["token_str"].as_str().unwrap().parse().unwrap()
+fn token_of(v: &serde_json::Value) -> coordmesh::Token {
+    coordmesh::Token(v["token_str"].as_str().unwrap().parse().unwrap())
 }
 
 /// One client's loop: acquire one of three locks through a random
@@ -238,7 +238,7 @@ fn http_answers_and_meshd_lock() {
     assert_eq!(v["name"], "x");
     assert_eq!(v["ttl_ms"], 5000);
     let token = token_of(&v);
-    assert_eq!(v["token"].as_u64(), Some(token));
+    assert_eq!(v["token"].as_u64(), Some(token.0));
     // A retry with the same request id gets the same grant (K4).
     let (code, again) = post(
         "/v1/locks/x/acquire",
@@ -278,7 +278,7 @@ fn http_answers_and_meshd_lock() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
     let printed: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert!(printed > token);
+    assert!(printed > token.0);
     // Held by another: exit 3 without running the command.
     let (_, held) = post("/v1/locks/job/acquire", json!({"ttl_ms": 5000}));
     let out = Command::new(BIN)

@@ -12,7 +12,7 @@ use coordmesh::locks::history::{Hold, LockHistory};
 use coordmesh::locks::{LockError, LockReply, LockRequest};
 use coordmesh::net::{Faults, SimGossip};
 use coordmesh::sim::SimCluster;
-use coordmesh::{Mesh, NodeId};
+use coordmesh::{Mesh, NodeId, Token};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
@@ -508,7 +508,7 @@ async fn bad_input_is_refused() {
     ));
     let renew = LockRequest::Renew {
         name: "a".into(),
-        token: 12345,
+        token: Token(12345),
     };
     assert_eq!(
         m.lock_request(renew, Duration::from_secs(1)).await,
@@ -1143,7 +1143,7 @@ async fn a_queued_acquire_with_a_short_ttl_returns_a_valid_guard() {
 /// HTTP client): it survives every node's restart and believes its lease
 /// until its send time plus the TTL.
 struct OutsideHolder {
-    token: u64,
+    token: Token,
     until: Duration,
 }
 

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::election::Timing;
-use crate::ids::NodeId;
+use crate::ids::{NodeId, Token};
 use crate::locks::{LockBuilder, LockPath, LockReply, LockRequest, PathError};
 use crate::metrics::Metrics;
 use crate::net::Network;
@@ -98,7 +98,7 @@ struct Inner {
     /// Locks granted through this client and not known to have ended, by
     /// (name, token), with their TTL: what [`RemoteClient::close`]
     /// releases.
-    held: Mutex<BTreeMap<(String, u64), Duration>>,
+    held: Mutex<BTreeMap<(String, Token), Duration>>,
     /// Calls given up because the leader stopped answering pings.
     given_up: AtomicU64,
 }

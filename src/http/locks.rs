@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error;
+use crate::ids::Token;
 use crate::locks::{LockError, LockReply, LockRequest, check_name};
 use crate::mesh::Mesh;
 
@@ -30,10 +31,10 @@ pub(super) enum TokenValue {
 }
 
 impl TokenValue {
-    fn get(&self) -> Option<u64> {
+    fn get(&self) -> Option<Token> {
         match self {
-            TokenValue::Number(n) => Some(*n),
-            TokenValue::Text(s) => s.trim().parse().ok(),
+            TokenValue::Number(n) => Some(Token(*n)),
+            TokenValue::Text(s) => s.trim().parse().ok().map(Token),
         }
     }
 }

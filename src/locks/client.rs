@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::holder::HolderLease;
 use super::table::REQUESTER_GRACE;
 use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
+use crate::ids::Token;
 
 /// The way to the leader that a lock client takes: a node of the mesh
 /// ([`Mesh`](crate::Mesh)), or a remote client outside it. The acquire
@@ -199,7 +200,7 @@ impl LockBuilder {
         let mut in_flight = false;
         // A grant answered too late to use: released if this call fails.
         let mut unused = None;
-        let give_up = |unused: Option<u64>| {
+        let give_up = |unused: Option<Token>| {
             if let Some(token) = unused {
                 let (mesh, name, ttl) = (mesh.clone(), self.name.clone(), self.ttl);
                 tokio::spawn(async move {
@@ -285,7 +286,7 @@ impl LockBuilder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     /// The fencing token.
-    pub token: u64,
+    pub token: Token,
     /// The TTL granted.
     pub ttl: Duration,
     /// When the successful attempt was sent, on the protocol clock: the
@@ -308,7 +309,7 @@ struct GuardState {
 pub struct LockGuard {
     mesh: Arc<dyn LockPath>,
     name: String,
-    token: u64,
+    token: Token,
     ttl: Duration,
     state: Arc<Mutex<GuardState>>,
     lost: watch::Receiver<bool>,
@@ -328,7 +329,7 @@ impl LockGuard {
     fn start(
         mesh: Arc<dyn LockPath>,
         name: String,
-        token: u64,
+        token: Token,
         ttl: Duration,
         sent: Duration,
     ) -> LockGuard {
@@ -357,7 +358,7 @@ impl LockGuard {
     }
 
     /// The fencing token: pass it to every resource the holder acts on.
-    pub fn token(&self) -> u64 {
+    pub fn token(&self) -> Token {
         self.token
     }
 
@@ -465,7 +466,7 @@ impl Drop for LockGuard {
 pub(crate) async fn release(
     mesh: &dyn LockPath,
     name: &str,
-    token: u64,
+    token: Token,
     ttl: Duration,
 ) -> Result<(), LockError> {
     let give_up = mesh.now() + ttl;
@@ -503,7 +504,7 @@ pub(crate) async fn release(
 async fn renew(
     mesh: Arc<dyn LockPath>,
     name: String,
-    token: u64,
+    token: Token,
     state: Arc<Mutex<GuardState>>,
     lost: watch::Sender<bool>,
 ) {

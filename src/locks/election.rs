@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::client::{LockBuilder, LockError, LockGuard, LockPath, PathError};
 use super::{LockReply, LockRequest, NAME_BYTES_MAX};
-use crate::ids::NodeId;
+use crate::ids::{NodeId, Token};
 
 const PREFIX: &str = "election:";
 
@@ -29,7 +29,7 @@ pub struct Campaign {
     /// The node the elected campaigner runs on.
     pub node: NodeId,
     /// Its term's fencing token.
-    pub token: u64,
+    pub token: Token,
 }
 
 /// Held while elected. Dropping it resigns.
@@ -40,7 +40,7 @@ pub struct ElectionGuard {
 
 impl ElectionGuard {
     /// The term's fencing token.
-    pub fn token(&self) -> u64 {
+    pub fn token(&self) -> Token {
         self.guard.token()
     }
 

@@ -15,14 +15,16 @@
 
 use std::sync::Mutex;
 
+use crate::ids::Token;
+
 /// A token below the highest seen: the operation is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("fencing token {token} is below {highest}, the highest seen: a newer holder exists")]
 pub struct StaleToken {
     /// The refused token.
-    pub token: u64,
+    pub token: Token,
     /// The highest token seen.
-    pub highest: u64,
+    pub highest: Token,
 }
 
 /// Refuses operations carrying a token lower than the highest it has
@@ -33,31 +35,31 @@ pub struct StaleToken {
 /// check and its write.
 #[derive(Debug, Default)]
 pub struct FencingChecker {
-    highest: Mutex<u64>,
+    highest: Mutex<Token>,
 }
 
 impl FencingChecker {
     /// A checker that has seen no token (or, after a restart of the
     /// resource, the highest token it stored).
-    pub fn new(highest: u64) -> FencingChecker {
+    pub fn new(highest: Token) -> FencingChecker {
         FencingChecker {
             highest: Mutex::new(highest),
         }
     }
 
     /// The highest token seen.
-    pub fn highest(&self) -> u64 {
+    pub fn highest(&self) -> Token {
         *self.highest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits `token` (raising the highest seen) or refuses it.
-    pub fn check(&self, token: u64) -> Result<(), StaleToken> {
+    pub fn check(&self, token: Token) -> Result<(), StaleToken> {
         self.apply(token, || ())
     }
 
     /// Runs `op` if `token` is at least the highest seen; no other
     /// operation is admitted while `op` runs.
-    pub fn apply<R>(&self, token: u64, op: impl FnOnce() -> R) -> Result<R, StaleToken> {
+    pub fn apply<R>(&self, token: Token, op: impl FnOnce() -> R) -> Result<R, StaleToken> {
         let mut highest = self.highest.lock().unwrap_or_else(|e| e.into_inner());
         if token < *highest {
             return Err(StaleToken {
@@ -77,16 +79,16 @@ mod tests {
     #[test]
     fn a_lower_token_is_refused_after_a_higher_one() {
         let f = FencingChecker::default();
-        assert_eq!(f.apply(5, || "a"), Ok("a"));
-        assert_eq!(f.check(5), Ok(()), "the same holder writes again");
-        assert_eq!(f.check(7), Ok(()));
+        assert_eq!(f.apply(Token(5), || "a"), Ok("a"));
+        assert_eq!(f.check(Token(5)), Ok(()), "the same holder writes again");
+        assert_eq!(f.check(Token(7)), Ok(()));
         assert_eq!(
-            f.apply(5, || unreachable!("a stale write must not run")),
+            f.apply(Token(5), || unreachable!("a stale write must not run")),
             Err(StaleToken {
-                token: 5,
-                highest: 7
+                token: Token(5),
+                highest: Token(7)
             })
         );
-        assert_eq!(f.highest(), 7);
+        assert_eq!(f.highest(), Token(7));
     }
 }

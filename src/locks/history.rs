@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::ids::Token;
+
 /// One client's hold of one lock under one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
@@ -19,7 +21,7 @@ pub struct Hold {
     /// Who held it (any label unique per client).
     pub client: String,
     /// The fencing token.
-    pub token: u64,
+    pub token: Token,
     /// When the client received the grant.
     pub from: Duration,
     /// When the client stopped believing it held the lock.
@@ -100,7 +102,7 @@ impl LockHistory {
 
     /// Checks every property; the first violation found.
     pub fn check(&self) -> Result<(), Violation> {
-        let mut by_token: BTreeMap<(usize, u64), &Hold> = BTreeMap::new();
+        let mut by_token: BTreeMap<(usize, Token), &Hold> = BTreeMap::new();
         for h in &self.holds {
             if let Some(other) = by_token.insert((self.life(h), h.token), h)
                 && (other.client != h.client || other.lock != h.lock)
@@ -161,7 +163,7 @@ mod tests {
         Hold {
             lock: lock.into(),
             client: client.into(),
-            token,
+            token: Token(token),
             from: Duration::from_millis(from),
             until: Duration::from_millis(until),
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, NodeId};
+use crate::ids::{Epoch, NodeId, Token};
 use crate::replication::Merge;
 
 pub use client::{Grant, LockBuilder, LockError, LockGuard, LockPath, PathError};
@@ -45,17 +45,17 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// The highest epoch that can still form tokens (K1).
 pub const EPOCH_MAX: Epoch = Epoch::MAX;
 /// The highest sequence number within an epoch (K1).
-pub const SEQ_MAX: u64 = (1 << 32) - 1;
+pub const SEQ_MAX: u64 = Token::SEQ_MAX;
 
 /// The token for the `seq`-th grant of `epoch` (K1), or `None` when
 /// either is out of range.
-pub fn token(epoch: Epoch, seq: u64) -> Option<u64> {
-    (epoch <= EPOCH_MAX && seq <= SEQ_MAX).then_some((epoch.0 << 32) | seq)
+pub fn token(epoch: Epoch, seq: u64) -> Option<Token> {
+    Token::new(epoch, seq)
 }
 
 /// The epoch a token was granted in.
-pub fn token_epoch(token: u64) -> Epoch {
-    Epoch(token >> 32)
+pub fn token_epoch(token: Token) -> Epoch {
+    token.epoch()
 }
 
 /// One lock's replicated state: the latest grant, or the tombstone of the
@@ -65,7 +65,7 @@ pub struct Entry {
     /// The lock name.
     pub name: String,
     /// The token granted, or the token a `Free` freed.
-    pub token: u64,
+    pub token: Token,
     /// Held or freed.
     pub state: EntryState,
 }
@@ -120,7 +120,7 @@ impl EntryState {
 /// Entries replicate by the merge of [`crate::replication`] (K2).
 impl Merge for Entry {
     type Key = String;
-    type Rank = (u64, bool, u64);
+    type Rank = (Token, bool, u64);
 
     fn key(&self) -> &String {
         &self.name
@@ -129,7 +129,7 @@ impl Merge for Entry {
     /// Merge order: a higher token wins; at one token, its release wins
     /// over its grant, so a stale grant never comes back (K2); between
     /// two writes of one grant, the later version wins.
-    fn rank(&self) -> (u64, bool, u64) {
+    fn rank(&self) -> (Token, bool, u64) {
         match &self.state {
             EntryState::Held { version, .. } => (self.token, false, *version),
             EntryState::Free { .. } => (self.token, true, 0),
@@ -232,14 +232,14 @@ pub enum LockRequest {
         /// Lock name.
         name: String,
         /// The holder's token.
-        token: u64,
+        token: Token,
     },
     /// Give the lock up.
     Release {
         /// Lock name.
         name: String,
         /// The holder's token.
-        token: u64,
+        token: Token,
     },
     /// Who holds `name`, as the leader sees it.
     Status {
@@ -259,7 +259,7 @@ pub struct LockInfo {
     /// Lock name.
     pub name: String,
     /// The holder's token.
-    pub token: u64,
+    pub token: Token,
     /// How long until the leader expires it.
     pub expires_in_ms: u64,
     /// The node the holder asked through.
@@ -274,7 +274,7 @@ pub enum LockReply {
     /// The lock is yours.
     Granted {
         /// Fencing token.
-        token: u64,
+        token: Token,
         /// The TTL granted.
         ttl_ms: u64,
     },
@@ -288,7 +288,7 @@ pub enum LockReply {
     /// The lock's state as the leader sees it.
     Status {
         /// The holder's token, if held.
-        token: Option<u64>,
+        token: Option<Token>,
         /// How long until the leader expires it.
         expires_in_ms: u64,
         /// The node the holder asked through.

@@ -39,7 +39,7 @@ use std::time::Duration;
 use super::{
     EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
 };
-use crate::ids::{BatchId, Epoch, NodeId};
+use crate::ids::{BatchId, Epoch, NodeId, Token};
 use crate::replication::Batches;
 
 pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
@@ -152,7 +152,7 @@ impl Quiet {
 
 #[derive(Debug, Clone)]
 struct Holder {
-    token: u64,
+    token: Token,
     ttl_ms: u64,
     owner: NodeId,
     request_id: Option<String>,
@@ -193,9 +193,9 @@ struct Lock {
 #[derive(Debug, Clone)]
 enum Effect {
     /// A grant's first write: committed, its requester is told.
-    Grant { name: String, token: u64 },
+    Grant { name: String, token: Token },
     /// An adopted grant's rewrite in the term's first batch.
-    Adopt { name: String, token: u64 },
+    Adopt { name: String, token: Token },
     /// A release (or a retry of one) is answered.
     Release { ticket: Ticket },
     /// A renewal (or an acquire retry) answered once the grant's version
@@ -220,7 +220,7 @@ struct Term {
     batches: Batches<Entry, Effect>,
     /// Tombstones written this term not yet on a majority, by name: the
     /// token freed and the batch carrying it (`None`: the open one).
-    frees: HashMap<String, (u64, Option<BatchId>)>,
+    frees: HashMap<String, (Token, Option<BatchId>)>,
     /// (name, request id) of grants that ended this term.
     ended: VecDeque<(String, String)>,
     /// A new epoch was asked for, or the tokens are spent (K1).
@@ -316,7 +316,7 @@ impl LockTable {
         let next_seq = merged
             .entries()
             .filter(|e| super::token_epoch(e.token) == epoch)
-            .map(|e| (e.token & SEQ_MAX) + 1)
+            .map(|e| (e.token.0 & SEQ_MAX) + 1)
             .max()
             .unwrap_or(1);
         let next_write = merged
@@ -728,7 +728,7 @@ impl LockTable {
         now: Duration,
         ticket: Ticket,
         name: &str,
-        tok: u64,
+        tok: Token,
     ) -> Vec<LockOutput> {
         if let Err(e) = check_name(name) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
@@ -759,7 +759,7 @@ impl LockTable {
         now: Duration,
         ticket: Ticket,
         name: &str,
-        tok: u64,
+        tok: Token,
     ) -> Vec<LockOutput> {
         let mut out = Vec::new();
         if let Err(e) = check_name(name) {
@@ -1027,7 +1027,7 @@ impl LockTable {
 
 /// Marks the holder of `name` committed if it still holds `tok`; it and
 /// the tickets that waited for the commit.
-fn commit<'t>(term: &'t mut Term, name: &str, tok: u64) -> Option<(&'t mut Holder, Vec<Ticket>)> {
+fn commit<'t>(term: &'t mut Term, name: &str, tok: Token) -> Option<(&'t mut Holder, Vec<Ticket>)> {
     let h = term
         .locks
         .get_mut(name)

@@ -1,10 +1,11 @@
 use super::*;
+use crate::ids::Token;
 use crate::locks::EntryState;
 
 fn held(name: &str, token: u64) -> Entry {
     Entry {
         name: name.into(),
-        token,
+        token: Token(token),
         state: EntryState::held(1000, NodeId(1), None, 0),
     }
 }
@@ -123,7 +124,7 @@ fn lock_log_checksums_truncate_a_torn_tail_and_refuse_a_corrupt_middle() {
     forged.extend_from_slice(&body);
     fs::write(&path, &forged).unwrap();
     let (_, again, _) = LockLog::open(&path).unwrap();
-    assert_eq!(again.get("a").map(|e| e.token), Some(1));
+    assert_eq!(again.get("a").map(|e| e.token), Some(Token(1)));
     // Not a lock log at all.
     fs::write(&path, b"hello").unwrap();
     assert!(LockLog::open(&path).is_err());
@@ -184,7 +185,7 @@ fn e8_entries_already_in_memory_are_written_before_the_ack() {
         panic!("{stored:?}")
     };
     assert_eq!(promised, Epoch(4));
-    assert_eq!(replica.get("x").map(|e| e.token), Some(9));
+    assert_eq!(replica.get("x").map(|e| e.token), Some(Token(9)));
 }
 
 /// A blank directory writes nothing until it is initialized: its voter

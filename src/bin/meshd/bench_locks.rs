@@ -79,7 +79,7 @@ enum Session {
 enum Held {
     Mesh {
         name: String,
-        token: u64,
+        token: coordmesh::Token,
     },
     #[cfg(feature = "etcd-bench")]
     Etcd(Vec<u8>),

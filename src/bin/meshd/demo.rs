@@ -33,7 +33,7 @@ const JOB_LOCK: &str = "scheduled-job";
 /// lock's token (a stale holder's write would be refused).
 struct JobRecord {
     start: Instant,
-    runs: Mutex<BTreeMap<u64, Vec<(u64, u64)>>>,
+    runs: Mutex<BTreeMap<u64, Vec<(u64, coordmesh::Token)>>>,
     fence: FencingChecker,
     refused: Mutex<Vec<String>>,
     stop: AtomicBool,
@@ -72,6 +72,7 @@ fn scheduler(node: u64, http: SocketAddr, job: Arc<JobRecord>, first_tick: u64) 
         let Some(token) = grant["token_str"]
             .as_str()
             .and_then(|t| t.parse::<u64>().ok())
+            .map(coordmesh::Token)
         else {
             continue;
         };

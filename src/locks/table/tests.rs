@@ -75,7 +75,7 @@ impl Harness {
         Some(self.replies.remove(at).1)
     }
 
-    fn granted(&mut self, t: Ticket) -> u64 {
+    fn granted(&mut self, t: Ticket) -> Token {
         match self.reply(t) {
             Some(LockReply::Granted { token, .. }) => token,
             other => panic!("expected a grant for {t:?}, got {other:?}"),
@@ -96,7 +96,7 @@ fn a_grant_is_told_only_after_a_majority_holds_it() {
     h.commit(1, &[ME, NodeId(3)]);
     let tok = h.granted(t);
     assert_eq!(token_epoch(tok), Epoch(5));
-    assert_eq!(tok & 0xffff_ffff, 1);
+    assert_eq!(tok.0 & 0xffff_ffff, 1);
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn many_requests_share_one_batch_and_tokens_increase() {
     assert_eq!(h.batches.len(), 1);
     assert_eq!(h.batches[0].1.len(), 10);
     h.commit(1, &[ME, NodeId(2)]);
-    let mut last = 0;
+    let mut last = Token(0);
     for t in ts {
         let tok = h.granted(t);
         assert!(tok > last);
@@ -227,7 +227,7 @@ fn k1_a_spent_sequence_asks_for_a_new_epoch_and_grants_nothing() {
     h.table.set_next_seq(SEQ_MAX);
     let a = h.acquire(0, "a", 1000, 0, None);
     h.commit(0, &[ME, NodeId(2)]);
-    assert_eq!(h.granted(a), (5 << 32) | SEQ_MAX);
+    assert_eq!(h.granted(a), Token((5 << 32) | SEQ_MAX));
     let b = h.acquire(1, "b", 1000, 100, None);
     h.commit(1, &[ME, NodeId(2)]);
     assert!(h.new_epoch);
@@ -293,7 +293,7 @@ fn k4_a_grant_committed_after_its_requester_gave_up_is_released() {
 #[test]
 fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     let mut merged = Replica::default();
-    let old = (4 << 32) | 7;
+    let old = Token((4 << 32) | 7);
     merged.merge(Entry {
         name: "x".into(),
         token: old,
@@ -333,7 +333,7 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     let mut out = table.handle_acquire(ms(6000), Ticket(2), ME, "y", 1000, 0, None);
     out.extend(table.flush());
     assert!(matches!(&out[0], LockOutput::Replicate { entries, .. }
-            if entries.iter().any(|e| e.name == "y" && e.token == (5 << 32) | 1)));
+            if entries.iter().any(|e| e.name == "y" && e.token == Token((5 << 32) | 1))));
 }
 
 #[test]
@@ -385,7 +385,7 @@ mod merge {
     fn entry() -> impl Strategy<Value = Entry> {
         (0..3u8, 0..6u64, any::<bool>(), 0..4u64).prop_map(|(n, t, free, version)| Entry {
             name: format!("n{n}"),
-            token: t,
+            token: Token(t),
             state: if free {
                 EntryState::Free { request_id: None }
             } else {
@@ -426,7 +426,7 @@ fn an_adopted_grant_expires_and_passes_to_the_waiter() {
     let mut merged = Replica::default();
     merged.merge(Entry {
         name: "x".into(),
-        token: (4 << 32) | 1,
+        token: Token((4 << 32) | 1),
         state: EntryState::held(1000, NodeId(9), None, 0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
@@ -547,10 +547,10 @@ fn frees(out: &[LockOutput], name: &str) -> bool {
     })
 }
 
-fn adopted(name: &str, token: u64, ttl_ms: u64, request_id: Option<&str>) -> Entry {
+fn adopted(name: &str, token: impl Into<Token>, ttl_ms: u64, request_id: Option<&str>) -> Entry {
     Entry {
         name: name.into(),
-        token,
+        token: token.into(),
         state: EntryState::held(ttl_ms, NodeId(9), request_id.map(String::from), 0),
     }
 }
@@ -561,7 +561,7 @@ fn adopted(name: &str, token: u64, ttl_ms: u64, request_id: Option<&str>) -> Ent
 /// carrying it has a majority.
 #[test]
 fn finding_1_an_adopted_grant_is_reported_only_once_a_majority_holds_it() {
-    let old = (5 << 32) | 3;
+    let old = Token((5 << 32) | 3);
     let mut merged = Replica::default();
     merged.merge(adopted("g", old, 5000, Some("r")));
     let mut h = Harness::new();
@@ -795,7 +795,7 @@ fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
     let mut merged = Replica::default();
     merged.merge(Entry {
         name: "x".into(),
-        token: (4 << 32) | 1,
+        token: Token((4 << 32) | 1),
         state: EntryState::Held {
             ttl_ms: 10_000,
             owner: NodeId(9),
