@@ -7,6 +7,42 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// `Display` as the number it wraps.
+macro_rules! displays_as_its_number {
+    ($t:ident) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+/// From a number, and `+ n` / `- n` (the tests count in steps).
+macro_rules! counts_in_steps {
+    ($t:ident) => {
+        impl From<u64> for $t {
+            fn from(n: u64) -> $t {
+                $t(n)
+            }
+        }
+
+        impl std::ops::Add<u64> for $t {
+            type Output = $t;
+            fn add(self, n: u64) -> $t {
+                $t(self.0 + n)
+            }
+        }
+
+        impl std::ops::Sub<u64> for $t {
+            type Output = $t;
+            fn sub(self, n: u64) -> $t {
+                $t(self.0 - n)
+            }
+        }
+    };
+}
+
 /// A node's identity: unique in the cluster, ordered numerically (the
 /// lowest live id is the preferred leader).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -19,11 +55,7 @@ impl NodeId {
     pub const REMOTE_CLIENT: NodeId = NodeId(u64::MAX);
 }
 
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+displays_as_its_number!(NodeId);
 
 /// A node id that is not an unsigned 64-bit integer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,11 +82,7 @@ impl FromStr for NodeId {
 #[serde(transparent)]
 pub struct Generation(pub u64);
 
-impl fmt::Display for Generation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+displays_as_its_number!(Generation);
 
 /// An election term: promises, leaderships and the fencing tokens of the
 /// locks granted in it are numbered by it. Only epochs up to
@@ -78,31 +106,9 @@ impl Epoch {
     }
 }
 
-impl From<u64> for Epoch {
-    fn from(n: u64) -> Epoch {
-        Epoch(n)
-    }
-}
+counts_in_steps!(Epoch);
 
-impl std::ops::Add<u64> for Epoch {
-    type Output = Epoch;
-    fn add(self, n: u64) -> Epoch {
-        Epoch(self.0 + n)
-    }
-}
-
-impl std::ops::Sub<u64> for Epoch {
-    type Output = Epoch;
-    fn sub(self, n: u64) -> Epoch {
-        Epoch(self.0 - n)
-    }
-}
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+displays_as_its_number!(Epoch);
 
 /// A lock's fencing token: `(epoch << 32) | seq`, the `seq`-th grant of
 /// an epoch (K1), so a later grant of any lock has a higher token. A
@@ -130,31 +136,9 @@ impl Token {
     }
 }
 
-impl From<u64> for Token {
-    fn from(n: u64) -> Token {
-        Token(n)
-    }
-}
+counts_in_steps!(Token);
 
-impl std::ops::Add<u64> for Token {
-    type Output = Token;
-    fn add(self, n: u64) -> Token {
-        Token(self.0 + n)
-    }
-}
-
-impl std::ops::Sub<u64> for Token {
-    type Output = Token;
-    fn sub(self, n: u64) -> Token {
-        Token(self.0 - n)
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+displays_as_its_number!(Token);
 
 /// A replication batch's id, unique for the life of the leader's table
 /// that sent it: an ack of an earlier stint's batch must never count for a
@@ -170,11 +154,7 @@ impl BatchId {
     }
 }
 
-impl fmt::Display for BatchId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+displays_as_its_number!(BatchId);
 
 #[cfg(test)]
 mod tests {

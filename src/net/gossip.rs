@@ -58,24 +58,13 @@ impl GossipBoard {
     pub(crate) fn join(
         &mut self,
         cluster: &str,
-        mut addr: SocketAddr,
+        addr: SocketAddr,
         node_id: NodeId,
         generation: Generation,
         values: Vec<(String, String)>,
         now: Instant,
     ) -> io::Result<SocketAddr> {
-        if addr.port() == 0 {
-            let port = (49152..=u16::MAX)
-                .find(|p| !self.members.contains_key(&SocketAddr::new(addr.ip(), *p)))
-                .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port"))?;
-            addr.set_port(port);
-        }
-        if self.members.contains_key(&addr) {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{addr} is in use"),
-            ));
-        }
+        let addr = super::sim::free_addr(addr, |a| self.members.contains_key(a))?;
         let me = Incarnation {
             node_id: node_id.to_string(),
             generation,

@@ -200,20 +200,9 @@ impl SimNet {
     }
 
     /// Binds `addr`; port 0 picks a free port on that host.
-    pub fn bind(&self, mut addr: SocketAddr) -> io::Result<SimSocket> {
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<SimSocket> {
         let mut inner = self.lock();
-        if addr.port() == 0 {
-            let port = (49152..=u16::MAX)
-                .find(|p| !inner.sockets.contains_key(&SocketAddr::new(addr.ip(), *p)))
-                .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port"))?;
-            addr.set_port(port);
-        }
-        if inner.sockets.contains_key(&addr) {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{addr} is in use"),
-            ));
-        }
+        let addr = free_addr(addr, |a| inner.sockets.contains_key(a))?;
         let (tx, rx) = mpsc::channel(SIM_SOCKET_QUEUE_MAX);
         inner.sockets.insert(addr, tx.clone());
         inner.bindings += 1;
@@ -343,6 +332,27 @@ impl SimNet {
             inner.sockets.remove(&addr);
         }
     }
+}
+
+/// `addr` if it is free, or with port 0 the first free port of its host
+/// from 49152 up; `AddrInUse` otherwise.
+pub(super) fn free_addr(
+    mut addr: SocketAddr,
+    in_use: impl Fn(&SocketAddr) -> bool,
+) -> io::Result<SocketAddr> {
+    if addr.port() == 0 {
+        let port = (49152..=u16::MAX)
+            .find(|p| !in_use(&SocketAddr::new(addr.ip(), *p)))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port"))?;
+        addr.set_port(port);
+    }
+    if in_use(&addr) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is in use"),
+        ));
+    }
+    Ok(addr)
 }
 
 impl Inner {
