@@ -252,6 +252,91 @@ async fn a_closed_remote_client_releases_its_locks() {
     next.release().await.unwrap();
 }
 
+/// Goal: a closed remote client's guard stops being valid before its
+/// lock passes on: while the closing client releases, the next holder is
+/// granted, and the old guard must not still say it holds. (Review of the
+/// close: it released first and marked its guards lost after.)
+#[tokio::test(start_paused = true)]
+async fn a_closing_remote_client_stops_believing_before_its_lock_passes_on() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    led(&c).await;
+    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
+    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let guard = first.lock("job").ttl(TTL).acquire().await.unwrap();
+    let clock = first.clone();
+    // Samples, every millisecond, the last instant the guard was valid.
+    let watcher = tokio::spawn(async move {
+        let mut last_valid = None;
+        while guard.is_valid() {
+            last_valid = Some(clock.clock_now());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (guard, last_valid)
+    });
+    let waiter = {
+        let second = second.clone();
+        tokio::spawn(async move {
+            let g = second
+                .lock("job")
+                .ttl(TTL)
+                .wait(Duration::from_secs(2))
+                .acquire()
+                .await;
+            (g, second.clock_now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.close().await;
+    let (next, granted_at) = waiter.await.unwrap();
+    let next = next.unwrap_or_else(|e| panic!("the waiter is served: {e} (seed {seed})"));
+    let (_guard, last_valid) = watcher.await.unwrap();
+    let last_valid = last_valid.expect("valid before the close");
+    assert!(
+        last_valid < granted_at,
+        "the closed client's guard was valid at {last_valid:?}, the next grant arrived at {granted_at:?} (seed {seed})"
+    );
+    next.release().await.unwrap();
+}
+
+/// Goal: an acquire queued at the leader when its remote client closes
+/// is released once granted, not held for its TTL by nobody.
+#[tokio::test(start_paused = true)]
+async fn a_grant_to_a_closed_remote_client_is_released() {
+    let seed = SimCluster::seed_from_env();
+    let c = cluster(seed, 3, 3, None).await;
+    let leader = led(&c).await;
+    let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
+    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
+    let queued = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            first
+                .lock("q")
+                .ttl(TTL)
+                .wait(Duration::from_secs(3))
+                .acquire()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.close().await;
+    holder.release().await.unwrap();
+    let outcome = queued.await.unwrap();
+    if let Ok(g) = &outcome {
+        assert!(!g.is_valid(), "a guard of a closed client (seed {seed})");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let next = second
+        .lock("q")
+        .ttl(TTL)
+        .try_acquire()
+        .await
+        .unwrap_or_else(|e| panic!("free well before the TTL: {e} (seed {seed})"));
+    next.release().await.unwrap();
+}
+
 /// Goal: a remote client counts validity with the cluster's drift bound
 /// (`ttl·(1−ρ)` from the send), and refuses one outside 0..=0.1.
 #[tokio::test(start_paused = true)]

@@ -203,30 +203,30 @@ impl RemoteClient {
         self.inner.clock.now()
     }
 
-    /// Closes the client: first releases every lock granted through it
-    /// and not known to have ended (for up to 2 s in all), so that the
-    /// next holder need not wait out a TTL; then its guards stop renewing
-    /// and report lost, and new requests fail with `ShuttingDown`. A lock
-    /// whose release found no leader in that time stays held until its
-    /// TTL ends.
+    /// Closes the client. At once its guards stop being valid (before
+    /// any lock is freed, so no guard of it believes while the next holder
+    /// holds), stop renewing and report lost, and new acquires and
+    /// renewals fail with `ShuttingDown`. Then it releases every lock
+    /// granted through it and not known to have ended, for up to 2 s in
+    /// all, so that the next holder need not wait out a TTL; a grant that
+    /// arrives later (an acquire that was queued at the leader) is released
+    /// as it arrives. A lock whose release found no leader in that time
+    /// stays held until its TTL ends.
     pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
         let held = std::mem::take(&mut *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()));
         let mut releases = tokio::task::JoinSet::new();
         for ((name, token), ttl) in held {
-            let client = self.clone();
-            releases.spawn(async move {
-                let _ = crate::locks::client::release(
-                    &client,
-                    &name,
-                    token,
-                    ttl.min(CLOSE_RELEASE_MAX),
-                )
-                .await;
-            });
+            releases.spawn(self.clone().release_on_close(name, token, ttl));
         }
         let _ = tokio::time::timeout(CLOSE_RELEASE_MAX, releases.join_all()).await;
-        self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.changed.notify_waiters();
+    }
+
+    /// Releases what this closed client was granted.
+    async fn release_on_close(self, name: String, token: Token, ttl: Duration) {
+        let _ =
+            crate::locks::client::release(&self, &name, token, ttl.min(CLOSE_RELEASE_MAX)).await;
     }
 
     /// Calls given up so far because the leader stopped answering pings
@@ -235,12 +235,20 @@ impl RemoteClient {
         self.inner.given_up.load(Ordering::Relaxed)
     }
 
-    /// Keeps [`Inner::held`] in step with what the leader answered.
+    /// Keeps [`Inner::held`] in step with what the leader answered; a
+    /// grant to a closed client is released at once.
     fn track(&self, request: &LockRequest, reply: &LockReply) {
         let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         match (request, reply) {
             (LockRequest::Acquire { name, .. }, LockReply::Granted { token, ttl_ms }) => {
-                held.insert((name.clone(), *token), Duration::from_millis(*ttl_ms));
+                let ttl = Duration::from_millis(*ttl_ms);
+                if self.is_stopped() {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(self.clone().release_on_close(name.clone(), *token, ttl));
+                    }
+                } else {
+                    held.insert((name.clone(), *token), ttl);
+                }
             }
             (
                 LockRequest::Release { name, token } | LockRequest::Renew { name, token },
@@ -275,10 +283,13 @@ impl RemoteClient {
         let dead = async {
             let mut missed = 0;
             loop {
-                // After a miss, ask again at once.
+                // After a miss, ask again once the missed ping's time is
+                // up (an error that comes at once, a full queue of calls,
+                // counts as no faster).
                 if missed == 0 {
                     tokio::time::sleep(LIVENESS_CHECK).await;
                 }
+                let asked = tokio::time::Instant::now();
                 let ping = Request::Ping(Ping {
                     payload: Vec::new(),
                 });
@@ -290,6 +301,7 @@ impl RemoteClient {
                             self.inner.given_up.fetch_add(1, Ordering::Relaxed);
                             return e;
                         }
+                        tokio::time::sleep_until(asked + LIVENESS_CHECK).await;
                     }
                 }
             }
@@ -334,7 +346,9 @@ impl RemoteClient {
     /// have reached a leader, and the caller's retry with the same request
     /// id settles it. `NoQuorum` when no agent leads.
     async fn route(&self, request: &LockRequest, timeout: Duration) -> Result<LockReply, RpcError> {
-        if self.is_stopped() {
+        // A closed client still releases (what it held, and grants that
+        // arrive after its close); it asks for nothing new.
+        if self.is_stopped() && !matches!(request, LockRequest::Release { .. }) {
             return Err(RpcError::Closed);
         }
         let start = self.inner.clock.now();

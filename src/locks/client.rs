@@ -372,11 +372,13 @@ impl LockGuard {
         self.ttl
     }
 
-    /// True while the lease is valid by the holder's conservative count.
+    /// True while the lease is valid by the holder's conservative count
+    /// and the guard's path is open (its node runs, its remote client is
+    /// not closed: a closed path may already have released the lock).
     /// Check it right before each act (and fence what can be delayed).
     pub fn is_valid(&self) -> bool {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.lease.is_valid(self.mesh.now())
+        s.lease.is_valid(self.mesh.now()) && !self.mesh.is_stopped()
     }
 
     /// When the lease's validity ends, on the protocol clock
