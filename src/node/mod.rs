@@ -286,7 +286,8 @@ impl State {
         loop {
             // Biased, so a seed replays a run: the tick, then membership
             // (each is ready now and then, so a busy queue cannot starve
-            // the lease's checks or the liveness of peers), then the queue.
+            // the lease's checks or the liveness of peers), then the queue,
+            // which is drained after every branch besides.
             tokio::select! {
                 biased;
                 _ = tick.tick() => {
@@ -319,13 +320,15 @@ impl State {
                     if !self.handle(input).await {
                         return;
                     }
-                    // Whatever else is queued joins the same lock batch.
-                    for _ in 0..BATCH_INPUTS_MAX {
-                        let Ok(input) = rx.try_recv() else { break };
-                        if !self.handle(input).await {
-                            return;
-                        }
-                    }
+                }
+            }
+            // Whatever else is queued joins the same lock batch, whichever
+            // branch ran: a tick that is due at every turn (its work took a
+            // period) cannot starve the queue.
+            for _ in 0..BATCH_INPUTS_MAX {
+                let Ok(input) = rx.try_recv() else { break };
+                if !self.handle(input).await {
+                    return;
                 }
             }
             let outs = self.locks.flush();
