@@ -3,9 +3,7 @@
 
 mod agent;
 mod bench;
-mod bench_locks;
 mod demo;
-mod etcd;
 mod keygen;
 mod lock;
 mod status;

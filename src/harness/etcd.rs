@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use coordmesh::harness::agents::{die_with_parent, free_gossip_port};
-use coordmesh::harness::http::{get_json, post_json};
+use crate::harness::agents::{die_with_parent, free_gossip_port};
+use crate::harness::http::{get_json, post_json};
 
 /// One etcd member.
 pub struct Member {

@@ -1,4 +1,5 @@
-//! `meshd bench locks`: lock throughput, latency and failover of a 3-node
+//! The workload of `meshd bench locks` (the binary parses its flags into
+//! [`LocksOptions`] and calls [`locks`]): lock throughput, latency and failover of a 3-node
 //! cluster of real agents (voters with data directories, so every grant
 //! is fsynced by a majority before it is reported), driven by a native
 //! Rust client over QUIC; then, in the same run, a 3-member etcd driven
@@ -22,40 +23,40 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Args;
-use coordmesh::client::RemoteClient;
-use coordmesh::locks::LockPath;
-use coordmesh::locks::{LockReply, LockRequest};
 use serde_json::json;
 
-use coordmesh::harness::agents::Agents;
-use coordmesh::harness::report::{micros, percentile, write_json};
+use crate::client::RemoteClient;
+use crate::harness::agents::Agents;
+use crate::harness::report::{micros, percentile, write_json};
+use crate::locks::LockPath;
+use crate::locks::{LockReply, LockRequest};
 
-/// Flags of `meshd bench locks`.
-#[derive(Args, Debug)]
-pub(crate) struct LocksArgs {
+/// What `meshd bench locks` runs (its flags).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct LocksOptions {
     /// Concurrent clients for the throughput phases.
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
+    pub clients: usize,
     /// Sequential acquires timed for the single-client latency.
-    #[arg(long, default_value_t = 2_000)]
-    calls: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2_000))]
+    pub calls: usize,
     /// Seconds of each throughput phase.
-    #[arg(long, default_value_t = 5)]
-    duration_s: u64,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
+    pub duration_s: u64,
     /// Kill -9 trials of the leader under traffic.
-    #[arg(long, default_value_t = 3)]
-    failovers: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
+    pub failovers: usize,
     /// Skip the etcd comparison.
-    #[arg(long)]
-    no_etcd: bool,
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_etcd: bool,
     /// Run the agents without data directories: nothing is fsynced, so
     /// the figures are labelled "no durability" (etcd always fsyncs).
-    #[arg(long)]
-    no_data_dir: bool,
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_data_dir: bool,
     /// Write results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub json: Option<PathBuf>,
 }
 
 const TTL_MS: u64 = 5_000;
@@ -79,7 +80,7 @@ enum Session {
 enum Held {
     Mesh {
         name: String,
-        token: coordmesh::Token,
+        token: crate::Token,
     },
     #[cfg(feature = "etcd-bench")]
     Etcd(Vec<u8>),
@@ -283,7 +284,7 @@ struct Figures {
 
 async fn measure(
     sys: &System,
-    args: &LocksArgs,
+    args: &LocksOptions,
     mut killer: impl FnMut(usize) -> Box<dyn FnOnce() + Send>,
     mut heal: impl FnMut(usize),
 ) -> Result<Figures, String> {
@@ -366,8 +367,9 @@ fn report(name: &str, f: &Figures) -> serde_json::Value {
     })
 }
 
-pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
-    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+/// Runs the benchmark: the agents are `bin` (the `meshd` binary) started
+/// on loopback, etcd beside them when built in and installed.
+pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("meshd-bench-locks-{}", std::process::id()));
     // Removed however the run ends.
     struct RemoveOnDrop(PathBuf);
@@ -405,7 +407,7 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
         Some(json!({"fdatasync_p50_us": p50, "fdatasync_p99_us": p99}))
     };
     let agents = Arc::new(Mutex::new(
-        Agents::new(&bin, 3, &dir).map_err(|e| e.to_string())?,
+        Agents::new(bin, 3, &dir).map_err(|e| e.to_string())?,
     ));
     let secret = {
         let mut a = agents.lock().unwrap();
@@ -463,7 +465,7 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
     // How well requests shared replication rounds, from the agents'
     // counters (every leader of the run; the killed ones' are lost).
     let (batches, entries) = https.iter().fold((0u64, 0u64), |(b, e), http| {
-        let text = coordmesh::harness::http::get_text(*http, "/metrics", Duration::from_secs(2))
+        let text = crate::harness::http::get_text(*http, "/metrics", Duration::from_secs(2))
             .unwrap_or_default();
         let read = |name: &str| {
             text.lines()
@@ -524,7 +526,7 @@ pub(crate) fn locks(args: LocksArgs) -> Result<(), String> {
 
 #[cfg(not(feature = "etcd-bench"))]
 fn etcd(
-    _: &LocksArgs,
+    _: &LocksOptions,
     _: &std::path::Path,
     _: &tokio::runtime::Runtime,
 ) -> Result<Option<Figures>, String> {
@@ -534,11 +536,11 @@ fn etcd(
 
 #[cfg(feature = "etcd-bench")]
 fn etcd(
-    args: &LocksArgs,
+    args: &LocksOptions,
     dir: &std::path::Path,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Option<Figures>, String> {
-    use crate::etcd::EtcdCluster;
+    use crate::harness::etcd::EtcdCluster;
     if !EtcdCluster::available() {
         println!("(etcd not installed: no comparison)");
         return Ok(None);

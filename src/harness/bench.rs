@@ -1,0 +1,651 @@
+//! The workloads of `meshd bench …` (the binary parses the flags into
+//! these options and prints nothing of its own): benchmarks that check
+//! the project's speed and memory targets. Each prints a table and can
+//! write JSON (`--json FILE`).
+//!
+//! - [`membership`] (feature `sim`): simulated clusters (virtual time) of
+//!   several sizes: time for all to see all, time for all to see a crash,
+//!   gossip bytes per node per second.
+//! - [`idle`]: real agents on loopback at rest: resident memory and CPU,
+//!   beside a 3-member etcd in the same run when `etcd` is installed.
+//! - [`failover`]: kill -9 of the leader of real agents, time until a new
+//!   leader holds a quorum; the same for a 3-member etcd (time until the
+//!   first successful write), in the same run.
+//! - [`rpc`]: QUIC RPC with mutual TLS on loopback, from this process to a
+//!   real agent: round-trip latency of one caller, throughput of many.
+//! - locks: [`super::bench_locks`].
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::NodeId;
+use crate::harness::agents::{Agents, cpu_time, rss_kib};
+use crate::harness::etcd::EtcdCluster;
+use crate::harness::report::{micros, percentile, write_json};
+use crate::rpc::Unserved;
+
+/// What `meshd bench failover` runs (its flags).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct FailoverOptions {
+    /// Kill -9 trials for each system.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 20))]
+    pub trials: usize,
+    /// Agents (all voters when at most 5).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
+    pub nodes: u64,
+    /// Skip the etcd comparison even if etcd is installed.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_etcd: bool,
+    /// Write results as JSON to this file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub json: Option<PathBuf>,
+}
+
+/// What `meshd bench rpc` runs (its flags).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct RpcOptions {
+    /// Sequential calls timed for the single-caller latency.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 20_000))]
+    pub calls: u64,
+    /// Concurrent callers for the throughput phase.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
+    pub callers: usize,
+    /// Seconds of the throughput phase.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
+    pub duration_s: u64,
+    /// Request payload in bytes.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
+    pub payload_bytes: usize,
+    /// Serve from a node in this process, on the caller's thread, instead
+    /// of an agent process: the protocol's own cost, without the
+    /// cross-process wake-ups.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub in_process: bool,
+    /// Write results as JSON to this file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub json: Option<PathBuf>,
+}
+
+/// What `meshd bench membership` runs (its flags).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct MembershipOptions {
+    /// Cluster sizes, comma-separated.
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_values_t = vec![10u64, 50, 100, 200]))]
+    pub sizes: Vec<u64>,
+    /// Seed of the simulated network.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub seed: Option<u64>,
+    /// Compress gossip digests (chitchat wire format V1).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub compression: bool,
+    /// Virtual seconds over which bandwidth is measured.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub window_s: u64,
+    /// Write results as JSON to this file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub json: Option<PathBuf>,
+}
+
+/// What `meshd bench idle` runs (its flags).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct IdleOptions {
+    /// Number of agents.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
+    pub nodes: u64,
+    /// Seconds over which CPU use is measured (after a 5 s settle).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 30))]
+    pub duration_s: u64,
+    /// Skip the etcd comparison even if etcd is installed.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_etcd: bool,
+    /// Run an open cluster (no cluster key: gossip unsealed).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub open: bool,
+    /// Write results as JSON to this file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub json: Option<PathBuf>,
+}
+
+/// Simulated membership: convergence, crash detection, bandwidth.
+#[cfg(feature = "sim")]
+pub fn membership(args: MembershipOptions) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+
+    use crate::ConfigBuilder;
+    use crate::net::SimGossip;
+    use crate::sim::SimCluster;
+
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let window = Duration::from_secs(args.window_s.max(1));
+    println!(
+        "membership benchmark: simulated clusters, 100 ms gossip, virtual time, seed {seed}, digest compression {}",
+        if args.compression { "on" } else { "off" }
+    );
+    println!(
+        "{:>6}  {:>14}  {:>14}  {:>16}  {:>10}",
+        "nodes", "all-see-all", "crash-seen-all", "bytes/node/s", "wall time"
+    );
+    let mut rows = Vec::new();
+    for &n in &args.sizes {
+        if !(2..=1000).contains(&n) {
+            return Err(format!("size {n} out of range 2-1000"));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let wall = Instant::now();
+        let row = runtime.block_on(async {
+            let tuning = ConfigBuilder {
+                gossip_compression: Some(args.compression),
+                ..ConfigBuilder::default()
+            };
+            let mut cluster =
+                SimCluster::start_gossiping(seed, n, tuning, SimGossip::Chitchat).await;
+            let converge = cluster
+                .eventually(Duration::from_secs(120), "all see all", |c| {
+                    c.all_see_alive(n as usize)
+                })
+                .await;
+            let bytes = |c: &SimCluster| -> u64 {
+                c.running()
+                    .iter()
+                    .map(|id| {
+                        c.mesh(*id)
+                            .metrics()
+                            .gossip_bytes_sent
+                            .load(Ordering::Relaxed)
+                    })
+                    .sum()
+            };
+            let before = bytes(&cluster);
+            tokio::time::sleep(window).await;
+            let per_node_s = (bytes(&cluster) - before) as f64 / n as f64 / window.as_secs_f64();
+            let victim = NodeId(n);
+            cluster.kill(victim).await;
+            let detect = cluster
+                .eventually(Duration::from_secs(120), "all see the crash", |c| {
+                    c.all_see_gone(victim)
+                })
+                .await;
+            cluster.shutdown().await;
+            (converge, detect, per_node_s)
+        });
+        let (converge, detect, per_node_s) = row;
+        let wall = wall.elapsed();
+        println!(
+            "{:>6}  {:>12.0}ms  {:>12.0}ms  {:>16.0}  {:>9.1}s",
+            n,
+            converge.as_secs_f64() * 1e3,
+            detect.as_secs_f64() * 1e3,
+            per_node_s,
+            wall.as_secs_f64()
+        );
+        rows.push(json!({
+            "nodes": n,
+            "converge_ms": converge.as_millis() as u64,
+            "crash_detect_ms": detect.as_millis() as u64,
+            "gossip_bytes_per_node_per_s": per_node_s.round() as u64,
+            "wall_s": wall.as_secs_f64(),
+        }));
+    }
+    println!("(times are virtual; detection is from the kill until every survivor sees it)");
+    write_json(
+        args.json.as_deref(),
+        &json!({"seed": seed, "gossip_interval_ms": 100, "rows": rows}),
+    )
+}
+
+/// Samples CPU time of `pids` over `window`; returns percent of one core
+/// per process and the RSS (KiB) of each at the end.
+fn sample(pids: &[u32], window: Duration) -> Result<(Vec<f64>, Vec<u64>), String> {
+    let cpu = |pid: &u32| cpu_time(*pid).ok_or(format!("process {pid} vanished"));
+    let before: Vec<Duration> = pids.iter().map(cpu).collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = start.elapsed().as_secs_f64();
+    let after: Vec<Duration> = pids.iter().map(cpu).collect::<Result<_, _>>()?;
+    let percent = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (*a - *b).as_secs_f64() / elapsed * 100.0)
+        .collect();
+    let rss = pids
+        .iter()
+        .map(|pid| rss_kib(*pid).ok_or(format!("process {pid} vanished")))
+        .collect::<Result<_, _>>()?;
+    Ok((percent, rss))
+}
+
+fn summarize(name: &str, cpu: &[f64], rss: &[u64]) -> serde_json::Value {
+    let max_rss = *rss.iter().max().unwrap_or(&0);
+    let mean_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
+    let mean_cpu = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
+    let max_cpu = cpu.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{name:<24} {:>3} procs  RSS mean {:>6.1} MiB, max {:>6.1} MiB  CPU mean {:>5.2}%, max {:>5.2}% of one core",
+        rss.len(),
+        mean_rss / 1024.0,
+        max_rss as f64 / 1024.0,
+        mean_cpu,
+        max_cpu
+    );
+    json!({
+        "processes": rss.len(),
+        "rss_kib": rss,
+        "rss_mean_mib": mean_rss / 1024.0,
+        "rss_max_mib": max_rss as f64 / 1024.0,
+        "cpu_percent": cpu,
+        "cpu_mean_percent": mean_cpu,
+        "cpu_max_percent": max_cpu,
+    })
+}
+
+/// Real agents at rest: memory and CPU, beside etcd.
+pub fn idle(args: IdleOptions) -> Result<(), String> {
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-idle-{}", std::process::id()));
+    let mut agents = Agents::new(&bin, args.nodes, &dir).map_err(|e| e.to_string())?;
+    if !args.open {
+        agents.close_with_new_key()?;
+    }
+    agents.start_all().map_err(|e| e.to_string())?;
+    let all = agents.ids();
+    agents
+        .wait_until(Duration::from_secs(30), |a| a.all_see(&all))
+        .ok_or("agents did not converge within 30 s")?;
+    let etcd = if !args.no_etcd && EtcdCluster::available() {
+        let etcd = EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?;
+        if !etcd.wait_healthy(Duration::from_secs(30)) {
+            return Err("etcd did not become healthy within 30 s".into());
+        }
+        Some(etcd)
+    } else {
+        println!("(etcd not installed or --no-etcd: no comparison)");
+        None
+    };
+    // Settle: startup allocations and the first elections are not "idle".
+    std::thread::sleep(Duration::from_secs(5));
+    let window = Duration::from_secs(args.duration_s.max(1));
+    let agent_pids: Vec<u32> = all.iter().filter_map(|id| agents.pid(*id)).collect();
+    let mut pids = agent_pids.clone();
+    let etcd_pids = etcd.as_ref().map(EtcdCluster::pids).unwrap_or_default();
+    pids.extend(&etcd_pids);
+    println!(
+        "idle benchmark: {} {} agents{} at rest, CPU sampled over {} s, same window for all",
+        args.nodes,
+        if args.open {
+            "open"
+        } else {
+            "keyed (sealed gossip)"
+        },
+        if etcd.is_some() {
+            " and a 3-member etcd"
+        } else {
+            ""
+        },
+        window.as_secs()
+    );
+    let (cpu, rss) = sample(&pids, window)?;
+    let k = agent_pids.len();
+    let ours = summarize("meshd agent", &cpu[..k], &rss[..k]);
+    let mut out = json!({"duration_s": window.as_secs(), "meshd": ours});
+    if etcd.is_some() {
+        let theirs = summarize("etcd (3.4, Debian)", &cpu[k..], &rss[k..]);
+        let ratio_rss = ours["rss_mean_mib"].as_f64().unwrap_or(0.0)
+            / theirs["rss_mean_mib"].as_f64().unwrap_or(f64::NAN);
+        let ratio_cpu = ours["cpu_mean_percent"].as_f64().unwrap_or(0.0)
+            / theirs["cpu_mean_percent"].as_f64().unwrap_or(f64::NAN);
+        println!("ratio meshd/etcd: RSS {ratio_rss:.2}, CPU {ratio_cpu:.2}");
+        out["etcd"] = theirs;
+        out["ratio_rss"] = json!(ratio_rss);
+        out["ratio_cpu"] = json!(ratio_cpu);
+    }
+    drop(etcd);
+    agents.stop_all(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_json(args.json.as_deref(), &out)
+}
+
+/// QUIC RPC with mutual TLS on loopback: latency and throughput.
+pub fn rpc(args: RpcOptions) -> Result<(), String> {
+    use crate::rpc::{Ping, Request, Rpc};
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-rpc-{}", std::process::id()));
+    let mut agents = Agents::new(&bin, 1, &dir).map_err(|e| e.to_string())?;
+    let (_, secret) = agents.close_with_new_key()?;
+    if !args.in_process {
+        agents.start_all().map_err(|e| e.to_string())?;
+        agents
+            .wait_until(Duration::from_secs(30), |a| a.all_see(&[1]))
+            .ok_or("the agent did not start within 30 s")?;
+    }
+
+    // One thread, as in the agent: on two cores the server needs the other.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = runtime.block_on(async {
+        let local = if args.in_process {
+            let mut config = crate::Config::new(1, "127.0.0.1:0".parse().map_err(|_| "address")?)
+                .map_err(|e| e.to_string())?;
+            config.cluster_secret = Some(secret.clone());
+            Some(
+                crate::Mesh::start(config)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let server = match &local {
+            Some(mesh) => mesh.config().rpc_addr,
+            None => agents.spec(1).rpc,
+        };
+        let client = Rpc::bind(
+            &crate::net::Network::Udp,
+            "127.0.0.1:0".parse().map_err(|_| "address")?,
+            NodeId(u64::MAX),
+            &secret,
+            std::sync::Arc::new(Unserved),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let client = std::sync::Arc::new(client);
+        let payload = vec![0x5a; args.payload_bytes];
+        let timeout = Duration::from_secs(2);
+        // The single caller is a spawned task, as callers in a daemon are.
+        let sequential = {
+            let client = client.clone();
+            let payload = payload.clone();
+            let calls = args.calls;
+            tokio::spawn(async move {
+                let ping = || {
+                    Request::Ping(Ping {
+                        payload: payload.clone(),
+                    })
+                };
+                // Warm up: handshake, congestion window, allocator.
+                for _ in 0..2_000 {
+                    client
+                        .call(server, ping(), timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let mut single = Vec::with_capacity(calls as usize);
+                for _ in 0..calls {
+                    let start = Instant::now();
+                    client
+                        .call(server, ping(), timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    single.push(start.elapsed());
+                }
+                Ok::<_, String>(single)
+            })
+        };
+        let mut single = sequential.await.map_err(|e| e.to_string())??;
+        single.sort_unstable();
+        let mut floor = udp_floor(args.calls, args.payload_bytes).await?;
+        floor.sort_unstable();
+
+        let window = Duration::from_secs(args.duration_s.max(1));
+        let started = Instant::now();
+        let deadline = started + window;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.callers.max(1) {
+            let client = client.clone();
+            let payload = payload.clone();
+            tasks.spawn(async move {
+                let mut times = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    let request = Request::Ping(Ping {
+                        payload: payload.clone(),
+                    });
+                    match client.call(server, request, timeout).await {
+                        Ok(_) => times.push(start.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (times, errors)
+            });
+        }
+        let mut loaded = Vec::new();
+        let mut errors = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (times, e) = done.map_err(|e| e.to_string())?;
+            loaded.extend(times);
+            errors += e;
+        }
+        let elapsed = started.elapsed();
+        loaded.sort_unstable();
+        client.close().await;
+        if let Some(mesh) = local {
+            mesh.shutdown().await;
+        }
+        Ok::<_, String>((single, floor, loaded, errors, elapsed))
+    });
+    agents.stop_all(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (single, floor, loaded, errors, elapsed) = result?;
+    let rate = loaded.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "rpc benchmark: QUIC + mutual TLS on loopback, {}-byte pings, {}",
+        args.payload_bytes,
+        if args.in_process {
+            "caller and node on one thread of this process"
+        } else {
+            "this process -> one meshd agent"
+        }
+    );
+    println!("| phase | calls | p50 µs | p99 µs | calls/s |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 1 caller, sequential | {} | {:.0} | {:.0} | {:.0} |",
+        single.len(),
+        micros(percentile(&single, 50.0)),
+        micros(percentile(&single, 99.0)),
+        single.len() as f64 / single.iter().sum::<Duration>().as_secs_f64()
+    );
+    println!(
+        "| floor: plain UDP echo, no QUIC (another thread) | {} | {:.0} | {:.0} | {:.0} |",
+        floor.len(),
+        micros(percentile(&floor, 50.0)),
+        micros(percentile(&floor, 99.0)),
+        floor.len() as f64 / floor.iter().sum::<Duration>().as_secs_f64()
+    );
+    println!(
+        "| {} callers, {} s | {} | {:.0} | {:.0} | {:.0} |",
+        args.callers,
+        elapsed.as_secs(),
+        loaded.len(),
+        micros(percentile(&loaded, 50.0)),
+        micros(percentile(&loaded, 99.0)),
+        rate
+    );
+    if errors > 0 {
+        println!("errors under load: {errors}");
+    }
+    let out = json!({
+        "payload_bytes": args.payload_bytes,
+        "in_process": args.in_process,
+        "single": {"calls": single.len(), "p50_us": micros(percentile(&single, 50.0)), "p99_us": micros(percentile(&single, 99.0))},
+        "udp_floor": {"calls": floor.len(), "p50_us": micros(percentile(&floor, 50.0)), "p99_us": micros(percentile(&floor, 99.0))},
+        "concurrent": {"callers": args.callers, "calls": loaded.len(), "calls_per_s": rate, "p50_us": micros(percentile(&loaded, 50.0)), "p99_us": micros(percentile(&loaded, 99.0)), "errors": errors},
+    });
+    write_json(args.json.as_deref(), &out)
+}
+
+/// Round trips of plain UDP datagrams (no QUIC, no TLS) to an echo on
+/// another thread with its own runtime: what the machine's loopback and
+/// wake-ups cost before any protocol. Reported beside the RPC figures.
+async fn udp_floor(calls: u64, payload_bytes: usize) -> Result<Vec<Duration>, String> {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let echo_addr = echo.local_addr().map_err(|e| e.to_string())?;
+    echo.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let socket = tokio::net::UdpSocket::from_std(echo)?;
+            let mut buf = vec![0u8; 2048];
+            let serve = async {
+                loop {
+                    let (n, from) = socket.recv_from(&mut buf).await?;
+                    socket.send_to(&buf[..n], from).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            };
+            tokio::select! {
+                r = serve => r,
+                _ = stop_rx => Ok(()),
+            }
+        })
+    });
+    let client = tokio::spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        socket.connect(echo_addr).await?;
+        let payload = vec![0x5a; payload_bytes];
+        let mut buf = vec![0u8; 2048];
+        let mut times = Vec::with_capacity(calls as usize);
+        for i in 0..calls + 2_000 {
+            let start = Instant::now();
+            socket.send(&payload).await?;
+            // Loopback does not lose datagrams, but never hang if it does.
+            tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("UDP echo lost a datagram"))??;
+            if i >= 2_000 {
+                times.push(start.elapsed());
+            }
+        }
+        Ok::<_, std::io::Error>(times)
+    });
+    let times = client
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string());
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    times
+}
+
+fn summarize_ms(name: &str, times: &mut [Duration]) -> serde_json::Value {
+    times.sort_unstable();
+    let p50 = percentile(times, 50.0).as_secs_f64() * 1e3;
+    let p99 = percentile(times, 99.0).as_secs_f64() * 1e3;
+    let max = times.last().copied().unwrap_or_default().as_secs_f64() * 1e3;
+    println!(
+        "{name:<26} {:>3} trials  p50 {p50:>6.0} ms  p99 {p99:>6.0} ms  max {max:>6.0} ms",
+        times.len()
+    );
+    json!({"trials": times.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+           "all_ms": times.iter().map(|t| t.as_secs_f64() * 1e3).collect::<Vec<_>>()})
+}
+
+/// Leader failover after kill -9, real processes, beside etcd.
+pub fn failover(args: FailoverOptions) -> Result<(), String> {
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("meshd-bench-failover-{}", std::process::id()));
+    let mut agents = Agents::new(&bin, args.nodes, &dir).map_err(|e| e.to_string())?;
+    agents.close_with_new_key()?;
+    agents.data_root = Some(dir.join("data"));
+    agents.start_all().map_err(|e| e.to_string())?;
+    let all = agents.ids();
+    println!(
+        "failover benchmark: {} keyed agents with data dirs on loopback, kill -9 of the leader, {} trials; time until a surviving agent reports a new leader with quorum and that leader reports its lease valid",
+        args.nodes, args.trials
+    );
+    let mut ours = Vec::new();
+    for trial in 0..args.trials {
+        agents
+            .wait_until(Duration::from_secs(30), |a| {
+                a.all_see(&all) && a.agreed_leader().is_some()
+            })
+            .ok_or(format!("trial {trial}: no agreed leader within 30 s"))?;
+        let (leader, epoch) = agents.agreed_leader().ok_or("leader vanished")?;
+        let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+        let killed_at = Instant::now();
+        agents.kill9(leader);
+        let took = loop {
+            let new = survivors.iter().find_map(|id| {
+                agents
+                    .leader_seen_by(*id)
+                    .filter(|(l, e)| *l != leader && *e > epoch)
+            });
+            if let Some((l, _)) = new
+                && agents.status(l).is_some_and(|s| s["is_leader"] == true)
+            {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                return Err(format!("trial {trial}: no new leader within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        ours.push(took);
+        agents.start(leader).map_err(|e| e.to_string())?;
+    }
+    agents.stop_all(Duration::from_secs(10));
+    let mut out = json!({"nodes": args.nodes, "meshd": summarize_ms("meshd", &mut ours)});
+
+    if !args.no_etcd && EtcdCluster::available() {
+        let mut etcd = EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?;
+        let mut theirs = Vec::new();
+        for trial in 0..args.trials {
+            if !etcd.wait_healthy(Duration::from_secs(60)) {
+                return Err(format!("etcd trial {trial}: not healthy within 60 s"));
+            }
+            let start = Instant::now();
+            let leader = loop {
+                if let Some(l) = etcd.leader() {
+                    break l;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("etcd trial {trial}: no leader"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let survivors: Vec<usize> = (0..etcd.members.len()).filter(|i| *i != leader).collect();
+            let killed_at = Instant::now();
+            etcd.kill9(leader);
+            let took = 'wait: loop {
+                for &i in &survivors {
+                    if etcd.put(i, Duration::from_millis(300)) {
+                        break 'wait killed_at.elapsed();
+                    }
+                }
+                if killed_at.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("etcd trial {trial}: no write within 60 s"));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            theirs.push(took);
+            etcd.spawn(leader).map_err(|e| e.to_string())?;
+        }
+        let theirs_json = summarize_ms("etcd 3.4 (3 members)", &mut theirs);
+        let ratio = out["meshd"]["p50_ms"].as_f64().unwrap_or(f64::NAN)
+            / theirs_json["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        println!("ratio of p50s meshd/etcd: {ratio:.2}");
+        out["etcd"] = theirs_json;
+        out["ratio_p50"] = json!(ratio);
+    } else {
+        println!("(etcd not installed or --no-etcd: no comparison)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    write_json(args.json.as_deref(), &out)
+}
