@@ -49,8 +49,9 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(200);
 /// Pings in a row left unanswered before a call is given up and the
 /// leader looked for again: one lost datagram must not abandon a queued
 /// acquire (a retry would join the queue again at its end). After a miss
-/// the next ping goes at once, so a dead leader costs four checks (800
-/// ms), inside an acquire attempt (at most 1 s).
+/// the next ping goes once the missed one's time is up, so a dead leader
+/// costs 800 ms (a wait, then three unanswered pings), inside an acquire
+/// attempt (at most 1 s).
 const LIVENESS_MISSES_MAX: u32 = 3;
 /// The longest [`RemoteClient::close`] spends releasing the locks the
 /// client holds.
@@ -154,15 +155,8 @@ impl RemoteClient {
                 "a remote client needs at least one agent's RPC address",
             ));
         }
-        if !(0.0..=0.1).contains(&options.drift) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "drift bound {} must be within 0 and 0.1, as the cluster's",
-                    options.drift
-                ),
-            ));
-        }
+        Timing::check_drift(options.drift)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let rpc = Rpc::bind(
             network,
             bind,

@@ -100,14 +100,22 @@ pub enum TimingError {
 }
 
 impl Timing {
+    /// Refuses a drift bound outside [0, 0.1] (the agents' setting, and
+    /// what a remote client must agree with).
+    pub fn check_drift(drift: f64) -> Result<(), TimingError> {
+        if (0.0..=0.1).contains(&drift) {
+            Ok(())
+        } else {
+            Err(TimingError::Drift(drift))
+        }
+    }
+
     /// Checks the relations the protocol relies on.
     pub fn validate(&self) -> Result<(), TimingError> {
         if self.heartbeat.is_zero() || self.lease.is_zero() {
             return Err(TimingError::Zero);
         }
-        if !(0.0..=0.1).contains(&self.drift) {
-            return Err(TimingError::Drift(self.drift));
-        }
+        Timing::check_drift(self.drift)?;
         if self.heartbeat * 2 > self.lease {
             return Err(TimingError::HeartbeatTooSlow {
                 heartbeat_ms: self.heartbeat.as_millis() as u64,
