@@ -84,7 +84,6 @@ enum Gossip {
     /// The replayable model of a simulated network (`model`).
     Model {
         net: SimNet,
-        addr: SocketAddr,
         silent_max: Duration,
         stopped: AtomicBool,
     },
@@ -141,28 +140,42 @@ impl Membership {
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
         let chitchat = handle.chitchat();
         let live_rx = chitchat.lock().await.live_nodes_watcher();
-        let (view_tx, view_rx) = watch::channel(Arc::new(MembershipView::empty(config.id)));
-        let (events_tx, _) = broadcast::channel(MEMBER_EVENTS_QUEUE_MAX);
-        let watcher = tokio::spawn(watch_loop(
-            config.id,
-            chitchat.clone(),
-            live_rx,
-            view_tx,
-            events_tx.clone(),
-            metrics,
-        ));
-        Ok(Membership {
+        let (publisher, view, events) = Publisher::new(config.id, metrics);
+        let watcher = tokio::spawn(watch_loop(chitchat.clone(), live_rx, publisher));
+        let gossip = Gossip::Chitchat {
+            handle: Mutex::new(Some(handle)),
+            chitchat,
+        };
+        Ok(Membership::assemble(
+            config,
+            config.gossip_addr,
+            gossip,
+            (view, events),
+            watcher,
+        ))
+    }
+
+    /// The handle over a started gossip: its address, its view and events,
+    /// the task that publishes them.
+    fn assemble(
+        config: &Config,
+        gossip_addr: SocketAddr,
+        gossip: Gossip,
+        (view, events): (
+            watch::Receiver<Arc<MembershipView>>,
+            broadcast::Sender<MemberEvent>,
+        ),
+        watcher: JoinHandle<()>,
+    ) -> Membership {
+        Membership {
             self_id: config.id,
-            gossip_addr: config.gossip_addr,
-            gossip: Gossip::Chitchat {
-                handle: Mutex::new(Some(handle)),
-                chitchat,
-            },
-            view: view_rx,
-            events: events_tx,
+            gossip_addr,
+            gossip,
+            view,
+            events,
             watcher,
             leave_duration: config.leave_duration,
-        })
+        }
     }
 
     /// Starts the replayable gossip model on a simulated network (see
@@ -184,32 +197,26 @@ impl Membership {
             tokio::time::Instant::now(),
         )?;
         let silent_max = config.gossip_interval.mul_f64(config.phi_threshold);
-        let (view_tx, view_rx) = watch::channel(Arc::new(MembershipView::empty(config.id)));
-        let (events_tx, _) = broadcast::channel(MEMBER_EVENTS_QUEUE_MAX);
+        let (publisher, view, events) = Publisher::new(config.id, metrics);
         let watcher = tokio::spawn(model_loop(
-            config.id,
             net.clone(),
             addr,
             config.gossip_interval,
             silent_max,
-            view_tx,
-            events_tx.clone(),
-            metrics,
+            publisher,
         ));
-        Ok(Membership {
-            self_id: config.id,
-            gossip_addr: addr,
-            gossip: Gossip::Model {
-                net: net.clone(),
-                addr,
-                silent_max,
-                stopped: AtomicBool::new(false),
-            },
-            view: view_rx,
-            events: events_tx,
+        let gossip = Gossip::Model {
+            net: net.clone(),
+            silent_max,
+            stopped: AtomicBool::new(false),
+        };
+        Ok(Membership::assemble(
+            config,
+            addr,
+            gossip,
+            (view, events),
             watcher,
-            leave_duration: config.leave_duration,
-        })
+        ))
     }
 
     /// The gossip address this node took.
@@ -238,9 +245,9 @@ impl Membership {
             Gossip::Chitchat { chitchat, .. } => {
                 chitchat.lock().await.self_node_state().set(key, value);
             }
-            Gossip::Model { net, addr, .. } => {
+            Gossip::Model { net, .. } => {
                 net.board()
-                    .set(*addr, key, value, tokio::time::Instant::now());
+                    .set(self.gossip_addr, key, value, tokio::time::Instant::now());
             }
         }
     }
@@ -251,13 +258,10 @@ impl Membership {
         let chitchat = match &self.gossip {
             Gossip::Chitchat { chitchat, .. } => chitchat.lock().await,
             Gossip::Model {
-                net,
-                addr,
-                silent_max,
-                ..
+                net, silent_max, ..
             } => {
                 return net.board().peer_values(
-                    *addr,
+                    self.gossip_addr,
                     key,
                     tokio::time::Instant::now(),
                     *silent_max,
@@ -331,12 +335,10 @@ impl Membership {
 
     /// Takes a modelled node off its network's board (once).
     fn stop_model(&self) {
-        if let Gossip::Model {
-            net, addr, stopped, ..
-        } = &self.gossip
+        if let Gossip::Model { net, stopped, .. } = &self.gossip
             && !stopped.swap(true, Ordering::Relaxed)
         {
-            net.board().leave(*addr);
+            net.board().leave(self.gossip_addr);
         }
     }
 
@@ -367,12 +369,9 @@ impl Drop for Membership {
 /// Rebuilds the view each time chitchat's live set (or a live node's
 /// state) changes, and publishes what changed.
 async fn watch_loop(
-    self_id: NodeId,
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     mut live_rx: watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>>,
-    view_tx: watch::Sender<Arc<MembershipView>>,
-    events_tx: broadcast::Sender<MemberEvent>,
-    metrics: Arc<Metrics>,
+    publisher: Publisher,
 ) {
     // Generations seen alive at least once. chitchat lists a newly heard-of
     // node as dead until two of its heartbeats arrived; that node is not a
@@ -382,9 +381,9 @@ async fn watch_loop(
     loop {
         let (view, ignored) = {
             let chitchat = chitchat.lock().await;
-            snapshot(self_id, &chitchat, &mut seen_alive)
+            snapshot(publisher.self_id, &chitchat, &mut seen_alive)
         };
-        publish(self_id, view, ignored, &view_tx, &events_tx, &metrics);
+        publisher.publish(view, ignored);
         if live_rx.changed().await.is_err() {
             return;
         }
@@ -392,16 +391,12 @@ async fn watch_loop(
 }
 
 /// The modelled node's gossip: one round per interval, then its view.
-#[allow(clippy::too_many_arguments)]
 async fn model_loop(
-    self_id: NodeId,
     net: SimNet,
     addr: SocketAddr,
     interval: Duration,
     silent_max: Duration,
-    view_tx: watch::Sender<Arc<MembershipView>>,
-    events_tx: broadcast::Sender<MemberEvent>,
-    metrics: Arc<Metrics>,
+    publisher: Publisher,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,33 +406,56 @@ async fn model_loop(
         let (view, ignored) = {
             let mut board = net.board();
             board.round(&net, addr, now);
-            model::view(&board, addr, self_id, now, silent_max)
+            model::view(&board, addr, publisher.self_id, now, silent_max)
         };
-        publish(self_id, view, ignored, &view_tx, &events_tx, &metrics);
+        publisher.publish(view, ignored);
     }
 }
 
-/// Publishes `view` if it changed, and the events that lead to it.
-fn publish(
+/// Where a node's views and membership events go out.
+struct Publisher {
     self_id: NodeId,
-    view: MembershipView,
-    ignored: usize,
-    view_tx: &watch::Sender<Arc<MembershipView>>,
-    events_tx: &broadcast::Sender<MemberEvent>,
-    metrics: &Metrics,
-) {
-    metrics
-        .gossip_members_malformed
-        .store(ignored as u64, Ordering::Relaxed);
-    let old = view_tx.borrow().clone();
-    if *old != view {
-        let events = view.changes_since(&old);
-        view_tx.send_replace(Arc::new(view));
-        for event in events {
-            Metrics::add(&metrics.membership_events, 1);
-            log_event(self_id, &event);
-            // No subscriber is fine: the view is still published.
-            let _ = events_tx.send(event);
+    view: watch::Sender<Arc<MembershipView>>,
+    events: broadcast::Sender<MemberEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// A publisher, with the receiving end of its views and its events.
+    fn new(
+        self_id: NodeId,
+        metrics: Arc<Metrics>,
+    ) -> (
+        Publisher,
+        watch::Receiver<Arc<MembershipView>>,
+        broadcast::Sender<MemberEvent>,
+    ) {
+        let (view, view_rx) = watch::channel(Arc::new(MembershipView::empty(self_id)));
+        let (events, _) = broadcast::channel(MEMBER_EVENTS_QUEUE_MAX);
+        let publisher = Publisher {
+            self_id,
+            view,
+            events: events.clone(),
+            metrics,
+        };
+        (publisher, view_rx, events)
+    }
+
+    /// Publishes `view` if it changed, and the events that lead to it.
+    fn publish(&self, view: MembershipView, ignored: usize) {
+        self.metrics
+            .gossip_members_malformed
+            .store(ignored as u64, Ordering::Relaxed);
+        let old = self.view.borrow().clone();
+        if *old != view {
+            let events = view.changes_since(&old);
+            self.view.send_replace(Arc::new(view));
+            for event in events {
+                Metrics::add(&self.metrics.membership_events, 1);
+                log_event(self.self_id, &event);
+                // No subscriber is fine: the view is still published.
+                let _ = self.events.send(event);
+            }
         }
     }
 }
