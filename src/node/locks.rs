@@ -15,7 +15,7 @@ use crate::ids::{BatchId, Epoch, NodeId};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Ticket};
 use crate::metrics::Metrics;
 use crate::replication::{self, Answer, Next};
-use crate::rpc::{Request, Response, VoterReply, VoterRequest};
+use crate::rpc::{Request, Response, VoterRequest};
 
 use super::{Input, State, send_from_anywhere};
 
@@ -29,17 +29,12 @@ impl State {
         batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,
-        reply: Option<VoterReply>,
+        reply: Option<Answer>,
     ) -> bool {
         if self.locks.epoch() != Some(epoch) {
             return true;
         }
-        let answer = match reply {
-            Some(VoterReply::Acked) => Some(Answer::Acked),
-            Some(VoterReply::Refused { promised }) => Some(Answer::Refused { promised }),
-            None => None,
-        };
-        match replication::after_answer(epoch, answer, self.locks.is_pending(batch)) {
+        match replication::after_answer(epoch, reply, self.locks.is_pending(batch)) {
             Next::CountAck => {
                 trace!(%epoch, ?batch, %to, ?now, "lock batch acked");
                 let outs = self.locks.handle_ack(now, batch, to);
@@ -176,7 +171,7 @@ impl State {
                                 batch,
                                 to: me,
                                 entries: Vec::new(),
-                                reply: Some(VoterReply::Acked),
+                                reply: Some(Answer::Acked),
                             };
                             let tx = self.tx.clone();
                             let failed = self.failure_notice();

@@ -36,8 +36,8 @@ use crate::ids::{BatchId, Epoch, NodeId};
 use crate::locks::{Entry, LockReply, LockRequest, LockTable, Replica};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::replication::Copies;
-use crate::rpc::{Response, Rpc, VoterReply, VoterRequest, VoterSnapshot};
+use crate::replication::{Answer, Copies};
+use crate::rpc::{Response, Rpc, VoterRequest, VoterSnapshot};
 use crate::storage::Persister;
 
 mod election;
@@ -73,7 +73,7 @@ pub(crate) enum Input {
     Voter {
         from: NodeId,
         request: VoterRequest,
-        reply: oneshot::Sender<VoterReply>,
+        reply: oneshot::Sender<Answer>,
     },
     /// A voter's answer to a replication batch (`None`: no answer).
     Replicated {
@@ -81,7 +81,7 @@ pub(crate) enum Input {
         batch: BatchId,
         to: NodeId,
         entries: Vec<Entry>,
-        reply: Option<VoterReply>,
+        reply: Option<Answer>,
     },
     Resign {
         done: oneshot::Sender<()>,

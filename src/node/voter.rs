@@ -10,8 +10,8 @@ use tracing::warn;
 
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
-use crate::replication::{Gate, Verdict};
-use crate::rpc::{VoterReply, VoterRequest};
+use crate::replication::{Answer, Gate, Verdict};
+use crate::rpc::VoterRequest;
 
 use super::State;
 
@@ -21,7 +21,7 @@ impl State {
         &mut self,
         from: NodeId,
         request: VoterRequest,
-        reply: oneshot::Sender<VoterReply>,
+        reply: oneshot::Sender<Answer>,
     ) {
         let VoterRequest::Replicate {
             epoch,
@@ -48,7 +48,7 @@ impl State {
         }
         match self.copies.on_batch(gate, entries) {
             Verdict::Refuse { promised } => {
-                let _ = reply.send(VoterReply::Refused { promised });
+                let _ = reply.send(Answer::Refused { promised });
             }
             Verdict::Ack { raise, entries } => {
                 // E8: acked once durable, the raised promise with the
@@ -56,7 +56,7 @@ impl State {
                 let failed = self.failure_notice();
                 self.disk.persist(raise, entries, move |ok| {
                     if ok {
-                        let _ = reply.send(VoterReply::Acked);
+                        let _ = reply.send(Answer::Acked);
                     } else {
                         failed();
                     }

@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Merge, Replica};
 use crate::ids::{Epoch, NodeId};
 
@@ -72,13 +74,16 @@ pub enum Verdict<E> {
     },
 }
 
-/// A voter's answer to a batch, as the leader reads it (`None` in
-/// [`after_answer`]: no answer came).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A voter's answer to a batch, as it travels (`Response::Voter`) and as
+/// the leader reads it (`None` in [`after_answer`]: no answer came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Answer {
     /// Durable on the voter.
     Acked,
-    /// Refused by a voter that promised `promised`.
+    /// Refused by a voter that promised an epoch above the batch's, is
+    /// recovering, or runs another configuration; `promised` is its
+    /// promise.
     Refused {
         /// The voter's promise.
         promised: Epoch,

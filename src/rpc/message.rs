@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::election::{ElectionRequest, ElectionResponse};
 use crate::ids::{Epoch, Generation, NodeId};
 use crate::locks::{Entry, LockReply, LockRequest};
+use crate::replication::Answer;
 
 /// A request that expects a [`Response`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,8 +43,8 @@ pub enum Response {
         /// The voter's copy.
         snapshot: VoterSnapshot,
     },
-    /// Answer to [`Request::Voter`].
-    Voter(VoterReply),
+    /// Answer to [`Request::Voter`]: the replication core's answer.
+    Voter(Answer),
 }
 
 /// A voter's copy of what the leader replicates, as it travels with a
@@ -68,20 +69,6 @@ pub enum VoterRequest {
         voters: u64,
         /// The batch's lock entries.
         locks: Vec<Entry>,
-    },
-}
-
-/// A voter's answer to a [`VoterRequest`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum VoterReply {
-    /// The batch is durable on this voter.
-    Acked,
-    /// Refused: this voter promised an epoch above the batch's, is
-    /// recovering, or runs another configuration.
-    Refused {
-        /// This voter's promise.
-        promised: Epoch,
     },
 }
 

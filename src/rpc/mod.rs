@@ -27,9 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use codec::{FRAME_BYTES_MAX, FrameError, WIRE_VERSION};
-pub use message::{
-    Message, Ping, Pong, Rejection, Request, Response, VoterReply, VoterRequest, VoterSnapshot,
-};
+pub use message::{Message, Ping, Pong, Rejection, Request, Response, VoterRequest, VoterSnapshot};
 
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
