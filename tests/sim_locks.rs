@@ -59,6 +59,19 @@ async fn cluster_gossiping(
     c
 }
 
+/// Two remote clients of `c` (hosts 127.200.0.1 and .2).
+async fn remote_clients(
+    c: &SimCluster,
+) -> (
+    coordmesh::client::RemoteClient,
+    coordmesh::client::RemoteClient,
+) {
+    (
+        c.remote_client("127.200.0.1".parse().unwrap()).await,
+        c.remote_client("127.200.0.2".parse().unwrap()).await,
+    )
+}
+
 async fn status(mesh: &Mesh, name: &str) -> LockReply {
     let request = LockRequest::Status { name: name.into() };
     mesh.lock_request(request, Duration::from_secs(1))
@@ -76,8 +89,7 @@ async fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3, None).await;
     let old = led(&c).await;
-    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
-    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let (first, second) = remote_clients(&c).await;
     let guard = first
         .lock("job")
         .ttl(TTL)
@@ -233,8 +245,7 @@ async fn a_closed_remote_client_releases_its_locks() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
     led(&c).await;
-    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
-    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let (first, second) = remote_clients(&c).await;
     let guard = first.lock("job").ttl(TTL).acquire().await.unwrap();
     let closed_at = c.now();
     first.close().await;
@@ -261,8 +272,7 @@ async fn a_closing_remote_client_stops_believing_before_its_lock_passes_on() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
     led(&c).await;
-    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
-    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
+    let (first, second) = remote_clients(&c).await;
     let guard = first.lock("job").ttl(TTL).acquire().await.unwrap();
     let clock = first.clone();
     // Samples, every millisecond, the last instant the guard was valid.
@@ -307,7 +317,7 @@ async fn a_grant_to_a_closed_remote_client_is_released() {
     let c = cluster(seed, 3, 3, None).await;
     let leader = led(&c).await;
     let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
-    let first = c.remote_client("127.200.0.1".parse().unwrap()).await;
+    let (first, second) = remote_clients(&c).await;
     let queued = {
         let first = first.clone();
         tokio::spawn(async move {
@@ -327,7 +337,6 @@ async fn a_grant_to_a_closed_remote_client_is_released() {
         assert!(!g.is_valid(), "a guard of a closed client (seed {seed})");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = c.remote_client("127.200.0.2".parse().unwrap()).await;
     let next = second
         .lock("q")
         .ttl(TTL)

@@ -451,28 +451,27 @@ pub fn rpc(args: RpcOptions) -> Result<(), String> {
     );
     println!("| phase | calls | p50 µs | p99 µs | calls/s |");
     println!("|---|---|---|---|---|");
-    println!(
-        "| 1 caller, sequential | {} | {:.0} | {:.0} | {:.0} |",
-        single.len(),
-        micros(percentile(&single, 50.0)),
-        micros(percentile(&single, 99.0)),
-        single.len() as f64 / single.iter().sum::<Duration>().as_secs_f64()
+    // One table row: calls, p50 and p99 in µs, calls per second.
+    let row = |phase: &str, times: &[Duration], per_s: f64| {
+        println!(
+            "| {phase} | {} | {:.0} | {:.0} | {per_s:.0} |",
+            times.len(),
+            micros(percentile(times, 50.0)),
+            micros(percentile(times, 99.0)),
+        );
+    };
+    let sequential =
+        |times: &[Duration]| times.len() as f64 / times.iter().sum::<Duration>().as_secs_f64();
+    row("1 caller, sequential", &single, sequential(&single));
+    row(
+        "floor: plain UDP echo, no QUIC (another thread)",
+        &floor,
+        sequential(&floor),
     );
-    println!(
-        "| floor: plain UDP echo, no QUIC (another thread) | {} | {:.0} | {:.0} | {:.0} |",
-        floor.len(),
-        micros(percentile(&floor, 50.0)),
-        micros(percentile(&floor, 99.0)),
-        floor.len() as f64 / floor.iter().sum::<Duration>().as_secs_f64()
-    );
-    println!(
-        "| {} callers, {} s | {} | {:.0} | {:.0} | {:.0} |",
-        args.callers,
-        elapsed.as_secs(),
-        loaded.len(),
-        micros(percentile(&loaded, 50.0)),
-        micros(percentile(&loaded, 99.0)),
-        rate
+    row(
+        &format!("{} callers, {} s", args.callers, elapsed.as_secs()),
+        &loaded,
+        rate,
     );
     if errors > 0 {
         println!("errors under load: {errors}");
