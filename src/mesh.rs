@@ -31,7 +31,7 @@ use crate::net::{Network, SimGossip};
 use crate::node::{Driver, Input, Shared};
 use crate::rpc::{Message, Ping, Pong, Rejection, Request, Response, Rpc, RpcError, Service};
 use crate::secret::ClusterSecret;
-use crate::storage::{DataDir, Persister, Stored};
+use crate::storage::{DataDir, Persister};
 
 /// What a node is run with besides its configuration: its network, its
 /// incarnation number and its protocol clock. Real nodes use
@@ -253,15 +253,7 @@ impl Mesh {
                     tracing::warn!("{message}");
                 }
                 generation = Generation(data.next_generation(generation.0).map_err(data_dir)?);
-                let (memory, promised, replica) = match &stored {
-                    Stored::Initialized { promised, replica } => {
-                        (Memory::Durable, *promised, replica.clone())
-                    }
-                    Stored::Blank => (Memory::Blank, Epoch::ZERO, Replica::default()),
-                    // Files of an earlier life without an identity: no
-                    // memory to trust, and no sign of a new cluster.
-                    Stored::Leftover => (Memory::None, Epoch::ZERO, Replica::default()),
-                };
+                let (memory, promised, replica) = stored.memory();
                 let disk = match env.clock {
                     Clock::Boottime => Persister::thread(data, &stored).map_err(data_dir)?,
                     // Simulations write inline: virtual time stays honest.

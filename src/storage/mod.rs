@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::election::Memory;
 use crate::ids::{Epoch, NodeId};
 use crate::locks::{Entry, Replica};
 
@@ -69,6 +70,22 @@ pub enum Stored {
     /// without identities, a partial restore): no memory this node can
     /// trust, and no sign of a new cluster either.
     Leftover,
+}
+
+impl Stored {
+    /// What the election starts from (E7): an initialized directory's
+    /// promise and copy; a blank one remembers nothing, and is a sign of
+    /// a new cluster; leftover files of an earlier life without an
+    /// identity are no memory to trust, and no such sign.
+    pub fn memory(&self) -> (Memory, Epoch, Replica) {
+        match self {
+            Stored::Initialized { promised, replica } => {
+                (Memory::Durable, *promised, replica.clone())
+            }
+            Stored::Blank => (Memory::Blank, Epoch::ZERO, Replica::default()),
+            Stored::Leftover => (Memory::None, Epoch::ZERO, Replica::default()),
+        }
+    }
 }
 
 /// A node's data directory.
