@@ -354,6 +354,25 @@ struct Mesh {
 }
 
 impl Mesh {
+    /// Three voters with data directories, two clients that acquire once
+    /// each, no faults, ten seconds: each test adds its faults.
+    fn base() -> Mesh {
+        Mesh {
+            voters: 3,
+            clients: 2,
+            data_dirs: true,
+            faults: 0,
+            reorders: 0,
+            crashes: 0,
+            restarts: 0,
+            pauses: 0,
+            partitions: 0,
+            acquires: 1,
+            retries: 0,
+            horizon: Duration::from_secs(10),
+        }
+    }
+
     fn ids(&self) -> Vec<NodeId> {
         (1..=self.voters as u64).map(NodeId).collect()
     }
@@ -705,26 +724,7 @@ impl Sys {
                 let ticket = Ticket(node.next_ticket);
                 node.tickets.insert(ticket.0, (from, request.clone()));
                 let owner = node.id;
-                let outs = match request {
-                    LockRequest::Acquire {
-                        name,
-                        ttl_ms,
-                        wait_ms,
-                        request_id,
-                    } => node
-                        .locks
-                        .handle_acquire(now, ticket, owner, &name, ttl_ms, wait_ms, request_id),
-                    LockRequest::Release { name, token } => {
-                        node.locks.handle_release(now, ticket, &name, token)
-                    }
-                    LockRequest::Renew { name, token } => {
-                        node.locks.handle_renew(now, ticket, &name, token)
-                    }
-                    LockRequest::Status { name } => node.locks.handle_status(now, ticket, &name),
-                    LockRequest::List { limit } => {
-                        node.locks.handle_list(now, ticket, limit as usize)
-                    }
-                };
+                let outs = node.locks.handle_request(now, ticket, owner, request);
                 self.apply_locks(i, outs);
             }
         }
@@ -1271,18 +1271,13 @@ fn verdict(name: &str, how: &str, checker: impl Checker<Mesh>, reach: bool) {
 #[test]
 fn durable_voters() {
     let model = Mesh {
-        voters: 3,
-        clients: 2,
-        data_dirs: true,
         faults: 2,
         reorders: 2,
         crashes: 1,
-        restarts: 0,
         pauses: 1,
         partitions: 1,
-        acquires: 1,
         retries: 1,
-        horizon: Duration::from_secs(10),
+        ..Mesh::base()
     };
     check("durable voters", model, 6);
 }
@@ -1291,18 +1286,14 @@ fn durable_voters() {
 #[test]
 fn voters_without_data_directories() {
     let model = Mesh {
-        voters: 3,
-        clients: 2,
         data_dirs: false,
         faults: 2,
         reorders: 2,
         crashes: 1,
-        restarts: 0,
         pauses: 1,
         partitions: 1,
-        acquires: 1,
         retries: 1,
-        horizon: Duration::from_secs(10),
+        ..Mesh::base()
     };
     check("voters without data directories", model, 6);
 }
@@ -1312,18 +1303,9 @@ fn voters_without_data_directories() {
 #[test]
 fn full_restarts_without_data_directories() {
     let model = Mesh {
-        voters: 3,
-        clients: 2,
         data_dirs: false,
-        faults: 0,
-        reorders: 0,
-        crashes: 0,
         restarts: 1,
-        pauses: 0,
-        partitions: 0,
-        acquires: 1,
-        retries: 0,
-        horizon: Duration::from_secs(10),
+        ..Mesh::base()
     };
     check("full restarts without data directories", model, 10);
 }
@@ -1334,18 +1316,9 @@ fn full_restarts_without_data_directories() {
 #[test]
 fn voters_back_on_emptied_directories() {
     let model = Mesh {
-        voters: 3,
-        clients: 2,
-        data_dirs: true,
-        faults: 0,
-        reorders: 0,
         crashes: 2,
-        restarts: 0,
-        pauses: 0,
         partitions: 1,
-        acquires: 1,
-        retries: 0,
-        horizon: Duration::from_secs(10),
+        ..Mesh::base()
     };
     check("voters back on emptied directories", model, 8);
 }
@@ -1354,18 +1327,8 @@ fn voters_back_on_emptied_directories() {
 #[test]
 fn full_restarts_with_data_directories() {
     let model = Mesh {
-        voters: 3,
-        clients: 2,
-        data_dirs: true,
-        faults: 0,
-        reorders: 0,
-        crashes: 0,
         restarts: 1,
-        pauses: 0,
-        partitions: 0,
-        acquires: 1,
-        retries: 0,
-        horizon: Duration::from_secs(10),
+        ..Mesh::base()
     };
     check("full restarts with data directories", model, 10);
 }
@@ -1398,18 +1361,9 @@ fn play(model: &Mesh, path: &[Action]) -> Sys {
 fn finding_3_as_a_path_through_the_model() {
     use Action::*;
     let model = Mesh {
-        voters: 3,
-        clients: 2,
-        data_dirs: true,
-        faults: 0,
-        reorders: 0,
         crashes: 2,
-        restarts: 0,
-        pauses: 0,
         partitions: 1,
-        acquires: 1,
-        retries: 0,
-        horizon: Duration::from_secs(10),
+        ..Mesh::base()
     };
     let mut path = vec![
         Isolate(2),

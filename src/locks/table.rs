@@ -37,7 +37,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::{
-    EPOCH_MAX, Entry, EntryState, LockReply, Replica, SEQ_MAX, check_acquire, check_name, token,
+    EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Replica, SEQ_MAX, check_acquire,
+    check_name, token,
 };
 use crate::ids::{BatchId, Epoch, NodeId, Token};
 use crate::replication::Batches;
@@ -468,6 +469,29 @@ impl LockTable {
     /// Locks held or waited for.
     pub fn active(&self) -> usize {
         self.term.as_ref().map_or(0, |t| t.locks.len())
+    }
+
+    /// A client's request, by kind: the `handle_*` of its kind. `owner`
+    /// is the node the client asked through.
+    pub fn handle_request(
+        &mut self,
+        now: Duration,
+        ticket: Ticket,
+        owner: NodeId,
+        request: LockRequest,
+    ) -> Vec<LockOutput> {
+        match request {
+            LockRequest::Acquire {
+                name,
+                ttl_ms,
+                wait_ms,
+                request_id,
+            } => self.handle_acquire(now, ticket, owner, &name, ttl_ms, wait_ms, request_id),
+            LockRequest::Renew { name, token } => self.handle_renew(now, ticket, &name, token),
+            LockRequest::Release { name, token } => self.handle_release(now, ticket, &name, token),
+            LockRequest::Status { name } => self.handle_status(now, ticket, &name),
+            LockRequest::List { limit } => self.handle_list(now, ticket, limit as usize),
+        }
     }
 
     /// A request to acquire `name`.

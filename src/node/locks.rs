@@ -69,24 +69,7 @@ impl State {
         let ticket = Ticket(self.next_ticket);
         self.tickets.insert(ticket.0, reply);
         trace!(ticket = ticket.0, %from, ?request, ?now, "lock request");
-        let outs = match request {
-            LockRequest::Acquire {
-                name,
-                ttl_ms,
-                wait_ms,
-                request_id,
-            } => self
-                .locks
-                .handle_acquire(now, ticket, from, &name, ttl_ms, wait_ms, request_id),
-            LockRequest::Renew { name, token } => {
-                self.locks.handle_renew(now, ticket, &name, token)
-            }
-            LockRequest::Release { name, token } => {
-                self.locks.handle_release(now, ticket, &name, token)
-            }
-            LockRequest::Status { name } => self.locks.handle_status(now, ticket, &name),
-            LockRequest::List { limit } => self.locks.handle_list(now, ticket, limit as usize),
-        };
+        let outs = self.locks.handle_request(now, ticket, from, request);
         self.apply_locks(outs)
     }
 
