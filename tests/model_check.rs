@@ -19,11 +19,14 @@
 //! compute by their own rules (the blackout of E3 included), ordered
 //! against each fault the search places.
 //!
-//! Simplifications: gossip is exact and at once (each tick sees which
-//! nodes are up, their "reaches quorum" marks and led epochs); a write
-//! takes no time; a request to a node that restarted reaches its new life
+//! Simplifications (PROTOCOL.md, "Model checking", lists them all):
+//! gossip is exact and at once (each tick sees which nodes are up, their
+//! "reaches quorum" marks and led epochs); a write, and the completion
+//! the driver queues for it, take no time; a batch is flushed after every
+//! input; a request to a node that restarted reaches its new life
 //! (harsher than QUIC, like the simulation); drift is not modelled (one
-//! clock; the simulations and `Timing` tests cover it).
+//! clock; the simulations and `Timing` tests cover it); no renewals,
+//! waiters or resigns.
 //!
 //! Invariants, checked in every state: at most one node serves as leader
 //! at any instant; one leader per epoch within one life of the cluster;
@@ -273,7 +276,7 @@ impl fmt::Display for Key<'_> {
         let s = self.0;
         write!(
             f,
-            "{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
             s.now,
             s.nodes,
             s.clients,
@@ -288,6 +291,7 @@ impl fmt::Display for Key<'_> {
             s.leaders,
             s.terms,
             s.holds,
+            s.grants,
             s.violations
         )
     }
@@ -815,12 +819,9 @@ impl Sys {
         else {
             return;
         };
-        let lease = HolderLease::granted(sent, Duration::from_millis(ttl), timing().drift);
-        if !lease.is_valid(now) {
-            return;
-        }
         let request_id = request_id.unwrap_or_default();
-        // Tokens: one grant per token, and above every earlier grant's.
+        // Tokens: one grant per token, and above every earlier grant's
+        // (a grant that came too late to use included).
         match self.grants.get(&token) {
             Some(r) if *r != request_id => self.violations.push(format!(
                 "token {token:?} granted to {r} and to {request_id}"
@@ -835,6 +836,10 @@ impl Sys {
                 }
                 self.grants.insert(token, request_id);
             }
+        }
+        let lease = HolderLease::granted(sent, Duration::from_millis(ttl), timing().drift);
+        if !lease.is_valid(now) {
+            return;
         }
         // No two holders at one instant: every other client's lease must
         // have ended (or been released) by now.
@@ -856,6 +861,11 @@ impl Sys {
     }
 
     fn deliver(&mut self, k: usize) {
+        self.deliver_one(k);
+        self.check_leaders();
+    }
+
+    fn deliver_one(&mut self, k: usize) {
         let item = self.net.remove(k);
         match item {
             Item::Call {
@@ -946,6 +956,7 @@ impl Sys {
                 self.tick(i);
             }
         }
+        self.check_leaders();
     }
 
     /// `steps` steps with every message delivered promptly.
@@ -974,8 +985,13 @@ impl Sys {
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.up = false;
-        node.tickets.clear();
         node.resend.clear();
+        // Its clients' calls fail: they may retry elsewhere.
+        for (addr, _) in std::mem::take(&mut node.tickets).into_values() {
+            if let Addr::Client(c) = addr {
+                self.clients[c].pending = None;
+            }
+        }
     }
 
     fn restart(&mut self, model: &Mesh, i: usize, wipe: bool) {
@@ -1041,7 +1057,7 @@ impl Model for Mesh {
             return;
         }
         for (k, item) in s.net.iter().enumerate() {
-            if s.reorders_left > 0 && k > 0 {
+            if k == 0 || s.reorders_left > 0 {
                 actions.push(Action::Deliver(k));
             }
             if s.faults_left > 0 {
@@ -1121,7 +1137,9 @@ impl Model for Mesh {
         let mut s = last.clone();
         match action {
             Action::Deliver(k) => {
-                s.reorders_left -= 1;
+                if k > 0 {
+                    s.reorders_left -= 1;
+                }
                 s.deliver(k);
             }
             Action::Lose(k) => {
