@@ -1408,3 +1408,54 @@ fn finding_3_as_a_path_through_the_model() {
     assert_eq!(s.serving(), vec![NodeId(2)], "{s:?}");
     assert!(s.violations.is_empty(), "{:?}", s.violations);
 }
+
+/// Finding 1 of the safety review, as a path through the model (25
+/// actions): leader 1 is cut off with client 0's acquire pending; its
+/// lease lapses; healed, it serves epoch 1 again, and the term's first
+/// batch (the adopted grant, rewritten) is lost to both voters; client 0
+/// retries; the leader dies; 2 leads with 3, neither of which has the
+/// grant, and grants the lock to client 1. Reporting an adopted grant as
+/// committed at takeover (the code before the fix) tells client 0 it
+/// holds the lock here, while 2 grants it to client 1.
+#[test]
+fn finding_1_as_a_path_through_the_model() {
+    use Action::*;
+    let model = Mesh {
+        faults: 2,
+        reorders: 1,
+        crashes: 1,
+        partitions: 1,
+        retries: 1,
+        ..Mesh::base()
+    };
+    let mut path = vec![
+        Isolate(0),
+        Acquire { client: 0, via: 0 },
+        Deliver(0),
+        Run8,
+        Run8,
+        Heal,
+        Run1,
+        Run1,
+        Run1,
+    ];
+    path.extend([Deliver(0); 7]);
+    path.extend([
+        Lose(5),
+        Lose(5),
+        Retry { client: 0, via: 0 },
+        Deliver(5),
+        Crash(0),
+        Elect,
+        Acquire { client: 1, via: 1 },
+        Run1,
+        Run1,
+    ]);
+    let s = play(&model, &path);
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert_eq!(s.serving(), vec![NodeId(2)], "{s:?}");
+    assert!(
+        s.holds.iter().any(|h| h.client == 1),
+        "client 1 got the lock from the new leader: {s:?}"
+    );
+}
