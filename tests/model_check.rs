@@ -14,7 +14,7 @@
 //! moves only with every message in flight delivered first: `Run1` moves
 //! it a quarter heartbeat and ticks every live node, `Run8` is eight of
 //! those, `Elect` runs them until every live node has recovered and one
-//! serves; `Pause` moves it past a lease with no node ticking (every
+//! serves, `Recover` until every live node has recovered; `Pause` moves it past a lease with no node ticking (every
 //! process stopped at once). A lease's end is thus an instant the cores
 //! compute by their own rules (the blackout of E3 included), ordered
 //! against each fault the search places.
@@ -317,6 +317,9 @@ enum Action {
     /// Those until every live node has recovered and one serves (at
     /// most `ELECT_MAX`).
     Elect,
+    /// Those until every live node has recovered (E7; at most
+    /// `ELECT_MAX`), offered while one has not.
+    Recover,
     Pause,
     Crash(usize),
     Restart {
@@ -982,6 +985,13 @@ impl Sys {
         }
     }
 
+    fn recover(&mut self) {
+        let until = self.now + ELECT_MAX;
+        while self.now < until && self.nodes.iter().any(|n| n.up && !n.election.recovered()) {
+            self.run(1);
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.up = false;
@@ -1070,6 +1080,9 @@ impl Model for Mesh {
         actions.push(Action::Run1);
         actions.push(Action::Run8);
         actions.push(Action::Elect);
+        if s.nodes.iter().any(|n| n.up && !n.election.recovered()) {
+            actions.push(Action::Recover);
+        }
         if s.pauses_left > 0 {
             actions.push(Action::Pause);
         }
@@ -1154,6 +1167,7 @@ impl Model for Mesh {
             Action::Run1 => s.run(1),
             Action::Run8 => s.run(8),
             Action::Elect => s.elect(),
+            Action::Recover => s.recover(),
             Action::Pause => {
                 s.pauses_left -= 1;
                 s.now += timing().blackout() + STEP;
