@@ -380,6 +380,21 @@ impl Mesh {
         }
     }
 
+    /// Every kind of fault, a few of each: two losses or duplications,
+    /// two out-of-order deliveries, a crash, a pause, a node cut off; and
+    /// a retry.
+    fn every_fault() -> Mesh {
+        Mesh {
+            faults: 2,
+            reorders: 2,
+            crashes: 1,
+            pauses: 1,
+            partitions: 1,
+            retries: 1,
+            ..Mesh::base()
+        }
+    }
+
     fn ids(&self) -> Vec<NodeId> {
         (1..=self.voters as u64).map(NodeId).collect()
     }
@@ -1302,16 +1317,7 @@ fn verdict(name: &str, how: &str, checker: impl Checker<Mesh>, reach: bool) {
 /// emptied directory.
 #[test]
 fn durable_voters() {
-    let model = Mesh {
-        faults: 2,
-        reorders: 2,
-        crashes: 1,
-        pauses: 1,
-        partitions: 1,
-        retries: 1,
-        ..Mesh::base()
-    };
-    check("durable voters", model, 6);
+    check("durable voters", Mesh::every_fault(), 6);
 }
 
 /// Voters without data directories: a restart remembers nothing (E7).
@@ -1319,13 +1325,7 @@ fn durable_voters() {
 fn voters_without_data_directories() {
     let model = Mesh {
         data_dirs: false,
-        faults: 2,
-        reorders: 2,
-        crashes: 1,
-        pauses: 1,
-        partitions: 1,
-        retries: 1,
-        ..Mesh::base()
+        ..Mesh::every_fault()
     };
     check("voters without data directories", model, 6);
 }

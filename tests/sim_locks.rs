@@ -72,6 +72,21 @@ async fn remote_clients(
     )
 }
 
+/// `client` asks for lock `q`, waiting up to 3 s, in a task of its own.
+fn queue_for_q(
+    client: &coordmesh::client::RemoteClient,
+) -> tokio::task::JoinHandle<Result<coordmesh::locks::LockGuard, coordmesh::locks::LockError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .lock("q")
+            .ttl(TTL)
+            .wait(Duration::from_secs(3))
+            .acquire()
+            .await
+    })
+}
+
 async fn status(mesh: &Mesh, name: &str) -> LockReply {
     let request = LockRequest::Status { name: name.into() };
     mesh.lock_request(request, Duration::from_secs(1))
@@ -208,17 +223,7 @@ async fn a_remote_call_outlasts_a_lost_ping() {
     let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
     let host: std::net::IpAddr = "127.200.0.1".parse().unwrap();
     let client = c.remote_client(host).await;
-    let waiting = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .lock("q")
-                .ttl(TTL)
-                .wait(Duration::from_secs(3))
-                .acquire()
-                .await
-        })
-    };
+    let waiting = queue_for_q(&client);
     // The client's first ping to the leader goes at 200 ms into the call:
     // lose it, and only it.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -318,17 +323,7 @@ async fn a_grant_to_a_closed_remote_client_is_released() {
     let leader = led(&c).await;
     let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
     let (first, second) = remote_clients(&c).await;
-    let queued = {
-        let first = first.clone();
-        tokio::spawn(async move {
-            first
-                .lock("q")
-                .ttl(TTL)
-                .wait(Duration::from_secs(3))
-                .acquire()
-                .await
-        })
-    };
+    let queued = queue_for_q(&first);
     tokio::time::sleep(Duration::from_millis(100)).await;
     first.close().await;
     holder.release().await.unwrap();
