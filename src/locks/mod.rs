@@ -120,7 +120,7 @@ impl EntryState {
 /// Entries replicate by the merge of [`crate::replication`] (K2).
 impl Merge for Entry {
     type Key = String;
-    type Rank = (Token, bool, u64);
+    type Rank<'a> = (Token, bool, u64);
 
     fn key(&self) -> &String {
         &self.name

@@ -277,7 +277,7 @@ mod tests {
 
     impl Merge for Reg {
         type Key = u8;
-        type Rank = u32;
+        type Rank<'a> = u32;
         fn key(&self) -> &u8 {
             &self.0
         }

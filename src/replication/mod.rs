@@ -44,12 +44,16 @@ pub const BATCH_PENDING_MAX: Duration = Duration::from_secs(1);
 pub trait Merge: Clone {
     /// What names the entry (a lock's name).
     type Key: Ord + Clone + std::fmt::Debug;
-    /// The merge order.
-    type Rank: Ord;
+    /// The merge order; it may borrow from the entry, so a rank that
+    /// ends in the entry's bytes (a total order with no ties between two
+    /// different entries) costs no copy.
+    type Rank<'a>: Ord
+    where
+        Self: 'a;
     /// The entry's key.
     fn key(&self) -> &Self::Key;
     /// The entry's rank.
-    fn rank(&self) -> Self::Rank;
+    fn rank(&self) -> Self::Rank<'_>;
 }
 
 /// A voter's copy: the highest-ranked entry per key.
@@ -256,7 +260,7 @@ mod tests {
 
     impl Merge for Reg {
         type Key = u8;
-        type Rank = (u32, u8);
+        type Rank<'a> = (u32, u8);
         fn key(&self) -> &u8 {
             &self.key
         }
