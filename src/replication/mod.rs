@@ -113,6 +113,13 @@ impl<E: Merge> Replica<E> {
         self.entries.get(key)
     }
 
+    /// Keeps only the entries `keep` accepts; how many went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&E) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| keep(e));
+        before - self.entries.len()
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -121,6 +128,23 @@ impl<E: Merge> Replica<E> {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// A copy is a state-based CRDT: its merge is the join of every key's
+/// register (the higher rank wins), so any two copies merge, in any order
+/// and any number of times, to the same copy.
+impl<E: Merge> crdts::CvRDT for Replica<E> {
+    type Validation = std::convert::Infallible;
+
+    fn validate_merge(&self, _other: &Self) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) {
+        for entry in other.entries.into_values() {
+            Replica::merge(self, entry);
+        }
     }
 }
 
