@@ -83,6 +83,7 @@ pub mod election;
 pub mod harness;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod idempotency;
 pub mod ids;
 pub mod locks;
 pub mod membership;
