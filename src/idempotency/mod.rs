@@ -7,4 +7,4 @@
 
 pub mod record;
 
-pub use record::{Record, RecordError, Records};
+pub use record::{Lookup, Record, RecordError, Records};

@@ -69,6 +69,11 @@ pub struct Record {
     /// The result's bytes, as the operation returned them; replayed to
     /// every retry.
     pub result: Vec<u8>,
+    /// Known to be held by a majority of voters (I2): set by the leader
+    /// once a majority acked it (its commit notice) or by a majority
+    /// read, and carried on by every merge after. Only a committed record
+    /// is replayed or answered to a read.
+    pub committed: bool,
 }
 
 impl Record {
@@ -144,14 +149,15 @@ pub enum RecordError {
 /// per key, the higher rank wins.
 impl Merge for Record {
     type Key = String;
-    type Rank<'a> = (Token, u64, bool, &'a [u8], &'a [u8]);
+    type Rank<'a> = (Token, u64, bool, &'a [u8], &'a [u8], bool);
 
     fn key(&self) -> &String {
         &self.key
     }
 
     /// The higher claim, then the later expiry; the rest breaks ties, so
-    /// the order is total.
+    /// the order is total. Last, a committed copy over the same record
+    /// uncommitted: knowing it is on a majority only ever grows.
     fn rank(&self) -> Self::Rank<'_> {
         (
             self.claim,
@@ -159,6 +165,7 @@ impl Merge for Record {
             self.recovered,
             &self.fingerprint,
             &self.result,
+            self.committed,
         )
     }
 }
@@ -184,6 +191,17 @@ impl crdts::CvRDT for Record {
             *self = other;
         }
     }
+}
+
+/// What a request finds in a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// A committed record of this request: replay its result.
+    Replay(&'a Record),
+    /// The key's record is of another request (I7).
+    Mismatch,
+    /// Nothing to replay here: ask the leader.
+    Unknown,
 }
 
 /// A node's replica of the records, with their expiry (I6).
@@ -214,6 +232,18 @@ impl Records {
         self.replica
             .get(key)
             .filter(|r| !r.is_expired(now_ms, skew))
+    }
+
+    /// What a request of `fingerprint` for `key` finds here at `now_ms`
+    /// (I2, I7): a committed record to replay, a record of another request
+    /// (a mismatch, whether committed or not: the key is taken), or
+    /// nothing to go on (no record, or one not known to be committed).
+    pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64, skew: Duration) -> Lookup<'_> {
+        match self.get(key, now_ms, skew) {
+            Some(r) if r.fingerprint != fingerprint => Lookup::Mismatch,
+            Some(r) if r.committed => Lookup::Replay(r),
+            _ => Lookup::Unknown,
+        }
     }
 
     /// Every record held, expired or not, by key.

@@ -20,6 +20,7 @@ fn record(key: &str, claim: u64, expires_at_ms: u64) -> Record {
         recovered: false,
         expires_at_ms,
         result: b"r".to_vec(),
+        committed: false,
     }
 }
 
@@ -31,16 +32,23 @@ fn merged(mut a: Record, b: Record) -> Record {
 /// Any record of key "k", every field drawn from a few values, so that
 /// draws often share a claim or an expiry.
 fn any_record() -> impl Strategy<Value = Record> {
-    (0u64..3, 0u64..3, any::<bool>(), 0u8..2, 0u8..2).prop_map(
-        |(claim, expires, recovered, f, r)| Record {
+    (
+        0u64..3,
+        0u64..3,
+        any::<bool>(),
+        0u8..2,
+        0u8..2,
+        any::<bool>(),
+    )
+        .prop_map(|(claim, expires, recovered, f, r, committed)| Record {
             key: "k".into(),
             claim: Token(claim),
             fingerprint: vec![f],
             recovered,
             expires_at_ms: expires,
             result: vec![r],
-        },
-    )
+            committed,
+        })
 }
 
 #[test]
@@ -64,6 +72,47 @@ fn two_different_records_of_one_claim_never_tie() {
     b.result = b"other".to_vec();
     assert_ne!(a.rank(), b.rank());
     assert_eq!(merged(a.clone(), b.clone()), merged(b, a));
+}
+
+#[test]
+fn knowing_a_record_is_committed_only_grows() {
+    let acked = record("k", 5, 10);
+    let committed = Record {
+        committed: true,
+        ..acked.clone()
+    };
+    assert_eq!(merged(acked.clone(), committed.clone()), committed);
+    assert_eq!(merged(committed.clone(), acked), committed);
+}
+
+/// I2: only a committed record is replayed; I7: a record of another
+/// request is a mismatch, committed or not; an expired one is no record.
+#[test]
+fn a_lookup_replays_only_committed_records_and_reports_other_requests() {
+    let mut records = Records::default();
+    assert_eq!(records.lookup("k", b"f", 0, SKEW), Lookup::Unknown);
+    records.merge(record("k", 1, 10), 0, SKEW);
+    assert_eq!(
+        records.lookup("k", b"f", 0, SKEW),
+        Lookup::Unknown,
+        "acked, not known committed"
+    );
+    assert_eq!(records.lookup("k", b"g", 0, SKEW), Lookup::Mismatch);
+    let committed = Record {
+        committed: true,
+        ..record("k", 1, 10)
+    };
+    records.merge(committed.clone(), 0, SKEW);
+    assert_eq!(
+        records.lookup("k", b"f", 0, SKEW),
+        Lookup::Replay(&committed)
+    );
+    assert_eq!(records.lookup("k", b"g", 0, SKEW), Lookup::Mismatch);
+    assert_eq!(
+        records.lookup("k", b"f", 12, SKEW),
+        Lookup::Unknown,
+        "expired"
+    );
 }
 
 #[test]
@@ -117,30 +166,34 @@ fn an_expired_record_is_dropped_and_not_taken_back() {
 
 /// A key's life as the leader writes it: completions of claims in token
 /// order, each expiring no earlier than the one before it (the leader's
-/// stamp, I6); the same claim's record now and then written twice with a
-/// later expiry, and once in a while a claim's record that differs (what
-/// only a fault could make, to exercise the tie-breaker).
+/// stamp, I6), committed or not yet; the same claim's record now and then
+/// written twice with a later expiry, and once in a while a claim's
+/// record that differs (what only a fault could make, to exercise the
+/// tie-breaker).
 fn key_history(key: &'static str) -> impl Strategy<Value = Vec<Record>> {
-    prop::collection::vec((0u64..4, 0u8..3, any::<bool>()), 1..5).prop_map(move |claims| {
-        let mut expires = 0;
-        let mut claim = 0;
-        let mut out = Vec::new();
-        for (gap, how, recovered) in claims {
-            expires += gap;
-            // 0: a new claim; 1: this claim again, kept longer; 2: this
-            // claim again with another result.
-            if how == 0 || claim == 0 {
-                claim += 1;
+    prop::collection::vec((0u64..4, 0u8..3, any::<bool>(), any::<bool>()), 1..5).prop_map(
+        move |claims| {
+            let mut expires = 0;
+            let mut claim = 0;
+            let mut out = Vec::new();
+            for (gap, how, recovered, committed) in claims {
+                expires += gap;
+                // 0: a new claim; 1: this claim again, kept longer; 2: this
+                // claim again with another result.
+                if how == 0 || claim == 0 {
+                    claim += 1;
+                }
+                let mut r = record(key, claim, expires);
+                r.recovered = recovered;
+                r.committed = committed;
+                if how == 2 {
+                    r.result = b"other".to_vec();
+                }
+                out.push(r);
             }
-            let mut r = record(key, claim, expires);
-            r.recovered = recovered;
-            if how == 2 {
-                r.result = b"other".to_vec();
-            }
-            out.push(r);
-        }
-        out
-    })
+            out
+        },
+    )
 }
 
 /// What every replica holds at `now_ms` once every record arrived: per
