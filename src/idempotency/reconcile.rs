@@ -1,0 +1,539 @@
+//! Anti-entropy between two replicas of the records, sans-io: bytes grow
+//! with the number of records that differ, not with the store.
+//!
+//! Owns: record ids, the invertible Bloom lookup table (IBLT), the
+//! estimator of a difference's size, and the exchange's messages. Must not:
+//! send, decide when or with whom to reconcile, or merge (the caller
+//! merges what arrives, expiry first, as `Records::merge` does).
+//!
+//! Why an IBLT and not range-based reconciliation: a range-based
+//! exchange splits the ranges that differ round after round, so finding
+//! 100 differences among a million records takes several rounds of
+//! fingerprints; an IBLT finds them in one, after an estimate of how many
+//! there are. The exchange is two round trips when the first table
+//! decodes, three when it needs a second:
+//!
+//! 1. the initiator sends its estimator ([`ReconcileMessage::Start`], 1 KiB);
+//! 2. the responder estimates the difference and answers with an IBLT of
+//!    its ids sized for it ([`ReconcileMessage::Table`]);
+//! 3. the initiator subtracts its own and peels: the ids each side lacks.
+//!    It sends the records the responder lacks with the ids it wants
+//!    ([`ReconcileMessage::Push`]), or, if the table did not peel, asks
+//!    for one more of another hash seed ([`ReconcileMessage::More`]):
+//!    the tables peel together, so the first one's cells are not wasted
+//!    when the estimate was low or the peeling unlucky;
+//! 4. the responder answers with the records wanted
+//!    ([`ReconcileMessage::Records`]).
+//!
+//! A record's id hashes all of it (its postcard encoding, a documented
+//! stable format, with FNV-1a and a 64-bit finalizer): two replicas that
+//! hold different versions of one key's record (one committed, one not)
+//! differ by two ids and both versions travel; the merge keeps the higher.
+//! Peers are authenticated members, so the hash need not resist an
+//! adversary, only be the same on every build.
+
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+
+/// Hash functions of an IBLT (one cell in each of as many subtables).
+const HASHES: usize = 3;
+/// The smallest table sent.
+pub const TABLE_CELLS_MIN: usize = 3 * 8;
+/// The largest table sent: past it the replicas differ in more than a
+/// reconciliation should carry at once; the caller falls back to copying
+/// ranges of records.
+pub const TABLE_CELLS_MAX: usize = 3 << 16;
+
+/// A record's id: a stable 64-bit hash of all of it.
+pub fn record_id(record: &Record) -> u64 {
+    let mut h = Fnv::new();
+    // Invariant: a record always encodes (postcard fails only on types
+    // it cannot represent, and a record has none).
+    let bytes = postcard::to_allocvec(record).unwrap_or_default();
+    h.write(&bytes);
+    mix(h.0)
+}
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// The splitmix64 finalizer: every input bit moves every output bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The check hash of a cell: tells a cell holding one id from a mix.
+fn check(id: u64) -> u32 {
+    (mix(id ^ 0x9e37_79b9_7f4a_7c15) >> 32) as u32
+}
+
+/// An invertible Bloom lookup table of record ids, of one hash seed.
+/// Counts wrap (only differences of two tables are ever read, and those
+/// are small), so a cell is [`CELL_BYTES`] on the wire: its count, id sum
+/// and check sum, little-endian, packed after the seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iblt {
+    seed: u8,
+    counts: Vec<i16>,
+    ids: Vec<u64>,
+    checks: Vec<u32>,
+}
+
+/// Bytes of one cell on the wire.
+pub const CELL_BYTES: usize = 2 + 8 + 4;
+
+impl Serialize for Iblt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(1 + self.cells() * CELL_BYTES);
+        bytes.push(self.seed);
+        for k in 0..self.cells() {
+            bytes.extend_from_slice(&self.counts[k].to_le_bytes());
+            bytes.extend_from_slice(&self.ids[k].to_le_bytes());
+            bytes.extend_from_slice(&self.checks[k].to_le_bytes());
+        }
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Iblt {
+    /// Any whole number of cells comes out as a table; its shape is
+    /// checked before use (`is_well_formed`), so a ragged one is refused,
+    /// not read.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Iblt, D::Error> {
+        let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        let Some((&seed, cells)) = bytes.split_first() else {
+            return Err(serde::de::Error::custom("a table without its seed"));
+        };
+        if !cells.len().is_multiple_of(CELL_BYTES) {
+            return Err(serde::de::Error::custom("a table of partial cells"));
+        }
+        let n = cells.len() / CELL_BYTES;
+        let mut t = Iblt {
+            seed,
+            counts: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            checks: Vec::with_capacity(n),
+        };
+        for cell in cells.chunks_exact(CELL_BYTES) {
+            let (count, rest) = cell.split_at(2);
+            let (id, check) = rest.split_at(8);
+            // Invariant: the slices have the lengths split off above, so
+            // the conversions cannot fail.
+            t.counts
+                .push(i16::from_le_bytes(count.try_into().unwrap_or_default()));
+            t.ids
+                .push(u64::from_le_bytes(id.try_into().unwrap_or_default()));
+            t.checks
+                .push(u32::from_le_bytes(check.try_into().unwrap_or_default()));
+        }
+        Ok(t)
+    }
+}
+
+/// Tables that do not peel: too many differences for their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the tables hold more differences than they can give back")]
+pub struct Undecodable;
+
+impl Iblt {
+    /// An empty table of `cells` cells (rounded up to a multiple of the
+    /// hash count, at least one per hash) hashing with `seed`.
+    pub fn new(cells: usize, seed: u8) -> Iblt {
+        let cells = cells.max(HASHES).div_ceil(HASHES) * HASHES;
+        Iblt {
+            seed,
+            counts: vec![0; cells],
+            ids: vec![0; cells],
+            checks: vec![0; cells],
+        }
+    }
+
+    /// The table of `ids`.
+    pub fn of(ids: impl IntoIterator<Item = u64>, cells: usize, seed: u8) -> Iblt {
+        let mut t = Iblt::new(cells, seed);
+        for id in ids {
+            t.insert(id);
+        }
+        t
+    }
+
+    /// Its size in cells.
+    pub fn cells(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// True if its shape is one [`Iblt::new`] makes, with the three
+    /// columns of one length (a peer's table is checked before use).
+    fn is_well_formed(&self) -> bool {
+        let n = self.counts.len();
+        n >= HASHES && n.is_multiple_of(HASHES) && self.ids.len() == n && self.checks.len() == n
+    }
+
+    /// The cell of `id` in subtable `j`.
+    fn cell(&self, id: u64, j: usize) -> usize {
+        let part = self.cells() / HASHES;
+        let salt = (u64::from(self.seed) * HASHES as u64 + j as u64 + 1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        j * part + (mix(id.wrapping_add(salt)) % part as u64) as usize
+    }
+
+    fn toggle(&mut self, id: u64, sign: i16) {
+        let c = check(id);
+        for j in 0..HASHES {
+            let k = self.cell(id, j);
+            self.counts[k] = self.counts[k].wrapping_add(sign);
+            self.ids[k] ^= id;
+            self.checks[k] ^= c;
+        }
+    }
+
+    /// Adds an id.
+    pub fn insert(&mut self, id: u64) {
+        self.toggle(id, 1);
+    }
+
+    /// This table minus `other` (of the same size and seed): what is left
+    /// holds the ids only one of them has.
+    pub fn subtract(&mut self, other: &Iblt) {
+        for k in 0..self.cells().min(other.cells()) {
+            self.counts[k] = self.counts[k].wrapping_sub(other.counts[k]);
+            self.ids[k] ^= other.ids[k];
+            self.checks[k] ^= other.checks[k];
+        }
+    }
+
+    /// A pure cell's id and sign.
+    fn pure(&self, k: usize) -> Option<(u64, i16)> {
+        let count = self.counts[k];
+        ((count == 1 || count == -1) && check(self.ids[k]) == self.checks[k])
+            .then_some((self.ids[k], count))
+    }
+
+    fn is_empty(&self) -> bool {
+        (0..self.cells()).all(|k| self.counts[k] == 0 && self.ids[k] == 0 && self.checks[k] == 0)
+    }
+
+    /// Peels one difference: the ids only the minuend had, and those only
+    /// the subtrahend had.
+    pub fn decode(self) -> Result<(Vec<u64>, Vec<u64>), Undecodable> {
+        peel(vec![self])
+    }
+}
+
+/// Peels differences of tables of one set pair (each of its own seed)
+/// together: an id found in one is taken out of all, which may free cells
+/// in the others. The ids only the minuends had, and those only the
+/// subtrahends had.
+pub fn peel(mut tables: Vec<Iblt>) -> Result<(Vec<u64>, Vec<u64>), Undecodable> {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let cells: usize = tables.iter().map(Iblt::cells).sum();
+    // Each pass peels at least one id or ends; there are at most as many
+    // ids to peel as cells.
+    for _ in 0..=cells {
+        let mut peeled = false;
+        for t in 0..tables.len() {
+            for k in 0..tables[t].cells() {
+                let Some((id, sign)) = tables[t].pure(k) else {
+                    continue;
+                };
+                if sign == 1 {
+                    ours.push(id);
+                } else {
+                    theirs.push(id);
+                }
+                for table in &mut tables {
+                    table.toggle(id, -sign);
+                }
+                peeled = true;
+            }
+        }
+        if !peeled {
+            break;
+        }
+    }
+    if !tables.iter().all(Iblt::is_empty) {
+        return Err(Undecodable);
+    }
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    Ok((ours, theirs))
+}
+
+/// An estimator of the size of a difference: tug-of-war sketches. Each
+/// of [`SKETCHES`] sums a sign (+1 or −1, a bit of the id's hashes) over
+/// the ids; ids both sides hold cancel in the difference of two sums, and
+/// the square of what is left is, on average, the number of ids only one
+/// side holds. The mean over the sketches is within about 10% of it
+/// (relative deviation √(2/512)); sums wrap at 16 bits (a difference of
+/// sums is far smaller), so the estimator is 1 KiB on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Estimator {
+    sums: Vec<i16>,
+}
+
+/// Sketches of the estimator (a multiple of 64: one hash of an id gives
+/// the signs of 64).
+pub const SKETCHES: usize = 512;
+
+impl Serialize for Estimator {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = self.sums.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Estimator {
+    /// Any whole number of sums comes out; the count is checked before use.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Estimator, D::Error> {
+        let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        if !bytes.len().is_multiple_of(2) {
+            return Err(serde::de::Error::custom("an estimator of partial sums"));
+        }
+        let sums = bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Ok(Estimator { sums })
+    }
+}
+
+impl Estimator {
+    /// The estimator of `ids`.
+    pub fn new(ids: impl IntoIterator<Item = u64>) -> Estimator {
+        let mut sums = vec![0i16; SKETCHES];
+        for id in ids {
+            for (word, chunk) in sums.chunks_mut(64).enumerate() {
+                let bits = mix(id ^ (word as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+                for (bit, sum) in chunk.iter_mut().enumerate() {
+                    let sign = if bits >> bit & 1 == 1 { 1 } else { -1 };
+                    *sum = sum.wrapping_add(sign);
+                }
+            }
+        }
+        Estimator { sums }
+    }
+
+    /// How many ids one of `self` and `other` has that the other lacks,
+    /// estimated: the mean square of the differences of the sums.
+    pub fn difference(&self, other: &Estimator) -> usize {
+        let total: f64 = self
+            .sums
+            .iter()
+            .zip(&other.sums)
+            .map(|(a, b)| f64::from(a.wrapping_sub(*b)).powi(2))
+            .sum();
+        (total / self.sums.len().max(1) as f64).round() as usize
+    }
+
+    fn is_well_formed(&self) -> bool {
+        self.sums.len() == SKETCHES
+    }
+}
+
+/// The size of the first table for an estimated difference: twice as
+/// many cells as differences, plus a margin for small ones.
+pub fn table_cells(estimate: usize) -> usize {
+    (2 * estimate + 24).clamp(TABLE_CELLS_MIN, TABLE_CELLS_MAX)
+}
+
+/// Tables one exchange may use: the first, one more of its size (which
+/// peels with it: together they carry twice the estimate's differences),
+/// and a last one twice that, for an estimate far off.
+pub const TABLES_MAX: u8 = 3;
+
+/// A record id as it travels: its eight bytes (postcard would spend up
+/// to ten on a `u64` of random bits).
+pub type WireId = [u8; 8];
+
+/// The messages of one reconciliation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReconcileMessage {
+    /// Initiator: its estimator.
+    Start(Estimator),
+    /// Responder: a table of its ids.
+    Table(Iblt),
+    /// Initiator: the tables so far did not peel; send one more of this
+    /// many cells and this seed.
+    More {
+        /// Cells of the table to send.
+        cells: u32,
+        /// Its hash seed.
+        seed: u8,
+    },
+    /// Initiator: the records the responder lacks, and the ids of those
+    /// it wants.
+    Push {
+        /// Records for the responder.
+        records: Vec<Record>,
+        /// Ids of the responder's records the initiator lacks.
+        want: Vec<WireId>,
+    },
+    /// Responder: the records asked for.
+    Records(Vec<Record>),
+}
+
+/// Why a reconciliation stops.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReconcileError {
+    /// A message out of turn, or of a shape no peer of this version sends:
+    /// dropped, the exchange abandoned (the next one starts over).
+    #[error("a reconciliation message out of turn or malformed")]
+    Unexpected,
+    /// The replicas differ in more than [`TABLES_MAX`] tables carry: copy
+    /// instead (the caller's fallback).
+    #[error("the replicas differ in more than a reconciliation carries")]
+    TooDifferent,
+}
+
+/// The initiator's side of one exchange over `records` (what it holds
+/// now; expired records left out by the caller).
+#[derive(Debug)]
+pub struct Initiator {
+    /// Its ids, sorted, with the index of each one's record.
+    ids: Vec<(u64, usize)>,
+    /// Its table minus the responder's, one per table received.
+    differences: Vec<Iblt>,
+    /// The size asked for in `More`, if any.
+    asked: Option<usize>,
+}
+
+impl Initiator {
+    /// Starts an exchange: the first message.
+    pub fn start(records: &[Record]) -> (Initiator, ReconcileMessage) {
+        let mut ids: Vec<(u64, usize)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (record_id(r), i))
+            .collect();
+        ids.sort_unstable();
+        let estimator = Estimator::new(ids.iter().map(|(id, _)| *id));
+        let me = Initiator {
+            ids,
+            differences: Vec::new(),
+            asked: None,
+        };
+        (me, ReconcileMessage::Start(estimator))
+    }
+
+    /// A table from the responder: the records it lacks and the ids
+    /// wanted, or a request for one more table.
+    pub fn on_table(
+        &mut self,
+        records: &[Record],
+        table: Iblt,
+    ) -> Result<ReconcileMessage, ReconcileError> {
+        let expected_seed = self.differences.len();
+        if !table.is_well_formed()
+            || usize::from(table.seed) != expected_seed
+            || self
+                .asked
+                .is_some_and(|cells| table.cells() != Iblt::new(cells, 0).cells())
+            || table.cells() > TABLE_CELLS_MAX
+        {
+            return Err(ReconcileError::Unexpected);
+        }
+        let mut mine = Iblt::of(
+            self.ids.iter().map(|(id, _)| *id),
+            table.cells(),
+            table.seed,
+        );
+        mine.subtract(&table);
+        self.differences.push(mine);
+        match peel(self.differences.clone()) {
+            Ok((ours, theirs)) => {
+                let push = ours
+                    .iter()
+                    .filter_map(|id| {
+                        let at = self.ids.binary_search_by_key(id, |(i, _)| *i).ok()?;
+                        records.get(self.ids[at].1).cloned()
+                    })
+                    .collect();
+                Ok(ReconcileMessage::Push {
+                    records: push,
+                    want: theirs.iter().map(|id| id.to_le_bytes()).collect(),
+                })
+            }
+            Err(Undecodable) => {
+                let sent = self.differences.len();
+                if sent >= usize::from(TABLES_MAX) {
+                    return Err(ReconcileError::TooDifferent);
+                }
+                // The second table matches the first; the last doubles
+                // what the two carried.
+                let first = self.differences[0].cells();
+                let cells = if sent == 1 { first } else { 4 * first };
+                if cells > TABLE_CELLS_MAX {
+                    return Err(ReconcileError::TooDifferent);
+                }
+                self.asked = Some(cells);
+                Ok(ReconcileMessage::More {
+                    cells: cells as u32,
+                    seed: sent as u8,
+                })
+            }
+        }
+    }
+}
+
+/// The responder's side: answers each message of an exchange over
+/// `records` (what it holds now). Stateless: every answer is computed
+/// from the message and the records.
+pub fn respond(
+    records: &[Record],
+    message: &ReconcileMessage,
+) -> Result<ReconcileMessage, ReconcileError> {
+    let ids = || records.iter().map(record_id);
+    match message {
+        ReconcileMessage::Start(theirs) => {
+            if !theirs.is_well_formed() {
+                return Err(ReconcileError::Unexpected);
+            }
+            let estimate = Estimator::new(ids()).difference(theirs);
+            Ok(ReconcileMessage::Table(Iblt::of(
+                ids(),
+                table_cells(estimate),
+                0,
+            )))
+        }
+        ReconcileMessage::More { cells, seed }
+            if (*cells as usize) <= TABLE_CELLS_MAX && *seed < TABLES_MAX =>
+        {
+            Ok(ReconcileMessage::Table(Iblt::of(
+                ids(),
+                *cells as usize,
+                *seed,
+            )))
+        }
+        ReconcileMessage::Push { want, .. } => {
+            let mut want: Vec<u64> = want.iter().map(|w| u64::from_le_bytes(*w)).collect();
+            want.sort_unstable();
+            let found = records
+                .iter()
+                .filter(|r| want.binary_search(&record_id(r)).is_ok())
+                .cloned()
+                .collect();
+            Ok(ReconcileMessage::Records(found))
+        }
+        _ => Err(ReconcileError::Unexpected),
+    }
+}
+
+#[cfg(test)]
+mod tests;
