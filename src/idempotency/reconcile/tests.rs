@@ -165,20 +165,19 @@ fn replicas_of_100_000_records_differing_in_100_reconcile_within_the_bound() {
             k.sort_unstable();
             k
         };
-        let mut want_a: Vec<u64> = only_b.clone();
-        want_a.extend(
-            picked
-                .iter()
-                .filter(|i| !only_a.contains(i) && !only_b.contains(i)),
-        );
-        want_a.sort_unstable();
-        let mut want_b: Vec<u64> = only_a.clone();
-        want_b.extend(
-            picked
-                .iter()
-                .filter(|i| !only_a.contains(i) && !only_b.contains(i)),
-        );
-        want_b.sort_unstable();
+        // Each side gets what only the other has, and the other's
+        // version of every key both hold differently.
+        let both: Vec<u64> = picked
+            .iter()
+            .filter(|i| !only_a.contains(i) && !only_b.contains(i))
+            .copied()
+            .collect();
+        let wanted = |only_other: &[u64]| {
+            let mut w: Vec<u64> = only_other.iter().chain(&both).copied().collect();
+            w.sort_unstable();
+            w
+        };
+        let (want_a, want_b) = (wanted(&only_b), wanted(&only_a));
         assert_eq!(keys(&to_a), want_a, "seed {seed}: what the initiator got");
         assert_eq!(keys(&to_b), want_b, "seed {seed}: what the responder got");
         assert!(round_trips <= 3, "seed {seed}: {round_trips} round trips");
