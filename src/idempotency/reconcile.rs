@@ -505,9 +505,11 @@ pub fn respond(
             if !theirs.is_well_formed() {
                 return Err(ReconcileError::Unexpected);
             }
-            let estimate = Estimator::new(ids()).difference(theirs);
+            // Each record hashed once for both.
+            let ours: Vec<u64> = ids().collect();
+            let estimate = Estimator::new(ours.iter().copied()).difference(theirs);
             Ok(ReconcileMessage::Table(Iblt::of(
-                ids(),
+                ours,
                 table_cells(estimate),
                 0,
             )))
