@@ -62,9 +62,9 @@ use coordmesh::election::{
     Election, ElectionRequest, ElectionResponse, Memory, Output, Recovery, Timing,
 };
 use coordmesh::ids::{BatchId, Epoch, NodeId, Token};
-use coordmesh::locks::Replica;
 use coordmesh::locks::table::TableConfig;
 use coordmesh::locks::{Entry, HolderLease, LockOutput, LockReply, LockRequest, LockTable, Ticket};
+use coordmesh::locks::{Name, Replica};
 use coordmesh::replication::{self, Answer, Copies, Gate, Next, Settle, Verdict};
 use coordmesh::storage::Stored;
 use stateright::{Checker, HasDiscoveries, Model, Property};
@@ -1169,7 +1169,7 @@ impl Sys {
     fn check_grants_kept(&mut self) {
         let quorum = self.nodes.len() / 2 + 1;
         for (&token, request_id) in &self.grants {
-            let holds = |r: &Replica| r.get(LOCK).is_some_and(|e| e.token >= token);
+            let holds = |r: &Replica| r.get(&Name::lock(LOCK)).is_some_and(|e| e.token >= token);
             let kept = self
                 .nodes
                 .iter()

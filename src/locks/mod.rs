@@ -58,16 +58,96 @@ pub fn token_epoch(token: Token) -> Epoch {
     token.epoch()
 }
 
+/// The namespace a replicated name lives in. User locks and idempotency
+/// claims never share a name, whatever their text (I1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Space {
+    /// A user lock (or a named election, built on one).
+    Lock,
+    /// The claim of an idempotency key.
+    Claim,
+}
+
+/// A replicated name: a namespace and a text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Name {
+    /// User lock or idempotency claim.
+    pub space: Space,
+    /// The lock's name, or the idempotency key.
+    pub text: String,
+}
+
+impl Name {
+    /// A user lock's name.
+    pub fn lock(text: impl Into<String>) -> Name {
+        Name {
+            space: Space::Lock,
+            text: text.into(),
+        }
+    }
+
+    /// An idempotency key's claim.
+    pub fn claim(text: impl Into<String>) -> Name {
+        Name {
+            space: Space::Claim,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.space {
+            Space::Lock => f.write_str(&self.text),
+            Space::Claim => write!(f, "claim {:?}", self.text),
+        }
+    }
+}
+
 /// One lock's replicated state: the latest grant, or the tombstone of the
 /// latest release or expiry (K2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The lock name.
-    pub name: String,
+    /// The lock name, or the claimed idempotency key.
+    pub name: Name,
     /// The token granted, or the token a `Free` freed.
     pub token: Token,
     /// Held or freed.
     pub state: EntryState,
+    /// What a claim carries besides its lease (`None` for a user lock).
+    pub claim: Option<Box<ClaimFacts>>,
+}
+
+/// What an idempotency claim's entry carries besides its lease: the
+/// request's fingerprint (I7), whether an earlier claim of the key ended
+/// by expiry (I5), and, on the tombstone of a claim that completed, the
+/// completed operation.
+///
+/// Its order is part of the entry's rank: at one token, a completion wins
+/// over a bare release or expiry (a completion may have been told to its
+/// client; a bare tombstone of the same claim means nothing was), then
+/// every other field, so two entries of one name never tie.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClaimFacts {
+    /// The completed operation, on a tombstone.
+    pub completion: Option<Completion>,
+    /// An earlier claim of this key ended by expiry, and no completion
+    /// has been committed since (I5).
+    pub recovered: bool,
+    /// The request's fingerprint.
+    pub fingerprint: Vec<u8>,
+    /// How long the completed record is to be kept, in milliseconds.
+    pub record_ttl_ms: u64,
+}
+
+/// A completed operation, as its claim's tombstone carries it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Completion {
+    /// Wall-clock milliseconds since the Unix epoch after which the record
+    /// may be dropped (plus the skew bound), stamped by the leader (I6).
+    pub expires_at_ms: u64,
+    /// The operation's result.
+    pub result: Vec<u8>,
 }
 
 /// Held or freed.
@@ -119,20 +199,22 @@ impl EntryState {
 
 /// Entries replicate by the merge of [`crate::replication`] (K2).
 impl Merge for Entry {
-    type Key = String;
-    type Rank<'a> = (Token, bool, u64);
+    type Key = Name;
+    type Rank<'a> = (Token, bool, u64, Option<&'a ClaimFacts>);
 
-    fn key(&self) -> &String {
+    fn key(&self) -> &Name {
         &self.name
     }
 
     /// Merge order: a higher token wins; at one token, its release wins
     /// over its grant, so a stale grant never comes back (K2); between
-    /// two writes of one grant, the later version wins.
-    fn rank(&self) -> (Token, bool, u64) {
+    /// two writes of one grant, the later version wins; then a claim's
+    /// facts (a completion first).
+    fn rank(&self) -> Self::Rank<'_> {
+        let claim = self.claim.as_deref();
         match &self.state {
-            EntryState::Held { version, .. } => (self.token, false, *version),
-            EntryState::Free { .. } => (self.token, true, 0),
+            EntryState::Held { version, .. } => (self.token, false, *version, claim),
+            EntryState::Free { .. } => (self.token, true, 0, claim),
         }
     }
 }

@@ -37,8 +37,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::{
-    EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Replica, SEQ_MAX, check_acquire,
-    check_name, token,
+    ClaimFacts, EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Name, Replica, SEQ_MAX,
+    check_acquire, check_name, token,
 };
 use crate::ids::{BatchId, Epoch, NodeId, Token};
 use crate::replication::Batches;
@@ -170,6 +170,8 @@ struct Holder {
     quiet: Quiet,
     /// The version of this grant's latest write.
     version: u64,
+    /// A claim's facts (`None` for a user lock).
+    claim: Option<Box<ClaimFacts>>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +185,8 @@ struct Waiter {
     request_id: Option<String>,
     deadline: Duration,
     reply_by: Duration,
+    /// A claim's facts (`None` for a user lock).
+    claim: Option<Box<ClaimFacts>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -194,15 +198,15 @@ struct Lock {
 #[derive(Debug, Clone)]
 enum Effect {
     /// A grant's first write: committed, its requester is told.
-    Grant { name: String, token: Token },
+    Grant { name: Name, token: Token },
     /// An adopted grant's rewrite in the term's first batch.
-    Adopt { name: String, token: Token },
+    Adopt { name: Name, token: Token },
     /// A release (or a retry of one) is answered.
     Release { ticket: Ticket },
     /// A renewal (or an acquire retry) answered once the grant's version
     /// `version`, written with nothing quiet, holds on a majority.
     Refresh {
-        name: String,
+        name: Name,
         version: u64,
         ticket: Ticket,
         reply: LockReply,
@@ -215,15 +219,15 @@ struct Term {
     next_seq: u64,
     /// The next write number of this epoch (versions are `epoch << 32 | n`).
     next_write: u64,
-    locks: BTreeMap<String, Lock>,
+    locks: BTreeMap<Name, Lock>,
     /// Every entry this term knows: adopted, then issued.
     known: Replica,
     batches: Batches<Entry, Effect>,
     /// Tombstones written this term not yet on a majority, by name: the
     /// token freed and the batch carrying it (`None`: the open one).
-    frees: HashMap<String, (Token, Option<BatchId>)>,
+    frees: HashMap<Name, (Token, Option<BatchId>)>,
     /// (name, request id) of grants that ended this term.
-    ended: VecDeque<(String, String)>,
+    ended: VecDeque<(Name, String)>,
     /// A new epoch was asked for, or the tokens are spent (K1).
     exhausted: bool,
 }
@@ -371,6 +375,7 @@ impl LockTable {
                                 reply_by: now,
                                 quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
                                 version: version.unwrap_or(0),
+                                claim: entry.claim.clone(),
                             }),
                             waiters: VecDeque::new(),
                         },
@@ -388,6 +393,7 @@ impl LockTable {
                             quiet_ms: *quiet_ms,
                             version,
                         },
+                        claim: entry.claim.clone(),
                     });
                     term.batches.effect(Effect::Adopt {
                         name: entry.name.clone(),
@@ -494,7 +500,7 @@ impl LockTable {
         }
     }
 
-    /// A request to acquire `name`.
+    /// A request to acquire the user lock `name`.
     #[allow(clippy::too_many_arguments)]
     pub fn handle_acquire(
         &mut self,
@@ -506,11 +512,37 @@ impl LockTable {
         wait_ms: u64,
         request_id: Option<String>,
     ) -> Vec<LockOutput> {
-        self.now = self.now.max(now);
-        let mut out = Vec::new();
         if let Err(e) = check_acquire(name, ttl_ms, wait_ms, request_id.as_deref()) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
         }
+        self.acquire(
+            now,
+            ticket,
+            owner,
+            &Name::lock(name),
+            ttl_ms,
+            wait_ms,
+            request_id,
+            None,
+        )
+    }
+
+    /// Takes `name` (a user lock or a claim) for a request already
+    /// checked against the contract's limits.
+    #[allow(clippy::too_many_arguments)]
+    fn acquire(
+        &mut self,
+        now: Duration,
+        ticket: Ticket,
+        owner: NodeId,
+        name: &Name,
+        ttl_ms: u64,
+        wait_ms: u64,
+        request_id: Option<String>,
+        claim: Option<Box<ClaimFacts>>,
+    ) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
+        let mut out = Vec::new();
         if ttl_ms > self.config.ttl_max_ms {
             let max = self.config.ttl_max_ms;
             return reply(
@@ -582,7 +614,7 @@ impl LockTable {
         if !term.locks.contains_key(name) && term.locks.len() >= locks_max {
             return reply(ticket, LockReply::QueueFull { max: locks_max });
         }
-        let lock = term.locks.entry(name.to_string()).or_default();
+        let lock = term.locks.entry(name.clone()).or_default();
         let waiter = Waiter {
             tickets: vec![ticket],
             ttl_ms,
@@ -592,6 +624,7 @@ impl LockTable {
             deadline: now + wait,
             // K4: past this its requester stops listening.
             reply_by: now + reply_within,
+            claim,
         };
         if lock.holder.is_none() && lock.waiters.is_empty() {
             lock.waiters.push_back(waiter);
@@ -613,7 +646,7 @@ impl LockTable {
     }
 
     /// Grants `name` to the head of its queue while it is free.
-    fn promote(&mut self, now: Duration, name: &str, out: &mut Vec<LockOutput>) {
+    fn promote(&mut self, now: Duration, name: &Name, out: &mut Vec<LockOutput>) {
         let rho = self.config.drift;
         let Some(term) = &mut self.term else { return };
         let Some(lock) = term.locks.get_mut(name) else {
@@ -654,14 +687,15 @@ impl LockTable {
             let version = (term.epoch.0 << 32) | term.next_write;
             term.next_write += 1;
             let entry = Entry {
-                name: name.to_string(),
+                name: name.clone(),
                 token: tok,
                 state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
+                claim: w.claim.clone(),
             };
             term.known.merge(entry.clone());
             term.batches.write(entry);
             term.batches.effect(Effect::Grant {
-                name: name.to_string(),
+                name: name.clone(),
                 token: tok,
             });
             lock.holder = Some(Holder {
@@ -676,6 +710,7 @@ impl LockTable {
                 reply_by: w.reply_by,
                 quiet: Quiet::new(now, w.ttl_ms, 0),
                 version,
+                claim: w.claim,
             });
         }
         if lock.holder.is_none() && lock.waiters.is_empty() {
@@ -685,7 +720,7 @@ impl LockTable {
 
     /// Frees the holder of `name` (release or expiry): a tombstone goes
     /// into the batch, and the lock passes to the head of the queue.
-    fn free(&mut self, now: Duration, name: &str, out: &mut Vec<LockOutput>) {
+    fn free(&mut self, now: Duration, name: &Name, out: &mut Vec<LockOutput>) {
         let Some(term) = &mut self.term else { return };
         let Some(holder) = term.locks.get_mut(name).and_then(|l| l.holder.take()) else {
             return;
@@ -702,15 +737,16 @@ impl LockTable {
             if term.ended.len() >= ENDED_REQUESTS_MAX {
                 term.ended.pop_front();
             }
-            term.ended.push_back((name.to_string(), id.clone()));
+            term.ended.push_back((name.clone(), id.clone()));
         }
-        term.frees.insert(name.to_string(), (holder.token, None));
+        term.frees.insert(name.clone(), (holder.token, None));
         term.write(Entry {
-            name: name.to_string(),
+            name: name.clone(),
             token: holder.token,
             state: EntryState::Free {
                 request_id: holder.request_id,
             },
+            claim: holder.claim,
         });
         self.promote(now, name, out);
     }
@@ -757,6 +793,11 @@ impl LockTable {
         if let Err(e) = check_name(name) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
         }
+        self.renew(now, ticket, &Name::lock(name), tok)
+    }
+
+    /// Renews `name` (a user lock or a claim) for the holder of `tok`.
+    fn renew(&mut self, now: Duration, ticket: Ticket, name: &Name, tok: Token) -> Vec<LockOutput> {
         let rho = self.config.drift;
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
@@ -785,10 +826,21 @@ impl LockTable {
         name: &str,
         tok: Token,
     ) -> Vec<LockOutput> {
-        let mut out = Vec::new();
         if let Err(e) = check_name(name) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
         }
+        self.release(now, ticket, &Name::lock(name), tok)
+    }
+
+    /// Frees `name` (a user lock or a claim) held by `tok`.
+    fn release(
+        &mut self,
+        now: Duration,
+        ticket: Ticket,
+        name: &Name,
+        tok: Token,
+    ) -> Vec<LockOutput> {
+        let mut out = Vec::new();
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
@@ -835,7 +887,7 @@ impl LockTable {
         };
         let holder = term
             .locks
-            .get(name)
+            .get(&Name::lock(name))
             .and_then(|l| l.holder.as_ref())
             .filter(|h| h.committed || h.adopted);
         reply(
@@ -855,9 +907,12 @@ impl LockTable {
             return reply(ticket, LockReply::NotLeader);
         };
         let mut held = term.locks.iter().filter_map(|(name, l)| {
+            if name.space != super::Space::Lock {
+                return None;
+            }
             let h = l.holder.as_ref().filter(|h| h.committed || h.adopted)?;
             Some(super::LockInfo {
-                name: name.clone(),
+                name: name.text.clone(),
                 token: h.token,
                 expires_in_ms: h.expires_at.saturating_sub(now).as_millis() as u64,
                 owner: h.owner,
@@ -935,6 +990,7 @@ impl LockTable {
                     quiet_ms,
                     version,
                 },
+                claim: h.claim.clone(),
             };
             term.write(entry);
         }
@@ -1051,7 +1107,11 @@ impl LockTable {
 
 /// Marks the holder of `name` committed if it still holds `tok`; it and
 /// the tickets that waited for the commit.
-fn commit<'t>(term: &'t mut Term, name: &str, tok: Token) -> Option<(&'t mut Holder, Vec<Ticket>)> {
+fn commit<'t>(
+    term: &'t mut Term,
+    name: &Name,
+    tok: Token,
+) -> Option<(&'t mut Holder, Vec<Ticket>)> {
     let h = term
         .locks
         .get_mut(name)
@@ -1071,7 +1131,7 @@ fn commit<'t>(term: &'t mut Term, name: &str, tok: Token) -> Option<(&'t mut Hol
 fn refresh(
     term: &mut Term,
     rho: f64,
-    name: &str,
+    name: &Name,
     now: Duration,
     ticket: Ticket,
     reply: LockReply,
@@ -1114,13 +1174,14 @@ fn refresh(
     }
     h.version = version;
     let entry = Entry {
-        name: name.to_string(),
+        name: name.clone(),
         token: h.token,
         state: EntryState::held(h.ttl_ms, h.owner, h.request_id.clone(), version),
+        claim: h.claim.clone(),
     };
     term.write(entry);
     term.batches.effect(Effect::Refresh {
-        name: name.to_string(),
+        name: name.clone(),
         version,
         ticket,
         reply,

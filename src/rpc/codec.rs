@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 /// times and the request ids of the grants they ended. 3: the voter
 /// protocol has messages of its own (`Request::Voter`, `Response::Voter`),
 /// out of the client lock messages, and promises and recovery answers
-/// carry a `VoterSnapshot`.
-pub const WIRE_VERSION: u16 = 3;
+/// carry a `VoterSnapshot`. 4: lock entries name their namespace (user
+/// lock or idempotency claim) and carry a claim's facts.
+pub const WIRE_VERSION: u16 = 4;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Bytes of the length prefix.

@@ -47,8 +47,31 @@ const LOCKS_FILE: &str = "locks.log";
 const GENERATION_FILE: &str = "generation";
 /// The first line of an identity file.
 const IDENTITY_HEADER: &str = "coordmesh data directory 1";
-/// The lock log's first bytes: format and version.
-const LOG_MAGIC: &[u8; 8] = b"CMLOCKS1";
+/// The lock log's first bytes: format and version. Version 2: entries
+/// name their namespace (user lock or idempotency claim) and carry a
+/// claim's facts.
+const LOG_MAGIC: &[u8; 8] = b"CMLOCKS2";
+/// Version 1's header: user locks only. Read, then rewritten as version 2.
+const LOG_MAGIC_V1: &[u8; 8] = b"CMLOCKS1";
+
+/// A lock log entry of version 1.
+#[derive(serde::Deserialize)]
+struct EntryV1 {
+    name: String,
+    token: crate::ids::Token,
+    state: crate::locks::EntryState,
+}
+
+impl From<EntryV1> for Entry {
+    fn from(e: EntryV1) -> Entry {
+        Entry {
+            name: crate::locks::Name::lock(e.name),
+            token: e.token,
+            state: e.state,
+            claim: None,
+        }
+    }
+}
 /// Bytes before each record's body: its length and its CRC-32.
 const RECORD_HEADER_BYTES: usize = 8;
 /// The largest record read back; larger lengths are corruption.
@@ -298,7 +321,9 @@ impl LockLog {
             }
             Err(e) => return Err(e),
         };
-        if bytes.len() < LOG_MAGIC.len() || &bytes[..LOG_MAGIC.len()] != LOG_MAGIC {
+        let header = bytes.get(..LOG_MAGIC.len());
+        let v1 = header == Some(LOG_MAGIC_V1.as_slice());
+        if header != Some(LOG_MAGIC.as_slice()) && !v1 {
             return Err(invalid(path, "is not a coordmesh lock log (bad header)"));
         }
         let mut replica = Replica::default();
@@ -306,7 +331,7 @@ impl LockLog {
         let mut records = 0;
         let mut repaired = Vec::new();
         while at < bytes.len() {
-            match decode_record(&bytes[at..]) {
+            match decode_record(&bytes[at..], v1) {
                 Ok((entry, used)) => {
                     replica.merge(entry);
                     records += 1;
@@ -332,6 +357,14 @@ impl LockLog {
                     break;
                 }
             }
+        }
+        if v1 {
+            // Appends are of the current version: rewrite the whole log.
+            repaired.push(format!(
+                "{}: rewrote a lock log of version 1 as version 2",
+                path.display()
+            ));
+            return Ok((LockLog::create(path, &replica)?, replica, repaired));
         }
         let file = OpenOptions::new().append(true).open(path)?;
         if at < bytes.len() {
@@ -387,9 +420,10 @@ impl LockLog {
     }
 }
 
-/// One record at the start of `bytes`: the entry and the bytes it used,
-/// or, if it is not whole and valid, how far it claims to extend.
-fn decode_record(bytes: &[u8]) -> Result<(Entry, usize), usize> {
+/// One record at the start of `bytes` (of version 1 if `v1`): the entry
+/// and the bytes it used, or, if it is not whole and valid, how far it
+/// claims to extend.
+fn decode_record(bytes: &[u8], v1: bool) -> Result<(Entry, usize), usize> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(RECORD_HEADER_BYTES);
     }
@@ -405,8 +439,12 @@ fn decode_record(bytes: &[u8]) -> Result<(Entry, usize), usize> {
     if crc32fast::hash(body) != crc {
         return Err(extent);
     }
-    let entry = postcard::from_bytes(body).map_err(|_| extent)?;
-    Ok((entry, extent))
+    let entry = if v1 {
+        postcard::from_bytes::<EntryV1>(body).map(Entry::from)
+    } else {
+        postcard::from_bytes(body)
+    };
+    Ok((entry.map_err(|_| extent)?, extent))
 }
 
 fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {

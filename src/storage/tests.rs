@@ -1,12 +1,13 @@
 use super::*;
 use crate::ids::Token;
-use crate::locks::EntryState;
+use crate::locks::{EntryState, Name};
 
 fn held(name: &str, token: u64) -> Entry {
     Entry {
-        name: name.into(),
+        name: Name::lock(name),
         token: Token(token),
         state: EntryState::held(1000, NodeId(1), None, 0),
+        claim: None,
     }
 }
 
@@ -124,7 +125,7 @@ fn lock_log_checksums_truncate_a_torn_tail_and_refuse_a_corrupt_middle() {
     forged.extend_from_slice(&body);
     fs::write(&path, &forged).unwrap();
     let (_, again, _) = LockLog::open(&path).unwrap();
-    assert_eq!(again.get("a").map(|e| e.token), Some(Token(1)));
+    assert_eq!(again.get(&Name::lock("a")).map(|e| e.token), Some(Token(1)));
     // Not a lock log at all.
     fs::write(&path, b"hello").unwrap();
     assert!(LockLog::open(&path).is_err());
@@ -185,7 +186,10 @@ fn e8_entries_already_in_memory_are_written_before_the_ack() {
         panic!("{stored:?}")
     };
     assert_eq!(promised, Epoch(4));
-    assert_eq!(replica.get("x").map(|e| e.token), Some(Token(9)));
+    assert_eq!(
+        replica.get(&Name::lock("x")).map(|e| e.token),
+        Some(Token(9))
+    );
 }
 
 /// A blank directory writes nothing until it is initialized: its voter
@@ -240,4 +244,43 @@ fn callbacks_run_outside_the_disk_lock() {
         "the callback and the driver deadlocked"
     );
     asker.join().unwrap();
+}
+
+/// A lock log of version 1 (user locks only, before claims had a
+/// namespace) is read as user locks and rewritten as version 2, so later
+/// appends follow whole records of one version.
+#[test]
+fn a_version_1_lock_log_is_read_and_rewritten() {
+    #[derive(serde::Serialize)]
+    struct V1<'a> {
+        name: &'a str,
+        token: Token,
+        state: EntryState,
+    }
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join(LOCKS_FILE);
+    let mut bytes = LOG_MAGIC_V1.to_vec();
+    for (name, token) in [("a", 3), ("b", 4)] {
+        let body = postcard::to_stdvec(&V1 {
+            name,
+            token: Token(token),
+            state: EntryState::held(1000, NodeId(1), None, 0),
+        })
+        .unwrap();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    fs::write(&path, &bytes).unwrap();
+    let (mut log, replica, notes) = LockLog::open(&path).unwrap();
+    assert_eq!(replica.len(), 2);
+    assert_eq!(replica.get(&Name::lock("b")), Some(&held("b", 4)));
+    assert!(notes.iter().any(|n| n.contains("version 1")), "{notes:?}");
+    assert!(fs::read(&path).unwrap().starts_with(LOG_MAGIC));
+    let mut more = replica.clone();
+    more.merge(held("c", 5));
+    log.append(&[held("c", 5)], &more).unwrap();
+    let (_, again, notes) = LockLog::open(&path).unwrap();
+    assert_eq!(again, more);
+    assert!(notes.is_empty(), "{notes:?}");
 }

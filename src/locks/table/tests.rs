@@ -295,20 +295,23 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     let mut merged = Replica::default();
     let old = Token((4 << 32) | 7);
     merged.merge(Entry {
-        name: "x".into(),
+        name: Name::lock("x"),
         token: old,
         state: EntryState::held(1000, NodeId(9), None, 0),
+        claim: None,
     });
     // A stale grant under a tombstone of the same token stays freed (K2).
     merged.merge(Entry {
-        name: "y".into(),
+        name: Name::lock("y"),
         token: old + 1,
         state: EntryState::Free { request_id: None },
+        claim: None,
     });
     assert!(!merged.merge(Entry {
-        name: "y".into(),
+        name: Name::lock("y"),
         token: old + 1,
         state: EntryState::held(1000, NodeId(9), None, 0),
+        claim: None,
     }));
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let out = table.take_over(ms(5000), Epoch(5), merged);
@@ -333,7 +336,7 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     let mut out = table.handle_acquire(ms(6000), Ticket(2), ME, "y", 1000, 0, None);
     out.extend(table.flush());
     assert!(matches!(&out[0], LockOutput::Replicate { entries, .. }
-            if entries.iter().any(|e| e.name == "y" && e.token == Token((5 << 32) | 1))));
+            if entries.iter().any(|e| e.name.text == "y" && e.token == Token((5 << 32) | 1))));
 }
 
 #[test]
@@ -384,7 +387,7 @@ mod merge {
 
     fn entry() -> impl Strategy<Value = Entry> {
         (0..3u8, 0..6u64, any::<bool>(), 0..4u64).prop_map(|(n, t, free, version)| Entry {
-            name: format!("n{n}"),
+            name: Name::lock(format!("n{n}")),
             token: Token(t),
             state: if free {
                 EntryState::Free { request_id: None }
@@ -398,6 +401,7 @@ mod merge {
                     version,
                 }
             },
+            claim: None,
         })
     }
 
@@ -425,9 +429,10 @@ mod merge {
 fn an_adopted_grant_expires_and_passes_to_the_waiter() {
     let mut merged = Replica::default();
     merged.merge(Entry {
-        name: "x".into(),
+        name: Name::lock("x"),
         token: Token((4 << 32) | 1),
         state: EntryState::held(1000, NodeId(9), None, 0),
+        claim: None,
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let out = table.take_over(ms(0), Epoch(5), merged);
@@ -469,9 +474,10 @@ fn serving_the_same_epoch_again_goes_on_from_its_last_token() {
         known.merge_all(entries);
     }
     known.merge(Entry {
-        name: "x".into(),
+        name: Name::lock("x"),
         token: ta,
         state: EntryState::held(1000, NodeId(9), None, 0),
+        claim: None,
     });
     h.table.step_down();
     h.table.take_over(ms(10), Epoch(5), known);
@@ -535,7 +541,7 @@ impl Harness {
         self.batches
             .iter()
             .flat_map(|(_, e)| e)
-            .any(|e| e.name == name && e.is_held())
+            .any(|e| e.name.text == name && e.is_held())
     }
 }
 
@@ -543,15 +549,16 @@ impl Harness {
 fn frees(out: &[LockOutput], name: &str) -> bool {
     out.iter().any(|o| {
         matches!(o, LockOutput::Replicate { entries, .. }
-            if entries.iter().any(|e| e.name == name && !e.is_held()))
+            if entries.iter().any(|e| e.name.text == name && !e.is_held()))
     })
 }
 
 fn adopted(name: &str, token: impl Into<Token>, ttl_ms: u64, request_id: Option<&str>) -> Entry {
     Entry {
-        name: name.into(),
+        name: Name::lock(name),
         token: token.into(),
         state: EntryState::held(ttl_ms, NodeId(9), request_id.map(String::from), 0),
+        claim: None,
     }
 }
 
@@ -717,7 +724,7 @@ fn serve_terms(merged: Replica, name: &str, terms: u64, serve: u64, gap: u64) ->
             let mut freed = false;
             for o in std::mem::take(&mut out) {
                 if let LockOutput::Replicate { batch, entries } = o {
-                    freed |= entries.iter().any(|e| e.name == name && !e.is_held());
+                    freed |= entries.iter().any(|e| e.name.text == name && !e.is_held());
                     voters.merge_all(entries);
                     for v in [ME, NodeId(2)] {
                         table.handle_ack(ms(now), batch, v);
@@ -794,7 +801,7 @@ fn after_a_quiet_mark_a_renewal_is_answered_once_a_majority_holds_it() {
 fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
     let mut merged = Replica::default();
     merged.merge(Entry {
-        name: "x".into(),
+        name: Name::lock("x"),
         token: Token((4 << 32) | 1),
         state: EntryState::Held {
             ttl_ms: 10_000,
@@ -803,6 +810,7 @@ fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
             quiet_ms: 6000,
             version: (4 << 32) | 5,
         },
+        claim: None,
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let out = table.take_over(ms(0), Epoch(5), merged);
