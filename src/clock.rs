@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// Where a simulation's wall clock starts: 2026-01-01T00:00:00Z.
+pub const SIM_WALL_ORIGIN_MS: u64 = 1_767_225_600_000;
+
 /// The protocol clock (T1). Real nodes read CLOCK_BOOTTIME, which keeps
 /// counting while the host is suspended; simulations read tokio's clock.
 #[derive(Debug, Clone)]
@@ -42,6 +45,19 @@ impl Clock {
                 let suspended = Duration::from_nanos(suspended.load(Ordering::Relaxed));
                 tokio::time::Instant::now() - *origin + suspended
             }
+        }
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch: for times that must
+    /// mean the same on every node (an idempotency record's expiry, I6),
+    /// never for a lease. Simulations count from a fixed instant plus
+    /// their clock, so a seed replays.
+    pub fn wall_ms(&self) -> u64 {
+        match self {
+            Clock::Boottime => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            Clock::Tokio { .. } => SIM_WALL_ORIGIN_MS + self.now().as_millis() as u64,
         }
     }
 

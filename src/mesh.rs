@@ -139,6 +139,8 @@ struct NodeService {
     id: NodeId,
     generation: Generation,
     driver: OnceLock<tokio::sync::mpsc::Sender<Input>>,
+    records: Arc<crate::idempotency::Store>,
+    clock: Clock,
 }
 
 impl NodeService {
@@ -196,6 +198,12 @@ impl Service for NodeService {
     async fn message(&self, from: NodeId, message: Message) {
         match message {
             Message::Ping(_) => tracing::trace!(%from, "one-way ping"),
+            Message::Completed { key, claim, facts } => {
+                // The leader's commit notice (I2).
+                let wall_ms = self.clock.wall_ms();
+                let news = self.records.learn(&key, claim, &facts, wall_ms);
+                tracing::trace!(%from, key, %claim, news, "completion notice");
+            }
         }
     }
 }
@@ -268,10 +276,13 @@ impl Mesh {
                 Replica::default(),
             ),
         };
+        let records = Arc::new(crate::idempotency::Store::default());
         let service = Arc::new(NodeService {
             id: config.id,
             generation,
             driver: OnceLock::new(),
+            records: records.clone(),
+            clock: env.clock.clone(),
         });
         let rpc = Rpc::bind(
             &env.network,
@@ -297,6 +308,7 @@ impl Mesh {
         let membership = Arc::new(membership);
         let mut shared = Shared::new(env.clock.clone());
         shared.promised_durable = disk.durable_promise();
+        shared.records = records;
         let shared = Arc::new(shared);
         let election = Election::new(
             config.id,

@@ -80,6 +80,11 @@ pub struct Metrics {
     pub lock_batches: AtomicU64,
     /// Entries in those batches.
     pub lock_batch_entries: AtomicU64,
+    /// Idempotent operations whose completion this node committed as
+    /// leader.
+    pub idempotency_completions: AtomicU64,
+    /// Begins answered from this node's own records, with no network.
+    pub idempotency_local_replays: AtomicU64,
 }
 
 impl Metrics {
@@ -90,7 +95,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 34] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 36] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -294,6 +299,18 @@ impl Metrics {
                 "counter",
                 "Entries in the replication batches sent as leader.",
                 &self.lock_batch_entries,
+            ),
+            (
+                "coordmesh_idempotency_completions_total",
+                "counter",
+                "Idempotent operations whose completion this node committed as leader.",
+                &self.idempotency_completions,
+            ),
+            (
+                "coordmesh_idempotency_local_replays_total",
+                "counter",
+                "Begins answered from this node's own records, with no network.",
+                &self.idempotency_local_replays,
             ),
         ];
         for (name, kind, help, value) in metrics {

@@ -740,7 +740,10 @@ impl Sys {
                         queue.extend(self.nodes[i].locks.handle_ack(now, batch, me));
                     }
                 }
-                LockOutput::TokensSpent | LockOutput::NewEpochNeeded => {}
+                // The model runs user locks only.
+                LockOutput::TokensSpent
+                | LockOutput::NewEpochNeeded
+                | LockOutput::Completed { .. } => {}
             }
         }
     }
@@ -821,7 +824,7 @@ impl Sys {
         };
         node.tickets.insert(ticket.0, (c, call, request_id));
         let owner = node.id;
-        let outs = node.locks.handle_request(now, ticket, owner, request);
+        let outs = node.locks.handle_request(now, 0, ticket, owner, request);
         self.apply_locks(i, outs);
         self.flush(i);
     }

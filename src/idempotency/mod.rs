@@ -11,3 +11,86 @@ pub mod reconcile;
 pub mod record;
 
 pub use record::{Lookup, Record, RecordError, Records};
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::ids::Token;
+use crate::locks::ClaimFacts;
+
+/// How far apart two nodes' wall clocks may be: a replica drops a record
+/// this long after its expiry (I6), so a peer whose clock runs behind
+/// does not send it back as new.
+pub const SKEW: Duration = Duration::from_secs(60);
+
+/// What a request finds in a node's records (an owned [`Lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A committed record of this request: replay it (I2).
+    Replay(Record),
+    /// The key's record is of another request (I7).
+    Mismatch,
+    /// Nothing to replay here: ask the leader.
+    Unknown,
+}
+
+/// A node's records, shared by its driver (commit notices), its RPC
+/// service (notices from the leader) and its API (local replays).
+#[derive(Debug, Default)]
+pub struct Store {
+    records: Mutex<Records>,
+}
+
+impl Store {
+    /// Takes a committed completion in (from the leader's commit notice
+    /// or its answer to a begin); true if it was news.
+    pub fn learn(&self, key: &str, claim: Token, facts: &ClaimFacts, now_ms: u64) -> bool {
+        let Some(record) = Record::committed(key, claim, facts) else {
+            return false;
+        };
+        if record.check().is_err() {
+            return false;
+        }
+        self.lock().merge(record, now_ms, SKEW)
+    }
+
+    /// What a request of `fingerprint` for `key` finds here at `now_ms`.
+    /// A record is replayed until its expiry (the leader claims the key
+    /// again from then on) and kept [`SKEW`] longer.
+    pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64) -> Found {
+        match self.lock().lookup(key, fingerprint, now_ms, Duration::ZERO) {
+            Lookup::Replay(r) => Found::Replay(r.clone()),
+            Lookup::Mismatch => Found::Mismatch,
+            Lookup::Unknown => Found::Unknown,
+        }
+    }
+
+    /// The committed record of `key`, unless expired at `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Record> {
+        self.lock()
+            .get(key, now_ms, Duration::ZERO)
+            .filter(|r| r.committed)
+            .cloned()
+    }
+
+    /// Drops the records expired at `now_ms` (plus [`SKEW`]); how many.
+    pub fn expire(&self, now_ms: u64) -> usize {
+        self.lock().expire(now_ms, SKEW)
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        // A panic while holding the lock leaves records that are each
+        // whole (merges replace one record at a time): go on with them.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

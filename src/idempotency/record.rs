@@ -38,16 +38,10 @@ use serde::{Deserialize, Serialize};
 use crate::ids::Token;
 use crate::replication::{Merge, Replica};
 
-/// Longest key, in bytes of UTF-8 (CONTRACT.md).
-pub const KEY_BYTES_MAX: usize = 200;
-/// Largest result, in bytes (CONTRACT.md: 64 KiB of JSON).
-pub const RESULT_BYTES_MAX: usize = 64 * 1024;
-/// Longest request fingerprint, in bytes (a SHA-256 in hex is 64).
-pub const FINGERPRINT_BYTES_MAX: usize = 256;
-/// Shortest time a completed record is kept (CONTRACT.md).
-pub const TTL_MIN: Duration = Duration::from_secs(1);
-/// Longest time a completed record is kept: 30 days (CONTRACT.md).
-pub const TTL_MAX: Duration = Duration::from_millis(2_592_000_000);
+pub use crate::locks::claim::{
+    FINGERPRINT_BYTES_MAX, KEY_BYTES_MAX, RECORD_TTL_MAX as TTL_MAX, RECORD_TTL_MIN as TTL_MIN,
+    RESULT_BYTES_MAX,
+};
 
 /// One key's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +71,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// The committed record of a claim's completion (from the leader's
+    /// commit notice or its answer to a begin); `None` if the facts hold
+    /// no completion.
+    pub fn committed(key: &str, claim: Token, facts: &crate::locks::ClaimFacts) -> Option<Record> {
+        let completion = facts.completion.as_ref()?;
+        Some(Record {
+            key: key.to_string(),
+            claim,
+            fingerprint: facts.fingerprint.clone(),
+            recovered: facts.recovered,
+            expires_at_ms: completion.expires_at_ms,
+            result: completion.result.clone(),
+            committed: true,
+        })
+    }
+
     /// True if the record may be dropped at wall-clock `now_ms`: `skew`
     /// after its expiry (I6).
     pub fn is_expired(&self, now_ms: u64, skew: Duration) -> bool {

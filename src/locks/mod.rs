@@ -11,6 +11,7 @@
 //!   tokens.
 //! - [`history`]: the safety checker used by tests.
 
+pub mod claim;
 pub mod client;
 pub mod election;
 mod fencing;
@@ -333,6 +334,47 @@ pub enum LockRequest {
         /// The most to return.
         limit: u32,
     },
+    /// Begins an idempotent operation: claims `key` in the claim
+    /// namespace (I1) for `claim_ttl_ms`, or answers the completed
+    /// operation's record.
+    Begin {
+        /// The idempotency key.
+        key: String,
+        /// The request's fingerprint (I7).
+        fingerprint: Vec<u8>,
+        /// How long the completed record is kept.
+        ttl_ms: u64,
+        /// The claim's lease.
+        claim_ttl_ms: u64,
+        /// How long to wait for a live claim to end.
+        wait_ms: u64,
+        /// A retry with the same id gets the same claim (K4).
+        request_id: Option<String>,
+    },
+    /// Extends the claim `claim` of `key` by its TTL from now.
+    RenewClaim {
+        /// The idempotency key.
+        key: String,
+        /// The claim's token.
+        claim: Token,
+    },
+    /// The operation run under `claim` completed with `result`: record
+    /// it on a majority of voters, then free the claim.
+    Complete {
+        /// The idempotency key.
+        key: String,
+        /// The claim's token.
+        claim: Token,
+        /// The operation's result.
+        result: Vec<u8>,
+    },
+    /// Frees the claim without recording anything.
+    Abort {
+        /// The idempotency key.
+        key: String,
+        /// The claim's token.
+        claim: Token,
+    },
 }
 
 /// One held lock, as [`LockRequest::List`] reports it.
@@ -401,4 +443,28 @@ pub enum LockReply {
     /// The grant this acquire's request id received has ended (released
     /// or expired): a late or duplicated acquire gets nothing (K4).
     Ended,
+    /// The key is claimed for the caller: run the operation, then
+    /// complete or abort within `ttl_ms` of sending the begin.
+    Claimed {
+        /// The claim's token (a fencing token).
+        claim: Token,
+        /// The claim's lease.
+        ttl_ms: u64,
+        /// An earlier claimant's lease ran out without a completion (I5).
+        recovered: bool,
+    },
+    /// The key's operation completed: its claim's facts, the completion
+    /// included, held by a majority of voters (I2).
+    Replay {
+        /// The claim that completed it.
+        claim: Token,
+        /// Its facts.
+        facts: Box<ClaimFacts>,
+    },
+    /// The key was used with another fingerprint (I7).
+    FingerprintMismatch,
+    /// Another claim of the key is live.
+    InProgress,
+    /// The completion holds on a majority of voters.
+    Recorded,
 }

@@ -36,9 +36,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
+use super::claim::{Begin, RECORD_TTL_MIN, RESULT_BYTES_MAX, check_key};
 use super::{
-    ClaimFacts, EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Name, Replica, SEQ_MAX,
-    check_acquire, check_name, token,
+    ClaimFacts, Completion, EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Name, Replica,
+    SEQ_MAX, Space, check_acquire, check_name, token,
 };
 use crate::ids::{BatchId, Epoch, NodeId, Token};
 use crate::replication::Batches;
@@ -84,6 +85,16 @@ pub enum LockOutput {
         batch: BatchId,
         /// What to merge.
         entries: Vec<Entry>,
+    },
+    /// This completion holds on a majority of voters: push it to every
+    /// peer (their replicas replay it, I2).
+    Completed {
+        /// The idempotency key.
+        key: String,
+        /// The claim it completed.
+        claim: Token,
+        /// The claim's facts, its completion included.
+        facts: Box<ClaimFacts>,
     },
     /// This epoch's sequence numbers are spent: take a new epoch (K1).
     NewEpochNeeded,
@@ -203,6 +214,14 @@ enum Effect {
     Adopt { name: Name, token: Token },
     /// A release (or a retry of one) is answered.
     Release { ticket: Ticket },
+    /// Answered as is once the batch commits.
+    Answer { ticket: Ticket, reply: LockReply },
+    /// A completion committed: it goes to every peer.
+    Completed {
+        key: String,
+        claim: Token,
+        facts: Box<ClaimFacts>,
+    },
     /// A renewal (or an acquire retry) answered once the grant's version
     /// `version`, written with nothing quiet, holds on a majority.
     Refresh {
@@ -429,8 +448,10 @@ impl LockTable {
         }
         for effect in term.batches.into_effects() {
             match effect {
-                Effect::Release { ticket } | Effect::Refresh { ticket, .. } => tickets.push(ticket),
-                Effect::Grant { .. } | Effect::Adopt { .. } => {}
+                Effect::Release { ticket }
+                | Effect::Refresh { ticket, .. }
+                | Effect::Answer { ticket, .. } => tickets.push(ticket),
+                Effect::Grant { .. } | Effect::Adopt { .. } | Effect::Completed { .. } => {}
             }
         }
         tickets.sort_unstable();
@@ -482,6 +503,7 @@ impl LockTable {
     pub fn handle_request(
         &mut self,
         now: Duration,
+        wall_ms: u64,
         ticket: Ticket,
         owner: NodeId,
         request: LockRequest,
@@ -497,6 +519,36 @@ impl LockTable {
             LockRequest::Release { name, token } => self.handle_release(now, ticket, &name, token),
             LockRequest::Status { name } => self.handle_status(now, ticket, &name),
             LockRequest::List { limit } => self.handle_list(now, ticket, limit as usize),
+            LockRequest::Begin {
+                key,
+                fingerprint,
+                ttl_ms,
+                claim_ttl_ms,
+                wait_ms,
+                request_id,
+            } => self.handle_begin(
+                now,
+                wall_ms,
+                ticket,
+                owner,
+                Begin {
+                    key,
+                    fingerprint,
+                    ttl_ms,
+                    claim_ttl_ms,
+                    wait_ms,
+                    request_id,
+                },
+            ),
+            LockRequest::RenewClaim { key, claim } => {
+                self.claim_request(ticket, &key, |t, name| t.renew(now, ticket, name, claim))
+            }
+            LockRequest::Complete { key, claim, result } => {
+                self.handle_complete(now, wall_ms, ticket, &key, claim, result)
+            }
+            LockRequest::Abort { key, claim } => {
+                self.claim_request(ticket, &key, |t, name| t.release(now, ticket, name, claim))
+            }
         }
     }
 
@@ -577,10 +629,7 @@ impl LockTable {
                 .filter(|h| h.request_id.as_ref() == Some(id))
             {
                 if h.committed {
-                    let reply = LockReply::Granted {
-                        token: h.token,
-                        ttl_ms: h.ttl_ms,
-                    };
+                    let reply = granted(h);
                     refresh(term, rho, name, now, ticket, reply, &mut out);
                 } else if let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) {
                     // Told with the grant's commit; its client counts
@@ -632,7 +681,7 @@ impl LockTable {
         } else if wait_ms == 0 {
             out.push(LockOutput::Reply {
                 ticket,
-                reply: LockReply::Held,
+                reply: refused(name),
             });
         } else if lock.waiters.len() >= waiters_max {
             out.push(LockOutput::Reply {
@@ -660,7 +709,7 @@ impl LockTable {
                 for ticket in w.tickets {
                     out.push(LockOutput::Reply {
                         ticket,
-                        reply: LockReply::Held,
+                        reply: refused(name),
                     });
                 }
                 continue;
@@ -684,6 +733,16 @@ impl LockTable {
                 break;
             };
             term.next_seq += 1;
+            let mut w = w;
+            if let Some(facts) = &mut w.claim {
+                // I5: set by an earlier claim's expiry, cleared only by a
+                // completion, kept through aborts.
+                facts.recovered = term
+                    .known
+                    .get(name)
+                    .and_then(|e| e.claim.as_deref())
+                    .is_some_and(|f| f.completion.is_none() && f.recovered);
+            }
             let version = (term.epoch.0 << 32) | term.next_write;
             term.next_write += 1;
             let entry = Entry {
@@ -720,11 +779,15 @@ impl LockTable {
 
     /// Frees the holder of `name` (release or expiry): a tombstone goes
     /// into the batch, and the lock passes to the head of the queue.
-    fn free(&mut self, now: Duration, name: &Name, out: &mut Vec<LockOutput>) {
+    fn free(&mut self, now: Duration, name: &Name, expired: bool, out: &mut Vec<LockOutput>) {
         let Some(term) = &mut self.term else { return };
-        let Some(holder) = term.locks.get_mut(name).and_then(|l| l.holder.take()) else {
+        let Some(mut holder) = term.locks.get_mut(name).and_then(|l| l.holder.take()) else {
             return;
         };
+        if let Some(facts) = &mut holder.claim {
+            // I5: a claim that ran out may have done part of the work.
+            facts.recovered |= expired;
+        }
         // An uncommitted grant freed before its batch committed: its
         // requester hears "retry".
         for ticket in holder.tickets {
@@ -851,7 +914,7 @@ impl LockTable {
             .is_some_and(|h| h.token == tok);
         if holds {
             term.batches.effect(Effect::Release { ticket });
-            self.free(now, name, &mut out);
+            self.free(now, name, false, &mut out);
             return out;
         }
         // A retried release of this very token is answered again, once
@@ -924,6 +987,206 @@ impl LockTable {
         reply(ticket, LockReply::Locks { locks, truncated })
     }
 
+    /// Begins an idempotent operation (DESIGN.md "Idempotency"): the
+    /// key's completed record if it has one (once it holds on a majority,
+    /// I2, I3), a mismatch if the key was used with another fingerprint
+    /// (I7, reported before "in progress"), else a claim in the claim
+    /// namespace (I1), waited for like a lock, carrying the fingerprint
+    /// and the `recovered` bit (I5).
+    ///
+    /// This table is the majority read of DESIGN.md's flow: it holds the
+    /// merge of a majority of voters' copies from its takeover (K2) and
+    /// everything written since, so a completion any client was told of
+    /// is in it.
+    pub fn handle_begin(
+        &mut self,
+        now: Duration,
+        wall_ms: u64,
+        ticket: Ticket,
+        owner: NodeId,
+        begin: Begin,
+    ) -> Vec<LockOutput> {
+        if let Err(e) = begin.check() {
+            return reply(ticket, LockReply::Invalid(e));
+        }
+        let name = Name::claim(begin.key.as_str());
+        let Some(term) = &mut self.term else {
+            return reply(ticket, LockReply::NotLeader);
+        };
+        let mut out = Vec::new();
+        if let Some((reply, batch)) = completed(term, &name, &begin.fingerprint, wall_ms) {
+            match batch {
+                Some(batch) => term
+                    .batches
+                    .effect_on(batch, Effect::Answer { ticket, reply }),
+                None => out.push(LockOutput::Reply { ticket, reply }),
+            }
+            return out;
+        }
+        let live = term.locks.get(&name).and_then(|l| l.holder.as_ref());
+        if let Some(facts) = live.and_then(|h| h.claim.as_deref())
+            && facts.fingerprint != begin.fingerprint
+        {
+            return reply(ticket, LockReply::FingerprintMismatch);
+        }
+        let facts = ClaimFacts {
+            completion: None,
+            // Set when granted (I5).
+            recovered: false,
+            fingerprint: begin.fingerprint,
+            record_ttl_ms: begin.ttl_ms,
+        };
+        self.acquire(
+            now,
+            ticket,
+            owner,
+            &name,
+            begin.claim_ttl_ms,
+            begin.wait_ms,
+            begin.request_id,
+            Some(Box::new(facts)),
+        )
+    }
+
+    /// The operation run under `claim` completed: its record (stamped to
+    /// expire `ttl_ms` of the begin from now, I6) goes on the claim's
+    /// tombstone; the claimant is told once it holds on a majority, every
+    /// waiter then gets it as a replay, and every peer is sent it. A claim
+    /// that is not live is "lost" (410), unless this completion is what
+    /// ended it (a retry).
+    pub fn handle_complete(
+        &mut self,
+        now: Duration,
+        wall_ms: u64,
+        ticket: Ticket,
+        key: &str,
+        claim: Token,
+        result: Vec<u8>,
+    ) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
+        if let Err(e) = check_key(key) {
+            return reply(ticket, LockReply::Invalid(e.to_string()));
+        }
+        if result.len() > RESULT_BYTES_MAX {
+            return reply(
+                ticket,
+                LockReply::Invalid(format!(
+                    "a result is at most {RESULT_BYTES_MAX} bytes, not {}",
+                    result.len()
+                )),
+            );
+        }
+        let name = Name::claim(key);
+        let Some(term) = &mut self.term else {
+            return reply(ticket, LockReply::NotLeader);
+        };
+        let holder = term.locks.get(&name).and_then(|l| l.holder.as_ref());
+        match holder {
+            Some(h) if h.token == claim && !h.committed => {
+                return reply(ticket, LockReply::NoQuorum);
+            }
+            Some(h) if h.token == claim => {}
+            _ => {
+                // A retry of the completion that ended this claim hears
+                // the same, once it holds on a majority; anything else
+                // is known not to hold the claim (K6).
+                let done = term.known.get(&name).is_some_and(|e| {
+                    e.token == claim && e.claim.as_deref().is_some_and(|f| f.completion.is_some())
+                });
+                if !done {
+                    return reply(ticket, LockReply::Lost);
+                }
+                let reply = LockReply::Recorded;
+                match term.frees.get(&name) {
+                    Some(&(freed, batch)) if freed == claim => {
+                        term.batches
+                            .effect_on(batch, Effect::Answer { ticket, reply });
+                        return Vec::new();
+                    }
+                    _ => return vec![LockOutput::Reply { ticket, reply }],
+                }
+            }
+        }
+        let Some(lock) = term.locks.remove(&name) else {
+            return Vec::new();
+        };
+        let Some(mut holder) = lock.holder else {
+            return Vec::new();
+        };
+        let mut facts = holder.claim.take().unwrap_or_else(|| {
+            // Invariant: entries of the claim namespace carry facts.
+            Box::new(ClaimFacts {
+                completion: None,
+                recovered: false,
+                fingerprint: Vec::new(),
+                record_ttl_ms: RECORD_TTL_MIN.as_millis() as u64,
+            })
+        });
+        let expires_at_ms = wall_ms.saturating_add(facts.record_ttl_ms);
+        facts.completion = Some(Completion {
+            expires_at_ms,
+            result,
+        });
+        if let Some(id) = &holder.request_id {
+            if term.ended.len() >= ENDED_REQUESTS_MAX {
+                term.ended.pop_front();
+            }
+            term.ended.push_back((name.clone(), id.clone()));
+        }
+        term.frees.insert(name.clone(), (claim, None));
+        let waiters: Vec<Waiter> = lock.waiters.into_iter().collect();
+        term.write(Entry {
+            name,
+            token: claim,
+            state: EntryState::Free {
+                request_id: holder.request_id,
+            },
+            claim: Some(facts.clone()),
+        });
+        term.batches.effect(Effect::Answer {
+            ticket,
+            reply: LockReply::Recorded,
+        });
+        // Every waiter asked with the holder's fingerprint (a mismatch
+        // is refused before it queues); each gets the replay.
+        for w in waiters {
+            let matches = w
+                .claim
+                .as_deref()
+                .is_some_and(|f| f.fingerprint == facts.fingerprint);
+            for ticket in w.tickets {
+                let reply = if matches {
+                    LockReply::Replay {
+                        claim,
+                        facts: facts.clone(),
+                    }
+                } else {
+                    LockReply::FingerprintMismatch
+                };
+                term.batches.effect(Effect::Answer { ticket, reply });
+            }
+        }
+        term.batches.effect(Effect::Completed {
+            key: key.to_string(),
+            claim,
+            facts,
+        });
+        Vec::new()
+    }
+
+    /// Runs `f` on a claim request for `key`, once the key is valid.
+    fn claim_request(
+        &mut self,
+        ticket: Ticket,
+        key: &str,
+        f: impl FnOnce(&mut LockTable, &Name) -> Vec<LockOutput>,
+    ) -> Vec<LockOutput> {
+        if let Err(e) = check_key(key) {
+            return reply(ticket, LockReply::Invalid(e.to_string()));
+        }
+        f(self, &Name::claim(key))
+    }
+
     /// Expiries, waiters' deadlines, quiet marks, and batches pending too
     /// long (sent again under a new id).
     pub fn handle_tick(&mut self, now: Duration) -> Vec<LockOutput> {
@@ -960,7 +1223,7 @@ impl LockTable {
                     for ticket in w.tickets {
                         out.push(LockOutput::Reply {
                             ticket,
-                            reply: LockReply::Held,
+                            reply: refused(name),
                         });
                     }
                 } else {
@@ -996,7 +1259,7 @@ impl LockTable {
         }
         self.expired += expired.len() as u64;
         for name in expired {
-            self.free(now, &name, &mut out);
+            self.free(now, &name, true, &mut out);
         }
         if let Some(term) = &mut self.term {
             term.locks
@@ -1046,6 +1309,10 @@ impl LockTable {
                     ticket,
                     reply: LockReply::Released,
                 }),
+                Effect::Answer { ticket, reply } => out.push(LockOutput::Reply { ticket, reply }),
+                Effect::Completed { key, claim, facts } => {
+                    out.push(LockOutput::Completed { key, claim, facts })
+                }
                 Effect::Refresh {
                     name,
                     version,
@@ -1066,13 +1333,11 @@ impl LockTable {
                     };
                     let answer = if now > h.reply_by && !tickets.is_empty() {
                         // K4: its requester no longer listens; free it.
+                        let answer = refused(&name);
                         late.push(name);
-                        LockReply::Held
+                        answer
                     } else {
-                        LockReply::Granted {
-                            token: h.token,
-                            ttl_ms: h.ttl_ms,
-                        }
+                        granted(h)
                     };
                     for ticket in tickets {
                         out.push(LockOutput::Reply {
@@ -1085,10 +1350,7 @@ impl LockTable {
                     let Some((h, tickets)) = commit(term, &name, tok) else {
                         continue;
                     };
-                    let answer = LockReply::Granted {
-                        token: h.token,
-                        ttl_ms: h.ttl_ms,
-                    };
+                    let answer = granted(h);
                     // Retries that waited for the adoption are answered
                     // like renewals (never released as late: the grant
                     // may have been told in an earlier term).
@@ -1099,7 +1361,7 @@ impl LockTable {
             }
         }
         for name in late {
-            self.free(now, &name, &mut out);
+            self.free(now, &name, false, &mut out);
         }
         out
     }
@@ -1212,6 +1474,61 @@ fn first_mark(ttl_ms: u64) -> Duration {
 /// `ttl·(1+ρ)/(1−ρ)` (K3).
 fn leader_ttl(rho: f64, ttl_ms: u64) -> Duration {
     Duration::from_millis(ttl_ms).mul_f64((1.0 + rho) / (1.0 - rho))
+}
+
+/// The answer to a begin when the table knows the key completed and the
+/// record has not expired at `wall_ms`: a replay, or a mismatch (I7);
+/// with the batch its completion awaits a majority in, if it does
+/// (`Some(None)`: the open one; I2, I3: an adopted completion is
+/// rewritten in the term's first batch).
+fn completed(
+    term: &Term,
+    name: &Name,
+    fingerprint: &[u8],
+    wall_ms: u64,
+) -> Option<(LockReply, Option<Option<BatchId>>)> {
+    let entry = term.known.get(name).filter(|e| !e.is_held())?;
+    let facts = entry.claim.as_deref()?;
+    let completion = facts.completion.as_ref()?;
+    if completion.expires_at_ms <= wall_ms {
+        return None;
+    }
+    let reply = if facts.fingerprint != fingerprint {
+        LockReply::FingerprintMismatch
+    } else {
+        LockReply::Replay {
+            claim: entry.token,
+            facts: Box::new(facts.clone()),
+        }
+    };
+    let pending = match term.frees.get(name) {
+        Some(&(freed, batch)) if freed == entry.token => Some(batch),
+        _ => None,
+    };
+    Some((reply, pending))
+}
+
+/// What a grant's requester is told: the lock, or the claim.
+fn granted(h: &Holder) -> LockReply {
+    match &h.claim {
+        None => LockReply::Granted {
+            token: h.token,
+            ttl_ms: h.ttl_ms,
+        },
+        Some(facts) => LockReply::Claimed {
+            claim: h.token,
+            ttl_ms: h.ttl_ms,
+            recovered: facts.recovered,
+        },
+    }
+}
+
+/// What a requester hears when `name` is held past its wait.
+fn refused(name: &Name) -> LockReply {
+    match name.space {
+        Space::Lock => LockReply::Held,
+        Space::Claim => LockReply::InProgress,
+    }
 }
 
 fn reply(ticket: Ticket, reply: LockReply) -> Vec<LockOutput> {

@@ -15,7 +15,7 @@ use crate::ids::{BatchId, Epoch, NodeId};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Ticket};
 use crate::metrics::Metrics;
 use crate::replication::{self, Answer, Next};
-use crate::rpc::{Request, Response, VoterRequest};
+use crate::rpc::{Message, Request, Response, VoterRequest};
 
 use super::{Input, State, send_from_anywhere};
 
@@ -69,7 +69,10 @@ impl State {
         let ticket = Ticket(self.next_ticket);
         self.tickets.insert(ticket.0, reply);
         trace!(ticket = ticket.0, %from, ?request, ?now, "lock request");
-        let outs = self.locks.handle_request(now, ticket, from, request);
+        let wall_ms = self.shared.clock.wall_ms();
+        let outs = self
+            .locks
+            .handle_request(now, wall_ms, ticket, from, request);
         self.apply_locks(outs)
     }
 
@@ -167,6 +170,29 @@ impl State {
                             });
                         }
                     }
+                }
+                LockOutput::Completed { key, claim, facts } => {
+                    // Committed: this node's records replay it, and every
+                    // live peer is sent it (a lost notice is made up by a
+                    // peer's begin reaching the leader).
+                    let wall_ms = self.shared.clock.wall_ms();
+                    self.shared.records.learn(&key, claim, &facts, wall_ms);
+                    Metrics::add(&self.metrics.idempotency_completions, 1);
+                    let me = self.election.id();
+                    let peers: Vec<_> = self
+                        .membership
+                        .view()
+                        .members()
+                        .filter(|m| m.id != me && m.is_alive())
+                        .map(|m| m.rpc_addr)
+                        .collect();
+                    let rpc = self.rpc.clone();
+                    let notice = Message::Completed { key, claim, facts };
+                    tokio::spawn(async move {
+                        for addr in peers {
+                            let _ = rpc.send(addr, notice.clone()).await;
+                        }
+                    });
                 }
                 LockOutput::TokensSpent => {
                     error!(

@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub(crate) stopped: AtomicBool,
     /// When this voter last formed the cluster anew (E7), on `clock`.
     pub(crate) formed_anew_at: Mutex<Option<Duration>>,
+    /// The idempotency records this node holds.
+    pub(crate) records: Arc<crate::idempotency::Store>,
 }
 
 /// The lease as the node's users see it, written before any message of
@@ -145,6 +147,7 @@ impl Shared {
             promised_durable: Default::default(),
             stopped: AtomicBool::new(false),
             formed_anew_at: Mutex::new(None),
+            records: Arc::default(),
         }
     }
 

@@ -78,6 +78,16 @@ pub enum VoterRequest {
 pub enum Message {
     /// A ping that expects no answer (a reachability nudge).
     Ping(Ping),
+    /// The leader's commit notice of an idempotent operation's
+    /// completion: a majority of voters hold it (I2).
+    Completed {
+        /// The idempotency key.
+        key: String,
+        /// The claim it completed.
+        claim: crate::ids::Token,
+        /// The claim's facts, its completion included.
+        facts: Box<crate::locks::ClaimFacts>,
+    },
 }
 
 /// A probe with an opaque payload, echoed back.

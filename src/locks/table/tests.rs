@@ -1,4 +1,5 @@
 use super::*;
+use crate::locks::claim::Begin;
 use crate::locks::{EPOCH_MAX, LockReply, SEQ_MAX, token_epoch};
 
 const V: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
@@ -15,6 +16,7 @@ struct Harness {
     new_epoch: bool,
     spent: bool,
     next: u64,
+    completed: Vec<(String, Token, Box<ClaimFacts>)>,
 }
 
 impl Harness {
@@ -28,6 +30,7 @@ impl Harness {
             new_epoch: false,
             spent: false,
             next: 0,
+            completed: Vec::new(),
         };
         h.absorb(out);
         h
@@ -40,6 +43,9 @@ impl Harness {
                 LockOutput::Replicate { batch, entries } => self.batches.push((batch, entries)),
                 LockOutput::NewEpochNeeded => self.new_epoch = true,
                 LockOutput::TokensSpent => self.spent = true,
+                LockOutput::Completed { key, claim, facts } => {
+                    self.completed.push((key, claim, facts))
+                }
             }
         }
     }
@@ -889,4 +895,340 @@ fn requests_queued_only_through_a_dead_node_are_dropped() {
     h.absorb(out);
     h.commit(20, &[ME, NodeId(2)]);
     assert!(h.granted(next) > tk, "the dead node's request was skipped");
+}
+
+/// Wall-clock time in the claim tests: the table is told it with every
+/// request.
+const WALL: u64 = 1_000_000;
+
+impl Harness {
+    fn begin(&mut self, now: u64, key: &str, fp: &[u8], wait: u64, id: Option<&str>) -> Ticket {
+        let t = self.ticket();
+        let begin = Begin {
+            key: key.into(),
+            fingerprint: fp.to_vec(),
+            ttl_ms: 60_000,
+            claim_ttl_ms: 1000,
+            wait_ms: wait,
+            request_id: id.map(String::from),
+        };
+        let out = self
+            .table
+            .handle_begin(ms(now), WALL + now, t, NodeId(9), begin);
+        self.absorb(out);
+        t
+    }
+
+    fn complete(&mut self, now: u64, key: &str, claim: Token, result: &[u8]) -> Ticket {
+        let t = self.ticket();
+        let out = self
+            .table
+            .handle_complete(ms(now), WALL + now, t, key, claim, result.to_vec());
+        self.absorb(out);
+        t
+    }
+
+    fn claim_request(&mut self, now: u64, request: LockRequest) -> Ticket {
+        let t = self.ticket();
+        let out = self
+            .table
+            .handle_request(ms(now), WALL + now, t, NodeId(9), request);
+        self.absorb(out);
+        t
+    }
+
+    /// The claim told to `t`: its token and `recovered`.
+    fn claimed(&mut self, t: Ticket) -> (Token, bool) {
+        match self.reply(t) {
+            Some(LockReply::Claimed {
+                claim, recovered, ..
+            }) => (claim, recovered),
+            other => panic!("expected a claim for {t:?}, got {other:?}"),
+        }
+    }
+
+    /// The replayed result told to `t`.
+    fn replayed(&mut self, t: Ticket) -> (Vec<u8>, bool) {
+        match self.reply(t) {
+            Some(LockReply::Replay { facts, .. }) => {
+                let c = facts.completion.expect("a replay carries its completion");
+                (c.result, facts.recovered)
+            }
+            other => panic!("expected a replay for {t:?}, got {other:?}"),
+        }
+    }
+}
+
+/// The execute-once flow on the leader's table: a claim told only once a
+/// majority holds it; a second begin is "in progress" (or a mismatch with
+/// another fingerprint, reported first, I7); the completion told once on
+/// a majority, then pushed to every peer; every later begin replays it.
+#[test]
+fn a_claim_completes_once_and_every_later_begin_replays_it() {
+    let mut h = Harness::new();
+    let t = h.begin(0, "pay-1", b"fp", 0, None);
+    assert_eq!(
+        h.reply(t),
+        None,
+        "nothing before a majority holds the claim"
+    );
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, recovered) = h.claimed(t);
+    assert!(!recovered);
+    let again = h.begin(2, "pay-1", b"fp", 0, None);
+    assert_eq!(h.reply(again), Some(LockReply::InProgress));
+    let other = h.begin(2, "pay-1", b"other", 0, None);
+    assert_eq!(h.reply(other), Some(LockReply::FingerprintMismatch));
+
+    let done = h.complete(3, "pay-1", claim, b"charged 10");
+    assert_eq!(h.reply(done), None, "told only once a majority holds it");
+    assert!(
+        h.completed.is_empty(),
+        "pushed to peers only once committed"
+    );
+    h.commit(4, &[ME, NodeId(3)]);
+    assert_eq!(h.reply(done), Some(LockReply::Recorded));
+    let (key, pushed, facts) = h.completed.pop().unwrap();
+    assert_eq!((key.as_str(), pushed), ("pay-1", claim));
+    let c = facts.completion.unwrap();
+    assert_eq!(c.expires_at_ms, WALL + 3 + 60_000, "stamped at commit (I6)");
+
+    let retry = h.begin(5, "pay-1", b"fp", 0, None);
+    assert_eq!(h.replayed(retry), (b"charged 10".to_vec(), false));
+    let other = h.begin(5, "pay-1", b"other", 0, None);
+    assert_eq!(h.reply(other), Some(LockReply::FingerprintMismatch));
+    // A retried completion of the same claim hears the same; a
+    // completion under a claim that never held the key is lost.
+    let dup = h.complete(6, "pay-1", claim, b"charged 10");
+    assert_eq!(h.reply(dup), Some(LockReply::Recorded));
+    let stale = h.complete(6, "pay-1", Token(claim.0 - 1), b"x");
+    assert_eq!(h.reply(stale), Some(LockReply::Lost));
+    // Once the record expired, the key is claimed anew, not recovered.
+    let later = h.begin(60_004, "pay-1", b"fp", 0, None);
+    h.commit(60_005, &[ME, NodeId(2)]);
+    let (again, recovered) = h.claimed(later);
+    assert!(again > claim && !recovered);
+}
+
+/// I1: a claim and a user lock of the same text are different names.
+#[test]
+fn i1_claims_and_locks_of_the_same_text_never_meet() {
+    let mut h = Harness::new();
+    let lock = h.acquire(0, "x", 1000, 0, None);
+    let claim = h.begin(0, "x", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let token = h.granted(lock);
+    let (claim, _) = h.claimed(claim);
+    assert_ne!(token, claim);
+    let release = h.claim_request(
+        2,
+        LockRequest::Release {
+            name: "x".into(),
+            token: claim,
+        },
+    );
+    assert_eq!(
+        h.reply(release),
+        Some(LockReply::Lost),
+        "a claim's token frees no lock"
+    );
+    let abort = h.claim_request(
+        2,
+        LockRequest::Abort {
+            key: "x".into(),
+            claim: token,
+        },
+    );
+    assert_eq!(
+        h.reply(abort),
+        Some(LockReply::Lost),
+        "a lock's token frees no claim"
+    );
+    let t = h.ticket();
+    let out = h.table.handle_list(ms(2), t, 10);
+    h.absorb(out);
+    match h.reply(t) {
+        Some(LockReply::Locks { locks, .. }) => {
+            assert_eq!(locks.len(), 1, "claims are not listed as locks: {locks:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// I5: a claim that ran out sets `recovered` for the next claimant; an
+/// abort keeps it; the completion that follows carries it, and clears it
+/// for the claim after the record.
+#[test]
+fn i5_recovered_is_set_by_expiry_kept_by_aborts_and_cleared_by_a_completion() {
+    let mut h = Harness::new();
+    let t = h.begin(0, "k", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (first, _) = h.claimed(t);
+    // The claimant dies: its claim runs out (1,000 ms with the drift
+    // allowance).
+    let out = h.table.handle_tick(ms(1100));
+    h.absorb(out);
+    let t = h.begin(1101, "k", b"fp", 0, None);
+    h.commit(1102, &[ME, NodeId(2)]);
+    let (second, recovered) = h.claimed(t);
+    assert!(second > first && recovered, "the next claimant is told");
+    let abort = h.claim_request(
+        1103,
+        LockRequest::Abort {
+            key: "k".into(),
+            claim: second,
+        },
+    );
+    h.commit(1104, &[ME, NodeId(2)]);
+    assert_eq!(h.reply(abort), Some(LockReply::Released));
+    let t = h.begin(1105, "k", b"fp", 0, None);
+    h.commit(1106, &[ME, NodeId(2)]);
+    let (third, recovered) = h.claimed(t);
+    assert!(recovered, "an abort does not clear it");
+    h.complete(1107, "k", third, b"r");
+    h.commit(1108, &[ME, NodeId(2)]);
+    let t = h.begin(1109, "k", b"fp", 0, None);
+    assert_eq!(h.replayed(t), (b"r".to_vec(), true), "the record says so");
+    let t = h.begin(1109 + 60_000, "k", b"fp", 0, None);
+    h.commit(1109 + 60_001, &[ME, NodeId(2)]);
+    assert!(!h.claimed(t).1, "the completion cleared it");
+}
+
+/// Waiting instead of failing: a begin with a wait queues behind the live
+/// claim and gets the first request's result once it completes.
+#[test]
+fn a_waiting_begin_gets_the_replay_when_the_claim_completes() {
+    let mut h = Harness::new();
+    let t = h.begin(0, "k", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    let waiter = h.begin(2, "k", b"fp", 5000, None);
+    assert_eq!(h.reply(waiter), None);
+    h.complete(3, "k", claim, b"ok");
+    assert_eq!(h.reply(waiter), None, "the replay waits for the commit");
+    h.commit(4, &[ME, NodeId(2)]);
+    assert_eq!(h.replayed(waiter), (b"ok".to_vec(), false));
+    // A waiter behind a claim that is aborted gets the claim.
+    let t = h.begin(60_010, "j", b"fp", 0, None);
+    h.commit(60_011, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    let waiter = h.begin(60_012, "j", b"fp", 5000, None);
+    h.claim_request(
+        60_013,
+        LockRequest::Abort {
+            key: "j".into(),
+            claim,
+        },
+    );
+    h.commit(60_014, &[ME, NodeId(2)]);
+    assert!(h.claimed(waiter).0 > claim);
+}
+
+/// I2, I3: a completion adopted at takeover (seen on one promising voter,
+/// perhaps a minority) is replayed only once the term's first batch has
+/// written it to a majority; a claim that is not committed cannot
+/// complete yet.
+#[test]
+fn i3_an_adopted_completion_is_replayed_only_once_a_majority_holds_it() {
+    let mut merged = Replica::default();
+    merged.merge(Entry {
+        name: Name::claim("k"),
+        token: Token((4 << 32) | 1),
+        state: EntryState::Free { request_id: None },
+        claim: Some(Box::new(ClaimFacts {
+            completion: Some(Completion {
+                expires_at_ms: WALL + 60_000,
+                result: b"first".to_vec(),
+            }),
+            recovered: false,
+            fingerprint: b"fp".to_vec(),
+            record_ttl_ms: 60_000,
+        })),
+    });
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    let mut h = Harness::new();
+    let out = table.take_over(ms(0), Epoch(5), merged);
+    h.table = table;
+    h.batches.clear();
+    h.absorb(out);
+    let t = h.begin(1, "k", b"fp", 0, None);
+    assert_eq!(
+        h.reply(t),
+        None,
+        "not before the rewrite holds on a majority"
+    );
+    h.commit(2, &[ME, NodeId(2)]);
+    assert_eq!(h.replayed(t).0, b"first".to_vec());
+    // A claim not yet on a majority cannot complete.
+    let t = h.begin(3, "other", b"fp", 0, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    let (batch, _) = h.batches.pop().unwrap();
+    let claim = Token((5 << 32) | 1);
+    let early = h.complete(4, "other", claim, b"x");
+    assert_eq!(h.reply(early), Some(LockReply::NoQuorum));
+    for v in [ME, NodeId(2)] {
+        let out = h.table.handle_ack(ms(5), batch, v);
+        h.absorb(out);
+    }
+    assert_eq!(h.claimed(t).0, claim);
+}
+
+/// Bad input is refused with the limit it broke, and nothing is held.
+#[test]
+fn bad_begins_are_refused_and_nothing_is_claimed() {
+    let mut h = Harness::new();
+    let long = "k".repeat(201);
+    let bad = [
+        Begin {
+            key: long,
+            ..begin("k")
+        },
+        Begin {
+            key: String::new(),
+            ..begin("k")
+        },
+        Begin {
+            fingerprint: vec![0; 257],
+            ..begin("k")
+        },
+        Begin {
+            ttl_ms: 999,
+            ..begin("k")
+        },
+        Begin {
+            claim_ttl_ms: 99,
+            ..begin("k")
+        },
+        Begin {
+            wait_ms: 60_001,
+            ..begin("k")
+        },
+    ];
+    for b in bad {
+        let t = h.ticket();
+        let out = h.table.handle_begin(ms(0), WALL, t, ME, b.clone());
+        h.absorb(out);
+        assert!(matches!(h.reply(t), Some(LockReply::Invalid(_))), "{b:?}");
+    }
+    let t = h.ticket();
+    let out = h
+        .table
+        .handle_complete(ms(0), WALL, t, "k", Token(1), vec![0; 64 * 1024 + 1]);
+    h.absorb(out);
+    assert!(matches!(h.reply(t), Some(LockReply::Invalid(_))));
+    assert_eq!(h.table.active(), 0);
+    h.commit(1, &[ME, NodeId(2)]);
+    assert!(h.batches.is_empty() && h.completed.is_empty());
+}
+
+fn begin(key: &str) -> Begin {
+    Begin {
+        key: key.into(),
+        fingerprint: b"fp".to_vec(),
+        ttl_ms: 60_000,
+        claim_ttl_ms: 1000,
+        wait_ms: 0,
+        request_id: None,
+    }
 }
