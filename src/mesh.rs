@@ -477,6 +477,36 @@ impl Mesh {
         LockBuilder::new(Arc::new(self.clone()), name.into())
     }
 
+    /// An idempotent operation on `key`: it runs once, and every retry
+    /// (through this node or any other) gets its first result.
+    ///
+    /// ```no_run
+    /// # async fn f(mesh: coordmesh::Mesh) -> Result<(), coordmesh::idempotency::IdempotencyError> {
+    /// use std::time::Duration;
+    /// let receipt: String = mesh
+    ///     .idempotent("payment-7f3a")
+    ///     .fingerprint("sha256:of-the-request")
+    ///     .ttl(Duration::from_secs(24 * 3600))
+    ///     .run(|| async { "charged 10 EUR".to_string() })
+    ///     .await?
+    ///     .into_inner();
+    /// # Ok(()) }
+    /// ```
+    pub fn idempotent(&self, key: impl Into<String>) -> crate::idempotency::Idempotent {
+        crate::idempotency::Idempotent::new(
+            Arc::new(self.clone()),
+            Some(self.inner.shared.records.clone()),
+            key.into(),
+        )
+    }
+
+    /// The committed record of `key` in this node's replica, unless it
+    /// has expired (I2: only committed records are returned).
+    pub fn idempotency_record(&self, key: &str) -> Option<crate::idempotency::Record> {
+        let wall_ms = self.inner.shared.clock.wall_ms();
+        self.inner.shared.records.get(key, wall_ms)
+    }
+
     /// A named election for an application role, built on a lock.
     pub fn election(&self, name: impl Into<String>) -> NamedElection {
         NamedElection::new(std::sync::Arc::new(self.clone()), name.into())
@@ -617,6 +647,10 @@ impl LockPath for Mesh {
 
     fn request_id_prefix(&self) -> String {
         format!("{}-", self.id())
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.inner.shared.clock.wall_ms()
     }
 
     fn knows_leader(&self) -> bool {

@@ -83,8 +83,6 @@ pub struct Metrics {
     /// Idempotent operations whose completion this node committed as
     /// leader.
     pub idempotency_completions: AtomicU64,
-    /// Begins answered from this node's own records, with no network.
-    pub idempotency_local_replays: AtomicU64,
 }
 
 impl Metrics {
@@ -95,7 +93,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 36] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 35] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -305,12 +303,6 @@ impl Metrics {
                 "counter",
                 "Idempotent operations whose completion this node committed as leader.",
                 &self.idempotency_completions,
-            ),
-            (
-                "coordmesh_idempotency_local_replays_total",
-                "counter",
-                "Begins answered from this node's own records, with no network.",
-                &self.idempotency_local_replays,
             ),
         ];
         for (name, kind, help, value) in metrics {

@@ -219,8 +219,14 @@ impl RemoteClient {
 
     /// Releases what this closed client was granted.
     async fn release_on_close(self, name: String, token: Token, ttl: Duration) {
-        let _ =
-            crate::locks::client::release(&self, &name, token, ttl.min(CLOSE_RELEASE_MAX)).await;
+        let _ = crate::locks::client::release(
+            &self,
+            crate::locks::Space::Lock,
+            &name,
+            token,
+            ttl.min(CLOSE_RELEASE_MAX),
+        )
+        .await;
     }
 
     /// Calls given up so far because the leader stopped answering pings

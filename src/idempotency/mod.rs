@@ -7,9 +7,11 @@
 //! - [`reconcile`]: anti-entropy between two replicas, whose bytes grow
 //!   with the records that differ (an IBLT sized by an estimate of the difference).
 
+pub mod client;
 pub mod reconcile;
 pub mod record;
 
+pub use client::{IdempotencyError, Idempotent, Outcome};
 pub use record::{Lookup, Record, RecordError, Records};
 
 use std::sync::Mutex;

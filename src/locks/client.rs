@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::holder::HolderLease;
 use super::table::REQUESTER_GRACE;
-use super::{InvalidRequest, LockReply, LockRequest, check_acquire};
+use super::{InvalidRequest, LockReply, LockRequest, Space, check_acquire};
 use crate::ids::Token;
 
 /// The way to the leader that a lock client takes: a node of the mesh
@@ -45,6 +45,11 @@ pub trait LockPath: Send + Sync + 'static {
     fn knows_leader(&self) -> bool;
     /// Waits up to `pause`, or less if the leader changes meanwhile.
     async fn pause_for_leader(&self, pause: Duration);
+    /// Wall-clock milliseconds since the Unix epoch (an idempotency
+    /// record's expiry is in them, I6; never a lease).
+    fn wall_ms(&self) -> u64 {
+        crate::clock::Clock::Boottime.wall_ms()
+    }
 }
 
 /// Why a request got no answer on its path to the leader.
@@ -167,6 +172,7 @@ impl LockBuilder {
         let grant = self.acquire_token().await?;
         Ok(LockGuard::start(
             mesh,
+            Space::Lock,
             name,
             grant.token,
             grant.ttl,
@@ -204,7 +210,7 @@ impl LockBuilder {
             if let Some(token) = unused {
                 let (mesh, name, ttl) = (mesh.clone(), self.name.clone(), self.ttl);
                 tokio::spawn(async move {
-                    let _ = release(&*mesh, &name, token, ttl).await;
+                    let _ = release(&*mesh, Space::Lock, &name, token, ttl).await;
                 });
             }
             Err(LockError::NoQuorum)
@@ -308,6 +314,9 @@ struct GuardState {
 /// background); [`LockGuard::release`] releases and reports.
 pub struct LockGuard {
     mesh: Arc<dyn LockPath>,
+    /// A user lock, or an idempotency claim (renewed and given up by
+    /// the requests of claims).
+    space: Space,
     name: String,
     token: Token,
     ttl: Duration,
@@ -326,8 +335,9 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
-    fn start(
+    pub(crate) fn start(
         mesh: Arc<dyn LockPath>,
+        space: Space,
         name: String,
         token: Token,
         ttl: Duration,
@@ -341,6 +351,7 @@ impl LockGuard {
         let (lost_tx, lost) = watch::channel(false);
         let renewer = tokio::spawn(renew(
             mesh.clone(),
+            space,
             name.clone(),
             token,
             state.clone(),
@@ -348,6 +359,7 @@ impl LockGuard {
         ));
         LockGuard {
             mesh,
+            space,
             name,
             token,
             ttl,
@@ -424,7 +436,16 @@ impl LockGuard {
             }
             return Err(LockError::Lost);
         }
-        release(&*self.mesh, &self.name, self.token, self.ttl).await
+        release(&*self.mesh, self.space, &self.name, self.token, self.ttl).await
+    }
+
+    /// Stops renewing without releasing: a claim whose completion ended
+    /// it at the leader.
+    pub(crate) fn settle(mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        self.finish();
     }
 
     /// Marks the guard over; true if the token is known not to hold.
@@ -439,9 +460,10 @@ impl LockGuard {
             return;
         }
         let (mesh, name, token, ttl) = (self.mesh.clone(), self.name.clone(), self.token, self.ttl);
+        let space = self.space;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = release(&*mesh, &name, token, ttl).await;
+                let _ = release(&*mesh, space, &name, token, ttl).await;
             });
         }
     }
@@ -467,6 +489,7 @@ impl Drop for LockGuard {
 /// that the lease has ended anyway).
 pub(crate) async fn release(
     mesh: &dyn LockPath,
+    space: Space,
     name: &str,
     token: Token,
     ttl: Duration,
@@ -477,9 +500,15 @@ pub(crate) async fn release(
     // released it: the lock is not held by this token either way.
     let mut maybe_released = false;
     loop {
-        let request = LockRequest::Release {
-            name: name.to_string(),
-            token,
+        let request = match space {
+            Space::Lock => LockRequest::Release {
+                name: name.to_string(),
+                token,
+            },
+            Space::Claim => LockRequest::Abort {
+                key: name.to_string(),
+                claim: token,
+            },
         };
         match mesh.lock_request(request, RENEW_TIMEOUT).await {
             Ok(LockReply::Released) => return Ok(()),
@@ -505,6 +534,7 @@ pub(crate) async fn release(
 /// suspend and validity, on the protocol clock, does not (T1).
 async fn renew(
     mesh: Arc<dyn LockPath>,
+    space: Space,
     name: String,
     token: Token,
     state: Arc<Mutex<GuardState>>,
@@ -526,9 +556,15 @@ async fn renew(
         if sent >= until {
             break;
         }
-        let request = LockRequest::Renew {
-            name: name.clone(),
-            token,
+        let request = match space {
+            Space::Lock => LockRequest::Renew {
+                name: name.clone(),
+                token,
+            },
+            Space::Claim => LockRequest::RenewClaim {
+                key: name.clone(),
+                claim: token,
+            },
         };
         let answer = tokio::select! {
             // Biased (so a seed replays a run): an answer that came is
