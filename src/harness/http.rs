@@ -76,3 +76,44 @@ pub fn post_json_status(
     let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
     Ok((status, body))
 }
+
+/// An HTTP answer: its status, its headers (names in lower case) and its
+/// JSON body (`Null` if it had none).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The headers, by lower-case name.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// POSTs a JSON body and returns the whole answer (error statuses
+/// included); `Err` only when no answer came.
+pub fn post_json_reply(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let mut resp = http_client(timeout, false)
+        .post(format!("http://{addr}{path}"))
+        .send_json(body)
+        .map_err(|e| e.to_string())?;
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Ok(Reply {
+        status: resp.status().as_u16(),
+        headers,
+        body: resp.body_mut().read_json().unwrap_or(Value::Null),
+    })
+}

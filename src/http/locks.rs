@@ -31,7 +31,7 @@ pub(super) enum TokenValue {
 }
 
 impl TokenValue {
-    fn get(&self) -> Option<Token> {
+    pub(super) fn get(&self) -> Option<Token> {
         match self {
             TokenValue::Number(n) => Some(Token(*n)),
             TokenValue::Text(s) => s.trim().parse().ok().map(Token),

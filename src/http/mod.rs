@@ -2,6 +2,7 @@
 //! `/metrics` and the dashboard page. A thin layer over the [`Mesh`]
 //! handle: it owns no state of its own.
 
+pub mod idempotency;
 mod locks;
 
 use std::future::Future;
@@ -114,6 +115,16 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/v1/locks/{name}/acquire", post(locks::acquire))
         .route("/v1/locks/{name}/renew", post(locks::renew))
         .route("/v1/locks/{name}/release", post(locks::release))
+        .route("/v1/idempotency/{key}", get(idempotency::get))
+        .route("/v1/idempotency/{key}/begin", post(idempotency::begin))
+        .route(
+            "/v1/idempotency/{key}/complete",
+            post(idempotency::complete).layer(axum::extract::DefaultBodyLimit::max(
+                idempotency::BODY_BYTES_MAX,
+            )),
+        )
+        .route("/v1/idempotency/{key}/abort", post(idempotency::abort))
+        .route("/v1/idempotency/{key}/renew", post(idempotency::renew))
         .layer(axum::extract::DefaultBodyLimit::max(
             locks::LOCK_BODY_BYTES_MAX,
         ))

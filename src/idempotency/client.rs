@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Found, Store};
+use super::{Found, Record, Store};
 use crate::ids::Token;
 use crate::locks::claim::{Begin, FINGERPRINT_BYTES_MAX, RESULT_BYTES_MAX, check_key};
 use crate::locks::table::REQUESTER_GRACE;
@@ -132,6 +132,7 @@ pub struct Idempotent {
     claim_ttl: Duration,
     wait: Duration,
     record_errors: bool,
+    request_id: Option<String>,
 }
 
 impl std::fmt::Debug for Idempotent {
@@ -158,7 +159,15 @@ impl Idempotent {
             claim_ttl: CLAIM_TTL_DEFAULT,
             wait: Duration::ZERO,
             record_errors: false,
+            request_id: None,
         }
+    }
+
+    /// The begin's request id: a retry of the begin with it (through any
+    /// node) gets the same claim. Generated when not given.
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
     }
 
     /// What identifies the request (a hash of its parameters): a retry
@@ -235,34 +244,9 @@ impl Idempotent {
         F: FnOnce() -> Fut,
         Fut: Future<Output = R>,
     {
-        check_key(&self.key).map_err(IdempotencyError::InvalidKey)?;
-        if self.fingerprint.len() > FINGERPRINT_BYTES_MAX {
-            return Err(IdempotencyError::Invalid(format!(
-                "a fingerprint is at most {FINGERPRINT_BYTES_MAX} bytes, not {}",
-                self.fingerprint.len()
-            )));
-        }
-        let begin = Begin {
-            key: self.key.clone(),
-            fingerprint: self.fingerprint.clone(),
-            ttl_ms: self.ttl.as_millis() as u64,
-            claim_ttl_ms: self.claim_ttl.as_millis() as u64,
-            wait_ms: self.wait.as_millis() as u64,
-            request_id: None,
-        };
-        begin.check().map_err(IdempotencyError::Invalid)?;
-        // 1. This node's replica (I2, I7).
-        if let Some(store) = &self.store {
-            match store.lookup(&self.key, &self.fingerprint, self.path.wall_ms()) {
-                Found::Replay(record) => return decode(&record.result).map(Outcome::Replayed),
-                Found::Mismatch => return Err(IdempotencyError::FingerprintMismatch),
-                Found::Unknown => {}
-            }
-        }
-        // 2. The leader.
-        let (claim, ttl, sent, recovered) = match self.claim(begin).await? {
-            Claim::Replay(result) => return decode(&result).map(Outcome::Replayed),
-            Claim::Held {
+        let (claim, ttl, sent, recovered) = match self.begin().await? {
+            Begun::Replay(record) => return decode(&record.result).map(Outcome::Replayed),
+            Begun::Claimed {
                 claim,
                 ttl,
                 sent,
@@ -309,14 +293,47 @@ impl Idempotent {
         outcome.map(|()| done(result))
     }
 
+    /// Begins without running anything (the agent's HTTP API does, for
+    /// its clients): the first result to replay, or a claim the caller
+    /// must complete or abort within its TTL (nothing renews it). Steps 1
+    /// and 2 of the flow: this node's replica (I2, I7), then the leader.
+    pub async fn begin(&self) -> Result<Begun, IdempotencyError> {
+        check_key(&self.key).map_err(IdempotencyError::InvalidKey)?;
+        if self.fingerprint.len() > FINGERPRINT_BYTES_MAX {
+            return Err(IdempotencyError::Invalid(format!(
+                "a fingerprint is at most {FINGERPRINT_BYTES_MAX} bytes, not {}",
+                self.fingerprint.len()
+            )));
+        }
+        let begin = Begin {
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            ttl_ms: self.ttl.as_millis() as u64,
+            claim_ttl_ms: self.claim_ttl.as_millis() as u64,
+            wait_ms: self.wait.as_millis() as u64,
+            request_id: self.request_id.clone(),
+        };
+        begin.check().map_err(IdempotencyError::Invalid)?;
+        if let Some(store) = &self.store {
+            match store.lookup(&self.key, &self.fingerprint, self.path.wall_ms()) {
+                Found::Replay(record) => return Ok(Begun::Replay(record)),
+                Found::Mismatch => return Err(IdempotencyError::FingerprintMismatch),
+                Found::Unknown => {}
+            }
+        }
+        self.claim(begin).await
+    }
+
     /// Begins at the leader, retrying through failovers with one request
     /// id until the wait is over (and past it while an attempt's fate is
     /// unknown, as an acquire does).
-    async fn claim(&self, mut begin: Begin) -> Result<Claim, IdempotencyError> {
+    async fn claim(&self, mut begin: Begin) -> Result<Begun, IdempotencyError> {
         let path = &self.path;
         let drift = path.drift();
         let fresh_id = || crate::locks::fresh_request_id(&path.request_id_prefix());
-        begin.request_id = Some(fresh_id());
+        if begin.request_id.is_none() {
+            begin.request_id = Some(fresh_id());
+        }
         let deadline = path.now() + self.wait;
         let listen_until = deadline + REQUESTER_GRACE;
         let attempt_max = ATTEMPT_TIMEOUT.min(self.claim_ttl / 2);
@@ -351,7 +368,7 @@ impl Idempotent {
                 }) => {
                     let ttl = Duration::from_millis(ttl_ms);
                     if path.now() < sent + ttl.mul_f64(1.0 - drift) {
-                        return Ok(Claim::Held {
+                        return Ok(Begun::Claimed {
                             claim,
                             ttl,
                             sent,
@@ -367,8 +384,11 @@ impl Idempotent {
                     if let Some(store) = &self.store {
                         store.learn(&begin.key, claim, &facts, path.wall_ms());
                     }
-                    let result = facts.completion.map(|c| c.result).unwrap_or_default();
-                    return Ok(Claim::Replay(result));
+                    let Some(record) = Record::committed(&begin.key, claim, &facts) else {
+                        // Invariant: a replay carries its completion.
+                        return Err(IdempotencyError::Decode("a replay without a result".into()));
+                    };
+                    return Ok(Begun::Replay(record));
                 }
                 Ok(LockReply::FingerprintMismatch) => {
                     return Err(IdempotencyError::FingerprintMismatch);
@@ -379,7 +399,11 @@ impl Idempotent {
                 }
                 Ok(LockReply::Invalid(message)) => return Err(IdempotencyError::Invalid(message)),
                 // The claim made for this request ended before any answer
-                // reached this call: start over with a new id.
+                // reached this call: start over with a new id (a caller's
+                // id is the caller's to renew).
+                Ok(LockReply::Ended) if self.request_id.is_some() => {
+                    return Err(IdempotencyError::ClaimLost);
+                }
                 Ok(LockReply::Ended) => {
                     begin.request_id = Some(fresh_id());
                     in_flight = false;
@@ -439,14 +463,21 @@ impl Idempotent {
 }
 
 /// What a begin got.
-enum Claim {
-    /// The key's committed result.
-    Replay(Vec<u8>),
-    /// The key is this call's to run.
-    Held {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begun {
+    /// The key's committed record: replay its result.
+    Replay(Record),
+    /// The key is the caller's to run.
+    Claimed {
+        /// The claim's token (a fencing token).
         claim: Token,
+        /// The claim's lease.
         ttl: Duration,
+        /// When the begin that got it was sent, on the protocol clock:
+        /// the claim is valid until this plus the TTL (less the drift
+        /// margin).
         sent: Duration,
+        /// An earlier claimant's lease ran out without a completion (I5).
         recovered: bool,
     },
 }

@@ -11,7 +11,7 @@ pub mod client;
 pub mod reconcile;
 pub mod record;
 
-pub use client::{IdempotencyError, Idempotent, Outcome};
+pub use client::{Begun, IdempotencyError, Idempotent, Outcome};
 pub use record::{Lookup, Record, RecordError, Records};
 
 use std::sync::Mutex;
