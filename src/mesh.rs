@@ -192,6 +192,12 @@ impl Service for NodeService {
                 })
                 .await
                 .map(Response::Voter),
+            Request::Reconcile(message) => {
+                let now_ms = self.clock.wall_ms();
+                crate::node::anti_entropy::respond(&self.records, *message, now_ms)
+                    .map(|answer| Response::Reconcile(Box::new(answer)))
+                    .map_err(|_| Rejection::Malformed)
+            }
         }
     }
 
@@ -276,6 +282,9 @@ impl Mesh {
                 Replica::default(),
             ),
         };
+        // Not seeded from a voter's copy: a completion in it may never
+        // have reached a majority (I2). Committed records come back by
+        // anti-entropy, and the leader's table answers begins meanwhile.
         let records = Arc::new(crate::idempotency::Store::default());
         let service = Arc::new(NodeService {
             id: config.id,
@@ -338,6 +347,12 @@ impl Mesh {
         // Invariant: set once, here, before any election request can be
         // served (until now they were refused as "shutting down").
         let _ = service.driver.set(driver.tx.clone());
+        tokio::spawn(crate::node::anti_entropy::run(
+            config.id,
+            rpc.clone(),
+            membership.clone(),
+            shared.clone(),
+        ));
         tracing::info!(id = %config.id, gossip = %config.gossip_addr, rpc = %config.rpc_addr, %generation, "node started");
         Ok(Mesh {
             inner: Arc::new(Inner {
@@ -505,6 +520,12 @@ impl Mesh {
     pub fn idempotency_record(&self, key: &str) -> Option<crate::idempotency::Record> {
         let wall_ms = self.inner.shared.clock.wall_ms();
         self.inner.shared.records.get(key, wall_ms)
+    }
+
+    /// Every record in this node's replica, by key (unexpired, committed).
+    pub fn idempotency_records(&self) -> Vec<crate::idempotency::Record> {
+        let wall_ms = self.inner.shared.clock.wall_ms();
+        self.inner.shared.records.snapshot(wall_ms)
     }
 
     /// A named election for an application role, built on a lock.

@@ -212,6 +212,19 @@ impl Idempotent {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
+        self.execute(|_| op(), |_| true).await
+    }
+
+    /// As [`Idempotent::run`], handing `op` its claim: the token to fence
+    /// the operation's writes with (a resource's `FencingChecker` refuses
+    /// a claimant whose claim has passed on) and whether an earlier
+    /// claimant may have done part of the work.
+    pub async fn run_with_claim<T, F, Fut>(self, op: F) -> Result<Outcome<T>, IdempotencyError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(ClaimInfo) -> Fut,
+        Fut: Future<Output = T>,
+    {
         self.execute(op, |_| true).await
     }
 
@@ -230,7 +243,7 @@ impl Idempotent {
         Fut: Future<Output = Result<T, E>>,
     {
         let record_errors = self.record_errors;
-        self.execute(op, move |r: &Result<T, E>| r.is_ok() || record_errors)
+        self.execute(|_| op(), move |r: &Result<T, E>| r.is_ok() || record_errors)
             .await
     }
 
@@ -241,7 +254,7 @@ impl Idempotent {
     ) -> Result<Outcome<R>, IdempotencyError>
     where
         R: Serialize + DeserializeOwned,
-        F: FnOnce() -> Fut,
+        F: FnOnce(ClaimInfo) -> Fut,
         Fut: Future<Output = R>,
     {
         let (claim, ttl, sent, recovered) = match self.begin().await? {
@@ -262,7 +275,11 @@ impl Idempotent {
             sent,
         );
         // 3. The operation, its claim renewed meanwhile.
-        let result = op().await;
+        let result = op(ClaimInfo {
+            token: claim,
+            recovered,
+        })
+        .await;
         let done = |r| {
             if recovered {
                 Outcome::RecoveredThenExecuted(r)
@@ -460,6 +477,15 @@ impl Idempotent {
             path.pause_for_leader(RETRY_PAUSE.min(give_up - now)).await;
         }
     }
+}
+
+/// The claim an operation runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimInfo {
+    /// The claim's token, a fencing token.
+    pub token: Token,
+    /// An earlier claimant's lease ran out without a completion (I5).
+    pub recovered: bool,
 }
 
 /// What a begin got.

@@ -8,10 +8,12 @@
 //!   with the records that differ (an IBLT sized by an estimate of the difference).
 
 pub mod client;
+#[cfg(feature = "sim")]
+pub mod history;
 pub mod reconcile;
 pub mod record;
 
-pub use client::{Begun, IdempotencyError, Idempotent, Outcome};
+pub use client::{Begun, ClaimInfo, IdempotencyError, Idempotent, Outcome};
 pub use record::{Lookup, Record, RecordError, Records};
 
 use std::sync::Mutex;
@@ -78,6 +80,28 @@ impl Store {
     /// Drops the records expired at `now_ms` (plus [`SKEW`]); how many.
     pub fn expire(&self, now_ms: u64) -> usize {
         self.lock().expire(now_ms, SKEW)
+    }
+
+    /// The records to reconcile at `now_ms`: every one held, less those
+    /// that may be dropped.
+    pub fn snapshot(&self, now_ms: u64) -> Vec<Record> {
+        let records = self.lock();
+        records
+            .records()
+            .filter(|r| !r.is_expired(now_ms, SKEW))
+            .cloned()
+            .collect()
+    }
+
+    /// Merges records a peer sent (anti-entropy): each checked, expired
+    /// ones refused; how many were news.
+    pub fn merge_all(&self, records: Vec<Record>, now_ms: u64) -> usize {
+        let mut mine = self.lock();
+        records
+            .into_iter()
+            .filter(|r| r.check().is_ok())
+            .filter(|r| mine.merge(r.clone(), now_ms, SKEW))
+            .count()
     }
 
     /// Records held.

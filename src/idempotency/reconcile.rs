@@ -363,7 +363,7 @@ pub const TABLES_MAX: u8 = 3;
 pub type WireId = [u8; 8];
 
 /// The messages of one reconciliation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReconcileMessage {
     /// Initiator: its estimator.
     Start(Estimator),

@@ -40,6 +40,7 @@ use crate::replication::{Answer, Copies};
 use crate::rpc::{Response, Rpc, VoterRequest, VoterSnapshot};
 use crate::storage::Persister;
 
+pub(crate) mod anti_entropy;
 mod election;
 mod locks;
 mod voter;

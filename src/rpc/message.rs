@@ -22,6 +22,8 @@ pub enum Request {
     Lock(LockRequest),
     /// The leader's replication to voters.
     Voter(VoterRequest),
+    /// Anti-entropy of idempotency records, initiator to responder.
+    Reconcile(Box<crate::idempotency::reconcile::ReconcileMessage>),
 }
 
 /// The answer to a [`Request`].
@@ -45,6 +47,8 @@ pub enum Response {
     },
     /// Answer to [`Request::Voter`]: the replication core's answer.
     Voter(Answer),
+    /// Answer to [`Request::Reconcile`].
+    Reconcile(Box<crate::idempotency::reconcile::ReconcileMessage>),
 }
 
 /// A voter's copy of what the leader replicates, as it travels with a

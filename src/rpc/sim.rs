@@ -70,6 +70,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Election(E::Sync { .. }) => "sync",
         Request::Voter(V::Replicate { .. }) => "lock-replicate",
         Request::Lock(_) => "lock",
+        Request::Reconcile(_) => "reconcile",
     }
 }
 

@@ -1,0 +1,128 @@
+//! Anti-entropy of the idempotency records: every
+//! [`ANTI_ENTROPY_INTERVAL`] a node reconciles its records with one live
+//! peer (round robin by id), by the exchange of
+//! `idempotency::reconcile`, whose bytes grow with the records that
+//! differ. Commit notices spread a completion at once; this makes up for
+//! the notices a node missed (down, cut off, restarted).
+//!
+//! Owns: when and with whom to reconcile, and carrying the exchange over
+//! RPC. Must not: decide what a record is worth (the store's merge does).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::idempotency::Store;
+use crate::idempotency::reconcile::{
+    Initiator, ReconcileError, ReconcileMessage, respond as answer,
+};
+use crate::ids::NodeId;
+use crate::membership::Membership;
+use crate::rpc::{Request, Response, Rpc};
+
+use super::Shared;
+
+/// How often a node reconciles with a peer.
+pub(crate) const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one message of an exchange may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The responder's side, for the RPC service: answers one message from
+/// this node's records (merging what a `Push` brings first).
+pub(crate) fn respond(
+    store: &Store,
+    message: ReconcileMessage,
+    now_ms: u64,
+) -> Result<ReconcileMessage, ReconcileError> {
+    if let ReconcileMessage::Push { records, want } = message {
+        store.merge_all(records, now_ms);
+        let records = store.snapshot(now_ms);
+        return answer(
+            &records,
+            &ReconcileMessage::Push {
+                records: Vec::new(),
+                want,
+            },
+        );
+    }
+    answer(&store.snapshot(now_ms), &message)
+}
+
+/// The initiator's loop: runs until the node stops. Expired records are
+/// dropped on the same beat (I6).
+pub(crate) async fn run(
+    id: NodeId,
+    rpc: Arc<Rpc>,
+    membership: Arc<Membership>,
+    shared: Arc<Shared>,
+) {
+    let mut round = id.0 as usize;
+    loop {
+        tokio::time::sleep(ANTI_ENTROPY_INTERVAL).await;
+        if shared.is_stopped() {
+            return;
+        }
+        let now_ms = shared.clock.wall_ms();
+        shared.records.expire(now_ms);
+        let view = membership.view();
+        let peers: Vec<SocketAddr> = view
+            .members()
+            .filter(|m| m.id != id && m.is_alive())
+            .map(|m| m.rpc_addr)
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        round = round.wrapping_add(1);
+        let peer = peers[round % peers.len()];
+        match exchange(&rpc, peer, &shared.records, now_ms).await {
+            Ok(news) => tracing::trace!(%peer, news, "records reconciled"),
+            Err(e) => tracing::debug!(%peer, error = %e, "reconciliation abandoned"),
+        }
+    }
+}
+
+/// One exchange with `peer`: how many records it brought that were news.
+async fn exchange(
+    rpc: &Rpc,
+    peer: SocketAddr,
+    store: &Store,
+    now_ms: u64,
+) -> Result<usize, String> {
+    let records = store.snapshot(now_ms);
+    let (mut me, start) = Initiator::start(&records);
+    let mut reply = call(rpc, peer, start).await?;
+    loop {
+        let ReconcileMessage::Table(table) = reply else {
+            return Err("expected a table".into());
+        };
+        let next = me.on_table(&records, table).map_err(|e| e.to_string())?;
+        let pushing = matches!(next, ReconcileMessage::Push { .. });
+        reply = call(rpc, peer, next).await?;
+        if pushing {
+            let ReconcileMessage::Records(theirs) = reply else {
+                return Err("expected records".into());
+            };
+            return Ok(store.merge_all(theirs, now_ms));
+        }
+    }
+}
+
+async fn call(
+    rpc: &Rpc,
+    peer: SocketAddr,
+    message: ReconcileMessage,
+) -> Result<ReconcileMessage, String> {
+    match rpc
+        .call(
+            peer,
+            Request::Reconcile(Box::new(message)),
+            EXCHANGE_TIMEOUT,
+        )
+        .await
+    {
+        Ok(Response::Reconcile(answer)) => Ok(*answer),
+        Ok(_) => Err("an answer of another kind".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
