@@ -1023,8 +1023,17 @@ impl LockTable {
             }
             return out;
         }
+        // I7 on the live claim, and on the recovery path: a claim that ran
+        // out may have done part of its request's work, so the key stays
+        // that request's (an abort of a claim not recovered frees it).
         let live = term.locks.get(&name).and_then(|l| l.holder.as_ref());
-        if let Some(facts) = live.and_then(|h| h.claim.as_deref())
+        let recovering = term
+            .known
+            .get(&name)
+            .filter(|e| !e.is_held())
+            .and_then(|e| e.claim.as_deref())
+            .filter(|f| f.recovered && f.completion.is_none());
+        if let Some(facts) = live.and_then(|h| h.claim.as_deref()).or(recovering)
             && facts.fingerprint != begin.fingerprint
         {
             return reply(ticket, LockReply::FingerprintMismatch);

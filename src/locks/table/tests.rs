@@ -1232,3 +1232,95 @@ fn begin(key: &str) -> Begin {
         request_id: None,
     }
 }
+
+/// I7 on every path: a begin of another fingerprint is a mismatch against
+/// the live claim (before "in progress", and before it could queue), the
+/// completed record, and a claim that ran out (recovery); an abort of a
+/// claim that never ran out frees the key for another request.
+#[test]
+fn i7_another_fingerprint_is_a_mismatch_on_every_path() {
+    let mut h = Harness::new();
+    let t = h.begin(0, "k", b"a", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    let waiting = h.begin(2, "k", b"b", 5000, None);
+    assert_eq!(
+        h.reply(waiting),
+        Some(LockReply::FingerprintMismatch),
+        "not queued"
+    );
+    // Recovery: the claim runs out; the key stays request a's.
+    let out = h.table.handle_tick(ms(1100));
+    h.absorb(out);
+    h.commit(1101, &[ME, NodeId(2)]);
+    let t = h.begin(1102, "k", b"b", 0, None);
+    assert_eq!(
+        h.reply(t),
+        Some(LockReply::FingerprintMismatch),
+        "recovery path"
+    );
+    let t = h.begin(1102, "k", b"a", 0, None);
+    h.commit(1103, &[ME, NodeId(2)]);
+    let (again, recovered) = h.claimed(t);
+    assert!(again > claim && recovered);
+    h.complete(1104, "k", again, b"done");
+    h.commit(1105, &[ME, NodeId(2)]);
+    let t = h.begin(1106, "k", b"b", 0, None);
+    assert_eq!(
+        h.reply(t),
+        Some(LockReply::FingerprintMismatch),
+        "replay path"
+    );
+    // An abort of a claim that never ran out frees the key.
+    let t = h.begin(1107, "j", b"a", 0, None);
+    h.commit(1108, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    h.claim_request(
+        1109,
+        LockRequest::Abort {
+            key: "j".into(),
+            claim,
+        },
+    );
+    h.commit(1110, &[ME, NodeId(2)]);
+    let t = h.begin(1111, "j", b"b", 0, None);
+    h.commit(1112, &[ME, NodeId(2)]);
+    assert!(!h.claimed(t).1);
+}
+
+/// I4: on a voter's copy, a completion of claim k never replaces a grant
+/// of a later claim of the key (the merge ranks the token first), in any
+/// order of arrival.
+#[test]
+fn i4_a_completion_of_an_earlier_claim_loses_to_a_later_grant() {
+    let facts = |completion: Option<Completion>| {
+        Some(Box::new(ClaimFacts {
+            completion,
+            recovered: false,
+            fingerprint: b"fp".to_vec(),
+            record_ttl_ms: 60_000,
+        }))
+    };
+    let later = Entry {
+        name: Name::claim("k"),
+        token: Token(2),
+        state: EntryState::held(1000, NodeId(9), None, 7),
+        claim: facts(None),
+    };
+    let completion = Entry {
+        name: Name::claim("k"),
+        token: Token(1),
+        state: EntryState::Free { request_id: None },
+        claim: facts(Some(Completion {
+            expires_at_ms: WALL,
+            result: b"late".to_vec(),
+        })),
+    };
+    for order in [[&later, &completion], [&completion, &later]] {
+        let mut copy = Replica::default();
+        for e in order {
+            copy.merge(e.clone());
+        }
+        assert_eq!(copy.get(&Name::claim("k")), Some(&later));
+    }
+}
