@@ -2,12 +2,16 @@
 //! directories. It shows membership forming and the election live, then
 //! runs a scheduled job on every node guarded by one lock (each tick, the
 //! node that takes the lock runs the job against a resource fenced by the
-//! lock's token; the others see it done). Meanwhile it kills a follower
+//! lock's token; the others see it done), and a payments service whose
+//! clients pay with transaction ids through random agents, losing
+//! answers and retrying elsewhere (each payment charged once, every retry
+//! told the first charge). Meanwhile it kills a follower
 //! with SIGKILL and times its detection and rejoin, kills the leader and
 //! times the failover, shows leadership handed back to the restarted
 //! lowest id after the stability window, then stops everything with
-//! SIGTERM. Exits 0 only if every step held within its bound and the job
-//! ran exactly once per tick. Ctrl-C stops the agents and exits.
+//! SIGTERM. Exits 0 only if every step held within its bound, the job
+//! ran exactly once per tick and no payment was charged twice. Ctrl-C
+//! stops the agents and exits.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -310,6 +314,19 @@ pub fn run(meshd: &Path, args: DemoOptions) -> ExitCode {
                 scheduler(id, http, job, first_tick)
             }));
         }
+    }
+    let ledger = Arc::new(super::payments::Ledger::default());
+    let paying = Arc::new(AtomicBool::new(false));
+    let mut payers = Vec::new();
+    if demo.failures.is_empty() {
+        demo.say("   payments start: 4 clients pay with transaction ids through random agents; a quarter of answers are lost and retried elsewhere");
+        let https: Vec<SocketAddr> = all.iter().map(|id| demo.agents.spec(*id).http).collect();
+        for i in 0..4 {
+            let (https, ledger, stop) = (https.clone(), ledger.clone(), paying.clone());
+            payers.push(std::thread::spawn(move || {
+                super::payments::client(i, https, ledger, stop)
+            }));
+        }
         std::thread::sleep(TICK * 2);
     }
 
@@ -375,8 +392,24 @@ pub fn run(meshd: &Path, args: DemoOptions) -> ExitCode {
 
     std::thread::sleep(TICK * 2);
     job.stop.store(true, Ordering::Relaxed);
+    paying.store(true, Ordering::Relaxed);
     for s in schedulers {
         let _ = s.join();
+    }
+    for p in payers {
+        let _ = p.join();
+    }
+    let paid = ledger.summary();
+    demo.say(&format!(
+        "   payments: {} paid, {} charges, {} charged twice; {} retries answered with the first charge, {} with another; {} given up",
+        paid.payments, paid.charges, paid.duplicates, paid.replays, paid.differing, paid.abandoned
+    ));
+    if paid.duplicates > 0 || paid.differing > 0 {
+        demo.failures.push(format!("payments went wrong: {paid:?}"));
+    }
+    if paid.payments == 0 || paid.replays == 0 {
+        demo.failures
+            .push(format!("no payment (or no retry) was answered: {paid:?}"));
     }
     let last_tick = (demo.start.elapsed().as_millis() / TICK.as_millis()) as u64;
     {

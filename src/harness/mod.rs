@@ -13,4 +13,5 @@ pub mod demo;
 pub mod etcd;
 pub mod http;
 pub mod lock_command;
+pub mod payments;
 pub mod report;
