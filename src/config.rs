@@ -81,6 +81,11 @@ pub struct Config {
     pub election: Timing,
     /// Clients queued per lock (`lock-waiters-max`).
     pub lock_waiters_max: usize,
+    /// Idempotency keys the leader keeps at once, claims in progress and
+    /// unexpired records together (`idempotency-records-max`); at the
+    /// bound a begin of a new key fails (`StoreFull`), and nothing
+    /// unexpired is evicted (I6).
+    pub idempotency_records_max: usize,
     /// This is the first start of a new cluster (`--bootstrap`): if a
     /// majority of voters recover together with no memory (no data
     /// directories), they form the cluster without waiting out the
@@ -175,6 +180,10 @@ pub struct ConfigBuilder {
     /// is refused with `QueueFull`.
     #[serde(alias = "lock_waiters_max")]
     pub lock_waiters_max: Option<usize>,
+    /// `idempotency-records-max` (file only): see
+    /// [`Config::idempotency_records_max`].
+    #[serde(alias = "idempotency_records_max")]
+    pub idempotency_records_max: Option<usize>,
     /// `--bootstrap`: the first start of a new cluster (see
     /// [`Config::bootstrap`]).
     pub bootstrap: Option<bool>,
@@ -227,6 +236,9 @@ impl ConfigBuilder {
             stability_window_ms: over.stability_window_ms.or(self.stability_window_ms),
             lock_ttl_max_ms: over.lock_ttl_max_ms.or(self.lock_ttl_max_ms),
             lock_waiters_max: over.lock_waiters_max.or(self.lock_waiters_max),
+            idempotency_records_max: over
+                .idempotency_records_max
+                .or(self.idempotency_records_max),
             bootstrap: over.bootstrap.or(self.bootstrap),
         }
     }
@@ -325,6 +337,10 @@ impl ConfigBuilder {
         if !(1..=1_000_000).contains(&lock_waiters_max) {
             return Err(ConfigError::InvalidLockWaiters(lock_waiters_max));
         }
+        let idempotency_records_max = self.idempotency_records_max.unwrap_or(1_000_000);
+        if !(1..=100_000_000).contains(&idempotency_records_max) {
+            return Err(ConfigError::InvalidRecordsMax(idempotency_records_max));
+        }
         election.validate().map_err(ConfigError::Election)?;
         Ok(Config {
             id,
@@ -343,6 +359,7 @@ impl ConfigBuilder {
             gossip_compression: self.gossip_compression.unwrap_or(false),
             election,
             lock_waiters_max,
+            idempotency_records_max,
             bootstrap: self.bootstrap.unwrap_or(false),
         })
     }
@@ -400,6 +417,9 @@ pub enum ConfigError {
     /// `lock-waiters-max` of zero or absurdly large.
     #[error("lock-waiters-max must be within 1 and 1000000, got {0}")]
     InvalidLockWaiters(usize),
+    /// `idempotency-records-max` of zero or absurdly large.
+    #[error("idempotency-records-max must be within 1 and 100000000, got {0}")]
+    InvalidRecordsMax(usize),
     /// No `--id` (or `id` in the file) was given.
     #[error("--id is required")]
     MissingId,

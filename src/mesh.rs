@@ -331,6 +331,7 @@ impl Mesh {
         );
         let locks = LockTable::new(TableConfig {
             waiters_max: config.lock_waiters_max,
+            claims_max: config.idempotency_records_max,
             ttl_max_ms: config.election.lock_ttl_max.as_millis() as u64,
             ..TableConfig::new(&config.voters, config.election.drift)
         });

@@ -181,9 +181,11 @@ fn begin_error(e: IdempotencyError) -> Response {
         }
         IdempotencyError::NoQuorum => no_quorum(),
         IdempotencyError::StoreFull { max } => error(
-            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::INSUFFICIENT_STORAGE,
             "store_full",
-            &format!("the leader holds as many claims and locks as it may ({max})"),
+            &format!(
+                "the cluster keeps as many idempotency keys as it may ({max}); nothing unexpired is evicted, retry once records expire"
+            ),
         ),
         IdempotencyError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -89,8 +89,10 @@ pub enum IdempotencyError {
     /// retry replays it if it was.
     #[error("no leader with a quorum could answer in time")]
     NoQuorum,
-    /// The leader's table holds as many claims and locks as it may.
-    #[error("the leader's table is full ({max} entries)")]
+    /// The leader keeps as many idempotency keys as it may (claims in
+    /// progress and unexpired records, `idempotency-records-max`): retry
+    /// once records have expired. Nothing unexpired is evicted.
+    #[error("the idempotency store is full ({max} keys)")]
     StoreFull {
         /// The bound.
         max: usize,
@@ -411,9 +413,11 @@ impl Idempotent {
                     return Err(IdempotencyError::FingerprintMismatch);
                 }
                 Ok(LockReply::InProgress) => return Err(IdempotencyError::InProgress),
-                Ok(LockReply::QueueFull { max }) => {
+                Ok(LockReply::StoreFull { max }) => {
                     return Err(IdempotencyError::StoreFull { max });
                 }
+                // The key's waiting queue is full: others wait for it.
+                Ok(LockReply::QueueFull { .. }) => return Err(IdempotencyError::InProgress),
                 Ok(LockReply::Invalid(message)) => return Err(IdempotencyError::Invalid(message)),
                 // The claim made for this request ended before any answer
                 // reached this call: start over with a new id (a caller's

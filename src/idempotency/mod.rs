@@ -25,7 +25,7 @@ use crate::locks::ClaimFacts;
 /// How far apart two nodes' wall clocks may be: a replica drops a record
 /// this long after its expiry (I6), so a peer whose clock runs behind
 /// does not send it back as new.
-pub const SKEW: Duration = Duration::from_secs(60);
+pub const SKEW: Duration = crate::locks::claim::RECORD_SKEW;
 
 /// What a request finds in a node's records (an owned [`Lookup`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,10 @@ pub const RECORD_TTL_MIN: Duration = Duration::from_secs(1);
 /// Longest time a completed record is kept: 30 days (CONTRACT.md).
 pub const RECORD_TTL_MAX: Duration = Duration::from_millis(2_592_000_000);
 
+/// How far apart two nodes' wall clocks may be: a record is dropped this
+/// long after its expiry (I6), by every node on its own clock.
+pub const RECORD_SKEW: Duration = Duration::from_secs(60);
+
 /// Checks an idempotency key: 1 to [`KEY_BYTES_MAX`] bytes.
 pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {

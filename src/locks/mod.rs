@@ -221,6 +221,26 @@ impl Merge for Entry {
 }
 
 impl Entry {
+    /// True for the tombstone of a claim that no begin needs any more at
+    /// wall-clock `wall_ms`: its completion expired [`claim::RECORD_SKEW`]
+    /// ago, or it ended without a completion and without running out (an
+    /// abort: nothing to replay, nothing recovered). Such tombstones are
+    /// dropped from the leader's table and the voters' copies, each on its
+    /// own clock (I6); a claim that ran out is kept (I5, I7).
+    pub fn collectable(&self, wall_ms: u64) -> bool {
+        if self.name.space != Space::Claim || self.is_held() {
+            return false;
+        }
+        let Some(facts) = self.claim.as_deref() else {
+            return true;
+        };
+        let skew = claim::RECORD_SKEW.as_millis() as u64;
+        match &facts.completion {
+            Some(c) => c.expires_at_ms.saturating_add(skew) <= wall_ms,
+            None => !facts.recovered,
+        }
+    }
+
     /// True for a grant.
     pub fn is_held(&self) -> bool {
         matches!(self.state, EntryState::Held { .. })
@@ -467,4 +487,10 @@ pub enum LockReply {
     InProgress,
     /// The completion holds on a majority of voters.
     Recorded,
+    /// The leader keeps as many idempotency keys as it may (claims in
+    /// progress and unexpired records): a new key is refused.
+    StoreFull {
+        /// The bound (`idempotency-records-max`).
+        max: usize,
+    },
 }

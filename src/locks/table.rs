@@ -121,6 +121,8 @@ pub struct TableConfig {
     pub ttl_max_ms: u64,
     /// The voter set.
     pub voters: Vec<NodeId>,
+    /// Idempotency keys kept at once (claims and unexpired records).
+    pub claims_max: usize,
 }
 
 impl TableConfig {
@@ -133,6 +135,7 @@ impl TableConfig {
             reply_grace: REPLY_GRACE,
             ttl_max_ms: super::TTL_MAX.as_millis() as u64,
             voters: voters.to_vec(),
+            claims_max: 1_000_000,
         }
     }
 }
@@ -249,6 +252,8 @@ struct Term {
     ended: VecDeque<(Name, String)>,
     /// A new epoch was asked for, or the tokens are spent (K1).
     exhausted: bool,
+    /// Entries of the claim namespace in `known` (the record bound, I6).
+    claims: usize,
 }
 
 impl Term {
@@ -280,6 +285,7 @@ impl Term {
 
     /// Queues `entry` for the next batch and remembers it.
     fn write(&mut self, entry: Entry) {
+        note_claim(&self.known, &mut self.claims, &entry);
         self.known.merge(entry.clone());
         self.batches.write(entry);
     }
@@ -297,6 +303,10 @@ pub struct LockTable {
     /// The latest time the table was told (ticks and requests), which
     /// stamps the batches `flush` closes.
     now: Duration,
+    /// The last term's epoch and its next sequence and write numbers:
+    /// if it serves that epoch again, it goes on from there, even where
+    /// the tombstones that held its highest tokens were collected (K1).
+    resume: Option<(Epoch, u64, u64)>,
 }
 
 impl LockTable {
@@ -308,6 +318,7 @@ impl LockTable {
             next_batch: BatchId(0),
             expired: 0,
             now: Duration::ZERO,
+            resume: None,
         }
     }
 
@@ -353,6 +364,10 @@ impl LockTable {
             })
             .max()
             .unwrap_or(1);
+        let (next_seq, next_write) = match self.resume {
+            Some((e, seq, write)) if e == epoch => (next_seq.max(seq), next_write.max(write)),
+            _ => (next_seq, next_write),
+        };
         let mut term = Term {
             epoch,
             next_seq,
@@ -363,6 +378,7 @@ impl LockTable {
             frees: HashMap::new(),
             ended: VecDeque::new(),
             exhausted: false,
+            claims: 0,
         };
         for entry in merged.entries() {
             match &entry.state {
@@ -437,6 +453,7 @@ impl LockTable {
         let Some(term) = self.term.take() else {
             return out;
         };
+        self.resume = Some((term.epoch, term.next_seq, term.next_write));
         let mut tickets = Vec::new();
         for lock in term.locks.into_values() {
             if let Some(h) = lock.holder {
@@ -751,6 +768,7 @@ impl LockTable {
                 state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
                 claim: w.claim.clone(),
             };
+            note_claim(&term.known, &mut term.claims, &entry);
             term.known.merge(entry.clone());
             term.batches.write(entry);
             term.batches.effect(Effect::Grant {
@@ -1026,6 +1044,14 @@ impl LockTable {
         // I7 on the live claim, and on the recovery path: a claim that ran
         // out may have done part of its request's work, so the key stays
         // that request's (an abort of a claim not recovered frees it).
+        if term.known.get(&name).is_none() && term.claims >= self.config.claims_max {
+            return reply(
+                ticket,
+                LockReply::StoreFull {
+                    max: self.config.claims_max,
+                },
+            );
+        }
         let live = term.locks.get(&name).and_then(|l| l.holder.as_ref());
         let recovering = term
             .known
@@ -1181,6 +1207,27 @@ impl LockTable {
             facts,
         });
         Vec::new()
+    }
+
+    /// Drops the claims' tombstones no begin needs any more at wall-clock
+    /// `wall_ms` ([`Entry::collectable`]), unless a batch still carries
+    /// them; how many went. Every voter does the same to its copy, on its
+    /// own clock: nothing needs replicating.
+    pub fn collect(&mut self, wall_ms: u64) -> usize {
+        let Some(term) = &mut self.term else {
+            return 0;
+        };
+        let frees = &term.frees;
+        let gone = term
+            .known
+            .retain(|e| !e.collectable(wall_ms) || frees.contains_key(&e.name));
+        term.claims = term.claims.saturating_sub(gone);
+        gone
+    }
+
+    /// Idempotency keys the table keeps (claims and their tombstones).
+    pub fn claims(&self) -> usize {
+        self.term.as_ref().map_or(0, |t| t.claims)
     }
 
     /// Runs `f` on a claim request for `key`, once the key is valid.
@@ -1515,6 +1562,13 @@ fn completed(
         _ => None,
     };
     Some((reply, pending))
+}
+
+/// Counts `entry` if it is a claim new to `known`.
+fn note_claim(known: &Replica, claims: &mut usize, entry: &Entry) {
+    if entry.name.space == Space::Claim && known.get(&entry.name).is_none() {
+        *claims += 1;
+    }
 }
 
 /// What a grant's requester is told: the lock, or the claim.

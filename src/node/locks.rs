@@ -76,6 +76,22 @@ impl State {
         self.apply_locks(outs)
     }
 
+    /// Drops the claims' tombstones no begin needs any more at this
+    /// node's wall-clock time (I6): from the leader's table, this node's
+    /// copy and its durable copy. Each node does it on its own clock;
+    /// nothing is replicated.
+    pub(super) fn collect(&mut self) {
+        let wall_ms = self.shared.clock.wall_ms();
+        let table = self.locks.collect(wall_ms);
+        let own = self.copies.collect(|e| e.collectable(wall_ms));
+        if own > 0 {
+            self.disk.collect(wall_ms);
+        }
+        if table + own > 0 {
+            trace!(table, own, "claims' tombstones collected");
+        }
+    }
+
     /// Starts or stops the lock table as this node starts or stops
     /// serving as leader.
     pub(super) fn sync_locks(&mut self, now: Duration) {

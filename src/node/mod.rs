@@ -223,6 +223,7 @@ impl Driver {
             tx: tx.clone(),
             leaderless_since: Some(started),
             last_poll: None,
+            last_collect: None,
         };
         let task = tokio::spawn(state.run(rx));
         Driver {
@@ -254,6 +255,10 @@ impl Driver {
     }
 }
 
+/// How often the driver drops the claims' tombstones no begin needs any
+/// more, from the leader's table and this voter's copies (I6).
+const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
+
 struct State {
     election: Election,
     locks: LockTable,
@@ -278,6 +283,8 @@ struct State {
     tx: mpsc::Sender<Input>,
     leaderless_since: Option<Duration>,
     last_poll: Option<Duration>,
+    /// When claims' tombstones were last collected (I6).
+    last_collect: Option<Duration>,
 }
 
 impl State {
@@ -311,6 +318,10 @@ impl State {
                     Metrics::add(&self.metrics.lock_expiries, self.locks.expired_total() - expired);
                     if !self.apply_locks(outs) {
                         return;
+                    }
+                    if self.last_collect.is_none_or(|at| now >= at + COLLECT_INTERVAL) {
+                        self.last_collect = Some(now);
+                        self.collect();
                     }
                 }
                 changed = views.changed() => {

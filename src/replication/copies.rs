@@ -165,6 +165,12 @@ impl<E: Merge> Copies<E> {
         &self.own
     }
 
+    /// Drops from this node's copy the entries `drop` accepts (the
+    /// protocol's garbage, each node on its own clock); how many went.
+    pub fn collect(&mut self, mut drop: impl FnMut(&E) -> bool) -> usize {
+        self.own.retain(|e| !drop(e))
+    }
+
     /// What a promise and a recovery answer carry: this voter's copy.
     pub fn snapshot(&self) -> Vec<E> {
         self.own.entries().cloned().collect()

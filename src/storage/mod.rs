@@ -466,6 +466,9 @@ pub struct Job {
     pub entries: Vec<Entry>,
     /// Initialize a blank directory with this promise and table first.
     pub init: Option<(Epoch, Replica)>,
+    /// Drop the claims' tombstones collectable at this wall-clock time
+    /// from the durable copy (the log sheds them at its next rewrite).
+    pub collect: Option<u64>,
     /// Called once all of it is durable (`true`), or cannot be (`false`).
     pub done: Done,
 }
@@ -524,6 +527,9 @@ impl Disk {
                 dir.save_promise(p)?;
                 self.promised = p;
                 self.promised_cell.store(p.0, Ordering::Release);
+            }
+            if let Some(wall_ms) = jobs.iter().filter_map(|j| j.collect).max() {
+                self.replica.retain(|e| !e.collectable(wall_ms));
             }
             let changed = self
                 .replica
@@ -696,6 +702,7 @@ impl Persister {
             promise,
             entries,
             init: None,
+            collect: None,
             done: Box::new(done),
         });
     }
@@ -708,6 +715,20 @@ impl Persister {
             promise: None,
             entries: Vec::new(),
             init: Some((promised, replica)),
+            collect: None,
+            done: Box::new(|_| {}),
+        });
+    }
+
+    /// Drops from the durable copy the claims' tombstones collectable at
+    /// wall-clock `wall_ms` (`Entry::collectable`); the log sheds them
+    /// when it is next rewritten.
+    pub fn collect(&self, wall_ms: u64) {
+        self.submit(Job {
+            promise: None,
+            entries: Vec::new(),
+            init: None,
+            collect: Some(wall_ms),
             done: Box::new(|_| {}),
         });
     }

@@ -284,3 +284,45 @@ fn a_version_1_lock_log_is_read_and_rewritten() {
     assert_eq!(again, more);
     assert!(notes.is_empty(), "{notes:?}");
 }
+
+/// I6: the claims' tombstones no begin needs any more leave the durable
+/// copy when collected, and the lock log sheds them when it is next
+/// rewritten; user locks and claims that ran out stay.
+#[test]
+fn collected_tombstones_leave_the_durable_copy_and_the_log() {
+    use crate::locks::{ClaimFacts, Completion};
+    let tombstone = |key: String, token: u64, expires_at_ms: u64, recovered: bool| Entry {
+        name: Name::claim(key),
+        token: Token(token),
+        state: EntryState::Free { request_id: None },
+        claim: Some(Box::new(ClaimFacts {
+            completion: (expires_at_ms > 0).then(|| Completion {
+                expires_at_ms,
+                result: b"r".to_vec(),
+            }),
+            recovered,
+            fingerprint: b"f".to_vec(),
+            record_ttl_ms: 1000,
+        })),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(Epoch(3), Replica::default());
+    let mut entries: Vec<Entry> = (0..5000)
+        .map(|i| tombstone(format!("k{i}"), 10 + i, 1000, false))
+        .collect();
+    entries.push(tombstone("ran-out".into(), 1, 0, true));
+    entries.push(held("lock", 2));
+    p.persist(None, entries, |ok| assert!(ok));
+    p.collect(1000 + 60_000);
+    // The next append finds the log mostly superseded and rewrites it.
+    p.persist(None, vec![held("later", 3)], |ok| assert!(ok));
+    drop(p);
+    let (_, stored, _) = open(root.path(), 1).unwrap();
+    let Stored::Initialized { replica, .. } = stored else {
+        panic!("{stored:?}")
+    };
+    let names: Vec<String> = replica.entries().map(|e| e.name.text.clone()).collect();
+    assert_eq!(names, ["later", "lock", "ran-out"]);
+}

@@ -133,6 +133,7 @@ fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigE
         stability_window_ms: None,
         lock_ttl_max_ms: None,
         lock_waiters_max: None,
+        idempotency_records_max: None,
         bootstrap: args.bootstrap.then_some(true),
     };
     file.overlay(flags).build()

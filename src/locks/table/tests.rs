@@ -1324,3 +1324,91 @@ fn i4_a_completion_of_an_earlier_claim_loses_to_a_later_grant() {
         assert_eq!(copy.get(&Name::claim("k")), Some(&later));
     }
 }
+
+/// I6's bound: at `claims_max` keys a begin of a new key is refused
+/// (`StoreFull`), nothing unexpired is evicted, and once a record has
+/// expired (plus the skew) it is collected and the key space frees up;
+/// aborted claims are collected, claims that ran out are kept (I5, I7).
+#[test]
+fn i6_the_record_bound_refuses_new_keys_and_expired_records_free_it() {
+    let mut table = LockTable::new(TableConfig {
+        claims_max: 3,
+        ..TableConfig::new(&V, 0.01)
+    });
+    let out = table.take_over(ms(0), Epoch(5), Replica::default());
+    let mut h = Harness::new();
+    h.table = table;
+    h.batches.clear();
+    h.absorb(out);
+    let mut claims = Vec::new();
+    for key in ["a", "b", "c"] {
+        let t = h.begin(0, key, b"fp", 0, None);
+        h.commit(1, &[ME, NodeId(2)]);
+        claims.push(h.claimed(t).0);
+    }
+    let full = h.begin(2, "d", b"fp", 0, None);
+    assert_eq!(h.reply(full), Some(LockReply::StoreFull { max: 3 }));
+    // a completes, b is aborted, c runs out.
+    h.complete(3, "a", claims[0], b"r");
+    h.claim_request(
+        3,
+        LockRequest::Abort {
+            key: "b".into(),
+            claim: claims[1],
+        },
+    );
+    h.commit(4, &[ME, NodeId(2)]);
+    let out = h.table.handle_tick(ms(1200));
+    h.absorb(out);
+    h.commit(1201, &[ME, NodeId(2)]);
+    assert_eq!(h.table.collect(WALL + 1202), 1, "only the abort goes");
+    assert_eq!(h.table.claims(), 2);
+    let t = h.begin(1203, "d", b"fp", 0, None);
+    h.commit(1204, &[ME, NodeId(2)]);
+    let (d, _) = h.claimed(t);
+    let full = h.begin(1205, "e", b"fp", 0, None);
+    assert_eq!(h.reply(full), Some(LockReply::StoreFull { max: 3 }));
+    // The record is replayed until it expires, kept the skew longer.
+    let expiry = WALL + 3 + 60_000;
+    assert_eq!(
+        h.table.collect(expiry + 59_999),
+        0,
+        "not before expiry + skew"
+    );
+    let replay = h.begin(1206, "a", b"fp", 0, None);
+    assert_eq!(h.replayed(replay).0, b"r".to_vec());
+    assert_eq!(h.table.collect(expiry + 60_000), 1);
+    let t = h.begin(1207, "e", b"fp", 0, None);
+    h.commit(1208, &[ME, NodeId(2)]);
+    assert!(h.claimed(t).0 > d);
+    // The claim that ran out is kept: its key stays request fp's.
+    let other = h.begin(1209, "c", b"other", 0, None);
+    assert_eq!(h.reply(other), Some(LockReply::FingerprintMismatch));
+}
+
+/// K1 with collection: a leader serving the same epoch again goes on
+/// from its last token even when the tombstones that held its highest
+/// tokens were collected.
+#[test]
+fn a_collected_claim_never_lets_a_token_repeat() {
+    let mut h = Harness::new();
+    let t = h.begin(0, "k", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    h.claim_request(
+        2,
+        LockRequest::Abort {
+            key: "k".into(),
+            claim,
+        },
+    );
+    h.commit(3, &[ME, NodeId(2)]);
+    assert_eq!(h.table.collect(WALL), 1);
+    let out = h.table.step_down();
+    h.absorb(out);
+    let out = h.table.take_over(ms(10), Epoch(5), Replica::default());
+    h.absorb(out);
+    let t = h.acquire(11, "x", 1000, 0, None);
+    h.commit(12, &[ME, NodeId(2)]);
+    assert!(h.granted(t) > claim);
+}
