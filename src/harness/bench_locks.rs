@@ -330,7 +330,7 @@ async fn measure(
 
 /// `count` sequential 4 KiB appends to one file in `dir`, each followed
 /// by `fdatasync`; the time of each, sorted.
-fn fsync_floor(dir: &std::path::Path, count: usize) -> std::io::Result<Vec<Duration>> {
+pub(crate) fn fsync_floor(dir: &std::path::Path, count: usize) -> std::io::Result<Vec<Duration>> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("fsync-floor");

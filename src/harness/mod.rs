@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod bench;
+pub mod bench_idempotency;
 pub mod bench_locks;
 pub mod demo;
 pub mod etcd;

@@ -22,8 +22,13 @@ use crate::rpc::{Request, Response, Rpc};
 
 use super::Shared;
 
-/// How often a node reconciles with a peer.
+/// How often a node reconciles with a peer, at least.
 pub(crate) const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
+/// The pause after an exchange is at least this many times what the
+/// exchange took: an exchange hashes every record on both sides (about
+/// 1.7 s for a million records), so a large store reconciles less often
+/// rather than taking a core.
+const PAUSE_PER_EXCHANGE_TIME: u32 = 10;
 /// How long one message of an exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -57,8 +62,9 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
 ) {
     let mut round = id.0 as usize;
+    let mut pause = ANTI_ENTROPY_INTERVAL;
     loop {
-        tokio::time::sleep(ANTI_ENTROPY_INTERVAL).await;
+        tokio::time::sleep(pause).await;
         if shared.is_stopped() {
             return;
         }
@@ -75,7 +81,16 @@ pub(crate) async fn run(
         }
         round = round.wrapping_add(1);
         let peer = peers[round % peers.len()];
-        match exchange(&rpc, peer, &shared.records, now_ms).await {
+        let started = shared.clock.now();
+        let result = exchange(&rpc, peer, &shared.records, now_ms).await;
+        // A failed exchange may have waited out timeouts: that is no
+        // measure of its cost.
+        let took = shared.clock.now().saturating_sub(started);
+        pause = match result {
+            Ok(_) => ANTI_ENTROPY_INTERVAL.max(took * PAUSE_PER_EXCHANGE_TIME),
+            Err(_) => ANTI_ENTROPY_INTERVAL,
+        };
+        match result {
             Ok(news) => tracing::trace!(%peer, news, "records reconciled"),
             Err(e) => tracing::debug!(%peer, error = %e, "reconciliation abandoned"),
         }

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use coordmesh::harness::bench::{
     FailoverOptions, IdleOptions, MembershipOptions, RpcOptions, failover, idle, membership, rpc,
 };
+use coordmesh::harness::bench_idempotency::{IdempotencyOptions, idempotency};
 use coordmesh::harness::bench_locks::{LocksOptions, locks};
 
 /// `meshd bench`.
@@ -28,6 +29,9 @@ enum Which {
     Failover(FailoverOptions),
     /// Locks: latency, throughput, handoffs and failover, beside etcd.
     Locks(LocksOptions),
+    /// Idempotent operations: replay, first execution, throughput,
+    /// anti-entropy and memory, beside etcd.
+    Idempotency(IdempotencyOptions),
 }
 
 pub(crate) fn run(args: BenchArgs) -> ExitCode {
@@ -39,6 +43,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         Which::Locks(a) => std::env::current_exe()
             .map_err(|e| e.to_string())
             .and_then(|bin| locks(&bin, a)),
+        Which::Idempotency(a) => std::env::current_exe()
+            .map_err(|e| e.to_string())
+            .and_then(|bin| idempotency(&bin, a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

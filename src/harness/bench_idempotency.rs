@@ -1,0 +1,404 @@
+//! The workload of `meshd bench idempotency` (the binary parses its flags
+//! into [`IdempotencyOptions`] and calls [`idempotency`]):
+//!
+//! - in this process: a replay from a node's own records (one node, the
+//!   Rust API, no network); anti-entropy between two replicas of
+//!   `--records` records that differ in 100 (bytes and round trips, the
+//!   exchange's messages encoded as on the wire); the resident memory of
+//!   `--records` records (36-byte keys, 64-byte fingerprints, 100-byte
+//!   results) in a node's records;
+//! - 3 keyed agents, voters with data directories, driven by the native
+//!   remote client over QUIC: a first execution (begin, claim, complete on
+//!   a majority) alone, and completed operations per second with
+//!   `--clients` concurrent clients, each on keys of its own;
+//! - in the same run, a 3-member etcd driven by `etcd-client` (feature
+//!   `etcd-bench`) with the same operation done as an etcd user would:
+//!   a lease, a transaction that puts the claim if absent under the lease,
+//!   then a put of the result.
+//!
+//! Beside them, the disk's floor (a 4 KiB append and `fdatasync`, alone).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::client::RemoteClient;
+use crate::harness::agents::Agents;
+use crate::harness::report::{micros, percentile, write_json};
+use crate::idempotency::reconcile::{Initiator, ReconcileMessage, respond};
+use crate::idempotency::{Idempotent, Record, Store};
+use crate::locks::LockPath;
+
+/// What `meshd bench idempotency` runs (its flags).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct IdempotencyOptions {
+    /// Concurrent clients for the throughput phase.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
+    pub clients: usize,
+    /// Sequential first executions timed alone.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1_000))]
+    pub calls: usize,
+    /// Seconds of the throughput phase.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
+    pub duration_s: u64,
+    /// Records for the anti-entropy and memory figures.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1_000_000))]
+    pub records: usize,
+    /// Skip the etcd comparison.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_etcd: bool,
+    /// Write results as JSON to this file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub json: Option<PathBuf>,
+}
+
+/// A boxed operation's future: Ok once the operation's result is
+/// recorded.
+type BoxedOp = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// One idempotent operation on a key, as a client runs it.
+type Op = Box<dyn Fn(String) -> BoxedOp + Send + Sync>;
+
+/// Latencies of `calls` first executions, one at a time, on fresh keys.
+async fn single(op: &Op, prefix: &str, calls: usize) -> Result<Vec<Duration>, String> {
+    for i in 0..calls / 10 {
+        op(format!("{prefix}-warm-{i}")).await?;
+    }
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let start = Instant::now();
+        op(format!("{prefix}-single-{i}")).await?;
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
+/// Operations completed by `clients` clients in `d`, each on keys of its
+/// own.
+async fn throughput(
+    op: Arc<Op>,
+    prefix: &str,
+    clients: usize,
+    d: Duration,
+) -> Result<usize, String> {
+    let start = Instant::now();
+    let done = Arc::new(Mutex::new(0usize));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (op, done, prefix) = (op.clone(), done.clone(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < d {
+                n += 1;
+                if op(format!("{prefix}-{c}-{n}")).await.is_ok() {
+                    *done.lock().unwrap() += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    let n = *done.lock().unwrap();
+    Ok(n)
+}
+
+/// A record of the benchmark's shape: a 36-byte key (a UUID), a 64-byte
+/// fingerprint (SHA-256 in hex), a 100-byte result.
+fn record(i: u64) -> Record {
+    let key = format!("{:08x}-{:04x}-4000-8000-{:012x}", i >> 16, i & 0xffff, i);
+    Record {
+        key,
+        claim: crate::Token(i + 1),
+        fingerprint: format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).into_bytes(),
+        recovered: false,
+        expires_at_ms: u64::MAX / 2,
+        result: vec![b'r'; 100],
+        committed: true,
+    }
+}
+
+/// Anti-entropy between replicas of `n` records, 50 only on each side:
+/// (bytes, round trips, time).
+fn reconcile(n: usize) -> Result<(usize, usize, Duration), String> {
+    let a: Vec<Record> = (0..n as u64).map(record).collect();
+    let mut b: Vec<Record> = a[..n - 50].to_vec();
+    b.extend((n as u64..n as u64 + 50).map(record));
+    let size = |m: &ReconcileMessage| postcard::to_allocvec(m).map_or(0, |v| v.len());
+    let start = Instant::now();
+    let (mut me, first) = Initiator::start(&a);
+    let (mut bytes, mut trips) = (size(&first), 1);
+    let mut answer = respond(&b, &first).map_err(|e| e.to_string())?;
+    loop {
+        bytes += size(&answer);
+        let ReconcileMessage::Table(table) = answer else {
+            return Err("expected a table".into());
+        };
+        let next = me.on_table(&a, table).map_err(|e| e.to_string())?;
+        bytes += size(&next);
+        trips += 1;
+        let pushing = matches!(next, ReconcileMessage::Push { .. });
+        answer = respond(&b, &next).map_err(|e| e.to_string())?;
+        if pushing {
+            bytes += size(&answer);
+            break;
+        }
+    }
+    Ok((bytes, trips, start.elapsed()))
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    crate::harness::agents::rss_kib(std::process::id()).unwrap_or(0) * 1024
+}
+
+/// Runs the benchmark; `bin` is the `meshd` binary the agents run.
+pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("meshd-bench-idem-{}", std::process::id()));
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut out = json!({"clients": args.clients, "duration_s": args.duration_s});
+    println!("idempotency benchmark");
+
+    // Memory first, while the heap is fresh: freed memory the
+    // allocator keeps would hide what the records take.
+    let before = rss();
+    let store = Store::default();
+    let built = Instant::now();
+    for chunk in (0..args.records as u64).collect::<Vec<_>>().chunks(10_000) {
+        store.merge_all(chunk.iter().map(|i| record(*i)).collect(), 0);
+    }
+    let after = rss();
+    let raw = args.records * (36 + 64 + 100);
+    println!(
+        "memory: {} records in a node's records take {:.0} MB resident ({:.0} MB of keys, fingerprints and results: {:.2}x), built in {:.1} s",
+        store.len(),
+        (after.saturating_sub(before)) as f64 / 1e6,
+        raw as f64 / 1e6,
+        after.saturating_sub(before) as f64 / raw as f64,
+        built.elapsed().as_secs_f64()
+    );
+    out["memory"] = json!({"records": store.len(), "rss_bytes": after.saturating_sub(before), "raw_bytes": raw});
+    drop(store);
+    // A replay from the node's own records, in process.
+    let replay = runtime.block_on(async {
+        let config = crate::Config::new(1, "127.0.0.1:0".parse().map_err(|_| "address")?)
+            .map_err(|e| e.to_string())?;
+        let mesh = crate::Mesh::start(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = mesh.watch_leader().wait_for(|l| l.is_some()).await;
+        let run = || {
+            mesh.idempotent("replayed")
+                .fingerprint("fp")
+                .run(|| async { "a result of some forty bytes, as JSON".to_string() })
+        };
+        run().await.map_err(|e| e.to_string())?;
+        let mut times = Vec::with_capacity(100_000);
+        for _ in 0..100_000 {
+            let start = Instant::now();
+            let o = run().await.map_err(|e| e.to_string())?;
+            times.push(start.elapsed());
+            if !o.is_replay() {
+                return Err("not a replay".to_string());
+            }
+        }
+        mesh.shutdown().await;
+        times.sort_unstable();
+        Ok::<_, String>(times)
+    })?;
+    let (p50, p99) = (percentile(&replay, 50.0), percentile(&replay, 99.0));
+    println!(
+        "replay from the node's own records (Rust API, in process): p50 {:.2} µs  p99 {:.2} µs",
+        micros(p50),
+        micros(p99)
+    );
+    out["local_replay"] = json!({"p50_us": micros(p50), "p99_us": micros(p99)});
+
+    // Anti-entropy at `records`.
+    let (bytes, trips, took) = reconcile(args.records)?;
+    let bound = 100 * (std::mem::size_of::<u64>() + 64)
+        + 4096
+        + (0..100)
+            .map(|i| postcard::to_allocvec(&record(i)).map_or(0, |v| v.len()))
+            .sum::<usize>();
+    println!(
+        "anti-entropy, {} records each side, 100 differing: {bytes} bytes in {trips} round trips ({:.0} ms to compute); the issue's bound for 100 differences: {bound} bytes",
+        args.records,
+        took.as_secs_f64() * 1e3
+    );
+    out["anti_entropy"] = json!({"records": args.records, "differing": 100, "bytes": bytes,
+        "round_trips": trips, "ms": took.as_secs_f64() * 1e3, "bound_bytes": bound});
+
+    // Real agents, voters with data directories.
+    let times =
+        super::bench_locks::fsync_floor(&dir, 1_000).map_err(|e| format!("disk floor: {e}"))?;
+    let (f50, f99) = (
+        micros(percentile(&times, 50.0)),
+        micros(percentile(&times, 99.0)),
+    );
+    println!(
+        "floor: 4 KiB write + fdatasync in {}, alone: p50 {f50:.0} µs  p99 {f99:.0} µs",
+        dir.display()
+    );
+    out["floor"] = json!({"fdatasync_p50_us": f50, "fdatasync_p99_us": f99});
+    let mut agents = Agents::new(bin, 3, &dir).map_err(|e| e.to_string())?;
+    let (_, secret) = agents.close_with_new_key()?;
+    agents.data_root = Some(dir.join("data"));
+    agents.start_all().map_err(|e| e.to_string())?;
+    agents
+        .wait_until(Duration::from_secs(30), |a| {
+            a.all_see(&[1, 2, 3]) && a.agreed_leader().is_some()
+        })
+        .ok_or("no agreed leader within 30 s")?;
+    let rpcs: Vec<SocketAddr> = agents.ids().iter().map(|id| agents.spec(*id).rpc).collect();
+    let ours = runtime.block_on(async {
+        let client = RemoteClient::connect(rpcs, &secret)
+            .await
+            .map_err(|e| e.to_string())?;
+        let path: Arc<dyn LockPath> = Arc::new(client);
+        let op: Op = Box::new(move |key| {
+            let path = path.clone();
+            Box::pin(async move {
+                Idempotent::new(path, None, key)
+                    .fingerprint("fp")
+                    .run(|| async { "a result of some forty bytes, as JSON".to_string() })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        measure(Arc::new(op), &args).await
+    });
+    agents.stop_all(Duration::from_secs(10));
+    let ours = ours?;
+    out["meshd"] = report("meshd (3 agents)", &ours);
+    if args.no_etcd {
+        println!("(--no-etcd: no comparison)");
+    } else if let Some(theirs) = etcd(&args, &dir, &runtime)? {
+        out["etcd"] = report("etcd (3 members)", &theirs);
+        let ratios = json!({
+            "ops_per_s": ours.ops_per_s / theirs.ops_per_s,
+            "first_execution_p50": ours.p50_us / theirs.p50_us,
+        });
+        println!(
+            "ratios meshd/etcd: completed operations/s {:.1}x, first execution p50 {:.2}",
+            ratios["ops_per_s"].as_f64().unwrap_or(f64::NAN),
+            ratios["first_execution_p50"].as_f64().unwrap_or(f64::NAN),
+        );
+        out["ratios"] = ratios;
+    }
+    write_json(args.json.as_deref(), &out)
+}
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    ops_per_s: f64,
+}
+
+async fn measure(op: Arc<Op>, args: &IdempotencyOptions) -> Result<Figures, String> {
+    let times = single(&op, "s", args.calls).await?;
+    let d = Duration::from_secs(args.duration_s);
+    let n = throughput(op, "t", args.clients, d).await?;
+    Ok(Figures {
+        p50_us: micros(percentile(&times, 50.0)),
+        p99_us: micros(percentile(&times, 99.0)),
+        ops_per_s: n as f64 / d.as_secs_f64(),
+    })
+}
+
+fn report(name: &str, f: &Figures) -> serde_json::Value {
+    println!(
+        "{name:<18} first execution p50 {:>6.0} µs  p99 {:>6.0} µs | {:>7.0} completed operations/s",
+        f.p50_us, f.p99_us, f.ops_per_s
+    );
+    json!({"first_execution_p50_us": f.p50_us, "first_execution_p99_us": f.p99_us,
+           "ops_per_s": f.ops_per_s})
+}
+
+#[cfg(not(feature = "etcd-bench"))]
+fn etcd(
+    _: &IdempotencyOptions,
+    _: &std::path::Path,
+    _: &tokio::runtime::Runtime,
+) -> Result<Option<Figures>, String> {
+    println!("(built without --features etcd-bench: no etcd comparison)");
+    Ok(None)
+}
+
+#[cfg(feature = "etcd-bench")]
+fn etcd(
+    args: &IdempotencyOptions,
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Option<Figures>, String> {
+    use crate::harness::etcd::EtcdCluster;
+    use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+    if !EtcdCluster::available() {
+        println!("(etcd not installed: no comparison)");
+        return Ok(None);
+    }
+    let etcd = EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?;
+    if !etcd.wait_healthy(Duration::from_secs(60)) {
+        return Err("etcd: not healthy within 60 s".into());
+    }
+    let endpoints: Vec<String> = etcd
+        .members
+        .iter()
+        .map(|m| format!("http://{}", m.client))
+        .collect();
+    let f = runtime.block_on(async {
+        let client = etcd_client::Client::connect(&endpoints, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let op: Op = Box::new(move |key| {
+            let mut c = client.clone();
+            Box::pin(async move {
+                // As an etcd user would: a lease for the claim, the claim
+                // put only if absent, the operation, then its result.
+                let lease = c.lease_grant(10, None).await.map_err(|e| e.to_string())?;
+                let claim = format!("claim/{key}");
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        claim.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(
+                        claim,
+                        "fp",
+                        Some(PutOptions::new().with_lease(lease.id())),
+                    )]);
+                let r = c.txn(txn).await.map_err(|e| e.to_string())?;
+                if !r.succeeded() {
+                    return Err("claimed by another".into());
+                }
+                c.put(
+                    format!("result/{key}"),
+                    "a result of some forty bytes, as JSON",
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(())
+            })
+        });
+        measure(Arc::new(op), args).await
+    })?;
+    Ok(Some(f))
+}
