@@ -19,6 +19,32 @@ pub const RECORD_TTL_MIN: Duration = Duration::from_secs(1);
 /// Longest time a completed record is kept: 30 days (CONTRACT.md).
 pub const RECORD_TTL_MAX: Duration = Duration::from_millis(2_592_000_000);
 
+/// The bytes of claims (with their fingerprints and results) the leader's
+/// table keeps at most: half the RPC frame bound. The whole table travels
+/// in one frame with an election promise (K2) and in the first batch of a
+/// term, so past the frame no leader could be elected; a begin of a new
+/// key is refused (`StoreFull`) once the claims take this much, leaving
+/// the other half to user locks and to completions still to come. Records
+/// beyond it need the records kept apart from the lock table (not built).
+pub const CLAIM_BYTES_MAX: usize = 512 * 1024;
+
+/// What a claim's entry weighs against [`CLAIM_BYTES_MAX`]: its bytes
+/// plus the fixed fields, about as encoded.
+pub fn claim_weight(entry: &super::Entry) -> usize {
+    let facts = entry.claim.as_deref();
+    entry.name.text.len()
+        + facts.map_or(0, |f| {
+            f.fingerprint.len() + f.completion.as_ref().map_or(0, |c| c.result.len())
+        })
+        + entry.request_id().map_or(0, str::len)
+        + CLAIM_FIXED_BYTES
+}
+
+/// The fixed fields of a claim's entry at their longest encoding: seven
+/// integers of up to ten bytes each (token, TTL, owner, quiet time,
+/// version, expiry, record TTL), the lengths and tags.
+const CLAIM_FIXED_BYTES: usize = 7 * 10 + 32;
+
 /// How far apart two nodes' wall clocks may be: a record is dropped this
 /// long after its expiry (I6), by every node on its own clock.
 pub const RECORD_SKEW: Duration = Duration::from_secs(60);
@@ -86,5 +112,52 @@ impl Begin {
             ));
         }
         check_acquire("-", ms(TTL_MIN), 0, self.request_id.as_deref()).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{NodeId, Token};
+    use crate::locks::{ClaimFacts, Completion, Entry, EntryState, Name};
+
+    /// The weight never counts a claim's entry lighter than it encodes,
+    /// so claims kept within [`CLAIM_BYTES_MAX`] stay within it on the
+    /// wire.
+    #[test]
+    fn a_claims_weight_is_at_least_its_encoding() {
+        for (key, fp, result, held) in [
+            ("k", 0, 0, true),
+            ("a-uuid-of-thirty-six-bytes-00000000", 64, 100, false),
+            ("k", 256, 65_536, false),
+        ] {
+            let facts = ClaimFacts {
+                completion: (!held).then(|| Completion {
+                    expires_at_ms: u64::MAX,
+                    result: vec![7; result],
+                }),
+                recovered: true,
+                fingerprint: vec![1; fp],
+                record_ttl_ms: u64::MAX,
+            };
+            let entry = Entry {
+                name: Name::claim(key),
+                token: Token(u64::MAX),
+                state: if held {
+                    EntryState::held(u64::MAX, NodeId(u64::MAX), Some("r".repeat(128)), u64::MAX)
+                } else {
+                    EntryState::Free {
+                        request_id: Some("r".repeat(128)),
+                    }
+                },
+                claim: Some(Box::new(facts)),
+            };
+            let encoded = postcard::to_allocvec(&entry).unwrap().len();
+            assert!(
+                claim_weight(&entry) >= encoded,
+                "{encoded} > {}",
+                claim_weight(&entry)
+            );
+        }
     }
 }

@@ -490,7 +490,8 @@ pub enum LockReply {
     /// The leader keeps as many idempotency keys as it may (claims in
     /// progress and unexpired records): a new key is refused.
     StoreFull {
-        /// The bound (`idempotency-records-max`).
+        /// The keys kept: `idempotency-records-max`, or as many as fit
+        /// the claims' byte bound (`claim::CLAIM_BYTES_MAX`).
         max: usize,
     },
 }

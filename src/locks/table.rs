@@ -36,13 +36,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use super::claim::{Begin, RECORD_TTL_MIN, RESULT_BYTES_MAX, check_key};
+use super::claim::{Begin, RECORD_TTL_MIN, RESULT_BYTES_MAX, check_key, claim_weight};
 use super::{
     ClaimFacts, Completion, EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Name, Replica,
     SEQ_MAX, Space, check_acquire, check_name, token,
 };
 use crate::ids::{BatchId, Epoch, NodeId, Token};
-use crate::replication::Batches;
+use crate::replication::{Batches, Merge};
 
 pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
 
@@ -123,6 +123,8 @@ pub struct TableConfig {
     pub voters: Vec<NodeId>,
     /// Idempotency keys kept at once (claims and unexpired records).
     pub claims_max: usize,
+    /// Their bytes ([`super::claim::CLAIM_BYTES_MAX`]).
+    pub claim_bytes_max: usize,
 }
 
 impl TableConfig {
@@ -136,6 +138,7 @@ impl TableConfig {
             ttl_max_ms: super::TTL_MAX.as_millis() as u64,
             voters: voters.to_vec(),
             claims_max: 1_000_000,
+            claim_bytes_max: super::claim::CLAIM_BYTES_MAX,
         }
     }
 }
@@ -254,6 +257,8 @@ struct Term {
     exhausted: bool,
     /// Entries of the claim namespace in `known` (the record bound, I6).
     claims: usize,
+    /// Their weight ([`claim_weight`]).
+    claim_bytes: usize,
 }
 
 impl Term {
@@ -285,7 +290,7 @@ impl Term {
 
     /// Queues `entry` for the next batch and remembers it.
     fn write(&mut self, entry: Entry) {
-        note_claim(&self.known, &mut self.claims, &entry);
+        note_claim(&self.known, &mut self.claims, &mut self.claim_bytes, &entry);
         self.known.merge(entry.clone());
         self.batches.write(entry);
     }
@@ -379,6 +384,7 @@ impl LockTable {
             ended: VecDeque::new(),
             exhausted: false,
             claims: 0,
+            claim_bytes: 0,
         };
         for entry in merged.entries() {
             match &entry.state {
@@ -768,7 +774,7 @@ impl LockTable {
                 state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
                 claim: w.claim.clone(),
             };
-            note_claim(&term.known, &mut term.claims, &entry);
+            note_claim(&term.known, &mut term.claims, &mut term.claim_bytes, &entry);
             term.known.merge(entry.clone());
             term.batches.write(entry);
             term.batches.effect(Effect::Grant {
@@ -1044,11 +1050,15 @@ impl LockTable {
         // I7 on the live claim, and on the recovery path: a claim that ran
         // out may have done part of its request's work, so the key stays
         // that request's (an abort of a claim not recovered frees it).
-        if term.known.get(&name).is_none() && term.claims >= self.config.claims_max {
+        let full = term.claims >= self.config.claims_max
+            || term.claim_bytes >= self.config.claim_bytes_max;
+        if term.known.get(&name).is_none() && full {
             return reply(
                 ticket,
                 LockReply::StoreFull {
-                    max: self.config.claims_max,
+                    // The keys it holds: the count bound, or as many as
+                    // fit the byte bound.
+                    max: term.claims.min(self.config.claims_max),
                 },
             );
         }
@@ -1218,6 +1228,13 @@ impl LockTable {
             return 0;
         };
         let frees = &term.frees;
+        let weight: usize = term
+            .known
+            .entries()
+            .filter(|e| e.collectable(wall_ms) && !frees.contains_key(&e.name))
+            .map(claim_weight)
+            .sum();
+        term.claim_bytes = term.claim_bytes.saturating_sub(weight);
         let gone = term
             .known
             .retain(|e| !e.collectable(wall_ms) || frees.contains_key(&e.name));
@@ -1564,10 +1581,21 @@ fn completed(
     Some((reply, pending))
 }
 
-/// Counts `entry` if it is a claim new to `known`.
-fn note_claim(known: &Replica, claims: &mut usize, entry: &Entry) {
-    if entry.name.space == Space::Claim && known.get(&entry.name).is_none() {
-        *claims += 1;
+/// Counts `entry` against the bounds if it is a claim: a key new to
+/// `known`, and its weight in place of what it replaces.
+fn note_claim(known: &Replica, claims: &mut usize, bytes: &mut usize, entry: &Entry) {
+    if entry.name.space != Space::Claim {
+        return;
+    }
+    match known.get(&entry.name) {
+        None => {
+            *claims += 1;
+            *bytes += claim_weight(entry);
+        }
+        Some(old) if old.rank() < entry.rank() => {
+            *bytes = bytes.saturating_sub(claim_weight(old)) + claim_weight(entry);
+        }
+        Some(_) => {}
     }
 }
 

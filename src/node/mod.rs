@@ -255,6 +255,11 @@ impl Driver {
     }
 }
 
+// The claims' byte bound leaves at least half the frame that carries the
+// whole table with an election promise to everything else (checked when
+// the crate compiles).
+const _: () = assert!(crate::locks::claim::CLAIM_BYTES_MAX <= crate::rpc::FRAME_BYTES_MAX / 2);
+
 /// How often the driver drops the claims' tombstones no begin needs any
 /// more, from the leader's table and this voter's copies (I6).
 const COLLECT_INTERVAL: Duration = Duration::from_secs(10);

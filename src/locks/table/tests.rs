@@ -1412,3 +1412,36 @@ fn a_collected_claim_never_lets_a_token_repeat() {
     h.commit(12, &[ME, NodeId(2)]);
     assert!(h.granted(t) > claim);
 }
+
+/// The claims' bytes are bounded too: the whole table travels in one
+/// frame with an election promise, so a begin of a new key is refused
+/// once the claims weigh `claim_bytes_max`.
+#[test]
+fn claims_past_the_byte_bound_are_refused() {
+    let mut table = LockTable::new(TableConfig {
+        claim_bytes_max: 300,
+        ..TableConfig::new(&V, 0.01)
+    });
+    let out = table.take_over(ms(0), Epoch(5), Replica::default());
+    let mut h = Harness::new();
+    h.table = table;
+    h.batches.clear();
+    h.absorb(out);
+    let t = h.begin(0, "a", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    h.complete(2, "a", claim, &[0; 400]);
+    h.commit(3, &[ME, NodeId(2)]);
+    let t = h.begin(4, "b", b"fp", 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::StoreFull { max: 1 }));
+    let replay = h.begin(4, "a", b"fp", 0, None);
+    assert_eq!(
+        h.replayed(replay).0,
+        vec![0; 400],
+        "a known key still replays"
+    );
+    assert_eq!(h.table.collect(WALL + 2 + 60_000 + 60_000), 1);
+    let t = h.begin(120_010, "b", b"fp", 0, None);
+    h.commit(120_011, &[ME, NodeId(2)]);
+    h.claimed(t);
+}
