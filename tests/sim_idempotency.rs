@@ -687,3 +687,46 @@ fn a_seed_replays_an_idempotency_chaos_run_exactly() {
         });
     }
 }
+
+/// Goal: a store filled to its byte bound (every begin of a new key
+/// refused) still elects a leader after the leader is killed: the table
+/// that travels with the promises fits its frame; and the new leader
+/// replays what the old one recorded.
+#[tokio::test(start_paused = true)]
+async fn a_full_store_still_elects_a_leader_and_replays() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 3, 3).await;
+    let leader = led(&c).await;
+    let via = ids(3).into_iter().find(|id| *id != leader).unwrap();
+    let mesh = c.mesh(via).clone();
+    let result = "r".repeat(300);
+    let mut recorded = 0;
+    loop {
+        let r = idem(&mesh, format!("fill-{recorded}"))
+            .fingerprint("fp")
+            .run(|| async { result.clone() })
+            .await;
+        match r {
+            Ok(Outcome::Executed(_)) => recorded += 1,
+            Err(IdempotencyError::StoreFull { max }) => {
+                assert_eq!(max, recorded, "(seed {seed})");
+                break;
+            }
+            other => panic!("{other:?} after {recorded} (seed {seed})"),
+        }
+    }
+    assert!(recorded > 500, "{recorded} (seed {seed})");
+    c.kill(leader).await;
+    let new = led(&c).await;
+    assert_ne!(new, leader, "(seed {seed})");
+    let again = idem(c.mesh(new), "fill-0")
+        .fingerprint("fp")
+        .run(|| async { "ran again".to_string() })
+        .await;
+    assert_eq!(
+        again,
+        Ok(Outcome::Replayed(result.clone())),
+        "(seed {seed})"
+    );
+    c.shutdown().await;
+}

@@ -14,6 +14,12 @@ pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimGossip, SimNet, SimSender, SimSoc
 /// Largest UDP payload over IPv4; nothing larger is ever sent.
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 
+/// Largest message a simulated network carries: a simulated RPC frame
+/// stands for a frame on a QUIC stream, which may be up to the RPC frame
+/// bound (1 MiB) and its length prefix. Gossip keeps to
+/// [`DATAGRAM_BYTES_MAX`] by its own bound.
+pub const SIM_MESSAGE_BYTES_MAX: usize = (1 << 20) + 4;
+
 /// Where sockets come from.
 #[derive(Clone, Debug, Default)]
 pub enum Network {

@@ -467,7 +467,7 @@ impl SimSender {
 
     /// Hands one datagram to the network.
     pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        if buf.len() > super::DATAGRAM_BYTES_MAX {
+        if buf.len() > super::SIM_MESSAGE_BYTES_MAX {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "datagram too large",

@@ -22,7 +22,7 @@ use super::message::{MessageEnvelope, RequestEnvelope, ResponseEnvelope};
 use super::{INFLIGHT_PER_PEER_MAX, Message, Request, Response, RpcError, Service, count};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
-use crate::net::{DATAGRAM_BYTES_MAX, SimNet, SimSender, SimSocket};
+use crate::net::{SIM_MESSAGE_BYTES_MAX, SimNet, SimSender, SimSocket};
 
 /// Calls awaiting an answer at one node (all peers together).
 const PENDING_MAX: usize = 16 * INFLIGHT_PER_PEER_MAX;
@@ -212,10 +212,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn encode_datagram(packet: &Packet) -> Result<Vec<u8>, RpcError> {
     let frame = codec::encode(packet).map_err(RpcError::from_frame)?;
-    if frame.len() > DATAGRAM_BYTES_MAX {
+    if frame.len() > SIM_MESSAGE_BYTES_MAX {
         return Err(RpcError::TooLarge {
             bytes: frame.len(),
-            max: DATAGRAM_BYTES_MAX,
+            max: SIM_MESSAGE_BYTES_MAX,
         });
     }
     Ok(frame)
@@ -231,7 +231,7 @@ async fn receive_loop(
     // is killed, and reaped as they finish.
     let mut handlers = JoinSet::new();
     let sender = socket.sender();
-    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    let mut buf = vec![0u8; SIM_MESSAGE_BYTES_MAX];
     loop {
         while handlers.try_join_next().is_some() {}
         let (len, from) = match socket.recv_from(&mut buf).await {
