@@ -23,6 +23,9 @@ pub enum Clock {
         origin: tokio::time::Instant,
         /// Suspended time so far, in nanoseconds.
         suspended: Arc<std::sync::atomic::AtomicU64>,
+        /// How far the simulated host's wall clock is off, in
+        /// milliseconds (its protocol clock is not affected).
+        wall_offset: Arc<std::sync::atomic::AtomicI64>,
     },
 }
 
@@ -41,7 +44,9 @@ impl Clock {
                 assert_eq!(rc, 0, "CLOCK_BOOTTIME must be readable");
                 Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
             }
-            Clock::Tokio { origin, suspended } => {
+            Clock::Tokio {
+                origin, suspended, ..
+            } => {
                 let suspended = Duration::from_nanos(suspended.load(Ordering::Relaxed));
                 tokio::time::Instant::now() - *origin + suspended
             }
@@ -57,7 +62,9 @@ impl Clock {
             Clock::Boottime => std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            Clock::Tokio { .. } => SIM_WALL_ORIGIN_MS + self.now().as_millis() as u64,
+            Clock::Tokio { wall_offset, .. } => (SIM_WALL_ORIGIN_MS
+                + self.now().as_millis() as u64)
+                .saturating_add_signed(wall_offset.load(Ordering::Relaxed)),
         }
     }
 
@@ -66,6 +73,15 @@ impl Clock {
         Clock::Tokio {
             origin,
             suspended: Arc::default(),
+            wall_offset: Arc::default(),
+        }
+    }
+
+    /// Sets how far a simulated host's wall clock is off (simulations
+    /// only; a no-op on a real clock).
+    pub fn set_wall_offset(&self, ms: i64) {
+        if let Clock::Tokio { wall_offset, .. } = self {
+            wall_offset.store(ms, Ordering::Relaxed);
         }
     }
 

@@ -192,6 +192,9 @@ impl Service for NodeService {
                 })
                 .await
                 .map(Response::Voter),
+            Request::Time => Ok(Response::Time {
+                wall_ms: self.clock.wall_ms(),
+            }),
             Request::Reconcile(message) => {
                 let now_ms = self.clock.wall_ms();
                 crate::node::anti_entropy::respond(&self.records, *message, now_ms)
@@ -521,6 +524,13 @@ impl Mesh {
     pub fn idempotency_record(&self, key: &str) -> Option<crate::idempotency::Record> {
         let wall_ms = self.inner.shared.clock.wall_ms();
         self.inner.shared.records.get(key, wall_ms)
+    }
+
+    /// This node's wall clock's offset from the leader's, if beyond half
+    /// the records' skew bound: it then answers no idempotency request
+    /// (I6).
+    pub fn idempotency_clock_skew(&self) -> Option<i64> {
+        self.inner.shared.records.skewed()
     }
 
     /// Every record in this node's replica, by key (unexpired, committed).

@@ -730,3 +730,39 @@ async fn a_full_store_still_elects_a_leader_and_replays() {
     );
     c.shutdown().await;
 }
+
+/// Goal (I6): a node whose wall clock is off the leader's by more than
+/// half the records' skew bound answers no idempotency request (it would
+/// replay, drop or spread records on a clock the others do not share);
+/// once its clock is fixed, it answers again.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_clock_is_off_answers_unavailable() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 4, 3).await;
+    let leader = led(&c).await;
+    let off = ids(4).into_iter().find(|id| *id != leader).unwrap();
+    let fine = ids(4)
+        .into_iter()
+        .find(|id| *id != leader && *id != off)
+        .unwrap();
+    c.set_wall_offset(off, 31_000);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = idem(c.mesh(off), "k").run(|| async { 1 }).await;
+    assert!(
+        matches!(r, Err(IdempotencyError::ClockSkew { offset_ms }) if (30_000..32_000).contains(&offset_ms)),
+        "{r:?} (seed {seed})"
+    );
+    assert_eq!(
+        idem(c.mesh(fine), "k").run(|| async { 2 }).await,
+        Ok(Outcome::Executed(2))
+    );
+    c.set_wall_offset(off, -29_000);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = idem(c.mesh(off), "k").run(|| async { 3 }).await;
+    assert_eq!(
+        r,
+        Ok(Outcome::Replayed(2)),
+        "within half the bound (seed {seed})"
+    );
+    c.shutdown().await;
+}

@@ -187,6 +187,13 @@ fn begin_error(e: IdempotencyError) -> Response {
                 "the cluster keeps as many idempotency keys as it may ({max}); nothing unexpired is evicted, retry once records expire"
             ),
         ),
+        IdempotencyError::ClockSkew { offset_ms } => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clock_skew",
+            &format!(
+                "this agent's clock is {offset_ms} ms off the leader's; ask another agent, and fix this one's clock"
+            ),
+        ),
         IdempotencyError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -303,6 +310,9 @@ async fn with_claim(
 pub(super) async fn get(State(mesh): State<Mesh>, Path(key): Path<String>) -> Response {
     if let Err(r) = checked(&key) {
         return *r;
+    }
+    if let Some(offset_ms) = mesh.idempotency_clock_skew() {
+        return begin_error(IdempotencyError::ClockSkew { offset_ms });
     }
     match mesh.idempotency_record(&key) {
         Some(record) => Json(json!({

@@ -121,6 +121,16 @@ pub enum IdempotencyError {
     /// This node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node's wall clock is off the leader's by more than half the
+    /// skew bound (I6): it answers nothing about records until that is
+    /// fixed (another node can).
+    #[error(
+        "this node's clock is {offset_ms} ms off the leader's; fix its clock or ask another node"
+    )]
+    ClockSkew {
+        /// The offset measured, in milliseconds.
+        offset_ms: i64,
+    },
 }
 
 /// An idempotent operation to run: see [`crate::Mesh::idempotent`].
@@ -333,6 +343,9 @@ impl Idempotent {
             request_id: self.request_id.clone(),
         };
         begin.check().map_err(IdempotencyError::Invalid)?;
+        if let Some(offset_ms) = self.store.as_ref().and_then(|s| s.skewed()) {
+            return Err(IdempotencyError::ClockSkew { offset_ms });
+        }
         if let Some(store) = &self.store {
             match store.lookup(&self.key, &self.fingerprint, self.path.wall_ms()) {
                 Found::Replay(record) => return Ok(Begun::Replay(record)),

@@ -43,6 +43,9 @@ pub enum Found {
 #[derive(Debug, Default)]
 pub struct Store {
     records: Mutex<Records>,
+    /// This node's wall clock's offset from the leader's, last measured,
+    /// in milliseconds.
+    offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Store {
@@ -112,6 +115,20 @@ impl Store {
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// Notes this node's wall clock's offset from the leader's (ahead is positive).
+    pub fn set_offset(&self, ms: i64) {
+        self.offset_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The offset last measured if it is beyond `S/2` (I6): this node
+    /// then answers "unavailable" for idempotency, since it would drop,
+    /// replay or spread records on a clock the others do not share.
+    pub fn skewed(&self) -> Option<i64> {
+        let ms = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (ms.unsigned_abs() > SKEW.as_millis() as u64 / 2).then_some(ms)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Records> {

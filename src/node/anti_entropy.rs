@@ -68,6 +68,7 @@ pub(crate) async fn run(
         if shared.is_stopped() {
             return;
         }
+        measure_offset(id, &rpc, &membership, &shared).await;
         let now_ms = shared.clock.wall_ms();
         shared.records.expire(now_ms);
         let view = membership.view();
@@ -93,6 +94,37 @@ pub(crate) async fn run(
         match result {
             Ok(news) => tracing::trace!(%peer, news, "records reconciled"),
             Err(e) => tracing::debug!(%peer, error = %e, "reconciliation abandoned"),
+        }
+    }
+}
+
+/// Measures this node's wall clock against the leader's (I6): the
+/// leader's time against the middle of the call, as NTP does (off by at
+/// most half the round trip). The leader is its own reference.
+async fn measure_offset(id: NodeId, rpc: &Rpc, membership: &Membership, shared: &Shared) {
+    let Some(leader) = *shared.leader.borrow() else {
+        return;
+    };
+    if leader.id == id {
+        shared.records.set_offset(0);
+        return;
+    }
+    let Some(addr) = membership
+        .view()
+        .get(leader.id)
+        .filter(|m| m.is_alive())
+        .map(|m| m.rpc_addr)
+    else {
+        return;
+    };
+    let sent = shared.clock.wall_ms();
+    if let Ok(Response::Time { wall_ms }) = rpc.call(addr, Request::Time, EXCHANGE_TIMEOUT).await {
+        let back = shared.clock.wall_ms();
+        let middle = sent / 2 + back / 2;
+        let offset = middle as i64 - wall_ms as i64;
+        shared.records.set_offset(offset);
+        if shared.records.skewed().is_some() {
+            tracing::warn!(offset_ms = offset, leader = %leader.id, "this node's clock is off the leader's by more than half the records' skew bound; it answers no idempotency request until fixed");
         }
     }
 }

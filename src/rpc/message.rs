@@ -24,6 +24,9 @@ pub enum Request {
     Voter(VoterRequest),
     /// Anti-entropy of idempotency records, initiator to responder.
     Reconcile(Box<crate::idempotency::reconcile::ReconcileMessage>),
+    /// The peer's wall clock, to bound this node's offset from the
+    /// leader's (I6).
+    Time,
 }
 
 /// The answer to a [`Request`].
@@ -49,6 +52,11 @@ pub enum Response {
     Voter(Answer),
     /// Answer to [`Request::Reconcile`].
     Reconcile(Box<crate::idempotency::reconcile::ReconcileMessage>),
+    /// Answer to [`Request::Time`]: milliseconds since the Unix epoch.
+    Time {
+        /// The peer's wall clock when it answered.
+        wall_ms: u64,
+    },
 }
 
 /// A voter's copy of what the leader replicates, as it travels with a

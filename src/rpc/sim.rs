@@ -71,6 +71,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Voter(V::Replicate { .. }) => "lock-replicate",
         Request::Lock(_) => "lock",
         Request::Reconcile(_) => "reconcile",
+        Request::Time => "time",
     }
 }
 

@@ -379,6 +379,16 @@ impl SimCluster {
             .suspend(d);
     }
 
+    /// Sets how far node `id`'s host's wall clock is off, in
+    /// milliseconds (its protocol clock is not affected).
+    pub fn set_wall_offset(&self, id: NodeId, ms: i64) {
+        self.slots
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} (seed {})", self.seed))
+            .clock
+            .set_wall_offset(ms);
+    }
+
     /// Removes node `id`'s data directory (it must be stopped): it comes
     /// back on an empty disk.
     pub fn wipe_data(&mut self, id: NodeId) {
