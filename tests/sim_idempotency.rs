@@ -766,3 +766,62 @@ async fn a_node_whose_clock_is_off_answers_unavailable() {
     );
     c.shutdown().await;
 }
+
+/// Goal: restarts with data directories: one voter, then the whole
+/// cluster: retries replay the first result, nothing runs twice.
+#[tokio::test(start_paused = true)]
+async fn restarts_on_data_directories_replay_and_run_nothing_twice() {
+    let seed = SimCluster::seed_from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster_in(seed, 3, 3, Some(dir.path())).await;
+    let ledger = Ledger::default();
+    let first = pay(
+        c.mesh(NodeId(2)),
+        &ledger,
+        "r1",
+        "fp",
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await
+    .expect("executed")
+    .into_inner();
+    c.kill(NodeId(3)).await;
+    c.restart(NodeId(3)).await;
+    led(&c).await;
+    let again = pay(
+        c.mesh(NodeId(3)),
+        &ledger,
+        "r1",
+        "fp",
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(again, Ok(Outcome::Replayed(first.clone())), "(seed {seed})");
+    for id in ids(3) {
+        c.kill(id).await;
+    }
+    for id in ids(3) {
+        c.restart(id).await;
+    }
+    led(&c).await;
+    for id in ids(3) {
+        let again = pay(
+            c.mesh(id),
+            &ledger,
+            "r1",
+            "fp",
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(
+            again,
+            Ok(Outcome::Replayed(first.clone())),
+            "via {id} (seed {seed})"
+        );
+    }
+    assert_eq!(ledger.runs("r1").len(), 1, "(seed {seed})");
+    c.shutdown().await;
+}

@@ -19,6 +19,10 @@
 //!   then a put of the result.
 //!
 //! Beside them, the disk's floor (a 4 KiB append and `fdatasync`, alone).
+//! Last, `--visibility-nodes` agents (5 voters with data directories):
+//! the time from a completion's answer until every agent's
+//! `GET /v1/idempotency/{key}` returns it (commit notices; anti-entropy
+//! for a node that missed one).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +54,10 @@ pub struct IdempotencyOptions {
     /// Records for the anti-entropy and memory figures.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1_000_000))]
     pub records: usize,
+    /// Agents of the visibility phase (0 skips it): how long a
+    /// completion takes to be readable on every one of them.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
+    pub visibility_nodes: u64,
     /// Skip the etcd comparison.
     #[cfg_attr(feature = "cli", arg(long))]
     pub no_etcd: bool,
@@ -288,6 +296,24 @@ pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<()
     });
     agents.stop_all(Duration::from_secs(10));
     let ours = ours?;
+    if args.visibility_nodes > 0 {
+        let times = visibility(bin, args.visibility_nodes, &dir.join("visibility"))?;
+        let (p50, p99, max) = (
+            percentile(&times, 50.0),
+            percentile(&times, 99.0),
+            times.last().copied().unwrap_or_default(),
+        );
+        println!(
+            "visibility: a completion readable on all {} agents {:.1} ms after its answer at p50, {:.1} ms p99, {:.1} ms max ({} completions)",
+            args.visibility_nodes,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3,
+            times.len()
+        );
+        out["visibility"] = json!({"agents": args.visibility_nodes, "p50_ms": p50.as_secs_f64() * 1e3,
+            "p99_ms": p99.as_secs_f64() * 1e3, "max_ms": max.as_secs_f64() * 1e3});
+    }
     out["meshd"] = report("meshd (3 agents)", &ours);
     if args.no_etcd {
         println!("(--no-etcd: no comparison)");
@@ -305,6 +331,64 @@ pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<()
         out["ratios"] = ratios;
     }
     write_json(args.json.as_deref(), &out)
+}
+
+/// `n` agents; 100 completions through the first, each timed from its
+/// answer until every agent reads it.
+fn visibility(
+    bin: &std::path::Path,
+    n: u64,
+    dir: &std::path::Path,
+) -> Result<Vec<Duration>, String> {
+    use crate::harness::http::{get_json, post_json_status};
+    let mut agents = Agents::new(bin, n, dir).map_err(|e| e.to_string())?;
+    agents.close_with_new_key()?;
+    agents.data_root = Some(dir.join("data"));
+    agents.start_all().map_err(|e| e.to_string())?;
+    let all = agents.ids();
+    agents
+        .wait_until(Duration::from_secs(60), |a| {
+            a.all_see(&all) && a.agreed_leader().is_some()
+        })
+        .ok_or(format!("{n} agents: no agreed leader within 60 s"))?;
+    let https: Vec<SocketAddr> = all.iter().map(|id| agents.spec(*id).http).collect();
+    let timeout = Duration::from_secs(5);
+    let mut times = Vec::new();
+    for i in 0..100 {
+        let key = format!("visible-{i}");
+        let begin = json!({"fingerprint": "fp", "ttl_ms": 3_600_000});
+        let (status, claim) = post_json_status(
+            https[0],
+            &format!("/v1/idempotency/{key}/begin"),
+            &begin,
+            timeout,
+        )?;
+        if status != 200 {
+            return Err(format!("begin: {status} {claim}"));
+        }
+        let complete = json!({"claim": claim["claim_str"], "result": {"n": i}});
+        let (status, body) = post_json_status(
+            https[0],
+            &format!("/v1/idempotency/{key}/complete"),
+            &complete,
+            timeout,
+        )?;
+        if status != 200 {
+            return Err(format!("complete: {status} {body}"));
+        }
+        let answered = Instant::now();
+        let mut missing: Vec<SocketAddr> = https.clone();
+        while !missing.is_empty() {
+            if answered.elapsed() > Duration::from_secs(30) {
+                return Err(format!("{key} not on {} agents after 30 s", missing.len()));
+            }
+            missing.retain(|h| get_json(*h, &format!("/v1/idempotency/{key}"), timeout).is_err());
+        }
+        times.push(answered.elapsed());
+    }
+    agents.stop_all(Duration::from_secs(10));
+    times.sort_unstable();
+    Ok(times)
 }
 
 struct Figures {
