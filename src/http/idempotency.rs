@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error;
 use super::locks::TokenValue;
+use super::{bad_request, body, error, no_quorum};
 use crate::idempotency::client::{CLAIM_TTL_DEFAULT, RECORD_TTL_DEFAULT};
 use crate::idempotency::{Begun, IdempotencyError, Record};
 use crate::locks::claim::{RESULT_BYTES_MAX, check_key};
@@ -60,29 +60,12 @@ pub(super) struct ClaimBody {
     claim: TokenValue,
 }
 
-fn bad_request(message: &str) -> Response {
-    error(StatusCode::BAD_REQUEST, "bad_request", message)
-}
-
-fn no_quorum() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_quorum",
-        "no leader with a quorum answered; retry",
-    )
-}
-
 fn claim_lost() -> Response {
     error(
         StatusCode::GONE,
         "claim_lost",
         "this claim is no longer the live claim of the key",
     )
-}
-
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>> {
-    body.map(|Json(b)| b)
-        .map_err(|e| Box::new(bad_request(&e.body_text())))
 }
 
 fn checked(key: &str) -> Result<(), Box<Response>> {
@@ -179,7 +162,7 @@ fn begin_error(e: IdempotencyError) -> Response {
                 .insert("retry-after", HeaderValue::from_static("1"));
             response
         }
-        IdempotencyError::NoQuorum => no_quorum(),
+        IdempotencyError::NoQuorum => no_quorum("no leader with a quorum answered; retry"),
         IdempotencyError::StoreFull { max } => error(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_full",
@@ -249,7 +232,7 @@ pub(super) async fn complete(
         Ok(LockReply::Recorded) => Json(json!({})).into_response(),
         Ok(LockReply::Lost) => claim_lost(),
         Ok(LockReply::Invalid(message)) => bad_request(&message),
-        _ => no_quorum(),
+        _ => no_quorum("no leader with a quorum answered; retry"),
     }
 }
 
@@ -301,7 +284,7 @@ async fn with_claim(
         }
         Ok(LockReply::Lost) => claim_lost(),
         Ok(LockReply::Invalid(message)) => bad_request(&message),
-        _ => no_quorum(),
+        _ => no_quorum("no leader with a quorum answered; retry"),
     }
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error;
+use super::{bad_request, body, error};
 use crate::ids::Token;
 use crate::locks::{LockError, LockReply, LockRequest, check_name};
 use crate::mesh::Mesh;
@@ -57,16 +57,9 @@ pub(super) struct TokenBody {
     token: TokenValue,
 }
 
-fn bad_request(message: &str) -> Response {
-    error(StatusCode::BAD_REQUEST, "bad_request", message)
-}
-
+/// The 503 of a lock request.
 fn no_quorum() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_quorum",
-        "no leader with a quorum answered; retry (a held lock is kept)",
-    )
+    super::no_quorum("no leader with a quorum answered; retry (a held lock is kept)")
 }
 
 fn lost() -> Response {
@@ -75,11 +68,6 @@ fn lost() -> Response {
         "lock_lost",
         "this token does not hold the lock",
     )
-}
-
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>> {
-    body.map(|Json(b)| b)
-        .map_err(|e| Box::new(bad_request(&e.body_text())))
 }
 
 fn checked_name(name: &str) -> Result<(), Box<Response>> {

@@ -176,6 +176,24 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+/// 400 `bad_request`.
+fn bad_request(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// 503 `no_quorum`.
+fn no_quorum(message: &str) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", message)
+}
+
+/// A request's JSON body, or the 400 that says what is wrong with it.
+fn body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Box<Response>> {
+    body.map(|Json(b)| b)
+        .map_err(|e| Box::new(bad_request(&e.body_text())))
+}
+
 /// The contract's error body: `{"error": code, "message": text}`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (

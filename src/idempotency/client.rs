@@ -382,14 +382,7 @@ impl Idempotent {
             }
             first = false;
             begin.wait_ms = deadline.saturating_sub(sent).as_millis() as u64;
-            let request = LockRequest::Begin {
-                key: begin.key.clone(),
-                fingerprint: begin.fingerprint.clone(),
-                ttl_ms: begin.ttl_ms,
-                claim_ttl_ms: begin.claim_ttl_ms,
-                wait_ms: begin.wait_ms,
-                request_id: begin.request_id.clone(),
-            };
+            let request = LockRequest::Begin(begin.clone());
             let timeout = attempt_max.min(listen_until.saturating_sub(sent));
             let reaches_leader = path.knows_leader();
             match path.lock_request(request, timeout).await {

@@ -60,8 +60,8 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A begin's parameters ([`LockRequest::Begin`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A begin's parameters ([`super::LockRequest::Begin`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Begin {
     /// The idempotency key.
     pub key: String,

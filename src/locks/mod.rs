@@ -354,23 +354,10 @@ pub enum LockRequest {
         /// The most to return.
         limit: u32,
     },
-    /// Begins an idempotent operation: claims `key` in the claim
-    /// namespace (I1) for `claim_ttl_ms`, or answers the completed
-    /// operation's record.
-    Begin {
-        /// The idempotency key.
-        key: String,
-        /// The request's fingerprint (I7).
-        fingerprint: Vec<u8>,
-        /// How long the completed record is kept.
-        ttl_ms: u64,
-        /// The claim's lease.
-        claim_ttl_ms: u64,
-        /// How long to wait for a live claim to end.
-        wait_ms: u64,
-        /// A retry with the same id gets the same claim (K4).
-        request_id: Option<String>,
-    },
+    /// Begins an idempotent operation: claims the key in the claim
+    /// namespace (I1) for its claim TTL, or answers the completed
+    /// operation's record. (Encoded as its fields in order.)
+    Begin(claim::Begin),
     /// Extends the claim `claim` of `key` by its TTL from now.
     RenewClaim {
         /// The idempotency key.

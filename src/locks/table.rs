@@ -542,27 +542,7 @@ impl LockTable {
             LockRequest::Release { name, token } => self.handle_release(now, ticket, &name, token),
             LockRequest::Status { name } => self.handle_status(now, ticket, &name),
             LockRequest::List { limit } => self.handle_list(now, ticket, limit as usize),
-            LockRequest::Begin {
-                key,
-                fingerprint,
-                ttl_ms,
-                claim_ttl_ms,
-                wait_ms,
-                request_id,
-            } => self.handle_begin(
-                now,
-                wall_ms,
-                ticket,
-                owner,
-                Begin {
-                    key,
-                    fingerprint,
-                    ttl_ms,
-                    claim_ttl_ms,
-                    wait_ms,
-                    request_id,
-                },
-            ),
+            LockRequest::Begin(begin) => self.handle_begin(now, wall_ms, ticket, owner, begin),
             LockRequest::RenewClaim { key, claim } => {
                 self.claim_request(ticket, &key, |t, name| t.renew(now, ticket, name, claim))
             }
