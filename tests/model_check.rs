@@ -246,6 +246,19 @@ struct Sys {
     terms: u32,
     holds: Vec<Hold>,
     grants: BTreeMap<Token, String>,
+    /// Clients run idempotent operations on one key instead of taking the
+    /// lock: a begin takes the key's claim (a lock of the claim
+    /// namespace), a claimant runs the operation at once, and completes
+    /// it (result: its client number) in place of a release.
+    claims: bool,
+    /// Operations run: the client, its claim, and whether the claim said
+    /// an earlier claimant's lease ran out.
+    executions: Vec<(usize, Token, bool)>,
+    /// The result the first caller was told (a replay or a recorded
+    /// completion); every later one must be the same.
+    told: Option<Vec<u8>>,
+    /// Claims whose completion a client was told is recorded.
+    recorded: BTreeSet<Token>,
     violations: Vec<String>,
     /// Actions taken from the start.
     actions: u8,
@@ -329,6 +342,9 @@ impl fmt::Display for Key<'_> {
             s.grants,
             s.violations
         )?;
+        if s.claims {
+            write!(f, "|{:?}|{:?}|{:?}", s.executions, s.told, s.recorded)?;
+        }
         if s.actions_keyed {
             write!(f, "|{}", s.actions)?;
         }
@@ -402,6 +418,8 @@ struct Mesh {
     partitions: u8,
     acquires: u8,
     retries: u8,
+    /// Idempotent operations instead of locks (see `Sys::claims`).
+    claims: bool,
     horizon: Duration,
     /// The longest path searched, in actions.
     actions_max: u8,
@@ -428,6 +446,7 @@ impl Mesh {
             partitions: 0,
             acquires: 1,
             retries: 0,
+            claims: false,
             horizon: Duration::from_secs(10),
             actions_max: 0,
             depth_first: false,
@@ -528,6 +547,10 @@ impl Mesh {
             terms: 0,
             holds: Vec::new(),
             grants: BTreeMap::new(),
+            claims: self.claims,
+            executions: Vec::new(),
+            told: None,
+            recorded: BTreeSet::new(),
             violations: Vec::new(),
             actions: 0,
             actions_keyed: self.depth_first,
@@ -820,6 +843,7 @@ impl Sys {
         let ticket = Ticket(node.next_ticket);
         let request_id = match &request {
             LockRequest::Acquire { request_id, .. } => request_id.clone().unwrap_or_default(),
+            LockRequest::Begin(b) => b.request_id.clone().unwrap_or_default(),
             _ => String::new(),
         };
         node.tickets.insert(ticket.0, (c, call, request_id));
@@ -926,8 +950,9 @@ impl Sys {
         reply: Option<LockReply>,
     ) {
         let now = self.now;
-        let token_ttl = match reply {
-            Some(LockReply::Granted { token, ttl_ms }) => Some((token, ttl_ms)),
+        let token_ttl = match &reply {
+            Some(LockReply::Granted { token, ttl_ms }) => Some((*token, *ttl_ms)),
+            Some(LockReply::Claimed { claim, ttl_ms, .. }) => Some((*claim, *ttl_ms)),
             _ => None,
         };
         if let Some((token, _)) = token_ttl {
@@ -952,9 +977,29 @@ impl Sys {
         if self.clients[c].pending.as_ref().is_none_or(|p| p.0 != call) {
             return;
         }
-        let Some((_, _, sent)) = self.clients[c].pending.take() else {
+        let Some((_, request, sent)) = self.clients[c].pending.take() else {
             return;
         };
+        // What a caller is told of the key's result: one result, ever.
+        let told = match (&reply, &request) {
+            (Some(LockReply::Replay { facts, .. }), _) => {
+                facts.completion.as_ref().map(|c| c.result.clone())
+            }
+            (Some(LockReply::Recorded), LockRequest::Complete { claim, result, .. }) => {
+                self.recorded.insert(*claim);
+                Some(result.clone())
+            }
+            _ => None,
+        };
+        if let Some(result) = told {
+            match &self.told {
+                Some(first) if *first != result => self
+                    .violations
+                    .push(format!("client {c} told result {result:?} after {first:?}")),
+                Some(_) => {}
+                None => self.told = Some(result),
+            }
+        }
         let Some((token, ttl)) = token_ttl else {
             return;
         };
@@ -978,6 +1023,20 @@ impl Sys {
             from: now,
             until: lease.valid_until(),
         });
+        // The claimant runs the operation now: once per key, unless told
+        // an earlier claimant's lease ran out (I5). A claim told again (a
+        // retry with its request id) is the same run.
+        let again = self.executions.iter().any(|(_, t, _)| *t == token);
+        if let Some(LockReply::Claimed { recovered, .. }) = reply
+            && !again
+        {
+            if !recovered && let Some((first, t, _)) = self.executions.first() {
+                self.violations.push(format!(
+                    "client {c} runs the operation under {token:?} not told recovered, after client {first} ran it under {t:?}"
+                ));
+            }
+            self.executions.push((c, token, recovered));
+        }
         self.clients[c].holds = Some((token, lease, via));
     }
 
@@ -1171,8 +1230,46 @@ impl Sys {
     /// or a blank one: it will recover).
     fn check_grants_kept(&mut self) {
         let quorum = self.nodes.len() / 2 + 1;
+        let name = if self.claims {
+            Name::claim(LOCK)
+        } else {
+            Name::lock(LOCK)
+        };
+        // A completion told recorded stays on a quorum (I2, K2): its
+        // tombstone, or a later claim's entry (after the record expires;
+        // never within the model's horizon).
+        for &token in &self.recorded {
+            let holds = |r: &Replica| {
+                r.get(&name).is_some_and(|e| {
+                    e.token > token
+                        || (e.token == token
+                            && e.claim.as_deref().is_some_and(|f| f.completion.is_some()))
+                })
+            };
+            let kept = self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    if n.up {
+                        !n.election.recovered() || holds(n.copies.own())
+                    } else {
+                        match &n.disk {
+                            Some(d) if d.initialized => holds(&d.entries),
+                            _ => true,
+                        }
+                    }
+                })
+                .count();
+            if kept < quorum {
+                self.violations.push(format!(
+                    "the completion under {token:?} (told recorded at or before {:?}) is held by {kept} voters",
+                    self.now
+                ));
+                return;
+            }
+        }
         for (&token, request_id) in &self.grants {
-            let holds = |r: &Replica| r.get(&Name::lock(LOCK)).is_some_and(|e| e.token >= token);
+            let holds = |r: &Replica| r.get(&name).is_some_and(|e| e.token >= token);
             let kept = self
                 .nodes
                 .iter()
@@ -1392,13 +1489,15 @@ impl Model for Mesh {
                 c.acquires += 1;
                 let id = format!("c{client}-{}", c.acquires);
                 c.request_id = Some(id.clone());
-                s.client_send(client, via, acquire(id));
+                let request = if s.claims { begin(id) } else { acquire(id) };
+                s.client_send(client, via, request);
             }
             Action::Retry { client, via } => {
                 let c = &mut s.clients[client];
                 c.retries += 1;
                 let id = c.request_id.clone().expect("a request id");
-                s.client_send(client, via, acquire(id));
+                let request = if s.claims { begin(id) } else { acquire(id) };
+                s.client_send(client, via, request);
             }
             Action::Release { client } => {
                 let (token, _, via) = s.clients[client].holds.take()?;
@@ -1412,14 +1511,19 @@ impl Model for Mesh {
                     h.until = h.until.min(now);
                 }
                 let via = s.index(via);
-                s.client_send(
-                    client,
-                    via,
+                let request = if s.claims {
+                    LockRequest::Complete {
+                        key: LOCK.into(),
+                        claim: token,
+                        result: vec![client as u8],
+                    }
+                } else {
                     LockRequest::Release {
                         name: LOCK.into(),
                         token,
-                    },
-                );
+                    }
+                };
+                s.client_send(client, via, request);
             }
         }
         s.check();
@@ -1431,12 +1535,26 @@ impl Model for Mesh {
             Property::always("no violation", |_, s: &Sys| s.violations.is_empty()),
             Property::sometimes("a client holds the lock", |_, s: &Sys| !s.holds.is_empty()),
             Property::sometimes("leadership changed hands", |_, s: &Sys| s.terms > 1),
+            Property::sometimes("a caller was told a result (claims)", |_, s: &Sys| {
+                !s.claims || s.told.is_some()
+            }),
         ]
     }
 
     fn within_boundary(&self, s: &Sys) -> bool {
         s.now <= self.horizon && s.actions <= self.actions_max
     }
+}
+
+fn begin(request_id: String) -> LockRequest {
+    LockRequest::Begin(coordmesh::locks::claim::Begin {
+        key: LOCK.into(),
+        fingerprint: b"fp".to_vec(),
+        ttl_ms: 60_000,
+        claim_ttl_ms: TTL_MS,
+        wait_ms: 0,
+        request_id: Some(request_id),
+    })
 }
 
 fn acquire(request_id: String) -> LockRequest {
@@ -1598,4 +1716,43 @@ fn full_restarts_with_data_directories() {
         ..Mesh::base()
     };
     check("full restarts with data directories", model, 10);
+}
+
+/// Idempotent operations (claims of one key, completions in place of
+/// releases) under every kind of fault: an operation runs once unless
+/// its claimant is told `recovered` (I5); every caller is told one
+/// result (I2); a completion told recorded stays on a quorum (K2, I3).
+#[test]
+fn claims_under_every_fault() {
+    let model = Mesh {
+        claims: true,
+        ..Mesh::every_fault()
+    };
+    check("claims under every fault", model, 5);
+}
+
+/// Claims with a leader cut off and back, and a retry (K2: an adopted
+/// claim or completion is reported only once a majority holds it).
+#[test]
+fn claims_with_a_leader_cut_off_and_back() {
+    let model = Mesh {
+        clients: 1,
+        partitions: 1,
+        retries: 1,
+        claims: true,
+        ..Mesh::base()
+    };
+    check("claims with a leader cut off and back", model, 8);
+}
+
+/// Claims through whole-cluster restarts, every voter back on its data
+/// directory: a recorded completion survives and is replayed.
+#[test]
+fn claims_through_full_restarts() {
+    let model = Mesh {
+        restarts: 1,
+        claims: true,
+        ..Mesh::base()
+    };
+    check("claims through full restarts", model, 10);
 }
