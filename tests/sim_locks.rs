@@ -762,12 +762,16 @@ impl Workload {
 
 /// Liveness: with a connected majority, a waiter on each of nodes 1–4 is
 /// served within its wait (FIFO, 100 ms holds), and its guard is still
-/// valid when it releases.
-async fn every_waiter_served(c: &SimCluster, seed: u64) {
+/// valid when it releases. The holds join the workload's history, so the
+/// history check covers them and every run records at least these (a
+/// chaos run may grant nothing before it heals: a seed that kills two of
+/// three voters early leaves no quorum until then).
+async fn every_waiter_served(c: &SimCluster, seed: u64, work: &Workload) {
     let waiters: Vec<_> = ids(4)
         .into_iter()
         .map(|id| {
             let mesh = c.mesh(id).clone();
+            let history = work.env.history.clone();
             tokio::spawn(async move {
                 let g = mesh
                     .lock("live")
@@ -783,11 +787,19 @@ async fn every_waiter_served(c: &SimCluster, seed: u64) {
                             mesh.clock_now()
                         );
                     }
+                    let from = mesh.clock_now();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     assert!(
                         g.is_valid(),
                         "a guard lapsed in a 100 ms hold (seed {seed})"
                     );
+                    history.lock().unwrap().record(Hold {
+                        lock: "live".into(),
+                        client: format!("live-{id}"),
+                        token: g.token(),
+                        from,
+                        until: g.valid_until().min(mesh.clock_now()),
+                    });
                 }
                 match g {
                     Ok(g) => g.release().await.map(|_| ()),
@@ -995,7 +1007,7 @@ async fn chaos_gossiping(seed: u64, gossip: SimGossip) -> Stats {
     work.publish(&c);
     work.stop_clients().await;
     led(&c).await;
-    every_waiter_served(&c, seed).await;
+    every_waiter_served(&c, seed, &work).await;
     c.shutdown().await;
     work.finish(&c)
 }
@@ -1724,7 +1736,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
         leader(c).is_some()
     })
     .await;
-    every_waiter_served(&c, seed).await;
+    every_waiter_served(&c, seed, &work).await;
     let _ = watch_stop_tx.send(true);
     watcher.await.expect("watcher task");
     c.shutdown().await;
