@@ -533,7 +533,8 @@ impl Mesh {
         self.inner.shared.records.skewed()
     }
 
-    /// Every record in this node's replica, by key (unexpired, committed).
+    /// Every record in this node's replica, by key (unexpired; committed or
+    /// not, [`crate::idempotency::Record::committed`] says).
     pub fn idempotency_records(&self) -> Vec<crate::idempotency::Record> {
         let wall_ms = self.inner.shared.clock.wall_ms();
         self.inner.shared.records.snapshot(wall_ms)

@@ -133,27 +133,42 @@ fn record(i: u64) -> Record {
     }
 }
 
-/// Anti-entropy between replicas of `n` records, 50 only on each side:
-/// (bytes, round trips, time).
+/// Anti-entropy between two nodes' records, `n` each, 50 only on each
+/// side, through the stores' own ids: (bytes, round trips, time).
 fn reconcile(n: usize) -> Result<(usize, usize, Duration), String> {
-    let a: Vec<Record> = (0..n as u64).map(record).collect();
-    let mut b: Vec<Record> = a[..n - 50].to_vec();
-    b.extend((n as u64..n as u64 + 50).map(record));
+    let (a, b) = (Store::default(), Store::default());
+    for chunk in (0..n as u64).collect::<Vec<_>>().chunks(10_000) {
+        let records: Vec<Record> = chunk.iter().map(|i| record(*i)).collect();
+        if chunk[0] < n as u64 - 50 {
+            b.merge_all(
+                records
+                    .iter()
+                    .filter(|r| r.claim.0 <= n as u64 - 50)
+                    .cloned()
+                    .collect(),
+                0,
+            );
+        }
+        a.merge_all(records, 0);
+    }
+    b.merge_all((n as u64..n as u64 + 50).map(record).collect(), 0);
     let size = |m: &ReconcileMessage| postcard::to_allocvec(m).map_or(0, |v| v.len());
     let start = Instant::now();
-    let (mut me, first) = Initiator::start(&a);
+    let (mut me, first) = Initiator::start(a.ids(0));
     let (mut bytes, mut trips) = (size(&first), 1);
-    let mut answer = respond(&b, &first).map_err(|e| e.to_string())?;
+    let mut answer = respond(&b.ids(0), |w| b.of_ids(w, 0), &first).map_err(|e| e.to_string())?;
     loop {
         bytes += size(&answer);
         let ReconcileMessage::Table(table) = answer else {
             return Err("expected a table".into());
         };
-        let next = me.on_table(&a, table).map_err(|e| e.to_string())?;
+        let next = me
+            .on_table(table, |w| a.of_ids(w, 0))
+            .map_err(|e| e.to_string())?;
         bytes += size(&next);
         trips += 1;
         let pushing = matches!(next, ReconcileMessage::Push { .. });
-        answer = respond(&b, &next).map_err(|e| e.to_string())?;
+        answer = respond(&b.ids(0), |w| b.of_ids(w, 0), &next).map_err(|e| e.to_string())?;
         if pushing {
             bytes += size(&answer);
             break;

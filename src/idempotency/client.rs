@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Found, Record, Store};
+use super::{Lookup, Record, Store};
 use crate::ids::Token;
 use crate::locks::claim::{Begin, FINGERPRINT_BYTES_MAX, RESULT_BYTES_MAX, check_key};
 use crate::locks::table::REQUESTER_GRACE;
@@ -348,9 +348,9 @@ impl Idempotent {
         }
         if let Some(store) = &self.store {
             match store.lookup(&self.key, &self.fingerprint, self.path.wall_ms()) {
-                Found::Replay(record) => return Ok(Begun::Replay(record)),
-                Found::Mismatch => return Err(IdempotencyError::FingerprintMismatch),
-                Found::Unknown => {}
+                Lookup::Replay(record) => return Ok(Begun::Replay(record)),
+                Lookup::Mismatch => return Err(IdempotencyError::FingerprintMismatch),
+                Lookup::Unknown => {}
             }
         }
         self.claim(begin).await

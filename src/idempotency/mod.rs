@@ -27,17 +27,6 @@ use crate::locks::ClaimFacts;
 /// does not send it back as new.
 pub const SKEW: Duration = crate::locks::claim::RECORD_SKEW;
 
-/// What a request finds in a node's records (an owned [`Lookup`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    /// A committed record of this request: replay it (I2).
-    Replay(Record),
-    /// The key's record is of another request (I7).
-    Mismatch,
-    /// Nothing to replay here: ask the leader.
-    Unknown,
-}
-
 /// A node's records, shared by its driver (commit notices), its RPC
 /// service (notices from the leader) and its API (local replays).
 #[derive(Debug, Default)]
@@ -58,18 +47,14 @@ impl Store {
         if record.check().is_err() {
             return false;
         }
-        self.lock().merge(record, now_ms, SKEW)
+        self.lock().merge(&record, now_ms, SKEW)
     }
 
     /// What a request of `fingerprint` for `key` finds here at `now_ms`.
     /// A record is replayed until its expiry (the leader claims the key
     /// again from then on) and kept [`SKEW`] longer.
-    pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64) -> Found {
-        match self.lock().lookup(key, fingerprint, now_ms, Duration::ZERO) {
-            Lookup::Replay(r) => Found::Replay(r.clone()),
-            Lookup::Mismatch => Found::Mismatch,
-            Lookup::Unknown => Found::Unknown,
-        }
+    pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64) -> Lookup {
+        self.lock().lookup(key, fingerprint, now_ms, Duration::ZERO)
     }
 
     /// The committed record of `key`, unless expired at `now_ms`.
@@ -77,23 +62,31 @@ impl Store {
         self.lock()
             .get(key, now_ms, Duration::ZERO)
             .filter(|r| r.committed)
-            .cloned()
     }
 
     /// Drops the records expired at `now_ms` (plus [`SKEW`]); how many.
     pub fn expire(&self, now_ms: u64) -> usize {
-        self.lock().expire(now_ms, SKEW)
+        self.lock().expire(now_ms, SKEW).len()
     }
 
-    /// The records to reconcile at `now_ms`: every one held, less those
-    /// that may be dropped.
+    /// Every record held at `now_ms`, by key, less those that may be
+    /// dropped.
     pub fn snapshot(&self, now_ms: u64) -> Vec<Record> {
-        let records = self.lock();
-        records
+        self.lock()
             .records()
             .filter(|r| !r.is_expired(now_ms, SKEW))
-            .cloned()
             .collect()
+    }
+
+    /// The ids of the records to reconcile at `now_ms`: every one held,
+    /// less those that may be dropped.
+    pub fn ids(&self, now_ms: u64) -> Vec<u64> {
+        self.lock().ids(now_ms, SKEW)
+    }
+
+    /// The records of the ids in `wanted` (sorted) held at `now_ms`.
+    pub fn of_ids(&self, wanted: &[u64], now_ms: u64) -> Vec<Record> {
+        self.lock().of_ids(wanted, now_ms, SKEW)
     }
 
     /// Merges records a peer sent (anti-entropy): each checked, expired
@@ -103,7 +96,7 @@ impl Store {
         records
             .into_iter()
             .filter(|r| r.check().is_ok())
-            .filter(|r| mine.merge(r.clone(), now_ms, SKEW))
+            .filter(|r| mine.merge(r, now_ms, SKEW))
             .count()
     }
 

@@ -25,8 +25,9 @@
 //! 4. the responder answers with the records wanted
 //!    ([`ReconcileMessage::Records`]).
 //!
-//! A record's id hashes all of it (its postcard encoding, a documented
-//! stable format, with FNV-1a and a 64-bit finalizer): two replicas that
+//! A record's id ([`Record::id`]) hashes all of it, and a replica
+//! computes it once, when the record arrives: an exchange reads ids, not
+//! records, and fetches only the records it sends. Two replicas that
 //! hold different versions of one key's record (one committed, one not)
 //! differ by two ids and both versions travel; the merge keeps the higher.
 //! Peers are authenticated members, so the hash need not resist an
@@ -34,7 +35,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::record::Record;
+use super::record::{Record, mix};
 
 /// Hash functions of an IBLT (one cell in each of as many subtables).
 const HASHES: usize = 3;
@@ -44,39 +45,6 @@ pub const TABLE_CELLS_MIN: usize = 3 * 8;
 /// reconciliation should carry at once; the caller falls back to copying
 /// ranges of records.
 pub const TABLE_CELLS_MAX: usize = 3 << 16;
-
-/// A record's id: a stable 64-bit hash of all of it.
-pub fn record_id(record: &Record) -> u64 {
-    let mut h = Fnv::new();
-    // Invariant: a record always encodes (postcard fails only on types
-    // it cannot represent, and a record has none).
-    let bytes = postcard::to_allocvec(record).unwrap_or_default();
-    h.write(&bytes);
-    mix(h.0)
-}
-
-/// FNV-1a, 64 bits.
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
-/// The splitmix64 finalizer: every input bit moves every output bit.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 /// The check hash of a cell: tells a cell holding one id from a mix.
 fn check(id: u64) -> u32 {
@@ -402,12 +370,12 @@ pub enum ReconcileError {
     TooDifferent,
 }
 
-/// The initiator's side of one exchange over `records` (what it holds
-/// now; expired records left out by the caller).
+/// The initiator's side of one exchange over the ids of the records it
+/// holds now (expired records left out by the caller).
 #[derive(Debug)]
 pub struct Initiator {
-    /// Its ids, sorted, with the index of each one's record.
-    ids: Vec<(u64, usize)>,
+    /// Its ids, sorted.
+    ids: Vec<u64>,
     /// Its table minus the responder's, one per table received.
     differences: Vec<Iblt>,
     /// The size asked for in `More`, if any.
@@ -415,15 +383,10 @@ pub struct Initiator {
 }
 
 impl Initiator {
-    /// Starts an exchange: the first message.
-    pub fn start(records: &[Record]) -> (Initiator, ReconcileMessage) {
-        let mut ids: Vec<(u64, usize)> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (record_id(r), i))
-            .collect();
+    /// Starts an exchange over `ids`: the first message.
+    pub fn start(mut ids: Vec<u64>) -> (Initiator, ReconcileMessage) {
         ids.sort_unstable();
-        let estimator = Estimator::new(ids.iter().map(|(id, _)| *id));
+        let estimator = Estimator::new(ids.iter().copied());
         let me = Initiator {
             ids,
             differences: Vec::new(),
@@ -432,12 +395,13 @@ impl Initiator {
         (me, ReconcileMessage::Start(estimator))
     }
 
-    /// A table from the responder: the records it lacks and the ids
-    /// wanted, or a request for one more table.
+    /// A table from the responder: the records it lacks (`fetch` gives
+    /// those of the ids it is handed, sorted) and the ids wanted, or a
+    /// request for one more table.
     pub fn on_table(
         &mut self,
-        records: &[Record],
         table: Iblt,
+        fetch: impl FnOnce(&[u64]) -> Vec<Record>,
     ) -> Result<ReconcileMessage, ReconcileError> {
         let expected_seed = self.differences.len();
         if !table.is_well_formed()
@@ -449,24 +413,17 @@ impl Initiator {
         {
             return Err(ReconcileError::Unexpected);
         }
-        let mut mine = Iblt::of(
-            self.ids.iter().map(|(id, _)| *id),
-            table.cells(),
-            table.seed,
-        );
+        let mut mine = Iblt::of(self.ids.iter().copied(), table.cells(), table.seed);
         mine.subtract(&table);
         self.differences.push(mine);
         match peel(self.differences.clone()) {
-            Ok((ours, theirs)) => {
-                let push = ours
-                    .iter()
-                    .filter_map(|id| {
-                        let at = self.ids.binary_search_by_key(id, |(i, _)| *i).ok()?;
-                        records.get(self.ids[at].1).cloned()
-                    })
-                    .collect();
+            Ok((mut ours, theirs)) => {
+                // Only ids this side holds: a peeled id is one of the two
+                // sides', and a bad table could name neither.
+                ours.retain(|id| self.ids.binary_search(id).is_ok());
+                ours.sort_unstable();
                 Ok(ReconcileMessage::Push {
-                    records: push,
+                    records: fetch(&ours),
                     want: theirs.iter().map(|id| id.to_le_bytes()).collect(),
                 })
             }
@@ -492,24 +449,23 @@ impl Initiator {
     }
 }
 
-/// The responder's side: answers each message of an exchange over
-/// `records` (what it holds now). Stateless: every answer is computed
-/// from the message and the records.
+/// The responder's side: answers each message of an exchange over `ids`,
+/// the ids of the records it holds now (`fetch` gives the records of the
+/// ids it is handed, sorted). Stateless: every answer is computed from
+/// the message and the ids.
 pub fn respond(
-    records: &[Record],
+    ids: &[u64],
+    fetch: impl FnOnce(&[u64]) -> Vec<Record>,
     message: &ReconcileMessage,
 ) -> Result<ReconcileMessage, ReconcileError> {
-    let ids = || records.iter().map(record_id);
     match message {
         ReconcileMessage::Start(theirs) => {
             if !theirs.is_well_formed() {
                 return Err(ReconcileError::Unexpected);
             }
-            // Each record hashed once for both.
-            let ours: Vec<u64> = ids().collect();
-            let estimate = Estimator::new(ours.iter().copied()).difference(theirs);
+            let estimate = Estimator::new(ids.iter().copied()).difference(theirs);
             Ok(ReconcileMessage::Table(Iblt::of(
-                ours,
+                ids.iter().copied(),
                 table_cells(estimate),
                 0,
             )))
@@ -518,7 +474,7 @@ pub fn respond(
             if (*cells as usize) <= TABLE_CELLS_MAX && *seed < TABLES_MAX =>
         {
             Ok(ReconcileMessage::Table(Iblt::of(
-                ids(),
+                ids.iter().copied(),
                 *cells as usize,
                 *seed,
             )))
@@ -526,15 +482,26 @@ pub fn respond(
         ReconcileMessage::Push { want, .. } => {
             let mut want: Vec<u64> = want.iter().map(|w| u64::from_le_bytes(*w)).collect();
             want.sort_unstable();
-            let found = records
-                .iter()
-                .filter(|r| want.binary_search(&record_id(r)).is_ok())
-                .cloned()
-                .collect();
-            Ok(ReconcileMessage::Records(found))
+            want.dedup();
+            Ok(ReconcileMessage::Records(fetch(&want)))
         }
         _ => Err(ReconcileError::Unexpected),
     }
+}
+
+/// The ids of `records` and a fetch over them: one side of an exchange
+/// over records held in a slice (tests, benchmarks).
+pub fn ids_of(records: &[Record]) -> Vec<u64> {
+    records.iter().map(Record::id).collect()
+}
+
+/// The records of `records` whose ids are in `wanted` (sorted).
+pub fn pick(records: &[Record], wanted: &[u64]) -> Vec<Record> {
+    records
+        .iter()
+        .filter(|r| wanted.binary_search(&r.id()).is_ok())
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Token;
-use crate::replication::{Merge, Replica};
+use crate::replication::Merge;
 
 pub use crate::locks::claim::{
     FINGERPRINT_BYTES_MAX, KEY_BYTES_MAX, RECORD_TTL_MAX as TTL_MAX, RECORD_TTL_MIN as TTL_MIN,
@@ -204,71 +204,249 @@ impl crdts::CvRDT for Record {
 }
 
 /// What a request finds in a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
     /// A committed record of this request: replay its result.
-    Replay(&'a Record),
+    Replay(Record),
     /// The key's record is of another request (I7).
     Mismatch,
     /// Nothing to replay here: ask the leader.
     Unknown,
 }
 
-/// A node's replica of the records, with their expiry (I6).
+impl Record {
+    /// The record's id: a stable 64-bit hash of all of it (its postcard
+    /// encoding, a documented stable format, with FNV-1a and the
+    /// splitmix64 finalizer), the same on every build. Anti-entropy
+    /// compares replicas by these ids; a replica computes each once, when
+    /// the record arrives.
+    pub fn id(&self) -> u64 {
+        // Invariant: a record always encodes (postcard fails only on
+        // types it cannot represent, and a record has none).
+        let bytes = postcard::to_allocvec(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        mix(h)
+    }
+}
+
+/// The splitmix64 finalizer: every input bit moves every output bit.
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A record as a replica keeps it: key, fingerprint and result in one
+/// allocation (three would cost three allocator headers and three
+/// 24-byte vectors a record), its id computed once. Ordered by key
+/// bytes, the order of the key strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Packed {
+    /// The key, the fingerprint, the result, one after the other.
+    bytes: Box<[u8]>,
+    claim: Token,
+    expires_at_ms: u64,
+    id: u64,
+    /// Within [`KEY_BYTES_MAX`] (checked before packing).
+    key_len: u8,
+    /// Within [`FINGERPRINT_BYTES_MAX`] (checked before packing).
+    fingerprint_len: u16,
+    recovered: bool,
+    committed: bool,
+}
+
+const _: () = assert!(KEY_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(FINGERPRINT_BYTES_MAX <= u16::MAX as usize);
+
+impl Packed {
+    /// Packs a record whose sizes passed [`Record::check`]; `None` if not.
+    fn of(record: &Record) -> Option<Packed> {
+        record.check().ok()?;
+        let mut bytes =
+            Vec::with_capacity(record.key.len() + record.fingerprint.len() + record.result.len());
+        bytes.extend_from_slice(record.key.as_bytes());
+        bytes.extend_from_slice(&record.fingerprint);
+        bytes.extend_from_slice(&record.result);
+        Some(Packed {
+            bytes: bytes.into_boxed_slice(),
+            claim: record.claim,
+            expires_at_ms: record.expires_at_ms,
+            id: record.id(),
+            key_len: u8::try_from(record.key.len()).ok()?,
+            fingerprint_len: u16::try_from(record.fingerprint.len()).ok()?,
+            recovered: record.recovered,
+            committed: record.committed,
+        })
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.key_len)]
+    }
+
+    fn fingerprint(&self) -> &[u8] {
+        let from = usize::from(self.key_len);
+        &self.bytes[from..from + usize::from(self.fingerprint_len)]
+    }
+
+    fn result(&self) -> &[u8] {
+        &self.bytes[usize::from(self.key_len) + usize::from(self.fingerprint_len)..]
+    }
+
+    /// The rank of [`Record`]'s merge, read off the packed bytes.
+    fn rank(&self) -> <Record as Merge>::Rank<'_> {
+        (
+            self.claim,
+            self.expires_at_ms,
+            self.recovered,
+            self.fingerprint(),
+            self.result(),
+            self.committed,
+        )
+    }
+
+    fn is_expired(&self, now_ms: u64, skew: Duration) -> bool {
+        let skew_ms = u64::try_from(skew.as_millis()).unwrap_or(u64::MAX);
+        self.expires_at_ms.saturating_add(skew_ms) <= now_ms
+    }
+
+    fn unpack(&self) -> Record {
+        Record {
+            // Invariant: packed from a `String`.
+            key: String::from_utf8_lossy(self.key()).into_owned(),
+            claim: self.claim,
+            fingerprint: self.fingerprint().to_vec(),
+            recovered: self.recovered,
+            expires_at_ms: self.expires_at_ms,
+            result: self.result().to_vec(),
+            committed: self.committed,
+        }
+    }
+}
+
+impl Ord for Packed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+impl PartialOrd for Packed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Packed {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+/// A node's replica of the records, with their expiry (I6): per key the
+/// highest-ranked record, as [`crate::replication::Replica`] merges, kept packed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Records {
-    replica: Replica<Record>,
+    packed: std::collections::BTreeSet<Packed>,
 }
 
 impl Records {
     /// Merges `record` unless it has expired at wall-clock `now_ms` (an
     /// expired record is never taken back, so a dropped one does not
-    /// return from a peer that still has it); true if it changed the
-    /// replica.
-    pub fn merge(&mut self, record: Record, now_ms: u64, skew: Duration) -> bool {
+    /// return from a peer that still has it) or fails [`Record::check`];
+    /// true if it changed the replica.
+    pub fn merge(&mut self, record: &Record, now_ms: u64, skew: Duration) -> bool {
         if record.is_expired(now_ms, skew) {
             return false;
         }
-        self.replica.merge(record)
+        if let Some(held) = self.packed.get(record.key.as_bytes())
+            && held.rank() >= record.rank()
+        {
+            return false;
+        }
+        let Some(packed) = Packed::of(record) else {
+            return false;
+        };
+        self.packed.replace(packed);
+        true
     }
 
-    /// Drops every record expired at `now_ms`; how many went.
-    pub fn expire(&mut self, now_ms: u64, skew: Duration) -> usize {
-        self.replica.retain(|r| !r.is_expired(now_ms, skew))
+    /// Drops every record expired at `now_ms`: the keys that went.
+    pub fn expire(&mut self, now_ms: u64, skew: Duration) -> Vec<Vec<u8>> {
+        let mut gone = Vec::new();
+        self.packed.retain(|p| {
+            let expired = p.is_expired(now_ms, skew);
+            if expired {
+                gone.push(p.key().to_vec());
+            }
+            !expired
+        });
+        gone
+    }
+
+    /// True if a record of the key `key` (its bytes) is held, expired or not.
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.packed.contains(key)
     }
 
     /// The record of `key`, unless it has expired at `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64, skew: Duration) -> Option<&Record> {
-        self.replica
-            .get(key)
-            .filter(|r| !r.is_expired(now_ms, skew))
+    pub fn get(&self, key: &str, now_ms: u64, skew: Duration) -> Option<Record> {
+        self.packed
+            .get(key.as_bytes())
+            .filter(|p| !p.is_expired(now_ms, skew))
+            .map(Packed::unpack)
     }
 
     /// What a request of `fingerprint` for `key` finds here at `now_ms`
     /// (I2, I7): a committed record to replay, a record of another request
     /// (a mismatch, whether committed or not: the key is taken), or
     /// nothing to go on (no record, or one not known to be committed).
-    pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64, skew: Duration) -> Lookup<'_> {
-        match self.get(key, now_ms, skew) {
-            Some(r) if r.fingerprint != fingerprint => Lookup::Mismatch,
-            Some(r) if r.committed => Lookup::Replay(r),
+    pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64, skew: Duration) -> Lookup {
+        match self
+            .packed
+            .get(key.as_bytes())
+            .filter(|p| !p.is_expired(now_ms, skew))
+        {
+            Some(p) if p.fingerprint() != fingerprint => Lookup::Mismatch,
+            Some(p) if p.committed => Lookup::Replay(p.unpack()),
             _ => Lookup::Unknown,
         }
     }
 
     /// Every record held, expired or not, by key.
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.replica.entries()
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.packed.iter().map(Packed::unpack)
+    }
+
+    /// The ids ([`Record::id`]) of the records not expired at `now_ms`.
+    pub fn ids(&self, now_ms: u64, skew: Duration) -> Vec<u64> {
+        self.packed
+            .iter()
+            .filter(|p| !p.is_expired(now_ms, skew))
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// The records of the ids in `wanted` (sorted), unless expired at
+    /// `now_ms`.
+    pub fn of_ids(&self, wanted: &[u64], now_ms: u64, skew: Duration) -> Vec<Record> {
+        self.packed
+            .iter()
+            .filter(|p| wanted.binary_search(&p.id).is_ok() && !p.is_expired(now_ms, skew))
+            .map(Packed::unpack)
+            .collect()
     }
 
     /// Number of records held.
     pub fn len(&self) -> usize {
-        self.replica.len()
+        self.packed.len()
     }
 
     /// True when no record is held.
     pub fn is_empty(&self) -> bool {
-        self.replica.is_empty()
+        self.packed.is_empty()
     }
 }
 

@@ -85,11 +85,12 @@ fn the_estimate_is_within_a_small_factor() {
 /// `b`; the records each received, the round trips and the bytes sent.
 fn exchange(a: &[Record], b: &[Record]) -> (Vec<Record>, Vec<Record>, usize, usize) {
     let bytes = |m: &ReconcileMessage| postcard::to_allocvec(m).expect("encodes").len();
-    let (mut initiator, mut message) = Initiator::start(a);
+    let (ids_a, ids_b) = (ids_of(a), ids_of(b));
+    let (mut initiator, mut message) = Initiator::start(ids_a);
     let mut sent = bytes(&message);
     let mut round_trips = 0;
     loop {
-        let answer = respond(b, &message).expect("an answer");
+        let answer = respond(&ids_b, |w| pick(b, w), &message).expect("an answer");
         sent += bytes(&answer);
         round_trips += 1;
         match (&message, answer) {
@@ -97,7 +98,9 @@ fn exchange(a: &[Record], b: &[Record]) -> (Vec<Record>, Vec<Record>, usize, usi
                 return (back, records.clone(), round_trips, sent);
             }
             (_, ReconcileMessage::Table(table)) => {
-                message = initiator.on_table(a, table).expect("a next message");
+                message = initiator
+                    .on_table(table, |w| pick(a, w))
+                    .expect("a next message");
                 sent += bytes(&message);
             }
             (m, other) => panic!("{other:?} answered {m:?}"),
@@ -240,16 +243,21 @@ fn malformed_or_out_of_turn_messages_are_refused() {
     let mut bad = Estimator::new([]);
     bad.sums.pop();
     assert_eq!(
-        respond(&a, &ReconcileMessage::Start(bad)),
-        Err(ReconcileError::Unexpected)
-    );
-    assert_eq!(
-        respond(&a, &ReconcileMessage::Records(Vec::new())),
+        respond(&ids_of(&a), |_| Vec::new(), &ReconcileMessage::Start(bad)),
         Err(ReconcileError::Unexpected)
     );
     assert_eq!(
         respond(
-            &a,
+            &ids_of(&a),
+            |_| Vec::new(),
+            &ReconcileMessage::Records(Vec::new())
+        ),
+        Err(ReconcileError::Unexpected)
+    );
+    assert_eq!(
+        respond(
+            &ids_of(&a),
+            |_| Vec::new(),
             &ReconcileMessage::More {
                 cells: TABLE_CELLS_MAX as u32 + 3,
                 seed: 1
@@ -257,11 +265,11 @@ fn malformed_or_out_of_turn_messages_are_refused() {
         ),
         Err(ReconcileError::Unexpected)
     );
-    let (mut initiator, _) = Initiator::start(&a);
+    let (mut initiator, _) = Initiator::start(ids_of(&a));
     let mut ragged = Iblt::new(30, 0);
     ragged.ids.pop();
     assert_eq!(
-        initiator.on_table(&a, ragged),
+        initiator.on_table(ragged, |w| pick(&a, w)),
         Err(ReconcileError::Unexpected)
     );
 }

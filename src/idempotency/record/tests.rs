@@ -9,6 +9,7 @@ use crdts::CvRDT;
 use proptest::prelude::*;
 
 use super::*;
+use crate::replication::Replica;
 
 const SKEW: Duration = Duration::from_millis(2);
 
@@ -91,7 +92,7 @@ fn knowing_a_record_is_committed_only_grows() {
 fn a_lookup_replays_only_committed_records_and_reports_other_requests() {
     let mut records = Records::default();
     assert_eq!(records.lookup("k", b"f", 0, SKEW), Lookup::Unknown);
-    records.merge(record("k", 1, 10), 0, SKEW);
+    records.merge(&record("k", 1, 10), 0, SKEW);
     assert_eq!(
         records.lookup("k", b"f", 0, SKEW),
         Lookup::Unknown,
@@ -102,10 +103,10 @@ fn a_lookup_replays_only_committed_records_and_reports_other_requests() {
         committed: true,
         ..record("k", 1, 10)
     };
-    records.merge(committed.clone(), 0, SKEW);
+    records.merge(&committed, 0, SKEW);
     assert_eq!(
         records.lookup("k", b"f", 0, SKEW),
-        Lookup::Replay(&committed)
+        Lookup::Replay(committed.clone())
     );
     assert_eq!(records.lookup("k", b"g", 0, SKEW), Lookup::Mismatch);
     assert_eq!(
@@ -113,6 +114,32 @@ fn a_lookup_replays_only_committed_records_and_reports_other_requests() {
         Lookup::Unknown,
         "expired"
     );
+}
+
+/// A replica keeps each record packed: what comes out is what went in,
+/// and the ids anti-entropy compares are the records' own.
+#[test]
+fn a_replica_gives_back_its_records_and_their_ids() {
+    let mut records = Records::default();
+    let mut a = record("k", 1, 10);
+    a.fingerprint = vec![7; FINGERPRINT_BYTES_MAX];
+    a.result = Vec::new();
+    let mut b = record(&"j".repeat(KEY_BYTES_MAX), 2, 20);
+    b.fingerprint = Vec::new();
+    b.committed = true;
+    assert!(records.merge(&a, 0, SKEW));
+    assert!(records.merge(&b, 0, SKEW));
+    assert_eq!(
+        records.records().collect::<Vec<_>>(),
+        vec![b.clone(), a.clone()]
+    );
+    let mut ids = records.ids(0, SKEW);
+    ids.sort_unstable();
+    let mut want = vec![a.id(), b.id()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert_eq!(records.of_ids(&[a.id()], 0, SKEW), vec![a.clone()]);
+    assert_eq!(records.ids(12, SKEW), vec![b.id()], "a expired at 10 + 2");
 }
 
 #[test]
@@ -156,11 +183,11 @@ fn sizes_are_checked() {
 fn an_expired_record_is_dropped_and_not_taken_back() {
     let mut records = Records::default();
     let r = record("k", 1, 10);
-    assert!(records.merge(r.clone(), 5, SKEW));
+    assert!(records.merge(&r, 5, SKEW));
     assert!(records.get("k", 11, SKEW).is_some(), "kept for the skew");
     assert!(records.get("k", 12, SKEW).is_none(), "expired at 10 + 2");
-    assert_eq!(records.expire(12, SKEW), 1);
-    assert!(!records.merge(r, 12, SKEW), "a peer's copy stays out");
+    assert_eq!(records.expire(12, SKEW), vec![b"k".to_vec()]);
+    assert!(!records.merge(&r, 12, SKEW), "a peer's copy stays out");
     assert!(records.is_empty());
 }
 
@@ -287,10 +314,10 @@ proptest! {
                 if next() % 2 == 0 {
                     records.expire(now, SKEW);
                 }
-                records.merge(all[i].clone(), now, SKEW);
+                records.merge(&all[i], now, SKEW);
             }
             records.expire(end, SKEW);
-            let held: Vec<Record> = records.records().cloned().collect();
+            let held: Vec<Record> = records.records().collect();
             prop_assert_eq!(&held, &want);
         }
     }
