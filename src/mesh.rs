@@ -123,6 +123,12 @@ pub struct Mesh {
     inner: Arc<Inner>,
 }
 
+/// The records file's writer and loader threads.
+type RecordsThreads = (
+    std::thread::JoinHandle<()>,
+    std::thread::JoinHandle<std::io::Result<crate::storage::records::Loaded>>,
+);
+
 struct Inner {
     config: Config,
     generation: Generation,
@@ -131,6 +137,9 @@ struct Inner {
     rpc: Arc<Rpc>,
     driver: Driver,
     shared: Arc<Shared>,
+    /// The threads writing and loading the records file, with a data
+    /// directory.
+    records_threads: std::sync::Mutex<Option<RecordsThreads>>,
 }
 
 /// What a node serves over RPC: pings, and election requests handed to
@@ -199,7 +208,12 @@ impl Service for NodeService {
                 let now_ms = self.clock.wall_ms();
                 crate::node::anti_entropy::respond(&self.records, *message, now_ms)
                     .map(|answer| Response::Reconcile(Box::new(answer)))
-                    .map_err(|_| Rejection::Malformed)
+                    .map_err(|e| match e {
+                        crate::idempotency::reconcile::ReconcileError::Loading => {
+                            Rejection::Unsupported
+                        }
+                        _ => Rejection::Malformed,
+                    })
             }
         }
     }
@@ -286,9 +300,25 @@ impl Mesh {
             ),
         };
         // Not seeded from a voter's copy: a completion in it may never
-        // have reached a majority (I2). Committed records come back by
-        // anti-entropy, and the leader's table answers begins meanwhile.
-        let records = Arc::new(crate::idempotency::Store::default());
+        // have reached a majority (I2). With a data directory, the
+        // records this node held (committed, every one) come back from
+        // its records file; the rest by anti-entropy, and the leader's
+        // table answers begins meanwhile. Simulations keep them in
+        // memory: the file is no part of the protocol.
+        let (records, records_threads) = match (&config.data_dir, &env.clock) {
+            (Some(dir), Clock::Boottime) => {
+                let opened = crate::storage::records::open_store(dir, env.clock.wall_ms())
+                    .map_err(|source| StartError::DataDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                for problem in &opened.problems {
+                    tracing::warn!("{problem}");
+                }
+                (opened.store, Some((opened.writer, opened.loader)))
+            }
+            _ => (Arc::new(crate::idempotency::Store::default()), None),
+        };
         let service = Arc::new(NodeService {
             id: config.id,
             generation,
@@ -367,6 +397,7 @@ impl Mesh {
                 rpc,
                 driver,
                 shared,
+                records_threads: std::sync::Mutex::new(records_threads),
             }),
         })
     }
@@ -642,6 +673,26 @@ impl Mesh {
         self.inner.driver.stop().await;
         self.inner.membership.finish_leave().await;
         self.inner.rpc.close().await;
+        self.close_records().await;
+    }
+
+    /// Ends the records file's writer once it wrote what it holds, and
+    /// its loader, so the file is closed when shutdown returns.
+    async fn close_records(&self) {
+        self.inner.shared.records.close_disk();
+        let threads = self
+            .inner
+            .records_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((writer, loader)) = threads {
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = loader.join();
+                writer.join()
+            })
+            .await;
+        }
     }
 
     /// Stops at once without telling peers, as a crash would (peers time
@@ -651,6 +702,7 @@ impl Mesh {
         self.inner.driver.stop().await;
         self.inner.membership.stop().await;
         self.inner.rpc.close().await;
+        self.close_records().await;
     }
 }
 

@@ -236,3 +236,57 @@ fn a_completion_survives_a_leader_kill_and_a_full_restart() {
     }
     a.stop_all(WITHIN);
 }
+
+/// Goal: an agent restarted on its data directory replays from its
+/// records file at once, with no peer up: its first answer to a read is
+/// the record it held before it stopped, and a retry of the request is
+/// replayed without a leader. (Without the file it would hold no record
+/// until anti-entropy with a peer, and a retry would wait for a leader.)
+#[test]
+fn a_restarted_agent_replays_from_its_records_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agents::start_led(Path::new(BIN), 3, dir.path(), WITHIN).unwrap();
+    let (leader, _) = a.agreed_leader().unwrap();
+    let x = a.ids().into_iter().find(|id| *id != leader).unwrap();
+    let h = a.spec(x).http;
+    let begin = json!({"fingerprint": "f", "claim_ttl_ms": 10_000});
+    let r = post(h, "/v1/idempotency/invoice-7/begin", begin.clone());
+    assert_eq!(r.status, 200, "{r:?}");
+    let claim = claim_of(&r.body);
+    let r = post(
+        h,
+        "/v1/idempotency/invoice-7/complete",
+        json!({"claim": claim, "result": "sent"}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    a.wait_until(WITHIN, |a| {
+        get_json(a.spec(x).http, "/v1/idempotency/invoice-7", WITHIN).is_ok()
+    })
+    .expect("the agent holds the record");
+    for id in a.ids() {
+        if id != x {
+            a.kill9(id);
+        }
+    }
+    a.terminate(x, WITHIN).expect("the agent stops on SIGTERM");
+    a.start(x).unwrap();
+    // Its first answer: any HTTP status is one, a refused connection is not.
+    let start = Instant::now();
+    let first = loop {
+        match get_json(h, "/v1/idempotency/invoice-7", WITHIN) {
+            Ok(v) => break Ok(v),
+            Err(e) if e.starts_with("HTTP ") => break Err(e),
+            Err(_) if start.elapsed() < WITHIN => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the agent never answered: {e}"),
+        }
+    };
+    let record = first.expect("the record is read from the records file");
+    assert_eq!(record["result"], "sent", "{record}");
+    let r = post(h, "/v1/idempotency/invoice-7/begin", begin);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (&r.body["state"], &r.body["result"]),
+        (&json!("completed"), &json!("sent"))
+    );
+    a.stop_all(WITHIN);
+}

@@ -54,6 +54,10 @@ pub struct IdempotencyOptions {
     /// Records for the anti-entropy and memory figures.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1_000_000))]
     pub records: usize,
+    /// Records in the records file of the restart phase (0 skips it):
+    /// how long an agent takes from spawn to serving them.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1_000_000))]
+    pub restart_records: usize,
     /// Agents of the visibility phase (0 skips it): how long a
     /// completion takes to be readable on every one of them.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
@@ -131,6 +135,82 @@ fn record(i: u64) -> Record {
         result: vec![b'r'; 100],
         committed: true,
     }
+}
+
+/// Restart to serving with `n` records on disk: one agent on a data
+/// directory is stopped, its records file filled with `n` records, then
+/// started three times; each time, the time from its spawn to its first
+/// 200 for a read of the last record written (which it can serve only
+/// from its records file: it is alone), and to its log line saying all
+/// are in memory. Also the file's size and the agent's resident memory
+/// once they are.
+fn restart(
+    bin: &std::path::Path,
+    n: usize,
+    dir: &std::path::Path,
+) -> Result<(Vec<(Duration, Duration)>, u64, u64), String> {
+    use crate::harness::http::get_json;
+    /// What the agent logs once its records file is in memory.
+    const LOADED_LINE: &str = "idempotency records loaded from the data directory";
+    use crate::idempotency::Change;
+    use crate::storage::records::{RECORDS_FILE, RecordsFile};
+    let mut agents = Agents::new(bin, 1, dir).map_err(|e| e.to_string())?;
+    agents.close_with_new_key()?;
+    agents.data_root = Some(dir.join("data"));
+    agents.start_all().map_err(|e| e.to_string())?;
+    agents
+        .wait_until(Duration::from_secs(30), |a| a.agreed_leader().is_some())
+        .ok_or("restart: the agent did not lead within 30 s")?;
+    agents.terminate(1, Duration::from_secs(10));
+    let data = dir.join("data").join("node-1");
+    {
+        let mut problems = Vec::new();
+        let file = RecordsFile::open(&data, &mut problems).map_err(|e| e.to_string())?;
+        for chunk in (0..n as u64).collect::<Vec<_>>().chunks(50_000) {
+            let changes: Vec<Change> = chunk.iter().map(|i| Change::Put(record(*i))).collect();
+            file.apply(&changes).map_err(|e| e.to_string())?;
+        }
+    }
+    let file_bytes = std::fs::metadata(data.join(RECORDS_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let path = format!("/v1/idempotency/{}", record(n as u64 - 1).key);
+    let http = agents.spec(1).http;
+    let log = agents.log_path(1);
+    let loaded_lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(LOADED_LINE)
+            .count()
+    };
+    let mut times = Vec::new();
+    let mut rss = 0;
+    for _ in 0..3 {
+        let before = loaded_lines();
+        let start = Instant::now();
+        agents.start(1).map_err(|e| e.to_string())?;
+        while get_json(http, &path, Duration::from_secs(1)).is_err() {
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err("restart: the agent did not serve within 120 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let serving = start.elapsed();
+        while loaded_lines() == before {
+            if start.elapsed() > Duration::from_secs(300) {
+                return Err("restart: the agent did not load its records within 300 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        times.push((serving, start.elapsed()));
+        rss = agents
+            .pid(1)
+            .and_then(crate::harness::agents::rss_kib)
+            .unwrap_or(0)
+            * 1024;
+        agents.terminate(1, Duration::from_secs(30));
+    }
+    Ok((times, file_bytes, rss))
 }
 
 /// Anti-entropy between two nodes' records, `n` each, 50 only on each
@@ -311,6 +391,23 @@ pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<()
     });
     agents.stop_all(Duration::from_secs(10));
     let ours = ours?;
+    if args.restart_records > 0 {
+        let (times, file_bytes, rss) = restart(bin, args.restart_records, &dir.join("restart"))?;
+        let ms = |d: &Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
+        println!(
+            "restart: an agent with {} records in its records file ({:.0} MB) serves a read of one {} ms after it is spawned, and holds all in memory after {} ms (each of {} restarts), then {:.0} MB resident",
+            args.restart_records,
+            file_bytes as f64 / 1e6,
+            times.iter().map(|t| ms(&t.0)).collect::<Vec<_>>().join(", "),
+            times.iter().map(|t| ms(&t.1)).collect::<Vec<_>>().join(", "),
+            times.len(),
+            rss as f64 / 1e6
+        );
+        out["restart"] = json!({"records": args.restart_records, "file_bytes": file_bytes,
+            "spawn_to_serving_ms": times.iter().map(|t| t.0.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+            "spawn_to_loaded_ms": times.iter().map(|t| t.1.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+            "agent_rss_bytes_loaded": rss});
+    }
     if args.visibility_nodes > 0 {
         let times = visibility(bin, args.visibility_nodes, &dir.join("visibility"))?;
         let (p50, p99, max) = (

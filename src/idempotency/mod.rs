@@ -27,17 +27,133 @@ use crate::locks::ClaimFacts;
 /// does not send it back as new.
 pub const SKEW: Duration = crate::locks::claim::RECORD_SKEW;
 
+/// A change a store made to its records, handed to its writer (the
+/// data directory's records file) in the order made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This record is now the key's.
+    Put(Record),
+    /// These keys' records expired.
+    Drop(Vec<Vec<u8>>),
+}
+
 /// A node's records, shared by its driver (commit notices), its RPC
 /// service (notices from the leader) and its API (local replays).
 #[derive(Debug, Default)]
 pub struct Store {
-    records: Mutex<Records>,
+    inner: Mutex<Inner>,
     /// This node's wall clock's offset from the leader's, last measured,
     /// in milliseconds.
     offset_ms: std::sync::atomic::AtomicI64,
 }
 
+/// Records a store has yet to take in from its data directory while
+/// they load in the background: read one at a time when a request
+/// misses, so a restarted node serves them from the start.
+pub trait Backing: Send + Sync + std::fmt::Debug {
+    /// The stored record of `key`, if any (expired or not).
+    fn read(&self, key: &str) -> Option<Record>;
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    records: Records,
+    /// Where changes go to be written, with a data directory. Sent under
+    /// the same lock as the change was made, so the writer sees them in
+    /// order.
+    disk: Option<std::sync::mpsc::Sender<Change>>,
+    /// The records file while it loads.
+    loading: Option<std::sync::Arc<dyn Backing>>,
+}
+
+impl Inner {
+    fn merge(&mut self, record: &Record, now_ms: u64) -> bool {
+        let news = self.records.merge(record, now_ms, SKEW);
+        if news && let Some(disk) = &self.disk {
+            // A writer that stopped (its thread gone) leaves the records
+            // in memory only: logged by the writer.
+            let _ = disk.send(Change::Put(record.clone()));
+        }
+        news
+    }
+}
+
 impl Store {
+    /// Hands every later change to `disk` (the writer of the records
+    /// file this store was loaded from).
+    pub fn attach_disk(&self, disk: std::sync::mpsc::Sender<Change>) {
+        self.lock().disk = Some(disk);
+    }
+
+    /// Stops handing changes to the writer, which then finishes what it
+    /// holds and ends, and stops a load under way.
+    pub fn close_disk(&self) {
+        let mut inner = self.lock();
+        inner.disk = None;
+        inner.loading = None;
+    }
+
+    /// The records of `backing` are loading: until
+    /// [`Store::finish_loading`], a request that finds no record here
+    /// reads it there.
+    pub fn start_loading(&self, backing: std::sync::Arc<dyn Backing>) {
+        self.lock().loading = Some(backing);
+    }
+
+    /// True while the records file loads (and the store was not closed).
+    pub fn is_loading(&self) -> bool {
+        self.lock().loading.is_some()
+    }
+
+    /// The load is done.
+    pub fn finish_loading(&self) {
+        self.lock().loading = None;
+    }
+
+    /// Merges records read from the records file (not written back to
+    /// it); how many were news.
+    pub fn load(&self, records: &[Record], now_ms: u64) -> usize {
+        let mut inner = self.lock();
+        records
+            .iter()
+            .filter(|r| inner.records.merge(r, now_ms, SKEW))
+            .count()
+    }
+
+    /// Deletes from the records file the keys read from it that were not
+    /// taken (expired, unreadable), unless a record of the key arrived
+    /// meanwhile: decided under the lock the changes are sent under, so a
+    /// record written since is never deleted.
+    pub fn drop_unheld(&self, keys: Vec<Vec<u8>>) {
+        let inner = self.lock();
+        let gone: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter(|k| !inner.records.holds(k))
+            .collect();
+        if !gone.is_empty()
+            && let Some(disk) = &inner.disk
+        {
+            let _ = disk.send(Change::Drop(gone));
+        }
+    }
+
+    /// While the records file loads: the stored record of `key`, taken in
+    /// here first (true if there was one to read).
+    fn read_through(&self, key: &str, now_ms: u64) -> bool {
+        let Some(backing) = self.lock().loading.clone() else {
+            return false;
+        };
+        // Read without the lock: the disk is slower than the memory.
+        let Some(record) = backing.read(key) else {
+            return false;
+        };
+        if record.key != key || record.check().is_err() {
+            return false;
+        }
+        self.lock().records.merge(&record, now_ms, SKEW);
+        true
+    }
+
     /// Takes a committed completion in (from the leader's commit notice
     /// or its answer to a begin); true if it was news.
     pub fn learn(&self, key: &str, claim: Token, facts: &ClaimFacts, now_ms: u64) -> bool {
@@ -47,32 +163,60 @@ impl Store {
         if record.check().is_err() {
             return false;
         }
-        self.lock().merge(&record, now_ms, SKEW)
+        self.lock().merge(&record, now_ms)
     }
 
     /// What a request of `fingerprint` for `key` finds here at `now_ms`.
     /// A record is replayed until its expiry (the leader claims the key
     /// again from then on) and kept [`SKEW`] longer.
     pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64) -> Lookup {
-        self.lock().lookup(key, fingerprint, now_ms, Duration::ZERO)
+        let found = self
+            .lock()
+            .records
+            .lookup(key, fingerprint, now_ms, Duration::ZERO);
+        if found == Lookup::Unknown && self.read_through(key, now_ms) {
+            return self
+                .lock()
+                .records
+                .lookup(key, fingerprint, now_ms, Duration::ZERO);
+        }
+        found
     }
 
     /// The committed record of `key`, unless expired at `now_ms`.
     pub fn get(&self, key: &str, now_ms: u64) -> Option<Record> {
-        self.lock()
-            .get(key, now_ms, Duration::ZERO)
-            .filter(|r| r.committed)
+        let get = || {
+            self.lock()
+                .records
+                .get(key, now_ms, Duration::ZERO)
+                .filter(|r| r.committed)
+        };
+        get().or_else(|| self.read_through(key, now_ms).then(get).flatten())
+    }
+
+    /// True if a record of the key `key` (its bytes) is held, expired or not.
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.lock().records.holds(key)
     }
 
     /// Drops the records expired at `now_ms` (plus [`SKEW`]); how many.
     pub fn expire(&self, now_ms: u64) -> usize {
-        self.lock().expire(now_ms, SKEW).len()
+        let mut inner = self.lock();
+        let gone = inner.records.expire(now_ms, SKEW);
+        let n = gone.len();
+        if n > 0
+            && let Some(disk) = &inner.disk
+        {
+            let _ = disk.send(Change::Drop(gone));
+        }
+        n
     }
 
     /// Every record held at `now_ms`, by key, less those that may be
     /// dropped.
     pub fn snapshot(&self, now_ms: u64) -> Vec<Record> {
         self.lock()
+            .records
             .records()
             .filter(|r| !r.is_expired(now_ms, SKEW))
             .collect()
@@ -81,12 +225,12 @@ impl Store {
     /// The ids of the records to reconcile at `now_ms`: every one held,
     /// less those that may be dropped.
     pub fn ids(&self, now_ms: u64) -> Vec<u64> {
-        self.lock().ids(now_ms, SKEW)
+        self.lock().records.ids(now_ms, SKEW)
     }
 
     /// The records of the ids in `wanted` (sorted) held at `now_ms`.
     pub fn of_ids(&self, wanted: &[u64], now_ms: u64) -> Vec<Record> {
-        self.lock().of_ids(wanted, now_ms, SKEW)
+        self.lock().records.of_ids(wanted, now_ms, SKEW)
     }
 
     /// Merges records a peer sent (anti-entropy): each checked, expired
@@ -96,18 +240,18 @@ impl Store {
         records
             .into_iter()
             .filter(|r| r.check().is_ok())
-            .filter(|r| mine.merge(r, now_ms, SKEW))
+            .filter(|r| mine.merge(r, now_ms))
             .count()
     }
 
     /// Records held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().records.len()
     }
 
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().records.is_empty()
     }
 
     /// Notes this node's wall clock's offset from the leader's (ahead is positive).
@@ -124,9 +268,9 @@ impl Store {
         (ms.unsigned_abs() > SKEW.as_millis() as u64 / 2).then_some(ms)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves records that are each
         // whole (merges replace one record at a time): go on with them.
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

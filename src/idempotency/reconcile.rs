@@ -368,6 +368,10 @@ pub enum ReconcileError {
     /// instead (the caller's fallback).
     #[error("the replicas differ in more than a reconciliation carries")]
     TooDifferent,
+    /// The responder is still loading its records file: its ids are not
+    /// yet all it holds.
+    #[error("the peer is loading its records")]
+    Loading,
 }
 
 /// The initiator's side of one exchange over the ids of the records it

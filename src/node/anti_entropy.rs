@@ -38,6 +38,11 @@ pub(crate) fn respond(
     message: ReconcileMessage,
     now_ms: u64,
 ) -> Result<ReconcileMessage, ReconcileError> {
+    // Half loaded, this node's ids would make the peer send what its
+    // records file holds.
+    if store.is_loading() {
+        return Err(ReconcileError::Loading);
+    }
     if let ReconcileMessage::Push { records, want } = message {
         store.merge_all(records, now_ms);
         return answer(
@@ -80,7 +85,7 @@ pub(crate) async fn run(
             .filter(|m| m.id != id && m.is_alive())
             .map(|m| m.rpc_addr)
             .collect();
-        if peers.is_empty() {
+        if peers.is_empty() || shared.records.is_loading() {
             continue;
         }
         round = round.wrapping_add(1);

@@ -22,6 +22,8 @@
 //!   start with the offset.
 //! - `generation`: the last incarnation number used, so a restart is
 //!   newer than its dead predecessor even if the wall clock stepped back.
+//! - `records.redb`: the idempotency records the node holds ([`records`]),
+//!   so a restarted node replays at once; not needed for safety.
 //!
 //! [`Persister`] makes promises and lock entries durable off the node's
 //! driver: on a thread of its own (group commit: every job queued during a
@@ -29,6 +31,8 @@
 //! virtual disk latency). Each job's `done` runs once its promise and
 //! entries are durable, so an answer that depends on them is sent from
 //! there and the driver never waits for a disk.
+
+pub mod records;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -1,0 +1,320 @@
+//! The idempotency records a node holds, on disk: `records.redb` in the
+//! data directory, a redb table from key to the record's postcard
+//! encoding, so that a restarted node replays from its own records at
+//! once and catches up on the rest by anti-entropy.
+//!
+//! Owns: the file, its table, the thread that writes it (group commit:
+//! every change queued while a transaction commits goes into the next
+//! one, each committed with `Durability::Immediate`), and the thread
+//! that loads it at start. The node serves from the first moment: while
+//! the loader fills the store, a request that misses reads its key from
+//! the file ([`Backing`]). Must not
+//! decide what a record is worth: the node's `idempotency::Store` merges,
+//! and hands over each change it made, in the order it made them.
+//!
+//! Nothing here is needed for safety: a record is committed (I2) because
+//! a majority of voters hold its completion in their lock logs, not
+//! because of this file. A file redb finds corrupt is set aside and the
+//! node starts with none; its records come back from the peers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::idempotency::{Backing, Change, Record, Store};
+
+/// The file's name in the data directory.
+pub const RECORDS_FILE: &str = "records.redb";
+/// Key bytes to the record's postcard encoding.
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// Changes one transaction takes at most, so a burst is written in
+/// several commits rather than one that holds the rest back.
+const CHANGES_PER_COMMIT_MAX: usize = 16_384;
+/// Records merged into the store at a time while loading.
+const LOAD_CHUNK: usize = 8_192;
+/// redb's page cache: the file is read once, at start (the records are
+/// then in memory), and written after; a large cache would hold a second
+/// copy of them (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 16 << 20;
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// True for what redb reports of a file that is not a database it reads
+/// (garbage, a torn header, an older format), as opposed to a disk it
+/// cannot use.
+fn unreadable(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::UpgradeRequired(_) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => matches!(
+            io.kind(),
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// The records file of a data directory.
+#[derive(Debug)]
+pub struct RecordsFile {
+    db: Database,
+    path: PathBuf,
+}
+
+/// What opening the file found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Records taken into the store.
+    pub records: usize,
+    /// Records left out: expired, or unreadable (each named in `problems`).
+    pub dropped: usize,
+    /// What was wrong, for the log.
+    pub problems: Vec<String>,
+}
+
+impl RecordsFile {
+    /// Opens (or creates) the records file in `dir`. A file redb finds
+    /// corrupt (or of a format it no longer reads) is renamed aside
+    /// (`records.redb.unreadable`, replacing an older one) and a new one
+    /// started: the problem is in `problems`. Any other failure (the
+    /// file open elsewhere, a disk error) is an error.
+    pub fn open(dir: &Path, problems: &mut Vec<String>) -> io::Result<RecordsFile> {
+        let path = dir.join(RECORDS_FILE);
+        let create = |path: &Path| Database::builder().set_cache_size(CACHE_BYTES).create(path);
+        let db = match create(&path) {
+            Ok(db) => db,
+            Err(e) if unreadable(&e) => {
+                let aside = dir.join(format!("{RECORDS_FILE}.unreadable"));
+                problems.push(format!(
+                    "{} could not be opened ({e}); moved to {} and started empty: the records come back from the peers",
+                    path.display(),
+                    aside.display()
+                ));
+                std::fs::rename(&path, &aside)?;
+                create(&path).map_err(other)?
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(other(format!(
+                    "{} is open in another process or node",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(other(format!("{}: {e}", path.display()))),
+        };
+        let tx = db.begin_write().map_err(other)?;
+        tx.open_table(TABLE).map_err(other)?;
+        tx.commit().map_err(other)?;
+        Ok(RecordsFile { db, path })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Merges every record of the file into `store` (which reads through
+    /// to the file meanwhile, [`Store::start_loading`]), leaving out those
+    /// expired at wall-clock `now_ms` (the store refuses them) and those
+    /// that do not decode, which are deleted from the file unless a
+    /// record of their key arrived meanwhile. Stops early if the store is
+    /// closed; ends the store's loading either way.
+    pub fn load_into(&self, store: &Store, now_ms: u64) -> io::Result<Loaded> {
+        let loaded = self.load_chunks(store, now_ms);
+        store.finish_loading();
+        loaded
+    }
+
+    fn load_chunks(&self, store: &Store, now_ms: u64) -> io::Result<Loaded> {
+        let mut loaded = Loaded::default();
+        let mut gone: Vec<Vec<u8>> = Vec::new();
+        let tx = self.db.begin_read().map_err(other)?;
+        let table = tx.open_table(TABLE).map_err(other)?;
+        let mut chunk = Vec::with_capacity(LOAD_CHUNK);
+        for item in table.iter().map_err(other)? {
+            let (key, value) = item.map_err(other)?;
+            match postcard::from_bytes::<Record>(value.value()) {
+                Ok(record) if record.key.as_bytes() == key.value() => chunk.push(record),
+                _ => {
+                    if loaded.problems.len() < 10 {
+                        loaded.problems.push(format!(
+                            "{}: the record of key {:?} does not decode; dropped",
+                            self.path.display(),
+                            String::from_utf8_lossy(key.value())
+                        ));
+                    }
+                    gone.push(key.value().to_vec());
+                }
+            }
+            if chunk.len() == LOAD_CHUNK {
+                if !store.is_loading() {
+                    return Ok(loaded);
+                }
+                load_chunk(store, &mut chunk, now_ms, &mut loaded, &mut gone);
+            }
+        }
+        load_chunk(store, &mut chunk, now_ms, &mut loaded, &mut gone);
+        loaded.dropped = gone.len();
+        store.drop_unheld(gone);
+        Ok(loaded)
+    }
+
+    /// Applies `changes`, in order, in one durable transaction.
+    pub fn apply(&self, changes: &[Change]) -> io::Result<()> {
+        let mut tx = self.db.begin_write().map_err(other)?;
+        tx.set_durability(redb::Durability::Immediate);
+        {
+            let mut table = tx.open_table(TABLE).map_err(other)?;
+            for change in changes {
+                match change {
+                    Change::Put(record) => {
+                        let bytes = postcard::to_allocvec(record).map_err(other)?;
+                        table
+                            .insert(record.key.as_bytes(), bytes.as_slice())
+                            .map_err(other)?;
+                    }
+                    Change::Drop(keys) => {
+                        for key in keys {
+                            table.remove(key.as_slice()).map_err(other)?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(other)
+    }
+
+    /// The writer: applies what arrives on `changes` until every sender
+    /// is gone, all that queued meanwhile in each transaction. A failed
+    /// write is logged and the next goes on (the records are held in
+    /// memory and by the peers; only a restart would miss them).
+    pub fn spawn_writer(self: Arc<Self>, changes: Receiver<Change>) -> io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("records-writer".into())
+            .spawn(move || {
+                while let Ok(first) = changes.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < CHANGES_PER_COMMIT_MAX {
+                        match changes.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.apply(&batch) {
+                        tracing::error!(path = %self.path.display(), error = %e, "records not written to disk");
+                    }
+                }
+            })
+    }
+
+    fn read_record(&self, key: &str) -> io::Result<Option<Record>> {
+        let tx = self.db.begin_read().map_err(other)?;
+        let table = tx.open_table(TABLE).map_err(other)?;
+        let Some(value) = table.get(key.as_bytes()).map_err(other)? else {
+            return Ok(None);
+        };
+        Ok(postcard::from_bytes(value.value()).ok())
+    }
+}
+
+/// A request that misses while the file loads reads its key here.
+impl Backing for RecordsFile {
+    fn read(&self, key: &str) -> Option<Record> {
+        match self.read_record(key) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "a record could not be read");
+                None
+            }
+        }
+    }
+}
+
+/// Merges one chunk read from the file; expired records count as gone.
+fn load_chunk(
+    store: &Store,
+    chunk: &mut Vec<Record>,
+    now_ms: u64,
+    loaded: &mut Loaded,
+    gone: &mut Vec<Vec<u8>>,
+) {
+    let taken = store.load(chunk, now_ms);
+    loaded.records += taken;
+    if taken < chunk.len() {
+        // Those not taken: expired, or outranked by what arrived since.
+        gone.extend(
+            chunk
+                .iter()
+                .filter(|r| r.is_expired(now_ms, crate::idempotency::SKEW))
+                .map(|r| r.key.as_bytes().to_vec()),
+        );
+    }
+    chunk.clear();
+}
+
+/// A node's records on its data directory.
+#[derive(Debug)]
+pub struct Opened {
+    /// The store: it serves at once, reading through to the file while
+    /// the loader fills it.
+    pub store: Arc<Store>,
+    /// The writer's thread; it ends once the store is closed.
+    pub writer: JoinHandle<()>,
+    /// The loader's thread, with what it found.
+    pub loader: JoinHandle<io::Result<Loaded>>,
+    /// Problems met opening the file (it was set aside).
+    pub problems: Vec<String>,
+}
+
+/// Opens the records file of `dir`, and starts a store on it: its
+/// writer, and its loader, which takes in the records not expired at
+/// wall-clock `now_ms`.
+pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
+    let mut problems = Vec::new();
+    let file = Arc::new(RecordsFile::open(dir, &mut problems)?);
+    let store = Arc::new(Store::default());
+    let (tx, rx): (Sender<Change>, Receiver<Change>) = std::sync::mpsc::channel();
+    store.attach_disk(tx);
+    store.start_loading(file.clone());
+    let writer = file.clone().spawn_writer(rx)?;
+    let loader = {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("records-loader".into())
+            .spawn(move || {
+                let loaded = file.load_into(&store, now_ms);
+                match &loaded {
+                    Ok(loaded) => {
+                        for problem in &loaded.problems {
+                            tracing::warn!("{problem}");
+                        }
+                        tracing::info!(
+                            records = loaded.records,
+                            dropped = loaded.dropped,
+                            "idempotency records loaded from the data directory"
+                        );
+                    }
+                    Err(e) => tracing::error!(
+                        path = %file.path().display(),
+                        error = %e,
+                        "the records file could not be read to the end; the rest come from the peers"
+                    ),
+                }
+                loaded
+            })?
+    };
+    Ok(Opened {
+        store,
+        writer,
+        loader,
+        problems,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The records file: what a store held comes back after a reopen, less
+//! what expired; a file that is not one, or a record that does not
+//! decode, costs only those records.
+
+use super::*;
+use crate::ids::Token;
+
+fn record(key: &str, claim: u64, expires_at_ms: u64) -> Record {
+    Record {
+        key: key.into(),
+        claim: Token(claim),
+        fingerprint: b"fp".to_vec(),
+        recovered: claim.is_multiple_of(2),
+        expires_at_ms,
+        result: format!("result of {key}").into_bytes(),
+        committed: true,
+    }
+}
+
+/// Opens the records of `dir` and waits for the load: the store, its
+/// writer, what the load found (problems opening the file first).
+fn open_store(
+    dir: &std::path::Path,
+    now_ms: u64,
+) -> io::Result<(Arc<Store>, JoinHandle<()>, Loaded)> {
+    let opened = super::open_store(dir, now_ms)?;
+    let mut loaded = opened.loader.join().expect("the loader ends")?;
+    loaded.problems.splice(0..0, opened.problems);
+    assert!(!opened.store.is_loading());
+    Ok((opened.store, opened.writer, loaded))
+}
+
+/// Closes a store as a node's shutdown does: no more changes, and the
+/// writer done with those it had.
+fn close(store: Arc<Store>, writer: JoinHandle<()>) {
+    store.close_disk();
+    drop(store);
+    writer.join().expect("the writer ends");
+}
+
+#[test]
+fn records_come_back_after_a_reopen_less_the_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!(loaded, Loaded::default());
+    assert_eq!(
+        store.merge_all(
+            vec![
+                record("a", 1, 1_000_000),
+                record("b", 2, 1_000_000),
+                record("c", 3, 10),
+            ],
+            0
+        ),
+        3
+    );
+    // A later record of a key replaces the first on disk too.
+    assert_eq!(store.merge_all(vec![record("a", 4, 2_000_000)], 0), 1);
+    let before = store.snapshot(0);
+    close(store, writer);
+
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!(loaded.records, 3);
+    assert_eq!(store.snapshot(0), before);
+    // "c" expires (10 + the skew bound); its drop reaches the file.
+    let past_c = 10 + crate::idempotency::SKEW.as_millis() as u64;
+    assert_eq!(store.expire(past_c), 1);
+    close(store, writer);
+
+    let (store, writer, loaded) = open_store(dir.path(), past_c).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (2, 0));
+    let keys: Vec<String> = store.snapshot(past_c).into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(store.get("a", past_c).map(|r| r.claim), Some(Token(4)));
+    close(store, writer);
+
+    // Opened once every record has expired: none is taken, and the
+    // file is emptied of them.
+    let late = 3_000_000;
+    let (store, writer, loaded) = open_store(dir.path(), late).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (0, 2));
+    assert!(store.is_empty());
+    close(store, writer);
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (0, 0));
+    close(store, writer);
+}
+
+#[test]
+fn a_file_that_is_not_one_is_set_aside_and_the_node_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(RECORDS_FILE), vec![0xa5; 8192]).unwrap();
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert!(store.is_empty());
+    assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+    assert!(
+        dir.path()
+            .join(format!("{RECORDS_FILE}.unreadable"))
+            .exists()
+    );
+    store.merge_all(vec![record("a", 1, 1_000_000)], 0);
+    close(store, writer);
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!(loaded.records, 1);
+    close(store, writer);
+}
+
+#[test]
+fn a_record_that_does_not_decode_is_dropped_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut problems = Vec::new();
+        let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+        file.apply(&[Change::Put(record("a", 1, 1_000_000))])
+            .unwrap();
+        let tx = file.db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(TABLE).unwrap();
+            table
+                .insert(b"bad".as_slice(), b"\xff\xff".as_slice())
+                .unwrap();
+            // A record filed under a key other than its own.
+            let moved = postcard::to_allocvec(&record("b", 2, 1_000_000)).unwrap();
+            table.insert(b"c".as_slice(), moved.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (1, 2));
+    assert_eq!(loaded.problems.len(), 2, "{:?}", loaded.problems);
+    assert!(store.get("a", 0).is_some());
+    close(store, writer);
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!(
+        (loaded.records, loaded.dropped),
+        (1, 0),
+        "the bad ones deleted"
+    );
+    close(store, writer);
+}
+
+#[test]
+fn a_file_open_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer, _) = open_store(dir.path(), 0).unwrap();
+    let again = open_store(dir.path(), 0);
+    assert!(again.is_err(), "opened twice");
+    close(store, writer);
+}
+
+/// While the file loads, a request that misses reads its key from the
+/// file: a record, a mismatch, or nothing; and what it read stays.
+#[test]
+fn a_request_during_the_load_reads_through_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
+    let mut expired = record("old", 1, 10);
+    expired.committed = true;
+    file.apply(&[Change::Put(record("a", 1, 1_000_000)), Change::Put(expired)])
+        .unwrap();
+    let store = Store::default();
+    store.start_loading(file.clone());
+    assert!(store.is_empty());
+    assert_eq!(
+        store.get("a", 0).map(|r| r.result),
+        Some(b"result of a".to_vec())
+    );
+    assert_eq!(store.len(), 1, "what it read stays");
+    assert!(matches!(
+        store.lookup("a", b"fp", 0),
+        crate::idempotency::Lookup::Replay(_)
+    ));
+    assert_eq!(
+        store.lookup("a", b"other", 0),
+        crate::idempotency::Lookup::Mismatch
+    );
+    assert_eq!(store.get("nothing", 0), None);
+    let past = 10 + crate::idempotency::SKEW.as_millis() as u64;
+    assert_eq!(store.get("old", past), None, "expired on disk, not served");
+    // The load ends (here, loads everything): no more reads through.
+    let loaded = file.load_into(&store, past).unwrap();
+    assert_eq!(
+        (loaded.records, loaded.dropped),
+        (0, 1),
+        "\"a\" was in already"
+    );
+    assert!(!store.is_loading());
+    drop(file);
+}
+
+/// A record that arrives while the file loads is written; one the load
+/// finds expired is deleted, but not if a newer record of its key came
+/// in meanwhile.
+#[test]
+fn what_arrives_during_the_load_is_kept_over_what_the_load_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut problems = Vec::new();
+        let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+        file.apply(&[Change::Put(record("k", 1, 10))]).unwrap();
+    }
+    let past = 10 + crate::idempotency::SKEW.as_millis() as u64;
+    let mut problems = Vec::new();
+    let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
+    let store = Arc::new(Store::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.attach_disk(tx);
+    store.start_loading(file.clone());
+    let writer = file.clone().spawn_writer(rx).unwrap();
+    // A newer record of "k" arrives before the load reaches "k".
+    assert_eq!(store.merge_all(vec![record("k", 2, 1_000_000)], past), 1);
+    let loaded = file.load_into(&store, past).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (0, 1));
+    drop(file);
+    close(store, writer);
+    let (store, writer, loaded) = open_store(dir.path(), past).unwrap();
+    assert_eq!(loaded.records, 1);
+    assert_eq!(store.get("k", past).map(|r| r.claim), Some(Token(2)));
+    close(store, writer);
+}
