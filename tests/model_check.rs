@@ -1246,20 +1246,7 @@ impl Sys {
                             && e.claim.as_deref().is_some_and(|f| f.completion.is_some()))
                 })
             };
-            let kept = self
-                .nodes
-                .iter()
-                .filter(|n| {
-                    if n.up {
-                        !n.election.recovered() || holds(n.copies.own())
-                    } else {
-                        match &n.disk {
-                            Some(d) if d.initialized => holds(&d.entries),
-                            _ => true,
-                        }
-                    }
-                })
-                .count();
+            let kept = self.voters_keeping(holds);
             if kept < quorum {
                 self.violations.push(format!(
                     "the completion under {token:?} (told recorded at or before {:?}) is held by {kept} voters",
@@ -1270,20 +1257,7 @@ impl Sys {
         }
         for (&token, request_id) in &self.grants {
             let holds = |r: &Replica| r.get(&name).is_some_and(|e| e.token >= token);
-            let kept = self
-                .nodes
-                .iter()
-                .filter(|n| {
-                    if n.up {
-                        !n.election.recovered() || holds(n.copies.own())
-                    } else {
-                        match &n.disk {
-                            Some(d) if d.initialized => holds(&d.entries),
-                            _ => true,
-                        }
-                    }
-                })
-                .count();
+            let kept = self.voters_keeping(holds);
             if kept < quorum {
                 self.violations.push(format!(
                     "the grant of {token:?} to {request_id} (told at or before {:?}) is held by {kept} voters",
@@ -1292,6 +1266,26 @@ impl Sys {
                 return;
             }
         }
+    }
+
+    /// Voters that keep what `holds` says of a copy: up and holding it
+    /// (or still recovering: they copy before they vote), or down with an
+    /// initialized data directory holding it (down without one, they come
+    /// back recovering).
+    fn voters_keeping(&self, holds: impl Fn(&Replica) -> bool) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                if n.up {
+                    !n.election.recovered() || holds(n.copies.own())
+                } else {
+                    match &n.disk {
+                        Some(d) if d.initialized => holds(&d.entries),
+                        _ => true,
+                    }
+                }
+            })
+            .count()
     }
 
     fn check_leaders(&mut self) {

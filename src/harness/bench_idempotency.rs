@@ -137,6 +137,16 @@ fn record(i: u64) -> Record {
     }
 }
 
+/// What the restart phase measured.
+struct Restarts {
+    /// Per restart: spawn to serving, spawn to all records in memory.
+    times: Vec<(Duration, Duration)>,
+    /// The records file's size.
+    file_bytes: u64,
+    /// The agent's resident memory with all records in memory.
+    rss: u64,
+}
+
 /// Restart to serving with `n` records on disk: one agent on a data
 /// directory is stopped, its records file filled with `n` records, then
 /// started three times; each time, the time from its spawn to its first
@@ -144,11 +154,7 @@ fn record(i: u64) -> Record {
 /// from its records file: it is alone), and to its log line saying all
 /// are in memory. Also the file's size and the agent's resident memory
 /// once they are.
-fn restart(
-    bin: &std::path::Path,
-    n: usize,
-    dir: &std::path::Path,
-) -> Result<(Vec<(Duration, Duration)>, u64, u64), String> {
+fn restart(bin: &std::path::Path, n: usize, dir: &std::path::Path) -> Result<Restarts, String> {
     use crate::harness::http::get_json;
     /// What the agent logs once its records file is in memory.
     const LOADED_LINE: &str = "idempotency records loaded from the data directory";
@@ -210,7 +216,11 @@ fn restart(
             * 1024;
         agents.terminate(1, Duration::from_secs(30));
     }
-    Ok((times, file_bytes, rss))
+    Ok(Restarts {
+        times,
+        file_bytes,
+        rss,
+    })
 }
 
 /// Anti-entropy between two nodes' records, `n` each, 50 only on each
@@ -392,14 +402,26 @@ pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<()
     agents.stop_all(Duration::from_secs(10));
     let ours = ours?;
     if args.restart_records > 0 {
-        let (times, file_bytes, rss) = restart(bin, args.restart_records, &dir.join("restart"))?;
+        let Restarts {
+            times,
+            file_bytes,
+            rss,
+        } = restart(bin, args.restart_records, &dir.join("restart"))?;
         let ms = |d: &Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
         println!(
             "restart: an agent with {} records in its records file ({:.0} MB) serves a read of one {} ms after it is spawned, and holds all in memory after {} ms (each of {} restarts), then {:.0} MB resident",
             args.restart_records,
             file_bytes as f64 / 1e6,
-            times.iter().map(|t| ms(&t.0)).collect::<Vec<_>>().join(", "),
-            times.iter().map(|t| ms(&t.1)).collect::<Vec<_>>().join(", "),
+            times
+                .iter()
+                .map(|t| ms(&t.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            times
+                .iter()
+                .map(|t| ms(&t.1))
+                .collect::<Vec<_>>()
+                .join(", "),
             times.len(),
             rss as f64 / 1e6
         );
@@ -546,19 +568,10 @@ fn etcd(
 ) -> Result<Option<Figures>, String> {
     use crate::harness::etcd::EtcdCluster;
     use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-    if !EtcdCluster::available() {
-        println!("(etcd not installed: no comparison)");
+    let Some(etcd) = EtcdCluster::start_healthy(3, &dir.join("etcd"))? else {
         return Ok(None);
-    }
-    let etcd = EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?;
-    if !etcd.wait_healthy(Duration::from_secs(60)) {
-        return Err("etcd: not healthy within 60 s".into());
-    }
-    let endpoints: Vec<String> = etcd
-        .members
-        .iter()
-        .map(|m| format!("http://{}", m.client))
-        .collect();
+    };
+    let endpoints = etcd.endpoints();
     let f = runtime.block_on(async {
         let client = etcd_client::Client::connect(&endpoints, None)
             .await

@@ -541,23 +541,11 @@ fn etcd(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Option<Figures>, String> {
     use crate::harness::etcd::EtcdCluster;
-    if !EtcdCluster::available() {
-        println!("(etcd not installed: no comparison)");
+    let Some(etcd) = EtcdCluster::start_healthy(3, &dir.join("etcd"))? else {
         return Ok(None);
-    }
-    let etcd = Arc::new(Mutex::new(
-        EtcdCluster::start(3, &dir.join("etcd")).map_err(|e| e.to_string())?,
-    ));
-    if !etcd.lock().unwrap().wait_healthy(Duration::from_secs(60)) {
-        return Err("not healthy within 60 s".into());
-    }
-    let endpoints: Vec<String> = etcd
-        .lock()
-        .unwrap()
-        .members
-        .iter()
-        .map(|m| format!("http://{}", m.client))
-        .collect();
+    };
+    let endpoints = etcd.endpoints();
+    let etcd = Arc::new(Mutex::new(etcd));
     let f = runtime.block_on(async {
         let client = etcd_client::Client::connect(&endpoints, None)
             .await

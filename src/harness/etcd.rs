@@ -42,6 +42,28 @@ impl EtcdCluster {
             .is_ok_and(|s| s.success())
     }
 
+    /// Starts `n` members under `dir` for a comparison and waits until
+    /// they are healthy; `None` (said on stdout) when no etcd is installed.
+    pub fn start_healthy(n: usize, dir: &Path) -> Result<Option<EtcdCluster>, String> {
+        if !Self::available() {
+            println!("(etcd not installed: no comparison)");
+            return Ok(None);
+        }
+        let etcd = Self::start(n, dir).map_err(|e| e.to_string())?;
+        if !etcd.wait_healthy(Duration::from_secs(60)) {
+            return Err("etcd: not healthy within 60 s".into());
+        }
+        Ok(Some(etcd))
+    }
+
+    /// The members' client URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.client))
+            .collect()
+    }
+
     /// Starts `n` members with data directories under `dir` (etcd fsyncs
     /// its WAL; the comparison runs it as shipped, default timings).
     pub fn start(n: usize, dir: &Path) -> io::Result<EtcdCluster> {
