@@ -11,31 +11,11 @@ use std::time::Duration;
 use coordmesh::idempotency::history::{Answer, Execution, IdempotencyHistory};
 use coordmesh::idempotency::{IdempotencyError, Outcome};
 use coordmesh::net::Faults;
-use coordmesh::sim::SimCluster;
+use coordmesh::sim::{SimCluster, ids};
 use coordmesh::{Mesh, NodeId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
-
-fn ids(n: u64) -> Vec<NodeId> {
-    (1..=n).map(NodeId).collect()
-}
-
-/// The leader every running node agrees on, if they do.
-fn leader(c: &SimCluster) -> Option<NodeId> {
-    let running = c.running();
-    let first = c.mesh(running[0]).leader()?;
-    (running.contains(&first.id) && running.iter().all(|id| c.mesh(*id).leader() == Some(first)))
-        .then_some(first.id)
-}
-
-async fn led(c: &SimCluster) -> NodeId {
-    c.eventually(Duration::from_secs(5), "a leader all agree on", |c| {
-        leader(c).is_some()
-    })
-    .await;
-    leader(c).expect("a leader")
-}
 
 async fn cluster(seed: u64, n: u64, voters: u64) -> SimCluster {
     cluster_in(seed, n, voters, None).await
@@ -47,7 +27,7 @@ async fn cluster_in(seed: u64, n: u64, voters: u64, data: Option<&std::path::Pat
     for id in 1..=n {
         c.add(NodeId(id)).await;
     }
-    led(&c).await;
+    c.led().await;
     c
 }
 
@@ -99,6 +79,15 @@ async fn pay(
         .await
 }
 
+/// A retry of `key` (fingerprint "fp") that neither works nor waits.
+async fn retry(
+    mesh: &Mesh,
+    ledger: &Ledger,
+    key: &str,
+) -> Result<Outcome<String>, IdempotencyError> {
+    pay(mesh, ledger, key, "fp", Duration::ZERO, Duration::ZERO).await
+}
+
 /// Goal: an operation runs once; a retry through another node replays its
 /// first result (a replay says so); another request with the key is a
 /// mismatch (I7); the committed record reaches every node's replica,
@@ -108,31 +97,16 @@ async fn a_retry_on_another_node_replays_the_first_result() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3).await;
     let ledger = Ledger::default();
-    let first = pay(
-        c.mesh(NodeId(4)),
-        &ledger,
-        "p1",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await
-    .expect("executed");
+    let first = retry(c.mesh(NodeId(4)), &ledger, "p1")
+        .await
+        .expect("executed");
     assert!(
         matches!(first, Outcome::Executed(_)),
         "{first:?} (seed {seed})"
     );
     let result = first.into_inner();
     for id in ids(5) {
-        let again = pay(
-            c.mesh(id),
-            &ledger,
-            "p1",
-            "fp",
-            Duration::ZERO,
-            Duration::ZERO,
-        )
-        .await;
+        let again = retry(c.mesh(id), &ledger, "p1").await;
         assert_eq!(
             again,
             Ok(Outcome::Replayed(result.clone())),
@@ -217,7 +191,7 @@ async fn concurrent_callers_on_every_node_run_it_once() {
 async fn the_leader_killed_mid_operation_the_completion_reaches_the_next() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3).await;
-    let old = led(&c).await;
+    let old = c.led().await;
     let caller = if old == NodeId(5) {
         NodeId(4)
     } else {
@@ -249,15 +223,7 @@ async fn the_leader_killed_mid_operation_the_completion_reaches_the_next() {
         .into_iter()
         .find(|id| *id != old && *id != caller)
         .unwrap();
-    let again = pay(
-        c.mesh(other),
-        &ledger,
-        "p3",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
+    let again = retry(c.mesh(other), &ledger, "p3").await;
     assert_eq!(
         again,
         Ok(Outcome::Replayed(outcome.unwrap().into_inner())),
@@ -274,7 +240,7 @@ async fn the_leader_killed_mid_operation_the_completion_reaches_the_next() {
 async fn a_claimant_killed_mid_operation_leaves_a_recovered_claim() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let mut others = ids(5).into_iter().filter(|id| *id != leader);
     let (doomed, next) = (others.next().unwrap(), others.next().unwrap());
     let ledger = Ledger::default();
@@ -298,15 +264,7 @@ async fn a_claimant_killed_mid_operation_leaves_a_recovered_claim() {
         1,
         "the first claimant started (seed {seed})"
     );
-    let busy = pay(
-        c.mesh(next),
-        &ledger,
-        "p4",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
+    let busy = retry(c.mesh(next), &ledger, "p4").await;
     assert_eq!(busy, Err(IdempotencyError::InProgress), "(seed {seed})");
     c.kill(doomed).await;
     let outcome = pay(
@@ -323,15 +281,7 @@ async fn a_claimant_killed_mid_operation_leaves_a_recovered_claim() {
         panic!("{outcome:?} (seed {seed})");
     };
     assert_eq!(ledger.runs("p4").len(), 2, "(seed {seed})");
-    let again = pay(
-        c.mesh(leader),
-        &ledger,
-        "p4",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
+    let again = retry(c.mesh(leader), &ledger, "p4").await;
     assert_eq!(again, Ok(Outcome::Replayed(result)), "(seed {seed})");
     c.shutdown().await;
 }
@@ -405,7 +355,7 @@ async fn bad_input_is_refused_and_nothing_recorded() {
 async fn a_node_that_missed_the_notice_gets_the_record_by_anti_entropy() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let away = ids(5).into_iter().rev().find(|id| *id != leader).unwrap();
     let via = ids(5)
         .into_iter()
@@ -413,16 +363,7 @@ async fn a_node_that_missed_the_notice_gets_the_record_by_anti_entropy() {
         .unwrap();
     c.isolate(away);
     let ledger = Ledger::default();
-    let done = pay(
-        c.mesh(via),
-        &ledger,
-        "p5",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await
-    .expect("executed");
+    let done = retry(c.mesh(via), &ledger, "p5").await.expect("executed");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         c.mesh(away).idempotency_record("p5").is_none(),
@@ -437,15 +378,7 @@ async fn a_node_that_missed_the_notice_gets_the_record_by_anti_entropy() {
     .await;
     // It replays locally now, with no network.
     c.isolate(away);
-    let again = pay(
-        c.mesh(away),
-        &ledger,
-        "p5",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
+    let again = retry(c.mesh(away), &ledger, "p5").await;
     assert_eq!(
         again,
         Ok(Outcome::Replayed(done.into_inner())),
@@ -614,7 +547,7 @@ async fn chaos(seed: u64) -> Tally {
     for t in callers {
         t.await.expect("caller task");
     }
-    led(&c).await;
+    c.led().await;
     let history = env.history.lock().unwrap().clone();
     let replay = format!("replay with COORDMESH_SEED={seed} COORDMESH_SIM_SEEDS=1");
     if let Err(v) = history.check() {
@@ -696,7 +629,7 @@ fn a_seed_replays_an_idempotency_chaos_run_exactly() {
 async fn a_full_store_still_elects_a_leader_and_replays() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 3, 3).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let via = ids(3).into_iter().find(|id| *id != leader).unwrap();
     let mesh = c.mesh(via).clone();
     let result = "r".repeat(300);
@@ -717,7 +650,7 @@ async fn a_full_store_still_elects_a_leader_and_replays() {
     }
     assert!(recorded > 500, "{recorded} (seed {seed})");
     c.kill(leader).await;
-    let new = led(&c).await;
+    let new = c.led().await;
     assert_ne!(new, leader, "(seed {seed})");
     let again = idem(c.mesh(new), "fill-0")
         .fingerprint("fp")
@@ -739,7 +672,7 @@ async fn a_full_store_still_elects_a_leader_and_replays() {
 async fn a_node_whose_clock_is_off_answers_unavailable() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 4, 3).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let off = ids(4).into_iter().find(|id| *id != leader).unwrap();
     let fine = ids(4)
         .into_iter()
@@ -775,29 +708,14 @@ async fn restarts_on_data_directories_replay_and_run_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cluster_in(seed, 3, 3, Some(dir.path())).await;
     let ledger = Ledger::default();
-    let first = pay(
-        c.mesh(NodeId(2)),
-        &ledger,
-        "r1",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await
-    .expect("executed")
-    .into_inner();
+    let first = retry(c.mesh(NodeId(2)), &ledger, "r1")
+        .await
+        .expect("executed")
+        .into_inner();
     c.kill(NodeId(3)).await;
     c.restart(NodeId(3)).await;
-    led(&c).await;
-    let again = pay(
-        c.mesh(NodeId(3)),
-        &ledger,
-        "r1",
-        "fp",
-        Duration::ZERO,
-        Duration::ZERO,
-    )
-    .await;
+    c.led().await;
+    let again = retry(c.mesh(NodeId(3)), &ledger, "r1").await;
     assert_eq!(again, Ok(Outcome::Replayed(first.clone())), "(seed {seed})");
     for id in ids(3) {
         c.kill(id).await;
@@ -805,7 +723,7 @@ async fn restarts_on_data_directories_replay_and_run_nothing_twice() {
     for id in ids(3) {
         c.restart(id).await;
     }
-    led(&c).await;
+    c.led().await;
     for id in ids(3) {
         let again = pay(
             c.mesh(id),

@@ -11,33 +11,13 @@ use std::time::Duration;
 use coordmesh::locks::history::{Hold, LockHistory};
 use coordmesh::locks::{LockError, LockReply, LockRequest};
 use coordmesh::net::{Faults, SimGossip};
-use coordmesh::sim::SimCluster;
+use coordmesh::sim::{SimCluster, ids};
 use coordmesh::{Mesh, NodeId, Token};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
 
 const TTL: Duration = Duration::from_millis(2000);
-
-fn ids(n: u64) -> Vec<NodeId> {
-    (1..=n).map(NodeId).collect()
-}
-
-/// The leader every running node agrees on, if they do.
-fn leader(c: &SimCluster) -> Option<NodeId> {
-    let running = c.running();
-    let first = c.mesh(running[0]).leader()?;
-    (running.contains(&first.id) && running.iter().all(|id| c.mesh(*id).leader() == Some(first)))
-        .then_some(first.id)
-}
-
-async fn led(c: &SimCluster) -> NodeId {
-    c.eventually(Duration::from_secs(5), "a leader all agree on", |c| {
-        leader(c).is_some()
-    })
-    .await;
-    leader(c).expect("a leader")
-}
 
 async fn cluster(seed: u64, n: u64, voters: u64, data: Option<&std::path::Path>) -> SimCluster {
     cluster_gossiping(seed, n, voters, data, SimGossip::Model).await
@@ -55,7 +35,7 @@ async fn cluster_gossiping(
     for id in 1..=n {
         c.add(NodeId(id)).await;
     }
-    led(&c).await;
+    c.led().await;
     c
 }
 
@@ -103,7 +83,7 @@ async fn status(mesh: &Mesh, name: &str) -> LockReply {
 async fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3, None).await;
-    let old = led(&c).await;
+    let old = c.led().await;
     let (first, second) = remote_clients(&c).await;
     let guard = first
         .lock("job")
@@ -130,7 +110,7 @@ async fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
         assert!(guard.is_valid(), "lost through the failover (seed {seed})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let new = led(&c).await;
+    let new = c.led().await;
     assert_eq!(
         first.leader(),
         Some(c.mesh(new).config().rpc_addr),
@@ -163,7 +143,7 @@ async fn a_remote_client_keeps_its_lock_through_a_leader_kill() {
 async fn a_remote_acquire_whose_call_was_given_up_is_not_stranded() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let host: std::net::IpAddr = "127.200.0.1".parse().unwrap();
     let client = c.remote_client(host).await;
     let others: Vec<NodeId> = ids(3).into_iter().filter(|id| *id != leader).collect();
@@ -219,7 +199,7 @@ async fn a_remote_acquire_whose_call_was_given_up_is_not_stranded() {
 async fn a_remote_call_outlasts_a_lost_ping() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
     let host: std::net::IpAddr = "127.200.0.1".parse().unwrap();
     let client = c.remote_client(host).await;
@@ -249,7 +229,7 @@ async fn a_remote_call_outlasts_a_lost_ping() {
 async fn a_closed_remote_client_releases_its_locks() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
-    led(&c).await;
+    c.led().await;
     let (first, second) = remote_clients(&c).await;
     let guard = first.lock("job").ttl(TTL).acquire().await.unwrap();
     let closed_at = c.now();
@@ -276,7 +256,7 @@ async fn a_closed_remote_client_releases_its_locks() {
 async fn a_closing_remote_client_stops_believing_before_its_lock_passes_on() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
-    led(&c).await;
+    c.led().await;
     let (first, second) = remote_clients(&c).await;
     let guard = first.lock("job").ttl(TTL).acquire().await.unwrap();
     let clock = first.clone();
@@ -320,7 +300,7 @@ async fn a_closing_remote_client_stops_believing_before_its_lock_passes_on() {
 async fn a_grant_to_a_closed_remote_client_is_released() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let holder = c.mesh(leader).lock("q").ttl(TTL).acquire().await.unwrap();
     let (first, second) = remote_clients(&c).await;
     let queued = queue_for_q(&first);
@@ -347,7 +327,7 @@ async fn a_grant_to_a_closed_remote_client_is_released() {
 async fn a_remote_client_counts_validity_with_the_clusters_drift() {
     let seed = SimCluster::seed_from_env();
     let c = cluster(seed, 3, 3, None).await;
-    led(&c).await;
+    c.led().await;
     let options = coordmesh::client::ClientOptions { drift: 0.1 };
     let client = c
         .remote_client_with("127.200.0.1".parse().unwrap(), options)
@@ -379,7 +359,7 @@ async fn a_remote_client_counts_validity_with_the_clusters_drift() {
 async fn holder_keeps_lock_and_token_across_leader_kill() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3, None).await;
-    let old = led(&c).await;
+    let old = c.led().await;
     let holder = if old == NodeId(5) {
         NodeId(4)
     } else {
@@ -412,7 +392,7 @@ async fn holder_keeps_lock_and_token_across_leader_kill() {
         assert_ne!(answer, Ok(LockReply::Lost), "K6 (seed {seed})");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let new = led(&c).await;
+    let new = c.led().await;
     assert_ne!(new, old);
     tokio::time::sleep(TTL * 3).await;
     assert!(
@@ -486,7 +466,7 @@ async fn lock_of_a_killed_holder_passes_on_only_after_its_ttl() {
 async fn restarted_voters_without_data_dirs_keep_the_table() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 4, 3, None).await;
-    let leader = led(&c).await;
+    let leader = c.led().await;
     let guard = c
         .mesh(NodeId(4))
         .lock("job")
@@ -504,7 +484,7 @@ async fn restarted_voters_without_data_dirs_keep_the_table() {
         );
     }
     c.kill(leader).await;
-    let new = led(&c).await;
+    let new = c.led().await;
     tokio::time::sleep(TTL * 2).await;
     assert!(guard.is_valid(), "kept after the leader died (seed {seed})");
     assert!(matches!(
@@ -1006,7 +986,7 @@ async fn chaos_gossiping(seed: u64, gossip: SimGossip) -> Stats {
     }
     work.publish(&c);
     work.stop_clients().await;
-    led(&c).await;
+    c.led().await;
     every_waiter_served(&c, seed, &work).await;
     c.shutdown().await;
     work.finish(&c)
@@ -1024,7 +1004,7 @@ async fn leader_serving_its_epoch_again_keeps_what_it_granted() {
     for id in 1..=5 {
         c.add(NodeId(id)).await;
     }
-    assert_eq!(led(&c).await, NodeId(1), "seed {seed}");
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
     let guard = c
         .mesh(NodeId(2))
         .lock("a")
@@ -1038,7 +1018,7 @@ async fn leader_serving_its_epoch_again_keeps_what_it_granted() {
         let before = c.mesh(NodeId(1)).leader().map(|l| (l.id, l.epoch));
         c.pause(NodeId(1), Duration::from_millis(400)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = led(&c).await;
+        let now = c.led().await;
         let after = c.mesh(now).leader().map(|l| (l.id, l.epoch));
         if after == before {
             same_epoch_again += 1;
@@ -1106,7 +1086,7 @@ async fn finding_1_a_retry_is_not_granted_from_a_minority_copy() {
     for id in 2..=4 {
         c.add_tuned(NodeId(id), patient.clone()).await;
     }
-    assert_eq!(led(&c).await, NodeId(1), "seed {seed}");
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
     let epoch = c.mesh(NodeId(1)).leader().map(|l| l.epoch);
     let acquire = |id: &str| LockRequest::Acquire {
         name: "g".into(),
@@ -1276,7 +1256,7 @@ async fn finding_3_voters_back_on_empty_data_dirs_copy_before_they_vote() {
     for id in 1..=6 {
         c.add(NodeId(id)).await;
     }
-    assert_eq!(led(&c).await, NodeId(1), "seed {seed}");
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
     // The grant's batch reaches voters 2 and 3 only.
     for v in [4, 5] {
         c.block(NodeId(1), NodeId(v));
@@ -1368,12 +1348,12 @@ async fn finding_4_a_durable_voter_back_late_does_not_outrank_the_new_cluster() 
     for id in 1..=4 {
         c.add(NodeId(id)).await;
     }
-    led(&c).await;
+    c.led().await;
     // Many epochs in the old life, and a tombstone of `a` at its end.
     for _ in 0..12 {
-        let l = led(&c).await;
+        let l = c.led().await;
         c.kill(l).await;
-        led(&c).await;
+        c.led().await;
         c.restart(l).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -1407,7 +1387,7 @@ async fn finding_4_a_durable_voter_back_late_does_not_outrank_the_new_cluster() 
     c.restart(NodeId(1)).await;
     // Voter 1's old promise makes the next leader take a higher epoch.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    led(&c).await;
+    c.led().await;
     let other = c.mesh(NodeId(2)).lock("a").ttl(TTL).try_acquire().await;
     assert!(holder.is_valid(), "the holder keeps its lock (seed {seed})");
     assert!(
@@ -1441,7 +1421,7 @@ async fn a_full_restart_with_a_durable_majority_keeps_the_locks() {
     for id in 1..=3 {
         c.add(NodeId(id)).await;
     }
-    led(&c).await;
+    c.led().await;
     let holder = outside_acquire(c.mesh(NodeId(3)), "job", Duration::from_secs(3)).await;
     for id in 1..=3 {
         c.kill(NodeId(id)).await;
@@ -1453,7 +1433,7 @@ async fn a_full_restart_with_a_durable_majority_keeps_the_locks() {
         .eventually(
             Duration::from_secs(2),
             "a leader, without waiting out a TTL",
-            |c| leader(c).is_some(),
+            |c| c.agreed_leader().is_some(),
         )
         .await;
     assert!(back < Duration::from_secs(2), "seed {seed}");
@@ -1483,7 +1463,7 @@ async fn a_slow_disk_does_not_lapse_the_leaders_lease() {
     for id in 1..=4 {
         c.add(NodeId(id)).await;
     }
-    let first = led(&c).await;
+    let first = c.led().await;
     let epoch = c.mesh(first).leader().map(|l| l.epoch);
     let mut lapses = 0;
     for i in 0..20 {
@@ -1632,7 +1612,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
     for id in 1..=5 {
         c.add(NodeId(id)).await;
     }
-    led(&c).await;
+    c.led().await;
     let mut work = Workload::new(&c);
     for i in 0..3 {
         work.spawn(client(i, seed, work.clients()));
@@ -1733,7 +1713,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
     work.publish(&c);
     // A full restart of ephemeral voters waits out the longest TTL.
     c.eventually(Duration::from_secs(10), "a leader all agree on", |c| {
-        leader(c).is_some()
+        c.agreed_leader().is_some()
     })
     .await;
     every_waiter_served(&c, seed, &work).await;
@@ -1774,7 +1754,7 @@ async fn old_ack_scenario(late: Duration) {
     for id in 1..=6 {
         c.add(NodeId(id)).await;
     }
-    assert_eq!(led(&c).await, NodeId(1), "seed {seed}");
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
     for v in [3, 4, 5] {
         c.drop_requests(NodeId(1), NodeId(v), "lock-replicate");
     }

@@ -84,7 +84,33 @@ pub struct SimCluster {
     pub disk_latency: Duration,
 }
 
+/// Node ids 1 to `n`.
+pub fn ids(n: u64) -> Vec<NodeId> {
+    (1..=n).map(NodeId).collect()
+}
+
 impl SimCluster {
+    /// The leader every running node agrees on, if they do and it runs.
+    pub fn agreed_leader(&self) -> Option<NodeId> {
+        let running = self.running();
+        let first = self.mesh(*running.first()?).leader()?;
+        (running.contains(&first.id)
+            && running
+                .iter()
+                .all(|id| self.mesh(*id).leader() == Some(first)))
+        .then_some(first.id)
+    }
+
+    /// Waits (up to 5 s of virtual time) for a leader every running node
+    /// agrees on.
+    pub async fn led(&self) -> NodeId {
+        self.eventually(Duration::from_secs(5), "a leader all agree on", |c| {
+            c.agreed_leader().is_some()
+        })
+        .await;
+        self.agreed_leader().expect("a leader")
+    }
+
     /// The seed from `COORDMESH_SEED`, or a random one.
     pub fn seed_from_env() -> u64 {
         std::env::var("COORDMESH_SEED")
