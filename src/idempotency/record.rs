@@ -243,8 +243,9 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 /// A record as a replica keeps it: key, fingerprint and result in one
 /// allocation (three would cost three allocator headers and three
 /// 24-byte vectors a record), its id computed once. Ordered by key
-/// bytes, the order of the key strings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// bytes, the order of the key strings; equal by key too, as a set
+/// element (two whole records compare with [`Packed::same`]).
+#[derive(Debug, Clone)]
 struct Packed {
     /// The key, the fingerprint, the result, one after the other.
     bytes: Box<[u8]>,
@@ -327,6 +328,28 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// Every field equal.
+    fn same(&self, other: &Packed) -> bool {
+        self.bytes == other.bytes
+            && self.claim == other.claim
+            && self.expires_at_ms == other.expires_at_ms
+            && self.id == other.id
+            && self.key_len == other.key_len
+            && self.fingerprint_len == other.fingerprint_len
+            && self.recovered == other.recovered
+            && self.committed == other.committed
+    }
+}
+
+impl PartialEq for Packed {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Packed {}
+
 impl Ord for Packed {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.key().cmp(other.key())
@@ -347,10 +370,24 @@ impl std::borrow::Borrow<[u8]> for Packed {
 
 /// A node's replica of the records, with their expiry (I6): per key the
 /// highest-ranked record, as [`crate::replication::Replica`] merges, kept packed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Records {
     packed: std::collections::BTreeSet<Packed>,
 }
+
+/// Two replicas are equal when they hold the same records, every field.
+impl PartialEq for Records {
+    fn eq(&self, other: &Self) -> bool {
+        self.packed.len() == other.packed.len()
+            && self
+                .packed
+                .iter()
+                .zip(&other.packed)
+                .all(|(a, b)| a.same(b))
+    }
+}
+
+impl Eq for Records {}
 
 impl Records {
     /// Merges `record` unless it has expired at wall-clock `now_ms` (an
