@@ -123,6 +123,19 @@ pub struct Mesh {
     inner: Arc<Inner>,
 }
 
+/// Stops `store` writing to and loading from its records file and waits
+/// for the writer (once it wrote what it holds) and the loader to end.
+async fn close_records(store: &crate::idempotency::Store, threads: Option<RecordsThreads>) {
+    store.close_disk();
+    if let Some((writer, loader)) = threads {
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = loader.join();
+            writer.join()
+        })
+        .await;
+    }
+}
+
 /// The records file's writer and loader threads.
 type RecordsThreads = (
     std::thread::JoinHandle<()>,
@@ -307,11 +320,19 @@ impl Mesh {
         // memory: the file is no part of the protocol.
         let (records, records_threads) = match (&config.data_dir, &env.clock) {
             (Some(dir), Clock::Boottime) => {
-                let opened = crate::storage::records::open_store(dir, env.clock.wall_ms())
-                    .map_err(|source| StartError::DataDir {
-                        path: dir.clone(),
-                        source,
-                    })?;
+                let (path, wall_ms) = (dir.clone(), env.clock.wall_ms());
+                // Off the runtime: a file not closed cleanly is repaired
+                // as it opens.
+                let opened = tokio::task::spawn_blocking(move || {
+                    crate::storage::records::open_store(&path, wall_ms)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|opened| opened)
+                .map_err(|source| StartError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
                 for problem in &opened.problems {
                     tracing::warn!("{problem}");
                 }
@@ -335,7 +356,14 @@ impl Mesh {
             metrics.clone(),
         )
         .await
-        .map_err(|e| StartError::from_bind("rpc", config.rpc_addr, e))?;
+        .map_err(|e| StartError::from_bind("rpc", config.rpc_addr, e));
+        let rpc = match rpc {
+            Ok(rpc) => rpc,
+            Err(e) => {
+                close_records(&records, records_threads).await;
+                return Err(e);
+            }
+        };
         let rpc = Arc::new(rpc);
         config.rpc_addr = rpc.local_addr();
         let membership = match Membership::start(&config, gossip, generation, metrics.clone()).await
@@ -343,6 +371,7 @@ impl Mesh {
             Ok(membership) => membership,
             Err(e) => {
                 rpc.close().await;
+                close_records(&records, records_threads).await;
                 return Err(StartError::Gossip(format!("{e:#}")));
             }
         };
@@ -564,6 +593,12 @@ impl Mesh {
         self.inner.shared.records.skewed()
     }
 
+    /// True once this node has measured its wall clock against the
+    /// leader's: it answers nothing from its own records before (I6).
+    pub fn idempotency_clock_measured(&self) -> bool {
+        self.inner.shared.records.measured()
+    }
+
     /// Every record in this node's replica, by key (unexpired; committed or
     /// not, [`crate::idempotency::Record::committed`] says).
     pub fn idempotency_records(&self) -> Vec<crate::idempotency::Record> {
@@ -676,23 +711,16 @@ impl Mesh {
         self.close_records().await;
     }
 
-    /// Ends the records file's writer once it wrote what it holds, and
-    /// its loader, so the file is closed when shutdown returns.
+    /// Ends the records file's writer and loader: the file is closed
+    /// when shutdown returns.
     async fn close_records(&self) {
-        self.inner.shared.records.close_disk();
         let threads = self
             .inner
             .records_threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some((writer, loader)) = threads {
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = loader.join();
-                writer.join()
-            })
-            .await;
-        }
+        close_records(&self.inner.shared.records, threads).await;
     }
 
     /// Stops at once without telling peers, as a crash would (peers time

@@ -237,30 +237,80 @@ fn a_completion_survives_a_leader_kill_and_a_full_restart() {
     a.stop_all(WITHIN);
 }
 
+/// Begins `key` through `http` and completes it with `result`.
+fn run_once(http: std::net::SocketAddr, key: &str, begin: &Value, result: &str) {
+    let r = post(http, &format!("/v1/idempotency/{key}/begin"), begin.clone());
+    assert_eq!(r.status, 200, "{r:?}");
+    let claim = claim_of(&r.body);
+    let r = post(
+        http,
+        &format!("/v1/idempotency/{key}/complete"),
+        json!({"claim": claim, "result": result}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// GETs `path` until the agent answers (a refused connection is no
+/// answer): Ok with a 200's body, Err with any other status's text.
+fn first_answer(http: std::net::SocketAddr, path: &str) -> Result<Value, String> {
+    let start = Instant::now();
+    loop {
+        match get_json(http, path, WITHIN) {
+            Ok(v) => return Ok(v),
+            Err(e) if e.starts_with("HTTP ") => return Err(e),
+            Err(_) if start.elapsed() < WITHIN => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the agent never answered: {e}"),
+        }
+    }
+}
+
 /// Goal: an agent restarted on its data directory replays from its
-/// records file at once, with no peer up: its first answer to a read is
-/// the record it held before it stopped, and a retry of the request is
-/// replayed without a leader. (Without the file it would hold no record
-/// until anti-entropy with a peer, and a retry would wait for a leader.)
+/// records file at once: a lone agent (its own leader, no peer to refill
+/// it), restarted, answers a read of a record it held with the record,
+/// once it has measured its clock (against itself: at once), and
+/// replays a retry. (Without the file it answers 404: the completion is
+/// in its lock log, but reads answer from the records alone.)
 #[test]
-fn a_restarted_agent_replays_from_its_records_file_alone() {
+fn a_restarted_agent_replays_from_its_records_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agents::start_led(Path::new(BIN), 1, dir.path(), WITHIN).unwrap();
+    let h = a.spec(1).http;
+    let begin = json!({"fingerprint": "f", "claim_ttl_ms": 10_000});
+    run_once(h, "invoice-7", &begin, "sent");
+    a.terminate(1, WITHIN).expect("the agent stops on SIGTERM");
+    a.start(1).unwrap();
+    let record = loop {
+        match first_answer(h, "/v1/idempotency/invoice-7") {
+            Err(e) if e.contains("clock_unknown") => std::thread::sleep(Duration::from_millis(5)),
+            other => break other,
+        }
+    }
+    .expect("the record is read from the records file");
+    assert_eq!(record["result"], "sent", "{record}");
+    let r = post(h, "/v1/idempotency/invoice-7/begin", begin);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (&r.body["state"], &r.body["result"]),
+        (&json!("completed"), &json!("sent"))
+    );
+    a.stop_all(WITHIN);
+}
+
+/// Goal (I6): an agent restarted alone, with no leader to measure its
+/// clock against, answers nothing from its records (it cannot tell
+/// whether its clock runs far behind and would replay what the cluster
+/// has expired): 503 `clock_unknown`, though its records file holds the
+/// record. Once a peer is back and a leader is elected, it answers.
+#[test]
+fn a_restarted_agent_answers_from_its_records_only_once_its_clock_is_measured() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Agents::start_led(Path::new(BIN), 3, dir.path(), WITHIN).unwrap();
     let (leader, _) = a.agreed_leader().unwrap();
     let x = a.ids().into_iter().find(|id| *id != leader).unwrap();
     let h = a.spec(x).http;
-    let begin = json!({"fingerprint": "f", "claim_ttl_ms": 10_000});
-    let r = post(h, "/v1/idempotency/invoice-7/begin", begin.clone());
-    assert_eq!(r.status, 200, "{r:?}");
-    let claim = claim_of(&r.body);
-    let r = post(
-        h,
-        "/v1/idempotency/invoice-7/complete",
-        json!({"claim": claim, "result": "sent"}),
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    run_once(h, "invoice-8", &json!({"fingerprint": "f"}), "sent");
     a.wait_until(WITHIN, |a| {
-        get_json(a.spec(x).http, "/v1/idempotency/invoice-7", WITHIN).is_ok()
+        get_json(a.spec(x).http, "/v1/idempotency/invoice-8", WITHIN).is_ok()
     })
     .expect("the agent holds the record");
     for id in a.ids() {
@@ -270,23 +320,19 @@ fn a_restarted_agent_replays_from_its_records_file_alone() {
     }
     a.terminate(x, WITHIN).expect("the agent stops on SIGTERM");
     a.start(x).unwrap();
-    // Its first answer: any HTTP status is one, a refused connection is not.
-    let start = Instant::now();
-    let first = loop {
-        match get_json(h, "/v1/idempotency/invoice-7", WITHIN) {
-            Ok(v) => break Ok(v),
-            Err(e) if e.starts_with("HTTP ") => break Err(e),
-            Err(_) if start.elapsed() < WITHIN => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("the agent never answered: {e}"),
-        }
-    };
-    let record = first.expect("the record is read from the records file");
-    assert_eq!(record["result"], "sent", "{record}");
-    let r = post(h, "/v1/idempotency/invoice-7/begin", begin);
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(
-        (&r.body["state"], &r.body["result"]),
-        (&json!("completed"), &json!("sent"))
+    let e = first_answer(h, "/v1/idempotency/invoice-8").expect_err("no leader, no answer");
+    assert!(
+        e.starts_with("HTTP 503") && e.contains("clock_unknown"),
+        "{e}"
     );
+    std::thread::sleep(Duration::from_millis(500));
+    let e = first_answer(h, "/v1/idempotency/invoice-8").expect_err("still no leader");
+    assert!(e.contains("clock_unknown"), "{e}");
+    a.start(leader).unwrap();
+    a.wait_until(WITHIN, |a| {
+        get_json(a.spec(x).http, "/v1/idempotency/invoice-8", WITHIN)
+            .is_ok_and(|r| r["result"] == "sent")
+    })
+    .expect("answered once a leader measured its clock");
     a.stop_all(WITHIN);
 }

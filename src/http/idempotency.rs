@@ -177,6 +177,11 @@ fn begin_error(e: IdempotencyError) -> Response {
                 "this agent's clock is {offset_ms} ms off the leader's; ask another agent, and fix this one's clock"
             ),
         ),
+        IdempotencyError::ClockUnknown => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clock_unknown",
+            "this agent has not yet measured its clock against the leader's (it just started, or knows no leader); retry, or ask another agent",
+        ),
         IdempotencyError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -296,6 +301,9 @@ pub(super) async fn get(State(mesh): State<Mesh>, Path(key): Path<String>) -> Re
     }
     if let Some(offset_ms) = mesh.idempotency_clock_skew() {
         return begin_error(IdempotencyError::ClockSkew { offset_ms });
+    }
+    if !mesh.idempotency_clock_measured() {
+        return begin_error(IdempotencyError::ClockUnknown);
     }
     match mesh.idempotency_record(&key) {
         Some(record) => Json(json!({

@@ -131,6 +131,13 @@ pub enum IdempotencyError {
         /// The offset measured, in milliseconds.
         offset_ms: i64,
     },
+    /// This node has not yet measured its wall clock against a leader's
+    /// (it just started, or knows no leader): it answers nothing from its
+    /// own records until it has (I6); a begin goes to the leader.
+    #[error(
+        "this node has not yet measured its clock against the leader's; retry, or ask another node"
+    )]
+    ClockUnknown,
 }
 
 /// An idempotent operation to run: see [`crate::Mesh::idempotent`].

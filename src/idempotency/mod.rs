@@ -37,14 +37,31 @@ pub enum Change {
     Drop(Vec<Vec<u8>>),
 }
 
+/// The offset of a store whose clock was never measured.
+const UNMEASURED: i64 = i64::MIN;
+
 /// A node's records, shared by its driver (commit notices), its RPC
 /// service (notices from the leader) and its API (local replays).
-#[derive(Debug, Default)]
+///
+/// It answers nothing from its records until its node has measured its
+/// wall clock against the leader's (I6): a node started with a clock far
+/// behind would otherwise replay, from its records file, a record the
+/// leader has expired and whose key it may have claimed again since.
+#[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
     /// This node's wall clock's offset from the leader's, last measured,
-    /// in milliseconds.
+    /// in milliseconds ([`UNMEASURED`] before the first measurement).
     offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store {
+            inner: Mutex::default(),
+            offset_ms: std::sync::atomic::AtomicI64::new(UNMEASURED),
+        }
+    }
 }
 
 /// Records a store has yet to take in from its data directory while
@@ -53,6 +70,16 @@ pub struct Store {
 pub trait Backing: Send + Sync + std::fmt::Debug {
     /// The stored record of `key`, if any (expired or not).
     fn read(&self, key: &str) -> Option<Record>;
+}
+
+/// See [`Store::loading_guard`].
+#[derive(Debug)]
+pub struct LoadingGuard<'a>(&'a Store);
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finish_loading();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +137,13 @@ impl Store {
         self.lock().loading = None;
     }
 
+    /// Ends the loading when dropped, however the load ends (a panic
+    /// included): a store left loading would read through for ever and
+    /// never take part in anti-entropy.
+    pub fn loading_guard(&self) -> LoadingGuard<'_> {
+        LoadingGuard(self)
+    }
+
     /// Merges records read from the records file (not written back to
     /// it); how many were news.
     pub fn load(&self, records: &[Record], now_ms: u64) -> usize {
@@ -124,17 +158,20 @@ impl Store {
     /// taken (expired, unreadable), unless a record of the key arrived
     /// meanwhile: decided under the lock the changes are sent under, so a
     /// record written since is never deleted.
-    pub fn drop_unheld(&self, keys: Vec<Vec<u8>>) {
+    /// How many it deletes.
+    pub fn drop_unheld(&self, keys: Vec<Vec<u8>>) -> usize {
         let inner = self.lock();
         let gone: Vec<Vec<u8>> = keys
             .into_iter()
             .filter(|k| !inner.records.holds(k))
             .collect();
-        if !gone.is_empty()
+        let n = gone.len();
+        if n > 0
             && let Some(disk) = &inner.disk
         {
             let _ = disk.send(Change::Drop(gone));
         }
+        n
     }
 
     /// While the records file loads: the stored record of `key`, taken in
@@ -169,7 +206,11 @@ impl Store {
     /// What a request of `fingerprint` for `key` finds here at `now_ms`.
     /// A record is replayed until its expiry (the leader claims the key
     /// again from then on) and kept [`SKEW`] longer.
+    /// Nothing is found before the clock is measured.
     pub fn lookup(&self, key: &str, fingerprint: &[u8], now_ms: u64) -> Lookup {
+        if !self.measured() {
+            return Lookup::Unknown;
+        }
         let found = self
             .lock()
             .records
@@ -183,8 +224,12 @@ impl Store {
         found
     }
 
-    /// The committed record of `key`, unless expired at `now_ms`.
+    /// The committed record of `key`, unless expired at `now_ms`; none
+    /// before the clock is measured.
     pub fn get(&self, key: &str, now_ms: u64) -> Option<Record> {
+        if !self.measured() {
+            return None;
+        }
         let get = || {
             self.lock()
                 .records
@@ -265,7 +310,12 @@ impl Store {
     /// replay or spread records on a clock the others do not share.
     pub fn skewed(&self) -> Option<i64> {
         let ms = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
-        (ms.unsigned_abs() > SKEW.as_millis() as u64 / 2).then_some(ms)
+        (ms != UNMEASURED && ms.unsigned_abs() > SKEW.as_millis() as u64 / 2).then_some(ms)
+    }
+
+    /// True once this node's clock was measured against the leader's.
+    pub fn measured(&self) -> bool {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed) != UNMEASURED
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

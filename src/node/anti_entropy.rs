@@ -28,6 +28,8 @@ pub(crate) const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
 /// exchange took: an exchange reads every record's id on both sides, so
 /// a large store reconciles less often rather than taking a core.
 const PAUSE_PER_EXCHANGE_TIME: u32 = 10;
+/// How soon a node tries again to measure its clock the first time.
+const FIRST_MEASUREMENT_RETRY: Duration = Duration::from_millis(100);
 /// How long one message of an exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -71,6 +73,17 @@ pub(crate) async fn run(
 ) {
     let mut round = id.0 as usize;
     let mut pause = ANTI_ENTROPY_INTERVAL;
+    // The first measurement as soon as a leader is known: the records
+    // answer nothing before it (I6).
+    while !shared.records.measured() {
+        if shared.is_stopped() {
+            return;
+        }
+        measure_offset(id, &rpc, &membership, &shared).await;
+        if !shared.records.measured() {
+            tokio::time::sleep(FIRST_MEASUREMENT_RETRY).await;
+        }
+    }
     loop {
         tokio::time::sleep(pause).await;
         if shared.is_stopped() {

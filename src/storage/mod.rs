@@ -1,5 +1,5 @@
-//! Durable node state in the data directory (E1, E8, E7), and the one
-//! thread that writes it.
+//! Durable node state in the data directory (E1, E8, E7), and the thread
+//! that writes it (the records file, [`records`], has its own).
 //!
 //! Owns: the files, their formats and checksums, and when a write is
 //! durable. Must not decide what is written or when an ack may go: the

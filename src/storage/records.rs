@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::idempotency::{Backing, Change, Record, Store};
+use crate::replication::Merge;
 
 /// The file's name in the data directory.
 pub const RECORDS_FILE: &str = "records.redb";
@@ -34,8 +35,9 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// Changes one transaction takes at most, so a burst is written in
 /// several commits rather than one that holds the rest back.
 const CHANGES_PER_COMMIT_MAX: usize = 16_384;
-/// Records merged into the store at a time while loading.
-const LOAD_CHUNK: usize = 8_192;
+/// Records merged into the store at a time while loading: each chunk
+/// holds the store's lock, which requests wait for.
+const LOAD_CHUNK: usize = 1_024;
 /// redb's page cache: the file is read once, at start (the records are
 /// then in memory), and written after; a large cache would hold a second
 /// copy of them (redb's default is 1 GiB).
@@ -120,14 +122,14 @@ impl RecordsFile {
 
     /// Merges every record of the file into `store` (which reads through
     /// to the file meanwhile, [`Store::start_loading`]), leaving out those
-    /// expired at wall-clock `now_ms` (the store refuses them) and those
-    /// that do not decode, which are deleted from the file unless a
-    /// record of their key arrived meanwhile. Stops early if the store is
-    /// closed; ends the store's loading either way.
+    /// expired at wall-clock `now_ms` or over the size limits (the store
+    /// refuses them) and those that do not decode, which are deleted from
+    /// the file unless a record of their key arrived meanwhile. Stops
+    /// early if the store is closed; ends the store's loading however it
+    /// ends, a panic included.
     pub fn load_into(&self, store: &Store, now_ms: u64) -> io::Result<Loaded> {
-        let loaded = self.load_chunks(store, now_ms);
-        store.finish_loading();
-        loaded
+        let _finish = store.loading_guard();
+        self.load_chunks(store, now_ms)
     }
 
     fn load_chunks(&self, store: &Store, now_ms: u64) -> io::Result<Loaded> {
@@ -159,20 +161,31 @@ impl RecordsFile {
             }
         }
         load_chunk(store, &mut chunk, now_ms, &mut loaded, &mut gone);
-        loaded.dropped = gone.len();
-        store.drop_unheld(gone);
+        loaded.dropped = store.drop_unheld(gone);
         Ok(loaded)
     }
 
-    /// Applies `changes`, in order, in one durable transaction.
+    /// Applies `changes`, in order, in one durable transaction. A put
+    /// keeps the file's record of its key if that one ranks higher (the
+    /// store may have been sent a lower one while the file loaded, before
+    /// the higher one on disk reached memory).
     pub fn apply(&self, changes: &[Change]) -> io::Result<()> {
         let mut tx = self.db.begin_write().map_err(other)?;
         tx.set_durability(redb::Durability::Immediate);
+        // What a crash needs to reopen quickly is saved with each commit.
+        tx.set_quick_repair(true);
         {
             let mut table = tx.open_table(TABLE).map_err(other)?;
             for change in changes {
                 match change {
                     Change::Put(record) => {
+                        let held = table
+                            .get(record.key.as_bytes())
+                            .map_err(other)?
+                            .and_then(|v| postcard::from_bytes::<Record>(v.value()).ok());
+                        if held.is_some_and(|h| h.rank() >= record.rank()) {
+                            continue;
+                        }
                         let bytes = postcard::to_allocvec(record).map_err(other)?;
                         table
                             .insert(record.key.as_bytes(), bytes.as_slice())
@@ -190,9 +203,10 @@ impl RecordsFile {
     }
 
     /// The writer: applies what arrives on `changes` until every sender
-    /// is gone, all that queued meanwhile in each transaction. A failed
-    /// write is logged and the next goes on (the records are held in
-    /// memory and by the peers; only a restart would miss them).
+    /// is gone, all that queued meanwhile in each transaction. After a
+    /// failed write it stops (redb refuses every later one): the records
+    /// are still held in memory and by the peers, and a restart reads
+    /// the file as it was last written.
     pub fn spawn_writer(self: Arc<Self>, changes: Receiver<Change>) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("records-writer".into())
@@ -206,7 +220,8 @@ impl RecordsFile {
                         }
                     }
                     if let Err(e) = self.apply(&batch) {
-                        tracing::error!(path = %self.path.display(), error = %e, "records not written to disk");
+                        tracing::error!(path = %self.path.display(), error = %e, "records no longer written to disk until the node restarts");
+                        return;
                     }
                 }
             })
@@ -246,11 +261,12 @@ fn load_chunk(
     let taken = store.load(chunk, now_ms);
     loaded.records += taken;
     if taken < chunk.len() {
-        // Those not taken: expired, or outranked by what arrived since.
+        // Those not taken: expired, over the size limits, or outranked
+        // by what arrived since (those stay).
         gone.extend(
             chunk
                 .iter()
-                .filter(|r| r.is_expired(now_ms, crate::idempotency::SKEW))
+                .filter(|r| r.is_expired(now_ms, crate::idempotency::SKEW) || r.check().is_err())
                 .map(|r| r.key.as_bytes().to_vec()),
         );
     }

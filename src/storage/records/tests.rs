@@ -27,6 +27,9 @@ fn open_store(
     let mut loaded = opened.loader.join().expect("the loader ends")?;
     loaded.problems.splice(0..0, opened.problems);
     assert!(!opened.store.is_loading());
+    // As if the node had measured its clock against the leader's (the
+    // store answers nothing before).
+    opened.store.set_offset(0);
     Ok((opened.store, opened.writer, loaded))
 }
 
@@ -161,6 +164,12 @@ fn a_request_during_the_load_reads_through_to_the_file() {
         .unwrap();
     let store = Store::default();
     store.start_loading(file.clone());
+    assert_eq!(
+        store.get("a", 0),
+        None,
+        "nothing before the clock is measured"
+    );
+    store.set_offset(0);
     assert!(store.is_empty());
     assert_eq!(
         store.get("a", 0).map(|r| r.result),
@@ -204,6 +213,7 @@ fn what_arrives_during_the_load_is_kept_over_what_the_load_drops() {
     let mut problems = Vec::new();
     let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
     let store = Arc::new(Store::default());
+    store.set_offset(0);
     let (tx, rx) = std::sync::mpsc::channel();
     store.attach_disk(tx);
     store.start_loading(file.clone());
@@ -211,11 +221,72 @@ fn what_arrives_during_the_load_is_kept_over_what_the_load_drops() {
     // A newer record of "k" arrives before the load reaches "k".
     assert_eq!(store.merge_all(vec![record("k", 2, 1_000_000)], past), 1);
     let loaded = file.load_into(&store, past).unwrap();
-    assert_eq!((loaded.records, loaded.dropped), (0, 1));
+    assert_eq!(
+        (loaded.records, loaded.dropped),
+        (0, 0),
+        "the expired \"k\" on disk is not deleted: the newer one replaces it"
+    );
     drop(file);
     close(store, writer);
     let (store, writer, loaded) = open_store(dir.path(), past).unwrap();
     assert_eq!(loaded.records, 1);
     assert_eq!(store.get("k", past).map(|r| r.claim), Some(Token(2)));
     close(store, writer);
+}
+
+/// A put keeps the file's record of the key if that one ranks higher:
+/// the store may be sent a lower record during the load, before the
+/// higher one on disk reached memory.
+#[test]
+fn a_lower_record_does_not_replace_a_higher_one_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+    file.apply(&[Change::Put(record("k", 2, 1_000_000))])
+        .unwrap();
+    file.apply(&[Change::Put(record("k", 1, 1_000_000))])
+        .unwrap();
+    assert_eq!(file.read("k").map(|r| r.claim), Some(Token(2)));
+    file.apply(&[Change::Put(record("k", 3, 1_000_000))])
+        .unwrap();
+    assert_eq!(file.read("k").map(|r| r.claim), Some(Token(3)));
+}
+
+/// A record over the size limits (written under other limits) is
+/// dropped from the file at load, as an expired one is.
+#[test]
+fn a_record_over_the_limits_is_dropped_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut problems = Vec::new();
+        let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+        let mut big = record("big", 1, 1_000_000);
+        big.result = vec![0; crate::idempotency::record::RESULT_BYTES_MAX + 1];
+        file.apply(&[Change::Put(big), Change::Put(record("a", 1, 1_000_000))])
+            .unwrap();
+    }
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (1, 1));
+    close(store, writer);
+    let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
+    assert_eq!((loaded.records, loaded.dropped), (1, 0));
+    close(store, writer);
+}
+
+/// A load that panics (a damaged page, say) still ends the loading, so
+/// the node does not read through for ever nor shun anti-entropy: the
+/// guard `load_into` holds ends it as the panic unwinds.
+#[test]
+fn a_load_that_panics_still_ends_the_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
+    let store = Store::default();
+    store.start_loading(file);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _guard = store.loading_guard();
+        panic!("a damaged page");
+    }));
+    assert!(unwound.is_err());
+    assert!(!store.is_loading());
 }
