@@ -3,9 +3,9 @@
 //! encoding, so that a restarted node replays from its own records at
 //! once and catches up on the rest by anti-entropy.
 //!
-//! Owns: the file, its table, the thread that writes it (group commit:
-//! every change queued while a transaction commits goes into the next
-//! one, each committed with `Durability::Immediate`), and the thread
+//! Owns: the file, its table, the thread that writes it (every change
+//! queued while a transaction commits goes into the next one; the file
+//! synced at most once a second), and the thread
 //! that loads it at start. The node serves from the first moment: while
 //! the loader fills the store, a request that misses reads its key from
 //! the file ([`Backing`]). Must not
@@ -20,8 +20,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -38,6 +39,11 @@ const CHANGES_PER_COMMIT_MAX: usize = 16_384;
 /// Records merged into the store at a time while loading: each chunk
 /// holds the store's lock, which requests wait for.
 const LOAD_CHUNK: usize = 1_024;
+/// How long the writer waits for more changes after a first one before
+/// it commits them together.
+const LINGER: Duration = Duration::from_millis(100);
+/// How often the writer syncs the file at most.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// redb's page cache: the file is read once, at start (the records are
 /// then in memory), and written after; a large cache would hold a second
 /// copy of them (redb's default is 1 GiB).
@@ -170,10 +176,22 @@ impl RecordsFile {
     /// store may have been sent a lower one while the file loaded, before
     /// the higher one on disk reached memory).
     pub fn apply(&self, changes: &[Change]) -> io::Result<()> {
+        self.commit(changes, true)
+    }
+
+    /// Applies `changes` in one transaction, synced to disk if `sync`
+    /// (with what earlier unsynced ones wrote); otherwise left to the
+    /// next synced one.
+    fn commit(&self, changes: &[Change], sync: bool) -> io::Result<()> {
         let mut tx = self.db.begin_write().map_err(other)?;
-        tx.set_durability(redb::Durability::Immediate);
-        // What a crash needs to reopen quickly is saved with each commit.
-        tx.set_quick_repair(true);
+        if sync {
+            tx.set_durability(redb::Durability::Immediate);
+            // What a crash needs to reopen quickly is saved with each
+            // synced commit.
+            tx.set_quick_repair(true);
+        } else {
+            tx.set_durability(redb::Durability::None);
+        }
         {
             let mut table = tx.open_table(TABLE).map_err(other)?;
             for change in changes {
@@ -203,26 +221,52 @@ impl RecordsFile {
     }
 
     /// The writer: applies what arrives on `changes` until every sender
-    /// is gone, all that queued meanwhile in each transaction. After a
-    /// failed write it stops (redb refuses every later one): the records
-    /// are still held in memory and by the peers, and a restart reads
-    /// the file as it was last written.
+    /// is gone, all that queued meanwhile in each transaction, and syncs
+    /// the file at most every [`SYNC_INTERVAL`] (and when the senders are
+    /// gone). The file is no part of safety, and a sync per commit
+    /// competed for the disk with the lock log's, whose syncs the answers
+    /// wait for: a crash loses at most the last interval's records, which
+    /// come back from the peers. After a failed write it stops (redb
+    /// refuses every later one): the records are still held in memory and
+    /// by the peers, and a restart reads the file as it was last synced.
     pub fn spawn_writer(self: Arc<Self>, changes: Receiver<Change>) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("records-writer".into())
             .spawn(move || {
-                while let Ok(first) = changes.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < CHANGES_PER_COMMIT_MAX {
-                        match changes.try_recv() {
+                let mut synced = Instant::now();
+                let mut unsynced = false;
+                loop {
+                    let first = match changes.recv_timeout(SYNC_INTERVAL) {
+                        Ok(c) => Some(c),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    let mut batch: Vec<Change> = first.into_iter().collect();
+                    // What arrives within the linger joins the batch: a
+                    // commit a change costs the node's cores as much as
+                    // its disk.
+                    let until = Instant::now() + LINGER;
+                    while !batch.is_empty() && batch.len() < CHANGES_PER_COMMIT_MAX {
+                        match changes.recv_timeout(until.saturating_duration_since(Instant::now())) {
                             Ok(c) => batch.push(c),
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.apply(&batch) {
+                    if batch.is_empty() && !unsynced {
+                        continue;
+                    }
+                    let sync = synced.elapsed() >= SYNC_INTERVAL;
+                    if let Err(e) = self.commit(&batch, sync) {
                         tracing::error!(path = %self.path.display(), error = %e, "records no longer written to disk until the node restarts");
                         return;
                     }
+                    if sync {
+                        synced = Instant::now();
+                    }
+                    unsynced = !sync;
+                }
+                if unsynced && let Err(e) = self.commit(&[], true) {
+                    tracing::error!(path = %self.path.display(), error = %e, "the records file's last writes not synced");
                 }
             })
     }
