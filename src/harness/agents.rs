@@ -147,9 +147,38 @@ impl Agents {
         a.data_root = Some(dir.join("data"));
         a.start_all().map_err(|e| e.to_string())?;
         let all = a.ids();
-        a.wait_until(within, |a| a.all_see(&all) && a.agreed_leader().is_some())
-            .ok_or(format!("no agreed leader; logs in {}", dir.display()))?;
+        if a
+            .wait_until(within, |a| a.all_see(&all) && a.agreed_leader().is_some())
+            .is_none()
+        {
+            // The directory goes with the caller's temporary one: say here
+            // what each agent saw and logged.
+            return Err(format!(
+                "no agreed leader within {within:?}; logs in {}\n{}",
+                dir.display(),
+                a.report()
+            ));
+        }
         Ok(a)
+    }
+
+    /// For a failure's message: per agent, whether it runs, what it
+    /// reports of the leader and its members, and its log's last lines.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            let running = self.children.contains_key(&id);
+            let status = self.status(id).map_or("no status".to_string(), |s| {
+                format!("leader {} members {}", s["leader"], s["members"])
+            });
+            let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n    ");
+            out.push_str(&format!(
+                "agent {id} (running: {running}): {status}\n    {tail}\n"
+            ));
+        }
+        out
     }
 
     /// Ids of all planned agents.
