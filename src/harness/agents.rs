@@ -147,8 +147,7 @@ impl Agents {
         a.data_root = Some(dir.join("data"));
         a.start_all().map_err(|e| e.to_string())?;
         let all = a.ids();
-        if a
-            .wait_until(within, |a| a.all_see(&all) && a.agreed_leader().is_some())
+        if a.wait_until(within, |a| a.all_see(&all) && a.agreed_leader().is_some())
             .is_none()
         {
             // The directory goes with the caller's temporary one: say here
