@@ -120,8 +120,8 @@ impl Store {
         inner.loading = None;
     }
 
-    /// The records of `backing` are loading: until
-    /// [`Store::finish_loading`], a request that finds no record here
+    /// The records of `backing` are loading: until the load's guard
+    /// ([`Store::loading_guard`]) is dropped, a request that finds no record here
     /// reads it there.
     pub fn start_loading(&self, backing: std::sync::Arc<dyn Backing>) {
         self.lock().loading = Some(backing);
@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// The load is done.
-    pub fn finish_loading(&self) {
+    fn finish_loading(&self) {
         self.lock().loading = None;
     }
 
@@ -237,11 +237,6 @@ impl Store {
                 .filter(|r| r.committed)
         };
         get().or_else(|| self.read_through(key, now_ms).then(get).flatten())
-    }
-
-    /// True if a record of the key `key` (its bytes) is held, expired or not.
-    pub fn holds(&self, key: &[u8]) -> bool {
-        self.lock().records.holds(key)
     }
 
     /// Drops the records expired at `now_ms` (plus [`SKEW`]); how many.

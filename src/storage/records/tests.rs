@@ -33,6 +33,14 @@ fn open_store(
     Ok((opened.store, opened.writer, loaded))
 }
 
+/// The records file of `dir`, opened with no problem to report.
+fn file_in(dir: &std::path::Path) -> RecordsFile {
+    let mut problems = Vec::new();
+    let file = RecordsFile::open(dir, &mut problems).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    file
+}
+
 /// Closes a store as a node's shutdown does: no more changes, and the
 /// writer done with those it had.
 fn close(store: Arc<Store>, writer: JoinHandle<()>) {
@@ -112,8 +120,7 @@ fn a_file_that_is_not_one_is_set_aside_and_the_node_starts_empty() {
 fn a_record_that_does_not_decode_is_dropped_alone() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut problems = Vec::new();
-        let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+        let file = file_in(dir.path());
         file.apply(&[Change::Put(record("a", 1, 1_000_000))])
             .unwrap();
         let tx = file.db.begin_write().unwrap();
@@ -156,8 +163,7 @@ fn a_file_open_elsewhere_is_refused() {
 #[test]
 fn a_request_during_the_load_reads_through_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut problems = Vec::new();
-    let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
+    let file = Arc::new(file_in(dir.path()));
     let mut expired = record("old", 1, 10);
     expired.committed = true;
     file.apply(&[Change::Put(record("a", 1, 1_000_000)), Change::Put(expired)])
@@ -205,13 +211,11 @@ fn a_request_during_the_load_reads_through_to_the_file() {
 fn what_arrives_during_the_load_is_kept_over_what_the_load_drops() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut problems = Vec::new();
-        let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+        let file = file_in(dir.path());
         file.apply(&[Change::Put(record("k", 1, 10))]).unwrap();
     }
     let past = 10 + crate::idempotency::SKEW.as_millis() as u64;
-    let mut problems = Vec::new();
-    let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
+    let file = Arc::new(file_in(dir.path()));
     let store = Arc::new(Store::default());
     store.set_offset(0);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -240,8 +244,7 @@ fn what_arrives_during_the_load_is_kept_over_what_the_load_drops() {
 #[test]
 fn a_lower_record_does_not_replace_a_higher_one_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut problems = Vec::new();
-    let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+    let file = file_in(dir.path());
     file.apply(&[Change::Put(record("k", 2, 1_000_000))])
         .unwrap();
     file.apply(&[Change::Put(record("k", 1, 1_000_000))])
@@ -258,8 +261,7 @@ fn a_lower_record_does_not_replace_a_higher_one_on_disk() {
 fn a_record_over_the_limits_is_dropped_at_load() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut problems = Vec::new();
-        let file = RecordsFile::open(dir.path(), &mut problems).unwrap();
+        let file = file_in(dir.path());
         let mut big = record("big", 1, 1_000_000);
         big.result = vec![0; crate::idempotency::record::RESULT_BYTES_MAX + 1];
         file.apply(&[Change::Put(big), Change::Put(record("a", 1, 1_000_000))])
@@ -279,8 +281,7 @@ fn a_record_over_the_limits_is_dropped_at_load() {
 #[test]
 fn a_load_that_panics_still_ends_the_loading() {
     let dir = tempfile::tempdir().unwrap();
-    let mut problems = Vec::new();
-    let file = Arc::new(RecordsFile::open(dir.path(), &mut problems).unwrap());
+    let file = Arc::new(file_in(dir.path()));
     let store = Store::default();
     store.start_loading(file);
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
