@@ -529,6 +529,15 @@ impl Mesh {
         }
     }
 
+    /// Merges records into this node's replica as anti-entropy would
+    /// (simulations: a node's replica far ahead of another's without the
+    /// traffic that would put it there); how many were news.
+    #[cfg(feature = "sim")]
+    pub(crate) fn plant_records(&self, records: Vec<crate::idempotency::Record>) -> usize {
+        let wall_ms = self.inner.shared.clock.wall_ms();
+        self.inner.shared.records.merge_all(records, wall_ms)
+    }
+
     /// Freezes the election driver for `d`, as SIGSTOP would freeze the
     /// process (simulations).
     #[cfg(feature = "sim")]

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordmesh::idempotency::history::{Answer, Execution, IdempotencyHistory};
-use coordmesh::idempotency::{IdempotencyError, Outcome};
+use coordmesh::idempotency::{IdempotencyError, Outcome, Record};
+use coordmesh::ids::Token;
 use coordmesh::net::Faults;
 use coordmesh::sim::{SimCluster, ids};
 use coordmesh::{Mesh, NodeId};
@@ -384,6 +385,46 @@ async fn a_node_that_missed_the_notice_gets_the_record_by_anti_entropy() {
         Ok(Outcome::Replayed(done.into_inner())),
         "(seed {seed})"
     );
+    c.shutdown().await;
+}
+
+/// A node whose replica lacks more records than anti-entropy's tables
+/// carry (60,000: a node started empty beside a large store) gets them
+/// all by the walk, over the RPC frames.
+#[tokio::test(start_paused = true)]
+async fn a_node_far_behind_catches_up_by_walking_a_peers_records() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 3, 3).await;
+    let n = 60_000u64;
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            key: format!("far-{i:08}"),
+            claim: Token(i + 1),
+            fingerprint: vec![b'f'; 64],
+            recovered: false,
+            expires_at_ms: u64::MAX / 4,
+            result: vec![(i % 251) as u8; 100],
+            committed: true,
+        })
+        .collect();
+    assert_eq!(c.plant_records(NodeId(1), records.clone()), n as usize);
+    c.eventually(
+        Duration::from_secs(120),
+        "every record on every node",
+        |c| {
+            ids(3)
+                .into_iter()
+                .all(|id| c.mesh(id).idempotency_records().len() == n as usize)
+        },
+    )
+    .await;
+    for id in ids(3) {
+        assert_eq!(
+            c.mesh(id).idempotency_records(),
+            records,
+            "node {id} (seed {seed})"
+        );
+    }
     c.shutdown().await;
 }
 

@@ -4,7 +4,8 @@
 //! - in this process: a replay from a node's own records (one node, the
 //!   Rust API, no network); anti-entropy between two replicas of
 //!   `--records` records that differ in 100 (bytes and round trips, the
-//!   exchange's messages encoded as on the wire); the resident memory of
+//!   exchange's messages encoded as on the wire), and from a node that
+//!   starts empty beside `--records` (the walk); the resident memory of
 //!   `--records` records (36-byte keys, 64-byte fingerprints, 100-byte
 //!   results) in a node's records;
 //! - 3 keyed agents, voters with data directories, driven by the native
@@ -34,7 +35,7 @@ use serde_json::json;
 use crate::client::RemoteClient;
 use crate::harness::agents::Agents;
 use crate::harness::report::{micros, percentile, write_json};
-use crate::idempotency::reconcile::{Initiator, ReconcileMessage, respond};
+use crate::idempotency::reconcile::exchange_in_process;
 use crate::idempotency::{Idempotent, Record, Store};
 use crate::locks::LockPath;
 
@@ -248,29 +249,30 @@ fn reconcile(n: usize) -> Result<(usize, usize, Duration), String> {
         a.merge_all(records, 0);
     }
     b.merge_all((n as u64..n as u64 + 50).map(record).collect(), 0);
-    let size = |m: &ReconcileMessage| postcard::to_allocvec(m).map_or(0, |v| v.len());
     let start = Instant::now();
-    let (mut me, first) = Initiator::start(a.ids(0));
-    let (mut bytes, mut trips) = (size(&first), 1);
-    let mut answer = respond(&b.ids(0), |w| b.of_ids(w, 0), &first).map_err(|e| e.to_string())?;
-    loop {
-        bytes += size(&answer);
-        let ReconcileMessage::Table(table) = answer else {
-            return Err("expected a table".into());
-        };
-        let next = me
-            .on_table(table, |w| a.of_ids(w, 0))
-            .map_err(|e| e.to_string())?;
-        bytes += size(&next);
-        trips += 1;
-        let pushing = matches!(next, ReconcileMessage::Push { .. });
-        answer = respond(&b.ids(0), |w| b.of_ids(w, 0), &next).map_err(|e| e.to_string())?;
-        if pushing {
-            bytes += size(&answer);
-            break;
-        }
+    let traffic = exchange_in_process(&a.at(0), &b.at(0)).map_err(|e| e.to_string())?;
+    Ok((traffic.bytes, traffic.round_trips, start.elapsed()))
+}
+
+/// Anti-entropy between a node that starts empty and one of `n`
+/// records: the tables cannot carry the difference, so the exchange
+/// walks the full node's ids. (bytes, round trips, time).
+fn reconcile_from_empty(n: usize) -> Result<(usize, usize, Duration), String> {
+    let (empty, full) = (Store::default(), Store::default());
+    for chunk in (0..n as u64).collect::<Vec<_>>().chunks(10_000) {
+        full.merge_all(chunk.iter().map(|i| record(*i)).collect(), 0);
     }
-    Ok((bytes, trips, start.elapsed()))
+    let start = Instant::now();
+    let traffic = exchange_in_process(&empty.at(0), &full.at(0)).map_err(|e| e.to_string())?;
+    let took = start.elapsed();
+    if empty.len() != n || !traffic.walked {
+        return Err(format!(
+            "the empty node got {} of {n} records (walked: {})",
+            empty.len(),
+            traffic.walked
+        ));
+    }
+    Ok((traffic.bytes, traffic.round_trips, took))
 }
 
 /// Resident memory of this process, in bytes.
@@ -364,6 +366,17 @@ pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<()
     );
     out["anti_entropy"] = json!({"records": args.records, "differing": 100, "bytes": bytes,
         "round_trips": trips, "ms": took.as_secs_f64() * 1e3, "bound_bytes": bound});
+    let (bytes, trips, took) = reconcile_from_empty(args.records)?;
+    let held: usize = (0..args.records as u64)
+        .map(|i| postcard::to_allocvec(&record(i)).map_or(0, |v| v.len()))
+        .sum();
+    println!(
+        "anti-entropy from an empty node beside {} records: {bytes} bytes ({held} of records) in {trips} round trips ({:.0} ms in process)",
+        args.records,
+        took.as_secs_f64() * 1e3
+    );
+    out["anti_entropy_from_empty"] = json!({"records": args.records, "bytes": bytes,
+        "record_bytes": held, "round_trips": trips, "ms": took.as_secs_f64() * 1e3});
 
     // Real agents, voters with data directories.
     let times =

@@ -268,9 +268,13 @@ impl Store {
         self.lock().records.ids(now_ms, SKEW)
     }
 
-    /// The records of the ids in `wanted` (sorted) held at `now_ms`.
-    pub fn of_ids(&self, wanted: &[u64], now_ms: u64) -> Vec<Record> {
-        self.lock().records.of_ids(wanted, now_ms, SKEW)
+    /// This store at wall-clock `now_ms`, as one side of an anti-entropy
+    /// exchange sees it (expired records left out).
+    pub fn at(&self, now_ms: u64) -> StoreAt<'_> {
+        StoreAt {
+            store: self,
+            now_ms,
+        }
     }
 
     /// Merges records a peer sent (anti-entropy): each checked, expired
@@ -317,5 +321,48 @@ impl Store {
         // A panic while holding the lock leaves records that are each
         // whole (merges replace one record at a time): go on with them.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A [`Store`] at one wall-clock instant: one side of an anti-entropy
+/// exchange ([`reconcile::Side`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreAt<'a> {
+    store: &'a Store,
+    now_ms: u64,
+}
+
+impl reconcile::Side for StoreAt<'_> {
+    fn is_loading(&self) -> bool {
+        self.store.is_loading()
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.store.ids(self.now_ms)
+    }
+
+    fn ids_between(&self, after: &[u8], through: Option<&[u8]>) -> Vec<u64> {
+        self.store
+            .lock()
+            .records
+            .ids_between(after, through, self.now_ms, SKEW)
+    }
+
+    fn page(&self, after: &[u8], max: usize) -> (Vec<u64>, Option<Vec<u8>>) {
+        self.store
+            .lock()
+            .records
+            .page(after, max, self.now_ms, SKEW)
+    }
+
+    fn fetch(&self, ids: &[u64], budget: usize) -> Vec<Record> {
+        self.store
+            .lock()
+            .records
+            .fetch(ids, budget, self.now_ms, SKEW)
+    }
+
+    fn merge(&self, records: Vec<Record>) -> usize {
+        self.store.merge_all(records, self.now_ms)
     }
 }

@@ -25,6 +25,16 @@
 //! 4. the responder answers with the records wanted
 //!    ([`ReconcileMessage::Records`]).
 //!
+//! A message carries at most [`TRANSFER_BYTES_MAX`] of records and
+//! [`IDS_MAX`] wanted ids, so every message fits the RPC frame: a larger
+//! difference takes more `Push`/`Records` round trips. When the tables
+//! cannot carry the difference (a node that starts empty beside a
+//! million records), the exchange walks the responder's ids by key, a
+//! page of [`IDS_MAX`] at a time ([`ReconcileMessage::Page`],
+//! [`ReconcileMessage::Ids`]), and transfers what each page's key range
+//! lacks on either side: about 20 bytes per record held (its id in the
+//! page, and again to ask for it) plus the records that differ.
+//!
 //! A record's id ([`Record::id`]) hashes all of it, and a replica
 //! computes it once, when the record arrives: an exchange reads ids, not
 //! records, and fetches only the records it sends. Two replicas that
@@ -35,16 +45,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Record, mix};
+use super::record::{KEY_BYTES_MAX, Record, mix};
 
 /// Hash functions of an IBLT (one cell in each of as many subtables).
 const HASHES: usize = 3;
 /// The smallest table sent.
 pub const TABLE_CELLS_MIN: usize = 3 * 8;
-/// The largest table sent: past it the replicas differ in more than a
-/// reconciliation should carry at once; the caller falls back to copying
-/// ranges of records.
-pub const TABLE_CELLS_MAX: usize = 3 << 16;
+/// The largest table sent (688 KiB, within the RPC frame): past it the
+/// replicas differ in more than tables carry, and the exchange walks the
+/// responder's ids page by page instead.
+pub const TABLE_CELLS_MAX: usize = 3 << 14;
 
 /// The check hash of a cell: tells a cell holding one id from a mix.
 fn check(id: u64) -> u32 {
@@ -326,6 +336,16 @@ pub fn table_cells(estimate: usize) -> usize {
 /// and a last one twice that, for an estimate far off.
 pub const TABLES_MAX: u8 = 3;
 
+/// The most bytes of records one message carries (a `Push`'s or a
+/// `Records`'): the rest follow in the next messages of the exchange.
+/// With one record over it and a full list of wanted ids, a message stays
+/// within the RPC frame.
+pub const TRANSFER_BYTES_MAX: usize = 512 * 1024;
+/// The most ids a `Push` asks for, or a page of the walk carries.
+pub const IDS_MAX: usize = 32 * 1024;
+/// The fewest ids a `Push` asks for while any are wanted.
+const ASK_MIN: usize = 16;
+
 /// A record id as it travels: its eight bytes (postcard would spend up
 /// to ten on a `u64` of random bits).
 pub type WireId = [u8; 8];
@@ -345,16 +365,32 @@ pub enum ReconcileMessage {
         /// Its hash seed.
         seed: u8,
     },
-    /// Initiator: the records the responder lacks, and the ids of those
-    /// it wants.
+    /// Initiator: records the responder lacks, and the ids of records it
+    /// wants (at most [`IDS_MAX`]).
     Push {
         /// Records for the responder.
         records: Vec<Record>,
         /// Ids of the responder's records the initiator lacks.
         want: Vec<WireId>,
     },
-    /// Responder: the records asked for.
+    /// Responder: records asked for, as many as fit
+    /// [`TRANSFER_BYTES_MAX`] (at least one if any is held).
     Records(Vec<Record>),
+    /// Initiator, when the tables cannot carry the difference: the ids of
+    /// the responder's records whose keys follow `after`, by key.
+    Page {
+        /// The last key of the page before (empty: from the first).
+        after: Vec<u8>,
+    },
+    /// Responder: the ids of up to [`IDS_MAX`] records whose keys follow
+    /// the `Page`'s, by key.
+    Ids {
+        /// Their ids.
+        ids: Vec<WireId>,
+        /// The key of the last of them if records follow it; `None`: the
+        /// page reaches the last record.
+        last: Option<Vec<u8>>,
+    },
 }
 
 /// Why a reconciliation stops.
@@ -364,49 +400,171 @@ pub enum ReconcileError {
     /// dropped, the exchange abandoned (the next one starts over).
     #[error("a reconciliation message out of turn or malformed")]
     Unexpected,
-    /// The replicas differ in more than [`TABLES_MAX`] tables carry: copy
-    /// instead (the caller's fallback).
-    #[error("the replicas differ in more than a reconciliation carries")]
-    TooDifferent,
     /// The responder is still loading its records file: its ids are not
     /// yet all it holds.
     #[error("the peer is loading its records")]
     Loading,
 }
 
-/// The initiator's side of one exchange over the ids of the records it
-/// holds now (expired records left out by the caller).
+/// What one side of an exchange holds, at one wall-clock instant
+/// (expired records left out): the exchange reads and merges through it.
+pub trait Side {
+    /// True while the side's records file loads: its ids are not yet all
+    /// it holds, so it does not answer.
+    fn is_loading(&self) -> bool {
+        false
+    }
+    /// The ids of every record held.
+    fn ids(&self) -> Vec<u64>;
+    /// The ids of the records whose keys follow `after` and are at most
+    /// `through` (every later key if `None`).
+    fn ids_between(&self, after: &[u8], through: Option<&[u8]>) -> Vec<u64>;
+    /// The ids of the first `max` records whose keys follow `after`, by
+    /// key, and the key of the last if records follow it.
+    fn page(&self, after: &[u8], max: usize) -> (Vec<u64>, Option<Vec<u8>>);
+    /// The records of the ids in `ids` (sorted), in key order, as many as
+    /// fit `budget` bytes (at least one if any is held).
+    fn fetch(&self, ids: &[u64], budget: usize) -> Vec<Record>;
+    /// Merges records the peer sent; how many were news.
+    fn merge(&self, records: Vec<Record>) -> usize;
+}
+
+/// What the initiator does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send this message and hand the answer to
+    /// [`Initiator::on_answer`].
+    Send(ReconcileMessage),
+    /// The exchange is over.
+    Done,
+}
+
+/// The initiator's side of one exchange.
 #[derive(Debug)]
 pub struct Initiator {
-    /// Its ids, sorted.
+    /// Its ids when it started, sorted (the tables are over these).
     ids: Vec<u64>,
     /// Its table minus the responder's, one per table received.
     differences: Vec<Iblt>,
     /// The size asked for in `More`, if any.
     asked: Option<usize>,
+    phase: Phase,
+    /// Records the responder's messages brought that were news here.
+    news: usize,
+    /// True once the tables gave way to the walk.
+    walked: bool,
+    /// How many ids to ask for next: what the last `Records` held and a
+    /// quarter more, so a long list of wanted ids is not sent again with
+    /// every message.
+    ask: usize,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Awaiting a table.
+    Tables,
+    /// Sending `push` (its ids, sorted) and fetching `want`; `asking`
+    /// are the ids of the `Push` awaiting its `Records`.
+    Transfer {
+        push: Vec<u64>,
+        want: Vec<u64>,
+        asking: Vec<u64>,
+        then: Then,
+    },
+    /// Awaiting the page of the responder's ids after `after`.
+    Page { after: Vec<u8> },
+}
+
+/// What follows a transfer.
+#[derive(Debug)]
+enum Then {
+    /// The exchange ends.
+    Done,
+    /// The walk goes on after this key.
+    Page(Vec<u8>),
 }
 
 impl Initiator {
-    /// Starts an exchange over `ids`: the first message.
-    pub fn start(mut ids: Vec<u64>) -> (Initiator, ReconcileMessage) {
+    /// Starts an exchange over what `side` holds: the first message.
+    pub fn start(side: &impl Side) -> (Initiator, ReconcileMessage) {
+        let mut ids = side.ids();
         ids.sort_unstable();
         let estimator = Estimator::new(ids.iter().copied());
         let me = Initiator {
             ids,
             differences: Vec::new(),
             asked: None,
+            phase: Phase::Tables,
+            news: 0,
+            walked: false,
+            ask: IDS_MAX,
         };
         (me, ReconcileMessage::Start(estimator))
     }
 
-    /// A table from the responder: the records it lacks (`fetch` gives
-    /// those of the ids it is handed, sorted) and the ids wanted, or a
-    /// request for one more table.
-    pub fn on_table(
+    /// Records the exchange brought that were news here.
+    pub fn news(&self) -> usize {
+        self.news
+    }
+
+    /// True if the replicas differed in more than the tables carry, so
+    /// the exchange walked the responder's ids page by page.
+    pub fn walked(&self) -> bool {
+        self.walked
+    }
+
+    /// The responder's answer: the next message, or the end. Records
+    /// that arrive are merged into `side`.
+    pub fn on_answer(
         &mut self,
-        table: Iblt,
-        fetch: impl FnOnce(&[u64]) -> Vec<Record>,
-    ) -> Result<ReconcileMessage, ReconcileError> {
+        side: &impl Side,
+        answer: ReconcileMessage,
+    ) -> Result<Step, ReconcileError> {
+        match (&mut self.phase, answer) {
+            (Phase::Tables, ReconcileMessage::Table(table)) => self.on_table(side, table),
+            (Phase::Transfer { want, asking, .. }, ReconcileMessage::Records(records)) => {
+                let mut came: Vec<u64> = records.iter().map(Record::id).collect();
+                came.sort_unstable();
+                // None of those asked for came: the responder no longer
+                // holds them (expired, or replaced by a later version,
+                // which the next exchange finds).
+                let gone = !asking.iter().any(|id| came.binary_search(id).is_ok());
+                want.retain(|id| {
+                    came.binary_search(id).is_err() && !(gone && asking.binary_search(id).is_ok())
+                });
+                asking.clear();
+                self.ask = (came.len() + came.len() / 4).clamp(ASK_MIN, IDS_MAX);
+                self.news += side.merge(records);
+                self.transfer(side)
+            }
+            (Phase::Page { after }, ReconcileMessage::Ids { ids, last }) => {
+                if ids.len() > IDS_MAX || last.as_ref().is_some_and(|l| l <= after) {
+                    return Err(ReconcileError::Unexpected);
+                }
+                let mut theirs: Vec<u64> = ids.iter().map(|w| u64::from_le_bytes(*w)).collect();
+                theirs.sort_unstable();
+                theirs.dedup();
+                let mut mine = side.ids_between(after, last.as_deref());
+                mine.sort_unstable();
+                let push = minus(&mine, &theirs);
+                let want = minus(&theirs, &mine);
+                let then = last.map_or(Then::Done, Then::Page);
+                self.phase = Phase::Transfer {
+                    push,
+                    want,
+                    asking: Vec::new(),
+                    then,
+                };
+                self.transfer(side)
+            }
+            _ => Err(ReconcileError::Unexpected),
+        }
+    }
+
+    /// A table from the responder: the transfer of what it found, or one
+    /// more table, or the walk when the tables cannot carry the
+    /// difference.
+    fn on_table(&mut self, side: &impl Side, table: Iblt) -> Result<Step, ReconcileError> {
         let expected_seed = self.differences.len();
         if !table.is_well_formed()
             || usize::from(table.seed) != expected_seed
@@ -425,87 +583,177 @@ impl Initiator {
                 // Only ids this side holds: a peeled id is one of the two
                 // sides', and a bad table could name neither.
                 ours.retain(|id| self.ids.binary_search(id).is_ok());
-                ours.sort_unstable();
-                Ok(ReconcileMessage::Push {
-                    records: fetch(&ours),
-                    want: theirs.iter().map(|id| id.to_le_bytes()).collect(),
-                })
+                self.phase = Phase::Transfer {
+                    push: ours,
+                    want: theirs,
+                    asking: Vec::new(),
+                    then: Then::Done,
+                };
+                self.transfer(side)
             }
             Err(Undecodable) => {
                 let sent = self.differences.len();
-                if sent >= usize::from(TABLES_MAX) {
-                    return Err(ReconcileError::TooDifferent);
-                }
                 // The second table matches the first; the last doubles
-                // what the two carried.
+                // what the two carried. A first table of the largest
+                // size asks for no more: the second could not double it.
                 let first = self.differences[0].cells();
                 let cells = if sent == 1 { first } else { 4 * first };
-                if cells > TABLE_CELLS_MAX {
-                    return Err(ReconcileError::TooDifferent);
+                if sent >= usize::from(TABLES_MAX)
+                    || cells > TABLE_CELLS_MAX
+                    || first >= TABLE_CELLS_MAX
+                {
+                    self.walked = true;
+                    self.differences.clear();
+                    self.phase = Phase::Page { after: Vec::new() };
+                    return Ok(Step::Send(ReconcileMessage::Page { after: Vec::new() }));
                 }
                 self.asked = Some(cells);
-                Ok(ReconcileMessage::More {
+                Ok(Step::Send(ReconcileMessage::More {
                     cells: cells as u32,
                     seed: sent as u8,
-                })
+                }))
             }
         }
     }
+
+    /// The next message of a transfer: records to push (as many as fit)
+    /// and ids wanted, until both are done; then the next page, or the
+    /// end.
+    fn transfer(&mut self, side: &impl Side) -> Result<Step, ReconcileError> {
+        let Phase::Transfer {
+            push,
+            want,
+            asking,
+            then,
+        } = &mut self.phase
+        else {
+            return Err(ReconcileError::Unexpected);
+        };
+        if push.is_empty() && want.is_empty() {
+            return Ok(match std::mem::replace(then, Then::Done) {
+                Then::Done => Step::Done,
+                Then::Page(after) => {
+                    self.phase = Phase::Page {
+                        after: after.clone(),
+                    };
+                    Step::Send(ReconcileMessage::Page { after })
+                }
+            });
+        }
+        let records = side.fetch(push, TRANSFER_BYTES_MAX);
+        if records.is_empty() {
+            // Expired here since the exchange began.
+            push.clear();
+        }
+        let mut sent: Vec<u64> = records.iter().map(Record::id).collect();
+        sent.sort_unstable();
+        push.retain(|id| sent.binary_search(id).is_err());
+        *asking = want.iter().take(self.ask).copied().collect();
+        Ok(Step::Send(ReconcileMessage::Push {
+            records,
+            want: asking.iter().map(|id| id.to_le_bytes()).collect(),
+        }))
+    }
 }
 
-/// The responder's side: answers each message of an exchange over `ids`,
-/// the ids of the records it holds now (`fetch` gives the records of the
-/// ids it is handed, sorted). Stateless: every answer is computed from
-/// the message and the ids.
+/// The sorted ids of `a` not in `b` (both sorted).
+fn minus(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter()
+        .filter(|id| b.binary_search(id).is_err())
+        .copied()
+        .collect()
+}
+
+/// The responder's side: answers each message of an exchange from what
+/// `side` holds, merging the records a `Push` brings first. Stateless:
+/// every answer is computed from the message and the side.
 pub fn respond(
-    ids: &[u64],
-    fetch: impl FnOnce(&[u64]) -> Vec<Record>,
-    message: &ReconcileMessage,
+    side: &impl Side,
+    message: ReconcileMessage,
 ) -> Result<ReconcileMessage, ReconcileError> {
+    // Half loaded, its ids would make the peer send what its records file
+    // holds.
+    if side.is_loading() {
+        return Err(ReconcileError::Loading);
+    }
     match message {
         ReconcileMessage::Start(theirs) => {
             if !theirs.is_well_formed() {
                 return Err(ReconcileError::Unexpected);
             }
-            let estimate = Estimator::new(ids.iter().copied()).difference(theirs);
+            let ids = side.ids();
+            let estimate = Estimator::new(ids.iter().copied()).difference(&theirs);
             Ok(ReconcileMessage::Table(Iblt::of(
-                ids.iter().copied(),
+                ids,
                 table_cells(estimate),
                 0,
             )))
         }
         ReconcileMessage::More { cells, seed }
-            if (*cells as usize) <= TABLE_CELLS_MAX && *seed < TABLES_MAX =>
+            if (cells as usize) <= TABLE_CELLS_MAX && seed < TABLES_MAX =>
         {
             Ok(ReconcileMessage::Table(Iblt::of(
-                ids.iter().copied(),
-                *cells as usize,
-                *seed,
+                side.ids(),
+                cells as usize,
+                seed,
             )))
         }
-        ReconcileMessage::Push { want, .. } => {
+        ReconcileMessage::Push { records, want } if want.len() <= IDS_MAX => {
+            side.merge(records);
             let mut want: Vec<u64> = want.iter().map(|w| u64::from_le_bytes(*w)).collect();
             want.sort_unstable();
             want.dedup();
-            Ok(ReconcileMessage::Records(fetch(&want)))
+            Ok(ReconcileMessage::Records(
+                side.fetch(&want, TRANSFER_BYTES_MAX),
+            ))
+        }
+        ReconcileMessage::Page { after } if after.len() <= KEY_BYTES_MAX => {
+            let (ids, last) = side.page(&after, IDS_MAX);
+            Ok(ReconcileMessage::Ids {
+                ids: ids.iter().map(|id| id.to_le_bytes()).collect(),
+                last,
+            })
         }
         _ => Err(ReconcileError::Unexpected),
     }
 }
 
-/// The ids of `records` and a fetch over them: one side of an exchange
-/// over records held in a slice (tests, benchmarks).
-pub fn ids_of(records: &[Record]) -> Vec<u64> {
-    records.iter().map(Record::id).collect()
+/// What an exchange in one process cost: for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Messages answered.
+    pub round_trips: usize,
+    /// Bytes of every message, both ways, as encoded.
+    pub bytes: usize,
+    /// Records news to the initiator.
+    pub news: usize,
+    /// True if the exchange walked the ids.
+    pub walked: bool,
 }
 
-/// The records of `records` whose ids are in `wanted` (sorted).
-pub fn pick(records: &[Record], wanted: &[u64]) -> Vec<Record> {
-    records
-        .iter()
-        .filter(|r| wanted.binary_search(&r.id()).is_ok())
-        .cloned()
-        .collect()
+/// Runs one whole exchange between two sides in one process, the
+/// initiator over `initiator`, the responder over `responder`.
+pub fn exchange_in_process(
+    initiator: &impl Side,
+    responder: &impl Side,
+) -> Result<Traffic, ReconcileError> {
+    let size = |m: &ReconcileMessage| postcard::to_allocvec(m).map_or(0, |v| v.len());
+    let (mut me, mut message) = Initiator::start(initiator);
+    let mut traffic = Traffic::default();
+    loop {
+        traffic.bytes += size(&message);
+        let answer = respond(responder, message)?;
+        traffic.bytes += size(&answer);
+        traffic.round_trips += 1;
+        match me.on_answer(initiator, answer)? {
+            Step::Send(next) => message = next,
+            Step::Done => {
+                traffic.news = me.news();
+                traffic.walked = me.walked();
+                return Ok(traffic);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

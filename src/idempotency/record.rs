@@ -260,6 +260,10 @@ struct Packed {
     committed: bool,
 }
 
+/// What a record's encoding adds to its key, fingerprint and result at
+/// most: the claim token, the expiry, the three lengths and the flags.
+pub const RECORD_FIXED_BYTES: usize = 10 + 10 + 3 * 3 + 2;
+
 const _: () = assert!(KEY_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(FINGERPRINT_BYTES_MAX <= u16::MAX as usize);
 
@@ -467,13 +471,64 @@ impl Records {
     }
 
     /// The records of the ids in `wanted` (sorted), unless expired at
-    /// `now_ms`.
-    pub fn of_ids(&self, wanted: &[u64], now_ms: u64, skew: Duration) -> Vec<Record> {
+    /// `now_ms`, in key order, until their bytes (key, fingerprint,
+    /// result and [`RECORD_FIXED_BYTES`] each: at least their encoding)
+    /// would pass `budget`; always the first, so a record larger than the
+    /// budget still travels.
+    pub fn fetch(&self, wanted: &[u64], budget: usize, now_ms: u64, skew: Duration) -> Vec<Record> {
+        let mut taken = 0;
+        let mut out = Vec::new();
+        for p in &self.packed {
+            if wanted.binary_search(&p.id).is_err() || p.is_expired(now_ms, skew) {
+                continue;
+            }
+            let weight = p.bytes.len() + RECORD_FIXED_BYTES;
+            if !out.is_empty() && taken + weight > budget {
+                break;
+            }
+            taken += weight;
+            out.push(p.unpack());
+        }
+        out
+    }
+
+    /// The ids of the records whose keys follow `after` and are at most
+    /// `through` (every later key if `None`), unless expired at `now_ms`.
+    pub fn ids_between(
+        &self,
+        after: &[u8],
+        through: Option<&[u8]>,
+        now_ms: u64,
+        skew: Duration,
+    ) -> Vec<u64> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let end = through.map_or(Unbounded, Included);
         self.packed
-            .iter()
-            .filter(|p| wanted.binary_search(&p.id).is_ok() && !p.is_expired(now_ms, skew))
-            .map(Packed::unpack)
+            .range::<[u8], _>((Excluded(after), end))
+            .filter(|p| !p.is_expired(now_ms, skew))
+            .map(|p| p.id)
             .collect()
+    }
+
+    /// The ids of the first `max` records (unexpired at `now_ms`) whose
+    /// keys follow `after`, by key, and the key of the last of them if
+    /// records follow it (`None`: the page reaches the end).
+    pub fn page(
+        &self,
+        after: &[u8],
+        max: usize,
+        now_ms: u64,
+        skew: Duration,
+    ) -> (Vec<u64>, Option<Vec<u8>>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut live = self
+            .packed
+            .range::<[u8], _>((Excluded(after), Unbounded))
+            .filter(|p| !p.is_expired(now_ms, skew));
+        let page: Vec<&Packed> = live.by_ref().take(max).collect();
+        let more = live.next().is_some();
+        let last = page.last().filter(|_| more).map(|p| p.key().to_vec());
+        (page.iter().map(|p| p.id).collect(), last)
     }
 
     /// Number of records held.

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::idempotency::Store;
-use crate::idempotency::reconcile::{
-    Initiator, ReconcileError, ReconcileMessage, respond as answer,
-};
+use crate::idempotency::reconcile::{self, Initiator, ReconcileError, ReconcileMessage, Step};
 use crate::ids::NodeId;
 use crate::membership::Membership;
 use crate::rpc::{Request, Response, Rpc};
@@ -28,6 +26,9 @@ pub(crate) const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
 /// exchange took: an exchange reads every record's id on both sides, so
 /// a large store reconciles less often rather than taking a core.
 const PAUSE_PER_EXCHANGE_TIME: u32 = 10;
+/// The longest pause: an exchange that walked a large store took long
+/// for its transfers, which cost the peer's network more than its core.
+const PAUSE_MAX: Duration = Duration::from_secs(30);
 /// How soon a node tries again to measure its clock the first time.
 const FIRST_MEASUREMENT_RETRY: Duration = Duration::from_millis(100);
 /// How long one message of an exchange may take.
@@ -40,27 +41,7 @@ pub(crate) fn respond(
     message: ReconcileMessage,
     now_ms: u64,
 ) -> Result<ReconcileMessage, ReconcileError> {
-    // Half loaded, this node's ids would make the peer send what its
-    // records file holds.
-    if store.is_loading() {
-        return Err(ReconcileError::Loading);
-    }
-    if let ReconcileMessage::Push { records, want } = message {
-        store.merge_all(records, now_ms);
-        return answer(
-            &[],
-            |wanted| store.of_ids(wanted, now_ms),
-            &ReconcileMessage::Push {
-                records: Vec::new(),
-                want,
-            },
-        );
-    }
-    answer(
-        &store.ids(now_ms),
-        |wanted| store.of_ids(wanted, now_ms),
-        &message,
-    )
+    reconcile::respond(&store.at(now_ms), message)
 }
 
 /// The initiator's loop: runs until the node stops. Expired records are
@@ -109,7 +90,7 @@ pub(crate) async fn run(
         // measure of its cost.
         let took = shared.clock.now().saturating_sub(started);
         pause = match result {
-            Ok(_) => ANTI_ENTROPY_INTERVAL.max(took * PAUSE_PER_EXCHANGE_TIME),
+            Ok(_) => ANTI_ENTROPY_INTERVAL.max((took * PAUSE_PER_EXCHANGE_TIME).min(PAUSE_MAX)),
             Err(_) => ANTI_ENTROPY_INTERVAL,
         };
         match result {
@@ -157,22 +138,18 @@ async fn exchange(
     store: &Store,
     now_ms: u64,
 ) -> Result<usize, String> {
-    let (mut me, start) = Initiator::start(store.ids(now_ms));
-    let mut reply = call(rpc, peer, start).await?;
+    let side = store.at(now_ms);
+    let (mut me, mut message) = Initiator::start(&side);
     loop {
-        let ReconcileMessage::Table(table) = reply else {
-            return Err("expected a table".into());
-        };
-        let next = me
-            .on_table(table, |ours| store.of_ids(ours, now_ms))
-            .map_err(|e| e.to_string())?;
-        let pushing = matches!(next, ReconcileMessage::Push { .. });
-        reply = call(rpc, peer, next).await?;
-        if pushing {
-            let ReconcileMessage::Records(theirs) = reply else {
-                return Err("expected records".into());
-            };
-            return Ok(store.merge_all(theirs, now_ms));
+        let answer = call(rpc, peer, message).await?;
+        match me.on_answer(&side, answer).map_err(|e| e.to_string())? {
+            Step::Send(next) => message = next,
+            Step::Done => {
+                if me.walked() {
+                    tracing::info!(%peer, news = me.news(), "records differed in more than a table carries: walked the peer's");
+                }
+                return Ok(me.news());
+            }
         }
     }
 }

@@ -341,6 +341,13 @@ impl SimCluster {
             .unwrap_or_else(|| panic!("node {id} is not running (seed {})", self.seed))
     }
 
+    /// Puts `records` in node `id`'s replica as anti-entropy would,
+    /// without the traffic (a replica far ahead of the others); how many
+    /// were news.
+    pub fn plant_records(&self, id: NodeId, records: Vec<crate::idempotency::Record>) -> usize {
+        self.mesh(id).plant_records(records)
+    }
+
     /// Ids of running nodes.
     pub fn running(&self) -> Vec<NodeId> {
         self.slots
