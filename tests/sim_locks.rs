@@ -5,6 +5,9 @@
 //! reply, batch and datagram stamped with virtual time: two runs of a seed
 //! print the same lines (request ids aside, which are random).
 
+mod debug_log;
+use debug_log::{debugging, trace_if_debugging};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -791,40 +794,6 @@ async fn every_waiter_served(c: &SimCluster, seed: u64, work: &Workload) {
     for w in waiters {
         let r = w.await.expect("waiter task");
         assert_eq!(r, Ok(()), "a waiter was not served in time (seed {seed})");
-    }
-}
-
-/// Logs through `tracing` when `DEBUG_CLIENT` is set (with `RUST_LOG`).
-/// True when `DEBUG_CLIENT` is set: the chaos clients print what they
-/// were told, and [`trace_if_debugging`] installs a subscriber.
-fn debugging() -> bool {
-    std::env::var("DEBUG_CLIENT").is_ok()
-}
-
-/// Installs the subscriber (once) when debugging, and starts the clock
-/// its lines are stamped with: virtual time since this call, so that two
-/// runs of a seed print the same lines and can be compared with `diff`.
-fn trace_if_debugging() {
-    if debugging() {
-        *LOG_ORIGIN.lock().unwrap() = Some(tokio::time::Instant::now());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_timer(VirtualTime)
-            .with_ansi(false)
-            .try_init();
-    }
-}
-
-static LOG_ORIGIN: Mutex<Option<tokio::time::Instant>> = Mutex::new(None);
-
-/// Log stamps on the paused clock, from [`LOG_ORIGIN`].
-struct VirtualTime;
-
-impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let origin = *LOG_ORIGIN.lock().unwrap();
-        let at = origin.map(|o| tokio::time::Instant::now().saturating_duration_since(o));
-        write!(w, "{:>9.3?}", at.unwrap_or_default())
     }
 }
 
