@@ -700,6 +700,19 @@ impl Mesh {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True while this voter recovers after its start (E7): it neither
+    /// promises nor acks until it has copied the cluster's state from
+    /// healthy voters or resumed from its data directory. False on a node
+    /// that is no voter.
+    pub fn is_recovering(&self) -> bool {
+        self.inner.config.voters.contains(&self.inner.config.id)
+            && !self
+                .inner
+                .shared
+                .recovered
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// This node's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

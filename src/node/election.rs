@@ -214,6 +214,9 @@ impl State {
     /// replication core decides ([`Copies::settle`]), and writes the data
     /// directory as it says.
     pub(super) fn recovered(&mut self, how: Recovery) {
+        self.shared
+            .recovered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let promised = self.election.promised();
         let settle = self.copies.settle(&how, self.disk.is_durable());
         let entries = self.copies.own().len();

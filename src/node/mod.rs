@@ -119,6 +119,10 @@ pub(crate) struct Shared {
     pub(crate) stopped: AtomicBool,
     /// When this voter last formed the cluster anew (E7), on `clock`.
     pub(crate) formed_anew_at: Mutex<Option<Duration>>,
+    /// Set once this voter has recovered after its start (E7): copied from
+    /// healthy voters, resumed from its data directory, or formed the
+    /// cluster anew. Set from the start on a node that is no voter.
+    pub(crate) recovered: AtomicBool,
     /// The idempotency records this node holds.
     pub(crate) records: Arc<crate::idempotency::Store>,
 }
@@ -148,6 +152,7 @@ impl Shared {
             promised_durable: Default::default(),
             stopped: AtomicBool::new(false),
             formed_anew_at: Mutex::new(None),
+            recovered: AtomicBool::new(false),
             records: Arc::default(),
         }
     }
