@@ -37,6 +37,99 @@ pub enum Change {
     Drop(Vec<Vec<u8>>),
 }
 
+impl Change {
+    /// What the change holds in memory while queued, about.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Change::Put(r) => {
+                r.key.len() + r.fingerprint.len() + r.result.len() + record::RECORD_FIXED_BYTES
+            }
+            Change::Drop(keys) => keys.iter().map(|k| k.len() + 24).sum(),
+        }
+    }
+}
+
+/// The most bytes of changes queued for a store's writer. Past it a
+/// change is not written (counted, logged): the records file is a cache
+/// the node restarts from, not part of any rule, and a record missing
+/// from it comes back from the peers (a dropped record left in it is
+/// dropped at the next load), while a queue without a bound would grow
+/// with every record a slow disk cannot keep up with.
+pub const DISK_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The store's end of the queue to its writer, bounded by
+/// [`DISK_QUEUE_BYTES_MAX`] bytes.
+#[derive(Debug)]
+pub struct DiskQueue {
+    tx: std::sync::mpsc::Sender<Change>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+    /// Changes not written since the queue was full.
+    skipped: u64,
+}
+
+/// The writer's end of the queue.
+#[derive(Debug)]
+pub struct DiskChanges {
+    rx: std::sync::mpsc::Receiver<Change>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A queue of changes from a store to its writer, holding at most
+/// `max_bytes` of them.
+pub fn disk_queue(max_bytes: usize) -> (DiskQueue, DiskChanges) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (
+        DiskQueue {
+            tx,
+            queued: queued.clone(),
+            max: max_bytes,
+            skipped: 0,
+        },
+        DiskChanges { rx, queued },
+    )
+}
+
+impl DiskQueue {
+    /// Queues `change`, unless the queue is full: then it is counted and
+    /// not written (logged at the first of a run).
+    fn send(&mut self, change: Change) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let weight = change.weight();
+        if self.queued.load(Relaxed) + weight > self.max {
+            if self.skipped == 0 {
+                tracing::warn!(
+                    queued_bytes = self.queued.load(Relaxed),
+                    "the records file falls behind: changes are not written to it until its writer catches up (the records are held in memory and by the peers)"
+                );
+            }
+            self.skipped += 1;
+            return;
+        }
+        self.queued.fetch_add(weight, Relaxed);
+        // A writer that stopped (its thread gone) leaves the records in
+        // memory only: logged by the writer.
+        if self.tx.send(change).is_err() {
+            self.queued.fetch_sub(weight, Relaxed);
+        }
+    }
+}
+
+impl DiskChanges {
+    /// The next change, waiting at most `timeout`; `Disconnected` once
+    /// the store let go of the queue and it is empty.
+    pub fn recv_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Change, std::sync::mpsc::RecvTimeoutError> {
+        let change = self.rx.recv_timeout(timeout)?;
+        self.queued
+            .fetch_sub(change.weight(), std::sync::atomic::Ordering::Relaxed);
+        Ok(change)
+    }
+}
+
 /// The offset of a store whose clock was never measured.
 const UNMEASURED: i64 = i64::MIN;
 
@@ -88,7 +181,7 @@ struct Inner {
     /// Where changes go to be written, with a data directory. Sent under
     /// the same lock as the change was made, so the writer sees them in
     /// order.
-    disk: Option<std::sync::mpsc::Sender<Change>>,
+    disk: Option<DiskQueue>,
     /// The records file while it loads.
     loading: Option<std::sync::Arc<dyn Backing>>,
 }
@@ -96,10 +189,8 @@ struct Inner {
 impl Inner {
     fn merge(&mut self, record: &Record, now_ms: u64) -> bool {
         let news = self.records.merge(record, now_ms, SKEW);
-        if news && let Some(disk) = &self.disk {
-            // A writer that stopped (its thread gone) leaves the records
-            // in memory only: logged by the writer.
-            let _ = disk.send(Change::Put(record.clone()));
+        if news && let Some(disk) = &mut self.disk {
+            disk.send(Change::Put(record.clone()));
         }
         news
     }
@@ -108,7 +199,7 @@ impl Inner {
 impl Store {
     /// Hands every later change to `disk` (the writer of the records
     /// file this store was loaded from).
-    pub fn attach_disk(&self, disk: std::sync::mpsc::Sender<Change>) {
+    pub fn attach_disk(&self, disk: DiskQueue) {
         self.lock().disk = Some(disk);
     }
 
@@ -160,16 +251,16 @@ impl Store {
     /// record written since is never deleted.
     /// How many it deletes.
     pub fn drop_unheld(&self, keys: Vec<Vec<u8>>) -> usize {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let gone: Vec<Vec<u8>> = keys
             .into_iter()
             .filter(|k| !inner.records.holds(k))
             .collect();
         let n = gone.len();
         if n > 0
-            && let Some(disk) = &inner.disk
+            && let Some(disk) = &mut inner.disk
         {
-            let _ = disk.send(Change::Drop(gone));
+            disk.send(Change::Drop(gone));
         }
         n
     }
@@ -245,9 +336,9 @@ impl Store {
         let gone = inner.records.expire(now_ms, SKEW);
         let n = gone.len();
         if n > 0
-            && let Some(disk) = &inner.disk
+            && let Some(disk) = &mut inner.disk
         {
-            let _ = disk.send(Change::Drop(gone));
+            disk.send(Change::Drop(gone));
         }
         n
     }
@@ -286,6 +377,12 @@ impl Store {
             .filter(|r| r.check().is_ok())
             .filter(|r| mine.merge(r, now_ms))
             .count()
+    }
+
+    /// Changes not written to the records file because its queue was
+    /// full ([`DISK_QUEUE_BYTES_MAX`]).
+    pub fn disk_skipped(&self) -> u64 {
+        self.lock().disk.as_ref().map_or(0, |d| d.skipped)
     }
 
     /// Records held.

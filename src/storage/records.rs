@@ -20,13 +20,15 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::idempotency::{Backing, Change, Record, Store};
+use crate::idempotency::{
+    Backing, Change, DISK_QUEUE_BYTES_MAX, DiskChanges, Record, Store, disk_queue,
+};
 use crate::replication::Merge;
 
 /// The file's name in the data directory.
@@ -229,7 +231,7 @@ impl RecordsFile {
     /// come back from the peers. After a failed write it stops (redb
     /// refuses every later one): the records are still held in memory and
     /// by the peers, and a restart reads the file as it was last synced.
-    pub fn spawn_writer(self: Arc<Self>, changes: Receiver<Change>) -> io::Result<JoinHandle<()>> {
+    pub fn spawn_writer(self: Arc<Self>, changes: DiskChanges) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("records-writer".into())
             .spawn(move || {
@@ -338,7 +340,7 @@ pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
     let mut problems = Vec::new();
     let file = Arc::new(RecordsFile::open(dir, &mut problems)?);
     let store = Arc::new(Store::default());
-    let (tx, rx): (Sender<Change>, Receiver<Change>) = std::sync::mpsc::channel();
+    let (tx, rx) = disk_queue(DISK_QUEUE_BYTES_MAX);
     store.attach_disk(tx);
     store.start_loading(file.clone());
     let writer = file.clone().spawn_writer(rx)?;

@@ -218,7 +218,7 @@ fn what_arrives_during_the_load_is_kept_over_what_the_load_drops() {
     let file = Arc::new(file_in(dir.path()));
     let store = Arc::new(Store::default());
     store.set_offset(0);
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::idempotency::disk_queue(crate::idempotency::DISK_QUEUE_BYTES_MAX);
     store.attach_disk(tx);
     store.start_loading(file.clone());
     let writer = file.clone().spawn_writer(rx).unwrap();
@@ -290,4 +290,36 @@ fn a_load_that_panics_still_ends_the_loading() {
     }));
     assert!(unwound.is_err());
     assert!(!store.is_loading());
+}
+
+/// A writer that falls behind (here: one that reads nothing) holds at
+/// most the queue's bound in changes; what does not fit is counted and
+/// not written (the peers hold it), every record still held in memory,
+/// and once the writer drains the queue it takes changes again.
+#[test]
+fn a_writer_that_falls_behind_holds_at_most_the_queues_bound() {
+    let store = Store::default();
+    let bound = 10_000;
+    let (tx, rx) = disk_queue(bound);
+    store.attach_disk(tx);
+    let records: Vec<Record> = (0..1000)
+        .map(|i| record(&format!("k{i:04}"), i + 1, 1_000_000))
+        .collect();
+    assert_eq!(store.merge_all(records, 0), 1000);
+    assert_eq!(store.len(), 1000);
+    let drain = || {
+        let mut queued = Vec::new();
+        while let Ok(c) = rx.recv_timeout(std::time::Duration::ZERO) {
+            queued.push(c);
+        }
+        queued
+    };
+    let queued = drain();
+    let bytes: usize = queued.iter().map(Change::weight).sum();
+    assert!(bytes <= bound, "{bytes} bytes queued");
+    assert!(!queued.is_empty());
+    assert_eq!(store.disk_skipped() as usize + queued.len(), 1000);
+    let late = record("late", 5000, 1_000_000);
+    assert_eq!(store.merge_all(vec![late.clone()], 0), 1);
+    assert_eq!(drain(), vec![Change::Put(late)]);
 }
