@@ -49,6 +49,10 @@ const IDENTITY_FILE: &str = "identity";
 const PROMISE_FILE: &str = "promise";
 const LOCKS_FILE: &str = "locks.log";
 const GENERATION_FILE: &str = "generation";
+/// Held locked (`flock`, exclusive) by the process using the directory,
+/// for its whole life: a second process on the directory is refused
+/// before it reads or writes anything. It holds the pid of its holder.
+const LOCK_FILE: &str = "lock";
 /// The first line of an identity file.
 const IDENTITY_HEADER: &str = "coordmesh data directory 1";
 /// The lock log's first bytes: format and version. Version 2: entries
@@ -123,6 +127,42 @@ pub struct DataDir {
     node: NodeId,
     /// The log replayed at open, for the persister's appends.
     log: Option<LockLog>,
+    /// The directory's lock, held while this value lives (the kernel
+    /// releases it when the process ends, however it ends).
+    _lock: File,
+}
+
+/// Takes the exclusive lock of the directory `path` without waiting.
+fn lock_dir(path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let lock_path = path.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is
+    // passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "{}: in use by another process (pid {}); one node per data directory",
+                    path.display(),
+                    holder.trim()
+                ),
+            ));
+        }
+        return Err(error);
+    }
+    file.set_len(0)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(file)
 }
 
 fn invalid(path: &Path, message: impl std::fmt::Display) -> io::Error {
@@ -130,6 +170,65 @@ fn invalid(path: &Path, message: impl std::fmt::Display) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("{}: {message}", path.display()),
     )
+}
+
+/// Reads what the directory `path` of `node` in `cluster` remembers,
+/// with its log when initialized (see [`DataDir::open`]).
+fn read_dir(
+    path: &Path,
+    cluster: &str,
+    node: NodeId,
+    warnings: &mut Vec<String>,
+) -> io::Result<(Option<LockLog>, Stored)> {
+    let identity = path.join(IDENTITY_FILE);
+    let text = match fs::read_to_string(&identity) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let leftover = [PROMISE_FILE, LOCKS_FILE]
+                .iter()
+                .any(|f| path.join(f).exists());
+            let stored = if leftover {
+                warnings.push(format!(
+                    "{}: holds a promise or a lock log but no identity (an earlier build, or a partial restore); it is treated as no data directory until this voter has recovered from the others",
+                    path.display()
+                ));
+                Stored::Leftover
+            } else {
+                Stored::Blank
+            };
+            return Ok((None, stored));
+        }
+        Err(e) => return Err(e),
+    };
+    let (their_cluster, their_node) = parse_identity(&text)
+        .ok_or_else(|| invalid(&identity, "is not a coordmesh data directory identity"))?;
+    if their_cluster != cluster || their_node != node {
+        return Err(invalid(
+            path,
+            format!(
+                "belongs to node {their_node} of cluster {their_cluster:?}, not node {node} of {cluster:?}; give each node its own directory"
+            ),
+        ));
+    }
+    // Initialized: the promise and the log must be there.
+    let promise = path.join(PROMISE_FILE);
+    let promised = match fs::read_to_string(&promise) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(Epoch)
+            .map_err(|_| invalid(&promise, "does not hold an epoch"))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(invalid(
+                &promise,
+                "is missing from an initialized data directory; remove the directory to have this voter recover from the others",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let (log, replica, repaired) = LockLog::open(&path.join(LOCKS_FILE))?;
+    warnings.extend(repaired);
+    Ok((Some(log), Stored::Initialized { promised, replica }))
 }
 
 impl DataDir {
@@ -143,62 +242,27 @@ impl DataDir {
         warnings: &mut Vec<String>,
     ) -> io::Result<(DataDir, Stored)> {
         create_dir_durably(path)?;
-        let mut dir = DataDir {
-            path: path.to_path_buf(),
-            cluster: cluster.to_string(),
-            node,
-            log: None,
-        };
-        let identity = path.join(IDENTITY_FILE);
-        let text = match fs::read_to_string(&identity) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let leftover = [PROMISE_FILE, LOCKS_FILE]
-                    .iter()
-                    .any(|f| path.join(f).exists());
-                let stored = if leftover {
-                    warnings.push(format!(
-                        "{}: holds a promise or a lock log but no identity (an earlier build, or a partial restore); it is treated as no data directory until this voter has recovered from the others",
-                        path.display()
-                    ));
-                    Stored::Leftover
-                } else {
-                    Stored::Blank
-                };
-                return Ok((dir, stored));
-            }
-            Err(e) => return Err(e),
-        };
-        let (their_cluster, their_node) = parse_identity(&text)
-            .ok_or_else(|| invalid(&identity, "is not a coordmesh data directory identity"))?;
-        if their_cluster != cluster || their_node != node {
-            return Err(invalid(
-                path,
-                format!(
-                    "belongs to node {their_node} of cluster {their_cluster:?}, not node {node} of {cluster:?}; give each node its own directory"
-                ),
-            ));
-        }
-        // Initialized: the promise and the log must be there.
-        let promise = path.join(PROMISE_FILE);
-        let promised = match fs::read_to_string(&promise) {
-            Ok(text) => text
-                .trim()
-                .parse::<u64>()
-                .map(Epoch)
-                .map_err(|_| invalid(&promise, "does not hold an epoch"))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(invalid(
-                    &promise,
-                    "is missing from an initialized data directory; remove the directory to have this voter recover from the others",
-                ));
-            }
-            Err(e) => return Err(e),
-        };
-        let (log, replica, repaired) = LockLog::open(&path.join(LOCKS_FILE))?;
-        warnings.extend(repaired);
-        dir.log = Some(log);
-        Ok((dir, Stored::Initialized { promised, replica }))
+        let lock = lock_dir(path)?;
+        let (log, stored) = read_dir(path, cluster, node, warnings)?;
+        Ok((
+            DataDir {
+                path: path.to_path_buf(),
+                cluster: cluster.to_string(),
+                node,
+                log,
+                _lock: lock,
+            },
+            stored,
+        ))
+    }
+
+    /// What the directory remembers, read without its lock while a
+    /// `DataDir` holds it (tests).
+    #[cfg(test)]
+    fn peek(path: &Path, cluster: &str, node: NodeId) -> io::Result<(Stored, Vec<String>)> {
+        let mut warnings = Vec::new();
+        let (_, stored) = read_dir(path, cluster, node, &mut warnings)?;
+        Ok((stored, warnings))
     }
 
     /// The directory.

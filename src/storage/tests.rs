@@ -17,6 +17,11 @@ fn open(dir: &Path, node: u64) -> io::Result<(DataDir, Stored, Vec<String>)> {
     Ok((d, s, warnings))
 }
 
+/// What `dir` remembers, read while a `DataDir` holds it.
+fn peek(dir: &Path, node: u64) -> io::Result<(Stored, Vec<String>)> {
+    DataDir::peek(dir, "c", NodeId(node))
+}
+
 /// Finding 3 (E7): a new, empty or foreign directory is no memory. Only
 /// a directory initialized for this node of this cluster counts as
 /// durable; one of another node or cluster refuses the start.
@@ -29,13 +34,13 @@ fn finding_3_only_an_initialized_directory_of_this_node_is_durable() {
     // Left by a build without identities (or a partial restore): no
     // memory, but not blank either (it is no sign of a new cluster).
     fs::write(path.join(PROMISE_FILE), "41\n").unwrap();
-    let (_, stored, warnings) = open(&path, 1).unwrap();
+    let (stored, warnings) = peek(&path, 1).unwrap();
     assert_eq!(stored, Stored::Leftover);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     let mut replica = Replica::default();
     replica.merge(held("x", 7));
     dir.initialize(Epoch(9), &replica).unwrap();
-    let (_, stored, _) = open(&path, 1).unwrap();
+    let (stored, _) = peek(&path, 1).unwrap();
     assert_eq!(
         stored,
         Stored::Initialized {
@@ -43,15 +48,14 @@ fn finding_3_only_an_initialized_directory_of_this_node_is_durable() {
             replica: replica.clone()
         }
     );
-    let other_node = open(&path, 2).unwrap_err().to_string();
+    let other_node = peek(&path, 2).unwrap_err().to_string();
     assert!(other_node.contains("belongs to node 1"), "{other_node}");
-    let mut w = Vec::new();
-    let other_cluster = DataDir::open(&path, "d", NodeId(1), &mut w)
+    let other_cluster = DataDir::peek(&path, "d", NodeId(1))
         .unwrap_err()
         .to_string();
     assert!(other_cluster.contains("cluster \"c\""), "{other_cluster}");
     fs::remove_file(path.join(PROMISE_FILE)).unwrap();
-    let damaged = open(&path, 1).unwrap_err().to_string();
+    let damaged = peek(&path, 1).unwrap_err().to_string();
     assert!(damaged.contains("promise: is missing"), "{damaged}");
 }
 
@@ -63,14 +67,14 @@ fn promise_survives_reopen_and_garbage_is_refused() {
     dir.save_promise(Epoch(41)).unwrap();
     dir.save_promise(Epoch(42)).unwrap();
     assert!(matches!(
-        open(root.path(), 1).unwrap().1,
+        peek(root.path(), 1).unwrap().0,
         Stored::Initialized {
             promised: Epoch(42),
             ..
         }
     ));
     fs::write(root.path().join(PROMISE_FILE), "x").unwrap();
-    assert!(open(root.path(), 1).is_err());
+    assert!(peek(root.path(), 1).is_err());
 }
 
 /// The lock log: a torn or zero-filled tail (a crash mid-append) is
@@ -201,13 +205,13 @@ fn a_blank_directory_holds_nothing_until_initialized() {
     let p = Persister::inline(dir, &stored, Duration::ZERO);
     assert!(!p.is_durable());
     p.persist(Some(Epoch(4)), vec![held("x", 9)], |ok| assert!(ok));
-    assert_eq!(open(root.path(), 1).unwrap().1, Stored::Blank);
+    assert_eq!(peek(root.path(), 1).unwrap().0, Stored::Blank);
     let mut copied = Replica::default();
     copied.merge(held("y", 3));
     p.initialize(Epoch(5), copied.clone());
     assert!(p.is_durable());
     assert_eq!(
-        open(root.path(), 1).unwrap().1,
+        peek(root.path(), 1).unwrap().0,
         Stored::Initialized {
             promised: Epoch(5),
             replica: copied
@@ -325,4 +329,25 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
     };
     let names: Vec<String> = replica.entries().map(|e| e.name.text.clone()).collect();
     assert_eq!(names, ["later", "lock", "ran-out"]);
+}
+
+/// A data directory in use by one node refuses a second (another
+/// process, or the same node started twice) before anything in it is
+/// read or written, naming the holder's pid; once the first lets go (its
+/// process ends, however it ends) the directory opens again.
+#[test]
+fn a_directory_in_use_refuses_a_second_node() {
+    let root = tempfile::tempdir().unwrap();
+    let (first, _, _) = open(root.path(), 1).unwrap();
+    let generation = first.next_generation(100).unwrap();
+    let second = open(root.path(), 1).expect_err("the directory is in use");
+    assert_eq!(second.kind(), io::ErrorKind::ResourceBusy);
+    let message = second.to_string();
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    drop(first);
+    let (again, _, _) = open(root.path(), 1).unwrap();
+    assert_eq!(again.next_generation(100).unwrap(), generation + 1);
 }
