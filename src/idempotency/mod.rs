@@ -41,9 +41,7 @@ impl Change {
     /// What the change holds in memory while queued, about.
     pub(crate) fn weight(&self) -> usize {
         match self {
-            Change::Put(r) => {
-                r.key.len() + r.fingerprint.len() + r.result.len() + record::RECORD_FIXED_BYTES
-            }
+            Change::Put(r) => r.weight(),
             Change::Drop(keys) => keys.iter().map(|k| k.len() + 24).sum(),
         }
     }
@@ -438,11 +436,13 @@ impl reconcile::Side for StoreAt<'_> {
         self.store.ids(self.now_ms)
     }
 
-    fn ids_between(&self, after: &[u8], through: Option<&[u8]>) -> Vec<u64> {
-        self.store
-            .lock()
-            .records
-            .ids_between(after, through, self.now_ms, SKEW)
+    fn ids_between(&self, range: &reconcile::KeyRange) -> Vec<u64> {
+        self.store.lock().records.ids_between(
+            &range.after,
+            range.through.as_deref(),
+            self.now_ms,
+            SKEW,
+        )
     }
 
     fn page(&self, after: &[u8], max: usize) -> (Vec<u64>, Option<Vec<u8>>) {
@@ -452,11 +452,17 @@ impl reconcile::Side for StoreAt<'_> {
             .page(after, max, self.now_ms, SKEW)
     }
 
-    fn fetch(&self, ids: &[u64], budget: usize) -> Vec<Record> {
+    fn fetch(
+        &self,
+        ids: &[u64],
+        budget: usize,
+        range: Option<&reconcile::KeyRange>,
+    ) -> Vec<Record> {
+        let range = range.map(|r| (r.after.as_slice(), r.through.as_deref()));
         self.store
             .lock()
             .records
-            .fetch(ids, budget, self.now_ms, SKEW)
+            .fetch(ids, budget, range, self.now_ms, SKEW)
     }
 
     fn merge(&self, records: Vec<Record>) -> usize {

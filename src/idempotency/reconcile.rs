@@ -45,7 +45,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{KEY_BYTES_MAX, Record, mix};
+use super::record::{KEY_BYTES_MAX, RECORD_WEIGHT_MAX, Record, mix};
 
 /// Hash functions of an IBLT (one cell in each of as many subtables).
 const HASHES: usize = 3;
@@ -391,6 +391,37 @@ pub enum ReconcileMessage {
         /// page reaches the last record.
         last: Option<Vec<u8>>,
     },
+    /// Initiator, in the walk: a `Push` within one page's key range, so
+    /// the responder reads only that range for the records wanted.
+    Fetch {
+        /// The page's keys.
+        range: KeyRange,
+        /// Records for the responder.
+        records: Vec<Record>,
+        /// Ids of the responder's records in the range the initiator
+        /// lacks.
+        want: Vec<WireId>,
+    },
+}
+
+/// The keys after `after` up to `through` (every later key if `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// Keys follow this one (empty: from the first).
+    pub after: Vec<u8>,
+    /// The last key in the range, if any.
+    pub through: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Within the key limit, and not empty.
+    fn is_well_formed(&self) -> bool {
+        self.after.len() <= KEY_BYTES_MAX
+            && self
+                .through
+                .as_ref()
+                .is_none_or(|t| t.len() <= KEY_BYTES_MAX && *t > self.after)
+    }
 }
 
 /// Why a reconciliation stops.
@@ -416,15 +447,15 @@ pub trait Side {
     }
     /// The ids of every record held.
     fn ids(&self) -> Vec<u64>;
-    /// The ids of the records whose keys follow `after` and are at most
-    /// `through` (every later key if `None`).
-    fn ids_between(&self, after: &[u8], through: Option<&[u8]>) -> Vec<u64>;
+    /// The ids of the records whose keys are in `range`.
+    fn ids_between(&self, range: &KeyRange) -> Vec<u64>;
     /// The ids of the first `max` records whose keys follow `after`, by
     /// key, and the key of the last if records follow it.
     fn page(&self, after: &[u8], max: usize) -> (Vec<u64>, Option<Vec<u8>>);
     /// The records of the ids in `ids` (sorted), in key order, as many as
-    /// fit `budget` bytes (at least one if any is held).
-    fn fetch(&self, ids: &[u64], budget: usize) -> Vec<Record>;
+    /// fit `budget` bytes (at least one if any is held); only those in
+    /// `range` if given (read from that range alone).
+    fn fetch(&self, ids: &[u64], budget: usize, range: Option<&KeyRange>) -> Vec<Record>;
     /// Merges records the peer sent; how many were news.
     fn merge(&self, records: Vec<Record>) -> usize;
 }
@@ -453,9 +484,9 @@ pub struct Initiator {
     news: usize,
     /// True once the tables gave way to the walk.
     walked: bool,
-    /// How many ids to ask for next: what the last `Records` held and a
-    /// quarter more, so a long list of wanted ids is not sent again with
-    /// every message.
+    /// How many ids to ask for next: what the last `Records` held and an
+    /// eighth more (twice as many if all came), so a long list of wanted
+    /// ids is not sent again with every message.
     ask: usize,
 }
 
@@ -469,6 +500,8 @@ enum Phase {
         push: Vec<u64>,
         want: Vec<u64>,
         asking: Vec<u64>,
+        /// In the walk, the page's keys.
+        range: Option<KeyRange>,
         then: Then,
     },
     /// Awaiting the page of the responder's ids after `after`.
@@ -525,34 +558,51 @@ impl Initiator {
             (Phase::Transfer { want, asking, .. }, ReconcileMessage::Records(records)) => {
                 let mut came: Vec<u64> = records.iter().map(Record::id).collect();
                 came.sort_unstable();
-                // None of those asked for came: the responder no longer
-                // holds them (expired, or replaced by a later version,
-                // which the next exchange finds).
-                let gone = !asking.iter().any(|id| came.binary_search(id).is_ok());
+                // Those asked for that did not come are no longer held by
+                // the responder (expired, or replaced by a later version:
+                // the one pushed with the ask, or one the next exchange
+                // finds) when the answer was not cut at its budget, or
+                // when none came.
+                let weight: usize = records.iter().map(Record::weight).sum();
+                let whole = weight + RECORD_WEIGHT_MAX <= TRANSFER_BYTES_MAX;
+                let gone = whole || !asking.iter().any(|id| came.binary_search(id).is_ok());
                 want.retain(|id| {
                     came.binary_search(id).is_err() && !(gone && asking.binary_search(id).is_ok())
                 });
+                // Everything asked for came: ask for twice as many; else
+                // for what came and an eighth more.
+                let all = came.len() >= asking.len();
                 asking.clear();
-                self.ask = (came.len() + came.len() / 4).clamp(ASK_MIN, IDS_MAX);
+                self.ask = if all {
+                    self.ask.saturating_mul(2)
+                } else {
+                    came.len() + came.len() / 8
+                }
+                .clamp(ASK_MIN, IDS_MAX);
                 self.news += side.merge(records);
                 self.transfer(side)
             }
             (Phase::Page { after }, ReconcileMessage::Ids { ids, last }) => {
-                if ids.len() > IDS_MAX || last.as_ref().is_some_and(|l| l <= after) {
+                let range = KeyRange {
+                    after: std::mem::take(after),
+                    through: last,
+                };
+                if ids.len() > IDS_MAX || !range.is_well_formed() {
                     return Err(ReconcileError::Unexpected);
                 }
                 let mut theirs: Vec<u64> = ids.iter().map(|w| u64::from_le_bytes(*w)).collect();
                 theirs.sort_unstable();
                 theirs.dedup();
-                let mut mine = side.ids_between(after, last.as_deref());
+                let mut mine = side.ids_between(&range);
                 mine.sort_unstable();
                 let push = minus(&mine, &theirs);
                 let want = minus(&theirs, &mine);
-                let then = last.map_or(Then::Done, Then::Page);
+                let then = range.through.clone().map_or(Then::Done, Then::Page);
                 self.phase = Phase::Transfer {
                     push,
                     want,
                     asking: Vec::new(),
+                    range: Some(range),
                     then,
                 };
                 self.transfer(side)
@@ -587,6 +637,7 @@ impl Initiator {
                     push: ours,
                     want: theirs,
                     asking: Vec::new(),
+                    range: None,
                     then: Then::Done,
                 };
                 self.transfer(side)
@@ -624,6 +675,7 @@ impl Initiator {
             push,
             want,
             asking,
+            range,
             then,
         } = &mut self.phase
         else {
@@ -640,7 +692,11 @@ impl Initiator {
                 }
             });
         }
-        let records = side.fetch(push, TRANSFER_BYTES_MAX);
+        let records = if push.is_empty() {
+            Vec::new()
+        } else {
+            side.fetch(push, TRANSFER_BYTES_MAX, range.as_ref())
+        };
         if records.is_empty() {
             // Expired here since the exchange began.
             push.clear();
@@ -649,9 +705,17 @@ impl Initiator {
         sent.sort_unstable();
         push.retain(|id| sent.binary_search(id).is_err());
         *asking = want.iter().take(self.ask).copied().collect();
-        Ok(Step::Send(ReconcileMessage::Push {
-            records,
-            want: asking.iter().map(|id| id.to_le_bytes()).collect(),
+        let wire: Vec<WireId> = asking.iter().map(|id| id.to_le_bytes()).collect();
+        Ok(Step::Send(match range {
+            Some(range) => ReconcileMessage::Fetch {
+                range: range.clone(),
+                records,
+                want: wire,
+            },
+            None => ReconcileMessage::Push {
+                records,
+                want: wire,
+            },
         }))
     }
 }
@@ -700,12 +764,15 @@ pub fn respond(
         }
         ReconcileMessage::Push { records, want } if want.len() <= IDS_MAX => {
             side.merge(records);
-            let mut want: Vec<u64> = want.iter().map(|w| u64::from_le_bytes(*w)).collect();
-            want.sort_unstable();
-            want.dedup();
-            Ok(ReconcileMessage::Records(
-                side.fetch(&want, TRANSFER_BYTES_MAX),
-            ))
+            Ok(ReconcileMessage::Records(wanted(side, &want, None)))
+        }
+        ReconcileMessage::Fetch {
+            range,
+            records,
+            want,
+        } if want.len() <= IDS_MAX && range.is_well_formed() => {
+            side.merge(records);
+            Ok(ReconcileMessage::Records(wanted(side, &want, Some(&range))))
         }
         ReconcileMessage::Page { after } if after.len() <= KEY_BYTES_MAX => {
             let (ids, last) = side.page(&after, IDS_MAX);
@@ -716,6 +783,17 @@ pub fn respond(
         }
         _ => Err(ReconcileError::Unexpected),
     }
+}
+
+/// The records of the ids `want` (within `range`) a responder sends back.
+fn wanted(side: &impl Side, want: &[WireId], range: Option<&KeyRange>) -> Vec<Record> {
+    if want.is_empty() {
+        return Vec::new();
+    }
+    let mut want: Vec<u64> = want.iter().map(|w| u64::from_le_bytes(*w)).collect();
+    want.sort_unstable();
+    want.dedup();
+    side.fetch(&want, TRANSFER_BYTES_MAX, range)
 }
 
 /// What an exchange in one process cost: for tests and benchmarks.

@@ -87,6 +87,12 @@ impl Record {
         })
     }
 
+    /// Its bytes, at least as encoded: key, fingerprint, result and
+    /// [`RECORD_FIXED_BYTES`].
+    pub fn weight(&self) -> usize {
+        self.key.len() + self.fingerprint.len() + self.result.len() + RECORD_FIXED_BYTES
+    }
+
     /// True if the record may be dropped at wall-clock `now_ms`: `skew`
     /// after its expiry (I6).
     pub fn is_expired(&self, now_ms: u64, skew: Duration) -> bool {
@@ -263,6 +269,9 @@ struct Packed {
 /// What a record's encoding adds to its key, fingerprint and result at
 /// most: the claim token, the expiry, the three lengths and the flags.
 pub const RECORD_FIXED_BYTES: usize = 10 + 10 + 3 * 3 + 2;
+/// The largest record's [`Record::weight`].
+pub const RECORD_WEIGHT_MAX: usize =
+    KEY_BYTES_MAX + FINGERPRINT_BYTES_MAX + RESULT_BYTES_MAX + RECORD_FIXED_BYTES;
 
 const _: () = assert!(KEY_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(FINGERPRINT_BYTES_MAX <= u16::MAX as usize);
@@ -474,11 +483,27 @@ impl Records {
     /// `now_ms`, in key order, until their bytes (key, fingerprint,
     /// result and [`RECORD_FIXED_BYTES`] each: at least their encoding)
     /// would pass `budget`; always the first, so a record larger than the
-    /// budget still travels.
-    pub fn fetch(&self, wanted: &[u64], budget: usize, now_ms: u64, skew: Duration) -> Vec<Record> {
-        let mut taken = 0;
+    /// budget still travels. Only those whose keys follow `range`'s first
+    /// and are at most its second, if given: read from that range alone.
+    pub fn fetch(
+        &self,
+        wanted: &[u64],
+        budget: usize,
+        range: Option<(&[u8], Option<&[u8]>)>,
+        now_ms: u64,
+        skew: Duration,
+    ) -> Vec<Record> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let mut out = Vec::new();
-        for p in &self.packed {
+        if wanted.is_empty() {
+            return out;
+        }
+        let (start, end) = match range {
+            Some((after, through)) => (Excluded(after), through.map_or(Unbounded, Included)),
+            None => (Unbounded, Unbounded),
+        };
+        let mut taken = 0;
+        for p in self.packed.range::<[u8], _>((start, end)) {
             if wanted.binary_search(&p.id).is_err() || p.is_expired(now_ms, skew) {
                 continue;
             }

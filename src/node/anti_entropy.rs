@@ -33,6 +33,11 @@ const PAUSE_MAX: Duration = Duration::from_secs(30);
 const FIRST_MEASUREMENT_RETRY: Duration = Duration::from_millis(100);
 /// How long one message of an exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a whole exchange may take: a walk of a million records takes
+/// seconds; a peer that keeps one going (a buggy one answering a record
+/// at a time) must not hold up the node's clock measurements, expiry and
+/// exchanges with the others for longer.
+const EXCHANGE_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The responder's side, for the RPC service: answers one message from
 /// this node's records (merging what a `Push` brings first).
@@ -85,7 +90,15 @@ pub(crate) async fn run(
         round = round.wrapping_add(1);
         let peer = peers[round % peers.len()];
         let started = shared.clock.now();
-        let result = exchange(&rpc, peer, &shared.records, now_ms).await;
+        let result = match tokio::time::timeout(
+            EXCHANGE_DEADLINE,
+            exchange(&rpc, peer, &shared.records, now_ms),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(format!("not done within {EXCHANGE_DEADLINE:?}")),
+        };
         // A failed exchange may have waited out timeouts: that is no
         // measure of its cost.
         let took = shared.clock.now().saturating_sub(started);

@@ -265,7 +265,7 @@ fn an_empty_replica_beside_100_000_records_gets_them_all_by_the_walk() {
     assert_eq!(x.snapshot(0), full);
     assert_eq!(traffic.news, n as usize);
     // The table that did not peel, 8 bytes an id for the page and 8 to
-    // ask for the record (a quarter more asked again), the records, and
+    // ask for the record (an eighth more asked again), the records, and
     // the framing of each message.
     let tables = TABLE_CELLS_MAX * CELL_BYTES;
     let bound = tables + 20 * n as usize + held + 64 * traffic.round_trips + 4096;
@@ -327,13 +327,13 @@ fn an_exchange_ends_when_the_records_asked_for_never_come() {
         fn ids(&self) -> Vec<u64> {
             self.0.at(0).ids()
         }
-        fn ids_between(&self, after: &[u8], through: Option<&[u8]>) -> Vec<u64> {
-            self.0.at(0).ids_between(after, through)
+        fn ids_between(&self, range: &KeyRange) -> Vec<u64> {
+            self.0.at(0).ids_between(range)
         }
         fn page(&self, after: &[u8], max: usize) -> (Vec<u64>, Option<Vec<u8>>) {
             self.0.at(0).page(after, max)
         }
-        fn fetch(&self, _: &[u64], _: usize) -> Vec<Record> {
+        fn fetch(&self, _: &[u64], _: usize, _: Option<&KeyRange>) -> Vec<Record> {
             Vec::new()
         }
         fn merge(&self, records: Vec<Record>) -> usize {
@@ -378,6 +378,26 @@ fn malformed_or_out_of_turn_messages_are_refused() {
         ids: Vec::new(),
         last: None,
     });
+    for range in [
+        KeyRange {
+            after: vec![b'k'; KEY_BYTES_MAX + 1],
+            through: None,
+        },
+        KeyRange {
+            after: b"m".to_vec(),
+            through: Some(b"m".to_vec()),
+        },
+        KeyRange {
+            after: Vec::new(),
+            through: Some(vec![b'k'; KEY_BYTES_MAX + 1]),
+        },
+    ] {
+        refused(ReconcileMessage::Fetch {
+            range,
+            records: Vec::new(),
+            want: Vec::new(),
+        });
+    }
     let (mut initiator, _) = Initiator::start(&a.at(0));
     let mut ragged = Iblt::new(30, 0);
     ragged.ids.pop();
@@ -396,6 +416,19 @@ fn malformed_or_out_of_turn_messages_are_refused() {
             ReconcileMessage::Ids {
                 ids: Vec::new(),
                 last: Some(b"a".to_vec())
+            }
+        ),
+        Err(ReconcileError::Unexpected)
+    );
+    // A page whose last key is longer than any key.
+    let (mut initiator, _) = Initiator::start(&a.at(0));
+    initiator.phase = Phase::Page { after: Vec::new() };
+    assert_eq!(
+        initiator.on_answer(
+            &a.at(0),
+            ReconcileMessage::Ids {
+                ids: Vec::new(),
+                last: Some(vec![b'k'; KEY_BYTES_MAX + 1])
             }
         ),
         Err(ReconcileError::Unexpected)

@@ -138,7 +138,7 @@ fn a_replica_gives_back_its_records_and_their_ids() {
     let mut want = vec![a.id(), b.id()];
     want.sort_unstable();
     assert_eq!(ids, want);
-    assert_eq!(records.fetch(&[a.id()], 0, 0, SKEW), vec![a.clone()]);
+    assert_eq!(records.fetch(&[a.id()], 0, None, 0, SKEW), vec![a.clone()]);
     assert_eq!(records.ids(12, SKEW), vec![b.id()], "a expired at 10 + 2");
 }
 
