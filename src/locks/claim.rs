@@ -148,6 +148,7 @@ mod tests {
                 } else {
                     EntryState::Free {
                         request_id: Some("r".repeat(128)),
+                        epoch: u64::MAX,
                     }
                 },
                 claim: Some(Box::new(facts)),

@@ -177,6 +177,9 @@ pub enum EntryState {
         /// The request id of the grant it ended: a late or duplicated
         /// acquire with that id grants nothing (K4).
         request_id: Option<String>,
+        /// The epoch of the leader that wrote it (K2: a later epoch's
+        /// write wins the merge).
+        epoch: u64,
     },
 }
 
@@ -201,21 +204,29 @@ impl EntryState {
 /// Entries replicate by the merge of [`crate::replication`] (K2).
 impl Merge for Entry {
     type Key = Name;
-    type Rank<'a> = (Token, bool, u64, Option<&'a ClaimFacts>);
+    type Rank<'a> = (u64, Token, bool, u64, Option<&'a ClaimFacts>);
 
     fn key(&self) -> &Name {
         &self.name
     }
 
-    /// Merge order: a higher token wins; at one token, its release wins
-    /// over its grant, so a stale grant never comes back (K2); between
-    /// two writes of one grant, the later version wins; then a claim's
-    /// facts (a completion first).
+    /// Merge order: a write of a later epoch wins. A leader writes only
+    /// after it merged a majority's copies (K2), which hold every write
+    /// of an earlier epoch that was committed, so a write of an earlier
+    /// epoch that its own does not follow was never committed: a grant
+    /// a deposed leader made on a minority does not outrank, at a later
+    /// takeover, what the next leader wrote on a majority (a claim's
+    /// completion included). Within an epoch, a higher token wins; at one
+    /// token, its release wins over its grant, so a stale grant never
+    /// comes back; between two writes of one grant, the later version
+    /// wins; then a claim's facts (a completion first).
     fn rank(&self) -> Self::Rank<'_> {
         let claim = self.claim.as_deref();
         match &self.state {
-            EntryState::Held { version, .. } => (self.token, false, *version, claim),
-            EntryState::Free { .. } => (self.token, true, 0, claim),
+            EntryState::Held { version, .. } => {
+                (*version >> 32, self.token, false, *version, claim)
+            }
+            EntryState::Free { epoch, .. } => (*epoch, self.token, true, 0, claim),
         }
     }
 }
@@ -249,7 +260,7 @@ impl Entry {
     /// The request id of the grant (held) or of the grant it ended (free).
     pub fn request_id(&self) -> Option<&str> {
         match &self.state {
-            EntryState::Held { request_id, .. } | EntryState::Free { request_id } => {
+            EntryState::Held { request_id, .. } | EntryState::Free { request_id, .. } => {
                 request_id.as_deref()
             }
         }

@@ -441,9 +441,17 @@ impl LockTable {
                         token: entry.token,
                     });
                 }
-                EntryState::Free { .. } => {
+                EntryState::Free { request_id, .. } => {
+                    // Rewritten as this epoch's: it outranks every write
+                    // of an earlier epoch this term does not follow (K2).
                     term.frees.insert(entry.name.clone(), (entry.token, None));
-                    term.write(entry.clone());
+                    term.write(Entry {
+                        state: EntryState::Free {
+                            request_id: request_id.clone(),
+                            epoch: epoch.0,
+                        },
+                        ..entry.clone()
+                    });
                 }
             }
         }
@@ -807,11 +815,13 @@ impl LockTable {
             term.ended.push_back((name.clone(), id.clone()));
         }
         term.frees.insert(name.clone(), (holder.token, None));
+        let epoch = term.epoch.0;
         term.write(Entry {
             name: name.clone(),
             token: holder.token,
             state: EntryState::Free {
                 request_id: holder.request_id,
+                epoch,
             },
             claim: holder.claim,
         });
@@ -1160,11 +1170,13 @@ impl LockTable {
         }
         term.frees.insert(name.clone(), (claim, None));
         let waiters: Vec<Waiter> = lock.waiters.into_iter().collect();
+        let epoch = term.epoch.0;
         term.write(Entry {
             name,
             token: claim,
             state: EntryState::Free {
                 request_id: holder.request_id,
+                epoch,
             },
             claim: Some(facts.clone()),
         });

@@ -39,8 +39,9 @@ pub const BATCH_PENDING_MAX: Duration = Duration::from_secs(1);
 
 /// An entry that replicates by merging: one entry per key, and of two
 /// entries of one key the higher rank wins. The rank must be a total
-/// order consistent with the protocol's "later": for locks a higher token,
-/// then a release over its grant, then a later write of one grant.
+/// order consistent with the protocol's "later": for locks a write of a
+/// later epoch, then a higher token, then a release over its grant, then a
+/// later write of one grant.
 pub trait Merge: Clone {
     /// What names the entry (a lock's name).
     type Key: Ord + Clone + std::fmt::Debug;

@@ -55,19 +55,73 @@ const GENERATION_FILE: &str = "generation";
 const LOCK_FILE: &str = "lock";
 /// The first line of an identity file.
 const IDENTITY_HEADER: &str = "coordmesh data directory 1";
-/// The lock log's first bytes: format and version. Version 2: entries
-/// name their namespace (user lock or idempotency claim) and carry a
-/// claim's facts.
-const LOG_MAGIC: &[u8; 8] = b"CMLOCKS2";
-/// Version 1's header: user locks only. Read, then rewritten as version 2.
+/// The lock log's first bytes: format and version. Version 3: a
+/// tombstone carries the epoch that wrote it (K2's merge order).
+const LOG_MAGIC: &[u8; 8] = b"CMLOCKS3";
+/// Version 2's header: entries name their namespace (user lock or
+/// idempotency claim) and carry a claim's facts. Read, then rewritten as
+/// the current version.
+const LOG_MAGIC_V2: &[u8; 8] = b"CMLOCKS2";
+/// Version 1's header: user locks only. Read, then rewritten.
 const LOG_MAGIC_V1: &[u8; 8] = b"CMLOCKS1";
+
+/// A lock log's version, from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogVersion {
+    V1,
+    V2,
+    Current,
+}
+
+/// An entry's state in versions 1 and 2: tombstones without their epoch.
+#[derive(serde::Deserialize)]
+enum EntryStateV2 {
+    Held {
+        ttl_ms: u64,
+        owner: NodeId,
+        request_id: Option<String>,
+        quiet_ms: u64,
+        version: u64,
+    },
+    Free {
+        request_id: Option<String>,
+    },
+}
+
+impl EntryStateV2 {
+    /// The current state; a tombstone is taken as written in its token's
+    /// epoch (the earliest it can have been; the next takeover rewrites
+    /// it in its own).
+    fn upgrade(self, token: crate::ids::Token) -> crate::locks::EntryState {
+        use crate::locks::EntryState;
+        match self {
+            EntryStateV2::Held {
+                ttl_ms,
+                owner,
+                request_id,
+                quiet_ms,
+                version,
+            } => EntryState::Held {
+                ttl_ms,
+                owner,
+                request_id,
+                quiet_ms,
+                version,
+            },
+            EntryStateV2::Free { request_id } => EntryState::Free {
+                request_id,
+                epoch: crate::locks::token_epoch(token).0,
+            },
+        }
+    }
+}
 
 /// A lock log entry of version 1.
 #[derive(serde::Deserialize)]
 struct EntryV1 {
     name: String,
     token: crate::ids::Token,
-    state: crate::locks::EntryState,
+    state: EntryStateV2,
 }
 
 impl From<EntryV1> for Entry {
@@ -75,8 +129,28 @@ impl From<EntryV1> for Entry {
         Entry {
             name: crate::locks::Name::lock(e.name),
             token: e.token,
-            state: e.state,
+            state: e.state.upgrade(e.token),
             claim: None,
+        }
+    }
+}
+
+/// A lock log entry of version 2.
+#[derive(serde::Deserialize)]
+struct EntryV2 {
+    name: crate::locks::Name,
+    token: crate::ids::Token,
+    state: EntryStateV2,
+    claim: Option<Box<crate::locks::ClaimFacts>>,
+}
+
+impl From<EntryV2> for Entry {
+    fn from(e: EntryV2) -> Entry {
+        Entry {
+            name: e.name,
+            token: e.token,
+            state: e.state.upgrade(e.token),
+            claim: e.claim,
         }
     }
 }
@@ -390,16 +464,21 @@ impl LockLog {
             Err(e) => return Err(e),
         };
         let header = bytes.get(..LOG_MAGIC.len());
-        let v1 = header == Some(LOG_MAGIC_V1.as_slice());
-        if header != Some(LOG_MAGIC.as_slice()) && !v1 {
+        let version = if header == Some(LOG_MAGIC.as_slice()) {
+            LogVersion::Current
+        } else if header == Some(LOG_MAGIC_V2.as_slice()) {
+            LogVersion::V2
+        } else if header == Some(LOG_MAGIC_V1.as_slice()) {
+            LogVersion::V1
+        } else {
             return Err(invalid(path, "is not a coordmesh lock log (bad header)"));
-        }
+        };
         let mut replica = Replica::default();
         let mut at = LOG_MAGIC.len();
         let mut records = 0;
         let mut repaired = Vec::new();
         while at < bytes.len() {
-            match decode_record(&bytes[at..], v1) {
+            match decode_record(&bytes[at..], version) {
                 Ok((entry, used)) => {
                     replica.merge(entry);
                     records += 1;
@@ -426,10 +505,11 @@ impl LockLog {
                 }
             }
         }
-        if v1 {
+        if version != LogVersion::Current {
             // Appends are of the current version: rewrite the whole log.
+            let was = if version == LogVersion::V1 { 1 } else { 2 };
             repaired.push(format!(
-                "{}: rewrote a lock log of version 1 as version 2",
+                "{}: rewrote a lock log of version {was} as version 3",
                 path.display()
             ));
             return Ok((LockLog::create(path, &replica)?, replica, repaired));
@@ -488,10 +568,10 @@ impl LockLog {
     }
 }
 
-/// One record at the start of `bytes` (of version 1 if `v1`): the entry
+/// One record at the start of `bytes` (of the log's `version`): the entry
 /// and the bytes it used, or, if it is not whole and valid, how far it
 /// claims to extend.
-fn decode_record(bytes: &[u8], v1: bool) -> Result<(Entry, usize), usize> {
+fn decode_record(bytes: &[u8], version: LogVersion) -> Result<(Entry, usize), usize> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(RECORD_HEADER_BYTES);
     }
@@ -507,10 +587,10 @@ fn decode_record(bytes: &[u8], v1: bool) -> Result<(Entry, usize), usize> {
     if crc32fast::hash(body) != crc {
         return Err(extent);
     }
-    let entry = if v1 {
-        postcard::from_bytes::<EntryV1>(body).map(Entry::from)
-    } else {
-        postcard::from_bytes(body)
+    let entry = match version {
+        LogVersion::V1 => postcard::from_bytes::<EntryV1>(body).map(Entry::from),
+        LogVersion::V2 => postcard::from_bytes::<EntryV2>(body).map(Entry::from),
+        LogVersion::Current => postcard::from_bytes(body),
     };
     Ok((entry.map_err(|_| extent)?, extent))
 }

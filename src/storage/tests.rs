@@ -1,6 +1,6 @@
 use super::*;
 use crate::ids::Token;
-use crate::locks::{EntryState, Name};
+use crate::locks::{ClaimFacts, EntryState, Name};
 
 fn held(name: &str, token: u64) -> Entry {
     Entry {
@@ -251,8 +251,8 @@ fn callbacks_run_outside_the_disk_lock() {
 }
 
 /// A lock log of version 1 (user locks only, before claims had a
-/// namespace) is read as user locks and rewritten as version 2, so later
-/// appends follow whole records of one version.
+/// namespace) is read as user locks and rewritten as the current version,
+/// so later appends follow whole records of one version.
 #[test]
 fn a_version_1_lock_log_is_read_and_rewritten() {
     #[derive(serde::Serialize)]
@@ -298,7 +298,10 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
     let tombstone = |key: String, token: u64, expires_at_ms: u64, recovered: bool| Entry {
         name: Name::claim(key),
         token: Token(token),
-        state: EntryState::Free { request_id: None },
+        state: EntryState::Free {
+            request_id: None,
+            epoch: 0,
+        },
         claim: Some(Box::new(ClaimFacts {
             completion: (expires_at_ms > 0).then(|| Completion {
                 expires_at_ms,
@@ -350,4 +353,64 @@ fn a_directory_in_use_refuses_a_second_node() {
     drop(first);
     let (again, _, _) = open(root.path(), 1).unwrap();
     assert_eq!(again.next_generation(100).unwrap(), generation + 1);
+}
+
+/// A lock log of version 2 (tombstones without the epoch that wrote
+/// them) is read with each tombstone taken as written in its token's
+/// epoch, and rewritten as the current version.
+#[test]
+fn a_version_2_lock_log_is_read_and_rewritten() {
+    #[derive(serde::Serialize)]
+    enum StateV2 {
+        #[allow(dead_code)]
+        Held {
+            ttl_ms: u64,
+            owner: NodeId,
+            request_id: Option<String>,
+            quiet_ms: u64,
+            version: u64,
+        },
+        Free {
+            request_id: Option<String>,
+        },
+    }
+    #[derive(serde::Serialize)]
+    struct V2 {
+        name: Name,
+        token: Token,
+        state: StateV2,
+        claim: Option<Box<ClaimFacts>>,
+    }
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join(LOCKS_FILE);
+    let mut bytes = LOG_MAGIC_V2.to_vec();
+    let body = postcard::to_stdvec(&V2 {
+        name: Name::lock("a"),
+        token: Token((7 << 32) | 3),
+        state: StateV2::Free {
+            request_id: Some("r".into()),
+        },
+        claim: None,
+    })
+    .unwrap();
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    fs::write(&path, &bytes).unwrap();
+    let (_, replica, notes) = LockLog::open(&path).unwrap();
+    let freed = Entry {
+        name: Name::lock("a"),
+        token: Token((7 << 32) | 3),
+        state: EntryState::Free {
+            request_id: Some("r".into()),
+            epoch: 7,
+        },
+        claim: None,
+    };
+    assert_eq!(replica.get(&Name::lock("a")), Some(&freed));
+    assert!(notes.iter().any(|n| n.contains("version 2")), "{notes:?}");
+    assert!(fs::read(&path).unwrap().starts_with(LOG_MAGIC));
+    let (_, again, notes) = LockLog::open(&path).unwrap();
+    assert_eq!(again, replica);
+    assert!(notes.is_empty(), "{notes:?}");
 }

@@ -310,7 +310,10 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
     merged.merge(Entry {
         name: Name::lock("y"),
         token: old + 1,
-        state: EntryState::Free { request_id: None },
+        state: EntryState::Free {
+            request_id: None,
+            epoch: 4,
+        },
         claim: None,
     });
     assert!(!merged.merge(Entry {
@@ -396,7 +399,10 @@ mod merge {
             name: Name::lock(format!("n{n}")),
             token: Token(t),
             state: if free {
-                EntryState::Free { request_id: None }
+                EntryState::Free {
+                    request_id: None,
+                    epoch: version,
+                }
             } else {
                 // One write per version: a version names its content.
                 EntryState::Held {
@@ -1124,6 +1130,66 @@ fn a_waiting_begin_gets_the_replay_when_the_claim_completes() {
     assert!(h.claimed(waiter).0 > claim);
 }
 
+/// A review of seed 8050548669421979793 of the idempotency chaos: the
+/// leader of epoch 1 expired claim 1 of a key and granted claim 2 in a
+/// batch that reached only its own copy; the leader of epoch 2, from a
+/// majority that never saw it, took claim 1 over, and claim 1 completed,
+/// its result told to its client. At a later takeover the merge of the
+/// promises (the first leader's copy among them) kept claim 2, the higher
+/// token, and lost the completion: the key ran again and a second result
+/// was told. A write of a later epoch wins the merge (K2): the completion
+/// survives any order of merging, and is replayed after the takeover.
+#[test]
+fn a_grant_a_deposed_leader_made_on_a_minority_does_not_outrank_a_later_completion() {
+    let facts = |completion: Option<Completion>, recovered: bool| {
+        Some(Box::new(ClaimFacts {
+            completion,
+            recovered,
+            fingerprint: b"fp".to_vec(),
+            record_ttl_ms: 60_000,
+        }))
+    };
+    // Epoch 1's minority batch: claim 2 granted after claim 1 ran out.
+    let stale = Entry {
+        name: Name::claim("k"),
+        token: Token((1 << 32) | 5),
+        state: EntryState::held(2000, NodeId(2), None, (1 << 32) | 9),
+        claim: facts(None, true),
+    };
+    // Epoch 2's majority batch: claim 1 (adopted) completed.
+    let completed = Entry {
+        name: Name::claim("k"),
+        token: Token((1 << 32) | 2),
+        state: EntryState::Free {
+            request_id: None,
+            epoch: 2,
+        },
+        claim: facts(
+            Some(Completion {
+                expires_at_ms: WALL + 60_000,
+                result: b"first".to_vec(),
+            }),
+            false,
+        ),
+    };
+    for order in [[&stale, &completed], [&completed, &stale]] {
+        let mut merged = Replica::default();
+        for e in order {
+            merged.merge(e.clone());
+        }
+        assert_eq!(merged.get(&Name::claim("k")), Some(&completed));
+        let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+        let mut h = Harness::new();
+        let out = table.take_over(ms(0), Epoch(3), merged);
+        h.table = table;
+        h.batches.clear();
+        h.absorb(out);
+        let t = h.begin(1, "k", b"fp", 0, None);
+        h.commit(2, &[ME, NodeId(2)]);
+        assert_eq!(h.replayed(t).0, b"first".to_vec());
+    }
+}
+
 /// I2, I3: a completion adopted at takeover (seen on one promising voter,
 /// perhaps a minority) is replayed only once the term's first batch has
 /// written it to a majority; a claim that is not committed cannot
@@ -1134,7 +1200,10 @@ fn i3_an_adopted_completion_is_replayed_only_once_a_majority_holds_it() {
     merged.merge(Entry {
         name: Name::claim("k"),
         token: Token((4 << 32) | 1),
-        state: EntryState::Free { request_id: None },
+        state: EntryState::Free {
+            request_id: None,
+            epoch: 4,
+        },
         claim: Some(Box::new(ClaimFacts {
             completion: Some(Completion {
                 expires_at_ms: WALL + 60_000,
@@ -1310,7 +1379,10 @@ fn i4_a_completion_of_an_earlier_claim_loses_to_a_later_grant() {
     let completion = Entry {
         name: Name::claim("k"),
         token: Token(1),
-        state: EntryState::Free { request_id: None },
+        state: EntryState::Free {
+            request_id: None,
+            epoch: 0,
+        },
         claim: facts(Some(Completion {
             expires_at_ms: WALL,
             result: b"late".to_vec(),
