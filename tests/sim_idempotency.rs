@@ -689,6 +689,17 @@ async fn chaos_every_operation_runs_once() {
     assert!(total.answers > 0 && total.replays > 0, "{total:?}");
 }
 
+/// Seeds that once broke a rule, replayed on every run: 8050548669421979793
+/// lost a completion to a stale grant at a takeover (PROTOCOL.md, review
+/// 3); 1293911299557666311 killed every voter without a data directory
+/// in turn (outside the guarantee; the run no longer does).
+#[tokio::test(start_paused = true)]
+async fn seeds_that_once_broke_a_rule_stay_clean() {
+    for seed in [8050548669421979793, 1293911299557666311] {
+        chaos(seed).await;
+    }
+}
+
 /// Goal: a seed replays an idempotency chaos run exactly: run twice, each
 /// in a fresh runtime, both give the same executions under the same
 /// claims and the same answers at the same instants.
