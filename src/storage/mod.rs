@@ -75,6 +75,7 @@ enum LogVersion {
 
 /// An entry's state in versions 1 and 2: tombstones without their epoch.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 enum EntryStateV2 {
     Held {
         ttl_ms: u64,
@@ -137,6 +138,7 @@ impl From<EntryV1> for Entry {
 
 /// A lock log entry of version 2.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct EntryV2 {
     name: crate::locks::Name,
     token: crate::ids::Token,

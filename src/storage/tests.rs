@@ -1,6 +1,6 @@
 use super::*;
 use crate::ids::Token;
-use crate::locks::{ClaimFacts, EntryState, Name};
+use crate::locks::{EntryState, Name};
 
 fn held(name: &str, token: u64) -> Entry {
     Entry {
@@ -360,34 +360,13 @@ fn a_directory_in_use_refuses_a_second_node() {
 /// epoch, and rewritten as the current version.
 #[test]
 fn a_version_2_lock_log_is_read_and_rewritten() {
-    #[derive(serde::Serialize)]
-    enum StateV2 {
-        #[allow(dead_code)]
-        Held {
-            ttl_ms: u64,
-            owner: NodeId,
-            request_id: Option<String>,
-            quiet_ms: u64,
-            version: u64,
-        },
-        Free {
-            request_id: Option<String>,
-        },
-    }
-    #[derive(serde::Serialize)]
-    struct V2 {
-        name: Name,
-        token: Token,
-        state: StateV2,
-        claim: Option<Box<ClaimFacts>>,
-    }
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join(LOCKS_FILE);
     let mut bytes = LOG_MAGIC_V2.to_vec();
-    let body = postcard::to_stdvec(&V2 {
+    let body = postcard::to_stdvec(&EntryV2 {
         name: Name::lock("a"),
         token: Token((7 << 32) | 3),
-        state: StateV2::Free {
+        state: EntryStateV2::Free {
             request_id: Some("r".into()),
         },
         claim: None,
