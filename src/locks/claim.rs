@@ -40,10 +40,10 @@ pub fn claim_weight(entry: &super::Entry) -> usize {
         + CLAIM_FIXED_BYTES
 }
 
-/// The fixed fields of a claim's entry at their longest encoding: seven
+/// The fixed fields of a claim's entry at their longest encoding: eight
 /// integers of up to ten bytes each (token, TTL, owner, quiet time,
-/// version, expiry, record TTL), the lengths and tags.
-const CLAIM_FIXED_BYTES: usize = 7 * 10 + 32;
+/// version, expiry, record TTL, the epoch written), the lengths and tags.
+const CLAIM_FIXED_BYTES: usize = 8 * 10 + 32;
 
 /// How far apart two nodes' wall clocks may be: a record is dropped this
 /// long after its expiry (I6), by every node on its own clock.
@@ -148,10 +148,10 @@ mod tests {
                 } else {
                     EntryState::Free {
                         request_id: Some("r".repeat(128)),
-                        epoch: u64::MAX,
                     }
                 },
                 claim: Some(Box::new(facts)),
+                written: crate::ids::Epoch(u64::MAX),
             };
             let encoded = postcard::to_allocvec(&entry).unwrap().len();
             assert!(

@@ -117,6 +117,10 @@ pub struct Entry {
     pub state: EntryState,
     /// What a claim carries besides its lease (`None` for a user lock).
     pub claim: Option<Box<ClaimFacts>>,
+    /// The epoch of the leader that wrote this version of the entry (K2:
+    /// a later epoch's write wins the merge); 0 for one read from a lock
+    /// log of an earlier format, which every write since outranks.
+    pub written: Epoch,
 }
 
 /// What an idempotency claim's entry carries besides its lease: the
@@ -177,9 +181,6 @@ pub enum EntryState {
         /// The request id of the grant it ended: a late or duplicated
         /// acquire with that id grants nothing (K4).
         request_id: Option<String>,
-        /// The epoch of the leader that wrote it (K2: a later epoch's
-        /// write wins the merge).
-        epoch: u64,
     },
 }
 
@@ -224,9 +225,9 @@ impl Merge for Entry {
         let claim = self.claim.as_deref();
         match &self.state {
             EntryState::Held { version, .. } => {
-                (*version >> 32, self.token, false, *version, claim)
+                (self.written.0, self.token, false, *version, claim)
             }
-            EntryState::Free { epoch, .. } => (*epoch, self.token, true, 0, claim),
+            EntryState::Free { .. } => (self.written.0, self.token, true, 0, claim),
         }
     }
 }

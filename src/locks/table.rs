@@ -435,21 +435,19 @@ impl LockTable {
                             version,
                         },
                         claim: entry.claim.clone(),
+                        written: epoch,
                     });
                     term.batches.effect(Effect::Adopt {
                         name: entry.name.clone(),
                         token: entry.token,
                     });
                 }
-                EntryState::Free { request_id, .. } => {
+                EntryState::Free { .. } => {
                     // Rewritten as this epoch's: it outranks every write
                     // of an earlier epoch this term does not follow (K2).
                     term.frees.insert(entry.name.clone(), (entry.token, None));
                     term.write(Entry {
-                        state: EntryState::Free {
-                            request_id: request_id.clone(),
-                            epoch: epoch.0,
-                        },
+                        written: epoch,
                         ..entry.clone()
                     });
                 }
@@ -761,6 +759,7 @@ impl LockTable {
                 token: tok,
                 state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
                 claim: w.claim.clone(),
+                written: term.epoch,
             };
             note_claim(&term.known, &mut term.claims, &mut term.claim_bytes, &entry);
             term.known.merge(entry.clone());
@@ -815,15 +814,14 @@ impl LockTable {
             term.ended.push_back((name.clone(), id.clone()));
         }
         term.frees.insert(name.clone(), (holder.token, None));
-        let epoch = term.epoch.0;
         term.write(Entry {
             name: name.clone(),
             token: holder.token,
             state: EntryState::Free {
                 request_id: holder.request_id,
-                epoch,
             },
             claim: holder.claim,
+            written: term.epoch,
         });
         self.promote(now, name, out);
     }
@@ -1170,15 +1168,14 @@ impl LockTable {
         }
         term.frees.insert(name.clone(), (claim, None));
         let waiters: Vec<Waiter> = lock.waiters.into_iter().collect();
-        let epoch = term.epoch.0;
         term.write(Entry {
             name,
             token: claim,
             state: EntryState::Free {
                 request_id: holder.request_id,
-                epoch,
             },
             claim: Some(facts.clone()),
+            written: term.epoch,
         });
         term.batches.effect(Effect::Answer {
             ticket,
@@ -1319,6 +1316,7 @@ impl LockTable {
                     version,
                 },
                 claim: h.claim.clone(),
+                written: term.epoch,
             };
             term.write(entry);
         }
@@ -1505,6 +1503,7 @@ fn refresh(
         token: h.token,
         state: EntryState::held(h.ttl_ms, h.owner, h.request_id.clone(), version),
         claim: h.claim.clone(),
+        written: term.epoch,
     };
     term.write(entry);
     term.batches.effect(Effect::Refresh {

@@ -18,8 +18,10 @@ use serde::de::DeserializeOwned;
 /// protocol has messages of its own (`Request::Voter`, `Response::Voter`),
 /// out of the client lock messages, and promises and recovery answers
 /// carry a `VoterSnapshot`. 4: lock entries name their namespace (user
-/// lock or idempotency claim) and carry a claim's facts.
-pub const WIRE_VERSION: u16 = 4;
+/// lock or idempotency claim) and carry a claim's facts. 5: lock entries
+/// carry the epoch that wrote them; anti-entropy walks (`Page`, `Ids`,
+/// `Fetch`).
+pub const WIRE_VERSION: u16 = 5;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Bytes of the length prefix.

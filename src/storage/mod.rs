@@ -55,8 +55,11 @@ const GENERATION_FILE: &str = "generation";
 const LOCK_FILE: &str = "lock";
 /// The first line of an identity file.
 const IDENTITY_HEADER: &str = "coordmesh data directory 1";
-/// The lock log's first bytes: format and version. Version 3: a
-/// tombstone carries the epoch that wrote it (K2's merge order).
+/// The lock log's first bytes: format and version. Version 3: an entry
+/// carries the epoch that wrote it (K2's merge order). Entries of the
+/// earlier versions are read as written in epoch 0: among themselves they
+/// keep the order they had (token, release over grant, version), and
+/// every write since outranks them.
 const LOG_MAGIC: &[u8; 8] = b"CMLOCKS3";
 /// Version 2's header: entries name their namespace (user lock or
 /// idempotency claim) and carry a claim's facts. Read, then rewritten as
@@ -73,56 +76,12 @@ enum LogVersion {
     Current,
 }
 
-/// An entry's state in versions 1 and 2: tombstones without their epoch.
-#[derive(serde::Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
-enum EntryStateV2 {
-    Held {
-        ttl_ms: u64,
-        owner: NodeId,
-        request_id: Option<String>,
-        quiet_ms: u64,
-        version: u64,
-    },
-    Free {
-        request_id: Option<String>,
-    },
-}
-
-impl EntryStateV2 {
-    /// The current state; a tombstone is taken as written in its token's
-    /// epoch (the earliest it can have been; the next takeover rewrites
-    /// it in its own).
-    fn upgrade(self, token: crate::ids::Token) -> crate::locks::EntryState {
-        use crate::locks::EntryState;
-        match self {
-            EntryStateV2::Held {
-                ttl_ms,
-                owner,
-                request_id,
-                quiet_ms,
-                version,
-            } => EntryState::Held {
-                ttl_ms,
-                owner,
-                request_id,
-                quiet_ms,
-                version,
-            },
-            EntryStateV2::Free { request_id } => EntryState::Free {
-                request_id,
-                epoch: crate::locks::token_epoch(token).0,
-            },
-        }
-    }
-}
-
 /// A lock log entry of version 1.
 #[derive(serde::Deserialize)]
 struct EntryV1 {
     name: String,
     token: crate::ids::Token,
-    state: EntryStateV2,
+    state: crate::locks::EntryState,
 }
 
 impl From<EntryV1> for Entry {
@@ -130,8 +89,9 @@ impl From<EntryV1> for Entry {
         Entry {
             name: crate::locks::Name::lock(e.name),
             token: e.token,
-            state: e.state.upgrade(e.token),
+            state: e.state,
             claim: None,
+            written: Epoch::ZERO,
         }
     }
 }
@@ -142,7 +102,7 @@ impl From<EntryV1> for Entry {
 struct EntryV2 {
     name: crate::locks::Name,
     token: crate::ids::Token,
-    state: EntryStateV2,
+    state: crate::locks::EntryState,
     claim: Option<Box<crate::locks::ClaimFacts>>,
 }
 
@@ -151,8 +111,9 @@ impl From<EntryV2> for Entry {
         Entry {
             name: e.name,
             token: e.token,
-            state: e.state.upgrade(e.token),
+            state: e.state,
             claim: e.claim,
+            written: Epoch::ZERO,
         }
     }
 }

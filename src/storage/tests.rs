@@ -8,6 +8,7 @@ fn held(name: &str, token: u64) -> Entry {
         token: Token(token),
         state: EntryState::held(1000, NodeId(1), None, 0),
         claim: None,
+        written: Epoch(0),
     }
 }
 
@@ -298,10 +299,7 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
     let tombstone = |key: String, token: u64, expires_at_ms: u64, recovered: bool| Entry {
         name: Name::claim(key),
         token: Token(token),
-        state: EntryState::Free {
-            request_id: None,
-            epoch: 0,
-        },
+        state: EntryState::Free { request_id: None },
         claim: Some(Box::new(ClaimFacts {
             completion: (expires_at_ms > 0).then(|| Completion {
                 expires_at_ms,
@@ -311,6 +309,7 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
             fingerprint: b"f".to_vec(),
             record_ttl_ms: 1000,
         })),
+        written: Epoch(0),
     };
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
@@ -355,41 +354,67 @@ fn a_directory_in_use_refuses_a_second_node() {
     assert_eq!(again.next_generation(100).unwrap(), generation + 1);
 }
 
-/// A lock log of version 2 (tombstones without the epoch that wrote
-/// them) is read with each tombstone taken as written in its token's
-/// epoch, and rewritten as the current version.
+/// A lock log of version 2 (entries without the epoch that wrote them)
+/// is read with every entry as written in epoch 0, so among themselves
+/// they keep the order they had: a grant taken over and rewritten by a
+/// later leader (its version of that epoch) and then released stays
+/// released, in the log and against another voter's copy that missed the
+/// release; every write since outranks them. Then it is rewritten as the
+/// current version.
 #[test]
 fn a_version_2_lock_log_is_read_and_rewritten() {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join(LOCKS_FILE);
     let mut bytes = LOG_MAGIC_V2.to_vec();
-    let body = postcard::to_stdvec(&EntryV2 {
-        name: Name::lock("a"),
-        token: Token((7 << 32) | 3),
-        state: EntryStateV2::Free {
-            request_id: Some("r".into()),
-        },
-        claim: None,
-    })
-    .unwrap();
-    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
+    let token = Token((1 << 32) | 3);
+    let rewritten = EntryState::Held {
+        ttl_ms: 1000,
+        owner: NodeId(1),
+        request_id: Some("r".into()),
+        quiet_ms: 0,
+        version: (2 << 32) | 1,
+    };
+    let released = EntryState::Free {
+        request_id: Some("r".into()),
+    };
+    for state in [rewritten.clone(), released.clone()] {
+        let body = postcard::to_stdvec(&EntryV2 {
+            name: Name::lock("a"),
+            token,
+            state,
+            claim: None,
+        })
+        .unwrap();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+    }
     fs::write(&path, &bytes).unwrap();
     let (_, replica, notes) = LockLog::open(&path).unwrap();
-    let freed = Entry {
+    let entry = |state: EntryState, written: u64| Entry {
         name: Name::lock("a"),
-        token: Token((7 << 32) | 3),
-        state: EntryState::Free {
-            request_id: Some("r".into()),
-            epoch: 7,
-        },
+        token,
+        state,
         claim: None,
+        written: Epoch(written),
     };
+    let freed = entry(released, 0);
     assert_eq!(replica.get(&Name::lock("a")), Some(&freed));
     assert!(notes.iter().any(|n| n.contains("version 2")), "{notes:?}");
     assert!(fs::read(&path).unwrap().starts_with(LOG_MAGIC));
     let (_, again, notes) = LockLog::open(&path).unwrap();
     assert_eq!(again, replica);
     assert!(notes.is_empty(), "{notes:?}");
+    // Another voter's upgraded copy that missed the release.
+    let mut other = Replica::default();
+    other.merge(entry(rewritten, 0));
+    other.merge(freed.clone());
+    assert_eq!(other.get(&Name::lock("a")), Some(&freed));
+    // A later leader's write outranks them.
+    let later = entry(EntryState::held(1000, NodeId(2), None, (3 << 32) | 1), 3);
+    let later = Entry {
+        token: Token((3 << 32) | 1),
+        ..later
+    };
+    assert!(other.merge(later));
 }

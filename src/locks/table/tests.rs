@@ -305,22 +305,22 @@ fn adopted_grants_keep_their_token_and_get_a_full_ttl_from_takeover() {
         token: old,
         state: EntryState::held(1000, NodeId(9), None, 0),
         claim: None,
+        written: Epoch(0),
     });
     // A stale grant under a tombstone of the same token stays freed (K2).
     merged.merge(Entry {
         name: Name::lock("y"),
         token: old + 1,
-        state: EntryState::Free {
-            request_id: None,
-            epoch: 4,
-        },
+        state: EntryState::Free { request_id: None },
         claim: None,
+        written: Epoch(0),
     });
     assert!(!merged.merge(Entry {
         name: Name::lock("y"),
         token: old + 1,
         state: EntryState::held(1000, NodeId(9), None, 0),
         claim: None,
+        written: Epoch(0),
     }));
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let out = table.take_over(ms(5000), Epoch(5), merged);
@@ -399,10 +399,7 @@ mod merge {
             name: Name::lock(format!("n{n}")),
             token: Token(t),
             state: if free {
-                EntryState::Free {
-                    request_id: None,
-                    epoch: version,
-                }
+                EntryState::Free { request_id: None }
             } else {
                 // One write per version: a version names its content.
                 EntryState::Held {
@@ -414,6 +411,7 @@ mod merge {
                 }
             },
             claim: None,
+            written: Epoch(t % 2),
         })
     }
 
@@ -445,6 +443,7 @@ fn an_adopted_grant_expires_and_passes_to_the_waiter() {
         token: Token((4 << 32) | 1),
         state: EntryState::held(1000, NodeId(9), None, 0),
         claim: None,
+        written: Epoch(0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let out = table.take_over(ms(0), Epoch(5), merged);
@@ -490,6 +489,7 @@ fn serving_the_same_epoch_again_goes_on_from_its_last_token() {
         token: ta,
         state: EntryState::held(1000, NodeId(9), None, 0),
         claim: None,
+        written: Epoch(0),
     });
     h.table.step_down();
     h.table.take_over(ms(10), Epoch(5), known);
@@ -571,6 +571,7 @@ fn adopted(name: &str, token: impl Into<Token>, ttl_ms: u64, request_id: Option<
         token: token.into(),
         state: EntryState::held(ttl_ms, NodeId(9), request_id.map(String::from), 0),
         claim: None,
+        written: Epoch(0),
     }
 }
 
@@ -823,6 +824,7 @@ fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
             version: (4 << 32) | 5,
         },
         claim: None,
+        written: Epoch(0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let out = table.take_over(ms(0), Epoch(5), merged);
@@ -1155,15 +1157,13 @@ fn a_grant_a_deposed_leader_made_on_a_minority_does_not_outrank_a_later_completi
         token: Token((1 << 32) | 5),
         state: EntryState::held(2000, NodeId(2), None, (1 << 32) | 9),
         claim: facts(None, true),
+        written: Epoch(1),
     };
     // Epoch 2's majority batch: claim 1 (adopted) completed.
     let completed = Entry {
         name: Name::claim("k"),
         token: Token((1 << 32) | 2),
-        state: EntryState::Free {
-            request_id: None,
-            epoch: 2,
-        },
+        state: EntryState::Free { request_id: None },
         claim: facts(
             Some(Completion {
                 expires_at_ms: WALL + 60_000,
@@ -1171,6 +1171,7 @@ fn a_grant_a_deposed_leader_made_on_a_minority_does_not_outrank_a_later_completi
             }),
             false,
         ),
+        written: Epoch(2),
     };
     for order in [[&stale, &completed], [&completed, &stale]] {
         let mut merged = Replica::default();
@@ -1200,10 +1201,7 @@ fn i3_an_adopted_completion_is_replayed_only_once_a_majority_holds_it() {
     merged.merge(Entry {
         name: Name::claim("k"),
         token: Token((4 << 32) | 1),
-        state: EntryState::Free {
-            request_id: None,
-            epoch: 4,
-        },
+        state: EntryState::Free { request_id: None },
         claim: Some(Box::new(ClaimFacts {
             completion: Some(Completion {
                 expires_at_ms: WALL + 60_000,
@@ -1213,6 +1211,7 @@ fn i3_an_adopted_completion_is_replayed_only_once_a_majority_holds_it() {
             fingerprint: b"fp".to_vec(),
             record_ttl_ms: 60_000,
         })),
+        written: Epoch(0),
     });
     let mut table = LockTable::new(TableConfig::new(&V, 0.01));
     let mut h = Harness::new();
@@ -1375,18 +1374,17 @@ fn i4_a_completion_of_an_earlier_claim_loses_to_a_later_grant() {
         token: Token(2),
         state: EntryState::held(1000, NodeId(9), None, 7),
         claim: facts(None),
+        written: Epoch(0),
     };
     let completion = Entry {
         name: Name::claim("k"),
         token: Token(1),
-        state: EntryState::Free {
-            request_id: None,
-            epoch: 0,
-        },
+        state: EntryState::Free { request_id: None },
         claim: facts(Some(Completion {
             expires_at_ms: WALL,
             result: b"late".to_vec(),
         })),
+        written: Epoch(0),
     };
     for order in [[&later, &completion], [&completion, &later]] {
         let mut copy = Replica::default();
