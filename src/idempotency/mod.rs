@@ -64,6 +64,10 @@ pub struct DiskQueue {
     max: usize,
     /// Changes not written since the queue was full.
     skipped: u64,
+    /// Changes handed to the writer, ever.
+    sent: u64,
+    /// How many of them the writer has synced to disk.
+    synced: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The writer's end of the queue.
@@ -71,6 +75,29 @@ pub struct DiskQueue {
 pub struct DiskChanges {
     rx: std::sync::mpsc::Receiver<Change>,
     queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Changes taken off the queue, ever (in the order sent).
+    received: u64,
+    synced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How durable a store's records are, for settling completions out of
+/// the lock copies (PROTOCOL.md, "Idempotency" 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// No records file: the records live as long as the node's copies,
+    /// in memory.
+    Memory,
+    /// A records file: every change made before `sent` did is on disk
+    /// once `synced` reaches it.
+    Disk {
+        /// Changes handed to the writer so far.
+        sent: u64,
+        /// Changes the writer has synced.
+        synced: u64,
+    },
+    /// A change was not written (the queue was full) or the writer
+    /// stopped: no record can be known durable any more in this life.
+    Lossy,
 }
 
 /// A queue of changes from a store to its writer, holding at most
@@ -78,14 +105,22 @@ pub struct DiskChanges {
 pub fn disk_queue(max_bytes: usize) -> (DiskQueue, DiskChanges) {
     let (tx, rx) = std::sync::mpsc::channel();
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let synced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     (
         DiskQueue {
             tx,
             queued: queued.clone(),
             max: max_bytes,
             skipped: 0,
+            sent: 0,
+            synced: synced.clone(),
         },
-        DiskChanges { rx, queued },
+        DiskChanges {
+            rx,
+            queued,
+            received: 0,
+            synced,
+        },
     )
 }
 
@@ -110,6 +145,19 @@ impl DiskQueue {
         // memory only: logged by the writer.
         if self.tx.send(change).is_err() {
             self.queued.fetch_sub(weight, Relaxed);
+            self.skipped += 1;
+            return;
+        }
+        self.sent += 1;
+    }
+
+    fn durability(&self) -> Durability {
+        if self.skipped > 0 {
+            return Durability::Lossy;
+        }
+        Durability::Disk {
+            sent: self.sent,
+            synced: self.synced.load(std::sync::atomic::Ordering::Acquire),
         }
     }
 }
@@ -118,13 +166,22 @@ impl DiskChanges {
     /// The next change, waiting at most `timeout`; `Disconnected` once
     /// the store let go of the queue and it is empty.
     pub fn recv_timeout(
-        &self,
+        &mut self,
         timeout: Duration,
     ) -> Result<Change, std::sync::mpsc::RecvTimeoutError> {
         let change = self.rx.recv_timeout(timeout)?;
         self.queued
             .fetch_sub(change.weight(), std::sync::atomic::Ordering::Relaxed);
+        self.received += 1;
         Ok(change)
+    }
+
+    /// Every change received so far is on disk, synced: the store's
+    /// [`Store::durability`] says so from now on. Called only after a
+    /// sync that followed their writes.
+    pub fn mark_synced(&self) {
+        self.synced
+            .store(self.received, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -141,6 +198,9 @@ const UNMEASURED: i64 = i64::MIN;
 #[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
+    /// Records this node held may be missing: its records file was set
+    /// aside or not read to the end (PROTOCOL.md, "Idempotency" 8).
+    lost: std::sync::atomic::AtomicBool,
     /// This node's wall clock's offset from the leader's, last measured,
     /// in milliseconds ([`UNMEASURED`] before the first measurement).
     offset_ms: std::sync::atomic::AtomicI64,
@@ -150,6 +210,7 @@ impl Default for Store {
     fn default() -> Store {
         Store {
             inner: Mutex::default(),
+            lost: std::sync::atomic::AtomicBool::new(false),
             offset_ms: std::sync::atomic::AtomicI64::new(UNMEASURED),
         }
     }
@@ -182,6 +243,8 @@ struct Inner {
     disk: Option<DiskQueue>,
     /// The records file while it loads.
     loading: Option<std::sync::Arc<dyn Backing>>,
+    /// The writer was let go of ([`Store::close_disk`]).
+    closed: bool,
 }
 
 impl Inner {
@@ -205,6 +268,7 @@ impl Store {
     /// holds and ends, and stops a load under way.
     pub fn close_disk(&self) {
         let mut inner = self.lock();
+        inner.closed = inner.closed || inner.disk.is_some();
         inner.disk = None;
         inner.loading = None;
     }
@@ -328,6 +392,42 @@ impl Store {
         get().or_else(|| self.read_through(key, now_ms).then(get).flatten())
     }
 
+    /// The committed record of `key` unless expired at `now_ms`, the
+    /// clock measured or not: what the leader, whose clock is the
+    /// reference, answers a begin or a completion with.
+    pub fn committed(&self, key: &str, now_ms: u64) -> Option<Record> {
+        let get = || {
+            self.lock()
+                .records
+                .get(key, now_ms, Duration::ZERO)
+                .filter(|r| r.committed)
+        };
+        get().or_else(|| self.read_through(key, now_ms).then(get).flatten())
+    }
+
+    /// True if this store holds a committed record of `key` written
+    /// under `claim` or a later claim, expired or not (a completion of
+    /// that claim is settled here once it is also durable).
+    pub fn holds_completion(&self, key: &str, claim: Token, now_ms: u64) -> bool {
+        let held = || {
+            self.lock()
+                .records
+                .get(key, 0, Duration::ZERO)
+                .is_some_and(|r| r.committed && r.claim >= claim)
+        };
+        held() || (self.read_through(key, now_ms) && held())
+    }
+
+    /// How durable the records are now ([`Durability`]).
+    pub fn durability(&self) -> Durability {
+        let inner = self.lock();
+        match &inner.disk {
+            _ if inner.closed => Durability::Lossy,
+            None => Durability::Memory,
+            Some(q) => q.durability(),
+        }
+    }
+
     /// Drops the records expired at `now_ms` (plus [`SKEW`]); how many.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut inner = self.lock();
@@ -391,6 +491,22 @@ impl Store {
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
         self.lock().records.is_empty()
+    }
+
+    /// Records this node held may be missing from this store (its
+    /// records file was set aside or not read to the end).
+    pub fn mark_lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The records were filled in again from a majority of voters.
+    pub fn mark_found(&self) {
+        self.lost.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// False once [`Store::mark_lost`] was called.
+    pub fn intact(&self) -> bool {
+        !self.lost.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Notes this node's wall clock's offset from the leader's (ahead is positive).

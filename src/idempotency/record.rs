@@ -87,6 +87,20 @@ impl Record {
         })
     }
 
+    /// The record as a claim's facts (the leader answers a begin with
+    /// them); its TTL is not kept, only its expiry.
+    pub fn facts(&self) -> crate::locks::ClaimFacts {
+        crate::locks::ClaimFacts {
+            completion: Some(crate::locks::Completion {
+                expires_at_ms: self.expires_at_ms,
+                result: self.result.clone(),
+            }),
+            recovered: self.recovered,
+            fingerprint: self.fingerprint.clone(),
+            record_ttl_ms: 0,
+        }
+    }
+
     /// Its bytes, at least as encoded: key, fingerprint, result and
     /// [`RECORD_FIXED_BYTES`].
     pub fn weight(&self) -> usize {

@@ -253,6 +253,18 @@ impl Entry {
         }
     }
 
+    /// True for a claim's tombstone that carries its completion: once the
+    /// node's records hold that completion durably, it may leave the
+    /// node's copies (PROTOCOL.md, "Idempotency" 8).
+    pub fn is_settleable(&self) -> bool {
+        self.name.space == Space::Claim
+            && !self.is_held()
+            && self
+                .claim
+                .as_deref()
+                .is_some_and(|f| f.completion.is_some())
+    }
+
     /// True for a grant.
     pub fn is_held(&self) -> bool {
         matches!(self.state, EntryState::Held { .. })

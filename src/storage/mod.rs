@@ -385,6 +385,32 @@ fn create_dir_durably(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The file whose presence says the records file of a data directory
+/// lacks completions the node's lock copy settled into it (the file was
+/// set aside or could not be read, or the copy was replaced by others'
+/// at recovery): the node fills its records in from a majority before
+/// they count (PROTOCOL.md, "Idempotency" 8).
+pub const RECORDS_INCOMPLETE_FILE: &str = "records.incomplete";
+
+/// True if the records of the data directory `dir` are marked incomplete.
+pub fn records_incomplete(dir: &Path) -> bool {
+    dir.join(RECORDS_INCOMPLETE_FILE).exists()
+}
+
+/// Marks the records of `dir` incomplete (or complete again), durably.
+pub fn mark_records_incomplete(dir: &Path, incomplete: bool) -> io::Result<()> {
+    let path = dir.join(RECORDS_INCOMPLETE_FILE);
+    if incomplete {
+        replace_file(dir, RECORDS_INCOMPLETE_FILE, b"")
+    } else {
+        match fs::remove_file(&path) {
+            Ok(()) => File::open(dir)?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Replaces `dir/name` atomically and durably: write a temporary file,
 /// fsync it, rename it over, fsync the directory.
 fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -580,6 +606,10 @@ pub struct Job {
     /// Drop the claims' tombstones collectable at this wall-clock time
     /// from the durable copy (the log sheds them at its next rewrite).
     pub collect: Option<u64>,
+    /// Drop these completed claims' tombstones (name and claim) from the
+    /// durable copy: the records file holds their completions, synced
+    /// (PROTOCOL.md, "Idempotency" 8).
+    pub settle: Vec<(crate::locks::Name, crate::ids::Token)>,
     /// Called once all of it is durable (`true`), or cannot be (`false`).
     pub done: Done,
 }
@@ -641,6 +671,13 @@ impl Disk {
             }
             if let Some(wall_ms) = jobs.iter().filter_map(|j| j.collect).max() {
                 self.replica.retain(|e| !e.collectable(wall_ms));
+            }
+            let settled: std::collections::HashSet<_> =
+                jobs.iter().flat_map(|j| j.settle.iter()).collect();
+            if !settled.is_empty() {
+                self.replica.retain(|e| {
+                    !(e.is_settleable() && settled.contains(&(e.name.clone(), e.token)))
+                });
             }
             let changed = self
                 .replica
@@ -773,6 +810,12 @@ impl Persister {
         self.initialized.load(Ordering::Acquire)
     }
 
+    /// The data directory's path, if there is one.
+    pub fn dir_path(&self) -> Option<PathBuf> {
+        let disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        disk.dir.as_ref().map(|d| d.path.clone())
+    }
+
     /// True if this node has a data directory (initialized or not):
     /// everything that should be durable goes through it, in order.
     pub fn has_dir(&self) -> bool {
@@ -814,6 +857,7 @@ impl Persister {
             entries,
             init: None,
             collect: None,
+            settle: Vec::new(),
             done: Box::new(done),
         });
     }
@@ -827,6 +871,7 @@ impl Persister {
             entries: Vec::new(),
             init: Some((promised, replica)),
             collect: None,
+            settle: Vec::new(),
             done: Box::new(|_| {}),
         });
     }
@@ -840,6 +885,21 @@ impl Persister {
             entries: Vec::new(),
             init: None,
             collect: Some(wall_ms),
+            settle: Vec::new(),
+            done: Box::new(|_| {}),
+        });
+    }
+
+    /// Drops from the durable copy these completed claims' tombstones
+    /// (name and claim), whose completions the records file holds,
+    /// synced; the log sheds them when it is next rewritten.
+    pub fn settle(&self, settled: Vec<(crate::locks::Name, crate::ids::Token)>) {
+        self.submit(Job {
+            promise: None,
+            entries: Vec::new(),
+            init: None,
+            collect: None,
+            settle: settled,
             done: Box::new(|_| {}),
         });
     }

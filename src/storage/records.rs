@@ -12,10 +12,13 @@
 //! decide what a record is worth: the node's `idempotency::Store` merges,
 //! and hands over each change it made, in the order it made them.
 //!
-//! Nothing here is needed for safety: a record is committed (I2) because
-//! a majority of voters hold its completion in their lock logs, not
-//! because of this file. A file redb finds corrupt is set aside and the
-//! node starts with none; its records come back from the peers.
+//! A record is committed (I2) because a majority of voters held its
+//! completion in their lock logs. A voter then settles the completion
+//! out of its lock log into this file, once the file has synced it
+//! (PROTOCOL.md, "Idempotency" 8): from then on the file holds it for
+//! the voter. A file redb finds corrupt is set aside, the node starts
+//! with none and marks its records incomplete (`records.incomplete`)
+//! until it has filled them in again from a majority of voters.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -231,7 +234,7 @@ impl RecordsFile {
     /// come back from the peers. After a failed write it stops (redb
     /// refuses every later one): the records are still held in memory and
     /// by the peers, and a restart reads the file as it was last synced.
-    pub fn spawn_writer(self: Arc<Self>, changes: DiskChanges) -> io::Result<JoinHandle<()>> {
+    pub fn spawn_writer(self: Arc<Self>, mut changes: DiskChanges) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("records-writer".into())
             .spawn(move || {
@@ -264,6 +267,7 @@ impl RecordsFile {
                     }
                     if sync {
                         synced = Instant::now();
+                        changes.mark_synced();
                     }
                     unsynced = !sync;
                 }
@@ -340,12 +344,20 @@ pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
     let mut problems = Vec::new();
     let file = Arc::new(RecordsFile::open(dir, &mut problems)?);
     let store = Arc::new(Store::default());
+    // A file set aside held records this node's lock copy may have
+    // settled into it: marked (durably, so a restart knows it too) until
+    // they are filled in again from a majority.
+    if !problems.is_empty() || super::records_incomplete(dir) {
+        super::mark_records_incomplete(dir, true)?;
+        store.mark_lost();
+    }
     let (tx, rx) = disk_queue(DISK_QUEUE_BYTES_MAX);
     store.attach_disk(tx);
     store.start_loading(file.clone());
     let writer = file.clone().spawn_writer(rx)?;
     let loader = {
         let store = store.clone();
+        let dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("records-loader".into())
             .spawn(move || {
@@ -361,11 +373,17 @@ pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
                             "idempotency records loaded from the data directory"
                         );
                     }
-                    Err(e) => tracing::error!(
-                        path = %file.path().display(),
-                        error = %e,
-                        "the records file could not be read to the end; the rest come from the peers"
-                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            path = %file.path().display(),
+                            error = %e,
+                            "the records file could not be read to the end; the rest come from the peers"
+                        );
+                        store.mark_lost();
+                        if let Err(e) = super::mark_records_incomplete(&dir, true) {
+                            tracing::error!(error = %e, "the records could not be marked incomplete");
+                        }
+                    }
                 }
                 loaded
             })?

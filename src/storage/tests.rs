@@ -333,6 +333,54 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
     assert_eq!(names, ["later", "lock", "ran-out"]);
 }
 
+/// Completed claims' tombstones settled into the records leave the
+/// durable copy (and the log at its next rewrite); a tombstone of
+/// another claim of the key, live claims and locks stay.
+#[test]
+fn settled_tombstones_leave_the_durable_copy_and_the_log() {
+    use crate::locks::{ClaimFacts, Completion};
+    let completed = |key: &str, token: u64| Entry {
+        name: Name::claim(key),
+        token: Token(token),
+        state: EntryState::Free { request_id: None },
+        claim: Some(Box::new(ClaimFacts {
+            completion: Some(Completion {
+                expires_at_ms: u64::MAX / 2,
+                result: b"r".to_vec(),
+            }),
+            recovered: false,
+            fingerprint: b"f".to_vec(),
+            record_ttl_ms: 1000,
+        })),
+        written: Epoch(0),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(Epoch(3), Replica::default());
+    let mut entries: Vec<Entry> = (0..5000)
+        .map(|i| completed(&format!("k{i}"), 10 + i))
+        .collect();
+    entries.push(completed("other-claim", 7));
+    entries.push(held("lock", 2));
+    p.persist(None, entries, |ok| assert!(ok));
+    let mut settled: Vec<(Name, Token)> = (0..5000)
+        .map(|i| (Name::claim(format!("k{i}")), Token(10 + i)))
+        .collect();
+    settled.push((Name::claim("other-claim"), Token(8)));
+    settled.push((Name::lock("lock"), Token(2)));
+    p.settle(settled);
+    // The next append finds the log mostly superseded and rewrites it.
+    p.persist(None, vec![held("later", 3)], |ok| assert!(ok));
+    drop(p);
+    let (_, stored, _) = open(root.path(), 1).unwrap();
+    let Stored::Initialized { replica, .. } = stored else {
+        panic!("{stored:?}")
+    };
+    let names: Vec<String> = replica.entries().map(|e| e.name.text.clone()).collect();
+    assert_eq!(names, ["later", "lock", "other-claim"]);
+}
+
 /// A data directory in use by one node refuses a second (another
 /// process, or the same node started twice) before anything in it is
 /// read or written, naming the holder's pid; once the first lets go (its

@@ -109,11 +109,72 @@ fn a_file_that_is_not_one_is_set_aside_and_the_node_starts_empty() {
             .join(format!("{RECORDS_FILE}.unreadable"))
             .exists()
     );
+    // The records it held may be gone: marked, durably, until they are
+    // filled in again from a majority.
+    assert!(!store.intact());
+    assert!(crate::storage::records_incomplete(dir.path()));
     store.merge_all(vec![record("a", 1, 1_000_000)], 0);
     close(store, writer);
     let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
     assert_eq!(loaded.records, 1);
+    assert!(!store.intact(), "still marked after a restart");
     close(store, writer);
+    crate::storage::mark_records_incomplete(dir.path(), false).unwrap();
+    let (store, writer, _) = open_store(dir.path(), 0).unwrap();
+    assert!(store.intact());
+    close(store, writer);
+}
+
+/// A completion settles out of the lock copies only once the records
+/// file has synced it: the store reports the changes it sent and how
+/// many of them the writer synced; a change it could not write makes
+/// nothing known durable any more.
+#[test]
+fn the_store_knows_which_changes_the_file_has_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer, _) = open_store(dir.path(), 0).unwrap();
+    assert_eq!(
+        store.durability(),
+        crate::idempotency::Durability::Disk { sent: 0, synced: 0 }
+    );
+    store.merge_all(
+        vec![record("a", 1, 1_000_000), record("b", 3, 1_000_000)],
+        0,
+    );
+    let crate::idempotency::Durability::Disk { sent, .. } = store.durability() else {
+        panic!("{:?}", store.durability())
+    };
+    assert_eq!(sent, 2);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(store.durability(), crate::idempotency::Durability::Disk { synced, .. } if synced >= 2)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "{:?}",
+            store.durability()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.holds_completion("a", Token(1), 0));
+    assert!(!store.holds_completion("a", Token(2), 0), "a later claim");
+    assert!(!store.holds_completion("c", Token(1), 0));
+    close(store.clone(), writer);
+    assert_eq!(
+        store.durability(),
+        crate::idempotency::Durability::Lossy,
+        "a closed writer writes nothing more"
+    );
+    // A store whose queue overflowed knows nothing durable.
+    let full = Store::default();
+    let (tx, _rx) = disk_queue(1);
+    full.attach_disk(tx);
+    full.merge_all(vec![record("a", 1, 1_000_000)], 0);
+    assert_eq!(full.durability(), crate::idempotency::Durability::Lossy);
+    // Without a records file the records last as long as the copies.
+    assert_eq!(
+        Store::default().durability(),
+        crate::idempotency::Durability::Memory
+    );
 }
 
 #[test]
@@ -300,14 +361,14 @@ fn a_load_that_panics_still_ends_the_loading() {
 fn a_writer_that_falls_behind_holds_at_most_the_queues_bound() {
     let store = Store::default();
     let bound = 10_000;
-    let (tx, rx) = disk_queue(bound);
+    let (tx, mut rx) = disk_queue(bound);
     store.attach_disk(tx);
     let records: Vec<Record> = (0..1000)
         .map(|i| record(&format!("k{i:04}"), i + 1, 1_000_000))
         .collect();
     assert_eq!(store.merge_all(records, 0), 1000);
     assert_eq!(store.len(), 1000);
-    let drain = || {
+    let mut drain = || {
         let mut queued = Vec::new();
         while let Ok(c) = rx.recv_timeout(std::time::Duration::ZERO) {
             queued.push(c);
