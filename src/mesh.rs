@@ -49,6 +49,10 @@ pub struct Environment {
     /// (virtual time; zero writes at once). Real nodes write on a thread
     /// of their own and take what the disk takes.
     pub disk_latency: Duration,
+    /// A simulated node's records file: the records its last run held
+    /// (a simulation writes every change at once). Real nodes keep
+    /// `records.redb` in their data directory.
+    pub sim_records: Option<Vec<crate::idempotency::Record>>,
 }
 
 impl Environment {
@@ -66,6 +70,7 @@ impl Environment {
             generation,
             clock: Clock::Boottime,
             disk_latency: Duration::ZERO,
+            sim_records: None,
         }
     }
 }
@@ -163,6 +168,9 @@ struct NodeService {
     driver: OnceLock<tokio::sync::mpsc::Sender<Input>>,
     records: Arc<crate::idempotency::Store>,
     clock: Clock,
+    /// The node's records hold every completion its copies settled
+    /// (shared with the driver).
+    complete: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NodeService {
@@ -217,6 +225,12 @@ impl Service for NodeService {
             Request::Time => Ok(Response::Time {
                 wall_ms: self.clock.wall_ms(),
             }),
+            Request::Life => Ok(Response::Life(crate::rpc::Life {
+                id: self.generation.0,
+                complete: self.complete.load(std::sync::atomic::Ordering::Acquire)
+                    && self.records.intact(),
+            })),
+            Request::Copy => self.forward(|reply| Input::Copy { reply }).await,
             Request::Reconcile(message) => {
                 let now_ms = self.clock.wall_ms();
                 crate::node::anti_entropy::respond(&self.records, *message, now_ms)
@@ -338,14 +352,32 @@ impl Mesh {
                 }
                 (opened.store, Some((opened.writer, opened.loader)))
             }
-            _ => (Arc::new(crate::idempotency::Store::default()), None),
+            (Some(_), _) => {
+                // A simulation's records file: what the last run held.
+                let store = crate::idempotency::Store::default();
+                store.load(
+                    env.sim_records.as_deref().unwrap_or_default(),
+                    env.clock.wall_ms(),
+                );
+                (Arc::new(store), None)
+            }
+            (None, _) => (Arc::new(crate::idempotency::Store::default()), None),
         };
+        // Records whose loss the marker of the data directory says were
+        // not filled in again yet.
+        if let Some(dir) = &config.data_dir
+            && crate::storage::records_incomplete(dir)
+        {
+            records.mark_lost();
+        }
+        let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let service = Arc::new(NodeService {
             id: config.id,
             generation,
             driver: OnceLock::new(),
             records: records.clone(),
             clock: env.clock.clone(),
+            complete: complete.clone(),
         });
         let rpc = Rpc::bind(
             &env.network,
@@ -380,6 +412,8 @@ impl Mesh {
         let mut shared = Shared::new(env.clock.clone());
         shared.promised_durable = disk.durable_promise();
         shared.records = records;
+        shared.life = generation.0;
+        shared.complete = complete;
         let shared = Arc::new(shared);
         let election = Election::new(
             config.id,
@@ -606,6 +640,18 @@ impl Mesh {
     /// leader's: it answers nothing from its own records before (I6).
     pub fn idempotency_clock_measured(&self) -> bool {
         self.inner.shared.records.measured()
+    }
+
+    /// True once this node's records hold every completion its lock
+    /// copies settled into them: it never lost them, or it has filled
+    /// them in from a majority of voters since (PROTOCOL.md,
+    /// "Idempotency" 8). Only a voter's counts.
+    pub fn idempotency_records_complete(&self) -> bool {
+        self.inner
+            .shared
+            .complete
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.inner.shared.records.intact()
     }
 
     /// Every record in this node's replica, by key (unexpired; committed or

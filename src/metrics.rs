@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Idempotent operations whose completion this node committed as
     /// leader.
     pub idempotency_completions: AtomicU64,
+    /// Completed claims' tombstones this node settled out of its lock
+    /// copies (the leader's table and its own copy) into its records.
+    pub idempotency_settled: AtomicU64,
 }
 
 impl Metrics {
@@ -93,7 +96,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 35] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 36] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -303,6 +306,12 @@ impl Metrics {
                 "counter",
                 "Idempotent operations whose completion this node committed as leader.",
                 &self.idempotency_completions,
+            ),
+            (
+                "coordmesh_idempotency_settled_total",
+                "counter",
+                "Completed claims' tombstones settled out of this node's lock copies into its idempotency records.",
+                &self.idempotency_settled,
             ),
         ];
         for (name, kind, help, value) in metrics {

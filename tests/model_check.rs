@@ -64,7 +64,7 @@ use coordmesh::election::{
 use coordmesh::ids::{BatchId, Epoch, NodeId, Token};
 use coordmesh::locks::table::TableConfig;
 use coordmesh::locks::{Entry, HolderLease, LockOutput, LockReply, LockRequest, LockTable, Ticket};
-use coordmesh::locks::{Name, Replica};
+use coordmesh::locks::{Name, RecordsSay, Replica};
 use coordmesh::replication::{self, Answer, Copies, Gate, Next, Settle, Verdict};
 use coordmesh::storage::Stored;
 use stateright::{Checker, HasDiscoveries, Model, Property};
@@ -707,7 +707,14 @@ impl Sys {
         let outs = match (serving, node.locks.epoch()) {
             (Some(e), Some(l)) if e == l => return,
             (Some(e), _) => match node.copies.takeover(e) {
-                Some(merged) => node.locks.take_over(now, e, merged),
+                Some(merged) => {
+                    let outs = node.locks.take_over(now, e, merged);
+                    // The model settles no completion out of the copies:
+                    // the promised copies hold every one, and the records
+                    // have nothing to add before begins are answered.
+                    node.locks.records_reconciled(e);
+                    outs
+                }
                 None => return,
             },
             (None, Some(_)) => node.locks.step_down(),
@@ -848,7 +855,9 @@ impl Sys {
         };
         node.tickets.insert(ticket.0, (c, call, request_id));
         let owner = node.id;
-        let outs = node.locks.handle_request(now, 0, ticket, owner, request);
+        let outs = node
+            .locks
+            .handle_request(now, 0, ticket, owner, request, RecordsSay::default());
         self.apply_locks(i, outs);
         self.flush(i);
     }

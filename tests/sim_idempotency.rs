@@ -713,14 +713,20 @@ fn a_seed_replays_an_idempotency_chaos_run_exactly() {
     }
 }
 
-/// Goal: a store filled to its byte bound (every begin of a new key
-/// refused) still elects a leader after the leader is killed: the table
-/// that travels with the promises fits its frame; and the new leader
-/// replays what the old one recorded.
+/// Goal (I6 and PROTOCOL.md "Idempotency" 8): the store holds as many
+/// records as configured, far more than the lock copies could carry
+/// (completions settle out of them into the records), and refuses a new
+/// key at the bound with a clear error; a new leader still elects and
+/// replays a record settled long before.
 #[tokio::test(start_paused = true)]
 async fn a_full_store_still_elects_a_leader_and_replays() {
     let seed = SimCluster::seed_from_env();
-    let mut c = cluster(seed, 3, 3).await;
+    const MAX: usize = 3_000;
+    let mut c = SimCluster::new(seed, ids(3));
+    c.tuning.idempotency_records_max = Some(MAX);
+    for id in 1..=3 {
+        c.add(NodeId(id)).await;
+    }
     let leader = c.led().await;
     let via = ids(3).into_iter().find(|id| *id != leader).unwrap();
     let mesh = c.mesh(via).clone();
@@ -740,7 +746,12 @@ async fn a_full_store_still_elects_a_leader_and_replays() {
             other => panic!("{other:?} after {recorded} (seed {seed})"),
         }
     }
-    assert!(recorded > 500, "{recorded} (seed {seed})");
+    assert_eq!(recorded, MAX, "(seed {seed})");
+    // More than the claims' byte bound carries: they left the copies.
+    assert!(
+        MAX * result.len() > coordmesh::locks::claim::CLAIM_BYTES_MAX,
+        "(seed {seed})"
+    );
     c.kill(leader).await;
     let new = c.led().await;
     assert_ne!(new, leader, "(seed {seed})");
@@ -833,5 +844,171 @@ async fn restarts_on_data_directories_replay_and_run_nothing_twice() {
         );
     }
     assert_eq!(ledger.runs("r1").len(), 1, "(seed {seed})");
+    c.shutdown().await;
+}
+
+/// The completed claims this node settled out of its lock copies.
+fn settled(mesh: &Mesh) -> u64 {
+    mesh.metrics()
+        .idempotency_settled
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Goal (PROTOCOL.md "Idempotency" 8): a completion settled out of the
+/// voters' copies lives in their records only. A new leader that never
+/// heard of it (cut off while it committed) answers no begin before it
+/// has reconciled its records with a majority of the voters that
+/// promised it; then the retry replays the first result, and the
+/// operation never runs twice.
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_answers_begins_only_once_it_has_its_promisers_records() {
+    debug_log::trace_if_debugging();
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 3, 3).await;
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    assert_eq!(c.led().await, n1, "(seed {seed})");
+    let ledger = Ledger::default();
+    // Committed on 1 and 3; node 2 hears nothing of it.
+    c.isolate(n2);
+    let first = pay(
+        c.mesh(n3),
+        &ledger,
+        "k",
+        "fp",
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await;
+    let Ok(Outcome::Executed(first)) = first else {
+        panic!("{first:?} (seed {seed})");
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        settled(c.mesh(n1)) > 0 && settled(c.mesh(n3)) > 0,
+        "(seed {seed})"
+    );
+    // Node 2 leads next, with node 3's promise; their records do not
+    // meet yet.
+    c.kill(n1).await;
+    c.heal();
+    for (a, b) in [(n2, n3), (n3, n2)] {
+        c.drop_requests(a, b, "reconcile");
+    }
+    c.eventually(Duration::from_secs(10), "node 2 leads", |c| {
+        c.agreed_leader() == Some(n2)
+    })
+    .await;
+    let r = retry(c.mesh(n2), &ledger, "k").await;
+    assert_eq!(r, Err(IdempotencyError::NoQuorum), "(seed {seed})");
+    assert_eq!(ledger.runs("k").len(), 1, "ran once (seed {seed})");
+    for (a, b) in [(n2, n3), (n3, n2)] {
+        c.keep_requests(a, b, "reconcile");
+    }
+    // The exchange lost last gives up at its timeout; the next one is
+    // answered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = retry(c.mesh(n2), &ledger, "k").await;
+    assert_eq!(r, Ok(Outcome::Replayed(first)), "(seed {seed})");
+    assert_eq!(ledger.runs("k").len(), 1, "ran once (seed {seed})");
+    c.shutdown().await;
+}
+
+/// Commits "k" through node 3 while node 2 is cut off, so that voters 1
+/// and 3 hold it, and lets both settle it out of their copies.
+async fn commit_on_1_and_3(c: &mut SimCluster, ledger: &Ledger) -> String {
+    let seed = c.seed();
+    assert_eq!(c.led().await, NodeId(1), "(seed {seed})");
+    c.isolate(NodeId(2));
+    let first = pay(
+        c.mesh(NodeId(3)),
+        ledger,
+        "k",
+        "fp",
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .await;
+    let Ok(Outcome::Executed(first)) = first else {
+        panic!("{first:?} (seed {seed})");
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        settled(c.mesh(NodeId(1))) > 0 && settled(c.mesh(NodeId(3))) > 0,
+        "(seed {seed})"
+    );
+    c.heal();
+    first
+}
+
+/// Goal (E7 and PROTOCOL.md "Idempotency" 8): a voter that restarts
+/// without a data directory copies its lock table from others, and fills
+/// its records in from a majority of voters (the completions they
+/// settled are in their records only) before they count; then the
+/// voter that held the only other copy can die and a retry still
+/// replays.
+#[tokio::test(start_paused = true)]
+async fn a_voter_back_without_memory_fills_its_records_in_before_they_count() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 3, 3).await;
+    let ledger = Ledger::default();
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    let first = commit_on_1_and_3(&mut c, &ledger).await;
+    // Node 2 must not learn it by anti-entropy: node 3 alone may bring it.
+    for (a, b) in [(n1, n2), (n2, n1)] {
+        c.drop_requests(a, b, "reconcile");
+    }
+    c.kill(n3).await;
+    c.restart(n3).await;
+    c.eventually(Duration::from_secs(20), "node 3 complete", |c| {
+        c.mesh(n3).idempotency_records_complete()
+    })
+    .await;
+    assert!(
+        c.mesh(n3)
+            .idempotency_records()
+            .iter()
+            .any(|r| r.key == "k"),
+        "(seed {seed})"
+    );
+    c.kill(n1).await;
+    c.eventually(Duration::from_secs(10), "node 2 leads", |c| {
+        c.agreed_leader() == Some(n2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = retry(c.mesh(n2), &ledger, "k").await;
+    assert_eq!(r, Ok(Outcome::Replayed(first)), "(seed {seed})");
+    assert_eq!(ledger.runs("k").len(), 1, "ran once (seed {seed})");
+    c.shutdown().await;
+}
+
+/// Goal (PROTOCOL.md "Idempotency" 8): a voter back without memory whose
+/// records could not be filled in does not count as holding them. The
+/// voter that held the only other copy of a completion dies: the new
+/// leader answers "no quorum" rather than run the operation again.
+#[tokio::test(start_paused = true)]
+async fn a_voter_whose_records_are_not_filled_in_does_not_count() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 3, 3).await;
+    let ledger = Ledger::default();
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    commit_on_1_and_3(&mut c, &ledger).await;
+    // Node 3 cannot reach node 1's records; node 2 learns nothing from 1.
+    for (a, b) in [(n1, n3), (n3, n1), (n1, n2), (n2, n1)] {
+        c.drop_requests(a, b, "reconcile");
+    }
+    c.kill(n3).await;
+    c.restart(n3).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    c.kill(n1).await;
+    c.eventually(Duration::from_secs(10), "node 2 leads", |c| {
+        c.agreed_leader() == Some(n2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = retry(c.mesh(n2), &ledger, "k").await;
+    assert_eq!(ledger.runs("k").len(), 1, "ran once (seed {seed})");
+    assert_eq!(r, Err(IdempotencyError::NoQuorum), "(seed {seed})");
+    assert!(!c.mesh(n3).idempotency_records_complete(), "(seed {seed})");
     c.shutdown().await;
 }

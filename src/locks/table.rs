@@ -103,6 +103,19 @@ pub enum LockOutput {
     TokensSpent,
 }
 
+/// What the leader's own idempotency records say of the key of a begin
+/// or a completion. A completion leaves the table once it is settled
+/// into the records of the voters that hold it (PROTOCOL.md,
+/// "Idempotency" 8), so the table alone no longer knows every key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordsSay {
+    /// The key's committed, unexpired record, as a claim's completion:
+    /// the claim's token and its facts.
+    pub completion: Option<(Token, Box<ClaimFacts>)>,
+    /// Records the leader holds (the record bound, I6).
+    pub held: usize,
+}
+
 /// Bounds and parameters.
 #[derive(Debug, Clone)]
 pub struct TableConfig {
@@ -256,9 +269,54 @@ struct Term {
     /// A new epoch was asked for, or the tokens are spent (K1).
     exhausted: bool,
     /// Entries of the claim namespace in `known` (the record bound, I6).
-    claims: usize,
+    claims: ClaimCount,
+}
+
+/// What the claim namespace of a term's table holds.
+#[derive(Debug, Clone, Default)]
+struct ClaimCount {
+    /// Keys.
+    keys: usize,
     /// Their weight ([`claim_weight`]).
-    claim_bytes: usize,
+    bytes: usize,
+    /// Tombstones that carry a completion (the leader's records hold
+    /// those it committed).
+    completed: usize,
+}
+
+impl ClaimCount {
+    /// Counts `entry`, about to be merged into `known`: a key new to it,
+    /// or what it replaces.
+    fn note(&mut self, known: &Replica, entry: &Entry) {
+        if entry.name.space != Space::Claim {
+            return;
+        }
+        match known.get(&entry.name) {
+            None => {
+                self.keys += 1;
+                self.bytes += claim_weight(entry);
+                self.completed += usize::from(entry.is_settleable());
+            }
+            Some(old) if old.rank() < entry.rank() => {
+                self.bytes = self.bytes.saturating_sub(claim_weight(old)) + claim_weight(entry);
+                self.completed = (self.completed + usize::from(entry.is_settleable()))
+                    .saturating_sub(usize::from(old.is_settleable()));
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `entry` left the table.
+    fn forget(&mut self, entry: &Entry) {
+        if entry.name.space != Space::Claim {
+            return;
+        }
+        self.keys = self.keys.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(claim_weight(entry));
+        self.completed = self
+            .completed
+            .saturating_sub(usize::from(entry.is_settleable()));
+    }
 }
 
 impl Term {
@@ -290,7 +348,7 @@ impl Term {
 
     /// Queues `entry` for the next batch and remembers it.
     fn write(&mut self, entry: Entry) {
-        note_claim(&self.known, &mut self.claims, &mut self.claim_bytes, &entry);
+        self.claims.note(&self.known, &entry);
         self.known.merge(entry.clone());
         self.batches.write(entry);
     }
@@ -312,6 +370,11 @@ pub struct LockTable {
     /// if it serves that epoch again, it goes on from there, even where
     /// the tombstones that held its highest tokens were collected (K1).
     resume: Option<(Epoch, u64, u64)>,
+    /// The epoch whose promisers' records this leader has reconciled
+    /// with (a majority of voters): until then it answers no begin,
+    /// since a completion settled out of the promised copies is in those
+    /// records only (PROTOCOL.md, "Idempotency" 8).
+    records_ready: Option<Epoch>,
 }
 
 impl LockTable {
@@ -324,7 +387,20 @@ impl LockTable {
             expired: 0,
             now: Duration::ZERO,
             resume: None,
+            records_ready: None,
         }
+    }
+
+    /// This leader's records now hold every completion its epoch's
+    /// promisers held in theirs: begins are answered from now on (the
+    /// same epoch served again keeps it).
+    pub fn records_reconciled(&mut self, epoch: Epoch) {
+        self.records_ready = Some(epoch);
+    }
+
+    /// True once begins are answered in the epoch it serves.
+    pub fn records_ready(&self) -> bool {
+        self.term.is_some() && self.records_ready == self.epoch()
     }
 
     /// The epoch it serves, if leading.
@@ -383,8 +459,7 @@ impl LockTable {
             frees: HashMap::new(),
             ended: VecDeque::new(),
             exhausted: false,
-            claims: 0,
-            claim_bytes: 0,
+            claims: ClaimCount::default(),
         };
         for entry in merged.entries() {
             match &entry.state {
@@ -450,6 +525,18 @@ impl LockTable {
                         written: epoch,
                         ..entry.clone()
                     });
+                    // An adopted completion goes to every peer's records
+                    // once the rewrite holds on a majority (the leader that
+                    // committed it may have died before its notices left).
+                    if entry.is_settleable()
+                        && let Some(facts) = &entry.claim
+                    {
+                        term.batches.effect(Effect::Completed {
+                            key: entry.name.text.clone(),
+                            claim: entry.token,
+                            facts: facts.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -536,6 +623,7 @@ impl LockTable {
         ticket: Ticket,
         owner: NodeId,
         request: LockRequest,
+        records: RecordsSay,
     ) -> Vec<LockOutput> {
         match request {
             LockRequest::Acquire {
@@ -548,12 +636,14 @@ impl LockTable {
             LockRequest::Release { name, token } => self.handle_release(now, ticket, &name, token),
             LockRequest::Status { name } => self.handle_status(now, ticket, &name),
             LockRequest::List { limit } => self.handle_list(now, ticket, limit as usize),
-            LockRequest::Begin(begin) => self.handle_begin(now, wall_ms, ticket, owner, begin),
+            LockRequest::Begin(begin) => {
+                self.handle_begin(now, wall_ms, ticket, owner, begin, records)
+            }
             LockRequest::RenewClaim { key, claim } => {
                 self.claim_request(ticket, &key, |t, name| t.renew(now, ticket, name, claim))
             }
             LockRequest::Complete { key, claim, result } => {
-                self.handle_complete(now, wall_ms, ticket, &key, claim, result)
+                self.handle_complete(now, wall_ms, ticket, &key, claim, result, records)
             }
             LockRequest::Abort { key, claim } => {
                 self.claim_request(ticket, &key, |t, name| t.release(now, ticket, name, claim))
@@ -761,7 +851,7 @@ impl LockTable {
                 claim: w.claim.clone(),
                 written: term.epoch,
             };
-            note_claim(&term.known, &mut term.claims, &mut term.claim_bytes, &entry);
+            term.claims.note(&term.known, &entry);
             term.known.merge(entry.clone());
             term.batches.write(entry);
             term.batches.effect(Effect::Grant {
@@ -1017,6 +1107,7 @@ impl LockTable {
         ticket: Ticket,
         owner: NodeId,
         begin: Begin,
+        records: RecordsSay,
     ) -> Vec<LockOutput> {
         if let Err(e) = begin.check() {
             return reply(ticket, LockReply::Invalid(e));
@@ -1025,6 +1116,30 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
+        // A completion settled out of the promised copies is in the
+        // promisers' records only: none is answered before this leader's
+        // records hold theirs.
+        if self.records_ready != Some(term.epoch) {
+            return reply(ticket, LockReply::NoQuorum);
+        }
+        // The records' completion, unless the table holds a later claim
+        // of the key (a record is committed, I2; a table entry of its
+        // claim or an earlier one is at most what the record says, or a
+        // grant of its claim left in some copy after the completion).
+        if let Some((claim, facts)) = records.completion
+            && term.known.get(&name).is_none_or(|e| e.token <= claim)
+            && facts
+                .completion
+                .as_ref()
+                .is_some_and(|c| c.expires_at_ms > wall_ms)
+        {
+            let reply = if facts.fingerprint != begin.fingerprint {
+                LockReply::FingerprintMismatch
+            } else {
+                LockReply::Replay { claim, facts }
+            };
+            return vec![LockOutput::Reply { ticket, reply }];
+        }
         let mut out = Vec::new();
         if let Some((reply, batch)) = completed(term, &name, &begin.fingerprint, wall_ms) {
             match batch {
@@ -1038,15 +1153,21 @@ impl LockTable {
         // I7 on the live claim, and on the recovery path: a claim that ran
         // out may have done part of its request's work, so the key stays
         // that request's (an abort of a claim not recovered frees it).
-        let full = term.claims >= self.config.claims_max
-            || term.claim_bytes >= self.config.claim_bytes_max;
+        // The keys held: the records' (every completion this leader
+        // committed is there) and the table's others (live claims,
+        // aborted claims and claims that ran out).
+        let held = records
+            .held
+            .saturating_add(term.claims.keys.saturating_sub(term.claims.completed));
+        let full =
+            held >= self.config.claims_max || term.claims.bytes >= self.config.claim_bytes_max;
         if term.known.get(&name).is_none() && full {
             return reply(
                 ticket,
                 LockReply::StoreFull {
                     // The keys it holds: the count bound, or as many as
                     // fit the byte bound.
-                    max: term.claims.min(self.config.claims_max),
+                    max: held.min(self.config.claims_max),
                 },
             );
         }
@@ -1087,6 +1208,7 @@ impl LockTable {
     /// waiter then gets it as a replay, and every peer is sent it. A claim
     /// that is not live is "lost" (410), unless this completion is what
     /// ended it (a retry).
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_complete(
         &mut self,
         now: Duration,
@@ -1095,6 +1217,7 @@ impl LockTable {
         key: &str,
         claim: Token,
         result: Vec<u8>,
+        records: RecordsSay,
     ) -> Vec<LockOutput> {
         self.now = self.now.max(now);
         if let Err(e) = check_key(key) {
@@ -1113,6 +1236,16 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
+        // A retry of a completion settled into the records (committed,
+        // I2): the same answer. A grant of that claim left in a copy
+        // after its completion is not completed a second time.
+        if records
+            .completion
+            .as_ref()
+            .is_some_and(|(settled, _)| *settled == claim)
+        {
+            return reply(ticket, LockReply::Recorded);
+        }
         let holder = term.locks.get(&name).and_then(|l| l.holder.as_ref());
         match holder {
             Some(h) if h.token == claim && !h.committed => {
@@ -1216,24 +1349,50 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return 0;
         };
-        let frees = &term.frees;
-        let weight: usize = term
-            .known
+        let (frees, claims) = (&term.frees, &mut term.claims);
+        term.known.retain(|e| {
+            let go = e.collectable(wall_ms) && !frees.contains_key(&e.name);
+            if go {
+                claims.forget(e);
+            }
+            !go
+        })
+    }
+
+    /// The completed claims' tombstones the table holds that no batch
+    /// carries any more (name and claim): those that may be settled.
+    pub fn settleable(&self) -> Vec<(Name, Token)> {
+        let Some(term) = &self.term else {
+            return Vec::new();
+        };
+        term.known
             .entries()
-            .filter(|e| e.collectable(wall_ms) && !frees.contains_key(&e.name))
-            .map(claim_weight)
-            .sum();
-        term.claim_bytes = term.claim_bytes.saturating_sub(weight);
-        let gone = term
-            .known
-            .retain(|e| !e.collectable(wall_ms) || frees.contains_key(&e.name));
-        term.claims = term.claims.saturating_sub(gone);
-        gone
+            .filter(|e| e.is_settleable() && !term.frees.contains_key(&e.name))
+            .map(|e| (e.name.clone(), e.token))
+            .collect()
+    }
+
+    /// Drops the completed claims' tombstones that `settled` accepts
+    /// (the driver's records hold their completion, durably: PROTOCOL.md,
+    /// "Idempotency" 8), unless a batch still carries them; how many
+    /// went. Live claims, aborted and expired claims' tombstones stay.
+    pub fn settle(&mut self, mut settled: impl FnMut(&Name, Token) -> bool) -> usize {
+        let Some(term) = &mut self.term else {
+            return 0;
+        };
+        let (frees, claims) = (&term.frees, &mut term.claims);
+        term.known.retain(|e| {
+            let go = e.is_settleable() && !frees.contains_key(&e.name) && settled(&e.name, e.token);
+            if go {
+                claims.forget(e);
+            }
+            !go
+        })
     }
 
     /// Idempotency keys the table keeps (claims and their tombstones).
     pub fn claims(&self) -> usize {
-        self.term.as_ref().map_or(0, |t| t.claims)
+        self.term.as_ref().map_or(0, |t| t.claims.keys)
     }
 
     /// Runs `f` on a claim request for `key`, once the key is valid.
@@ -1570,24 +1729,6 @@ fn completed(
         _ => None,
     };
     Some((reply, pending))
-}
-
-/// Counts `entry` against the bounds if it is a claim: a key new to
-/// `known`, and its weight in place of what it replaces.
-fn note_claim(known: &Replica, claims: &mut usize, bytes: &mut usize, entry: &Entry) {
-    if entry.name.space != Space::Claim {
-        return;
-    }
-    match known.get(&entry.name) {
-        None => {
-            *claims += 1;
-            *bytes += claim_weight(entry);
-        }
-        Some(old) if old.rank() < entry.rank() => {
-            *bytes = bytes.saturating_sub(claim_weight(old)) + claim_weight(entry);
-        }
-        Some(_) => {}
-    }
 }
 
 /// What a grant's requester is told: the lock, or the claim.

@@ -145,7 +145,7 @@ async fn measure_offset(id: NodeId, rpc: &Rpc, membership: &Membership, shared: 
 }
 
 /// One exchange with `peer`: how many records it brought that were news.
-async fn exchange(
+pub(super) async fn exchange(
     rpc: &Rpc,
     peer: SocketAddr,
     store: &Store,

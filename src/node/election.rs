@@ -101,6 +101,7 @@ impl State {
                     response: r,
                     snapshot: VoterSnapshot {
                         locks: self.copies.snapshot(),
+                        life: self.life(),
                     },
                 }
             }
@@ -139,12 +140,15 @@ impl State {
         response: Option<ElectionResponse>,
         snapshot: Option<VoterSnapshot>,
     ) -> bool {
-        if let Some(VoterSnapshot { locks: table }) = snapshot {
+        if let Some(VoterSnapshot { locks: table, life }) = snapshot {
             match (&request, &response) {
                 (
                     ElectionRequest::Prepare { epoch, .. },
                     Some(ElectionResponse::Promise { epoch: promised }),
-                ) if epoch == promised => self.copies.on_promise(*epoch, table),
+                ) if epoch == promised => {
+                    self.copies.on_promise(*epoch, table);
+                    self.on_promiser(*epoch, from, life);
+                }
                 (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
                     if !self.election.recovered() =>
                 {
@@ -218,6 +222,10 @@ impl State {
             .recovered
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let promised = self.election.promised();
+        // The records' mark goes down before the copy is replaced.
+        if !self.records_after_recovery(&how) {
+            (self.failure_notice())();
+        }
         let settle = self.copies.settle(&how, self.disk.is_durable());
         let entries = self.copies.own().len();
         match how {
@@ -338,6 +346,7 @@ impl State {
                     // The candidate's own copy is the first of the tables
                     // it will merge (K2).
                     self.copies.start_candidacy(epoch);
+                    self.start_promisers(epoch);
                     Metrics::add(&self.metrics.elections_started, 1);
                     debug!(id = %self.election.id(), %epoch, "running for leader");
                 }

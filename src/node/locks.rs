@@ -11,8 +11,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, trace, warn};
 
-use crate::ids::{BatchId, Epoch, NodeId};
-use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Ticket};
+use crate::idempotency::Durability;
+use crate::ids::{BatchId, Epoch, NodeId, Token};
+use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Name, RecordsSay, Ticket};
 use crate::metrics::Metrics;
 use crate::replication::{self, Answer, Next};
 use crate::rpc::{Message, Request, Response, VoterRequest};
@@ -70,10 +71,104 @@ impl State {
         self.tickets.insert(ticket.0, reply);
         trace!(ticket = ticket.0, %from, ?request, ?now, "lock request");
         let wall_ms = self.shared.clock.wall_ms();
+        let records = self.records_say(&request, wall_ms);
         let outs = self
             .locks
-            .handle_request(now, wall_ms, ticket, from, request);
+            .handle_request(now, wall_ms, ticket, from, request, records);
         self.apply_locks(outs)
+    }
+
+    /// What this node's records say of the key of a begin or a
+    /// completion, when it leads: a completion settled out of the table
+    /// is there only.
+    fn records_say(&self, request: &LockRequest, wall_ms: u64) -> RecordsSay {
+        let key = match request {
+            LockRequest::Begin(begin) => &begin.key,
+            LockRequest::Complete { key, .. } => key,
+            _ => return RecordsSay::default(),
+        };
+        if self.locks.epoch().is_none() {
+            return RecordsSay::default();
+        }
+        let store = &self.shared.records;
+        RecordsSay {
+            completion: store
+                .committed(key, wall_ms)
+                .map(|r| (r.claim, Box::new(r.facts()))),
+            held: store.len(),
+        }
+    }
+
+    /// Settles completed claims out of the lock copies into the records
+    /// (PROTOCOL.md, "Idempotency" 8): a completion's tombstone leaves
+    /// the leader's table, this node's copy and its durable copy once
+    /// this node's records hold it (or a later claim's) durably. With a
+    /// records file that takes two sweeps: the tombstones found held at
+    /// one leave at a later one, once the writer has synced every change
+    /// queued before the first; without one at once (the records are as
+    /// durable as the copies); never after a change was not written.
+    pub(super) fn settle(&mut self) {
+        self.check_records_lost();
+        let store = self.shared.records.clone();
+        let wall_ms = self.shared.clock.wall_ms();
+        let found = || -> Vec<(Name, Token)> {
+            let mut found = self.locks.settleable();
+            found.extend(
+                self.copies
+                    .own()
+                    .entries()
+                    .filter(|e| e.is_settleable())
+                    .map(|e| (e.name.clone(), e.token)),
+            );
+            found.sort_unstable();
+            found.dedup();
+            found.retain(|(name, claim)| store.holds_completion(&name.text, *claim, wall_ms));
+            found
+        };
+        let due = match store.durability() {
+            Durability::Lossy => {
+                self.settling = None;
+                return;
+            }
+            Durability::Memory => found(),
+            Durability::Disk { sent, synced } => match self.settling.take() {
+                Some((mark, due)) if synced >= mark => {
+                    let fresh = found();
+                    if !fresh.is_empty() {
+                        self.settling = Some((sent, fresh));
+                    }
+                    due
+                }
+                Some(waiting) => {
+                    self.settling = Some(waiting);
+                    return;
+                }
+                None => {
+                    let fresh = found();
+                    if !fresh.is_empty() {
+                        self.settling = Some((sent, fresh));
+                    }
+                    return;
+                }
+            },
+        };
+        if due.is_empty() {
+            return;
+        }
+        let due: std::collections::HashSet<(Name, Token)> = due.into_iter().collect();
+        let table = self
+            .locks
+            .settle(|name, claim| due.contains(&(name.clone(), claim)));
+        let own = self
+            .copies
+            .collect(|e| e.is_settleable() && due.contains(&(e.name.clone(), e.token)));
+        if own > 0 && self.disk.has_dir() {
+            self.disk.settle(due.into_iter().collect());
+        }
+        if table + own > 0 {
+            Metrics::add(&self.metrics.idempotency_settled, (table + own) as u64);
+            trace!(table, own, "completions settled into the records");
+        }
     }
 
     /// Drops the claims' tombstones no begin needs any more at this
@@ -115,9 +210,15 @@ impl State {
                 info!(epoch = %e, adopted, "lock table taken over");
                 // K2: the term's first batch carries the adopted table; it
                 // reaches this voter's own copy (durably) like any batch.
-                self.locks.take_over(now, e, merged)
+                let outs = self.locks.take_over(now, e, merged);
+                // Begins wait for the promisers' records.
+                self.reconcile_promisers(now, e);
+                outs
             }
-            (None, Some(_)) => self.locks.step_down(),
+            (None, Some(_)) => {
+                self.stop_reconciling();
+                self.locks.step_down()
+            }
             (None, None) => return,
         };
         self.apply_locks(outs);

@@ -43,6 +43,7 @@ use crate::storage::Persister;
 pub(crate) mod anti_entropy;
 mod election;
 mod locks;
+mod records;
 mod voter;
 
 /// Inputs queued for the driver before senders wait.
@@ -95,6 +96,22 @@ pub(crate) enum Input {
     /// a promise or an ack that is not durable could elect two leaders or
     /// lose a grant after a restart).
     DiskFailed,
+    /// A peer asks for this node's copy of the lock table.
+    Copy {
+        reply: oneshot::Sender<Response>,
+    },
+    /// The records were reconciled with `from`, a promiser of `epoch`,
+    /// in the run that promised.
+    RecordsReconciled {
+        epoch: Epoch,
+        from: NodeId,
+    },
+    /// A complete voter's copy, for this voter's backfill: `done` hears
+    /// whether it is merged and durable.
+    Absorb {
+        entries: Vec<Entry>,
+        done: oneshot::Sender<bool>,
+    },
     /// Stop processing anything for a while, as a SIGSTOP would
     /// (simulations only).
     #[cfg(feature = "sim")]
@@ -125,6 +142,13 @@ pub(crate) struct Shared {
     pub(crate) recovered: AtomicBool,
     /// The idempotency records this node holds.
     pub(crate) records: Arc<crate::idempotency::Store>,
+    /// This run of the node (its generation): a voter's records count
+    /// for its promise only while the same run answers.
+    pub(crate) life: u64,
+    /// The records hold every completion this node's copies settled
+    /// into them (PROTOCOL.md, "Idempotency" 8): set at recovery, or once
+    /// they were filled in from a majority.
+    pub(crate) complete: Arc<AtomicBool>,
 }
 
 /// The lease as the node's users see it, written before any message of
@@ -154,6 +178,8 @@ impl Shared {
             formed_anew_at: Mutex::new(None),
             recovered: AtomicBool::new(false),
             records: Arc::default(),
+            life: 0,
+            complete: Arc::default(),
         }
     }
 
@@ -229,6 +255,13 @@ impl Driver {
             leaderless_since: Some(started),
             last_poll: None,
             last_collect: None,
+            last_settle: None,
+            settling: None,
+            promisers: (Epoch::ZERO, BTreeMap::new()),
+            reconciled: Default::default(),
+            reconciling: Vec::new(),
+            reconcile_deadline: None,
+            backfill: None,
         };
         let task = tokio::spawn(state.run(rx));
         Driver {
@@ -269,6 +302,11 @@ const _: () = assert!(crate::locks::claim::CLAIM_BYTES_MAX <= crate::rpc::FRAME_
 /// more, from the leader's table and this voter's copies (I6).
 const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the driver settles completions out of the lock copies into
+/// the records: the records file syncs every second, so a completion
+/// leaves the copies one to two seconds after it reached this node.
+const SETTLE_INTERVAL: Duration = Duration::from_secs(1);
+
 struct State {
     election: Election,
     locks: LockTable,
@@ -295,6 +333,23 @@ struct State {
     last_poll: Option<Duration>,
     /// When claims' tombstones were last collected (I6).
     last_collect: Option<Duration>,
+    /// When completions were last settled into the records.
+    last_settle: Option<Duration>,
+    /// Completed claims found held by the records at the last sweep,
+    /// settled once the records file has synced the changes sent before
+    /// it (this many).
+    settling: Option<(u64, Vec<(crate::locks::Name, crate::ids::Token)>)>,
+    /// The epoch this node last ran for, and the runs its promisers
+    /// promised from (itself first).
+    promisers: (Epoch, BTreeMap<NodeId, crate::rpc::Life>),
+    /// Promisers of the term's epoch whose records this leader holds.
+    reconciled: std::collections::BTreeSet<NodeId>,
+    /// The tasks reconciling them.
+    reconciling: Vec<tokio::task::AbortHandle>,
+    /// When the term hands over if begins are not answered yet.
+    reconcile_deadline: Option<Duration>,
+    /// The task filling this voter's records in after a recovery.
+    backfill: Option<tokio::task::AbortHandle>,
 }
 
 impl State {
@@ -333,6 +388,11 @@ impl State {
                         self.last_collect = Some(now);
                         self.collect();
                     }
+                    if self.last_settle.is_none_or(|at| now >= at + SETTLE_INTERVAL) {
+                        self.last_settle = Some(now);
+                        self.settle();
+                    }
+                    self.check_reconcile_deadline(now);
                 }
                 changed = views.changed() => {
                     if changed.is_err() {
@@ -428,6 +488,18 @@ impl State {
                 false
             }
             Input::Resign { done } => self.on_resign(now, done).await,
+            Input::Copy { reply } => {
+                self.on_copy(reply);
+                true
+            }
+            Input::RecordsReconciled { epoch, from } => {
+                self.on_reconciled(epoch, from);
+                true
+            }
+            Input::Absorb { entries, done } => {
+                self.on_absorb(entries, done);
+                true
+            }
         }
     }
 

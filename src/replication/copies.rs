@@ -166,9 +166,20 @@ impl<E: Merge> Copies<E> {
     }
 
     /// Drops from this node's copy the entries `drop` accepts (the
-    /// protocol's garbage, each node on its own clock); how many went.
+    /// protocol's garbage, each node on its own clock, or what it holds
+    /// elsewhere now); how many went. The candidacy's merge sheds them
+    /// too.
     pub fn collect(&mut self, mut drop: impl FnMut(&E) -> bool) -> usize {
+        if let Some((_, merged)) = &mut self.candidacy {
+            merged.retain(|e| !drop(e));
+        }
         self.own.retain(|e| !drop(e))
+    }
+
+    /// Merges another voter's copy into this node's own (a voter filling
+    /// its records in after a recovery takes each source's copy too).
+    pub fn absorb(&mut self, entries: Vec<E>) {
+        self.own.merge_all(entries);
     }
 
     /// What a promise and a recovery answer carry: this voter's copy.

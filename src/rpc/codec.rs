@@ -20,8 +20,9 @@ use serde::de::DeserializeOwned;
 /// carry a `VoterSnapshot`. 4: lock entries name their namespace (user
 /// lock or idempotency claim) and carry a claim's facts. 5: lock entries
 /// carry the epoch that wrote them; anti-entropy walks (`Page`, `Ids`,
-/// `Fetch`).
-pub const WIRE_VERSION: u16 = 5;
+/// `Fetch`). 6: a voter's snapshot carries its life; `Life` and `Copy`
+/// (completions settled out of the lock copies into the records).
+pub const WIRE_VERSION: u16 = 6;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Bytes of the length prefix.

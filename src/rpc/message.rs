@@ -27,6 +27,13 @@ pub enum Request {
     /// The peer's wall clock, to bound this node's offset from the
     /// leader's (I6).
     Time,
+    /// The peer's life and whether its records are complete: asked after
+    /// an exchange of records, to know it was with the life that
+    /// promised or sent its copy (PROTOCOL.md, "Idempotency" 8).
+    Life,
+    /// The peer's copy of the lock table, with its life: a voter that
+    /// lost its records fills them in from others (E7).
+    Copy,
 }
 
 /// The answer to a [`Request`].
@@ -57,15 +64,33 @@ pub enum Response {
         /// The peer's wall clock when it answered.
         wall_ms: u64,
     },
+    /// Answer to [`Request::Life`].
+    Life(Life),
+    /// Answer to [`Request::Copy`].
+    Copy(VoterSnapshot),
+}
+
+/// One run of a node's process, and what its records hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Life {
+    /// Differs from one start of the node to the next (its generation).
+    pub id: u64,
+    /// The node's records hold every completion a voter's lock copy
+    /// settled into them: it never lost them, or it filled them in again
+    /// from a majority (PROTOCOL.md, "Idempotency" 8).
+    pub complete: bool,
 }
 
 /// A voter's copy of what the leader replicates, as it travels with a
-/// promise and a recovery answer: the lock table now; idempotency records
-/// will be a field of their own.
+/// promise and a recovery answer: the lock table, with the life that
+/// sent it (its idempotency records are reconciled apart, and counted
+/// only with the same life).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoterSnapshot {
     /// The voter's lock table.
     pub locks: Vec<Entry>,
+    /// The voter's life when it sent it.
+    pub life: Life,
 }
 
 /// Leader to voters.

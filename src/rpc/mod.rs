@@ -27,7 +27,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use codec::{FRAME_BYTES_MAX, FrameError, WIRE_VERSION};
-pub use message::{Message, Ping, Pong, Rejection, Request, Response, VoterRequest, VoterSnapshot};
+pub use message::{
+    Life, Message, Ping, Pong, Rejection, Request, Response, VoterRequest, VoterSnapshot,
+};
 
 use crate::ids::NodeId;
 use crate::metrics::Metrics;

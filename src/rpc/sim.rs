@@ -72,6 +72,8 @@ fn kind(request: &Request) -> &'static str {
         Request::Lock(_) => "lock",
         Request::Reconcile(_) => "reconcile",
         Request::Time => "time",
+        Request::Life => "life",
+        Request::Copy => "copy",
     }
 }
 

@@ -60,6 +60,9 @@ struct Slot {
     /// Started at least once: later starts are restarts, not the first
     /// start of a new cluster (E7's bootstrap).
     started: bool,
+    /// The node's records file (with a data directory): what its last run
+    /// held when it stopped.
+    records: Option<Vec<crate::idempotency::Record>>,
 }
 
 /// A cluster of simulated nodes.
@@ -279,6 +282,7 @@ impl SimCluster {
                 mesh: None,
                 clock,
                 started: false,
+                records: None,
             },
         );
         self.restart(id).await;
@@ -312,6 +316,7 @@ impl SimCluster {
             generation: Generation(generation),
             clock: slot.clock.clone(),
             disk_latency,
+            sim_records: slot.records.clone(),
         };
         let mesh = Mesh::start_with(config, env)
             .await
@@ -323,6 +328,7 @@ impl SimCluster {
     pub async fn kill(&mut self, id: NodeId) {
         if let Some(mesh) = self.slot_mut(id).mesh.take() {
             mesh.kill().await;
+            self.keep_records(id, &mesh);
         }
     }
 
@@ -330,6 +336,15 @@ impl SimCluster {
     pub async fn leave(&mut self, id: NodeId) {
         if let Some(mesh) = self.slot_mut(id).mesh.take() {
             mesh.shutdown().await;
+            self.keep_records(id, &mesh);
+        }
+    }
+
+    /// A stopped node with a data directory keeps its records there.
+    fn keep_records(&mut self, id: NodeId, mesh: &Mesh) {
+        let slot = self.slot_mut(id);
+        if slot.builder.data_dir.is_some() {
+            slot.records = Some(mesh.idempotency_records());
         }
     }
 
@@ -430,6 +445,7 @@ impl SimCluster {
         if let Some(dir) = &slot.builder.data_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        slot.records = None;
     }
 
     /// Sets random faults on every link.

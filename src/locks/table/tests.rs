@@ -17,13 +17,18 @@ struct Harness {
     spent: bool,
     next: u64,
     completed: Vec<(String, Token, Box<ClaimFacts>)>,
+    /// What the leader's records say, told with every begin and
+    /// completion.
+    records: RecordsSay,
 }
 
 impl Harness {
     fn new() -> Harness {
         let mut table = LockTable::new(TableConfig::new(&V, 0.01));
         let out = table.take_over(ms(0), Epoch(5), Replica::default());
+        table.records_reconciled(Epoch(5));
         let mut h = Harness {
+            records: RecordsSay::default(),
             table,
             replies: Vec::new(),
             batches: Vec::new(),
@@ -34,6 +39,13 @@ impl Harness {
         };
         h.absorb(out);
         h
+    }
+
+    /// The table's records are reconciled with its promisers: begins are
+    /// answered.
+    fn open_begins(&mut self) {
+        let epoch = self.table.epoch().expect("leading");
+        self.table.records_reconciled(epoch);
     }
 
     fn absorb(&mut self, out: Vec<LockOutput>) {
@@ -920,27 +932,43 @@ impl Harness {
             wait_ms: wait,
             request_id: id.map(String::from),
         };
-        let out = self
-            .table
-            .handle_begin(ms(now), WALL + now, t, NodeId(9), begin);
+        let out = self.table.handle_begin(
+            ms(now),
+            WALL + now,
+            t,
+            NodeId(9),
+            begin,
+            self.records.clone(),
+        );
         self.absorb(out);
         t
     }
 
     fn complete(&mut self, now: u64, key: &str, claim: Token, result: &[u8]) -> Ticket {
         let t = self.ticket();
-        let out = self
-            .table
-            .handle_complete(ms(now), WALL + now, t, key, claim, result.to_vec());
+        let out = self.table.handle_complete(
+            ms(now),
+            WALL + now,
+            t,
+            key,
+            claim,
+            result.to_vec(),
+            self.records.clone(),
+        );
         self.absorb(out);
         t
     }
 
     fn claim_request(&mut self, now: u64, request: LockRequest) -> Ticket {
         let t = self.ticket();
-        let out = self
-            .table
-            .handle_request(ms(now), WALL + now, t, NodeId(9), request);
+        let out = self.table.handle_request(
+            ms(now),
+            WALL + now,
+            t,
+            NodeId(9),
+            request,
+            self.records.clone(),
+        );
         self.absorb(out);
         t
     }
@@ -1183,6 +1211,8 @@ fn a_grant_a_deposed_leader_made_on_a_minority_does_not_outrank_a_later_completi
         let mut h = Harness::new();
         let out = table.take_over(ms(0), Epoch(3), merged);
         h.table = table;
+        h.open_begins();
+        h.open_begins();
         h.batches.clear();
         h.absorb(out);
         let t = h.begin(1, "k", b"fp", 0, None);
@@ -1217,6 +1247,7 @@ fn i3_an_adopted_completion_is_replayed_only_once_a_majority_holds_it() {
     let mut h = Harness::new();
     let out = table.take_over(ms(0), Epoch(5), merged);
     h.table = table;
+    h.open_begins();
     h.batches.clear();
     h.absorb(out);
     let t = h.begin(1, "k", b"fp", 0, None);
@@ -1275,14 +1306,22 @@ fn bad_begins_are_refused_and_nothing_is_claimed() {
     ];
     for b in bad {
         let t = h.ticket();
-        let out = h.table.handle_begin(ms(0), WALL, t, ME, b.clone());
+        let out = h
+            .table
+            .handle_begin(ms(0), WALL, t, ME, b.clone(), RecordsSay::default());
         h.absorb(out);
         assert!(matches!(h.reply(t), Some(LockReply::Invalid(_))), "{b:?}");
     }
     let t = h.ticket();
-    let out = h
-        .table
-        .handle_complete(ms(0), WALL, t, "k", Token(1), vec![0; 64 * 1024 + 1]);
+    let out = h.table.handle_complete(
+        ms(0),
+        WALL,
+        t,
+        "k",
+        Token(1),
+        vec![0; 64 * 1024 + 1],
+        RecordsSay::default(),
+    );
     h.absorb(out);
     assert!(matches!(h.reply(t), Some(LockReply::Invalid(_))));
     assert_eq!(h.table.active(), 0);
@@ -1408,6 +1447,7 @@ fn i6_the_record_bound_refuses_new_keys_and_expired_records_free_it() {
     let out = table.take_over(ms(0), Epoch(5), Replica::default());
     let mut h = Harness::new();
     h.table = table;
+    h.open_begins();
     h.batches.clear();
     h.absorb(out);
     let mut claims = Vec::new();
@@ -1428,6 +1468,8 @@ fn i6_the_record_bound_refuses_new_keys_and_expired_records_free_it() {
         },
     );
     h.commit(4, &[ME, NodeId(2)]);
+    // The leader's records hold a's completion now: it counts there.
+    h.records.held = 1;
     let out = h.table.handle_tick(ms(1200));
     h.absorb(out);
     h.commit(1201, &[ME, NodeId(2)]);
@@ -1448,6 +1490,8 @@ fn i6_the_record_bound_refuses_new_keys_and_expired_records_free_it() {
     let replay = h.begin(1206, "a", b"fp", 0, None);
     assert_eq!(h.replayed(replay).0, b"r".to_vec());
     assert_eq!(h.table.collect(expiry + 60_000), 1);
+    // The records drop it at the same time.
+    h.records.held = 0;
     let t = h.begin(1207, "e", b"fp", 0, None);
     h.commit(1208, &[ME, NodeId(2)]);
     assert!(h.claimed(t).0 > d);
@@ -1495,6 +1539,7 @@ fn claims_past_the_byte_bound_are_refused() {
     let out = table.take_over(ms(0), Epoch(5), Replica::default());
     let mut h = Harness::new();
     h.table = table;
+    h.open_begins();
     h.batches.clear();
     h.absorb(out);
     let t = h.begin(0, "a", b"fp", 0, None);
@@ -1502,6 +1547,7 @@ fn claims_past_the_byte_bound_are_refused() {
     let (claim, _) = h.claimed(t);
     h.complete(2, "a", claim, &[0; 400]);
     h.commit(3, &[ME, NodeId(2)]);
+    h.records.held = 1;
     let t = h.begin(4, "b", b"fp", 0, None);
     assert_eq!(h.reply(t), Some(LockReply::StoreFull { max: 1 }));
     let replay = h.begin(4, "a", b"fp", 0, None);
@@ -1514,4 +1560,185 @@ fn claims_past_the_byte_bound_are_refused() {
     let t = h.begin(120_010, "b", b"fp", 0, None);
     h.commit(120_011, &[ME, NodeId(2)]);
     h.claimed(t);
+}
+
+/// The record a leader's store would hold of `key`'s completion by
+/// `claim`, as the driver tells the table.
+fn settled(claim: Token, fingerprint: &[u8], result: &[u8]) -> RecordsSay {
+    RecordsSay {
+        completion: Some((
+            claim,
+            Box::new(ClaimFacts {
+                completion: Some(Completion {
+                    expires_at_ms: WALL + 60_000,
+                    result: result.to_vec(),
+                }),
+                recovered: false,
+                fingerprint: fingerprint.to_vec(),
+                record_ttl_ms: 0,
+            }),
+        )),
+        held: 1,
+    }
+}
+
+/// A new leader answers no begin before its records are reconciled with
+/// a majority of its promisers (a completion settled out of their copies
+/// is in their records only), and the same epoch served again keeps
+/// them open.
+#[test]
+fn begins_wait_for_the_promisers_records() {
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    let out = table.take_over(ms(0), Epoch(5), Replica::default());
+    let mut h = Harness::new();
+    h.table = table;
+    h.batches.clear();
+    h.absorb(out);
+    h.commit(0, &[ME, NodeId(2)]);
+    assert!(!h.table.records_ready());
+    let t = h.begin(1, "k", b"fp", 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::NoQuorum));
+    h.table.records_reconciled(Epoch(5));
+    assert!(h.table.records_ready());
+    let t = h.begin(2, "k", b"fp", 0, None);
+    h.commit(3, &[ME, NodeId(2)]);
+    h.claimed(t);
+    // The lease lapses and comes back: the same epoch, still reconciled.
+    let out = h.table.step_down();
+    h.absorb(out);
+    let out = h.table.take_over(ms(10), Epoch(5), Replica::default());
+    h.absorb(out);
+    assert!(h.table.records_ready());
+    // A later epoch reconciles again.
+    let out = h.table.take_over(ms(20), Epoch(6), Replica::default());
+    h.absorb(out);
+    assert!(!h.table.records_ready());
+}
+
+/// A completion settled out of the table is answered from the leader's
+/// records: a replay, a mismatch for another fingerprint (I7), and a
+/// retried completion of its claim hears "recorded", not "lost".
+#[test]
+fn a_completion_settled_out_of_the_table_is_answered_from_the_records() {
+    let mut h = Harness::new();
+    let t = h.begin(0, "k", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    let t = h.complete(2, "k", claim, b"first");
+    assert_eq!(
+        h.table.settle(|_, _| true),
+        0,
+        "not while its batch awaits a majority"
+    );
+    h.commit(3, &[ME, NodeId(2)]);
+    assert_eq!(h.reply(t), Some(LockReply::Recorded));
+    assert_eq!(h.table.settleable(), vec![(Name::claim("k"), claim)]);
+    assert_eq!(h.table.settle(|_, c| c == claim), 1);
+    assert_eq!(h.table.claims(), 0);
+    // Without the records the key would be claimed anew.
+    h.records = settled(claim, b"fp", b"first");
+    let t = h.begin(4, "k", b"fp", 0, None);
+    assert_eq!(h.replayed(t).0, b"first".to_vec());
+    let t = h.begin(4, "k", b"other", 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::FingerprintMismatch));
+    let t = h.complete(5, "k", claim, b"first");
+    assert_eq!(h.reply(t), Some(LockReply::Recorded));
+    // Expired, the key is claimed anew, with a later token.
+    h.records.completion.as_mut().unwrap().1.completion = Some(Completion {
+        expires_at_ms: WALL,
+        result: b"first".to_vec(),
+    });
+    let t = h.begin(6, "k", b"fp", 0, None);
+    h.commit(7, &[ME, NodeId(2)]);
+    assert!(h.claimed(t).0 > claim);
+}
+
+/// A claim's grant left in some voter's copy after its completion
+/// settled elsewhere (a late batch, a minority copy) is adopted at
+/// takeover; a begin then replays the records' completion rather than
+/// answering "in progress", and the grant's completion is not written
+/// twice.
+#[test]
+fn a_grant_left_in_a_copy_after_its_completion_settled_is_not_in_progress() {
+    let claim = Token((4 << 32) | 1);
+    let mut merged = Replica::default();
+    merged.merge(Entry {
+        name: Name::claim("k"),
+        token: claim,
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(9),
+            request_id: None,
+            quiet_ms: 0,
+            version: 4 << 32,
+        },
+        claim: Some(Box::new(ClaimFacts {
+            completion: None,
+            recovered: false,
+            fingerprint: b"fp".to_vec(),
+            record_ttl_ms: 60_000,
+        })),
+        written: Epoch(4),
+    });
+    let mut table = LockTable::new(TableConfig::new(&V, 0.01));
+    let out = table.take_over(ms(0), Epoch(5), merged);
+    let mut h = Harness::new();
+    h.table = table;
+    h.open_begins();
+    h.batches.clear();
+    h.absorb(out);
+    h.commit(1, &[ME, NodeId(2)]);
+    h.records = settled(claim, b"fp", b"first");
+    let t = h.begin(2, "k", b"fp", 0, None);
+    assert_eq!(h.replayed(t).0, b"first".to_vec());
+    let t = h.complete(3, "k", claim, b"again");
+    assert_eq!(h.reply(t), Some(LockReply::Recorded));
+    h.commit(4, &[ME, NodeId(2)]);
+    assert!(h.completed.is_empty(), "no second completion");
+}
+
+/// Only completed claims' tombstones settle: live claims, claims that
+/// ran out and aborted ones stay in the table.
+#[test]
+fn only_completions_settle() {
+    let mut h = Harness::new();
+    let live = h.begin(0, "live", b"fp", 0, None);
+    let out_of_time = h.begin(0, "ran-out", b"fp", 0, None);
+    let aborted = h.begin(0, "aborted", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (_, _) = h.claimed(live);
+    let (_, _) = h.claimed(out_of_time);
+    let (claim, _) = h.claimed(aborted);
+    h.claim_request(
+        2,
+        LockRequest::Abort {
+            key: "aborted".into(),
+            claim,
+        },
+    );
+    h.commit(3, &[ME, NodeId(2)]);
+    assert!(h.table.settleable().is_empty());
+    assert_eq!(h.table.settle(|_, _| true), 0);
+    assert_eq!(h.table.claims(), 3);
+}
+
+/// The record bound counts the leader's records besides its table.
+#[test]
+fn the_record_bound_counts_the_records() {
+    let mut table = LockTable::new(TableConfig {
+        claims_max: 3,
+        ..TableConfig::new(&V, 0.01)
+    });
+    let out = table.take_over(ms(0), Epoch(5), Replica::default());
+    let mut h = Harness::new();
+    h.table = table;
+    h.open_begins();
+    h.batches.clear();
+    h.absorb(out);
+    h.records.held = 2;
+    let t = h.begin(0, "a", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    h.claimed(t);
+    let t = h.begin(2, "b", b"fp", 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::StoreFull { max: 3 }));
 }
