@@ -337,8 +337,9 @@ impl Mesh {
                 let (path, wall_ms) = (dir.clone(), env.clock.wall_ms());
                 // Off the runtime: a file not closed cleanly is repaired
                 // as it opens.
+                let expected = matches!(memory, Memory::Durable);
                 let opened = tokio::task::spawn_blocking(move || {
-                    crate::storage::records::open_store(&path, wall_ms)
+                    crate::storage::records::open_store(&path, wall_ms, expected)
                 })
                 .await
                 .map_err(std::io::Error::other)
@@ -748,15 +749,19 @@ impl Mesh {
 
     /// True while this voter recovers after its start (E7): it neither
     /// promises nor acks until it has copied the cluster's state from
-    /// healthy voters or resumed from its data directory. False on a node
-    /// that is no voter.
+    /// healthy voters or resumed from its data directory; and then until
+    /// its idempotency records are complete (filled in from a majority
+    /// if it lost them, PROTOCOL.md "Idempotency" 8): stop another voter
+    /// only once no voter is recovering. False on a node that is no
+    /// voter.
     pub fn is_recovering(&self) -> bool {
         self.inner.config.voters.contains(&self.inner.config.id)
-            && !self
+            && (!self
                 .inner
                 .shared
                 .recovered
                 .load(std::sync::atomic::Ordering::Relaxed)
+                || !self.idempotency_records_complete())
     }
 
     /// This node's counters.

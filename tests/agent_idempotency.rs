@@ -41,7 +41,9 @@ fn http_answers_per_the_contract() {
     let mut a = Agents::start_led(Path::new(BIN), 3, dir.path(), WITHIN).unwrap();
     let (h1, h2, h3) = (a.spec(1).http, a.spec(2).http, a.spec(3).http);
     let begin = json!({"fingerprint": "sha256-a", "ttl_ms": 86_400_000, "claim_ttl_ms": 10_000});
-    let r = post(h2, "/v1/idempotency/pay-1/begin", begin.clone());
+    // A new leader serves claims once its records are reconciled with
+    // its promisers (503 no_quorum until then, as in any failover).
+    let r = through_failover(|| post(h2, "/v1/idempotency/pay-1/begin", begin.clone()));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["state"], "acquired");
     assert_eq!(r.body["recovered"], false);

@@ -708,11 +708,11 @@ impl Sys {
             (Some(e), Some(l)) if e == l => return,
             (Some(e), _) => match node.copies.takeover(e) {
                 Some(merged) => {
-                    let outs = node.locks.take_over(now, e, merged);
+                    let mut outs = node.locks.take_over(now, e, merged);
                     // The model settles no completion out of the copies:
                     // the promised copies hold every one, and the records
-                    // have nothing to add before begins are answered.
-                    node.locks.records_reconciled(e);
+                    // have nothing to add before claims are served.
+                    outs.extend(node.locks.records_reconciled(now, |_| None));
                     outs
                 }
                 None => return,

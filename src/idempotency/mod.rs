@@ -98,6 +98,8 @@ pub enum Durability {
     /// A change was not written (the queue was full) or the writer
     /// stopped: no record can be known durable any more in this life.
     Lossy,
+    /// The writer was let go of (the node is stopping).
+    Closed,
 }
 
 /// A queue of changes from a store to its writer, holding at most
@@ -422,7 +424,7 @@ impl Store {
     pub fn durability(&self) -> Durability {
         let inner = self.lock();
         match &inner.disk {
-            _ if inner.closed => Durability::Lossy,
+            _ if inner.closed => Durability::Closed,
             None => Durability::Memory,
             Some(q) => q.durability(),
         }

@@ -270,6 +270,11 @@ struct Term {
     exhausted: bool,
     /// Entries of the claim namespace in `known` (the record bound, I6).
     claims: ClaimCount,
+    /// Claims' entries of the promised copies not adopted yet: they wait
+    /// for the records to be reconciled.
+    deferred: Vec<Entry>,
+    /// The records are reconciled: claims are served.
+    records_ready: bool,
 }
 
 /// What the claim namespace of a term's table holds.
@@ -370,11 +375,6 @@ pub struct LockTable {
     /// if it serves that epoch again, it goes on from there, even where
     /// the tombstones that held its highest tokens were collected (K1).
     resume: Option<(Epoch, u64, u64)>,
-    /// The epoch whose promisers' records this leader has reconciled
-    /// with (a majority of voters): until then it answers no begin,
-    /// since a completion settled out of the promised copies is in those
-    /// records only (PROTOCOL.md, "Idempotency" 8).
-    records_ready: Option<Epoch>,
 }
 
 impl LockTable {
@@ -387,20 +387,50 @@ impl LockTable {
             expired: 0,
             now: Duration::ZERO,
             resume: None,
-            records_ready: None,
         }
     }
 
-    /// This leader's records now hold every completion its epoch's
-    /// promisers held in theirs: begins are answered from now on (the
-    /// same epoch served again keeps it).
-    pub fn records_reconciled(&mut self, epoch: Epoch) {
-        self.records_ready = Some(epoch);
+    /// This leader's records now hold every completion its promisers
+    /// held in theirs (PROTOCOL.md, "Idempotency" 8): the claims' entries
+    /// of the promised copies are adopted now, each as the records say
+    /// (a completion of its claim or a later one settled out of the
+    /// copies is adopted in its place), and claims are served from now
+    /// on. `completed` is the leader's committed, unexpired record of a
+    /// key, as a claim's completion.
+    pub fn records_reconciled(
+        &mut self,
+        now: Duration,
+        mut completed: impl FnMut(&str) -> Option<(Token, Box<ClaimFacts>)>,
+    ) -> Vec<LockOutput> {
+        self.now = self.now.max(now);
+        let mut out = Vec::new();
+        let rho = self.config.drift;
+        let Some(term) = &mut self.term else {
+            return out;
+        };
+        term.records_ready = true;
+        for entry in std::mem::take(&mut term.deferred) {
+            match completed(&entry.name.text) {
+                Some((claim, facts)) if claim >= entry.token => {
+                    let done = Entry {
+                        name: entry.name.clone(),
+                        token: claim,
+                        state: EntryState::Free { request_id: None },
+                        claim: Some(facts),
+                        written: term.epoch,
+                    };
+                    adopt(term, now, rho, &done, &mut out);
+                }
+                _ => adopt(term, now, rho, &entry, &mut out),
+            }
+        }
+        out.extend(self.flush());
+        out
     }
 
-    /// True once begins are answered in the epoch it serves.
+    /// True once claims are served in the term it serves.
     pub fn records_ready(&self) -> bool {
-        self.term.is_some() && self.records_ready == self.epoch()
+        self.term.as_ref().is_some_and(|t| t.records_ready)
     }
 
     /// The epoch it serves, if leading.
@@ -460,84 +490,19 @@ impl LockTable {
             ended: VecDeque::new(),
             exhausted: false,
             claims: ClaimCount::default(),
+            deferred: Vec::new(),
+            records_ready: false,
         };
+        // A claim's grant or a tombstone of a claim that did not
+        // complete may be older than a completion settled out of the
+        // copies (in the promisers' records only): rewritten now in this
+        // epoch it would outrank that completion where it is not settled
+        // yet. They wait for the records ([`LockTable::records_reconciled`]).
         for entry in merged.entries() {
-            match &entry.state {
-                EntryState::Held {
-                    ttl_ms,
-                    owner,
-                    request_id,
-                    quiet_ms,
-                    ..
-                } => {
-                    // Without a write number left, the grant is not
-                    // rewritten: it stays uncommitted this term (its
-                    // renewals hear "retry", nobody else gets it) until
-                    // the new epoch asked for.
-                    let version = term.next_version(&mut out);
-                    let quiet = Duration::from_millis(*quiet_ms).mul_f64(1.0 + rho);
-                    term.locks.insert(
-                        entry.name.clone(),
-                        Lock {
-                            holder: Some(Holder {
-                                token: entry.token,
-                                ttl_ms: *ttl_ms,
-                                owner: *owner,
-                                request_id: request_id.clone(),
-                                expires_at: now + leader_ttl(rho, *ttl_ms).saturating_sub(quiet),
-                                committed: false,
-                                adopted: true,
-                                tickets: Vec::new(),
-                                reply_by: now,
-                                quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
-                                version: version.unwrap_or(0),
-                                claim: entry.claim.clone(),
-                            }),
-                            waiters: VecDeque::new(),
-                        },
-                    );
-                    let Some(version) = version else {
-                        continue;
-                    };
-                    term.write(Entry {
-                        name: entry.name.clone(),
-                        token: entry.token,
-                        state: EntryState::Held {
-                            ttl_ms: *ttl_ms,
-                            owner: *owner,
-                            request_id: request_id.clone(),
-                            quiet_ms: *quiet_ms,
-                            version,
-                        },
-                        claim: entry.claim.clone(),
-                        written: epoch,
-                    });
-                    term.batches.effect(Effect::Adopt {
-                        name: entry.name.clone(),
-                        token: entry.token,
-                    });
-                }
-                EntryState::Free { .. } => {
-                    // Rewritten as this epoch's: it outranks every write
-                    // of an earlier epoch this term does not follow (K2).
-                    term.frees.insert(entry.name.clone(), (entry.token, None));
-                    term.write(Entry {
-                        written: epoch,
-                        ..entry.clone()
-                    });
-                    // An adopted completion goes to every peer's records
-                    // once the rewrite holds on a majority (the leader that
-                    // committed it may have died before its notices left).
-                    if entry.is_settleable()
-                        && let Some(facts) = &entry.claim
-                    {
-                        term.batches.effect(Effect::Completed {
-                            key: entry.name.text.clone(),
-                            claim: entry.token,
-                            facts: facts.clone(),
-                        });
-                    }
-                }
+            if entry.name.space == Space::Claim && !entry.is_settleable() {
+                term.deferred.push(entry.clone());
+            } else {
+                adopt(&mut term, now, rho, entry, &mut out);
             }
         }
         self.term = Some(term);
@@ -1119,7 +1084,7 @@ impl LockTable {
         // A completion settled out of the promised copies is in the
         // promisers' records only: none is answered before this leader's
         // records hold theirs.
-        if self.records_ready != Some(term.epoch) {
+        if !term.records_ready {
             return reply(ticket, LockReply::NoQuorum);
         }
         // The records' completion, unless the table holds a later claim
@@ -1245,6 +1210,11 @@ impl LockTable {
             .is_some_and(|(settled, _)| *settled == claim)
         {
             return reply(ticket, LockReply::Recorded);
+        }
+        // Before the records are reconciled a completion may be settled
+        // where this leader cannot see it yet: never "lost" then.
+        if !term.records_ready {
+            return reply(ticket, LockReply::NoQuorum);
         }
         let holder = term.locks.get(&name).and_then(|l| l.holder.as_ref());
         match holder {
@@ -1404,6 +1374,11 @@ impl LockTable {
     ) -> Vec<LockOutput> {
         if let Err(e) = check_key(key) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
+        }
+        // The claims of the promised copies are adopted once the records
+        // are reconciled ([`LockTable::records_reconciled`]).
+        if self.term.as_ref().is_some_and(|t| !t.records_ready) {
+            return reply(ticket, LockReply::NoQuorum);
         }
         f(self, &Name::claim(key))
     }
@@ -1591,6 +1566,92 @@ impl LockTable {
 
 /// Marks the holder of `name` committed if it still holds `tok`; it and
 /// the tickets that waited for the commit.
+/// Takes `entry` of the promised copies into `term` (K2): a grant is
+/// rewritten in the term's first batch and counts as held only once that
+/// batch has a majority; it expires a full TTL from `now`, less the time
+/// it is known to have been quiet (K3). A tombstone is rewritten as this
+/// epoch's; an adopted completion goes to every peer once rewritten.
+fn adopt(term: &mut Term, now: Duration, rho: f64, entry: &Entry, out: &mut Vec<LockOutput>) {
+    let epoch = term.epoch;
+    match &entry.state {
+        EntryState::Held {
+            ttl_ms,
+            owner,
+            request_id,
+            quiet_ms,
+            ..
+        } => {
+            // Without a write number left, the grant is not
+            // rewritten: it stays uncommitted this term (its
+            // renewals hear "retry", nobody else gets it) until
+            // the new epoch asked for.
+            let version = term.next_version(out);
+            let quiet = Duration::from_millis(*quiet_ms).mul_f64(1.0 + rho);
+            term.locks.insert(
+                entry.name.clone(),
+                Lock {
+                    holder: Some(Holder {
+                        token: entry.token,
+                        ttl_ms: *ttl_ms,
+                        owner: *owner,
+                        request_id: request_id.clone(),
+                        expires_at: now + leader_ttl(rho, *ttl_ms).saturating_sub(quiet),
+                        committed: false,
+                        adopted: true,
+                        tickets: Vec::new(),
+                        reply_by: now,
+                        quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
+                        version: version.unwrap_or(0),
+                        claim: entry.claim.clone(),
+                    }),
+                    waiters: VecDeque::new(),
+                },
+            );
+            let Some(version) = version else {
+                return;
+            };
+            term.write(Entry {
+                name: entry.name.clone(),
+                token: entry.token,
+                state: EntryState::Held {
+                    ttl_ms: *ttl_ms,
+                    owner: *owner,
+                    request_id: request_id.clone(),
+                    quiet_ms: *quiet_ms,
+                    version,
+                },
+                claim: entry.claim.clone(),
+                written: epoch,
+            });
+            term.batches.effect(Effect::Adopt {
+                name: entry.name.clone(),
+                token: entry.token,
+            });
+        }
+        EntryState::Free { .. } => {
+            // Rewritten as this epoch's: it outranks every write
+            // of an earlier epoch this term does not follow (K2).
+            term.frees.insert(entry.name.clone(), (entry.token, None));
+            term.write(Entry {
+                written: epoch,
+                ..entry.clone()
+            });
+            // An adopted completion goes to every peer's records
+            // once the rewrite holds on a majority (the leader that
+            // committed it may have died before its notices left).
+            if entry.is_settleable()
+                && let Some(facts) = &entry.claim
+            {
+                term.batches.effect(Effect::Completed {
+                    key: entry.name.text.clone(),
+                    claim: entry.token,
+                    facts: facts.clone(),
+                });
+            }
+        }
+    }
+}
+
 fn commit<'t>(
     term: &'t mut Term,
     name: &Name,

@@ -125,15 +125,32 @@ impl State {
             found.retain(|(name, claim)| store.holds_completion(&name.text, *claim, wall_ms));
             found
         };
+        // Found before the writer's count is read: a record taken in
+        // between is then sent after the mark, never settled on it.
+        let fresh = found();
         let due = match store.durability() {
+            Durability::Closed => return,
             Durability::Lossy => {
+                // The records file missed a change: the records hold
+                // what they settle in memory only. The data directory is
+                // marked incomplete first, so a restart fills them in
+                // again from a majority before they count.
+                if !self.records_lossy_marked {
+                    if let Some(dir) = self.disk.dir_path()
+                        && let Err(e) = crate::storage::mark_records_incomplete(&dir, true)
+                    {
+                        tracing::error!(error = %e, "the records could not be marked incomplete");
+                        (self.failure_notice())();
+                        return;
+                    }
+                    self.records_lossy_marked = true;
+                }
                 self.settling = None;
-                return;
+                fresh
             }
-            Durability::Memory => found(),
+            Durability::Memory => fresh,
             Durability::Disk { sent, synced } => match self.settling.take() {
                 Some((mark, due)) if synced >= mark => {
-                    let fresh = found();
                     if !fresh.is_empty() {
                         self.settling = Some((sent, fresh));
                     }
@@ -144,7 +161,6 @@ impl State {
                     return;
                 }
                 None => {
-                    let fresh = found();
                     if !fresh.is_empty() {
                         self.settling = Some((sent, fresh));
                     }

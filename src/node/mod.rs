@@ -262,6 +262,8 @@ impl Driver {
             reconciling: Vec::new(),
             reconcile_deadline: None,
             backfill: None,
+            reconciled_epoch: None,
+            records_lossy_marked: false,
         };
         let task = tokio::spawn(state.run(rx));
         Driver {
@@ -350,6 +352,12 @@ struct State {
     reconcile_deadline: Option<Duration>,
     /// The task filling this voter's records in after a recovery.
     backfill: Option<tokio::task::AbortHandle>,
+    /// The last epoch whose promisers' records this node reconciled with
+    /// as leader (the same epoch served again needs no second time).
+    reconciled_epoch: Option<Epoch>,
+    /// The records file missed a change and the data directory is marked
+    /// incomplete for it: completions settle on the records in memory.
+    records_lossy_marked: bool,
 }
 
 impl State {

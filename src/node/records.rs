@@ -74,7 +74,10 @@ impl State {
     /// promised complete).
     pub(super) fn reconcile_promisers(&mut self, now: Duration, epoch: Epoch) {
         self.stop_reconciling();
-        if self.locks.records_ready() {
+        if self.reconciled_epoch == Some(epoch) {
+            // The same epoch served again: its promisers' records are in
+            // this leader's already.
+            self.open_claims(epoch);
             return;
         }
         self.reconcile_deadline = Some(now + RECORDS_RECONCILE_DEADLINE);
@@ -115,16 +118,35 @@ impl State {
     }
 
     fn check_records_ready(&mut self, epoch: Epoch) {
+        // This node counts only while its own records are complete.
+        if !self.life().complete {
+            self.reconciled.remove(&self.election.id());
+        }
         let voters = self.election.voters();
         let done = voters
             .iter()
             .filter(|v| self.reconciled.contains(v))
             .count();
         if done > voters.len() / 2 {
-            info!(%epoch, with = ?self.reconciled, "records reconciled with a majority of promisers; begins answered");
-            self.locks.records_reconciled(epoch);
+            info!(%epoch, with = ?self.reconciled, "records reconciled with a majority of promisers; claims served");
             self.stop_reconciling();
+            self.open_claims(epoch);
         }
+    }
+
+    /// The table adopts the claims of the promised copies as this node's
+    /// records say, and serves claims.
+    fn open_claims(&mut self, epoch: Epoch) {
+        self.reconciled_epoch = Some(epoch);
+        let store = self.shared.records.clone();
+        let wall_ms = self.shared.clock.wall_ms();
+        let now = self.shared.clock.now();
+        let outs = self.locks.records_reconciled(now, |key| {
+            store
+                .committed(key, wall_ms)
+                .map(|r| (r.claim, Box::new(r.facts())))
+        });
+        self.apply_locks(outs);
     }
 
     /// Stops the reconciliations of a term (it ended, or is done).
@@ -203,9 +225,16 @@ impl State {
             && self.shared.complete.load(Ordering::Acquire)
             && !self.shared.records.intact()
             && self.backfill.as_ref().is_none_or(|t| t.is_finished())
-            && !self.fill_records_in()
         {
-            (self.failure_notice())();
+            if !self.fill_records_in() {
+                (self.failure_notice())();
+            }
+            // A leader whose records served its claims hands over.
+            if self.locks.epoch().is_some() {
+                warn!("this leader's records were found lost; resigning");
+                let (done, _) = oneshot::channel();
+                let _ = self.tx.try_send(Input::Resign { done });
+            }
         }
     }
 
@@ -265,8 +294,11 @@ async fn records_of(
         debug!(%id, error = %e, "records not reconciled yet");
         return None;
     }
+    // The same run, still complete: a run whose records were found lost
+    // meanwhile (its file not read to the end) may have answered from
+    // part of them.
     match rpc.call(addr, Request::Life, CALL_TIMEOUT).await {
-        Ok(Response::Life(now)) => Some(now.id == life.id),
+        Ok(Response::Life(now)) => Some(now.id == life.id && now.complete),
         _ => None,
     }
 }
@@ -355,7 +387,7 @@ async fn backfill(
                 }
                 tokio::time::sleep(RETRY).await;
             }
-            Durability::Lossy => {
+            Durability::Lossy | Durability::Closed => {
                 // Complete in memory for this run; the mark stays, so the
                 // next run fills them in again.
                 shared.records.mark_found();

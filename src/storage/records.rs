@@ -140,7 +140,14 @@ impl RecordsFile {
     /// ends, a panic included.
     pub fn load_into(&self, store: &Store, now_ms: u64) -> io::Result<Loaded> {
         let _finish = store.loading_guard();
-        self.load_chunks(store, now_ms)
+        let loaded = self.load_chunks(store, now_ms);
+        // A record that does not decode, or a load that stopped, may be
+        // a completion a lock copy settled here: lost, before the store
+        // leaves its loading state (an exchange is answered only after).
+        if !matches!(&loaded, Ok(l) if l.problems.is_empty()) {
+            store.mark_lost();
+        }
+        loaded
     }
 
     fn load_chunks(&self, store: &Store, now_ms: u64) -> io::Result<Loaded> {
@@ -172,6 +179,14 @@ impl RecordsFile {
             }
         }
         load_chunk(store, &mut chunk, now_ms, &mut loaded, &mut gone);
+        if !loaded.problems.is_empty() {
+            // Marked before the records that do not decode are deleted:
+            // a restart in between must not find a clean file.
+            store.mark_lost();
+            if let Some(dir) = self.path.parent() {
+                super::mark_records_incomplete(dir, true)?;
+            }
+        }
         loaded.dropped = store.drop_unheld(gone);
         Ok(loaded)
     }
@@ -339,9 +354,17 @@ pub struct Opened {
 
 /// Opens the records file of `dir`, and starts a store on it: its
 /// writer, and its loader, which takes in the records not expired at
-/// wall-clock `now_ms`.
-pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
+/// wall-clock `now_ms`. `expected`: the data directory was initialized
+/// before, so its records file should be there (one missing is lost).
+pub fn open_store(dir: &Path, now_ms: u64, expected: bool) -> io::Result<Opened> {
     let mut problems = Vec::new();
+    let existed = dir.join(RECORDS_FILE).exists();
+    if expected && !existed {
+        problems.push(format!(
+            "{} is missing from an initialized data directory; started empty",
+            dir.join(RECORDS_FILE).display()
+        ));
+    }
     let file = Arc::new(RecordsFile::open(dir, &mut problems)?);
     let store = Arc::new(Store::default());
     // A file set aside held records this node's lock copy may have
@@ -362,6 +385,11 @@ pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
             .name("records-loader".into())
             .spawn(move || {
                 let loaded = file.load_into(&store, now_ms);
+                if !store.intact()
+                    && let Err(e) = super::mark_records_incomplete(&dir, true)
+                {
+                    tracing::error!(error = %e, "the records could not be marked incomplete");
+                }
                 match &loaded {
                     Ok(loaded) => {
                         for problem in &loaded.problems {
@@ -379,10 +407,6 @@ pub fn open_store(dir: &Path, now_ms: u64) -> io::Result<Opened> {
                             error = %e,
                             "the records file could not be read to the end; the rest come from the peers"
                         );
-                        store.mark_lost();
-                        if let Err(e) = super::mark_records_incomplete(&dir, true) {
-                            tracing::error!(error = %e, "the records could not be marked incomplete");
-                        }
                     }
                 }
                 loaded

@@ -23,7 +23,7 @@ fn open_store(
     dir: &std::path::Path,
     now_ms: u64,
 ) -> io::Result<(Arc<Store>, JoinHandle<()>, Loaded)> {
-    let opened = super::open_store(dir, now_ms)?;
+    let opened = super::open_store(dir, now_ms, false)?;
     let mut loaded = opened.loader.join().expect("the loader ends")?;
     loaded.problems.splice(0..0, opened.problems);
     assert!(!opened.store.is_loading());
@@ -161,7 +161,7 @@ fn the_store_knows_which_changes_the_file_has_synced() {
     close(store.clone(), writer);
     assert_eq!(
         store.durability(),
-        crate::idempotency::Durability::Lossy,
+        crate::idempotency::Durability::Closed,
         "a closed writer writes nothing more"
     );
     // A store whose queue overflowed knows nothing durable.
@@ -200,6 +200,9 @@ fn a_record_that_does_not_decode_is_dropped_alone() {
     assert_eq!((loaded.records, loaded.dropped), (1, 2));
     assert_eq!(loaded.problems.len(), 2, "{:?}", loaded.problems);
     assert!(store.get("a", 0).is_some());
+    // What did not decode may have been a settled completion.
+    assert!(!store.intact());
+    assert!(crate::storage::records_incomplete(dir.path()));
     close(store, writer);
     let (store, writer, loaded) = open_store(dir.path(), 0).unwrap();
     assert_eq!(
@@ -207,7 +210,26 @@ fn a_record_that_does_not_decode_is_dropped_alone() {
         (1, 0),
         "the bad ones deleted"
     );
+    assert!(!store.intact(), "still marked");
     close(store, writer);
+}
+
+/// A data directory initialized before whose records file is missing
+/// (deleted, or never synced) has lost its records: marked so.
+#[test]
+fn a_missing_records_file_of_an_initialized_directory_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = super::open_store(dir.path(), 0, true).unwrap();
+    assert!(!opened.problems.is_empty());
+    assert!(!opened.store.intact());
+    assert!(crate::storage::records_incomplete(dir.path()));
+    opened.loader.join().unwrap().unwrap();
+    close(opened.store, opened.writer);
+    let dir = tempfile::tempdir().unwrap();
+    let opened = super::open_store(dir.path(), 0, false).unwrap();
+    assert!(opened.store.intact(), "a new directory has lost nothing");
+    opened.loader.join().unwrap().unwrap();
+    close(opened.store, opened.writer);
 }
 
 #[test]
