@@ -385,13 +385,7 @@ impl Store {
         if !self.measured() {
             return None;
         }
-        let get = || {
-            self.lock()
-                .records
-                .get(key, now_ms, Duration::ZERO)
-                .filter(|r| r.committed)
-        };
-        get().or_else(|| self.read_through(key, now_ms).then(get).flatten())
+        self.committed(key, now_ms)
     }
 
     /// The committed record of `key` unless expired at `now_ms`, the

@@ -290,13 +290,11 @@ fn a_version_1_lock_log_is_read_and_rewritten() {
     assert!(notes.is_empty(), "{notes:?}");
 }
 
-/// I6: the claims' tombstones no begin needs any more leave the durable
-/// copy when collected, and the lock log sheds them when it is next
-/// rewritten; user locks and claims that ran out stay.
-#[test]
-fn collected_tombstones_leave_the_durable_copy_and_the_log() {
+/// A claim's tombstone: completed (expiring at `expires_at_ms`) unless
+/// that is 0, `recovered` as given.
+fn tombstone(key: String, token: u64, expires_at_ms: u64, recovered: bool) -> Entry {
     use crate::locks::{ClaimFacts, Completion};
-    let tombstone = |key: String, token: u64, expires_at_ms: u64, recovered: bool| Entry {
+    Entry {
         name: Name::claim(key),
         token: Token(token),
         state: EntryState::Free { request_id: None },
@@ -310,7 +308,14 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
             record_ttl_ms: 1000,
         })),
         written: Epoch(0),
-    };
+    }
+}
+
+/// I6: the claims' tombstones no begin needs any more leave the durable
+/// copy when collected, and the lock log sheds them when it is next
+/// rewritten; user locks and claims that ran out stay.
+#[test]
+fn collected_tombstones_leave_the_durable_copy_and_the_log() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);
@@ -338,22 +343,7 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
 /// another claim of the key, live claims and locks stay.
 #[test]
 fn settled_tombstones_leave_the_durable_copy_and_the_log() {
-    use crate::locks::{ClaimFacts, Completion};
-    let completed = |key: &str, token: u64| Entry {
-        name: Name::claim(key),
-        token: Token(token),
-        state: EntryState::Free { request_id: None },
-        claim: Some(Box::new(ClaimFacts {
-            completion: Some(Completion {
-                expires_at_ms: u64::MAX / 2,
-                result: b"r".to_vec(),
-            }),
-            recovered: false,
-            fingerprint: b"f".to_vec(),
-            record_ttl_ms: 1000,
-        })),
-        written: Epoch(0),
-    };
+    let completed = |key: &str, token: u64| tombstone(key.into(), token, u64::MAX / 2, false);
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);

@@ -41,6 +41,19 @@ impl Harness {
         h
     }
 
+    /// A harness on a table of `config`, serving epoch 5 with its
+    /// records reconciled.
+    fn with(config: TableConfig) -> Harness {
+        let mut table = LockTable::new(config);
+        let out = table.take_over(ms(0), Epoch(5), Replica::default());
+        let mut h = Harness::new();
+        h.table = table;
+        h.batches.clear();
+        h.absorb(out);
+        h.open_begins();
+        h
+    }
+
     /// The table's records are reconciled with its promisers: begins are
     /// answered.
     fn open_begins(&mut self) {
@@ -1441,16 +1454,10 @@ fn i4_a_completion_of_an_earlier_claim_loses_to_a_later_grant() {
 /// aborted claims are collected, claims that ran out are kept (I5, I7).
 #[test]
 fn i6_the_record_bound_refuses_new_keys_and_expired_records_free_it() {
-    let mut table = LockTable::new(TableConfig {
+    let mut h = Harness::with(TableConfig {
         claims_max: 3,
         ..TableConfig::new(&V, 0.01)
     });
-    let out = table.take_over(ms(0), Epoch(5), Replica::default());
-    let mut h = Harness::new();
-    h.table = table;
-    h.batches.clear();
-    h.absorb(out);
-    h.open_begins();
     let mut claims = Vec::new();
     for key in ["a", "b", "c"] {
         let t = h.begin(0, key, b"fp", 0, None);
@@ -1533,16 +1540,10 @@ fn a_collected_claim_never_lets_a_token_repeat() {
 /// once the claims weigh `claim_bytes_max`.
 #[test]
 fn claims_past_the_byte_bound_are_refused() {
-    let mut table = LockTable::new(TableConfig {
+    let mut h = Harness::with(TableConfig {
         claim_bytes_max: 300,
         ..TableConfig::new(&V, 0.01)
     });
-    let out = table.take_over(ms(0), Epoch(5), Replica::default());
-    let mut h = Harness::new();
-    h.table = table;
-    h.batches.clear();
-    h.absorb(out);
-    h.open_begins();
     let t = h.begin(0, "a", b"fp", 0, None);
     h.commit(1, &[ME, NodeId(2)]);
     let (claim, _) = h.claimed(t);
@@ -1758,16 +1759,10 @@ fn only_completions_settle() {
 /// The record bound counts the leader's records besides its table.
 #[test]
 fn the_record_bound_counts_the_records() {
-    let mut table = LockTable::new(TableConfig {
+    let mut h = Harness::with(TableConfig {
         claims_max: 3,
         ..TableConfig::new(&V, 0.01)
     });
-    let out = table.take_over(ms(0), Epoch(5), Replica::default());
-    let mut h = Harness::new();
-    h.table = table;
-    h.batches.clear();
-    h.absorb(out);
-    h.open_begins();
     h.records.held = 2;
     let t = h.begin(0, "a", b"fp", 0, None);
     h.commit(1, &[ME, NodeId(2)]);
