@@ -255,8 +255,8 @@ fn reconcile(n: usize) -> Result<(usize, usize, Duration), String> {
 }
 
 /// Anti-entropy between a node that starts empty and one of `n`
-/// records: the tables cannot carry the difference, so the exchange
-/// walks the full node's ids. (bytes, round trips, time).
+/// records: past what the tables carry (a few thousand records) the
+/// exchange walks the full node's ids. (bytes, round trips, time).
 fn reconcile_from_empty(n: usize) -> Result<(usize, usize, Duration), String> {
     let (empty, full) = (Store::default(), Store::default());
     for chunk in (0..n as u64).collect::<Vec<_>>().chunks(10_000) {
@@ -265,7 +265,7 @@ fn reconcile_from_empty(n: usize) -> Result<(usize, usize, Duration), String> {
     let start = Instant::now();
     let traffic = exchange_in_process(&empty.at(0), &full.at(0)).map_err(|e| e.to_string())?;
     let took = start.elapsed();
-    if empty.len() != n || !traffic.walked {
+    if empty.len() != n {
         return Err(format!(
             "the empty node got {} of {n} records (walked: {})",
             empty.len(),

@@ -114,6 +114,10 @@ pub struct RecordsSay {
     pub completion: Option<(Token, Box<ClaimFacts>)>,
     /// Records the leader holds (the record bound, I6).
     pub held: usize,
+    /// The weight of the claims' entries in the leader's own copy (which
+    /// settles on the same schedule as the voters'): past the claims'
+    /// byte bound a new key waits.
+    pub unsettled_bytes: usize,
 }
 
 /// Bounds and parameters.
@@ -287,6 +291,8 @@ struct ClaimCount {
     /// Tombstones that carry a completion (the leader's records hold
     /// those it committed).
     completed: usize,
+    /// Their weight: they leave as they settle.
+    completed_bytes: usize,
 }
 
 impl ClaimCount {
@@ -299,15 +305,31 @@ impl ClaimCount {
         match known.get(&entry.name) {
             None => {
                 self.keys += 1;
-                self.bytes += claim_weight(entry);
-                self.completed += usize::from(entry.is_settleable());
+                self.add(entry);
             }
             Some(old) if old.rank() < entry.rank() => {
-                self.bytes = self.bytes.saturating_sub(claim_weight(old)) + claim_weight(entry);
-                self.completed = (self.completed + usize::from(entry.is_settleable()))
-                    .saturating_sub(usize::from(old.is_settleable()));
+                self.remove(old);
+                self.add(entry);
             }
             Some(_) => {}
+        }
+    }
+
+    fn add(&mut self, entry: &Entry) {
+        let weight = claim_weight(entry);
+        self.bytes += weight;
+        if entry.is_settleable() {
+            self.completed += 1;
+            self.completed_bytes += weight;
+        }
+    }
+
+    fn remove(&mut self, entry: &Entry) {
+        let weight = claim_weight(entry);
+        self.bytes = self.bytes.saturating_sub(weight);
+        if entry.is_settleable() {
+            self.completed = self.completed.saturating_sub(1);
+            self.completed_bytes = self.completed_bytes.saturating_sub(weight);
         }
     }
 
@@ -317,10 +339,7 @@ impl ClaimCount {
             return;
         }
         self.keys = self.keys.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(claim_weight(entry));
-        self.completed = self
-            .completed
-            .saturating_sub(usize::from(entry.is_settleable()));
+        self.remove(entry);
     }
 }
 
@@ -1124,8 +1143,12 @@ impl LockTable {
         let held = records
             .held
             .saturating_add(term.claims.keys.saturating_sub(term.claims.completed));
+        let unfinished_bytes = term
+            .claims
+            .bytes
+            .saturating_sub(term.claims.completed_bytes);
         let full =
-            held >= self.config.claims_max || term.claims.bytes >= self.config.claim_bytes_max;
+            held >= self.config.claims_max || unfinished_bytes >= self.config.claim_bytes_max;
         if term.known.get(&name).is_none() && full {
             return reply(
                 ticket,
@@ -1135,6 +1158,15 @@ impl LockTable {
                     max: held.min(self.config.claims_max),
                 },
             );
+        }
+        // Completions not settled yet (in the table, or in this leader's
+        // copy, which settles as the voters' do) fill the byte bound for
+        // a moment: a new key waits ("retry") rather than grow the copies
+        // that travel with a promise past their frame.
+        if term.known.get(&name).is_none()
+            && term.claims.bytes.max(records.unsettled_bytes) >= self.config.claim_bytes_max
+        {
+            return reply(ticket, LockReply::NoQuorum);
         }
         let live = term.locks.get(&name).and_then(|l| l.holder.as_ref());
         let recovering = term

@@ -96,6 +96,7 @@ impl State {
                 .committed(key, wall_ms)
                 .map(|r| (r.claim, Box::new(r.facts()))),
             held: store.len(),
+            unsettled_bytes: self.own_claim_bytes,
         }
     }
 
@@ -109,6 +110,14 @@ impl State {
     /// durable as the copies); never after a change was not written.
     pub(super) fn settle(&mut self) {
         self.check_records_lost();
+        // As of this sweep (the leader's begins weigh its copy by it).
+        self.own_claim_bytes = self
+            .copies
+            .own()
+            .entries()
+            .filter(|e| e.name.space == crate::locks::Space::Claim)
+            .map(crate::locks::claim::claim_weight)
+            .sum();
         let store = self.shared.records.clone();
         let wall_ms = self.shared.clock.wall_ms();
         let found = || -> Vec<(Name, Token)> {

@@ -257,6 +257,7 @@ impl Driver {
             last_collect: None,
             last_settle: None,
             settling: None,
+            own_claim_bytes: 0,
             promisers: (Epoch::ZERO, BTreeMap::new()),
             reconciled: Default::default(),
             reconciling: Vec::new(),
@@ -305,9 +306,9 @@ const _: () = assert!(crate::locks::claim::CLAIM_BYTES_MAX <= crate::rpc::FRAME_
 const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often the driver settles completions out of the lock copies into
-/// the records: the records file syncs every second, so a completion
-/// leaves the copies one to two seconds after it reached this node.
-const SETTLE_INTERVAL: Duration = Duration::from_secs(1);
+/// the records: with the records file's sync interval, a completion
+/// leaves the copies a few tenths of a second after it reached this node.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(250);
 
 struct State {
     election: Election,
@@ -341,6 +342,9 @@ struct State {
     /// settled once the records file has synced the changes sent before
     /// it (this many).
     settling: Option<(u64, Vec<(crate::locks::Name, crate::ids::Token)>)>,
+    /// The weight of the claims' entries in this node's own copy, as of
+    /// the last settle sweep.
+    own_claim_bytes: usize,
     /// The epoch this node last ran for, and the runs its promisers
     /// promised from (itself first).
     promisers: (Epoch, BTreeMap<NodeId, crate::rpc::Life>),

@@ -47,8 +47,11 @@ const LOAD_CHUNK: usize = 1_024;
 /// How long the writer waits for more changes after a first one before
 /// it commits them together.
 const LINGER: Duration = Duration::from_millis(100);
-/// How often the writer syncs the file at most.
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the writer syncs the file at most: a completion leaves the
+/// lock copies only once synced here, and the copies travel whole with
+/// a promise, so this bounds them under load (with the settle sweep's
+/// interval) against the sync's cost beside the lock log's.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// redb's page cache: the file is read once, at start (the records are
 /// then in memory), and written after; a large cache would hold a second
 /// copy of them (redb's default is 1 GiB).
@@ -243,12 +246,11 @@ impl RecordsFile {
     /// The writer: applies what arrives on `changes` until every sender
     /// is gone, all that queued meanwhile in each transaction, and syncs
     /// the file at most every [`SYNC_INTERVAL`] (and when the senders are
-    /// gone). The file is no part of safety, and a sync per commit
-    /// competed for the disk with the lock log's, whose syncs the answers
-    /// wait for: a crash loses at most the last interval's records, which
-    /// come back from the peers. After a failed write it stops (redb
-    /// refuses every later one): the records are still held in memory and
-    /// by the peers, and a restart reads the file as it was last synced.
+    /// gone): a sync per commit competed for the disk with the lock log's,
+    /// whose syncs the answers wait for. Completions settle out of the
+    /// lock copies only once synced here, so a crash loses nothing the
+    /// copies still need. After a failed write it stops (redb refuses
+    /// every later one): the store then reports it lossy.
     pub fn spawn_writer(self: Arc<Self>, mut changes: DiskChanges) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("records-writer".into())

@@ -1550,18 +1550,31 @@ fn claims_past_the_byte_bound_are_refused() {
     h.complete(2, "a", claim, &[0; 400]);
     h.commit(3, &[ME, NodeId(2)]);
     h.records.held = 1;
+    // A completion not settled yet fills the bound for a moment: a new
+    // key waits.
     let t = h.begin(4, "b", b"fp", 0, None);
-    assert_eq!(h.reply(t), Some(LockReply::StoreFull { max: 1 }));
+    assert_eq!(h.reply(t), Some(LockReply::NoQuorum));
     let replay = h.begin(4, "a", b"fp", 0, None);
     assert_eq!(
         h.replayed(replay).0,
         vec![0; 400],
         "a known key still replays"
     );
-    assert_eq!(h.table.collect(WALL + 2 + 60_000 + 60_000), 1);
-    let t = h.begin(120_010, "b", b"fp", 0, None);
-    h.commit(120_011, &[ME, NodeId(2)]);
+    // So does one in the leader's own copy.
+    assert_eq!(h.table.settle(|_, _| true), 1);
+    h.records.unsettled_bytes = 400;
+    let t = h.begin(5, "b", b"fp", 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::NoQuorum));
+    h.records.unsettled_bytes = 0;
+    let t = h.begin(6, "b", b"fp", 0, None);
+    h.commit(7, &[ME, NodeId(2)]);
     h.claimed(t);
+    // Live claims that fill it are the store full.
+    let t = h.begin(8, "c", b"f".repeat(250).as_slice(), 0, None);
+    h.commit(9, &[ME, NodeId(2)]);
+    h.claimed(t);
+    let t = h.begin(10, "d", b"fp", 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::StoreFull { max: 3 }));
 }
 
 /// The record a leader's store would hold of `key`'s completion by
@@ -1581,6 +1594,7 @@ fn settled(claim: Token, fingerprint: &[u8], result: &[u8]) -> RecordsSay {
             }),
         )),
         held: 1,
+        unsettled_bytes: 0,
     }
 }
 
