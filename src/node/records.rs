@@ -312,7 +312,7 @@ async fn reconcile_with(
     shared: Arc<Shared>,
     tx: mpsc::Sender<Input>,
 ) {
-    loop {
+    while !shared.is_stopped() {
         match records_of(&rpc, &membership, &shared, id, life).await {
             Some(true) => {
                 let _ = tx.send(Input::RecordsReconciled { epoch, from: id }).await;
@@ -346,6 +346,9 @@ async fn backfill(
     let need = (others.len() / 2 + 1).min(others.len());
     let mut done = BTreeSet::new();
     while done.len() < need {
+        if shared.is_stopped() {
+            return;
+        }
         for &x in &others {
             if done.len() >= need || done.contains(&x) {
                 continue;
@@ -384,6 +387,9 @@ async fn backfill(
                 let mark = *mark.get_or_insert(sent);
                 if synced >= mark {
                     break;
+                }
+                if shared.is_stopped() {
+                    return;
                 }
                 tokio::time::sleep(RETRY).await;
             }
