@@ -110,14 +110,17 @@ impl State {
     /// durable as the copies); never after a change was not written.
     pub(super) fn settle(&mut self) {
         self.check_records_lost();
-        // As of this sweep (the leader's begins weigh its copy by it).
-        self.own_claim_bytes = self
-            .copies
-            .own()
-            .entries()
-            .filter(|e| e.name.space == crate::locks::Space::Claim)
-            .map(crate::locks::claim::claim_weight)
-            .sum();
+        // As of this sweep: only the leader's begins weigh its copy.
+        self.own_claim_bytes = if self.locks.epoch().is_some() {
+            self.copies
+                .own()
+                .entries()
+                .filter(|e| e.name.space == crate::locks::Space::Claim)
+                .map(crate::locks::claim::claim_weight)
+                .sum()
+        } else {
+            0
+        };
         let store = self.shared.records.clone();
         let wall_ms = self.shared.clock.wall_ms();
         let found = || -> Vec<(Name, Token)> {
