@@ -227,8 +227,7 @@ impl Service for NodeService {
             }),
             Request::Life => Ok(Response::Life(crate::rpc::Life {
                 id: self.generation.0,
-                complete: self.complete.load(std::sync::atomic::Ordering::Acquire)
-                    && self.records.intact(),
+                complete: crate::node::records_complete(&self.complete, &self.records),
             })),
             Request::Copy => self.forward(|reply| Input::Copy { reply }).await,
             Request::Reconcile(message) => {
@@ -648,11 +647,8 @@ impl Mesh {
     /// them in from a majority of voters since (PROTOCOL.md,
     /// "Idempotency" 8). Only a voter's counts.
     pub fn idempotency_records_complete(&self) -> bool {
-        self.inner
-            .shared
-            .complete
-            .load(std::sync::atomic::Ordering::Acquire)
-            && self.inner.shared.records.intact()
+        let shared = &self.inner.shared;
+        crate::node::records_complete(&shared.complete, &shared.records)
     }
 
     /// Every record in this node's replica, by key (unexpired; committed or

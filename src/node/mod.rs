@@ -46,6 +46,8 @@ mod locks;
 mod records;
 mod voter;
 
+pub(crate) use records::records_complete;
+
 /// Inputs queued for the driver before senders wait.
 pub(crate) const INPUT_QUEUE_MAX: usize = 1024;
 /// Leadership changes kept per subscriber.

@@ -47,7 +47,7 @@ impl State {
     pub(super) fn life(&self) -> Life {
         Life {
             id: self.shared.life,
-            complete: self.shared.complete.load(Ordering::Acquire) && self.shared.records.intact(),
+            complete: records_complete(&self.shared.complete, &self.shared.records),
         }
     }
 
@@ -264,6 +264,15 @@ impl State {
         self.backfill = Some(task.abort_handle());
         true
     }
+}
+
+/// A node's records are complete: marked so (at recovery, or once filled
+/// in) and not found lost since.
+pub(crate) fn records_complete(
+    complete: &std::sync::atomic::AtomicBool,
+    records: &crate::idempotency::Store,
+) -> bool {
+    complete.load(Ordering::Acquire) && records.intact()
 }
 
 /// The address of `id` if it is a live member.
