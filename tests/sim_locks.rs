@@ -1765,3 +1765,58 @@ async fn old_ack_scenario(late: Duration) {
     );
     c.shutdown().await;
 }
+
+/// Goal (K2, releases): a user lock's release is answered once the
+/// leader applied it, before its tombstone reaches a voter. Lost with its
+/// leader, the release leaves the grant held on the voters: the next
+/// leader holds it for the holder until its TTL runs out, so the next
+/// grant is later, never while another believes it holds the lock.
+#[tokio::test(start_paused = true)]
+async fn a_release_lost_with_its_leader_only_delays_the_next_grant() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 5, 3, None).await;
+    let old = c.led().await;
+    let guard = c
+        .mesh(NodeId(4))
+        .lock("job")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let token = guard.token();
+    for v in ids(3).into_iter().filter(|v| *v != old) {
+        c.drop_requests(old, v, "lock-replicate");
+    }
+    let released_at = c.now();
+    tokio::time::timeout(Duration::from_millis(500), guard.release())
+        .await
+        .unwrap_or_else(|_| panic!("the release waited for its tombstone (seed {seed})"))
+        .expect("released");
+    c.kill(old).await;
+    let new = c.led().await;
+    assert_ne!(new, old);
+    match status(c.mesh(new), "job").await {
+        LockReply::Status { token: t, .. } => assert_eq!(
+            t,
+            Some(token),
+            "the lost release left the grant held (seed {seed})"
+        ),
+        other => panic!("status: {other:?} (seed {seed})"),
+    }
+    let next = c
+        .mesh(NodeId(5))
+        .lock("job")
+        .ttl(TTL)
+        .wait(TTL * 3)
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("granted once the lease ran out: {e} (seed {seed})"));
+    assert!(
+        c.now() >= released_at + TTL,
+        "granted {:?} after the lost release, before its TTL (seed {seed})",
+        c.now() - released_at
+    );
+    assert!(next.token() > token, "tokens only grow (seed {seed})");
+    next.release().await.expect("released");
+    c.shutdown().await;
+}

@@ -998,15 +998,35 @@ impl LockTable {
             .get(name)
             .and_then(|l| l.holder.as_ref())
             .is_some_and(|h| h.token == tok);
+        // K2 (releases): a user lock's release is answered once this
+        // leader has applied it; its tombstone goes out with the next
+        // batch. Lost in a failover, it leaves the grant held on the
+        // voters, so the next leader frees it at its TTL: later, never
+        // to two holders (the holder stopped before it asked). An abort
+        // of a claim still waits for its tombstone to commit: lost, the
+        // claim would expire as `recovered` (I5), which the aborting
+        // caller was told it would not be.
+        let early = name.space == Space::Lock;
         if holds {
-            term.batches.effect(Effect::Release { ticket });
+            if early {
+                out.push(LockOutput::Reply {
+                    ticket,
+                    reply: LockReply::Released,
+                });
+            } else {
+                term.batches.effect(Effect::Release { ticket });
+            }
             self.free(now, name, false, &mut out);
             return out;
         }
-        // A retried release of this very token is answered again, once
-        // its tombstone holds on a majority (K2).
+        // A retried release of this very token is answered again: a
+        // lock's at once, a claim's once its tombstone holds on a
+        // majority (K2).
         match term.frees.get(name) {
             Some(&(freed, batch)) if freed == tok => {
+                if early {
+                    return reply(ticket, LockReply::Released);
+                }
                 term.batches.effect_on(batch, Effect::Release { ticket });
                 return out;
             }

@@ -1784,3 +1784,71 @@ fn the_record_bound_counts_the_records() {
     let t = h.begin(2, "b", b"fp", 0, None);
     assert_eq!(h.reply(t), Some(LockReply::StoreFull { max: 3 }));
 }
+
+#[test]
+fn a_lock_release_is_answered_once_applied_and_its_tombstone_goes_with_the_next_batch() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    let b = h.acquire(2, "x", 1000, 5000, None);
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(3), r, "x", ta);
+    h.absorb(out);
+    assert_eq!(
+        h.reply(r),
+        Some(LockReply::Released),
+        "answered before any voter holds the tombstone"
+    );
+    // A retry of the same release at this leader is answered the same.
+    let again = h.ticket();
+    let out = h.table.handle_release(ms(4), again, "x", ta);
+    h.absorb(out);
+    assert_eq!(h.reply(again), Some(LockReply::Released));
+    // The tombstone and the waiter's grant travel in the next batch, and
+    // the grant is told only once a majority holds them.
+    let out = h.table.flush();
+    h.absorb(out);
+    let entries: Vec<&Entry> = h.batches.iter().flat_map(|(_, e)| e).collect();
+    assert!(
+        entries.iter().any(|e| e.token > ta && e.is_held()),
+        "the waiter's grant, a higher token, outranks the tombstone: {entries:?}"
+    );
+    assert_eq!(h.reply(b), None, "no grant before its batch commits");
+    h.commit(5, &[ME, NodeId(3)]);
+    assert!(h.granted(b) > ta);
+}
+
+#[test]
+fn a_claim_abort_is_answered_only_once_its_tombstone_holds() {
+    let mut h = Harness::new();
+    h.open_begins();
+    let t = h.begin(0, "k", b"fp", 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (claim, _) = h.claimed(t);
+    let abort = h.claim_request(
+        2,
+        LockRequest::Abort {
+            key: "k".into(),
+            claim,
+        },
+    );
+    assert_eq!(
+        h.reply(abort),
+        None,
+        "not before a majority holds the tombstone"
+    );
+    let out = h.table.flush();
+    h.absorb(out);
+    let sent: Vec<BatchId> = h.batches.drain(..).map(|(b, _)| b).collect();
+    for &batch in &sent {
+        let out = h.table.handle_ack(ms(3), batch, ME);
+        h.absorb(out);
+    }
+    assert_eq!(h.reply(abort), None, "one ack of three is not a majority");
+    for &batch in &sent {
+        let out = h.table.handle_ack(ms(4), batch, NodeId(2));
+        h.absorb(out);
+    }
+    assert_eq!(h.reply(abort), Some(LockReply::Released));
+}
