@@ -52,6 +52,46 @@ pub const TICKETS_PER_REQUEST_MAX: usize = 8;
 /// Request ids of ended grants remembered per term (besides the one each
 /// tombstone carries), so late duplicates of them grant nothing.
 pub const ENDED_REQUESTS_MAX: usize = 4096;
+
+/// The last `ENDED_REQUESTS_MAX` (name, request id) pairs of ended
+/// grants, oldest forgotten first, looked up by hash: every acquire with
+/// a request id asks.
+#[derive(Debug, Default, Clone)]
+struct Ended {
+    order: VecDeque<(Name, String)>,
+    /// How many times each pair is in `order`, by name, then id.
+    count: HashMap<Name, HashMap<String, usize>>,
+}
+
+impl Ended {
+    fn remember(&mut self, name: &Name, id: &str) {
+        if self.order.len() >= ENDED_REQUESTS_MAX
+            && let Some((old, old_id)) = self.order.pop_front()
+            && let Some(ids) = self.count.get_mut(&old)
+        {
+            if let Some(n) = ids.get_mut(&old_id) {
+                *n -= 1;
+                if *n == 0 {
+                    ids.remove(&old_id);
+                }
+            }
+            if ids.is_empty() {
+                self.count.remove(&old);
+            }
+        }
+        *self
+            .count
+            .entry(name.clone())
+            .or_default()
+            .entry(id.to_owned())
+            .or_default() += 1;
+        self.order.push_back((name.clone(), id.to_owned()));
+    }
+
+    fn contains(&self, name: &Name, id: &str) -> bool {
+        self.count.get(name).is_some_and(|ids| ids.contains_key(id))
+    }
+}
 /// A holder quiet for `min(ttl/2, this)` gets its first quiet mark; the
 /// next ones follow at twice the quiet time so far.
 pub const QUIET_MARK_FIRST_MAX: Duration = Duration::from_secs(5);
@@ -269,7 +309,7 @@ struct Term {
     /// token freed and the batch carrying it (`None`: the open one).
     frees: HashMap<Name, (Token, Option<BatchId>)>,
     /// (name, request id) of grants that ended this term.
-    ended: VecDeque<(Name, String)>,
+    ended: Ended,
     /// A new epoch was asked for, or the tokens are spent (K1).
     exhausted: bool,
     /// Entries of the claim namespace in `known` (the record bound, I6).
@@ -506,7 +546,7 @@ impl LockTable {
             known: Replica::default(),
             batches: Batches::default(),
             frees: HashMap::new(),
-            ended: VecDeque::new(),
+            ended: Ended::default(),
             exhausted: false,
             claims: ClaimCount::default(),
             deferred: Vec::new(),
@@ -738,7 +778,7 @@ impl LockTable {
                 .known
                 .get(name)
                 .is_some_and(|e| !e.is_held() && e.request_id() == Some(id.as_str()))
-                || term.ended.iter().any(|(n, r)| n == name && r == id);
+                || term.ended.contains(name, id);
             if ended {
                 return reply(ticket, LockReply::Ended);
             }
@@ -882,10 +922,7 @@ impl LockTable {
             });
         }
         if let Some(id) = &holder.request_id {
-            if term.ended.len() >= ENDED_REQUESTS_MAX {
-                term.ended.pop_front();
-            }
-            term.ended.push_back((name.clone(), id.clone()));
+            term.ended.remember(name, id);
         }
         term.frees.insert(name.clone(), (holder.token, None));
         term.write(Entry {
@@ -1316,10 +1353,7 @@ impl LockTable {
             result,
         });
         if let Some(id) = &holder.request_id {
-            if term.ended.len() >= ENDED_REQUESTS_MAX {
-                term.ended.pop_front();
-            }
-            term.ended.push_back((name.clone(), id.clone()));
+            term.ended.remember(&name, id);
         }
         term.frees.insert(name.clone(), (claim, None));
         let waiters: Vec<Waiter> = lock.waiters.into_iter().collect();

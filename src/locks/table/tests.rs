@@ -1852,3 +1852,22 @@ fn a_claim_abort_is_answered_only_once_its_tombstone_holds() {
     }
     assert_eq!(h.reply(abort), Some(LockReply::Released));
 }
+
+#[test]
+fn ended_requests_are_remembered_up_to_the_bound_oldest_forgotten_first() {
+    let mut ended = Ended::default();
+    let x = Name::lock("x");
+    ended.remember(&x, "r0");
+    ended.remember(&x, "r0");
+    for i in 1..ENDED_REQUESTS_MAX {
+        ended.remember(&Name::lock(format!("n{i}")), "r");
+    }
+    assert!(ended.contains(&x, "r0"), "one of its two entries is left");
+    assert!(!ended.contains(&x, "r1"));
+    assert!(!ended.contains(&Name::lock("y"), "r0"));
+    ended.remember(&x, "r1");
+    assert!(!ended.contains(&x, "r0"), "both entries forgotten");
+    assert!(ended.contains(&x, "r1"));
+    assert!(ended.contains(&Name::lock("n1"), "r"));
+    assert_eq!(ended.order.len(), ENDED_REQUESTS_MAX);
+}
