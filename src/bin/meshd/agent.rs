@@ -144,19 +144,7 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
         None => tracing::warn!(
             "no --cluster-key: this cluster is open to any process that can reach its ports"
         ),
-        Some(path) => {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map(|m| m.permissions().mode());
-            if let Ok(mode) = mode
-                && mode & 0o077 != 0
-            {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{:o}", mode & 0o777),
-                    "the cluster key file is readable by other users; chmod 600 it"
-                );
-            }
-        }
+        Some(path) => warn_if_readable_by_others(path, "the cluster key file"),
     }
     if config.is_voter() && config.data_dir.is_none() {
         let wait_s = config.election.lock_ttl_max.as_secs_f64() * (1.0 + config.election.drift);
@@ -195,6 +183,21 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A secret's file should be the owner's alone.
+fn warn_if_readable_by_others(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode());
+    if let Ok(mode) = mode
+        && mode & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "{what} is readable by other users; chmod 600 it"
+        );
+    }
 }
 
 async fn wait_for_signal() -> &'static str {
