@@ -66,6 +66,13 @@ pub struct Config {
     /// runs an open cluster.
     #[serde(skip)]
     pub cluster_secret: Option<ClusterSecret>,
+    /// File holding the bearer token the HTTP API requires; `None`: the
+    /// API is open to whoever reaches its address.
+    pub http_token_file: Option<PathBuf>,
+    /// The bearer token, loaded from `http_token_file` by
+    /// [`ConfigBuilder::build`] (embedders may set it directly).
+    #[serde(skip)]
+    pub http_token: Option<HttpToken>,
     /// Gossip round interval.
     pub gossip_interval: Duration,
     /// Phi-accrual failure detector threshold.
@@ -116,6 +123,63 @@ impl Config {
     }
 }
 
+/// The bearer token an agent's HTTP API requires (`--http-token-file`):
+/// 16 to 4,096 visible ASCII characters, read from a file with
+/// surrounding whitespace trimmed (`meshd keygen` writes a suitable one).
+/// Its `Debug` form hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpToken(String);
+
+impl HttpToken {
+    /// Fewer characters are refused as too easy to guess.
+    pub const MIN_CHARS: usize = 16;
+    /// More are refused: a header line has to carry it.
+    pub const MAX_CHARS: usize = 4096;
+
+    /// Checks a token's text.
+    pub fn new(text: &str) -> Result<HttpToken, String> {
+        let text = text.trim();
+        if text.len() < Self::MIN_CHARS {
+            return Err(format!(
+                "the token has {} characters, fewer than {}",
+                text.len(),
+                Self::MIN_CHARS
+            ));
+        }
+        if text.len() > Self::MAX_CHARS {
+            return Err(format!(
+                "the token has more than {} characters",
+                Self::MAX_CHARS
+            ));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII without spaces".into());
+        }
+        Ok(HttpToken(text.to_owned()))
+    }
+
+    /// Reads and checks the token in `path`.
+    pub fn load(path: &std::path::Path) -> Result<HttpToken, ConfigError> {
+        let failed = |reason: String| ConfigError::HttpToken {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        HttpToken::new(&text).map_err(failed)
+    }
+
+    /// The token's text, as a client sends it after `Bearer `.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HttpToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpToken(..)")
+    }
+}
+
 /// The raw, optional form of a configuration: what a TOML file or the
 /// command line says. Keys are the CLI flag names (`data-dir`, `seed`, …);
 /// snake_case spellings are accepted too.
@@ -143,6 +207,9 @@ pub struct ConfigBuilder {
     /// `--cluster-key`.
     #[serde(alias = "cluster_key")]
     pub cluster_key: Option<PathBuf>,
+    /// `--http-token-file`.
+    #[serde(alias = "http_token_file")]
+    pub http_token_file: Option<PathBuf>,
     /// `--gossip-interval-ms`.
     #[serde(alias = "gossip_interval_ms")]
     pub gossip_interval_ms: Option<u64>,
@@ -225,6 +292,7 @@ impl ConfigBuilder {
             voters: over.voters.or(self.voters),
             data_dir: over.data_dir.or(self.data_dir),
             cluster_key: over.cluster_key.or(self.cluster_key),
+            http_token_file: over.http_token_file.or(self.http_token_file),
             gossip_interval_ms: over.gossip_interval_ms.or(self.gossip_interval_ms),
             phi_threshold: over.phi_threshold.or(self.phi_threshold),
             leave_ms: over.leave_ms.or(self.leave_ms),
@@ -315,6 +383,10 @@ impl ConfigBuilder {
             Some(path) => Some(ClusterSecret::load(path).map_err(ConfigError::ClusterKey)?),
             None => None,
         };
+        let http_token = match &self.http_token_file {
+            Some(path) => Some(HttpToken::load(path)?),
+            None => None,
+        };
         let leave_ms = self.leave_ms.unwrap_or(DEFAULT_LEAVE_MS);
         if leave_ms > 10_000 {
             return Err(ConfigError::InvalidLeave(leave_ms));
@@ -353,6 +425,8 @@ impl ConfigBuilder {
             data_dir: self.data_dir,
             cluster_key: self.cluster_key,
             cluster_secret,
+            http_token_file: self.http_token_file,
+            http_token,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
             phi_threshold,
             leave_duration: Duration::from_millis(leave_ms),
@@ -484,6 +558,14 @@ pub enum ConfigError {
     /// The `--cluster-key` file is missing, unreadable or malformed.
     #[error("{0}")]
     ClusterKey(SecretError),
+    /// The HTTP token file is unreadable or holds no usable token.
+    #[error("http token file {}: {reason}", path.display())]
+    HttpToken {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The config file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     ReadFile {
@@ -657,6 +739,50 @@ mod tests {
             assert!(matches!(err, ConfigError::ClusterKey(_)), "{err}");
             assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
         }
+    }
+
+    #[test]
+    fn http_token_is_loaded_trimmed_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("token");
+        std::fs::write(&good, "  0123456789abcdef-token\n").unwrap();
+        let c = ConfigBuilder {
+            http_token_file: Some(good),
+            ..base()
+        }
+        .build()
+        .unwrap();
+        let token = c.http_token.expect("loaded");
+        assert_eq!(token.expose(), "0123456789abcdef-token");
+        assert_eq!(format!("{token:?}"), "HttpToken(..)", "never printed");
+
+        let cases = [
+            ("short", "0123456789abcde\n", "fewer than 16"),
+            ("spaced", "0123456789 abcdef\n", "visible ASCII"),
+            ("long", &"x".repeat(5000), "more than 4096"),
+        ];
+        for (name, text, needle) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = ConfigBuilder {
+                http_token_file: Some(path.clone()),
+                ..base()
+            }
+            .build()
+            .unwrap_err();
+            let said = err.to_string();
+            assert!(said.contains(&*path.to_string_lossy()), "{said}");
+            assert!(said.contains(needle), "{said}");
+        }
+        let missing = dir.path().join("missing");
+        let err = ConfigBuilder {
+            http_token_file: Some(missing.clone()),
+            ..base()
+        }
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::HttpToken { .. }), "{err}");
+        assert!(err.to_string().contains(&*missing.to_string_lossy()));
     }
 
     #[test]

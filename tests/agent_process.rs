@@ -315,3 +315,94 @@ fn five_agents_fail_over_after_kill_9_of_the_leader() {
     assert!(served >= 1, "{metrics}");
     a.stop_all(WITHIN);
 }
+
+/// A raw HTTP/1.1 GET: the status line's code, and the whole answer.
+fn raw_get(addr: std::net::SocketAddr, path: &str, authorization: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WITHIN)).unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+/// Goal: an agent started with `--http-token-file` answers 401
+/// `unauthorized` (with `WWW-Authenticate: Bearer`) to calls without its
+/// token or with another, serves them with it (the scheme's name in any
+/// case), serves the dashboard page without it, and `meshd status` takes
+/// the token from the same file.
+#[test]
+fn an_agent_with_an_http_token_serves_only_calls_that_carry_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("http.token");
+    let token = "s3cret-token-of-the-test-0123456789";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut a = Agents::new(Path::new(BIN), 1, dir.path()).expect("plan agents");
+    a.extra_args = vec![
+        "--http-token-file".into(),
+        token_file.to_string_lossy().into_owned(),
+    ];
+    a.start_all().expect("start");
+    let http = a.spec(1).http;
+    let up = a.wait_until(WITHIN, |_| std::net::TcpStream::connect(http).is_ok());
+    assert!(up.is_some(), "the agent serves");
+    for (path, auth) in [
+        ("/v1/status", None),
+        (
+            "/v1/status",
+            Some("Bearer not-the-token-0123456789".to_string()),
+        ),
+        ("/v1/status", Some(format!("Basic {token}"))),
+        ("/metrics", None),
+        ("/v1/locks/x", None),
+        ("/no/such/route", None),
+    ] {
+        let (code, answer) = raw_get(http, path, auth.as_deref());
+        assert_eq!(code, 401, "{path} with {auth:?}: {answer}");
+        assert!(answer.contains(r#""error":"unauthorized""#), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{answer}"
+        );
+    }
+    for auth in [format!("Bearer {token}"), format!("bearer {token}")] {
+        let (code, answer) = raw_get(http, "/v1/status", Some(&auth));
+        assert_eq!(code, 200, "{answer}");
+        assert!(answer.contains(r#""node_id":1"#), "{answer}");
+    }
+    let (code, answer) = raw_get(http, "/", None);
+    assert_eq!(code, 200, "the dashboard page holds no data: {answer}");
+
+    let status = |with_token: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["status", "--json", "--http", &http.to_string()]);
+        if with_token {
+            cmd.arg("--http-token-file").arg(&token_file);
+        }
+        cmd.output().unwrap()
+    };
+    let out = status(true);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#""node_id":1"#));
+    let out = status(false);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unauthorized"),
+        "{out:?}"
+    );
+}

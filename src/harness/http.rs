@@ -8,6 +8,23 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The bearer token every call of this process sends, once set.
+static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every later call of this process carry `Authorization: Bearer
+/// <token>` (the agents' `--http-token-file`). The first token set stays.
+pub fn use_bearer_token(token: &crate::config::HttpToken) {
+    let _ = BEARER.set(format!("Bearer {}", token.expose()));
+}
+
+/// `request` with the process's bearer token, if one is set.
+fn authorized<B>(request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match BEARER.get() {
+        Some(value) => request.header("authorization", value),
+        None => request,
+    }
+}
+
 /// An HTTP client with one overall timeout; `statuses_as_errors`: any
 /// status but success is an error.
 fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
@@ -20,8 +37,7 @@ fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
 
 /// GETs `path` from an agent's HTTP API and parses the JSON body.
 pub fn get_json(http: SocketAddr, path: &str, timeout: Duration) -> Result<Value, String> {
-    let mut resp = http_client(timeout, false)
-        .get(format!("http://{http}{path}"))
+    let mut resp = authorized(http_client(timeout, false).get(format!("http://{http}{path}")))
         .call()
         .map_err(|e| e.to_string())?;
     let status = resp.status();
@@ -40,8 +56,7 @@ pub fn post_json(
     body: &Value,
     timeout: Duration,
 ) -> Result<Value, String> {
-    http_client(timeout, true)
-        .post(format!("http://{addr}{path}"))
+    authorized(http_client(timeout, true).post(format!("http://{addr}{path}")))
         .send_json(body)
         .map_err(|e| e.to_string())?
         .body_mut()
@@ -51,8 +66,7 @@ pub fn post_json(
 
 /// GETs `path` as text.
 pub fn get_text(http: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
-    http_client(timeout, true)
-        .get(format!("http://{http}{path}"))
+    authorized(http_client(timeout, true).get(format!("http://{http}{path}")))
         .call()
         .map_err(|e| e.to_string())?
         .body_mut()
@@ -68,8 +82,7 @@ pub fn post_json_status(
     body: &Value,
     timeout: Duration,
 ) -> Result<(u16, Value), String> {
-    let mut resp = http_client(timeout, false)
-        .post(format!("http://{addr}{path}"))
+    let mut resp = authorized(http_client(timeout, false).post(format!("http://{addr}{path}")))
         .send_json(body)
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
@@ -97,8 +110,7 @@ pub fn post_json_reply(
     body: &Value,
     timeout: Duration,
 ) -> Result<Reply, String> {
-    let mut resp = http_client(timeout, false)
-        .post(format!("http://{addr}{path}"))
+    let mut resp = authorized(http_client(timeout, false).post(format!("http://{addr}{path}")))
         .send_json(body)
         .map_err(|e| e.to_string())?;
     let headers = resp

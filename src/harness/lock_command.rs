@@ -65,6 +65,10 @@ pub struct LockOptions {
         arg(long, value_name = "ADDR", default_value = "127.0.0.1:7402")
     )]
     pub http: SocketAddr,
+    /// File holding the agent's HTTP bearer token (its
+    /// `--http-token-file`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub http_token_file: Option<std::path::PathBuf>,
     /// The lease's TTL in milliseconds; renewed every third of it.
     #[cfg_attr(feature = "cli", arg(long, value_name = "T", default_value_t = 10_000))]
     pub ttl_ms: u64,
@@ -202,6 +206,15 @@ fn exited(pid: libc::pid_t) -> bool {
 /// Runs `meshd lock` with `args`; `meshd` is the program whose
 /// `lock-watchdog` subcommand is the watchdog (the `meshd` binary).
 pub fn run(meshd: &Path, args: LockOptions) -> ExitCode {
+    if let Some(path) = &args.http_token_file {
+        match crate::config::HttpToken::load(path) {
+            Ok(token) => crate::harness::http::use_bearer_token(&token),
+            Err(err) => {
+                eprintln!("meshd: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let request_id = crate::locks::fresh_request_id("meshd-lock-");
     let body = json!({"ttl_ms": args.ttl_ms, "wait_ms": args.wait_ms, "request_id": request_id});
     let timeout = Duration::from_millis(args.wait_ms) + Duration::from_secs(5);

@@ -104,8 +104,12 @@ pub fn status(mesh: &Mesh) -> StatusBody {
     }
 }
 
-/// The API's routes over a node.
+/// The API's routes over a node. When the node's configuration holds an
+/// [`HttpToken`](crate::config::HttpToken), every route but the dashboard
+/// page (which holds no data; its requests carry the token) answers 401
+/// `unauthorized` to a request without `Authorization: Bearer <token>`.
 pub fn router(mesh: Mesh) -> Router {
+    let access = Access::new(mesh.config().http_token.as_ref());
     Router::new()
         .route("/", get(dashboard))
         .route("/v1/status", get(get_status))
@@ -129,7 +133,70 @@ pub fn router(mesh: Mesh) -> Router {
             locks::LOCK_BODY_BYTES_MAX,
         ))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(access, authorize))
         .with_state(mesh)
+}
+
+/// What the API asks of a caller: nothing, or the bearer token whose
+/// SHA-256 digest this is (the digests are compared, in constant time,
+/// so neither the token's bytes nor its length show in the timing).
+#[derive(Clone)]
+struct Access {
+    digest: Option<[u8; 32]>,
+}
+
+impl Access {
+    fn new(token: Option<&crate::config::HttpToken>) -> Access {
+        Access {
+            digest: token.map(|t| sha256(t.expose().as_bytes())),
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Lets a request through when the API is open, it asks for the
+/// dashboard page, or it carries the token; otherwise 401.
+async fn authorize(
+    State(access): State<Access>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = access.digest else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/" {
+        return next.run(request).await;
+    }
+    // RFC 7235: the scheme's name is case-insensitive.
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let refusal = match given {
+        None => "this agent requires an Authorization: Bearer <token> header",
+        Some(token) => {
+            use subtle::ConstantTimeEq;
+            if bool::from(sha256(token.as_bytes()).ct_eq(&expected)) {
+                return next.run(request).await;
+            }
+            "the bearer token is not this agent's"
+        }
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", refusal);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"coordmesh\""),
+    );
+    response
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

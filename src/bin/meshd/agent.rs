@@ -36,6 +36,11 @@ pub(crate) struct AgentArgs {
     /// Cluster secret file from `meshd keygen`.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
+    /// File holding the bearer token the HTTP API requires (16 or more
+    /// visible characters; `meshd keygen` writes one). Without it the API
+    /// is open to whoever reaches its address.
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<PathBuf>,
     /// TOML file with the same keys (flags override).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -122,6 +127,7 @@ fn build_config(args: AgentArgs) -> Result<coordmesh::Config, coordmesh::ConfigE
         voters: args.voters.map(|v| v.0),
         data_dir: args.data_dir,
         cluster_key: args.cluster_key,
+        http_token_file: args.http_token_file,
         gossip_interval_ms: args.gossip_interval_ms,
         phi_threshold: None,
         leave_ms: None,
@@ -145,6 +151,12 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
             "no --cluster-key: this cluster is open to any process that can reach its ports"
         ),
         Some(path) => warn_if_readable_by_others(path, "the cluster key file"),
+    }
+    if let Some(warning) = open_api_warning(&config) {
+        tracing::warn!(http_addr = %config.http_addr, "{warning}");
+    }
+    if let Some(path) = &config.http_token_file {
+        warn_if_readable_by_others(path, "the HTTP token file");
     }
     if config.is_voter() && config.data_dir.is_none() {
         let wait_s = config.election.lock_ttl_max.as_secs_f64() * (1.0 + config.election.drift);
@@ -185,6 +197,14 @@ async fn serve(config: coordmesh::Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The warning an HTTP API reachable beyond loopback without a token
+/// deserves.
+fn open_api_warning(config: &coordmesh::Config) -> Option<&'static str> {
+    (config.http_token.is_none() && !config.http_addr.ip().is_loopback()).then_some(
+        "the HTTP API listens beyond loopback without --http-token-file: anyone who reaches it can take and release locks",
+    )
+}
+
 /// A secret's file should be the owner's alone.
 fn warn_if_readable_by_others(path: &std::path::Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -216,5 +236,33 @@ async fn wait_for_signal() -> &'static str {
             std::future::pending::<()>().await;
             unreachable!("pending never resolves")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_beyond_loopback_without_a_token_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        let config = |http: &str, token: Option<PathBuf>| {
+            ConfigBuilder {
+                id: Some(NodeId(1)),
+                gossip: Some("127.0.0.1:7400".parse().unwrap()),
+                http: Some(http.parse().unwrap()),
+                http_token_file: token,
+                ..Default::default()
+            }
+            .build()
+            .unwrap()
+        };
+        assert!(open_api_warning(&config("0.0.0.0:7402", None)).is_some());
+        assert!(open_api_warning(&config("10.1.2.3:7402", None)).is_some());
+        assert!(open_api_warning(&config("0.0.0.0:7402", Some(token))).is_none());
+        assert!(open_api_warning(&config("127.0.0.1:7402", None)).is_none());
+        assert!(open_api_warning(&config("[::1]:7402", None)).is_none());
     }
 }

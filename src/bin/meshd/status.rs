@@ -13,12 +13,25 @@ pub(crate) struct StatusArgs {
     /// The agent's HTTP address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7402")]
     http: SocketAddr,
+    /// File holding the agent's HTTP bearer token (its
+    /// `--http-token-file`).
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<std::path::PathBuf>,
     /// Print `/v1/status` as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: StatusArgs) -> ExitCode {
+    if let Some(path) = &args.http_token_file {
+        match coordmesh::config::HttpToken::load(path) {
+            Ok(token) => coordmesh::harness::http::use_bearer_token(&token),
+            Err(err) => {
+                eprintln!("meshd: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let status =
         match coordmesh::harness::http::get_json(args.http, "/v1/status", Duration::from_secs(3)) {
             Ok(v) => v,
