@@ -1820,3 +1820,48 @@ async fn a_release_lost_with_its_leader_only_delays_the_next_grant() {
     next.release().await.expect("released");
     c.shutdown().await;
 }
+
+/// Goal: `observe()` is pushed by the leader: with a 30 s bound between
+/// asks, each change (elected, resigned) reaches the observer within a
+/// round trip of when it happened, not at the bound.
+#[tokio::test(start_paused = true)]
+async fn observers_hear_each_change_when_it_happens() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 5, 3, None).await;
+    let mut observed = c
+        .mesh(NodeId(5))
+        .election("scheduler")
+        .observe(Duration::from_secs(30));
+    let first = observed.recv().await.expect("a value");
+    assert_eq!(first, None, "nobody elected yet (seed {seed})");
+    let elected = c
+        .mesh(NodeId(4))
+        .election("scheduler")
+        .ttl(TTL)
+        .campaign()
+        .await
+        .expect("elected");
+    let at = c.now();
+    let seen = tokio::time::timeout(Duration::from_secs(1), observed.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the election was not pushed (seed {seed})"))
+        .expect("a value");
+    assert_eq!(
+        seen.map(|s| (s.node, s.token)),
+        Some((NodeId(4), elected.token()))
+    );
+    assert!(
+        c.now() - at < Duration::from_millis(100),
+        "heard {:?} after (seed {seed})",
+        c.now() - at
+    );
+    elected.resign().await.expect("resigned");
+    let at = c.now();
+    let seen = tokio::time::timeout(Duration::from_secs(1), observed.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the resign was not pushed (seed {seed})"))
+        .expect("a value");
+    assert_eq!(seen, None, "seed {seed}");
+    assert!(c.now() - at < Duration::from_millis(100), "seed {seed}");
+    c.shutdown().await;
+}

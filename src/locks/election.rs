@@ -128,29 +128,60 @@ impl NamedElection {
         }
     }
 
-    /// Each change of the elected campaigner, as a stream of values; it
-    /// polls the leader every `every` and yields only changes. Ends when
-    /// the node stops.
+    /// Each change of the elected campaigner, as a stream of values: the
+    /// one now first, then every change, pushed by the leader (a watch it
+    /// answers when the holder changes, or after `every` at the latest,
+    /// when the observer asks again). After a failed ask (no leader, a
+    /// failover) it asks again within `every`. Ends when the node stops
+    /// or the receiver is dropped.
     pub fn observe(&self, every: Duration) -> tokio::sync::mpsc::Receiver<Option<Campaign>> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let this = self.clone();
+        let every = every.clamp(Duration::from_millis(10), super::WAIT_MAX);
         tokio::spawn(async move {
             let mut last: Option<Option<Campaign>> = None;
             loop {
-                match this.leader().await {
-                    Ok(now) if last != Some(now) => {
-                        last = Some(now);
-                        if tx.send(now).await.is_err() {
-                            return;
+                // The first ask is answered at once; later ones once the
+                // holder differs from the last one reported.
+                let wait = if last.is_some() {
+                    every
+                } else {
+                    Duration::ZERO
+                };
+                let request = LockRequest::Watch {
+                    name: this.lock_name(),
+                    seen: last.flatten().map(|c| c.token),
+                    wait_ms: wait.as_millis() as u64,
+                };
+                let answer = this
+                    .path
+                    .lock_request(request, wait + Duration::from_secs(1))
+                    .await;
+                let now = match answer {
+                    Ok(LockReply::Status {
+                        token: Some(token),
+                        owner: Some(node),
+                        ..
+                    }) => Some(Campaign { node, token }),
+                    Ok(LockReply::Status { .. }) => None,
+                    Err(PathError::Closed) => return,
+                    _ => {
+                        tokio::select! {
+                            _ = this.path.pause_for_leader(every.min(Duration::from_millis(200))) => {}
+                            _ = tx.closed() => return,
                         }
+                        continue;
                     }
-                    Err(LockError::ShuttingDown) => return,
-                    _ => {}
+                };
+                if last != Some(now) {
+                    last = Some(now);
+                    if tx.send(now).await.is_err() {
+                        return;
+                    }
                 }
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(every).await;
             }
         });
         rx

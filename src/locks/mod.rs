@@ -406,6 +406,18 @@ pub enum LockRequest {
         /// The claim's token.
         claim: Token,
     },
+    /// Who holds the user lock `name`, answered (as `Status`) once it
+    /// differs from `seen` (the holder's token, `None`: nobody), or when
+    /// `wait_ms` (at most [`WAIT_MAX`]) has passed: a watch, so an
+    /// observer hears of a change without polling.
+    Watch {
+        /// Lock name.
+        name: String,
+        /// The holder the watcher knows.
+        seen: Option<Token>,
+        /// How long the leader may hold the answer back.
+        wait_ms: u64,
+    },
 }
 
 /// One held lock, as [`LockRequest::List`] reports it.

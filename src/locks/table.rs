@@ -53,6 +53,10 @@ pub const TICKETS_PER_REQUEST_MAX: usize = 8;
 /// tombstone carries), so late duplicates of them grant nothing.
 pub const ENDED_REQUESTS_MAX: usize = 4096;
 
+/// Watches held back at once by the leader; more are answered at once
+/// (their watchers ask again).
+pub const WATCHERS_MAX: usize = 4096;
+
 /// The last `ENDED_REQUESTS_MAX` (name, request id) pairs of ended
 /// grants, oldest forgotten first, looked up by hash: every acquire with
 /// a request id asks.
@@ -263,6 +267,14 @@ struct Waiter {
     claim: Option<Box<ClaimFacts>>,
 }
 
+/// A watch held back until its lock's holder changes.
+#[derive(Debug, Clone)]
+struct Watcher {
+    ticket: Ticket,
+    seen: Option<Token>,
+    until: Duration,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Lock {
     holder: Option<Holder>,
@@ -310,6 +322,8 @@ struct Term {
     frees: HashMap<Name, (Token, Option<BatchId>)>,
     /// (name, request id) of grants that ended this term.
     ended: Ended,
+    /// Watches waiting for their lock's holder to change, by lock.
+    watchers: BTreeMap<Name, Vec<Watcher>>,
     /// A new epoch was asked for, or the tokens are spent (K1).
     exhausted: bool,
     /// Entries of the claim namespace in `known` (the record bound, I6).
@@ -547,6 +561,7 @@ impl LockTable {
             batches: Batches::default(),
             frees: HashMap::new(),
             ended: Ended::default(),
+            watchers: BTreeMap::new(),
             exhausted: false,
             claims: ClaimCount::default(),
             deferred: Vec::new(),
@@ -585,6 +600,9 @@ impl LockTable {
             for w in lock.waiters {
                 tickets.extend(w.tickets);
             }
+        }
+        for watchers in term.watchers.into_values() {
+            tickets.extend(watchers.into_iter().map(|w| w.ticket));
         }
         for effect in term.batches.into_effects() {
             match effect {
@@ -649,6 +667,20 @@ impl LockTable {
         request: LockRequest,
         records: RecordsSay,
     ) -> Vec<LockOutput> {
+        let mut out = self.dispatch(now, wall_ms, ticket, owner, request, records);
+        self.wake_watchers(now, &mut out);
+        out
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Duration,
+        wall_ms: u64,
+        ticket: Ticket,
+        owner: NodeId,
+        request: LockRequest,
+        records: RecordsSay,
+    ) -> Vec<LockOutput> {
         match request {
             LockRequest::Acquire {
                 name,
@@ -672,6 +704,80 @@ impl LockTable {
             LockRequest::Abort { key, claim } => {
                 self.claim_request(ticket, &key, |t, name| t.release(now, ticket, name, claim))
             }
+            LockRequest::Watch {
+                name,
+                seen,
+                wait_ms,
+            } => self.handle_watch(now, ticket, &name, seen, wait_ms),
+        }
+    }
+
+    /// A watch of the user lock `name`: answered at once if its holder
+    /// (committed or adopted, as `Status` reports it) is not `seen`,
+    /// otherwise once that changes or the wait runs out.
+    pub fn handle_watch(
+        &mut self,
+        now: Duration,
+        ticket: Ticket,
+        name: &str,
+        seen: Option<Token>,
+        wait_ms: u64,
+    ) -> Vec<LockOutput> {
+        if let Err(e) = check_name(name) {
+            return reply(ticket, LockReply::Invalid(e.to_string()));
+        }
+        let Some(term) = &mut self.term else {
+            return reply(ticket, LockReply::NotLeader);
+        };
+        let name = Name::lock(name);
+        if visible_holder(term, &name).map(|h| h.token) != seen {
+            return self.handle_status(now, ticket, &name.text);
+        }
+        if term.watchers.values().map(Vec::len).sum::<usize>() >= WATCHERS_MAX {
+            // Answered now: the watcher asks again, as it would after a
+            // wait that ran out.
+            return self.handle_status(now, ticket, &name.text);
+        }
+        let wait = Duration::from_millis(wait_ms).min(super::WAIT_MAX);
+        term.watchers.entry(name).or_default().push(Watcher {
+            ticket,
+            seen,
+            until: now + wait,
+        });
+        Vec::new()
+    }
+
+    /// Answers the watches whose lock's holder changed or whose wait ran
+    /// out.
+    fn wake_watchers(&mut self, now: Duration, out: &mut Vec<LockOutput>) {
+        let Some(term) = &mut self.term else { return };
+        if term.watchers.is_empty() {
+            return;
+        }
+        let mut woken = Vec::new();
+        term.watchers.retain(|name, watchers| {
+            let holder = term.locks.get(name).and_then(|l| l.holder.as_ref());
+            let visible = holder.filter(|h| h.committed || h.adopted);
+            watchers.retain(|w| {
+                if visible.map(|h| h.token) != w.seen || now >= w.until {
+                    woken.push((
+                        w.ticket,
+                        LockReply::Status {
+                            token: visible.map(|h| h.token),
+                            expires_in_ms: visible
+                                .map_or(0, |h| h.expires_at.saturating_sub(now).as_millis() as u64),
+                            owner: visible.map(|h| h.owner),
+                        },
+                    ));
+                    false
+                } else {
+                    true
+                }
+            });
+            !watchers.is_empty()
+        });
+        for (ticket, reply) in woken {
+            out.push(LockOutput::Reply { ticket, reply });
         }
     }
 
@@ -1548,6 +1654,7 @@ impl LockTable {
             term.locks
                 .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
         }
+        self.wake_watchers(now, &mut out);
         out
     }
 
@@ -1646,8 +1753,17 @@ impl LockTable {
         for name in late {
             self.free(now, &name, false, &mut out);
         }
+        self.wake_watchers(now, &mut out);
         out
     }
+}
+
+/// The holder of `name` that `Status` reports: committed or adopted.
+fn visible_holder<'a>(term: &'a Term, name: &Name) -> Option<&'a Holder> {
+    term.locks
+        .get(name)
+        .and_then(|l| l.holder.as_ref())
+        .filter(|h| h.committed || h.adopted)
 }
 
 /// Marks the holder of `name` committed if it still holds `tok`; it and

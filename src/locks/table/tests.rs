@@ -1871,3 +1871,73 @@ fn ended_requests_are_remembered_up_to_the_bound_oldest_forgotten_first() {
     assert!(ended.contains(&Name::lock("n1"), "r"));
     assert_eq!(ended.order.len(), ENDED_REQUESTS_MAX);
 }
+
+#[test]
+fn a_watch_is_answered_when_the_holder_changes_or_its_wait_runs_out() {
+    let mut h = Harness::new();
+    let watch = |h: &mut Harness, now: u64, seen: Option<Token>, wait_ms: u64| {
+        let t = h.ticket();
+        let request = LockRequest::Watch {
+            name: "x".into(),
+            seen,
+            wait_ms,
+        };
+        let out = h.table.handle_request(
+            ms(now),
+            WALL + now,
+            t,
+            NodeId(9),
+            request,
+            RecordsSay::default(),
+        );
+        h.absorb(out);
+        t
+    };
+    let status_token = |reply: Option<LockReply>| match reply {
+        Some(LockReply::Status { token, .. }) => token,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    // Nobody holds x: a watcher that knows that waits.
+    let w = watch(&mut h, 0, None, 1000);
+    assert_eq!(h.reply(w), None);
+    let a = h.acquire(1, "x", 1000, 0, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    assert_eq!(h.reply(w), None, "not before the grant commits");
+    h.commit(2, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    assert_eq!(status_token(h.reply(w)), Some(ta), "woken by the commit");
+    // A watcher that knows an older holder is answered at once.
+    let w = watch(&mut h, 3, None, 1000);
+    assert_eq!(status_token(h.reply(w)), Some(ta));
+    // One that knows the holder waits until its wait runs out...
+    let w = watch(&mut h, 4, Some(ta), 100);
+    let out = h.table.handle_tick(ms(50));
+    h.absorb(out);
+    assert_eq!(h.reply(w), None);
+    let out = h.table.handle_tick(ms(104));
+    h.absorb(out);
+    assert_eq!(status_token(h.reply(w)), Some(ta), "its wait ran out");
+    // ...or the lock is released.
+    let w = watch(&mut h, 105, Some(ta), 1000);
+    let r = h.ticket();
+    let out = h.table.handle_request(
+        ms(106),
+        WALL + 106,
+        r,
+        NodeId(9),
+        LockRequest::Release {
+            name: "x".into(),
+            token: ta,
+        },
+        RecordsSay::default(),
+    );
+    h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::Released));
+    assert_eq!(status_token(h.reply(w)), None, "woken by the release");
+    // A leader that steps down answers its watchers "retry".
+    let w = watch(&mut h, 107, None, 1000);
+    let out = h.table.step_down();
+    h.absorb(out);
+    assert_eq!(h.reply(w), Some(LockReply::NoQuorum));
+}
