@@ -53,6 +53,10 @@ pub struct Environment {
     /// (a simulation writes every change at once). Real nodes keep
     /// `records.redb` in their data directory.
     pub sim_records: Option<Vec<crate::idempotency::Record>>,
+    /// How long the node holds its data directory's lock: until the
+    /// process ends (real nodes), or while the node runs (a simulated
+    /// node, which stands for a process of its own). K5 rests on it.
+    pub dir_lock: crate::storage::LockScope,
 }
 
 impl Environment {
@@ -71,6 +75,7 @@ impl Environment {
             clock: Clock::Boottime,
             disk_latency: Duration::ZERO,
             sim_records: None,
+            dir_lock: crate::storage::LockScope::Process,
         }
     }
 }
@@ -297,6 +302,7 @@ impl Mesh {
         // promised or acked; a directory that is not this node's refuses
         // the start (E7).
         let mut generation = env.generation;
+        let mut ended = None;
         let (disk, memory, promised, replica) = match &config.data_dir {
             Some(dir) => {
                 let data_dir = |source| StartError::DataDir {
@@ -304,10 +310,21 @@ impl Mesh {
                     source,
                 };
                 let mut repaired = Vec::new();
-                let (data, stored) = DataDir::open(dir, &config.cluster, config.id, &mut repaired)
-                    .map_err(data_dir)?;
+                let (data, stored, anew) = DataDir::open_locked(
+                    dir,
+                    &config.cluster,
+                    config.id,
+                    env.dir_lock,
+                    &mut repaired,
+                )
+                .map_err(data_dir)?;
                 for message in repaired {
                     tracing::warn!("{message}");
+                }
+                // K5: a lock taken anew proves the last run on this
+                // directory gone with its process.
+                if anew {
+                    ended = data.last_generation().map(Generation);
                 }
                 generation = Generation(data.next_generation(generation.0).map_err(data_dir)?);
                 let (memory, promised, replica) = stored.memory();
@@ -408,6 +425,11 @@ impl Mesh {
             }
         };
         config.gossip_addr = membership.gossip_addr();
+        if let Some(ended) = ended {
+            membership
+                .set_local(crate::membership::KEY_ENDED, &ended.0.to_string())
+                .await;
+        }
         let membership = Arc::new(membership);
         let mut shared = Shared::new(env.clock.clone());
         shared.promised_durable = disk.durable_promise();
@@ -837,6 +859,17 @@ impl LockPath for Mesh {
 
     fn knows_leader(&self) -> bool {
         self.leader().is_some()
+    }
+
+    fn holder_generation(&self) -> Option<Generation> {
+        // K5: a holder here lives in this node's process, which holds
+        // the data directory's lock to its end; without a directory no
+        // later run can prove it gone.
+        self.inner
+            .config
+            .data_dir
+            .is_some()
+            .then_some(self.inner.generation)
     }
 
     async fn pause_for_leader(&self, pause: Duration) {

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub lock_releases: AtomicU64,
     /// Leases the leader expired.
     pub lock_expiries: AtomicU64,
+    /// Locks the leader freed on proof of their holder's death (K5).
+    pub lock_freed_on_proof: AtomicU64,
     /// Renewals answered.
     pub lock_renewals: AtomicU64,
     /// Lock requests answered "lost" (the token did not hold the lock).
@@ -96,7 +98,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 36] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 37] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -276,6 +278,12 @@ impl Metrics {
                 "counter",
                 "Leases this node expired as leader.",
                 &self.lock_expiries,
+            ),
+            (
+                "coordmesh_lock_freed_on_proof_total",
+                "counter",
+                "Locks this node freed as leader before their TTL, on proof their holder's process ended (K5).",
+                &self.lock_freed_on_proof,
             ),
             (
                 "coordmesh_lock_renewals_total",

@@ -45,6 +45,12 @@ pub trait LockPath: Send + Sync + 'static {
     fn knows_leader(&self) -> bool;
     /// Waits up to `pause`, or less if the leader changes meanwhile.
     async fn pause_for_leader(&self, pause: Duration);
+    /// The run of the node whose process a guard taken through this path
+    /// lives in, when a later run of that node can prove it ended (K5:
+    /// a node with a data directory); `None` otherwise.
+    fn holder_generation(&self) -> Option<crate::ids::Generation> {
+        None
+    }
     /// Wall-clock milliseconds since the Unix epoch (an idempotency
     /// record's expiry is in them, I6; never a lease).
     fn wall_ms(&self) -> u64 {
@@ -169,7 +175,10 @@ impl LockBuilder {
     pub async fn acquire(self) -> Result<LockGuard, LockError> {
         let mesh = self.mesh.clone();
         let name = self.name.clone();
-        let grant = self.acquire_token().await?;
+        // K5: the guard lives in this process; tell the leader which run
+        // of its node that is.
+        let bound = mesh.holder_generation();
+        let grant = self.grant(bound).await?;
         Ok(LockGuard::start(
             mesh,
             Space::Lock,
@@ -183,6 +192,11 @@ impl LockBuilder {
     /// Acquires without a guard: the caller renews and releases (the
     /// agent's HTTP API does, for its clients).
     pub async fn acquire_token(self) -> Result<Grant, LockError> {
+        self.grant(None).await
+    }
+
+    /// The acquire flow; `bound`: the run the holder lives in (K5).
+    async fn grant(self, bound: Option<crate::ids::Generation>) -> Result<Grant, LockError> {
         let ttl_ms = self.ttl.as_millis() as u64;
         let wait_ms = self.wait.as_millis() as u64;
         check_acquire(&self.name, ttl_ms, wait_ms, self.request_id.as_deref()).map_err(
@@ -227,11 +241,20 @@ impl LockBuilder {
             }
             first = false;
             let remaining = deadline.saturating_sub(sent);
-            let request = LockRequest::Acquire {
-                name: self.name.clone(),
-                ttl_ms,
-                wait_ms: remaining.as_millis() as u64,
-                request_id: Some(request_id.clone()),
+            let request = match bound {
+                Some(generation) => LockRequest::AcquireBound {
+                    name: self.name.clone(),
+                    ttl_ms,
+                    wait_ms: remaining.as_millis() as u64,
+                    request_id: Some(request_id.clone()),
+                    generation,
+                },
+                None => LockRequest::Acquire {
+                    name: self.name.clone(),
+                    ttl_ms,
+                    wait_ms: remaining.as_millis() as u64,
+                    request_id: Some(request_id.clone()),
+                },
             };
             let timeout = attempt_max.min(listen_until - sent);
             let reaches_leader = mesh.knows_leader();

@@ -418,6 +418,22 @@ pub enum LockRequest {
         /// How long the leader may hold the answer back.
         wait_ms: u64,
     },
+    /// An acquire for a holder in the process of run `generation` of the
+    /// node it comes through (a guard taken through a node with a data
+    /// directory): if a later run of that node proves it ended, the
+    /// lock is freed then, not at its TTL (K5).
+    AcquireBound {
+        /// Lock name.
+        name: String,
+        /// Lease length requested.
+        ttl_ms: u64,
+        /// How long to wait in the queue.
+        wait_ms: u64,
+        /// Makes retries idempotent (K4).
+        request_id: Option<String>,
+        /// The holder's run.
+        generation: crate::ids::Generation,
+    },
 }
 
 /// One held lock, as [`LockRequest::List`] reports it.

@@ -41,7 +41,7 @@ use super::{
     ClaimFacts, Completion, EPOCH_MAX, Entry, EntryState, LockReply, LockRequest, Name, Replica,
     SEQ_MAX, Space, check_acquire, check_name, token,
 };
-use crate::ids::{BatchId, Epoch, NodeId, Token};
+use crate::ids::{BatchId, Epoch, Generation, NodeId, Token};
 use crate::replication::{Batches, Merge};
 
 pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
@@ -250,6 +250,9 @@ struct Holder {
     version: u64,
     /// A claim's facts (`None` for a user lock).
     claim: Option<Box<ClaimFacts>>,
+    /// The run of `owner` whose process the holder lives in, when a
+    /// later run can prove it ended (K5); never for an adopted grant.
+    bound: Option<Generation>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +268,8 @@ struct Waiter {
     reply_by: Duration,
     /// A claim's facts (`None` for a user lock).
     claim: Option<Box<ClaimFacts>>,
+    /// As the holder's `bound`.
+    bound: Option<Generation>,
 }
 
 /// A watch held back until its lock's holder changes.
@@ -448,6 +453,10 @@ pub struct LockTable {
     /// if it serves that epoch again, it goes on from there, even where
     /// the tombstones that held its highest tokens were collected (K1).
     resume: Option<(Epoch, u64, u64)>,
+    /// By node, the latest run proven ended (K5), kept across terms.
+    ended_runs: HashMap<NodeId, Generation>,
+    /// Locks freed on proof of their holder's death (K5).
+    proven_dead: u64,
 }
 
 impl LockTable {
@@ -460,7 +469,69 @@ impl LockTable {
             expired: 0,
             now: Duration::ZERO,
             resume: None,
+            ended_runs: HashMap::new(),
+            proven_dead: 0,
         }
+    }
+
+    /// K5: run `ended` of `node` is proven gone with its process (a later
+    /// run holds the data directory's lock it held for its whole life).
+    /// The user locks whose holders lived in it are freed now, their
+    /// tombstones replicated before any waiter is told (K2); its queued
+    /// requests are dropped (nobody listens for them); a late request of
+    /// it is never granted. Grants not bound to a run (adopted from an
+    /// earlier term, taken for another process) wait out their TTL.
+    pub fn handle_run_ended(
+        &mut self,
+        now: Duration,
+        node: NodeId,
+        ended: Generation,
+    ) -> Vec<LockOutput> {
+        let mut out = Vec::new();
+        let known = self.ended_runs.entry(node).or_insert(ended);
+        *known = (*known).max(ended);
+        let Some(term) = &mut self.term else {
+            return out;
+        };
+        let dead = |owner: NodeId, bound: Option<Generation>| {
+            owner == node && bound.is_some_and(|b| b <= ended)
+        };
+        let mut freed = Vec::new();
+        for (name, lock) in term.locks.iter_mut() {
+            if name.space != super::Space::Lock {
+                continue;
+            }
+            lock.waiters.retain_mut(|w| {
+                if !dead(w.owner, w.bound) {
+                    return true;
+                }
+                for ticket in w.tickets.drain(..) {
+                    out.push(LockOutput::Reply {
+                        ticket,
+                        reply: LockReply::NoQuorum,
+                    });
+                }
+                false
+            });
+            if lock.holder.as_ref().is_some_and(|h| dead(h.owner, h.bound)) {
+                freed.push(name.clone());
+            }
+        }
+        self.proven_dead += freed.len() as u64;
+        for name in freed {
+            self.free(now, &name, false, &mut out);
+        }
+        if let Some(term) = &mut self.term {
+            term.locks
+                .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
+        }
+        out
+    }
+
+    /// Locks freed early on proof of their holder's death (K5), for the
+    /// metrics.
+    pub fn freed_on_proof_total(&self) -> u64 {
+        self.proven_dead
     }
 
     /// This leader's records now hold every completion its promisers
@@ -709,6 +780,28 @@ impl LockTable {
                 seen,
                 wait_ms,
             } => self.handle_watch(now, ticket, &name, seen, wait_ms),
+            LockRequest::AcquireBound {
+                name,
+                ttl_ms,
+                wait_ms,
+                request_id,
+                generation,
+            } => {
+                if let Err(e) = check_acquire(&name, ttl_ms, wait_ms, request_id.as_deref()) {
+                    return reply(ticket, LockReply::Invalid(e.to_string()));
+                }
+                self.acquire(
+                    now,
+                    ticket,
+                    owner,
+                    &Name::lock(&name),
+                    ttl_ms,
+                    wait_ms,
+                    request_id,
+                    None,
+                    Some(generation),
+                )
+            }
         }
     }
 
@@ -805,6 +898,7 @@ impl LockTable {
             wait_ms,
             request_id,
             None,
+            None,
         )
     }
 
@@ -821,8 +915,13 @@ impl LockTable {
         wait_ms: u64,
         request_id: Option<String>,
         claim: Option<Box<ClaimFacts>>,
+        bound: Option<Generation>,
     ) -> Vec<LockOutput> {
         self.now = self.now.max(now);
+        if bound.is_some_and(|b| self.ended_runs.get(&owner).is_some_and(|&e| b <= e)) {
+            // K5: its process is gone; nobody would hold the grant.
+            return reply(ticket, LockReply::NoQuorum);
+        }
         let mut out = Vec::new();
         if ttl_ms > self.config.ttl_max_ms {
             let max = self.config.ttl_max_ms;
@@ -903,6 +1002,7 @@ impl LockTable {
             // K4: past this its requester stops listening.
             reply_by: now + reply_within,
             claim,
+            bound,
         };
         if lock.holder.is_none() && lock.waiters.is_empty() {
             lock.waiters.push_back(waiter);
@@ -1001,6 +1101,7 @@ impl LockTable {
                 quiet: Quiet::new(now, w.ttl_ms, 0),
                 version,
                 claim: w.claim,
+                bound: w.bound,
             });
         }
         if lock.holder.is_none() && lock.waiters.is_empty() {
@@ -1359,6 +1460,7 @@ impl LockTable {
             begin.wait_ms,
             begin.request_id,
             Some(Box::new(facts)),
+            None,
         )
     }
 
@@ -1805,6 +1907,8 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: &Entry, out: &mut Vec<
                         quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
                         version: version.unwrap_or(0),
                         claim: entry.claim.clone(),
+                        // K5: which run it lived in is not replicated.
+                        bound: None,
                     }),
                     waiters: VecDeque::new(),
                 },

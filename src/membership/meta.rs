@@ -26,6 +26,12 @@ pub const KEY_REACH: &str = "reach";
 /// remembers an epoch means locks may have been granted in an earlier
 /// life of the cluster, whose leases must run out first (E7).
 pub const KEY_EPOCH: &str = "epoch";
+/// The generation this run's data directory proves gone (K5): set by a
+/// node that took its data directory's lock anew (no node of its process
+/// held it before), naming the generation that ran there last. That
+/// generation held the lock for its process's whole life, so its process,
+/// and every lock holder in it, has ended.
+pub const KEY_ENDED: &str = "ended";
 
 /// A node's gossiped metadata, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

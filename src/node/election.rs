@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::election::{ElectionRequest, ElectionResponse, Leadership, Output, Recovery};
-use crate::ids::{Epoch, NodeId};
-use crate::membership::{KEY_EPOCH, KEY_REACH};
+use crate::ids::{Epoch, Generation, NodeId};
+use crate::membership::{KEY_ENDED, KEY_EPOCH, KEY_REACH};
 use crate::metrics::Metrics;
 use crate::replication::Settle;
 use crate::rpc::{Request, Response, VoterSnapshot};
@@ -59,6 +59,29 @@ impl State {
             self.membership
                 .set_local(KEY_EPOCH, &epoch.to_string())
                 .await;
+        }
+        // K5: runs of peers proven ended by a later run's data directory.
+        for (id, value) in self.membership.peer_values(KEY_ENDED).await {
+            let Ok(ended) = value.parse::<u64>() else {
+                continue;
+            };
+            let ended = Generation(ended);
+            if self
+                .runs_ended
+                .get(&id)
+                .is_some_and(|&known| known >= ended)
+            {
+                continue;
+            }
+            self.runs_ended.insert(id, ended);
+            tracing::info!(node = %id, %ended, "a later run proves this run of the node ended");
+            let freed = self.locks.freed_on_proof_total();
+            let outs = self.locks.handle_run_ended(now, id, ended);
+            Metrics::add(
+                &self.metrics.lock_freed_on_proof,
+                self.locks.freed_on_proof_total() - freed,
+            );
+            self.apply_locks(outs);
         }
         for (id, value) in self.membership.peer_values(KEY_REACH).await {
             if let Ok(reach) = value.parse::<u64>() {

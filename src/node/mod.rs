@@ -249,6 +249,7 @@ impl Driver {
             tickets: BTreeMap::new(),
             next_ticket: 0,
             gossiped_epoch: Epoch::ZERO,
+            runs_ended: std::collections::HashMap::new(),
             rpc,
             membership,
             shared,
@@ -329,6 +330,9 @@ struct State {
     next_ticket: u64,
     /// The epoch last published in gossip.
     gossiped_epoch: Epoch,
+    /// By peer, the latest run a later run proved ended (K5), as told to
+    /// the lock table.
+    runs_ended: std::collections::HashMap<NodeId, crate::ids::Generation>,
     rpc: Arc<Rpc>,
     membership: Arc<Membership>,
     shared: Arc<Shared>,

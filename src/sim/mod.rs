@@ -317,6 +317,7 @@ impl SimCluster {
             clock: slot.clock.clone(),
             disk_latency,
             sim_records: slot.records.clone(),
+            dir_lock: crate::storage::LockScope::Node,
         };
         let mesh = Mesh::start_with(config, env)
             .await

@@ -164,9 +164,90 @@ pub struct DataDir {
     node: NodeId,
     /// The log replayed at open, for the persister's appends.
     log: Option<LockLog>,
-    /// The directory's lock, held while this value lives (the kernel
-    /// releases it when the process ends, however it ends).
-    _lock: File,
+    /// The directory's lock, held as its [`LockScope`] says.
+    _lock: DirLock,
+}
+
+/// How long a node's hold on its data directory's lock lasts (K5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockScope {
+    /// Until the process ends, however it ends (a real node): a later
+    /// node of the same process on the directory takes the hold over, so
+    /// only a node of another process takes the lock anew, and a node
+    /// that takes it anew knows every earlier node on the directory is
+    /// gone with its process.
+    Process,
+    /// While the node's `DataDir` lives (a simulated node, which stands
+    /// for a process of its own).
+    Node,
+}
+
+/// A data directory's lock as one node holds it.
+#[derive(Debug)]
+enum DirLock {
+    /// Kept in [`PROCESS_LOCKS`] under this key until the process ends.
+    Process(PathBuf),
+    /// Released when dropped (the file is held only for its lock).
+    Node(#[allow(dead_code)] File),
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let DirLock::Process(key) = self {
+            let mut held = PROCESS_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = held.get_mut(key) {
+                entry.in_use = false;
+            }
+        }
+    }
+}
+
+/// The directories this process holds locked for its whole life
+/// ([`LockScope::Process`]), by canonical path.
+static PROCESS_LOCKS: Mutex<std::collections::BTreeMap<PathBuf, ProcessLock>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+#[derive(Debug)]
+struct ProcessLock {
+    /// Never closed: the kernel releases the lock when the process ends.
+    _file: File,
+    /// A node of this process uses the directory now.
+    in_use: bool,
+}
+
+/// Takes the lock of the directory `path` for a node, as `scope` says:
+/// `true` when it was taken anew (no node of this process held it
+/// before), so whoever held it before is gone with its process.
+fn take_dir_lock(path: &Path, scope: LockScope) -> io::Result<(DirLock, bool)> {
+    match scope {
+        LockScope::Node => Ok((DirLock::Node(lock_dir(path)?), true)),
+        LockScope::Process => {
+            let key = fs::canonicalize(path)?;
+            let mut held = PROCESS_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = held.get_mut(&key) {
+                if entry.in_use {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        format!(
+                            "{}: in use by another node of this process; one node per data directory",
+                            path.display()
+                        ),
+                    ));
+                }
+                entry.in_use = true;
+                return Ok((DirLock::Process(key), false));
+            }
+            let file = lock_dir(path)?;
+            held.insert(
+                key.clone(),
+                ProcessLock {
+                    _file: file,
+                    in_use: true,
+                },
+            );
+            Ok((DirLock::Process(key), true))
+        }
+    }
 }
 
 /// Takes the exclusive lock of the directory `path` without waiting.
@@ -278,8 +359,22 @@ impl DataDir {
         node: NodeId,
         warnings: &mut Vec<String>,
     ) -> io::Result<(DataDir, Stored)> {
+        Self::open_locked(path, cluster, node, LockScope::Node, warnings)
+            .map(|(dir, stored, _)| (dir, stored))
+    }
+
+    /// [`DataDir::open`], holding the directory's lock as `scope` says;
+    /// also `true` when the lock was taken anew: every node that ran on
+    /// the directory before is gone with its process (K5).
+    pub fn open_locked(
+        path: &Path,
+        cluster: &str,
+        node: NodeId,
+        scope: LockScope,
+        warnings: &mut Vec<String>,
+    ) -> io::Result<(DataDir, Stored, bool)> {
         create_dir_durably(path)?;
-        let lock = lock_dir(path)?;
+        let (lock, anew) = take_dir_lock(path, scope)?;
         let (log, stored) = read_dir(path, cluster, node, warnings)?;
         Ok((
             DataDir {
@@ -290,7 +385,16 @@ impl DataDir {
                 _lock: lock,
             },
             stored,
+            anew,
         ))
+    }
+
+    /// The generation that last ran on this directory, as its
+    /// `generation` file says (read before [`DataDir::next_generation`]).
+    pub fn last_generation(&self) -> Option<u64> {
+        fs::read_to_string(self.path.join(GENERATION_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
     }
 
     /// What the directory remembers, read without its lock while a

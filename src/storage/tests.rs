@@ -392,6 +392,38 @@ fn a_directory_in_use_refuses_a_second_node() {
     assert_eq!(again.next_generation(100).unwrap(), generation + 1);
 }
 
+/// K5: a node holding its directory for the process's life keeps the
+/// lock after it stops; a later node of the same process takes the hold
+/// over (not anew: it proves nothing of the run before), a concurrent one
+/// is refused. Held per node, a reopen takes it anew.
+#[test]
+fn a_directory_held_for_the_process_is_taken_anew_only_by_another_process() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path();
+    let open_scoped = |scope| {
+        let mut warnings = Vec::new();
+        DataDir::open_locked(path, "c", NodeId(1), scope, &mut warnings)
+    };
+    let (node, _, anew) = open_scoped(LockScope::Node).unwrap();
+    assert!(anew);
+    assert_eq!(node.last_generation(), None);
+    node.next_generation(100).unwrap();
+    drop(node);
+    let (first, _, anew) = open_scoped(LockScope::Process).unwrap();
+    assert!(anew, "nobody in this process held it");
+    assert_eq!(first.last_generation(), Some(100));
+    first.next_generation(100).unwrap();
+    let busy = open_scoped(LockScope::Process).expect_err("in use");
+    assert_eq!(busy.kind(), io::ErrorKind::ResourceBusy);
+    drop(first);
+    let (second, _, anew) = open_scoped(LockScope::Process).unwrap();
+    assert!(!anew, "the hold is this process's: nothing proven");
+    assert_eq!(second.last_generation(), Some(101));
+    drop(second);
+    let other = open_scoped(LockScope::Node).expect_err("still held till the process ends");
+    assert_eq!(other.kind(), io::ErrorKind::ResourceBusy);
+}
+
 /// A lock log of version 2 (entries without the epoch that wrote them)
 /// is read with every entry as written in epoch 0, so among themselves
 /// they keep the order they had: a grant taken over and rewritten by a

@@ -1941,3 +1941,68 @@ fn a_watch_is_answered_when_the_holder_changes_or_its_wait_runs_out() {
     h.absorb(out);
     assert_eq!(h.reply(w), Some(LockReply::NoQuorum));
 }
+
+#[test]
+fn k5_a_run_proven_ended_frees_its_holders_and_drops_its_requests() {
+    let mut h = Harness::new();
+    let bound = |h: &mut Harness, now: u64, name: &str, node: u64, run: u64, wait: u64| {
+        let t = h.ticket();
+        let request = LockRequest::AcquireBound {
+            name: name.into(),
+            ttl_ms: 10_000,
+            wait_ms: wait,
+            request_id: None,
+            generation: Generation(run),
+        };
+        let out = h.table.handle_request(
+            ms(now),
+            WALL + now,
+            t,
+            NodeId(node),
+            request,
+            RecordsSay::default(),
+        );
+        h.absorb(out);
+        t
+    };
+    // x: held by run 7 of node 4; y: by run 8 of node 4; z: by node 4
+    // for a holder outside its process; w: by run 7 of node 5.
+    let x = bound(&mut h, 0, "x", 4, 7, 0);
+    let y = bound(&mut h, 0, "y", 4, 8, 0);
+    let z = h.ticket();
+    let out = h
+        .table
+        .handle_acquire(ms(0), z, NodeId(4), "z", 10_000, 0, None);
+    h.absorb(out);
+    let w = bound(&mut h, 0, "w", 5, 7, 0);
+    h.commit(1, &[ME, NodeId(2)]);
+    let tx = h.granted(x);
+    for t in [y, z, w] {
+        h.granted(t);
+    }
+    // Queued behind x: node 2's request, and another of run 7 of node 4.
+    let next = h.acquire(2, "x", 10_000, 30_000, None);
+    let same_run = bound(&mut h, 2, "x", 4, 7, 30_000);
+    let out = h.table.handle_run_ended(ms(3), NodeId(4), Generation(7));
+    h.absorb(out);
+    assert_eq!(
+        h.reply(same_run),
+        Some(LockReply::NoQuorum),
+        "nobody listens"
+    );
+    assert_eq!(h.reply(next), None, "not before the tombstone commits");
+    h.commit(4, &[ME, NodeId(3)]);
+    assert!(h.granted(next) > tx, "x passed on at once");
+    assert_eq!(h.table.freed_on_proof_total(), 1);
+    // y (a later run), z (not bound) and w (another node) still held.
+    for name in ["y", "z", "w"] {
+        let t = h.acquire(5, name, 10_000, 0, None);
+        assert_eq!(h.reply(t), Some(LockReply::Held), "{name}");
+    }
+    // A late request of the ended run is never granted.
+    let late = bound(&mut h, 6, "v", 4, 7, 0);
+    assert_eq!(h.reply(late), Some(LockReply::NoQuorum));
+    let later = bound(&mut h, 6, "v", 4, 9, 0);
+    h.commit(7, &[ME, NodeId(2)]);
+    h.granted(later);
+}
