@@ -54,6 +54,10 @@ pub struct LocksOptions {
     /// the figures are labelled "no durability" (etcd always fsyncs).
     #[cfg_attr(feature = "cli", arg(long))]
     pub no_data_dir: bool,
+    /// Skip the HTTP phases (the agents' HTTP API, and etcd's JSON
+    /// gateway).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_http: bool,
     /// Write results as JSON to this file.
     #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub json: Option<PathBuf>,
@@ -69,12 +73,82 @@ enum System {
     Mesh(RemoteClient),
     #[cfg(feature = "etcd-bench")]
     Etcd(Box<etcd_client::Client>),
+    /// The agents' HTTP API (CONTRACT.md), each client on a keep-alive
+    /// connection to one agent, taken in turn.
+    MeshHttp(HttpClients),
+    /// etcd's JSON gateway (`/v3/lease/grant`, `/v3/lock/lock`,
+    /// `/v3/lock/unlock`), each client on one member, taken in turn.
+    #[cfg(feature = "etcd-bench")]
+    EtcdHttp(HttpClients),
+}
+
+/// One HTTP/1.1 client per session, on the servers in turn.
+#[derive(Clone)]
+struct HttpClients {
+    servers: Arc<Vec<String>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpClients {
+    fn new(servers: Vec<String>) -> HttpClients {
+        HttpClients {
+            servers: Arc::new(servers),
+            next: Arc::default(),
+        }
+    }
+
+    fn client(&self) -> HttpClient {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HttpClient {
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(10)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            base: self.servers[i % self.servers.len()].clone(),
+        }
+    }
+}
+
+/// A keep-alive HTTP connection to one server; calls run on the blocking
+/// pool.
+#[derive(Clone)]
+struct HttpClient {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl HttpClient {
+    async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let (agent, url) = (self.agent.clone(), format!("{}{path}", self.base));
+        tokio::task::spawn_blocking(move || {
+            let mut resp = agent
+                .post(&url)
+                .send_json(&body)
+                .map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .body_mut()
+                .read_json::<serde_json::Value>()
+                .unwrap_or(serde_json::Value::Null);
+            Ok((status, body))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
 }
 
 enum Session {
     Mesh,
     #[cfg(feature = "etcd-bench")]
     Etcd(i64),
+    Http(HttpClient),
+    #[cfg(feature = "etcd-bench")]
+    EtcdHttp(HttpClient, String),
 }
 
 enum Held {
@@ -84,6 +158,32 @@ enum Held {
     },
     #[cfg(feature = "etcd-bench")]
     Etcd(Vec<u8>),
+    Http(HttpClient, String, String),
+    #[cfg(feature = "etcd-bench")]
+    EtcdHttp(HttpClient, String),
+}
+
+/// Standard base64 with padding (etcd's gateway carries bytes so).
+#[cfg(feature = "etcd-bench")]
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl System {
@@ -92,6 +192,9 @@ impl System {
             System::Mesh(_) => "meshd",
             #[cfg(feature = "etcd-bench")]
             System::Etcd(_) => "etcd",
+            System::MeshHttp(_) => "meshd HTTP",
+            #[cfg(feature = "etcd-bench")]
+            System::EtcdHttp(_) => "etcd HTTP",
         }
     }
 
@@ -106,6 +209,18 @@ impl System {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Session::Etcd(lease.id()))
+            }
+            System::MeshHttp(clients) => Ok(Session::Http(clients.client())),
+            #[cfg(feature = "etcd-bench")]
+            System::EtcdHttp(clients) => {
+                let client = clients.client();
+                let (status, body) = client.post("/v3/lease/grant", json!({"TTL": 60})).await?;
+                let lease = body["ID"]
+                    .as_str()
+                    .map(String::from)
+                    .filter(|_| status == 200)
+                    .ok_or_else(|| format!("lease grant: {status} {body}"))?;
+                Ok(Session::EtcdHttp(client, lease))
             }
         }
     }
@@ -145,7 +260,35 @@ impl System {
                 .map_err(|e| e.to_string())?;
                 Ok(Held::Etcd(r.key().to_vec()))
             }
+            (System::MeshHttp(_), Session::Http(client)) => {
+                let mut body = json!({"ttl_ms": TTL_MS, "wait_ms": wait.as_millis() as u64});
+                if let Some(id) = request_id {
+                    body["request_id"] = json!(id);
+                }
+                let (status, answer) = client
+                    .post(&format!("/v1/locks/{name}/acquire"), body)
+                    .await?;
+                match (status, answer["token_str"].as_str()) {
+                    (200, Some(token)) => Ok(Held::Http(
+                        client.clone(),
+                        name.to_string(),
+                        token.to_string(),
+                    )),
+                    (409, _) => Err("Held".into()),
+                    _ => Err(format!("acquire: {status} {answer}")),
+                }
+            }
             #[cfg(feature = "etcd-bench")]
+            (System::EtcdHttp(_), Session::EtcdHttp(client, lease)) => {
+                let _ = (request_id, wait);
+                let body = json!({"name": base64(name.as_bytes()), "lease": lease});
+                let (status, answer) = client.post("/v3/lock/lock", body).await?;
+                match (status, answer["key"].as_str()) {
+                    (200, Some(key)) => Ok(Held::EtcdHttp(client.clone(), key.to_string())),
+                    _ if answer.to_string().contains("lease") => Err(format!("lease: {answer}")),
+                    _ => Err(format!("lock: {status} {answer}")),
+                }
+            }
             _ => Err("session of another system".into()),
         }
     }
@@ -169,7 +312,26 @@ impl System {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            (System::MeshHttp(_), Held::Http(client, name, token)) => {
+                let (status, answer) = client
+                    .post(
+                        &format!("/v1/locks/{name}/release"),
+                        json!({"token": token}),
+                    )
+                    .await?;
+                match status {
+                    200 => Ok(()),
+                    _ => Err(format!("release: {status} {answer}")),
+                }
+            }
             #[cfg(feature = "etcd-bench")]
+            (System::EtcdHttp(_), Held::EtcdHttp(client, key)) => {
+                let (status, answer) = client.post("/v3/lock/unlock", json!({"key": key})).await?;
+                match status {
+                    200 => Ok(()),
+                    _ => Err(format!("unlock: {status} {answer}")),
+                }
+            }
             _ => Err("lock of another system".into()),
         }
     }
@@ -462,6 +624,18 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
         .await?;
         Ok::<_, String>(f)
     })?;
+    // The same workload through the agents' HTTP API (no failovers).
+    let ours_http = if args.no_http {
+        None
+    } else {
+        let servers = https.iter().map(|a| format!("http://{a}")).collect();
+        let sys = System::MeshHttp(HttpClients::new(servers));
+        let quiet = LocksOptions {
+            failovers: 0,
+            ..args.clone()
+        };
+        Some(runtime.block_on(measure(&sys, &quiet, |_| Box::new(|| {}), |_| {}))?)
+    };
     // How well requests shared replication rounds, from the agents'
     // counters (every leader of the run; the killed ones' are lost).
     let (batches, entries) = https.iter().fold((0u64, 0u64), |(b, e), http| {
@@ -498,12 +672,30 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
     if let Some(floor) = floor {
         out["floor"] = floor;
     }
+    if let Some(http) = &ours_http {
+        out["meshd_http"] = report("meshd HTTP (3 agents)", http);
+    }
     if args.no_etcd {
         println!("(--no-etcd: no comparison)");
     } else {
         match etcd(&args, &dir, &runtime) {
-            Ok(Some(theirs)) => {
+            Ok(Some((theirs, theirs_http))) => {
                 out["etcd"] = report("etcd (3 members)", &theirs);
+                if let (Some(ours), Some(theirs)) = (&ours_http, &theirs_http) {
+                    out["etcd_http"] = report("etcd HTTP gateway", theirs);
+                    let ratios = json!({
+                        "cycles_per_s": ours.cycles_per_s / theirs.cycles_per_s,
+                        "handoffs_per_s": ours.handoffs_per_s / theirs.handoffs_per_s,
+                        "acquire_p50": ours.p50_us / theirs.p50_us,
+                    });
+                    println!(
+                        "ratios over HTTP, meshd/etcd: cycles/s {:.1}x, handoffs/s {:.1}x, acquire p50 {:.2}",
+                        ratios["cycles_per_s"].as_f64().unwrap_or(f64::NAN),
+                        ratios["handoffs_per_s"].as_f64().unwrap_or(f64::NAN),
+                        ratios["acquire_p50"].as_f64().unwrap_or(f64::NAN),
+                    );
+                    out["ratios_http"] = ratios;
+                }
                 let ratios = json!({
                     "cycles_per_s": ours.cycles_per_s / theirs.cycles_per_s,
                     "handoffs_per_s": ours.handoffs_per_s / theirs.handoffs_per_s,
@@ -529,7 +721,7 @@ fn etcd(
     _: &LocksOptions,
     _: &std::path::Path,
     _: &tokio::runtime::Runtime,
-) -> Result<Option<Figures>, String> {
+) -> Result<Option<(Figures, Option<Figures>)>, String> {
     println!("(built without --features etcd-bench: no etcd comparison)");
     Ok(None)
 }
@@ -539,7 +731,7 @@ fn etcd(
     args: &LocksOptions,
     dir: &std::path::Path,
     runtime: &tokio::runtime::Runtime,
-) -> Result<Option<Figures>, String> {
+) -> Result<Option<(Figures, Option<Figures>)>, String> {
     use crate::harness::etcd::EtcdCluster;
     let Some(etcd) = EtcdCluster::start_healthy(3, &dir.join("etcd"))? else {
         return Ok(None);
@@ -575,5 +767,15 @@ fn etcd(
         )
         .await
     })?;
-    Ok(Some(f))
+    let http = if args.no_http {
+        None
+    } else {
+        let sys = System::EtcdHttp(HttpClients::new(endpoints));
+        let quiet = LocksOptions {
+            failovers: 0,
+            ..args.clone()
+        };
+        Some(runtime.block_on(measure(&sys, &quiet, |_| Box::new(|| {}), |_| {}))?)
+    };
+    Ok(Some((f, http)))
 }
