@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::NodeId;
-use crate::harness::agents::{Agents, cpu_time, rss_kib};
+use crate::harness::agents::{Agents, context_switches, cpu_time, rss_kib};
 use crate::harness::etcd::EtcdCluster;
 use crate::harness::report::{micros, percentile, write_json};
 use crate::rpc::Unserved;
@@ -203,42 +203,64 @@ pub fn membership(args: MembershipOptions) -> Result<(), String> {
     )
 }
 
-/// Samples CPU time of `pids` over `window`; returns percent of one core
-/// per process and the RSS (KiB) of each at the end.
-fn sample(pids: &[u32], window: Duration) -> Result<(Vec<f64>, Vec<u64>), String> {
-    let cpu = |pid: &u32| cpu_time(*pid).ok_or(format!("process {pid} vanished"));
-    let before: Vec<Duration> = pids.iter().map(cpu).collect::<Result<_, _>>()?;
+/// What one process did over the sampled window.
+struct Sampled {
+    /// Percent of one core.
+    cpu: f64,
+    /// Resident set at the end, KiB.
+    rss: u64,
+    /// Context switches of all its threads per second.
+    wakeups: f64,
+}
+
+/// Samples CPU time and context switches of `pids` over `window`.
+fn sample(pids: &[u32], window: Duration) -> Result<Vec<Sampled>, String> {
+    let vanished = |pid: &u32| format!("process {pid} vanished");
+    let read = |pid: &u32| {
+        Ok::<_, String>((
+            cpu_time(*pid).ok_or_else(|| vanished(pid))?,
+            context_switches(*pid).ok_or_else(|| vanished(pid))?,
+        ))
+    };
+    let before: Vec<(Duration, u64)> = pids.iter().map(read).collect::<Result<_, _>>()?;
     let start = Instant::now();
     std::thread::sleep(window);
     let elapsed = start.elapsed().as_secs_f64();
-    let after: Vec<Duration> = pids.iter().map(cpu).collect::<Result<_, _>>()?;
-    let percent = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| (*a - *b).as_secs_f64() / elapsed * 100.0)
-        .collect();
-    let rss = pids
-        .iter()
-        .map(|pid| rss_kib(*pid).ok_or(format!("process {pid} vanished")))
-        .collect::<Result<_, _>>()?;
-    Ok((percent, rss))
+    let after: Vec<(Duration, u64)> = pids.iter().map(read).collect::<Result<_, _>>()?;
+    pids.iter()
+        .zip(before.iter().zip(&after))
+        .map(|(pid, (b, a))| {
+            Ok(Sampled {
+                cpu: (a.0 - b.0).as_secs_f64() / elapsed * 100.0,
+                rss: rss_kib(*pid).ok_or_else(|| vanished(pid))?,
+                wakeups: a.1.saturating_sub(b.1) as f64 / elapsed,
+            })
+        })
+        .collect()
 }
 
-fn summarize(name: &str, cpu: &[f64], rss: &[u64]) -> serde_json::Value {
+fn summarize(name: &str, sampled: &[Sampled]) -> serde_json::Value {
+    let cpu: Vec<f64> = sampled.iter().map(|s| s.cpu).collect();
+    let rss: Vec<u64> = sampled.iter().map(|s| s.rss).collect();
+    let wakeups: Vec<f64> = sampled.iter().map(|s| s.wakeups).collect();
+    let mean_wakeups = wakeups.iter().sum::<f64>() / wakeups.len().max(1) as f64;
     let max_rss = *rss.iter().max().unwrap_or(&0);
     let mean_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
     let mean_cpu = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
     let max_cpu = cpu.iter().copied().fold(0.0, f64::max);
     println!(
-        "{name:<24} {:>3} procs  RSS mean {:>6.1} MiB, max {:>6.1} MiB  CPU mean {:>5.2}%, max {:>5.2}% of one core",
+        "{name:<24} {:>3} procs  RSS mean {:>6.1} MiB, max {:>6.1} MiB  CPU mean {:>5.2}%, max {:>5.2}% of one core  wakeups {:>5.0}/s",
         rss.len(),
         mean_rss / 1024.0,
         max_rss as f64 / 1024.0,
         mean_cpu,
-        max_cpu
+        max_cpu,
+        mean_wakeups
     );
     json!({
         "processes": rss.len(),
+        "wakeups_per_s": wakeups,
+        "wakeups_mean_per_s": mean_wakeups,
         "rss_kib": rss,
         "rss_mean_mib": mean_rss / 1024.0,
         "rss_max_mib": max_rss as f64 / 1024.0,
@@ -293,12 +315,12 @@ pub fn idle(args: IdleOptions) -> Result<(), String> {
         },
         window.as_secs()
     );
-    let (cpu, rss) = sample(&pids, window)?;
+    let sampled = sample(&pids, window)?;
     let k = agent_pids.len();
-    let ours = summarize("meshd agent", &cpu[..k], &rss[..k]);
+    let ours = summarize("meshd agent", &sampled[..k]);
     let mut out = json!({"duration_s": window.as_secs(), "meshd": ours});
     if etcd.is_some() {
-        let theirs = summarize("etcd (3.4, Debian)", &cpu[k..], &rss[k..]);
+        let theirs = summarize("etcd (3.4, Debian)", &sampled[k..]);
         let ratio_rss = ours["rss_mean_mib"].as_f64().unwrap_or(0.0)
             / theirs["rss_mean_mib"].as_f64().unwrap_or(f64::NAN);
         let ratio_cpu = ours["cpu_mean_percent"].as_f64().unwrap_or(0.0)
