@@ -1956,3 +1956,57 @@ async fn k5_a_holder_outside_the_nodes_process_is_not_proven_dead() {
         "passed on {after:?} after the acquire, before the TTL (seed {seed})"
     );
 }
+
+/// Goal ("Locks" 8): a released lock's tombstone leaves every copy once
+/// it is older than the longest lease, so distinct names over the
+/// cluster's life do not grow the table that travels with a promise; a
+/// pruned name is granted again with a higher token, also after a
+/// failover and a voter's restart.
+#[tokio::test(start_paused = true)]
+async fn released_locks_tombstones_are_pruned_after_the_longest_lease() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let seed = SimCluster::seed_from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(seed, 4, 3, Some(dir.path())).await;
+    let leader = c.led().await;
+    let mut last = Token(0);
+    for i in 0..300 {
+        let guard = c
+            .mesh(NodeId(4))
+            .lock(format!("job-{i}"))
+            .ttl(TTL)
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+        last = last.max(guard.token());
+        guard.release().await.expect("released");
+    }
+    // A sweep (every 10 s) notes them, the next one past the longest
+    // lease (3 s here) prunes them.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    for v in 1..=3 {
+        let m = c.mesh(NodeId(v)).metrics();
+        let (pruned, left) = (
+            m.lock_tombstones_pruned.load(Relaxed),
+            m.lock_copy_entries.load(Relaxed),
+        );
+        assert!(pruned >= 300, "voter {v} pruned {pruned} (seed {seed})");
+        assert_eq!(left, 0, "voter {v} keeps {left} entries (seed {seed})");
+    }
+    c.kill(leader).await;
+    let other = ids(3).into_iter().find(|v| *v != leader).unwrap();
+    c.kill(other).await;
+    c.restart(other).await;
+    let new = c.led().await;
+    assert_ne!(new, leader, "seed {seed}");
+    let again = c
+        .mesh(NodeId(4))
+        .lock("job-7")
+        .ttl(TTL)
+        .try_acquire()
+        .await
+        .unwrap_or_else(|e| panic!("a pruned name is free: {e} (seed {seed})"));
+    assert!(again.token() > last, "tokens only grow (seed {seed})");
+    again.release().await.expect("released");
+    c.shutdown().await;
+}

@@ -2006,3 +2006,46 @@ fn k5_a_run_proven_ended_frees_its_holders_and_drops_its_requests() {
     h.commit(7, &[ME, NodeId(2)]);
     h.granted(later);
 }
+
+#[test]
+fn only_user_locks_tombstones_that_no_batch_carries_are_pruned() {
+    let mut h = Harness::new();
+    let a = h.acquire(0, "a", 1000, 0, None);
+    let b = h.acquire(0, "b", 1000, 0, None);
+    let c = h.acquire(0, "c", 1000, 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let (ta, tb, tc) = (h.granted(a), h.granted(b), h.granted(c));
+    for (name, tok) in [("a", ta), ("b", tb)] {
+        let r = h.ticket();
+        let out = h.table.handle_release(ms(2), r, name, tok);
+        h.absorb(out);
+    }
+    h.commit(3, &[ME, NodeId(2)]);
+    // c's tombstone is not committed yet: its batch still carries it.
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(4), r, "c", tc);
+    h.absorb(out);
+    let out = h.table.flush();
+    h.absorb(out);
+    let prune: std::collections::HashSet<(Name, Token)> = [
+        (Name::lock("a"), ta),
+        (Name::lock("b"), tb - 1), // another token than b's tombstone
+        (Name::lock("c"), tc),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(h.table.prune(&prune), 1, "a only");
+    // b and c still answer as released; a, forgotten, is simply free.
+    for (name, tok) in [("b", tb), ("c", tc)] {
+        let r = h.ticket();
+        let out = h.table.handle_release(ms(5), r, name, tok);
+        h.absorb(out);
+        assert_eq!(h.reply(r), Some(LockReply::Released), "{name}");
+    }
+    let again = h.acquire(6, "a", 1000, 0, None);
+    h.commit(7, &[ME, NodeId(3)]);
+    assert!(
+        h.granted(again) > tc,
+        "a later grant of a pruned name has a higher token"
+    );
+}
