@@ -529,6 +529,17 @@ fn report(name: &str, f: &Figures) -> serde_json::Value {
     })
 }
 
+/// Prints and returns our figures over theirs.
+fn ratios(label: &str, ours: &Figures, theirs: &Figures) -> serde_json::Value {
+    let (cycles, handoffs, p50) = (
+        ours.cycles_per_s / theirs.cycles_per_s,
+        ours.handoffs_per_s / theirs.handoffs_per_s,
+        ours.p50_us / theirs.p50_us,
+    );
+    println!("{label}: cycles/s {cycles:.1}x, handoffs/s {handoffs:.1}x, acquire p50 {p50:.2}");
+    json!({"cycles_per_s": cycles, "handoffs_per_s": handoffs, "acquire_p50": p50})
+}
+
 /// Runs the benchmark: the agents are `bin` (the `meshd` binary) started
 /// on loopback, etcd beside them when built in and installed.
 pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
@@ -683,31 +694,9 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
                 out["etcd"] = report("etcd (3 members)", &theirs);
                 if let (Some(ours), Some(theirs)) = (&ours_http, &theirs_http) {
                     out["etcd_http"] = report("etcd HTTP gateway", theirs);
-                    let ratios = json!({
-                        "cycles_per_s": ours.cycles_per_s / theirs.cycles_per_s,
-                        "handoffs_per_s": ours.handoffs_per_s / theirs.handoffs_per_s,
-                        "acquire_p50": ours.p50_us / theirs.p50_us,
-                    });
-                    println!(
-                        "ratios over HTTP, meshd/etcd: cycles/s {:.1}x, handoffs/s {:.1}x, acquire p50 {:.2}",
-                        ratios["cycles_per_s"].as_f64().unwrap_or(f64::NAN),
-                        ratios["handoffs_per_s"].as_f64().unwrap_or(f64::NAN),
-                        ratios["acquire_p50"].as_f64().unwrap_or(f64::NAN),
-                    );
-                    out["ratios_http"] = ratios;
+                    out["ratios_http"] = ratios("ratios over HTTP, meshd/etcd", ours, theirs);
                 }
-                let ratios = json!({
-                    "cycles_per_s": ours.cycles_per_s / theirs.cycles_per_s,
-                    "handoffs_per_s": ours.handoffs_per_s / theirs.handoffs_per_s,
-                    "acquire_p50": ours.p50_us / theirs.p50_us,
-                });
-                println!(
-                    "ratios meshd/etcd: cycles/s {:.1}x, handoffs/s {:.1}x, acquire p50 {:.2}",
-                    ratios["cycles_per_s"].as_f64().unwrap_or(f64::NAN),
-                    ratios["handoffs_per_s"].as_f64().unwrap_or(f64::NAN),
-                    ratios["acquire_p50"].as_f64().unwrap_or(f64::NAN),
-                );
-                out["ratios"] = ratios;
+                out["ratios"] = ratios("ratios meshd/etcd", &ours, &theirs);
             }
             Ok(None) => {}
             Err(e) => return Err(format!("etcd: {e}")),

@@ -17,6 +17,13 @@ pub fn use_bearer_token(token: &crate::config::HttpToken) {
     let _ = BEARER.set(format!("Bearer {}", token.expose()));
 }
 
+/// [`use_bearer_token`] with the token in `path` (a client command's
+/// `--http-token-file`).
+pub fn use_bearer_token_file(path: &std::path::Path) -> Result<(), crate::ConfigError> {
+    use_bearer_token(&crate::config::HttpToken::load(path)?);
+    Ok(())
+}
+
 /// `request` with the process's bearer token, if one is set.
 fn authorized<B>(request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
     match BEARER.get() {

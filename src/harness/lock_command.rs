@@ -206,14 +206,11 @@ fn exited(pid: libc::pid_t) -> bool {
 /// Runs `meshd lock` with `args`; `meshd` is the program whose
 /// `lock-watchdog` subcommand is the watchdog (the `meshd` binary).
 pub fn run(meshd: &Path, args: LockOptions) -> ExitCode {
-    if let Some(path) = &args.http_token_file {
-        match crate::config::HttpToken::load(path) {
-            Ok(token) => crate::harness::http::use_bearer_token(&token),
-            Err(err) => {
-                eprintln!("meshd: {err}");
-                return ExitCode::from(2);
-            }
-        }
+    if let Some(path) = &args.http_token_file
+        && let Err(err) = crate::harness::http::use_bearer_token_file(path)
+    {
+        eprintln!("meshd: {err}");
+        return ExitCode::from(2);
     }
     let request_id = crate::locks::fresh_request_id("meshd-lock-");
     let body = json!({"ttl_ms": args.ttl_ms, "wait_ms": args.wait_ms, "request_id": request_id});

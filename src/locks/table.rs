@@ -505,12 +505,7 @@ impl LockTable {
                 if !dead(w.owner, w.bound) {
                     return true;
                 }
-                for ticket in w.tickets.drain(..) {
-                    out.push(LockOutput::Reply {
-                        ticket,
-                        reply: LockReply::NoQuorum,
-                    });
-                }
+                retry_all(&mut w.tickets, &mut out);
                 false
             });
             if lock.holder.as_ref().is_some_and(|h| dead(h.owner, h.bound)) {
@@ -1166,12 +1161,7 @@ impl LockTable {
                 if !w.via.is_empty() {
                     return true;
                 }
-                for ticket in w.tickets.drain(..) {
-                    out.push(LockOutput::Reply {
-                        ticket,
-                        reply: LockReply::NoQuorum,
-                    });
-                }
+                retry_all(&mut w.tickets, &mut out);
                 false
             });
         }
@@ -1878,6 +1868,17 @@ impl LockTable {
         }
         self.wake_watchers(now, &mut out);
         out
+    }
+}
+
+/// Answers every ticket "no quorum, retry" (a request nobody can
+/// receive the grant of).
+fn retry_all(tickets: &mut Vec<Ticket>, out: &mut Vec<LockOutput>) {
+    for ticket in tickets.drain(..) {
+        out.push(LockOutput::Reply {
+            ticket,
+            reply: LockReply::NoQuorum,
+        });
     }
 }
 

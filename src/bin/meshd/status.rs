@@ -23,14 +23,11 @@ pub(crate) struct StatusArgs {
 }
 
 pub(crate) fn run(args: StatusArgs) -> ExitCode {
-    if let Some(path) = &args.http_token_file {
-        match coordmesh::config::HttpToken::load(path) {
-            Ok(token) => coordmesh::harness::http::use_bearer_token(&token),
-            Err(err) => {
-                eprintln!("meshd: {err}");
-                return ExitCode::from(2);
-            }
-        }
+    if let Some(path) = &args.http_token_file
+        && let Err(err) = coordmesh::harness::http::use_bearer_token_file(path)
+    {
+        eprintln!("meshd: {err}");
+        return ExitCode::from(2);
     }
     let status =
         match coordmesh::harness::http::get_json(args.http, "/v1/status", Duration::from_secs(3)) {
