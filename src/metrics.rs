@@ -74,12 +74,6 @@ pub struct Metrics {
     pub lock_expiries: AtomicU64,
     /// Locks the leader freed on proof of their holder's death (K5).
     pub lock_freed_on_proof: AtomicU64,
-    /// User locks' tombstones dropped from this node's copy, released
-    /// longer ago than the longest lease.
-    pub lock_tombstones_pruned: AtomicU64,
-    /// Entries in this node's copy of the lock table (locks and claims,
-    /// held and tombstones), as of the last sweep (every 10 s).
-    pub lock_copy_entries: AtomicU64,
     /// Renewals answered.
     pub lock_renewals: AtomicU64,
     /// Lock requests answered "lost" (the token did not hold the lock).
@@ -104,7 +98,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 39] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 37] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -290,18 +284,6 @@ impl Metrics {
                 "counter",
                 "Locks this node freed as leader before their TTL, on proof their holder's process ended (K5).",
                 &self.lock_freed_on_proof,
-            ),
-            (
-                "coordmesh_lock_tombstones_pruned_total",
-                "counter",
-                "Released locks' tombstones this node dropped from its copy, released longer ago than the longest lease.",
-                &self.lock_tombstones_pruned,
-            ),
-            (
-                "coordmesh_lock_copy_entries",
-                "gauge",
-                "Entries in this node's copy of the lock table, held and tombstones, as of the last sweep.",
-                &self.lock_copy_entries,
             ),
             (
                 "coordmesh_lock_renewals_total",

@@ -253,13 +253,6 @@ impl Entry {
         }
     }
 
-    /// True for a user lock's tombstone: once its release is older than
-    /// the longest lease, it may leave every copy (PROTOCOL.md, "Locks"
-    /// 8).
-    pub fn is_prunable(&self) -> bool {
-        self.name.space == Space::Lock && !self.is_held()
-    }
-
     /// True for a claim's tombstone that carries its completion: once the
     /// node's records hold that completion durably, it may leave the
     /// node's copies (PROTOCOL.md, "Idempotency" 8).

@@ -587,12 +587,6 @@ impl LockTable {
         leader_ttl(self.config.drift, ttl_ms)
     }
 
-    /// The longest a lease granted by any leader can run on its clock:
-    /// the longest TTL, as K3 counts it.
-    pub fn longest_lease(&self) -> Duration {
-        leader_ttl(self.config.drift, self.config.ttl_max_ms)
-    }
-
     /// Starts serving `epoch` at `now` with the table merged from the
     /// promising majority (K2). Each grant in it is rewritten in the
     /// term's first batch and counts as held only once that batch has a
@@ -1616,21 +1610,6 @@ impl LockTable {
                 claims.forget(e);
             }
             !go
-        })
-    }
-
-    /// Drops the user locks' tombstones in `prune` (name and the token
-    /// freed) from the table, unless a batch still carries them or the
-    /// name was written since; how many went (PROTOCOL.md, "Locks" 8).
-    pub fn prune(&mut self, prune: &std::collections::HashSet<(Name, Token)>) -> usize {
-        let Some(term) = &mut self.term else {
-            return 0;
-        };
-        let frees = &term.frees;
-        term.known.retain(|e| {
-            !(e.is_prunable()
-                && !frees.contains_key(&e.name)
-                && prune.contains(&(e.name.clone(), e.token)))
         })
     }
 

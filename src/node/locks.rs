@@ -213,42 +213,6 @@ impl State {
         if table + own > 0 {
             trace!(table, own, "claims' tombstones collected");
         }
-        self.prune_tombstones();
-        self.metrics.lock_copy_entries.store(
-            self.copies.own().len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    /// Drops the user locks' tombstones this node has held longer than
-    /// the longest lease (PROTOCOL.md, "Locks" 8) from its copy, its
-    /// durable copy and, leading, its table. Each one's age counts from
-    /// the sweep that first found it in this node's copy.
-    fn prune_tombstones(&mut self) {
-        let now = self.shared.clock.now();
-        let keep = self.locks.longest_lease();
-        let mut seen = std::collections::HashMap::new();
-        let mut prune = std::collections::HashSet::new();
-        for e in self.copies.own().entries().filter(|e| e.is_prunable()) {
-            let key = (e.name.clone(), e.token);
-            let first = self.tombstones_seen.get(&key).copied().unwrap_or(now);
-            if now >= first + keep {
-                prune.insert(key);
-            } else {
-                seen.insert(key, first);
-            }
-        }
-        self.tombstones_seen = seen;
-        if prune.is_empty() {
-            return;
-        }
-        let table = self.locks.prune(&prune);
-        let own = self
-            .copies
-            .collect(|e| e.is_prunable() && prune.contains(&(e.name.clone(), e.token)));
-        self.disk.prune(prune.into_iter().collect());
-        Metrics::add(&self.metrics.lock_tombstones_pruned, own as u64);
-        trace!(table, own, "user locks' tombstones pruned");
     }
 
     /// Starts or stops the lock table as this node starts or stops

@@ -250,7 +250,6 @@ impl Driver {
             next_ticket: 0,
             gossiped_epoch: Epoch::ZERO,
             runs_ended: std::collections::HashMap::new(),
-            tombstones_seen: std::collections::HashMap::new(),
             rpc,
             membership,
             shared,
@@ -334,9 +333,6 @@ struct State {
     /// By peer, the latest run a later run proved ended (K5), as told to
     /// the lock table.
     runs_ended: std::collections::HashMap<NodeId, crate::ids::Generation>,
-    /// The user locks' tombstones of this node's copy, with the time a
-    /// sweep first found each (PROTOCOL.md, "Locks" 8).
-    tombstones_seen: std::collections::HashMap<(crate::locks::Name, crate::ids::Token), Duration>,
     rpc: Arc<Rpc>,
     membership: Arc<Membership>,
     shared: Arc<Shared>,

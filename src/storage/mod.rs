@@ -714,9 +714,6 @@ pub struct Job {
     /// durable copy: the records file holds their completions, synced
     /// (PROTOCOL.md, "Idempotency" 8).
     pub settle: Vec<(crate::locks::Name, crate::ids::Token)>,
-    /// User locks' tombstones (name, token freed) to drop from the
-    /// durable copy: released longer ago than the longest lease.
-    pub prune: Vec<(crate::locks::Name, crate::ids::Token)>,
     /// Called once all of it is durable (`true`), or cannot be (`false`).
     pub done: Done,
 }
@@ -778,12 +775,6 @@ impl Disk {
             }
             if let Some(wall_ms) = jobs.iter().filter_map(|j| j.collect).max() {
                 self.replica.retain(|e| !e.collectable(wall_ms));
-            }
-            let pruned: std::collections::HashSet<_> =
-                jobs.iter().flat_map(|j| j.prune.iter()).collect();
-            if !pruned.is_empty() {
-                self.replica
-                    .retain(|e| !(e.is_prunable() && pruned.contains(&(e.name.clone(), e.token))));
             }
             let settled: std::collections::HashSet<_> =
                 jobs.iter().flat_map(|j| j.settle.iter()).collect();
@@ -971,7 +962,6 @@ impl Persister {
             init: None,
             collect: None,
             settle: Vec::new(),
-            prune: Vec::new(),
             done: Box::new(done),
         });
     }
@@ -986,7 +976,6 @@ impl Persister {
             init: Some((promised, replica)),
             collect: None,
             settle: Vec::new(),
-            prune: Vec::new(),
             done: Box::new(|_| {}),
         });
     }
@@ -1001,7 +990,6 @@ impl Persister {
             init: None,
             collect: Some(wall_ms),
             settle: Vec::new(),
-            prune: Vec::new(),
             done: Box::new(|_| {}),
         });
     }
@@ -1016,22 +1004,6 @@ impl Persister {
             init: None,
             collect: None,
             settle: settled,
-            prune: Vec::new(),
-            done: Box::new(|_| {}),
-        });
-    }
-
-    /// Drops these user locks' tombstones (name and token freed) from
-    /// the durable copy; the log sheds them when it is next rewritten
-    /// (replayed before that, they come back as tombstones, harmless).
-    pub fn prune(&self, pruned: Vec<(crate::locks::Name, crate::ids::Token)>) {
-        self.submit(Job {
-            promise: None,
-            entries: Vec::new(),
-            init: None,
-            collect: None,
-            settle: Vec::new(),
-            prune: pruned,
             done: Box::new(|_| {}),
         });
     }
