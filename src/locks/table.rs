@@ -913,10 +913,10 @@ impl LockTable {
         bound: Option<Generation>,
     ) -> Vec<LockOutput> {
         self.now = self.now.max(now);
-        if bound.is_some_and(|b| self.ended_runs.get(&owner).is_some_and(|&e| b <= e)) {
-            // K5: its process is gone; nobody would hold the grant.
-            return reply(ticket, LockReply::NoQuorum);
-        }
+        // K5: a request of a run already proven ended (a late one, or a
+        // run whose generation fell below it after a lost generation
+        // file) is served unbound: its grant waits out its TTL.
+        let bound = bound.filter(|&b| self.ended_runs.get(&owner).is_none_or(|&ended| b > ended));
         let mut out = Vec::new();
         if ttl_ms > self.config.ttl_max_ms {
             let max = self.config.ttl_max_ms;
@@ -951,10 +951,20 @@ impl LockTable {
                 .and_then(|l| l.holder.as_ref())
                 .filter(|h| h.request_id.as_ref() == Some(id))
             {
-                if h.committed {
+                let committed = h.committed;
+                if committed {
                     let reply = granted(h);
                     refresh(term, rho, name, now, ticket, reply, &mut out);
-                } else if let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) {
+                }
+                let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) else {
+                    return out;
+                };
+                // K5: a retry from another node or process may be the one
+                // told the grant: no run's end proves its holder gone.
+                if (h.owner, h.bound) != (owner, bound) {
+                    h.bound = None;
+                }
+                if !committed {
                     // Told with the grant's commit; its client counts
                     // validity from this retry, with the TTL granted
                     // (finding 5), so the leader's expiry does too (K3).
@@ -971,6 +981,9 @@ impl LockTable {
                     .find(|w| w.request_id.as_ref() == Some(id))
             }) {
                 w.via.insert(owner);
+                if (w.owner, w.bound) != (owner, bound) {
+                    w.bound = None; // K5, as for a holder above
+                }
                 join(&mut w.tickets, ticket, &mut out);
                 return out;
             }

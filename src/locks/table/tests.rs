@@ -1999,10 +1999,58 @@ fn k5_a_run_proven_ended_frees_its_holders_and_drops_its_requests() {
         let t = h.acquire(5, name, 10_000, 0, None);
         assert_eq!(h.reply(t), Some(LockReply::Held), "{name}");
     }
-    // A late request of the ended run is never granted.
+    // A late request of the ended run is served unbound: its grant
+    // waits out its TTL (a run whose generation fell below the proof's
+    // must not be refused for ever).
     let late = bound(&mut h, 6, "v", 4, 7, 0);
-    assert_eq!(h.reply(late), Some(LockReply::NoQuorum));
-    let later = bound(&mut h, 6, "v", 4, 9, 0);
     h.commit(7, &[ME, NodeId(2)]);
-    h.granted(later);
+    h.granted(late);
+    let out = h.table.handle_run_ended(ms(8), NodeId(4), Generation(7));
+    h.absorb(out);
+    let t = h.acquire(9, "v", 10_000, 0, None);
+    assert_eq!(h.reply(t), Some(LockReply::Held), "not freed by the proof");
 }
+
+#[test]
+fn k5_a_retry_through_another_node_unbinds_the_grant() {
+    let mut h = Harness::new();
+    let bound = |h: &mut Harness, node: u64, id: &str, wait: u64| {
+        let t = h.ticket();
+        let request = LockRequest::AcquireBound {
+            name: "x".into(),
+            ttl_ms: 10_000,
+            wait_ms: wait,
+            request_id: Some(id.into()),
+            generation: Generation(7),
+        };
+        let out =
+            h.table
+                .handle_request(ms(0), WALL, t, NodeId(node), request, RecordsSay::default());
+        h.absorb(out);
+        t
+    };
+    // The holder's request retried by another process through node 5,
+    // before and after the grant commits; then a waiter's likewise.
+    let first = bound(&mut h, 4, "r1", 0);
+    let retry = h.acquire(1, "x", 10_000, 0, Some("r1"));
+    h.commit(2, &[ME, NodeId(2)]);
+    let token = h.granted(first);
+    assert_eq!(h.granted(retry), token);
+    let waiter = bound(&mut h, 4, "r2", 30_000);
+    let t = h.ticket();
+    let out = h
+        .table
+        .handle_acquire(ms(3), t, NodeId(5), "x", 10_000, 30_000, Some("r2".into()));
+    h.absorb(out);
+    let out = h.table.handle_run_ended(ms(4), NodeId(4), Generation(7));
+    h.absorb(out);
+    assert_eq!(h.table.freed_on_proof_total(), 0, "the retry may hold it");
+    assert_eq!(
+        h.reply(waiter),
+        None,
+        "still queued: a retry may receive it"
+    );
+    let other = h.acquire(5, "x", 10_000, 0, None);
+    assert_eq!(h.reply(other), Some(LockReply::Held));
+}
+
