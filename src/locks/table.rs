@@ -53,8 +53,8 @@ pub const TICKETS_PER_REQUEST_MAX: usize = 8;
 /// tombstone carries), so late duplicates of them grant nothing.
 pub const ENDED_REQUESTS_MAX: usize = 4096;
 
-/// Watches held back at once by the leader; more are answered at once
-/// (their watchers ask again).
+/// Watches held back at once by the leader; more are answered "retry"
+/// (their watchers pause, then ask again).
 pub const WATCHERS_MAX: usize = 4096;
 
 /// The last `ENDED_REQUESTS_MAX` (name, request id) pairs of ended
@@ -822,9 +822,10 @@ impl LockTable {
             return self.handle_status(now, ticket, &name.text);
         }
         if term.watchers.values().map(Vec::len).sum::<usize>() >= WATCHERS_MAX {
-            // Answered now: the watcher asks again, as it would after a
-            // wait that ran out.
-            return self.handle_status(now, ticket, &name.text);
+            // "Retry": a watcher pauses before it asks again (a status
+            // equal to what it knows would have it ask at once, in a
+            // loop).
+            return reply(ticket, LockReply::NoQuorum);
         }
         let wait = Duration::from_millis(wait_ms).min(super::WAIT_MAX);
         term.watchers.entry(name).or_default().push(Watcher {

@@ -2054,3 +2054,30 @@ fn k5_a_retry_through_another_node_unbinds_the_grant() {
     assert_eq!(h.reply(other), Some(LockReply::Held));
 }
 
+#[test]
+fn watches_past_the_bound_are_told_to_retry() {
+    let mut h = Harness::new();
+    let watch = |h: &mut Harness| {
+        let t = h.ticket();
+        let request = LockRequest::Watch {
+            name: "x".into(),
+            seen: None,
+            wait_ms: 60_000,
+        };
+        let out = h
+            .table
+            .handle_request(ms(0), WALL, t, NodeId(9), request, RecordsSay::default());
+        h.absorb(out);
+        t
+    };
+    for _ in 0..WATCHERS_MAX {
+        let t = watch(&mut h);
+        assert_eq!(h.reply(t), None);
+    }
+    let over = watch(&mut h);
+    assert_eq!(
+        h.reply(over),
+        Some(LockReply::NoQuorum),
+        "told to retry, not a status that sends it straight back"
+    );
+}
