@@ -324,7 +324,7 @@ impl Mesh {
                 // K5: a lock taken anew proves the last run on this
                 // directory gone with its process.
                 if anew {
-                    ended = data.last_generation().map(Generation);
+                    ended = data.ended_run().map(Generation);
                 }
                 generation = Generation(data.next_generation(generation.0).map_err(data_dir)?);
                 let (memory, promised, replica) = stored.memory();

@@ -49,6 +49,10 @@ const IDENTITY_FILE: &str = "identity";
 const PROMISE_FILE: &str = "promise";
 const LOCKS_FILE: &str = "locks.log";
 const GENERATION_FILE: &str = "generation";
+/// Where the run of the last generation held the directory's lock
+/// (`RunPlace`): its generation, machine id, boot id and the lock file's
+/// device and inode.
+const RUN_FILE: &str = "run";
 /// Held locked (`flock`, exclusive) by the process using the directory,
 /// for its whole life: a second process on the directory is refused
 /// before it reads or writes anything. It holds the pid of its holder.
@@ -213,6 +217,71 @@ struct ProcessLock {
     _file: File,
     /// A node of this process uses the directory now.
     in_use: bool,
+    /// The lock file's device and inode.
+    identity: (u64, u64),
+}
+
+/// A file's device and inode.
+fn file_identity(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Where a run held its directory's lock: the machine, the kernel's boot
+/// and the lock file (K5). Written beside each run's generation; a later
+/// run that took the lock anew proves that run ended only if it is on
+/// the same machine and either the machine booted since (the run's
+/// process died with it) or it holds the very same lock file (which
+/// that run held until its process ended). A copied directory (another
+/// lock file) or one mounted by another machine proves nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RunPlace {
+    machine: String,
+    boot: String,
+    lock_file: (u64, u64),
+}
+
+impl RunPlace {
+    /// This process's place with the lock file of `dir`; `None` when the
+    /// machine or boot cannot be told (no proof is made then).
+    fn here(dir: &Path) -> Option<RunPlace> {
+        let read = |p: &str| {
+            fs::read_to_string(p)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
+        };
+        Some(RunPlace {
+            machine: read("/etc/machine-id").or_else(|| read("/var/lib/dbus/machine-id"))?,
+            boot: read("/proc/sys/kernel/random/boot_id")?,
+            lock_file: file_identity(&dir.join(LOCK_FILE)).ok()?,
+        })
+    }
+
+    fn line(&self, generation: u64) -> String {
+        format!(
+            "{generation} {} {} {} {}\n",
+            self.machine, self.boot, self.lock_file.0, self.lock_file.1
+        )
+    }
+
+    fn parse(line: &str) -> Option<(u64, RunPlace)> {
+        let mut f = line.split_whitespace();
+        let generation = f.next()?.parse().ok()?;
+        let place = RunPlace {
+            machine: f.next()?.to_string(),
+            boot: f.next()?.to_string(),
+            lock_file: (f.next()?.parse().ok()?, f.next()?.parse().ok()?),
+        };
+        f.next().is_none().then_some((generation, place))
+    }
+
+    /// True when a run at `then` has ended, seen from a run here that
+    /// took the lock anew.
+    fn proves_ended(&self, then: &RunPlace) -> bool {
+        self.machine == then.machine && (self.boot != then.boot || self.lock_file == then.lock_file)
+    }
 }
 
 /// Takes the lock of the directory `path` for a node, as `scope` says:
@@ -224,6 +293,12 @@ fn take_dir_lock(path: &Path, scope: LockScope) -> io::Result<(DirLock, bool)> {
         LockScope::Process => {
             let key = fs::canonicalize(path)?;
             let mut held = PROCESS_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+            // A directory removed and made again since holds another lock
+            // file: the hold this process kept is on the old one (K5).
+            let current = file_identity(&path.join(LOCK_FILE)).ok();
+            if held.get(&key).is_some_and(|e| Some(e.identity) != current) {
+                held.remove(&key);
+            }
             if let Some(entry) = held.get_mut(&key) {
                 if entry.in_use {
                     return Err(io::Error::new(
@@ -238,11 +313,13 @@ fn take_dir_lock(path: &Path, scope: LockScope) -> io::Result<(DirLock, bool)> {
                 return Ok((DirLock::Process(key), false));
             }
             let file = lock_dir(path)?;
+            let identity = file_identity(&path.join(LOCK_FILE))?;
             held.insert(
                 key.clone(),
                 ProcessLock {
                     _file: file,
                     in_use: true,
+                    identity,
                 },
             );
             Ok((DirLock::Process(key), true))
@@ -397,6 +474,18 @@ impl DataDir {
             .and_then(|t| t.trim().parse::<u64>().ok())
     }
 
+    /// The last run on this directory, if this run, having taken the
+    /// directory's lock anew, proves it ended (K5; see `RunPlace`):
+    /// read before [`DataDir::next_generation`] records this run.
+    pub fn ended_run(&self) -> Option<u64> {
+        let (generation, then) = fs::read_to_string(self.path.join(RUN_FILE))
+            .ok()
+            .and_then(|t| RunPlace::parse(&t))?;
+        let here = RunPlace::here(&self.path)?;
+        (here.proves_ended(&then) && self.last_generation() == Some(generation))
+            .then_some(generation)
+    }
+
     /// What the directory remembers, read without its lock while a
     /// `DataDir` holds it (tests).
     #[cfg(test)]
@@ -428,6 +517,15 @@ impl DataDir {
             GENERATION_FILE,
             format!("{generation}\n").as_bytes(),
         )?;
+        // Where this run holds the lock, for the next run's proof (K5);
+        // without it no proof is made.
+        match RunPlace::here(&self.path) {
+            Some(place) => replace_file(&self.path, RUN_FILE, place.line(generation).as_bytes())?,
+            None => match fs::remove_file(self.path.join(RUN_FILE)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
         Ok(generation)
     }
 

@@ -488,3 +488,63 @@ fn a_version_2_lock_log_is_read_and_rewritten() {
     };
     assert!(other.merge(later));
 }
+
+/// K5: a run that took the lock anew proves the last run ended only on
+/// the same machine and with the same lock file (or after a reboot); a
+/// copied directory, a run recorded on another machine, or a missing
+/// record prove nothing. A directory made again while this process kept
+/// its old hold is taken anew (the hold is on the old lock file).
+#[test]
+fn only_the_same_lock_file_on_the_same_machine_proves_a_run_ended() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("d");
+    let open_scoped = |path: &Path, scope| {
+        let mut warnings = Vec::new();
+        DataDir::open_locked(path, "c", NodeId(1), scope, &mut warnings)
+    };
+    let (first, _, _) = open_scoped(&dir, LockScope::Node).unwrap();
+    assert_eq!(first.ended_run(), None, "nothing ran here before");
+    let g = first.next_generation(100).unwrap();
+    drop(first);
+    let (second, _, anew) = open_scoped(&dir, LockScope::Node).unwrap();
+    assert!(anew);
+    assert_eq!(second.ended_run(), Some(g), "same machine, same lock file");
+    drop(second);
+
+    // A copy of the directory (another lock file) proves nothing.
+    let copy = root.path().join("copy");
+    fs::create_dir(&copy).unwrap();
+    for name in [GENERATION_FILE, RUN_FILE] {
+        fs::copy(dir.join(name), copy.join(name)).unwrap();
+    }
+    let (copied, _, anew) = open_scoped(&copy, LockScope::Node).unwrap();
+    assert!(anew);
+    assert_eq!(copied.ended_run(), None, "a copy's lock file is another");
+    drop(copied);
+
+    // A run recorded on another machine proves nothing; nor does a
+    // missing record.
+    let line = fs::read_to_string(dir.join(RUN_FILE)).unwrap();
+    let mut fields: Vec<&str> = line.split_whitespace().collect();
+    fields[1] = "another-machine";
+    fs::write(dir.join(RUN_FILE), fields.join(" ")).unwrap();
+    let (elsewhere, _, _) = open_scoped(&dir, LockScope::Node).unwrap();
+    assert_eq!(elsewhere.ended_run(), None);
+    drop(elsewhere);
+    fs::remove_file(dir.join(RUN_FILE)).unwrap();
+    let (unrecorded, _, _) = open_scoped(&dir, LockScope::Node).unwrap();
+    assert_eq!(unrecorded.ended_run(), None);
+    drop(unrecorded);
+
+    // Held for this process, then the directory made again: taken anew.
+    let (held, _, anew) = open_scoped(&dir, LockScope::Process).unwrap();
+    assert!(anew);
+    drop(held);
+    fs::remove_dir_all(&dir).unwrap();
+    let (remade, _, anew) = open_scoped(&dir, LockScope::Process).unwrap();
+    assert!(anew, "the kept hold was on the old lock file");
+    drop(remade);
+    let (again, _, anew) = open_scoped(&dir, LockScope::Process).unwrap();
+    assert!(!anew, "and is kept on the new one");
+    drop(again);
+}
