@@ -22,6 +22,11 @@
 //!   start with the offset.
 //! - `generation`: the last incarnation number used, so a restart is
 //!   newer than its dead predecessor even if the wall clock stepped back.
+//! - `run`: where the run of that generation holds the directory's lock
+//!   (machine id, boot id, the lock file's device and inode), so the next
+//!   run can tell whether taking the lock proves that run ended (K5).
+//! - `lock`: `flock`ed by the process using the directory for its whole
+//!   life; it holds that process's pid.
 //! - `records.redb`: the idempotency records the node holds ([`records`]),
 //!   so a restarted node replays at once; not needed for safety.
 //!
