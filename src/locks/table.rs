@@ -403,6 +403,12 @@ impl ClaimCount {
 }
 
 impl Term {
+    /// Forgets the locks with neither a holder nor a waiter.
+    fn drop_idle_locks(&mut self) {
+        self.locks
+            .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
+    }
+
     /// The version of this term's next write, or `None` once the epoch's
     /// write numbers are spent: then, like spent tokens, the term asks
     /// (once) for a new epoch and writes nothing more (a wrapped version
@@ -517,8 +523,7 @@ impl LockTable {
             self.free(now, &name, false, &mut out);
         }
         if let Some(term) = &mut self.term {
-            term.locks
-                .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
+            term.drop_idle_locks();
         }
         out
     }
@@ -1173,8 +1178,7 @@ impl LockTable {
                 false
             });
         }
-        term.locks
-            .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
+        term.drop_idle_locks();
         out
     }
 
@@ -1757,8 +1761,7 @@ impl LockTable {
             self.free(now, &name, true, &mut out);
         }
         if let Some(term) = &mut self.term {
-            term.locks
-                .retain(|_, l| l.holder.is_some() || !l.waiters.is_empty());
+            term.drop_idle_locks();
         }
         self.wake_watchers(now, &mut out);
         out
