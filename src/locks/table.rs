@@ -485,7 +485,7 @@ impl LockTable {
     /// The user locks whose holders lived in it are freed now, their
     /// tombstones replicated before any waiter is told (K2); its queued
     /// requests are dropped (nobody listens for them); a late request of
-    /// it is never granted. Grants not bound to a run (adopted from an
+    /// it is served unbound. Grants not bound to a run (adopted from an
     /// earlier term, taken for another process) wait out their TTL.
     pub fn handle_run_ended(
         &mut self,
@@ -786,22 +786,16 @@ impl LockTable {
                 wait_ms,
                 request_id,
                 generation,
-            } => {
-                if let Err(e) = check_acquire(&name, ttl_ms, wait_ms, request_id.as_deref()) {
-                    return reply(ticket, LockReply::Invalid(e.to_string()));
-                }
-                self.acquire(
-                    now,
-                    ticket,
-                    owner,
-                    &Name::lock(&name),
-                    ttl_ms,
-                    wait_ms,
-                    request_id,
-                    None,
-                    Some(generation),
-                )
-            }
+            } => self.acquire_lock(
+                now,
+                ticket,
+                owner,
+                &name,
+                ttl_ms,
+                wait_ms,
+                request_id,
+                Some(generation),
+            ),
         }
     }
 
@@ -854,15 +848,7 @@ impl LockTable {
             let visible = holder.filter(|h| h.committed || h.adopted);
             watchers.retain(|w| {
                 if visible.map(|h| h.token) != w.seen || now >= w.until {
-                    woken.push((
-                        w.ticket,
-                        LockReply::Status {
-                            token: visible.map(|h| h.token),
-                            expires_in_ms: visible
-                                .map_or(0, |h| h.expires_at.saturating_sub(now).as_millis() as u64),
-                            owner: visible.map(|h| h.owner),
-                        },
-                    ));
+                    woken.push((w.ticket, status_reply(visible, now)));
                     false
                 } else {
                     true
@@ -887,6 +873,23 @@ impl LockTable {
         wait_ms: u64,
         request_id: Option<String>,
     ) -> Vec<LockOutput> {
+        self.acquire_lock(now, ticket, owner, name, ttl_ms, wait_ms, request_id, None)
+    }
+
+    /// An acquire of the user lock `name`, checked against the contract's
+    /// limits; `bound`: the run its holder lives in (K5).
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_lock(
+        &mut self,
+        now: Duration,
+        ticket: Ticket,
+        owner: NodeId,
+        name: &str,
+        ttl_ms: u64,
+        wait_ms: u64,
+        request_id: Option<String>,
+        bound: Option<Generation>,
+    ) -> Vec<LockOutput> {
         if let Err(e) = check_acquire(name, ttl_ms, wait_ms, request_id.as_deref()) {
             return reply(ticket, LockReply::Invalid(e.to_string()));
         }
@@ -899,7 +902,7 @@ impl LockTable {
             wait_ms,
             request_id,
             None,
-            None,
+            bound,
         )
     }
 
@@ -1306,20 +1309,8 @@ impl LockTable {
         let Some(term) = &self.term else {
             return reply(ticket, LockReply::NotLeader);
         };
-        let holder = term
-            .locks
-            .get(&Name::lock(name))
-            .and_then(|l| l.holder.as_ref())
-            .filter(|h| h.committed || h.adopted);
-        reply(
-            ticket,
-            LockReply::Status {
-                token: holder.map(|h| h.token),
-                expires_in_ms: holder
-                    .map_or(0, |h| h.expires_at.saturating_sub(now).as_millis() as u64),
-                owner: holder.map(|h| h.owner),
-            },
-        )
+        let holder = visible_holder(term, &Name::lock(name));
+        reply(ticket, status_reply(holder, now))
     }
 
     /// The locks held now, by name (committed and adopted grants).
@@ -1875,6 +1866,15 @@ fn retry_all(tickets: &mut Vec<Ticket>, out: &mut Vec<LockOutput>) {
             ticket,
             reply: LockReply::NoQuorum,
         });
+    }
+}
+
+/// What `Status` says of a lock whose visible holder is `holder`.
+fn status_reply(holder: Option<&Holder>, now: Duration) -> LockReply {
+    LockReply::Status {
+        token: holder.map(|h| h.token),
+        expires_in_ms: holder.map_or(0, |h| h.expires_at.saturating_sub(now).as_millis() as u64),
+        owner: holder.map(|h| h.owner),
     }
 }
 
