@@ -142,9 +142,13 @@ displays_as_its_number!(Token);
 
 /// A replication batch's id, unique for the life of the leader's table
 /// that sent it: an ack of an earlier stint's batch must never count for a
-/// later one (review finding 2). Never on the wire: a voter's ack answers
-/// the call that carried the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// later one (review finding 2). On the wire since wire version 7, so
+/// that a voter can refuse the batches a leader sent before it told the
+/// voters to forget tombstones (`replication::Floor`); a voter's ack still
+/// answers the call that carried the batch.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct BatchId(pub u64);
 
 impl BatchId {

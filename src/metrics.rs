@@ -74,6 +74,9 @@ pub struct Metrics {
     pub lock_expiries: AtomicU64,
     /// Locks the leader freed on proof of their holder's death (K5).
     pub lock_freed_on_proof: AtomicU64,
+    /// Released locks' tombstones this node's copy forgot at its leader's
+    /// word, every voter holding them (PROTOCOL.md, "Locks" 8).
+    pub lock_tombstones_pruned: AtomicU64,
     /// Renewals answered.
     pub lock_renewals: AtomicU64,
     /// Lock requests answered "lost" (the token did not hold the lock).
@@ -98,7 +101,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 37] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 38] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -284,6 +287,12 @@ impl Metrics {
                 "counter",
                 "Locks this node freed as leader before their TTL, on proof their holder's process ended (K5).",
                 &self.lock_freed_on_proof,
+            ),
+            (
+                "coordmesh_lock_tombstones_pruned_total",
+                "counter",
+                "Released locks' tombstones this node's copy forgot once every voter held them.",
+                &self.lock_tombstones_pruned,
             ),
             (
                 "coordmesh_lock_renewals_total",

@@ -65,7 +65,7 @@ use coordmesh::ids::{BatchId, Epoch, NodeId, Token};
 use coordmesh::locks::table::TableConfig;
 use coordmesh::locks::{Entry, HolderLease, LockOutput, LockReply, LockRequest, LockTable, Ticket};
 use coordmesh::locks::{Name, RecordsSay, Replica};
-use coordmesh::replication::{self, Answer, Copies, Gate, Next, Settle, Verdict};
+use coordmesh::replication::{self, Answer, Copies, Floor, Gate, Merge, Next, Settle, Verdict};
 use coordmesh::storage::Stored;
 use stateright::{Checker, HasDiscoveries, Model, Property};
 
@@ -101,11 +101,19 @@ enum Body {
         voters: u64,
         entries: Vec<Entry>,
     },
+    /// Forget pruned tombstones below a floor ("Locks" 8).
+    Forget {
+        epoch: Epoch,
+        voters: u64,
+        floor: Floor,
+        entries: Vec<Entry>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Reply {
-    Election(ElectionResponse, Option<Vec<Entry>>),
+    /// With a promise or a recovery answer, the voter's copy and floor.
+    Election(ElectionResponse, Option<(Vec<Entry>, Floor)>),
     Voter(Answer),
 }
 
@@ -134,6 +142,7 @@ struct Disk {
     initialized: bool,
     promised: Epoch,
     entries: Replica,
+    floor: Floor,
 }
 
 impl Disk {
@@ -142,6 +151,17 @@ impl Disk {
             initialized: false,
             promised: Epoch::ZERO,
             entries: Replica::default(),
+            floor: Floor::default(),
+        }
+    }
+
+    /// `storage::Persister::forget`: the floor, then the exact entries.
+    fn forget(&mut self, floor: Floor, entries: &[Entry]) {
+        self.floor = self.floor.max(floor);
+        for e in entries {
+            if self.entries.get(&e.name) == Some(e) {
+                self.entries.remove(&e.name);
+            }
         }
     }
 
@@ -259,6 +279,10 @@ struct Sys {
     told: Option<Vec<u8>>,
     /// Claims whose completion a client was told is recorded.
     recorded: BTreeSet<Token>,
+    /// The highest-ranked tombstone of the lock a leader had forgotten
+    /// ("Locks" 8): no copy may hold the lock below it again, and the
+    /// grants it ended are no longer looked for.
+    forgotten: Option<Entry>,
     violations: Vec<String>,
     /// Actions taken from the start.
     actions: u8,
@@ -345,6 +369,9 @@ impl fmt::Display for Key<'_> {
         if s.claims {
             write!(f, "|{:?}|{:?}|{:?}", s.executions, s.told, s.recorded)?;
         }
+        if let Some(e) = &s.forgotten {
+            write!(f, "|{e:?}")?;
+        }
         if s.actions_keyed {
             write!(f, "|{}", s.actions)?;
         }
@@ -420,6 +447,8 @@ struct Mesh {
     retries: u8,
     /// Idempotent operations instead of locks (see `Sys::claims`).
     claims: bool,
+    /// How often the leader prunes released locks' tombstones.
+    prune_every: Duration,
     horizon: Duration,
     /// The longest path searched, in actions.
     actions_max: u8,
@@ -447,6 +476,8 @@ impl Mesh {
             acquires: 1,
             retries: 0,
             claims: false,
+            // Past the horizon: no pruning unless a model asks for it.
+            prune_every: Duration::from_secs(3600),
             horizon: Duration::from_secs(10),
             actions_max: 0,
             depth_first: false,
@@ -492,14 +523,17 @@ impl Mesh {
         );
         let locks = LockTable::new(TableConfig {
             ttl_max_ms: TTL_MS,
+            prune_every: self.prune_every,
+            prune_wait: Duration::from_millis(200),
             ..TableConfig::new(&self.ids(), timing().drift)
         });
+        let floor = disk.as_ref().map_or(Floor::default(), |d| d.floor);
         Node {
             id,
             life,
             up: true,
             election,
-            copies: Copies::new(replica),
+            copies: Copies::new(replica, floor),
             locks,
             disk,
             tickets: BTreeMap::new(),
@@ -551,6 +585,7 @@ impl Mesh {
             executions: Vec::new(),
             told: None,
             recorded: BTreeSet::new(),
+            forgotten: None,
             violations: Vec::new(),
             actions: 0,
             actions_keyed: self.depth_first,
@@ -666,6 +701,7 @@ impl Sys {
                         // the holders' check spans both lives.
                         self.leaders.clear();
                         self.grants.clear();
+                        self.forgotten = None;
                     }
                     let node = &mut self.nodes[i];
                     let durable = node.disk.as_ref().is_some_and(|d| d.initialized);
@@ -678,6 +714,7 @@ impl Sys {
                                     initialized: true,
                                     promised,
                                     entries: copy,
+                                    floor: d.floor.max(node.copies.floor()),
                                 }
                             }
                             Settle::Promise => d.write(Some(promised), &[]),
@@ -770,6 +807,35 @@ impl Sys {
                         queue.extend(self.nodes[i].locks.handle_ack(now, batch, me));
                     }
                 }
+                LockOutput::Forget { floor, entries } => {
+                    for e in &entries {
+                        if self.forgotten.as_ref().is_none_or(|f| f.rank() < e.rank()) {
+                            self.forgotten = Some(e.clone());
+                        }
+                    }
+                    let node = &mut self.nodes[i];
+                    let Some(epoch) = node.locks.epoch() else {
+                        continue;
+                    };
+                    node.copies.forget(floor, &entries);
+                    if let Some(d) = &mut node.disk {
+                        d.forget(floor, &entries);
+                    }
+                    let me = node.id;
+                    let voters = node.election.config_hash();
+                    let ids: Vec<NodeId> = node.election.voters().to_vec();
+                    for v in ids {
+                        if v != me {
+                            let body = Body::Forget {
+                                epoch,
+                                voters,
+                                floor,
+                                entries: entries.clone(),
+                            };
+                            self.call(i, v, body);
+                        }
+                    }
+                }
                 // The model runs user locks only.
                 LockOutput::TokensSpent
                 | LockOutput::NewEpochNeeded
@@ -793,7 +859,7 @@ impl Sys {
                     handled.response,
                     ElectionResponse::Promise { .. } | ElectionResponse::State { .. }
                 )
-                .then(|| node.copies.snapshot());
+                .then(|| (node.copies.snapshot(), node.copies.floor()));
                 let item = Item::Answer {
                     to: from,
                     to_life: from_life,
@@ -804,8 +870,36 @@ impl Sys {
                 self.net.push(item);
                 self.execute(i, outs);
             }
+            Body::Forget {
+                epoch,
+                voters,
+                floor,
+                entries,
+            } => {
+                let node = &mut self.nodes[i];
+                let answer = if node.election.may_forget(epoch, voters) && floor.epoch == epoch {
+                    node.copies.forget(floor, &entries);
+                    if let Some(d) = &mut node.disk {
+                        d.forget(floor, &entries);
+                    }
+                    Answer::Acked
+                } else {
+                    Answer::Refused {
+                        promised: node.election.promised(),
+                    }
+                };
+                let item = Item::Answer {
+                    to: from,
+                    to_life: from_life,
+                    from: node.id,
+                    body,
+                    reply: Reply::Voter(answer),
+                };
+                self.net.push(item);
+            }
             Body::Batch {
                 epoch,
+                batch,
                 voters,
                 entries,
                 ..
@@ -818,8 +912,9 @@ impl Sys {
                         config_mismatch: reason == coordmesh::election::RejectReason::Config,
                     },
                 };
-                let answer = match node.copies.on_batch(gate, entries) {
+                let answer = match node.copies.on_batch(gate, epoch, batch, entries) {
                     Verdict::Refuse { promised } => Answer::Refused { promised },
+                    Verdict::Stale => Answer::Stale,
                     Verdict::Ack { raise, entries } => {
                         if let Some(d) = &mut node.disk {
                             d.write(raise, &entries);
@@ -879,11 +974,11 @@ impl Sys {
                         (
                             ElectionRequest::Prepare { epoch, .. },
                             Some(ElectionResponse::Promise { epoch: promised }),
-                        ) if epoch == promised => node.copies.on_promise(*epoch, table),
+                        ) if epoch == promised => node.copies.on_promise(*epoch, table.0),
                         (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
                             if !node.election.recovered() =>
                         {
-                            node.copies.on_sync_answer(from, table)
+                            node.copies.on_sync_answer(from, table.0, table.1)
                         }
                         _ => {}
                     }
@@ -893,6 +988,8 @@ impl Sys {
                     .handle_response(now, from, &request, response.as_ref());
                 self.execute(i, outs);
             }
+            // Nothing hangs on a voter's answer to a forget.
+            Body::Forget { .. } => {}
             Body::Batch {
                 epoch,
                 batch,
@@ -1227,6 +1324,36 @@ impl Sys {
         if self.violations.is_empty() {
             self.check_grants_kept();
         }
+        if self.violations.is_empty() {
+            self.check_forgotten_stays_forgotten();
+        }
+    }
+
+    /// "Locks" 8: once a leader forgot a tombstone (every voter held it),
+    /// no voter's copy (or a down voter's data directory) holds its lock
+    /// below it again: a late batch, a recovery copy or a promise must
+    /// not bring an ended grant back.
+    fn check_forgotten_stays_forgotten(&mut self) {
+        let Some(f) = &self.forgotten else {
+            return;
+        };
+        for n in &self.nodes {
+            let copy = if n.up {
+                Some(n.copies.own())
+            } else {
+                n.disk.as_ref().map(|d| &d.entries)
+            };
+            if let Some(e) = copy.and_then(|c| c.get(&f.name))
+                && e.rank() < f.rank()
+            {
+                let message = format!(
+                    "node {:?} holds {e:?}, below the forgotten tombstone {f:?}",
+                    n.id
+                );
+                self.violations.push(message);
+                return;
+            }
+        }
     }
 
     /// No committed entry lost (K2, E7, E8): every grant a client was told
@@ -1265,6 +1392,10 @@ impl Sys {
             }
         }
         for (&token, request_id) in &self.grants {
+            // Ended, every voter held its end, and forgotten ("Locks" 8).
+            if self.forgotten.as_ref().is_some_and(|f| f.token >= token) {
+                continue;
+            }
             let holds = |r: &Replica| r.get(&name).is_some_and(|e| e.token >= token);
             let kept = self.voters_keeping(holds);
             if kept < quorum {
@@ -1541,6 +1672,9 @@ impl Model for Mesh {
             Property::sometimes("a caller was told a result (claims)", |_, s: &Sys| {
                 !s.claims || s.told.is_some()
             }),
+            Property::sometimes("a tombstone was pruned (pruning)", |m: &Mesh, s: &Sys| {
+                m.prune_every > m.horizon || s.nodes.iter().any(|n| n.locks.pruned_total() > 0)
+            }),
         ]
     }
 
@@ -1648,6 +1782,19 @@ fn verdict(name: &str, actions: u8, how: &str, checker: impl Checker<Mesh>, reac
 #[test]
 fn durable_voters() {
     check("durable voters", Mesh::every_fault(), 5);
+}
+
+/// Released locks' tombstones pruned every 50 ms ("Locks" 8) under every
+/// kind of fault: a tombstone is forgotten only once every voter holds
+/// it, a batch sent before the forget is refused below the floor, and a
+/// voter that copies others' tables takes their floor.
+#[test]
+fn tombstones_pruned_under_every_fault() {
+    let model = Mesh {
+        prune_every: Duration::from_millis(50),
+        ..Mesh::every_fault()
+    };
+    check("tombstones pruned under every fault", model, 5);
 }
 
 /// Voters without data directories: a restart remembers nothing (E7).

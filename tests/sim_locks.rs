@@ -1956,3 +1956,134 @@ async fn k5_a_holder_outside_the_nodes_process_is_not_proven_dead() {
     let seed = SimCluster::seed_from_env();
     k5_waits_out_the_ttl(seed, NodeId(3), false).await;
 }
+
+/// One lock request through `mesh`, retried while no leader answers.
+async fn ask(mesh: &Mesh, request: LockRequest) -> LockReply {
+    for _ in 0..100 {
+        match mesh
+            .lock_request(request.clone(), Duration::from_secs(2))
+            .await
+        {
+            Ok(LockReply::NoQuorum | LockReply::NotLeader) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(reply) => return reply,
+        }
+    }
+    panic!("no leader answered {request:?}");
+}
+
+fn acquire_with_id(name: &str, ttl: Duration, id: &str) -> LockRequest {
+    LockRequest::Acquire {
+        name: name.into(),
+        ttl_ms: ttl.as_millis() as u64,
+        wait_ms: 0,
+        request_id: Some(id.into()),
+    }
+}
+
+fn pruned(mesh: &Mesh) -> u64 {
+    mesh.metrics()
+        .lock_tombstones_pruned
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Goal ("Locks" 8): released locks' tombstones leave every voter's copy
+/// once all of them hold them; the names stay usable, tokens only grow.
+#[tokio::test(start_paused = true)]
+async fn released_locks_tombstones_are_pruned_on_every_voter() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 4, 3, None).await;
+    c.led().await;
+    let mut last = Token(0);
+    for i in 0..300 {
+        let guard = c
+            .mesh(NodeId(4))
+            .lock(format!("name-{i}"))
+            .ttl(TTL)
+            .acquire()
+            .await
+            .expect("granted");
+        assert!(guard.token() > last);
+        last = guard.token();
+        guard.release().await.expect("released");
+    }
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    for v in ids(3) {
+        assert!(
+            pruned(c.mesh(v)) >= 300,
+            "voter {v} forgot {} of 300 tombstones (seed {seed})",
+            pruned(c.mesh(v))
+        );
+    }
+    let again = c
+        .mesh(NodeId(4))
+        .lock("name-0")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    assert!(again.token() > last, "tokens only grow (seed {seed})");
+    again.release().await.expect("released");
+    c.shutdown().await;
+}
+
+/// Review 5, scripted: voter 3 holds a grant (request id "r") when it
+/// is cut off; the grant is released, the lock granted again above it
+/// and released. Pruning waits for every voter, so voters 1 and 2 keep
+/// the later tombstone; once 3 is back and the leader is killed, the
+/// leader of 2 and 3 must not adopt 3's stale grant and answer a retry
+/// of "r" with its token, below the later grant's (K1). With a majority
+/// enough to prune, it does.
+#[tokio::test(start_paused = true)]
+async fn review_5_a_voter_cut_off_holds_pruning_back() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 5, 3, None).await;
+    assert_eq!(c.led().await, NodeId(1));
+    let long = Duration::from_millis(3000);
+    let client = NodeId(4);
+    let first = match ask(c.mesh(client), acquire_with_id("job", long, "r")).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {seed})"),
+    };
+    // Every voter holds the grant before 3 is cut off.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.isolate(NodeId(3));
+    let release = LockRequest::Release {
+        name: "job".into(),
+        token: first,
+    };
+    assert_eq!(ask(c.mesh(client), release).await, LockReply::Released);
+    let later = match ask(c.mesh(NodeId(5)), acquire_with_id("job", long, "s")).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {seed})"),
+    };
+    assert!(later > first);
+    let release = LockRequest::Release {
+        name: "job".into(),
+        token: later,
+    };
+    assert_eq!(ask(c.mesh(NodeId(5)), release).await, LockReply::Released);
+    // Two prune rounds' time: none may complete without voter 3.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    for v in [NodeId(1), NodeId(2)] {
+        assert_eq!(
+            pruned(c.mesh(v)),
+            0,
+            "voter {v} pruned without voter 3 (seed {seed})"
+        );
+    }
+    c.heal();
+    c.kill(c.led().await).await;
+    let leader = c.led().await;
+    assert!(leader == NodeId(2) || leader == NodeId(3), "{leader}");
+    match ask(c.mesh(client), acquire_with_id("job", long, "r")).await {
+        LockReply::Granted { token, .. } => assert!(
+            token > later,
+            "a retry of \"r\" was told {token}, below the later grant {later} (seed {seed})"
+        ),
+        LockReply::Ended | LockReply::Held => {}
+        other => panic!("{other:?} (seed {seed})"),
+    }
+    c.shutdown().await;
+}

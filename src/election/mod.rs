@@ -1482,6 +1482,19 @@ impl Election {
         Ok(persist)
     }
 
+    /// May this voter forget tombstones at the word of the leader of
+    /// `epoch` running configuration `hash` (PROTOCOL.md, "Locks" 8)?
+    /// Only a recovered voter of that configuration whose promise is
+    /// exactly that epoch: it took that leader's batches, and no other
+    /// leader's since. Changes nothing.
+    pub fn may_forget(&self, epoch: Epoch, hash: u64) -> bool {
+        hash == self.hash
+            && self.is_voter()
+            && self.recovered
+            && epoch == self.promised
+            && epoch > self.resigned_epoch
+    }
+
     /// A peer refused a message of this node's term because it promised
     /// `epoch` (a replication batch, say): a leader or candidate of a lower
     /// epoch stops at once (E1).

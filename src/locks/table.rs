@@ -28,6 +28,11 @@
 //!   before it is answered, so no mark ever outlives a renewal it missed.
 //! - Tokens are `(epoch << 32) | seq` (K1); when the sequence is spent the
 //!   table asks for a new epoch and grants nothing until it has one.
+//! - Released locks' tombstones are pruned (PROTOCOL.md, "Locks" 8): a
+//!   round sends a bounded set of them to every voter again, and once
+//!   *every* voter holds them durably, tells the voters to forget them
+//!   with a floor above every batch sent before (those batches go out
+//!   again under new ids), so no late batch puts an older entry back.
 //!
 //! Owns: every lock rule the leader applies (K1–K4). Must not send,
 //! persist or read a clock: its outputs say what to reply and what to
@@ -42,7 +47,7 @@ use super::{
     SEQ_MAX, Space, check_acquire, check_name, token,
 };
 use crate::ids::{BatchId, Epoch, Generation, NodeId, Token};
-use crate::replication::{Batches, Merge};
+use crate::replication::{Batches, Floor, Merge};
 
 pub use crate::replication::{BATCH_PENDING_MAX, BATCHES_IN_FLIGHT_MAX};
 
@@ -56,6 +61,16 @@ pub const ENDED_REQUESTS_MAX: usize = 4096;
 /// Watches held back at once by the leader; more are answered "retry"
 /// (their watchers pause, then ask again).
 pub const WATCHERS_MAX: usize = 4096;
+
+/// How often the leader starts a round that prunes released locks'
+/// tombstones (PROTOCOL.md, "Locks" 8).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How long a prune round waits for every voter to hold its tombstones
+/// before it is given up (a voter down or cut off holds pruning back).
+pub const PRUNE_WAIT: Duration = Duration::from_secs(2);
+/// The tombstones one prune round carries, in bytes (a quarter of the
+/// RPC frame, so the round's batch and its forget fit one frame).
+pub const PRUNE_BYTES_MAX: usize = crate::rpc::FRAME_BYTES_MAX / 4;
 
 /// The last `ENDED_REQUESTS_MAX` (name, request id) pairs of ended
 /// grants, oldest forgotten first, looked up by hash: every acquire with
@@ -130,6 +145,15 @@ pub enum LockOutput {
         /// What to merge.
         entries: Vec<Entry>,
     },
+    /// Every voter holds these tombstones durably: have every voter (this
+    /// node's copy too) forget them, each where it holds it exactly, and
+    /// take no batch below `floor` any more (PROTOCOL.md, "Locks" 8).
+    Forget {
+        /// Above every batch this table sent before.
+        floor: Floor,
+        /// The tombstones.
+        entries: Vec<Entry>,
+    },
     /// This completion holds on a majority of voters: push it to every
     /// peer (their replicas replay it, I2).
     Completed {
@@ -186,6 +210,10 @@ pub struct TableConfig {
     pub claims_max: usize,
     /// Their bytes ([`super::claim::CLAIM_BYTES_MAX`]).
     pub claim_bytes_max: usize,
+    /// How often a prune round starts ([`PRUNE_EVERY`]).
+    pub prune_every: Duration,
+    /// How long a prune round waits for every voter ([`PRUNE_WAIT`]).
+    pub prune_wait: Duration,
 }
 
 impl TableConfig {
@@ -200,6 +228,8 @@ impl TableConfig {
             voters: voters.to_vec(),
             claims_max: 1_000_000,
             claim_bytes_max: super::claim::CLAIM_BYTES_MAX,
+            prune_every: PRUNE_EVERY,
+            prune_wait: PRUNE_WAIT,
         }
     }
 }
@@ -338,6 +368,21 @@ struct Term {
     deferred: Vec<Entry>,
     /// The records are reconciled: claims are served.
     records_ready: bool,
+    /// The prune round under way.
+    prune: Option<Prune>,
+    /// When the next prune round may start.
+    next_prune: Duration,
+}
+
+/// A round that prunes tombstones (PROTOCOL.md, "Locks" 8): they went
+/// out again in batch `batch`, outside the term's batches, and are
+/// forgotten once every voter acked it.
+#[derive(Debug, Clone)]
+struct Prune {
+    batch: BatchId,
+    entries: Vec<Entry>,
+    acked: BTreeSet<NodeId>,
+    started: Duration,
 }
 
 /// What the claim namespace of a term's table holds.
@@ -463,6 +508,8 @@ pub struct LockTable {
     ended_runs: HashMap<NodeId, Generation>,
     /// Locks freed on proof of their holder's death (K5).
     proven_dead: u64,
+    /// Tombstones pruned (PROTOCOL.md, "Locks" 8).
+    pruned: u64,
 }
 
 impl LockTable {
@@ -477,6 +524,7 @@ impl LockTable {
             resume: None,
             ended_runs: HashMap::new(),
             proven_dead: 0,
+            pruned: 0,
         }
     }
 
@@ -637,6 +685,8 @@ impl LockTable {
             claims: ClaimCount::default(),
             deferred: Vec::new(),
             records_ready: false,
+            prune: None,
+            next_prune: now + self.config.prune_every,
         };
         // A claim's grant or a tombstone of a claim that did not
         // complete may be older than a completion settled out of the
@@ -715,11 +765,12 @@ impl LockTable {
         self.expired
     }
 
-    /// True while `batch` awaits a majority.
+    /// True while `batch` awaits a majority (or, a prune round's, every
+    /// voter).
     pub fn is_pending(&self, batch: BatchId) -> bool {
-        self.term
-            .as_ref()
-            .is_some_and(|t| t.batches.is_pending(batch))
+        self.term.as_ref().is_some_and(|t| {
+            t.batches.is_pending(batch) || t.prune.as_ref().is_some_and(|p| p.batch == batch)
+        })
     }
 
     /// Locks held or waited for.
@@ -1754,8 +1805,105 @@ impl LockTable {
         if let Some(term) = &mut self.term {
             term.drop_idle_locks();
         }
+        self.start_prune(now, &mut out);
         self.wake_watchers(now, &mut out);
         out
+    }
+
+    /// Starts a prune round when one is due and none is under way (one
+    /// that waited [`PRUNE_WAIT`] is given up): the released user locks'
+    /// tombstones no batch carries and no waiter waits behind, up to
+    /// [`PRUNE_BYTES_MAX`], go to every voter again in a batch of their
+    /// own.
+    fn start_prune(&mut self, now: Duration, out: &mut Vec<LockOutput>) {
+        let (every, wait) = (self.config.prune_every, self.config.prune_wait);
+        let Some(term) = &mut self.term else {
+            return;
+        };
+        if term.prune.as_ref().is_some_and(|p| now >= p.started + wait) {
+            term.prune = None;
+            term.next_prune = now + every;
+        }
+        if term.prune.is_some() || now < term.next_prune {
+            return;
+        }
+        term.next_prune = now + every;
+        let mut bytes = 0;
+        let entries: Vec<Entry> = term
+            .known
+            .entries()
+            .filter(|e| prunable(term, e))
+            .take_while(|e| {
+                bytes += tombstone_weight(e);
+                bytes <= PRUNE_BYTES_MAX
+            })
+            .cloned()
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let batch = self.next_batch;
+        self.next_batch = batch.next();
+        term.prune = Some(Prune {
+            batch,
+            entries: entries.clone(),
+            acked: BTreeSet::new(),
+            started: now,
+        });
+        out.push(LockOutput::Replicate { batch, entries });
+    }
+
+    /// Every voter acked the prune round's batch: the tombstones still as
+    /// it sent them (no grant since, no batch carrying their lock) leave
+    /// the table and go to the voters to forget, with a floor above
+    /// every batch sent so far; the batches in flight go out again above
+    /// it.
+    fn finish_prune(&mut self, now: Duration, out: &mut Vec<LockOutput>) {
+        let every = self.config.prune_every;
+        let Some(term) = &mut self.term else {
+            return;
+        };
+        let Some(prune) = term.prune.take() else {
+            return;
+        };
+        term.next_prune = now + every;
+        let carried: std::collections::HashSet<&Name> =
+            term.batches.entries().map(|e| &e.name).collect();
+        let gone: Vec<Entry> = prune
+            .entries
+            .into_iter()
+            .filter(|e| {
+                !carried.contains(&e.name)
+                    && prunable(term, e)
+                    && term.known.get(&e.name) == Some(e)
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for e in &gone {
+            term.known.remove(&e.name);
+        }
+        let floor = Floor {
+            epoch: term.epoch,
+            batch: self.next_batch,
+        };
+        if !term.batches.requeue_all().is_empty() {
+            for (_, at) in term.frees.values_mut() {
+                *at = None;
+            }
+        }
+        self.pruned += gone.len() as u64;
+        out.push(LockOutput::Forget {
+            floor,
+            entries: gone,
+        });
+        out.extend(self.flush());
+    }
+
+    /// Released locks' tombstones this table pruned, ever.
+    pub fn pruned_total(&self) -> u64 {
+        self.pruned
     }
 
     /// Closes the current batch: everything since the last flush is sent
@@ -1788,6 +1936,13 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return out;
         };
+        if let Some(prune) = term.prune.as_mut().filter(|p| p.batch == batch) {
+            prune.acked.insert(from);
+            if self.config.voters.iter().all(|v| prune.acked.contains(v)) {
+                self.finish_prune(now, &mut out);
+            }
+            return out;
+        }
         let Some(effects) = term.batches.ack(batch, from, quorum) else {
             return out;
         };
@@ -1856,6 +2011,21 @@ impl LockTable {
         self.wake_watchers(now, &mut out);
         out
     }
+}
+
+/// True for a released user lock's tombstone that a prune round may
+/// take: no batch of the term carries its release any more, and no
+/// holder or waiter of its lock is in the table.
+fn prunable(term: &Term, e: &Entry) -> bool {
+    e.name.space == Space::Lock
+        && !e.is_held()
+        && !term.frees.contains_key(&e.name)
+        && !term.locks.contains_key(&e.name)
+}
+
+/// An upper bound of a tombstone's bytes on the wire.
+fn tombstone_weight(e: &Entry) -> usize {
+    e.name.text.len() + e.request_id().map_or(0, str::len) + 64
 }
 
 /// Answers every ticket "no quorum, retry" (a request nobody can

@@ -125,6 +125,7 @@ impl State {
                     snapshot: VoterSnapshot {
                         locks: self.copies.snapshot(),
                         life: self.life(),
+                        floor: self.copies.floor(),
                     },
                 }
             }
@@ -163,7 +164,12 @@ impl State {
         response: Option<ElectionResponse>,
         snapshot: Option<VoterSnapshot>,
     ) -> bool {
-        if let Some(VoterSnapshot { locks: table, life }) = snapshot {
+        if let Some(VoterSnapshot {
+            locks: table,
+            life,
+            floor,
+        }) = snapshot
+        {
             match (&request, &response) {
                 (
                     ElectionRequest::Prepare { epoch, .. },
@@ -177,7 +183,7 @@ impl State {
                 {
                     // E7: kept until the recovery decides whose
                     // tables this voter takes.
-                    self.copies.on_sync_answer(from, table);
+                    self.copies.on_sync_answer(from, table, floor);
                 }
                 _ => {}
             }
@@ -276,7 +282,7 @@ impl State {
             }
         }
         match settle {
-            Settle::Initialize(copy) => self.disk.initialize(promised, copy),
+            Settle::Initialize(copy) => self.disk.initialize(promised, copy, self.copies.floor()),
             // E1: no lower than any promise heard, durably.
             Settle::Promise => self.disk.persist(Some(promised), Vec::new(), |_| {}),
             Settle::Nothing => {}

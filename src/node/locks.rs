@@ -9,13 +9,13 @@
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::{error, info, trace, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use crate::idempotency::Durability;
 use crate::ids::{BatchId, Epoch, NodeId, Token};
 use crate::locks::{Entry, LockOutput, LockReply, LockRequest, Name, RecordsSay, Ticket};
 use crate::metrics::Metrics;
-use crate::replication::{self, Answer, Next};
+use crate::replication::{self, Answer, FORGET_ATTEMPTS, Floor, Next};
 use crate::rpc::{Message, Request, Response, VoterRequest};
 
 use super::{Input, State, send_from_anywhere};
@@ -316,6 +316,19 @@ impl State {
                         }
                     }
                 }
+                LockOutput::Forget { floor, entries } => {
+                    let Some(epoch) = self.locks.epoch() else {
+                        continue;
+                    };
+                    debug!(%epoch, ?floor, pruned = entries.len(), "tombstones pruned");
+                    let me = self.election.id();
+                    for &v in self.election.voters().to_vec().iter() {
+                        if v != me {
+                            self.send_forget(epoch, v, floor, entries.clone());
+                        }
+                    }
+                    self.apply_forget(floor, entries, |_| {});
+                }
                 LockOutput::Completed { key, claim, facts } => {
                     // Committed: this node's records replay it, and every
                     // live peer is sent it (a lost notice is made up by a
@@ -364,6 +377,34 @@ impl State {
             .map(|m| m.rpc_addr)
     }
 
+    /// Tells one voter to forget pruned tombstones (PROTOCOL.md, "Locks"
+    /// 8), again every [`replication::REPLICATE_RETRY`] until it answers,
+    /// up to [`FORGET_ATTEMPTS`] times: a voter that never hears it only
+    /// keeps the tombstones (a later leader adopts and prunes them).
+    fn send_forget(&self, epoch: Epoch, to: NodeId, floor: Floor, entries: Vec<Entry>) {
+        let rpc = self.rpc.clone();
+        let addr = self.addr_of(to);
+        let voters = self.election.config_hash();
+        let timeout = self.election.timing().heartbeat * 2;
+        let request = Request::Voter(VoterRequest::Forget {
+            epoch,
+            voters,
+            floor,
+            locks: entries,
+        });
+        let Some(addr) = addr else {
+            return;
+        };
+        tokio::spawn(async move {
+            for _ in 0..FORGET_ATTEMPTS {
+                if let Ok(Response::Voter(_)) = rpc.call(addr, request.clone(), timeout).await {
+                    return;
+                }
+                tokio::time::sleep(replication::REPLICATE_RETRY).await;
+            }
+        });
+    }
+
     /// Sends one replication batch to one voter, after `delay`.
     pub(super) fn send_batch(
         &self,
@@ -387,6 +428,7 @@ impl State {
                     let request = Request::Voter(VoterRequest::Replicate {
                         epoch,
                         voters,
+                        batch,
                         locks: entries.clone(),
                     });
                     match rpc.call(addr, request, timeout).await {

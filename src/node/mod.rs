@@ -243,7 +243,7 @@ impl Driver {
         let state = State {
             election,
             locks,
-            copies: Copies::new(replica),
+            copies: Copies::new(replica, disk.floor()),
             disk: Arc::new(disk),
             gone: Default::default(),
             tickets: BTreeMap::new(),

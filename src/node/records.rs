@@ -183,6 +183,7 @@ impl State {
     pub(super) fn on_copy(&self, reply: oneshot::Sender<Response>) {
         let _ = reply.send(Response::Copy(VoterSnapshot {
             locks: self.copies.snapshot(),
+            floor: self.copies.floor(),
             life: self.life(),
         }));
     }

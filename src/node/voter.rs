@@ -8,9 +8,10 @@
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::ids::NodeId;
+use crate::ids::{Epoch, NodeId};
+use crate::locks::Entry;
 use crate::metrics::Metrics;
-use crate::replication::{Answer, Gate, Verdict};
+use crate::replication::{Answer, Floor, Gate, Verdict};
 use crate::rpc::VoterRequest;
 
 use super::State;
@@ -23,11 +24,20 @@ impl State {
         request: VoterRequest,
         reply: oneshot::Sender<Answer>,
     ) {
-        let VoterRequest::Replicate {
-            epoch,
-            voters,
-            locks: entries,
-        } = request;
+        let (epoch, voters, batch, entries) = match request {
+            VoterRequest::Replicate {
+                epoch,
+                voters,
+                batch,
+                locks,
+            } => (epoch, voters, batch, locks),
+            VoterRequest::Forget {
+                epoch,
+                voters,
+                floor,
+                locks,
+            } => return self.handle_forget(epoch, voters, floor, locks, reply),
+        };
         // E1, E7, V1: only a recovered voter of this configuration
         // merges, only at or above its promise, and a higher epoch
         // raises the promise (durably, before the ack).
@@ -46,9 +56,12 @@ impl State {
             Metrics::add(&self.metrics.election_voter_set_mismatches, 1);
             warn!(%from, "replication batch refused: the leader runs another voter set or other safety timings");
         }
-        match self.copies.on_batch(gate, entries) {
+        match self.copies.on_batch(gate, epoch, batch, entries) {
             Verdict::Refuse { promised } => {
                 let _ = reply.send(Answer::Refused { promised });
+            }
+            Verdict::Stale => {
+                let _ = reply.send(Answer::Stale);
             }
             Verdict::Ack { raise, entries } => {
                 // E8: acked once durable, the raised promise with the
@@ -63,5 +76,52 @@ impl State {
                 });
             }
         }
+    }
+
+    /// The leader of `epoch` had every voter hold these tombstones and
+    /// now has them forgotten, with `floor` (PROTOCOL.md, "Locks" 8):
+    /// taken only by a recovered voter of the same configuration that
+    /// promised exactly that epoch (one that moved on keeps them: a
+    /// later leader adopted them and prunes them in its own time);
+    /// answered once the floor and the drop are durable.
+    pub(super) fn handle_forget(
+        &mut self,
+        epoch: Epoch,
+        voters: u64,
+        floor: Floor,
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Answer>,
+    ) {
+        if !self.election.may_forget(epoch, voters) || floor.epoch != epoch {
+            let _ = reply.send(Answer::Refused {
+                promised: self.election.promised(),
+            });
+            return;
+        }
+        self.apply_forget(floor, entries, move |ok| {
+            if ok {
+                let _ = reply.send(Answer::Acked);
+            }
+        });
+    }
+
+    /// Forgets `entries` (each where it is held exactly) below `floor`:
+    /// this node's copies at once, its durable copy after the floor is
+    /// durable; `done` then.
+    pub(super) fn apply_forget(
+        &mut self,
+        floor: Floor,
+        entries: Vec<Entry>,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) {
+        let gone = self.copies.forget(floor, &entries);
+        Metrics::add(&self.metrics.lock_tombstones_pruned, gone.len() as u64);
+        let failed = self.failure_notice();
+        self.disk.forget(floor, entries, move |ok| {
+            if !ok {
+                failed();
+            }
+            done(ok);
+        });
     }
 }

@@ -14,12 +14,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Merge, Replica};
-use crate::ids::{Epoch, NodeId};
+use super::{Floor, Merge, Replica};
+use crate::ids::{BatchId, Epoch, NodeId};
 
 /// Pause before a replication batch is sent again to a voter that did
 /// not ack it.
 pub const REPLICATE_RETRY: Duration = Duration::from_millis(20);
+/// How many times a leader tells one voter to forget pruned tombstones
+/// while no answer comes, [`REPLICATE_RETRY`] apart: one that never hears
+/// it keeps them, which costs memory only.
+pub const FORGET_ATTEMPTS: usize = 50;
 
 /// How a recovering voter settled (E7), as the election decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,10 @@ pub enum Verdict<E> {
         /// This voter's promise.
         promised: Epoch,
     },
+    /// Refuse: the batch was sent before the leader had this voter
+    /// forget some entries ([`Floor`]); its content, if still needed,
+    /// comes again under a later id.
+    Stale,
 }
 
 /// A voter's answer to a batch, as it travels (`Response::Voter`) and as
@@ -88,6 +96,9 @@ pub enum Answer {
         /// The voter's promise.
         promised: Epoch,
     },
+    /// Refused: the batch is below the voter's [`Floor`] (it will never
+    /// take that id; what is still needed comes under a later one).
+    Stale,
 }
 
 /// What the leader of `epoch` does next with one voter and one batch.
@@ -111,12 +122,14 @@ pub enum Next {
 }
 
 /// The leader of `epoch`, after a voter's `answer` to a batch that is
-/// `pending` or not: count the ack; stop on a higher promise (E1); else
-/// resend while the batch still awaits its majority.
+/// `pending` or not: count the ack; stop on a higher promise (E1); drop
+/// a batch below the voter's floor; else resend while the batch still
+/// awaits its majority.
 pub fn after_answer(epoch: Epoch, answer: Option<Answer>, pending: bool) -> Next {
     match answer {
         Some(Answer::Acked) => Next::CountAck,
         Some(Answer::Refused { promised }) if promised > epoch => Next::Deposed { promised },
+        Some(Answer::Stale) => Next::Forget,
         _ if pending => Next::Resend {
             after: REPLICATE_RETRY,
         },
@@ -141,9 +154,11 @@ pub enum Settle<E: Merge> {
 pub struct Copies<E: Merge> {
     /// This node's copy (a voter's; a leader's own, voter or not).
     own: Replica<E>,
+    /// Below what this voter takes no batch (the leader had it forget).
+    floor: Floor,
     /// While recovering (E7): the latest copy each voter answered a sync
-    /// with.
-    heard: BTreeMap<NodeId, Vec<E>>,
+    /// with, and its floor.
+    heard: BTreeMap<NodeId, (Vec<E>, Floor)>,
     /// The epoch this node runs for (or leads) and the copies merged from
     /// its promises, its own included, plus every entry it issued as
     /// leader of that epoch.
@@ -151,13 +166,22 @@ pub struct Copies<E: Merge> {
 }
 
 impl<E: Merge> Copies<E> {
-    /// Starts from `own` (what the data directory holds, or nothing).
-    pub fn new(own: Replica<E>) -> Copies<E> {
+    /// Starts from `own` and `floor` (what the data directory holds, or
+    /// nothing).
+    pub fn new(own: Replica<E>, floor: Floor) -> Copies<E> {
         Copies {
             own,
+            floor,
             heard: BTreeMap::new(),
             candidacy: None,
         }
+    }
+
+    /// Below what this voter takes no batch; it travels with the copy
+    /// (promises and recovery answers), so a voter that copies from
+    /// others takes their floors too.
+    pub fn floor(&self) -> Floor {
+        self.floor
     }
 
     /// This node's copy.
@@ -187,10 +211,18 @@ impl<E: Merge> Copies<E> {
         self.own.entries().cloned().collect()
     }
 
-    /// A batch from the leader that the election let in or not.
-    pub fn on_batch(&mut self, gate: Gate, entries: Vec<E>) -> Verdict<E> {
+    /// Batch `batch` of the leader of `epoch`, which the election let in
+    /// or not.
+    pub fn on_batch(
+        &mut self,
+        gate: Gate,
+        epoch: Epoch,
+        batch: BatchId,
+        entries: Vec<E>,
+    ) -> Verdict<E> {
         match gate {
             Gate::Closed { promised, .. } => Verdict::Refuse { promised },
+            Gate::Open { .. } if self.floor.refuses(epoch, batch) => Verdict::Stale,
             Gate::Open { raise } => {
                 // Merged now; acked only once the disk holds them (E8),
                 // so an ack is checked on what the disk holds.
@@ -198,6 +230,32 @@ impl<E: Merge> Copies<E> {
                 Verdict::Ack { raise, entries }
             }
         }
+    }
+
+    /// The leader had every voter hold `entries` and now has them
+    /// forgotten, with `floor` (which must be above every batch it sent
+    /// before): each entry this node's copy holds exactly as given leaves
+    /// it (a later write of its key stays), and so does the candidacy's
+    /// merge. The entries that left this node's copy.
+    pub fn forget(&mut self, floor: Floor, entries: &[E]) -> Vec<E>
+    where
+        E: PartialEq,
+    {
+        self.floor = self.floor.max(floor);
+        if let Some((_, merged)) = &mut self.candidacy {
+            for e in entries {
+                if merged.get(e.key()) == Some(e) {
+                    merged.remove(e.key());
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for e in entries {
+            if self.own.get(e.key()) == Some(e) {
+                gone.extend(self.own.remove(e.key()));
+            }
+        }
+        gone
     }
 
     /// This node runs for `epoch`: its own copy is the first of those it
@@ -218,8 +276,8 @@ impl<E: Merge> Copies<E> {
 
     /// A voter answered this node's recovery sync with its copy (E7):
     /// kept, the latest per voter, until the recovery settles.
-    pub fn on_sync_answer(&mut self, from: NodeId, snapshot: Vec<E>) {
-        self.heard.insert(from, snapshot);
+    pub fn on_sync_answer(&mut self, from: NodeId, snapshot: Vec<E>, floor: Floor) {
+        self.heard.insert(from, (snapshot, floor));
     }
 
     /// This node, leading `epoch`, wrote `entries` in a batch: the term's
@@ -246,8 +304,11 @@ impl<E: Merge> Copies<E> {
 
     /// Settles the recovery (E7): copied from healthy voters, their
     /// merged copies replace this node's own; resumed, its own stays;
-    /// formed anew, every copy heard is merged into its own. `durable`:
-    /// the data directory already holds an initialized state.
+    /// formed anew, every copy heard is merged into its own. The floor
+    /// rises to the highest of the copies taken: a source that forgot an
+    /// entry holds that floor, and one that did not still holds the
+    /// entry. `durable`: the data directory already holds an initialized
+    /// state.
     pub fn settle(&mut self, how: &Recovery, durable: bool) -> Settle<E>
     where
         Replica<E>: PartialEq,
@@ -255,12 +316,17 @@ impl<E: Merge> Copies<E> {
         let heard = std::mem::take(&mut self.heard);
         match how {
             Recovery::Copied(from) => {
+                // The sources' floors only: this node's own may be of an
+                // earlier life of the cluster, whose epochs it reuses.
                 let mut copy = Replica::default();
+                let mut taken = Floor::default();
                 for id in from {
-                    if let Some(t) = heard.get(id) {
+                    if let Some((t, floor)) = heard.get(id) {
                         copy.merge_all(t.iter().cloned());
+                        taken = taken.max(*floor);
                     }
                 }
+                self.floor = taken;
                 let replaced = copy != self.own;
                 self.own = copy;
                 if replaced || !durable {
@@ -271,8 +337,9 @@ impl<E: Merge> Copies<E> {
             }
             Recovery::Own => Settle::Promise,
             Recovery::Anew => {
-                for t in heard.into_values() {
+                for (t, floor) in heard.into_values() {
                     self.own.merge_all(t);
+                    self.floor = self.floor.max(floor);
                 }
                 if durable {
                     Settle::Nothing
@@ -317,12 +384,14 @@ mod tests {
     /// leader hears this voter's promise.
     #[test]
     fn a_refused_batch_is_not_merged() {
-        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        let mut c = Copies::new(copy(&[Reg(1, 1)]), Floor::default());
         let v = c.on_batch(
             Gate::Closed {
                 promised: Epoch(7),
                 config_mismatch: false,
             },
+            Epoch(5),
+            BatchId(0),
             vec![Reg(1, 9)],
         );
         assert_eq!(v, Verdict::Refuse { promised: Epoch(7) });
@@ -333,11 +402,13 @@ mod tests {
     /// promise and the entries to be durable.
     #[test]
     fn an_admitted_batch_is_merged_and_acked_once_durable() {
-        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        let mut c = Copies::new(copy(&[Reg(1, 1)]), Floor::default());
         let v = c.on_batch(
             Gate::Open {
                 raise: Some(Epoch(4)),
             },
+            Epoch(4),
+            BatchId(0),
             vec![Reg(1, 2), Reg(2, 1)],
         );
         assert_eq!(
@@ -381,7 +452,7 @@ mod tests {
     /// another epoch is not merged.
     #[test]
     fn a_takeover_merges_the_promises_of_its_epoch() {
-        let mut c = Copies::new(copy(&[Reg(1, 1)]));
+        let mut c = Copies::new(copy(&[Reg(1, 1)]), Floor::default());
         assert_eq!(c.takeover(Epoch(3)), None, "no candidacy");
         c.start_candidacy(Epoch(3));
         c.on_promise(Epoch(3), vec![Reg(1, 2), Reg(2, 5)]);
@@ -395,7 +466,7 @@ mod tests {
     /// it issued, and a new candidacy starts from its own copy.
     #[test]
     fn what_a_leader_issued_stays_in_its_terms_copy() {
-        let mut c = Copies::new(Replica::default());
+        let mut c = Copies::new(Replica::default(), Floor::default());
         c.start_candidacy(Epoch(3));
         c.issued(Epoch(3), &[Reg(1, 7)]);
         c.issued(Epoch(2), &[Reg(2, 1)]);
@@ -410,17 +481,17 @@ mod tests {
     /// go), and only those voters' answers count.
     #[test]
     fn a_copy_from_healthy_voters_replaces_the_own() {
-        let mut c = Copies::new(copy(&[Reg(1, 9), Reg(4, 1)]));
-        c.on_sync_answer(n(2), vec![Reg(1, 2)]);
-        c.on_sync_answer(n(3), vec![Reg(2, 1)]);
-        c.on_sync_answer(n(3), vec![Reg(2, 3)]);
-        c.on_sync_answer(n(4), vec![Reg(5, 5)]);
+        let mut c = Copies::new(copy(&[Reg(1, 9), Reg(4, 1)]), Floor::default());
+        c.on_sync_answer(n(2), vec![Reg(1, 2)], Floor::default());
+        c.on_sync_answer(n(3), vec![Reg(2, 1)], Floor::default());
+        c.on_sync_answer(n(3), vec![Reg(2, 3)], Floor::default());
+        c.on_sync_answer(n(4), vec![Reg(5, 5)], Floor::default());
         let s = c.settle(&Recovery::Copied(vec![n(2), n(3)]), true);
         let expected = copy(&[Reg(1, 2), Reg(2, 3)]);
         assert_eq!(s, Settle::Initialize(expected.clone()));
         assert_eq!(c.own(), &expected);
         // The same copy again, on a durable directory: the promise only.
-        c.on_sync_answer(n(2), vec![Reg(1, 2), Reg(2, 3)]);
+        c.on_sync_answer(n(2), vec![Reg(1, 2), Reg(2, 3)], Floor::default());
         assert_eq!(
             c.settle(&Recovery::Copied(vec![n(2)]), true),
             Settle::Promise
@@ -431,12 +502,12 @@ mod tests {
     /// copy heard is merged, and a blank directory is initialized.
     #[test]
     fn resumed_keeps_the_own_and_anew_merges_all_heard() {
-        let mut c = Copies::new(copy(&[Reg(1, 1)]));
-        c.on_sync_answer(n(2), vec![Reg(1, 5)]);
+        let mut c = Copies::new(copy(&[Reg(1, 1)]), Floor::default());
+        c.on_sync_answer(n(2), vec![Reg(1, 5)], Floor::default());
         assert_eq!(c.settle(&Recovery::Own, true), Settle::Promise);
         assert_eq!(c.own(), &copy(&[Reg(1, 1)]));
-        c.on_sync_answer(n(2), vec![Reg(1, 5)]);
-        c.on_sync_answer(n(3), vec![Reg(2, 2)]);
+        c.on_sync_answer(n(2), vec![Reg(1, 5)], Floor::default());
+        c.on_sync_answer(n(3), vec![Reg(2, 2)], Floor::default());
         let expected = copy(&[Reg(1, 5), Reg(2, 2)]);
         assert_eq!(
             c.settle(&Recovery::Anew, false),
@@ -444,5 +515,82 @@ mod tests {
         );
         assert_eq!(c.own(), &expected);
         assert_eq!(c.settle(&Recovery::Anew, true), Settle::Nothing);
+    }
+
+    fn floor(epoch: u64, batch: u64) -> Floor {
+        Floor {
+            epoch: Epoch(epoch),
+            batch: BatchId(batch),
+        }
+    }
+
+    const OPEN: Gate = Gate::Open { raise: None };
+
+    /// "Locks" 8: an entry leaves only where it is held exactly as the
+    /// leader sent it (a later write of its key stays), the candidacy's
+    /// merge sheds it too, and from then on no batch of that epoch below
+    /// the floor is taken (a late resend of one that carried an older
+    /// entry of the key would put it back); batches at or above the
+    /// floor, and of other epochs, are.
+    #[test]
+    fn forgotten_entries_leave_exactly_and_batches_below_the_floor_are_refused() {
+        let mut c = Copies::new(copy(&[Reg(1, 5), Reg(2, 7), Reg(3, 1)]), Floor::default());
+        c.start_candidacy(Epoch(3));
+        let gone = c.forget(floor(3, 10), &[Reg(1, 5), Reg(2, 6), Reg(9, 1)]);
+        assert_eq!(gone, vec![Reg(1, 5)], "only the exact entry goes");
+        assert_eq!(c.own(), &copy(&[Reg(2, 7), Reg(3, 1)]));
+        assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(2, 7), Reg(3, 1)])));
+        assert_eq!(c.floor(), floor(3, 10));
+        assert_eq!(
+            c.on_batch(OPEN, Epoch(3), BatchId(9), vec![Reg(1, 4)]),
+            Verdict::Stale,
+            "a late batch sent before the forget"
+        );
+        assert_eq!(c.own().get(&1), None, "the forgotten key stays away");
+        assert!(matches!(
+            c.on_batch(OPEN, Epoch(3), BatchId(10), vec![Reg(1, 6)]),
+            Verdict::Ack { .. }
+        ));
+        assert!(matches!(
+            c.on_batch(OPEN, Epoch(4), BatchId(0), vec![Reg(4, 1)]),
+            Verdict::Ack { .. }
+        ));
+        // A lower floor never lowers it.
+        c.forget(floor(3, 2), &[]);
+        assert_eq!(c.floor(), floor(3, 10));
+    }
+
+    /// "Locks" 8, E7: a voter that copies from others takes the highest
+    /// floor among the copies it takes (a source that forgot an entry
+    /// holds that floor; one that did not still holds the entry).
+    #[test]
+    fn a_recovery_takes_the_highest_floor_of_the_copies_it_takes() {
+        let mut c = Copies::new(Replica::default(), floor(9, 4));
+        c.on_sync_answer(n(2), vec![Reg(2, 1)], floor(2, 8));
+        c.on_sync_answer(n(3), vec![Reg(1, 1)], floor(2, 3));
+        c.on_sync_answer(n(4), vec![], floor(9, 9));
+        c.settle(&Recovery::Copied(vec![n(2), n(3)]), false);
+        assert_eq!(
+            c.floor(),
+            floor(2, 8),
+            "n4's copy was not taken, and its own floor went with its copy"
+        );
+        assert_eq!(
+            c.on_batch(OPEN, Epoch(2), BatchId(7), vec![Reg(1, 0)]),
+            Verdict::Stale
+        );
+        let mut anew: Copies<Reg> = Copies::new(Replica::default(), Floor::default());
+        anew.on_sync_answer(n(2), vec![], floor(5, 1));
+        anew.settle(&Recovery::Anew, true);
+        assert_eq!(anew.floor(), floor(5, 1));
+    }
+
+    /// A voter's stale answer is never resent nor counted.
+    #[test]
+    fn a_stale_answer_stops_the_resends() {
+        assert_eq!(
+            after_answer(Epoch(5), Some(Answer::Stale), true),
+            Next::Forget
+        );
     }
 }

@@ -18,14 +18,40 @@
 mod copies;
 
 pub use copies::{
-    Answer, Copies, Gate, Next, REPLICATE_RETRY, Recovery, Settle, Verdict, after_answer,
+    Answer, Copies, FORGET_ATTEMPTS, Gate, Next, REPLICATE_RETRY, Recovery, Settle, Verdict,
+    after_answer,
 };
+
+/// Below what a voter takes no more batches: those of `epoch` with an id
+/// under `batch`. A leader that had every voter hold some tombstones and
+/// then told them to forget those entries sets it, so that no batch it
+/// sent before (a late resend still on the wire) can put an older entry
+/// of a forgotten key back. Ordered by epoch, then id; the default takes
+/// everything.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Floor {
+    /// The epoch of the leader that set it.
+    pub epoch: Epoch,
+    /// Its batches with a lower id are refused.
+    pub batch: BatchId,
+}
+
+impl Floor {
+    /// True if this floor refuses batch `batch` of `epoch`.
+    pub fn refuses(&self, epoch: Epoch, batch: BatchId) -> bool {
+        epoch == self.epoch && batch < self.batch
+    }
+}
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::ids::{BatchId, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BatchId, Epoch, NodeId};
 
 /// Replication rounds awaiting a majority before the next one is sent.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
@@ -112,6 +138,11 @@ impl<E: Merge> Replica<E> {
         Q: Ord + ?Sized,
     {
         self.entries.get(key)
+    }
+
+    /// Removes one key's entry; the entry it held.
+    pub fn remove(&mut self, key: &E::Key) -> Option<E> {
+        self.entries.remove(key)
     }
 
     /// Keeps only the entries `keep` accepts; how many went.
@@ -259,6 +290,26 @@ impl<E: Clone, X> Batches<E, X> {
             }
         }
         stale
+    }
+
+    /// Every batch in flight goes back into the open batch, to be sent
+    /// again under a new id (a floor was set above their ids); their old
+    /// ids.
+    pub fn requeue_all(&mut self) -> Vec<BatchId> {
+        let ids: Vec<BatchId> = self.in_flight.keys().copied().collect();
+        for b in std::mem::take(&mut self.in_flight).into_values() {
+            self.open.extend(b.entries);
+            self.open_effects.extend(b.effects);
+        }
+        ids
+    }
+
+    /// Every entry in flight or open.
+    pub fn entries(&self) -> impl Iterator<Item = &E> {
+        self.in_flight
+            .values()
+            .flat_map(|b| b.entries.iter())
+            .chain(self.open.iter())
     }
 
     /// Every effect still waiting, in flight first, then open (a leader

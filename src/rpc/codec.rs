@@ -21,8 +21,10 @@ use serde::de::DeserializeOwned;
 /// lock or idempotency claim) and carry a claim's facts. 5: lock entries
 /// carry the epoch that wrote them; anti-entropy walks (`Page`, `Ids`,
 /// `Fetch`). 6: a voter's snapshot carries its life; `Life` and `Copy`
-/// (completions settled out of the lock copies into the records).
-pub const WIRE_VERSION: u16 = 6;
+/// (completions settled out of the lock copies into the records). 7: a
+/// replication batch carries its id; `Forget` (tombstones every voter
+/// holds, pruned) and the voter's floor in its snapshot; `Answer::Stale`.
+pub const WIRE_VERSION: u16 = 7;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Bytes of the length prefix.

@@ -91,6 +91,9 @@ pub struct VoterSnapshot {
     pub locks: Vec<Entry>,
     /// The voter's life when it sent it.
     pub life: Life,
+    /// Below what the voter takes no batch (a voter that copies this
+    /// table takes it too).
+    pub floor: crate::replication::Floor,
 }
 
 /// Leader to voters.
@@ -104,7 +107,22 @@ pub enum VoterRequest {
         epoch: Epoch,
         /// Configuration hash (voter set and safety timings).
         voters: u64,
+        /// The batch's id (unique for the life of the leader's table).
+        batch: crate::ids::BatchId,
         /// The batch's lock entries.
+        locks: Vec<Entry>,
+    },
+    /// Forget these tombstones, each where it is held exactly as given,
+    /// and take no more batches of this epoch below `floor`: every voter
+    /// held them durably (PROTOCOL.md, "Locks" 8). Answered once durable.
+    Forget {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// Configuration hash (voter set and safety timings).
+        voters: u64,
+        /// Above every batch the leader sent before.
+        floor: crate::replication::Floor,
+        /// The tombstones.
         locks: Vec<Entry>,
     },
 }

@@ -69,6 +69,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Election(E::Probe { .. }) => "probe",
         Request::Election(E::Sync { .. }) => "sync",
         Request::Voter(V::Replicate { .. }) => "lock-replicate",
+        Request::Voter(V::Forget { .. }) => "lock-forget",
         Request::Lock(_) => "lock",
         Request::Reconcile(_) => "reconcile",
         Request::Time => "time",

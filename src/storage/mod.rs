@@ -49,10 +49,14 @@ use std::time::Duration;
 use crate::election::Memory;
 use crate::ids::{Epoch, NodeId};
 use crate::locks::{Entry, Replica};
+use crate::replication::Floor;
 
 const IDENTITY_FILE: &str = "identity";
 const PROMISE_FILE: &str = "promise";
 const LOCKS_FILE: &str = "locks.log";
+/// Below what this voter takes no batch (`replication::Floor`): `epoch
+/// batch`, written before the entries it lets the copy forget leave it.
+const FLOOR_FILE: &str = "floor";
 const GENERATION_FILE: &str = "generation";
 /// Where the run of the last generation held the directory's lock
 /// (`RunPlace`): its generation, machine id, boot id and the lock file's
@@ -173,6 +177,8 @@ pub struct DataDir {
     node: NodeId,
     /// The log replayed at open, for the persister's appends.
     log: Option<LockLog>,
+    /// The floor the directory holds (the default without one).
+    floor: Floor,
     /// The directory's lock, held as its [`LockScope`] says.
     _lock: DirLock,
 }
@@ -458,12 +464,14 @@ impl DataDir {
         create_dir_durably(path)?;
         let (lock, anew) = take_dir_lock(path, scope)?;
         let (log, stored) = read_dir(path, cluster, node, warnings)?;
+        let floor = read_floor(path)?;
         Ok((
             DataDir {
                 path: path.to_path_buf(),
                 cluster: cluster.to_string(),
                 node,
                 log,
+                floor,
                 _lock: lock,
             },
             stored,
@@ -550,6 +558,37 @@ impl DataDir {
 
     fn save_promise(&self, epoch: Epoch) -> io::Result<()> {
         replace_file(&self.path, PROMISE_FILE, format!("{epoch}\n").as_bytes())
+    }
+
+    /// The floor the directory holds (read at open).
+    pub fn floor(&self) -> Floor {
+        self.floor
+    }
+
+    fn save_floor(&self, floor: Floor) -> io::Result<()> {
+        let line = format!("{} {}\n", floor.epoch, floor.batch);
+        replace_file(&self.path, FLOOR_FILE, line.as_bytes())
+    }
+}
+
+/// The floor of the directory `path`: the default when it has none.
+fn read_floor(path: &Path) -> io::Result<Floor> {
+    let file = path.join(FLOOR_FILE);
+    let text = match fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Floor::default()),
+        Err(e) => return Err(e),
+    };
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(epoch)), Some(Ok(batch)), None) => Ok(Floor {
+            epoch: Epoch(epoch),
+            batch: crate::ids::BatchId(batch),
+        }),
+        _ => Err(invalid(
+            &file,
+            "does not hold an epoch and a batch id; remove the data directory to have this voter recover from the others",
+        )),
     }
 }
 
@@ -757,6 +796,12 @@ impl LockLog {
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
         self.records += entries.len();
+        self.compact_if_sparse(replica)
+    }
+
+    /// Rewrites the log from `replica` once it is mostly superseded (or
+    /// holds entries the copy shed).
+    pub fn compact_if_sparse(&mut self, replica: &Replica) -> io::Result<()> {
         if self.records > 4 * replica.len() + 4096 {
             *self = LockLog::create(&self.path, replica)?;
         }
@@ -817,8 +862,30 @@ pub struct Job {
     /// durable copy: the records file holds their completions, synced
     /// (PROTOCOL.md, "Idempotency" 8).
     pub settle: Vec<(crate::locks::Name, crate::ids::Token)>,
+    /// Raise the floor to this, durably, before anything else of the job
+    /// (a forget's entries leave only below it).
+    pub floor: Option<Floor>,
+    /// Drop these entries, each where the durable copy holds it exactly
+    /// (PROTOCOL.md, "Locks" 8); the log sheds them at its next rewrite.
+    pub forget: Vec<Entry>,
     /// Called once all of it is durable (`true`), or cannot be (`false`).
     pub done: Done,
+}
+
+impl Job {
+    /// A job that writes nothing and then calls `done`.
+    pub fn new(done: impl FnOnce(bool) + Send + 'static) -> Job {
+        Job {
+            promise: None,
+            entries: Vec::new(),
+            init: None,
+            collect: None,
+            settle: Vec::new(),
+            floor: None,
+            forget: Vec::new(),
+            done: Box::new(done),
+        }
+    }
 }
 
 /// The durable state and the files behind it.
@@ -829,6 +896,8 @@ struct Disk {
     /// not on the driver's in-memory copy).
     replica: Replica,
     promised: Epoch,
+    /// The floor the directory holds.
+    floor: Floor,
     /// `promised`, readable without the lock (lease checker, reply gate).
     promised_cell: Arc<AtomicU64>,
     /// `log.is_some()`, readable without the lock.
@@ -855,6 +924,15 @@ impl Disk {
             return false;
         }
         let result = (|| -> io::Result<()> {
+            // The floor first: written in a blank directory too, so that
+            // the copy it is initialized with never holds less.
+            if let Some(floor) = jobs.iter().filter_map(|j| j.floor).max()
+                && floor > self.floor
+                && let Some(dir) = &self.dir
+            {
+                dir.save_floor(floor)?;
+                self.floor = floor;
+            }
             for job in jobs {
                 if let (Some((promised, replica)), Some(dir)) = (&job.init, &self.dir) {
                     self.log = Some(dir.initialize(*promised, replica)?);
@@ -886,10 +964,24 @@ impl Disk {
                     !(e.is_settleable() && settled.contains(&(e.name.clone(), e.token)))
                 });
             }
+            // Merged before the forgets: an older entry taken before the
+            // floor rose (a late batch in the same group) must meet the
+            // tombstone it loses to, not an empty slot.
             let changed = self
                 .replica
                 .merge_all(jobs.iter().flat_map(|j| j.entries.iter().cloned()));
-            log.append(&changed, &self.replica)
+            let mut forgot = false;
+            for e in jobs.iter().flat_map(|j| j.forget.iter()) {
+                if self.replica.get(&e.name) == Some(e) {
+                    self.replica.remove(&e.name);
+                    forgot = true;
+                }
+            }
+            log.append(&changed, &self.replica)?;
+            if forgot {
+                log.compact_if_sparse(&self.replica)?;
+            }
+            Ok(())
         })();
         match result {
             Ok(()) => true,
@@ -938,6 +1030,7 @@ impl std::fmt::Debug for Persister {
 impl Persister {
     fn with(mut dir: Option<DataDir>, stored: &Stored) -> Persister {
         let log = dir.as_mut().and_then(|d| d.log.take());
+        let floor = dir.as_ref().map_or(Floor::default(), DataDir::floor);
         let (replica, promised) = match stored {
             Stored::Initialized { promised, replica } if log.is_some() => {
                 (replica.clone(), *promised)
@@ -953,6 +1046,7 @@ impl Persister {
                 log,
                 replica,
                 promised,
+                floor,
                 promised_cell: promised_cell.clone(),
                 initialized: initialized.clone(),
                 failed: false,
@@ -1062,25 +1156,41 @@ impl Persister {
         self.submit(Job {
             promise,
             entries,
-            init: None,
-            collect: None,
-            settle: Vec::new(),
-            done: Box::new(done),
+            ..Job::new(done)
         });
     }
 
     /// Initializes a blank data directory with this voter's recovered
-    /// state (E7), or rewrites an initialized one with a replaced copy;
-    /// later jobs follow it. Without a data directory it does nothing.
-    pub fn initialize(&self, promised: Epoch, replica: Replica) {
+    /// state (E7) and its floor, or rewrites an initialized one with a
+    /// replaced copy; later jobs follow it. Without a data directory it
+    /// does nothing.
+    pub fn initialize(&self, promised: Epoch, replica: Replica, floor: Floor) {
         self.submit(Job {
-            promise: None,
-            entries: Vec::new(),
             init: Some((promised, replica)),
-            collect: None,
-            settle: Vec::new(),
-            done: Box::new(|_| {}),
+            floor: Some(floor),
+            ..Job::new(|_| {})
         });
+    }
+
+    /// Raises the floor to `floor`, then drops `entries` from the durable
+    /// copy, each where it holds it exactly (PROTOCOL.md, "Locks" 8);
+    /// `done` runs once both are durable.
+    pub fn forget(
+        &self,
+        floor: Floor,
+        entries: Vec<Entry>,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) {
+        self.submit(Job {
+            floor: Some(floor),
+            forget: entries,
+            ..Job::new(done)
+        });
+    }
+
+    /// The floor the data directory holds now (the default without one).
+    pub fn floor(&self) -> Floor {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner()).floor
     }
 
     /// Drops from the durable copy the claims' tombstones collectable at
@@ -1088,12 +1198,8 @@ impl Persister {
     /// when it is next rewritten.
     pub fn collect(&self, wall_ms: u64) {
         self.submit(Job {
-            promise: None,
-            entries: Vec::new(),
-            init: None,
             collect: Some(wall_ms),
-            settle: Vec::new(),
-            done: Box::new(|_| {}),
+            ..Job::new(|_| {})
         });
     }
 
@@ -1102,12 +1208,8 @@ impl Persister {
     /// synced; the log sheds them when it is next rewritten.
     pub fn settle(&self, settled: Vec<(crate::locks::Name, crate::ids::Token)>) {
         self.submit(Job {
-            promise: None,
-            entries: Vec::new(),
-            init: None,
-            collect: None,
             settle: settled,
-            done: Box::new(|_| {}),
+            ..Job::new(|_| {})
         });
     }
 }

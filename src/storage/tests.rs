@@ -176,7 +176,7 @@ fn e8_entries_already_in_memory_are_written_before_the_ack() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);
-    p.initialize(Epoch(3), Replica::default());
+    p.initialize(Epoch(3), Replica::default(), Floor::default());
     let acked = Arc::new(Mutex::new(None));
     let a = acked.clone();
     // The driver's own copy already has "x" (it merged it from a promise);
@@ -209,7 +209,7 @@ fn a_blank_directory_holds_nothing_until_initialized() {
     assert_eq!(peek(root.path(), 1).unwrap().0, Stored::Blank);
     let mut copied = Replica::default();
     copied.merge(held("y", 3));
-    p.initialize(Epoch(5), copied.clone());
+    p.initialize(Epoch(5), copied.clone(), Floor::default());
     assert!(p.is_durable());
     assert_eq!(
         peek(root.path(), 1).unwrap().0,
@@ -228,7 +228,7 @@ fn callbacks_run_outside_the_disk_lock() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Arc::new(Persister::thread(dir, &stored).unwrap());
-    p.initialize(Epoch(1), Replica::default());
+    p.initialize(Epoch(1), Replica::default(), Floor::default());
     let (asked_tx, asked_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     p.persist(Some(Epoch(2)), vec![held("x", 3)], move |ok| {
@@ -319,7 +319,7 @@ fn collected_tombstones_leave_the_durable_copy_and_the_log() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);
-    p.initialize(Epoch(3), Replica::default());
+    p.initialize(Epoch(3), Replica::default(), Floor::default());
     let mut entries: Vec<Entry> = (0..5000)
         .map(|i| tombstone(format!("k{i}"), 10 + i, 1000, false))
         .collect();
@@ -347,7 +347,7 @@ fn settled_tombstones_leave_the_durable_copy_and_the_log() {
     let root = tempfile::tempdir().unwrap();
     let (dir, stored, _) = open(root.path(), 1).unwrap();
     let p = Persister::inline(dir, &stored, Duration::ZERO);
-    p.initialize(Epoch(3), Replica::default());
+    p.initialize(Epoch(3), Replica::default(), Floor::default());
     let mut entries: Vec<Entry> = (0..5000)
         .map(|i| completed(&format!("k{i}"), 10 + i))
         .collect();
@@ -547,4 +547,75 @@ fn only_the_same_lock_file_on_the_same_machine_proves_a_run_ended() {
     let (again, _, anew) = open_scoped(&dir, LockScope::Process).unwrap();
     assert!(!anew, "and is kept on the new one");
     drop(again);
+}
+
+/// "Locks" 8: a forget raises the floor durably first, then drops from
+/// the durable copy the entries it holds exactly as given (a later
+/// write of a key stays); the log sheds them at its rewrite, so a
+/// restart finds neither them nor a lower floor. A blank directory
+/// initialized from others' copies holds their floor.
+#[test]
+fn a_forget_holds_its_floor_and_sheds_its_entries_across_a_restart() {
+    let user_tombstone = |name: String, token: u64| Entry {
+        name: Name::lock(name),
+        token: Token(token),
+        state: EntryState::Free { request_id: None },
+        claim: None,
+        written: Epoch(3),
+    };
+    let floor = Floor {
+        epoch: Epoch(3),
+        batch: crate::ids::BatchId(10),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    assert_eq!(dir.floor(), Floor::default(), "none yet");
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(Epoch(3), Replica::default(), Floor::default());
+    let mut entries: Vec<Entry> = (0..5000)
+        .map(|i| user_tombstone(format!("k{i}"), 10 + i))
+        .collect();
+    entries.push(held("lock", 2));
+    entries.push(user_tombstone("regranted".into(), 9000));
+    p.persist(None, entries.clone(), |ok| assert!(ok));
+    let mut forget: Vec<Entry> = entries[..5000].to_vec();
+    forget.push(user_tombstone("regranted".into(), 8999));
+    let (tx, rx) = std::sync::mpsc::channel();
+    p.forget(floor, forget, move |ok| tx.send(ok).unwrap());
+    assert_eq!(rx.recv(), Ok(true));
+    assert_eq!(p.floor(), floor);
+    p.forget(
+        Floor {
+            epoch: Epoch(3),
+            batch: crate::ids::BatchId(2),
+        },
+        Vec::new(),
+        |ok| assert!(ok),
+    );
+    drop(p);
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    assert_eq!(dir.floor(), floor, "never lowered, and durable");
+    let Stored::Initialized { replica, .. } = stored else {
+        panic!("{stored:?}")
+    };
+    let names: Vec<String> = replica.entries().map(|e| e.name.text.clone()).collect();
+    assert_eq!(names, ["lock", "regranted"]);
+    drop(dir);
+
+    let blank = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(blank.path(), 1).unwrap();
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(Epoch(4), Replica::default(), floor);
+    drop(p);
+    let (dir, _, _) = open(blank.path(), 1).unwrap();
+    assert_eq!(dir.floor(), floor);
+}
+
+/// A floor file that does not hold a floor refuses the start, naming it.
+#[test]
+fn a_corrupt_floor_refuses_the_start() {
+    let root = tempfile::tempdir().unwrap();
+    fs::write(root.path().join(FLOOR_FILE), "3\n").unwrap();
+    let err = open(root.path(), 1).unwrap_err();
+    assert!(err.to_string().contains("floor"), "{err}");
 }

@@ -13,6 +13,7 @@ struct Harness {
     table: LockTable,
     replies: Vec<(Ticket, LockReply)>,
     batches: Vec<(BatchId, Vec<Entry>)>,
+    forgets: Vec<(Floor, Vec<Entry>)>,
     new_epoch: bool,
     spent: bool,
     next: u64,
@@ -32,6 +33,7 @@ impl Harness {
             table,
             replies: Vec::new(),
             batches: Vec::new(),
+            forgets: Vec::new(),
             new_epoch: false,
             spent: false,
             next: 0,
@@ -67,6 +69,7 @@ impl Harness {
             match o {
                 LockOutput::Reply { ticket, reply } => self.replies.push((ticket, reply)),
                 LockOutput::Replicate { batch, entries } => self.batches.push((batch, entries)),
+                LockOutput::Forget { floor, entries } => self.forgets.push((floor, entries)),
                 LockOutput::NewEpochNeeded => self.new_epoch = true,
                 LockOutput::TokensSpent => self.spent = true,
                 LockOutput::Completed { key, claim, facts } => {
@@ -2080,4 +2083,133 @@ fn watches_past_the_bound_are_told_to_retry() {
         Some(LockReply::NoQuorum),
         "told to retry, not a status that sends it straight back"
     );
+}
+
+impl Harness {
+    /// Takes `name`, commits the grant and releases it; the tombstone
+    /// is committed too (by `ME` and node 2).
+    fn take_and_release(&mut self, now: u64, name: &str) -> Token {
+        let t = self.acquire(now, name, 1000, 0, Some(name));
+        self.commit(now, &[ME, NodeId(2)]);
+        let tok = self.granted(t);
+        let r = self.ticket();
+        let out = self.table.handle_release(ms(now), r, name, tok);
+        self.absorb(out);
+        self.commit(now, &[ME, NodeId(2)]);
+        assert_eq!(self.reply(r), Some(LockReply::Released));
+        tok
+    }
+
+    fn knows(&self, name: &str) -> bool {
+        let term = self.table.term.as_ref().unwrap();
+        term.known.get(&Name::lock(name)).is_some()
+    }
+
+    fn tick(&mut self, now: u64) {
+        let out = self.table.handle_tick(ms(now));
+        self.absorb(out);
+    }
+
+    /// Every voter in `from` acks batch `batch`.
+    fn ack(&mut self, now: u64, batch: BatchId, from: &[NodeId]) {
+        for &v in from {
+            let out = self.table.handle_ack(ms(now), batch, v);
+            self.absorb(out);
+        }
+    }
+}
+
+const EVERY_MS: u64 = PRUNE_EVERY.as_millis() as u64;
+
+/// "Locks" 8 (review 5): a released lock's tombstone is forgotten only
+/// once every voter (not a majority) acked the prune round that sent it
+/// again: a voter left with the grant could otherwise lead, adopt it
+/// and answer a retry with a token below a later one (K1).
+#[test]
+fn a_tombstone_is_pruned_only_once_every_voter_holds_it() {
+    let mut h = Harness::new();
+    let tok = h.take_and_release(0, "a");
+    h.tick(EVERY_MS - 1);
+    assert!(h.batches.is_empty(), "no round before one is due");
+    h.tick(EVERY_MS);
+    let (round, entries) = h.batches.pop().expect("a round");
+    assert_eq!(entries.len(), 1);
+    assert!(!entries[0].is_held() && entries[0].token == tok);
+    assert!(h.table.is_pending(round), "resent until every voter acks");
+    h.ack(EVERY_MS + 1, round, &[ME, NodeId(2)]);
+    assert!(h.forgets.is_empty(), "a majority is not enough");
+    assert!(h.knows("a"));
+    h.ack(EVERY_MS + 2, round, &[NodeId(3)]);
+    let (floor, gone) = h.forgets.pop().expect("forgotten");
+    assert_eq!(gone, entries);
+    assert_eq!(floor.epoch, Epoch(5));
+    assert!(floor.batch > round, "above every batch sent before");
+    assert!(!h.knows("a"));
+    assert!(!h.table.is_pending(round));
+    assert_eq!(h.table.pruned_total(), 1);
+    // The name is free, and its next grant's token is above the last.
+    let t = h.acquire(EVERY_MS + 3, "a", 1000, 0, None);
+    h.commit(EVERY_MS + 3, &[ME, NodeId(2)]);
+    assert!(h.granted(t) > tok);
+}
+
+/// "Locks" 8: what changed while the round waited stays: a lock granted
+/// again, or one a batch still carries, is not forgotten; the batches in
+/// flight go out again under ids above the floor (a voter refuses those
+/// below it), and an ack of an old id commits nothing.
+#[test]
+fn a_prune_forgets_nothing_that_changed_and_resends_what_flies_above_its_floor() {
+    let mut h = Harness::new();
+    h.take_and_release(0, "a");
+    h.take_and_release(0, "b");
+    h.take_and_release(0, "c");
+    h.tick(EVERY_MS);
+    let (round, entries) = h.batches.pop().expect("a round");
+    assert_eq!(entries.len(), 3);
+    // "a" is taken again and its grant is in flight.
+    let t = h.acquire(EVERY_MS + 1, "a", 1000, 0, None);
+    let out = h.table.flush();
+    h.absorb(out);
+    let (in_flight, _) = h.batches.pop().expect("the grant's batch");
+    assert!(in_flight > round);
+    h.ack(EVERY_MS + 2, round, &V);
+    let (floor, gone) = h.forgets.pop().expect("forgotten");
+    let names: Vec<&str> = gone.iter().map(|e| e.name.text.as_str()).collect();
+    assert_eq!(names, ["b", "c"], "a was granted again");
+    assert!(floor.batch > in_flight);
+    let (resent, carried) = h.batches.pop().expect("sent again");
+    assert!(resent >= floor.batch, "above the floor");
+    assert!(carried.iter().any(|e| e.name.text == "a" && e.is_held()));
+    h.ack(EVERY_MS + 3, in_flight, &V);
+    assert_eq!(h.reply(t), None, "the old id commits nothing");
+    h.ack(EVERY_MS + 3, resent, &[ME, NodeId(2)]);
+    h.granted(t);
+}
+
+/// "Locks" 8: a round that not every voter acks within PRUNE_WAIT is
+/// given up (a voter down holds pruning back; the tombstones stay), and
+/// the next starts PRUNE_EVERY later under a new id.
+#[test]
+fn a_prune_round_one_voter_misses_is_given_up_and_tried_again() {
+    let mut h = Harness::new();
+    h.take_and_release(0, "a");
+    h.tick(EVERY_MS);
+    let (round, _) = h.batches.pop().expect("a round");
+    h.ack(EVERY_MS, round, &[ME, NodeId(2)]);
+    let wait = PRUNE_WAIT.as_millis() as u64;
+    h.tick(EVERY_MS + wait);
+    assert!(!h.table.is_pending(round), "given up");
+    h.ack(EVERY_MS + wait, round, &[NodeId(3)]);
+    assert!(
+        h.forgets.is_empty(),
+        "a late ack of a given-up round forgets nothing"
+    );
+    assert!(h.knows("a"));
+    h.tick(2 * EVERY_MS + wait - 1);
+    assert!(h.batches.is_empty());
+    h.tick(2 * EVERY_MS + wait);
+    let (again, _) = h.batches.pop().expect("tried again");
+    assert!(again > round);
+    h.ack(2 * EVERY_MS + wait, again, &V);
+    assert_eq!(h.forgets.len(), 1);
 }
