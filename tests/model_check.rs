@@ -888,14 +888,7 @@ impl Sys {
                         promised: node.election.promised(),
                     }
                 };
-                let item = Item::Answer {
-                    to: from,
-                    to_life: from_life,
-                    from: node.id,
-                    body,
-                    reply: Reply::Voter(answer),
-                };
-                self.net.push(item);
+                self.answer_voter(i, from, from_life, body, answer);
             }
             Body::Batch {
                 epoch,
@@ -922,17 +915,22 @@ impl Sys {
                         Answer::Acked
                     }
                 };
-                let item = Item::Answer {
-                    to: from,
-                    to_life: from_life,
-                    from: node.id,
-                    body,
-                    reply: Reply::Voter(answer),
-                };
-                self.net.push(item);
+                self.answer_voter(i, from, from_life, body, answer);
             }
         }
         self.flush(i);
+    }
+
+    /// Live node `i` answers a voter request of `from`'s life `from_life`.
+    fn answer_voter(&mut self, i: usize, from: NodeId, from_life: u32, body: Body, answer: Answer) {
+        let item = Item::Answer {
+            to: from,
+            to_life: from_life,
+            from: self.nodes[i].id,
+            body,
+            reply: Reply::Voter(answer),
+        };
+        self.net.push(item);
     }
 
     /// Client `c`'s call number `call` reaches live node `i` (at once:
