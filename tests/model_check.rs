@@ -974,7 +974,7 @@ impl Sys {
                             Some(ElectionResponse::Promise { epoch: promised }),
                         ) if epoch == promised => node.copies.on_promise(*epoch, table.0),
                         (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
-                            if !node.election.recovered() =>
+                            if node.election.keeps_sync_copy(&request) =>
                         {
                             node.copies.on_sync_answer(from, table.0, table.1)
                         }

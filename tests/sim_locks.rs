@@ -2087,3 +2087,68 @@ async fn review_5_a_voter_cut_off_holds_pruning_back() {
     }
     c.shutdown().await;
 }
+
+/// Review 6, scripted: voter 2 acks a prune round and restarts while
+/// voter 3, whose replication is cut, still holds the old grant of
+/// "r"; 3's answer to 2's early recovery syncs carries that grant. The
+/// round then completes (2's old ack counts) and 1 and 3 forget the
+/// lock. Had 2 copied from that early answer, it would hold the old
+/// grant again: once 1 dies, 2 would adopt it and tell a retry of "r"
+/// its token, below a later grant. It copies only from answers to
+/// syncs sent once its old answers expired.
+#[tokio::test(start_paused = true)]
+async fn review_6_a_recovery_does_not_copy_an_answer_older_than_a_prune() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 4, 3, None).await;
+    assert_eq!(c.led().await, NodeId(1));
+    let served_at = c.now();
+    let ttl = Duration::from_millis(3000);
+    let client = NodeId(4);
+    let first = match ask(c.mesh(client), acquire_with_id("job", ttl, "r")).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {seed})"),
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.drop_requests(NodeId(1), NodeId(3), "lock-replicate");
+    let release = LockRequest::Release {
+        name: "job".into(),
+        token: first,
+    };
+    assert_eq!(ask(c.mesh(client), release).await, LockReply::Released);
+    let later = match ask(c.mesh(client), acquire_with_id("job", ttl, "s")).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {seed})"),
+    };
+    let release = LockRequest::Release {
+        name: "job".into(),
+        token: later,
+    };
+    assert_eq!(ask(c.mesh(client), release).await, LockReply::Released);
+    // The first prune round starts about 10 s after the takeover: 2
+    // acks it, 3 does not hear it; 2 restarts with the round pending.
+    let round = served_at + Duration::from_millis(10_100);
+    tokio::time::sleep(round.saturating_sub(c.now())).await;
+    c.kill(NodeId(2)).await;
+    c.restart(NodeId(2)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.drop_requests(NodeId(2), NodeId(3), "sync");
+    c.keep_requests(NodeId(1), NodeId(3), "lock-replicate");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        pruned(c.mesh(NodeId(1))) >= 1 && pruned(c.mesh(NodeId(3))) >= 1,
+        "the round completed with 2's old ack (seed {seed})"
+    );
+    c.keep_requests(NodeId(2), NodeId(3), "sync");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kill(NodeId(1)).await;
+    assert_eq!(c.led().await, NodeId(2));
+    match ask(c.mesh(client), acquire_with_id("job", ttl, "r")).await {
+        LockReply::Granted { token, .. } => assert!(
+            token > later,
+            "a retry of \"r\" was told {token}, below the later grant {later} (seed {seed})"
+        ),
+        LockReply::Ended | LockReply::Held => {}
+        other => panic!("{other:?} (seed {seed})"),
+    }
+    c.shutdown().await;
+}

@@ -235,6 +235,11 @@ pub enum ElectionRequest {
     Sync {
         /// Voter-set hash.
         voters: u64,
+        /// Sent once every answer the asking voter gave before its start
+        /// has expired ([`Timing::old_answers_expire`]): only answers to
+        /// such syncs are copied, so none predates what those old answers
+        /// helped decide (a batch, or a prune that forgot tombstones).
+        fresh: bool,
     },
 }
 
@@ -435,6 +440,9 @@ pub struct Election {
     resigned_epoch: Epoch,
     /// Answers to recovery syncs: promise, recovering, up time, memory.
     sync_replies: BTreeMap<NodeId, (Epoch, bool, u64, Memory)>,
+    /// The same, from answers to fresh syncs only: the copy is taken
+    /// from these.
+    fresh_replies: BTreeMap<NodeId, (Epoch, bool, u64, Memory)>,
     last_sync_at: Option<Duration>,
     /// The highest leader epoch any member gossips (E7's evidence of an
     /// earlier life of the cluster).
@@ -499,6 +507,7 @@ impl Election {
             blackout_epoch: Epoch::ZERO,
             resigned_epoch: Epoch::ZERO,
             sync_replies: BTreeMap::new(),
+            fresh_replies: BTreeMap::new(),
             last_sync_at: None,
             gossiped_epoch: Epoch::ZERO,
             led_epoch: Epoch::ZERO,
@@ -693,13 +702,22 @@ impl Election {
         let sync = self
             .last_sync_at
             .is_none_or(|at| now >= at + self.timing.heartbeat);
+        // A copy is taken only once every answer of this voter's earlier
+        // life has expired, and only from answers given after that: an
+        // old ack or promise could otherwise decide a batch, an election
+        // or a prune that a copy taken earlier would miss (a prune's
+        // forgotten tombstones would leave an older grant in it).
+        let copy_ready = now >= self.started_at + self.timing.old_answers_expire();
         if sync {
             self.last_sync_at = Some(now);
             for &v in &self.voters {
                 if v != self.id {
                     out.push(Output::Send {
                         to: v,
-                        request: ElectionRequest::Sync { voters: self.hash },
+                        request: ElectionRequest::Sync {
+                            voters: self.hash,
+                            fresh: copy_ready,
+                        },
                     });
                 }
             }
@@ -713,12 +731,14 @@ impl Election {
         // grant a majority ever acked. This also protects a durable voter
         // whose directory is a restored snapshot, or an earlier life's.
         let need = (self.voters.len() - 1) / 2 + 1;
-        let healthy: Vec<(NodeId, Epoch)> = self
-            .sync_replies
-            .iter()
-            .filter(|(_, (_, recovering, _, _))| !recovering)
-            .map(|(id, (p, ..))| (*id, *p))
-            .collect();
+        let healthy_in = |replies: &BTreeMap<NodeId, (Epoch, bool, u64, Memory)>| -> Vec<NodeId> {
+            replies
+                .iter()
+                .filter(|(_, (_, recovering, _, _))| !recovering)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let healthy = healthy_in(&self.sync_replies);
         // K1: a promise beyond the last usable epoch is no promise.
         let heard = self
             .sync_replies
@@ -726,14 +746,10 @@ impl Election {
             .map(|(p, ..)| *p)
             .filter(|p| *p <= Epoch::MAX)
             .max();
-        // A copy is taken only once every answer of this voter's earlier
-        // life has expired: an old ack or promise could otherwise decide
-        // a batch or an election after the copy, which would miss it.
-        let copy_ready = now >= self.started_at + self.timing.old_answers_expire();
         if healthy.len() >= need {
-            if copy_ready {
-                let from = healthy.iter().map(|(id, _)| *id).collect();
-                self.finish_recovery(now, heard, Recovery::Copied(from), out);
+            let fresh = healthy_in(&self.fresh_replies);
+            if copy_ready && fresh.len() >= need {
+                self.finish_recovery(now, heard, Recovery::Copied(fresh), out);
             }
             return;
         }
@@ -751,7 +767,7 @@ impl Election {
         // (bootstrap) or every one of them shows a blank data directory,
         // which only a new cluster has (E7).
         let recovering: Vec<(u64, Memory)> = self
-            .sync_replies
+            .fresh_replies
             .values()
             .filter(|(_, r, _, _)| *r)
             .map(|(_, _, up, memory)| (*up, *memory))
@@ -1293,7 +1309,7 @@ impl Election {
             | ElectionRequest::Heartbeat { voters, .. }
             | ElectionRequest::Resign { voters, .. }
             | ElectionRequest::Probe { voters }
-            | ElectionRequest::Sync { voters } => *voters,
+            | ElectionRequest::Sync { voters, .. } => *voters,
         };
         if hash != self.hash {
             return (self.reject(RejectReason::Config), out);
@@ -1482,6 +1498,13 @@ impl Election {
         Ok(persist)
     }
 
+    /// Does this voter, recovering, keep the copy an answer to `request`
+    /// carries (E7)? Only an answer to a fresh sync: the copy is taken
+    /// from those alone.
+    pub fn keeps_sync_copy(&self, request: &ElectionRequest) -> bool {
+        !self.recovered && matches!(request, ElectionRequest::Sync { fresh: true, .. })
+    }
+
     /// May this voter forget tombstones at the word of the leader of
     /// `epoch` running configuration `hash` (PROTOCOL.md, "Locks" 8)?
     /// Only a recovered voter of that configuration whose promise is
@@ -1596,8 +1619,11 @@ impl Election {
                 }),
             ) => {
                 self.observe_epoch(*promised);
-                self.sync_replies
-                    .insert(from, (*promised, *recovering, *up_ms, *memory));
+                let reply = (*promised, *recovering, *up_ms, *memory);
+                if let ElectionRequest::Sync { fresh: true, .. } = request {
+                    self.fresh_replies.insert(from, reply);
+                }
+                self.sync_replies.insert(from, reply);
             }
             _ => {}
         }

@@ -846,6 +846,7 @@ fn k1_a_spent_epoch_in_a_recovery_answer_is_ignored() {
     let mut e = forgetful(3, &ids(3), t, Duration::ZERO, Memory::None);
     let sync = ElectionRequest::Sync {
         voters: e.config_hash(),
+        fresh: true,
     };
     for (from, promised) in [(1, Epoch::MAX + 9), (2, Epoch(7))] {
         e.handle_response(
@@ -900,4 +901,69 @@ fn blank_directories_with_signs_of_an_earlier_life_wait_out_the_ttl() {
         let leaders = usize::from(gossiped == 0);
         assert_eq!(net.serving().len(), leaders, "gossiped epoch {gossiped}");
     }
+}
+
+/// E7, "Locks" 8 (review 6): a recovering voter copies only from answers
+/// to syncs it sent once every answer of its earlier life expired. An
+/// answer given before could predate a prune its old ack helped decide
+/// (the source did not hold the round's tombstones yet, while the other
+/// source had forgotten them): the copy would hold the older grant.
+#[test]
+fn e7_a_copy_is_taken_only_from_answers_to_syncs_sent_once_old_answers_expired() {
+    let t = Timing::default();
+    let mut e = forgetful(3, &ids(3), t, Duration::ZERO, Memory::None);
+    let state = ElectionResponse::State {
+        promised: Epoch(4),
+        recovering: false,
+        up_ms: 5000,
+        memory: Memory::Durable,
+    };
+    let syncs = |out: &[Output]| -> Vec<ElectionRequest> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    request: r @ ElectionRequest::Sync { .. },
+                    ..
+                } => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let early = syncs(&e.handle_tick(STEP));
+    assert!(!early.is_empty());
+    assert!(
+        early
+            .iter()
+            .all(|r| matches!(r, ElectionRequest::Sync { fresh: false, .. }))
+    );
+    assert!(!e.keeps_sync_copy(&early[0]));
+    for from in [1, 2] {
+        e.handle_response(STEP * 2, NodeId(from), &early[0], Some(&state));
+    }
+    let ready = t.old_answers_expire() + STEP;
+    let fresh = syncs(&e.handle_tick(ready));
+    assert!(!e.recovered(), "the early answers are not copied from");
+    assert!(
+        fresh
+            .iter()
+            .all(|r| matches!(r, ElectionRequest::Sync { fresh: true, .. }))
+    );
+    assert!(e.keeps_sync_copy(&fresh[0]));
+    e.handle_response(ready + STEP, NodeId(1), &fresh[0], Some(&state));
+    e.handle_tick(ready + STEP * 2);
+    assert!(!e.recovered(), "one fresh answer of the two it needs");
+    e.handle_response(ready + STEP * 3, NodeId(2), &fresh[0], Some(&state));
+    let out = e.handle_tick(ready + STEP * 4);
+    assert!(e.recovered());
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Recovered(Recovery::Copied(from)) if from == &vec![NodeId(1), NodeId(2)]
+        )),
+        "{out:?}"
+    );
+    assert!(
+        !e.keeps_sync_copy(&fresh[0]),
+        "recovered: nothing more is kept"
+    );
 }

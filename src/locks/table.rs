@@ -67,7 +67,10 @@ pub const WATCHERS_MAX: usize = 4096;
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// How long a prune round waits for every voter to hold its tombstones
 /// before it is given up (a voter down or cut off holds pruning back).
-pub const PRUNE_WAIT: Duration = Duration::from_secs(2);
+/// At most [`BATCH_PENDING_MAX`]: a voter that restarted copies only from
+/// answers given once its old acks expired (E7), the ack of a prune
+/// round among them.
+pub const PRUNE_WAIT: Duration = BATCH_PENDING_MAX;
 /// The tombstones one prune round carries, in bytes (a quarter of the
 /// RPC frame, so the round's batch and its forget fit one frame).
 pub const PRUNE_BYTES_MAX: usize = crate::rpc::FRAME_BYTES_MAX / 4;
@@ -212,7 +215,8 @@ pub struct TableConfig {
     pub claim_bytes_max: usize,
     /// How often a prune round starts ([`PRUNE_EVERY`]).
     pub prune_every: Duration,
-    /// How long a prune round waits for every voter ([`PRUNE_WAIT`]).
+    /// How long a prune round waits for every voter (at most
+    /// [`PRUNE_WAIT`]).
     pub prune_wait: Duration,
 }
 
@@ -1816,7 +1820,8 @@ impl LockTable {
     /// [`PRUNE_BYTES_MAX`], go to every voter again in a batch of their
     /// own.
     fn start_prune(&mut self, now: Duration, out: &mut Vec<LockOutput>) {
-        let (every, wait) = (self.config.prune_every, self.config.prune_wait);
+        let every = self.config.prune_every;
+        let wait = self.config.prune_wait.min(PRUNE_WAIT);
         let Some(term) = &mut self.term else {
             return;
         };

@@ -179,7 +179,7 @@ impl State {
                     self.on_promiser(*epoch, from, life);
                 }
                 (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
-                    if !self.election.recovered() =>
+                    if self.election.keeps_sync_copy(&request) =>
                 {
                     // E7: kept until the recovery decides whose
                     // tables this voter takes.

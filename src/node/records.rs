@@ -188,9 +188,14 @@ impl State {
         }));
     }
 
-    /// A complete voter's copy, for this node's backfill: merged into its
-    /// own copy, durably, before `done` hears true.
-    pub(super) fn on_absorb(&mut self, entries: Vec<Entry>, done: oneshot::Sender<bool>) {
+    /// A complete voter's copy, for this node's backfill: its claims
+    /// (the completions not settled into its records yet) merged into
+    /// this node's own copy, durably, before `done` hears true. Its user
+    /// locks are not taken: the recovery settled them, and a copy its
+    /// source gave before it held a prune round's tombstones could bring
+    /// back a grant this node forgot meanwhile (PROTOCOL.md, "Locks" 8).
+    pub(super) fn on_absorb(&mut self, mut entries: Vec<Entry>, done: oneshot::Sender<bool>) {
+        entries.retain(|e| e.name.space == crate::locks::Space::Claim);
         self.copies.absorb(entries.clone());
         self.disk.persist(None, entries, move |ok| {
             let _ = done.send(ok);

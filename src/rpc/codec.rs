@@ -246,10 +246,11 @@ mod tests {
             message: Message::Ping(Ping { payload: vec![] }),
         })
         .unwrap();
-        frame[LENGTH_BYTES..LENGTH_BYTES + 2].copy_from_slice(&7u16.to_be_bytes());
+        let other = WIRE_VERSION + 1;
+        frame[LENGTH_BYTES..LENGTH_BYTES + 2].copy_from_slice(&other.to_be_bytes());
         assert_eq!(
             decode_frame::<MessageEnvelope>(&frame),
-            Err(FrameError::Version { theirs: 7 })
+            Err(FrameError::Version { theirs: other })
         );
     }
 
