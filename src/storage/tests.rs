@@ -619,3 +619,45 @@ fn a_corrupt_floor_refuses_the_start() {
     let err = open(root.path(), 1).unwrap_err();
     assert!(err.to_string().contains("floor"), "{err}");
 }
+
+/// Review 6: a late batch taken before the floor rose and a forget in
+/// the same group commit: the older grant meets the tombstone it loses
+/// to before the tombstone goes, so the durable copy never holds it.
+#[test]
+fn a_forget_grouped_after_a_late_batch_leaves_no_older_grant_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(Epoch(3), Replica::default(), Floor::default());
+    let grant = held("job", 7);
+    let tombstone = Entry {
+        state: EntryState::Free { request_id: None },
+        ..grant.clone()
+    };
+    p.persist(None, vec![tombstone.clone()], |ok| assert!(ok));
+    let floor = Floor {
+        epoch: Epoch(3),
+        batch: crate::ids::BatchId(10),
+    };
+    let late = Job {
+        entries: vec![grant],
+        ..Job::new(|ok| assert!(ok))
+    };
+    let forget = Job {
+        floor: Some(floor),
+        forget: vec![tombstone],
+        ..Job::new(|ok| assert!(ok))
+    };
+    run(&p.disk, vec![late, forget]);
+    let durable = p.disk.lock().unwrap().replica.clone();
+    assert_eq!(durable.get(&Name::lock("job")), None);
+    drop(p);
+    let (_, stored, _) = open(root.path(), 1).unwrap();
+    let Stored::Initialized { replica, .. } = stored else {
+        panic!("{stored:?}")
+    };
+    assert!(
+        replica.get(&Name::lock("job")).is_none_or(|e| !e.is_held()),
+        "{replica:?}"
+    );
+}
