@@ -780,7 +780,8 @@ impl Sys {
                     let Some(epoch) = node.locks.epoch() else {
                         continue;
                     };
-                    node.copies.issued(epoch, &entries);
+                    let voter = node.election.is_voter();
+                    node.copies.issued(epoch, &entries, voter);
                     let ghost = node.batches_sent;
                     node.batches_sent += 1;
                     node.sent.insert(batch, ghost);

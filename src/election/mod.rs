@@ -164,6 +164,18 @@ impl Timing {
             .mul_f64((1.0 + self.drift) / (1.0 - self.drift))
     }
 
+    /// How long after its start a voter's recovery syncs are *fresh*:
+    /// their answers are given after any prune round that counted an ack
+    /// of its earlier life was decided (a round lasts at most
+    /// [`crate::replication::PRUNE_WAIT`] on its leader's clock, and
+    /// started before that ack), whatever the clocks' drift. Only such
+    /// answers are copied from (E7, PROTOCOL.md "Locks" 8): an earlier
+    /// one may predate the round at its source while another source has
+    /// forgotten the round's tombstones.
+    pub fn fresh_answers_after(&self) -> Duration {
+        crate::replication::PRUNE_WAIT.mul_f64((1.0 + self.drift) / (1.0 - self.drift))
+    }
+
     /// How long a peer's "reaches quorum" mark stays fresh: it is bumped
     /// every heartbeat interval, and gossip takes a round or two.
     pub fn reach_fresh(&self) -> Duration {
@@ -235,10 +247,10 @@ pub enum ElectionRequest {
     Sync {
         /// Voter-set hash.
         voters: u64,
-        /// Sent once every answer the asking voter gave before its start
-        /// has expired ([`Timing::old_answers_expire`]): only answers to
-        /// such syncs are copied, so none predates what those old answers
-        /// helped decide (a batch, or a prune that forgot tombstones).
+        /// Sent once any prune round an answer of the asking voter's
+        /// earlier life helped decide was decided
+        /// ([`Timing::fresh_answers_after`]): only answers to such syncs
+        /// are copied from.
         fresh: bool,
     },
 }
@@ -703,11 +715,12 @@ impl Election {
             .last_sync_at
             .is_none_or(|at| now >= at + self.timing.heartbeat);
         // A copy is taken only once every answer of this voter's earlier
-        // life has expired, and only from answers given after that: an
-        // old ack or promise could otherwise decide a batch, an election
-        // or a prune that a copy taken earlier would miss (a prune's
-        // forgotten tombstones would leave an older grant in it).
+        // life has expired (an old ack or promise could otherwise decide
+        // a batch or an election that the copy would miss), and only from
+        // answers to fresh syncs (a prune an old ack helped decide would
+        // otherwise leave an older grant in it).
         let copy_ready = now >= self.started_at + self.timing.old_answers_expire();
+        let sync_fresh = now >= self.started_at + self.timing.fresh_answers_after();
         if sync {
             self.last_sync_at = Some(now);
             for &v in &self.voters {
@@ -716,7 +729,7 @@ impl Election {
                         to: v,
                         request: ElectionRequest::Sync {
                             voters: self.hash,
-                            fresh: copy_ready,
+                            fresh: sync_fresh,
                         },
                     });
                 }
@@ -738,7 +751,16 @@ impl Election {
                 .map(|(id, _)| *id)
                 .collect()
         };
-        let healthy = healthy_in(&self.sync_replies);
+        // Until the fresh syncs had time to be answered (a second start-up
+        // wait), enough healthy answers of any age mean: wait to copy;
+        // then only fresh ones count (a voter that answered early and
+        // went down since must not keep this one waiting for good).
+        let settling = now < self.started_at + self.timing.old_answers_expire() * 2;
+        let healthy = if settling {
+            healthy_in(&self.sync_replies)
+        } else {
+            healthy_in(&self.fresh_replies)
+        };
         // K1: a promise beyond the last usable epoch is no promise.
         let heard = self
             .sync_replies

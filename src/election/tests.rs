@@ -967,3 +967,43 @@ fn e7_a_copy_is_taken_only_from_answers_to_syncs_sent_once_old_answers_expired()
         "recovered: nothing more is kept"
     );
 }
+
+/// E7 (review 7): a voter that heard enough healthy answers early, one
+/// of whose senders went down before answering a fresh sync, does not
+/// wait for good: once the fresh syncs had their time, only fresh
+/// answers count, and a durable voter resumes its own state.
+#[test]
+fn e7_early_answers_of_a_voter_gone_since_do_not_hold_the_recovery_for_good() {
+    let t = Timing::default();
+    let mut e = voter(3, 2);
+    let state = ElectionResponse::State {
+        promised: Epoch(4),
+        recovering: false,
+        up_ms: 5000,
+        memory: Memory::Durable,
+    };
+    let early = ElectionRequest::Sync {
+        voters: e.config_hash(),
+        fresh: false,
+    };
+    let fresh = ElectionRequest::Sync {
+        voters: e.config_hash(),
+        fresh: true,
+    };
+    e.handle_tick(STEP);
+    for from in [1, 2] {
+        e.handle_response(STEP * 2, NodeId(from), &early, Some(&state));
+    }
+    let ready = t.old_answers_expire() + STEP;
+    e.handle_tick(ready);
+    e.handle_response(ready + STEP, NodeId(2), &fresh, Some(&state));
+    e.handle_tick(t.old_answers_expire() * 2 - STEP);
+    assert!(!e.recovered(), "still waiting for voter 1's fresh answer");
+    let out = e.handle_tick(t.old_answers_expire() * 2 + STEP);
+    assert!(e.recovered(), "resumed once only fresh answers count");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Recovered(Recovery::Own))),
+        "{out:?}"
+    );
+}

@@ -63,14 +63,10 @@ pub const ENDED_REQUESTS_MAX: usize = 4096;
 pub const WATCHERS_MAX: usize = 4096;
 
 /// How often the leader starts a round that prunes released locks'
-/// tombstones (PROTOCOL.md, "Locks" 8).
+/// tombstones (PROTOCOL.md, "Locks" 8); a round that could not carry
+/// them all is followed by the next at once.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
-/// How long a prune round waits for every voter to hold its tombstones
-/// before it is given up (a voter down or cut off holds pruning back).
-/// At most [`BATCH_PENDING_MAX`]: a voter that restarted copies only from
-/// answers given once its old acks expired (E7), the ack of a prune
-/// round among them.
-pub const PRUNE_WAIT: Duration = BATCH_PENDING_MAX;
+pub use crate::replication::PRUNE_WAIT;
 /// The tombstones one prune round carries, in bytes (a quarter of the
 /// RPC frame, so the round's batch and its forget fit one frame).
 pub const PRUNE_BYTES_MAX: usize = crate::rpc::FRAME_BYTES_MAX / 4;
@@ -387,6 +383,9 @@ struct Prune {
     entries: Vec<Entry>,
     acked: BTreeSet<NodeId>,
     started: Duration,
+    /// More tombstones waited than the round carries: the next round
+    /// starts at the next tick, not [`PRUNE_EVERY`] later.
+    full: bool,
 }
 
 /// What the claim namespace of a term's table holds.
@@ -1833,14 +1832,15 @@ impl LockTable {
             return;
         }
         term.next_prune = now + every;
-        let mut bytes = 0;
+        let (mut bytes, mut full) = (0, false);
         let entries: Vec<Entry> = term
             .known
             .entries()
             .filter(|e| prunable(term, e))
             .take_while(|e| {
                 bytes += tombstone_weight(e);
-                bytes <= PRUNE_BYTES_MAX
+                full = bytes > PRUNE_BYTES_MAX;
+                !full
             })
             .cloned()
             .collect();
@@ -1854,6 +1854,7 @@ impl LockTable {
             entries: entries.clone(),
             acked: BTreeSet::new(),
             started: now,
+            full,
         });
         out.push(LockOutput::Replicate { batch, entries });
     }
@@ -1871,7 +1872,8 @@ impl LockTable {
         let Some(prune) = term.prune.take() else {
             return;
         };
-        term.next_prune = now + every;
+        // A backlog is pruned round after round.
+        term.next_prune = if prune.full { now } else { now + every };
         let carried: std::collections::HashSet<&Name> =
             term.batches.entries().map(|e| &e.name).collect();
         let gone: Vec<Entry> = prune
@@ -1941,14 +1943,19 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return out;
         };
+        let wait = self.config.prune_wait.min(PRUNE_WAIT);
         if let Some(prune) = term.prune.as_mut().filter(|p| p.batch == batch) {
+            if now >= prune.started + wait {
+                // Given up at the next tick; a late ack forgets nothing.
+                return out;
+            }
             prune.acked.insert(from);
             if self.config.voters.iter().all(|v| prune.acked.contains(v)) {
                 self.finish_prune(now, &mut out);
             }
             return out;
         }
-        let Some(effects) = term.batches.ack(batch, from, quorum) else {
+        let Some(effects) = term.batches.ack(now, batch, from, quorum) else {
             return out;
         };
         term.frees.retain(|_, (_, at)| *at != Some(batch));

@@ -281,9 +281,10 @@ impl State {
                     Metrics::add(&self.metrics.lock_batches, 1);
                     Metrics::add(&self.metrics.lock_batch_entries, entries.len() as u64);
                     // The term's copy keeps what this leader issued, voter
-                    // or not, and so does its own copy (made durable while
-                    // the batch is on the wire).
-                    self.copies.issued(epoch, &entries);
+                    // or not, and so does its own copy if it is a voter
+                    // (made durable while the batch is on the wire).
+                    let voter = self.election.is_voter();
+                    self.copies.issued(epoch, &entries, voter);
                     let me = self.election.id();
                     for &v in self.election.voters().to_vec().iter() {
                         if v != me {

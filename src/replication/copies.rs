@@ -163,6 +163,10 @@ pub struct Copies<E: Merge> {
     /// its promises, its own included, plus every entry it issued as
     /// leader of that epoch.
     candidacy: Option<(Epoch, Replica<E>)>,
+    /// The candidacy was taken over: a promise answered late merges no
+    /// more (it could hold an entry forgotten since, "Locks" 8; the
+    /// takeover's majority held everything committed).
+    taken: bool,
 }
 
 impl<E: Merge> Copies<E> {
@@ -174,6 +178,7 @@ impl<E: Merge> Copies<E> {
             floor,
             heard: BTreeMap::new(),
             candidacy: None,
+            taken: false,
         }
     }
 
@@ -262,6 +267,7 @@ impl<E: Merge> Copies<E> {
     /// will merge (K2).
     pub fn start_candidacy(&mut self, epoch: Epoch) {
         self.candidacy = Some((epoch, self.own.clone()));
+        self.taken = false;
     }
 
     /// A voter promised `epoch` with its copy: merged if this node still
@@ -269,6 +275,7 @@ impl<E: Merge> Copies<E> {
     pub fn on_promise(&mut self, epoch: Epoch, snapshot: Vec<E>) {
         if let Some((e, merged)) = &mut self.candidacy
             && *e == epoch
+            && !self.taken
         {
             merged.merge_all(snapshot);
         }
@@ -283,20 +290,27 @@ impl<E: Merge> Copies<E> {
     /// This node, leading `epoch`, wrote `entries` in a batch: the term's
     /// copy keeps them (if its lease lapses and comes back it serves the
     /// same epoch again from everything it issued, not from the copies it
-    /// was elected with), and so does its own copy.
-    pub fn issued(&mut self, epoch: Epoch, entries: &[E]) {
+    /// was elected with), and so does its own copy if it is a `voter`. A
+    /// leader that is no voter keeps none: it hears no later batch, prune
+    /// or forget, so a later term of it would start from entries the
+    /// voters forgot ("Locks" 8).
+    pub fn issued(&mut self, epoch: Epoch, entries: &[E], voter: bool) {
         if let Some((e, term)) = &mut self.candidacy
             && *e == epoch
         {
             term.merge_all(entries.iter().cloned());
         }
-        self.own.merge_all(entries.iter().cloned());
+        if voter {
+            self.own.merge_all(entries.iter().cloned());
+        }
     }
 
     /// The copy a leader of `epoch` takes over with (K2): its candidacy's
     /// merge and its own copy. `None` without a candidacy of that epoch.
-    pub fn takeover(&self, epoch: Epoch) -> Option<Replica<E>> {
+    /// Late promises merge no more.
+    pub fn takeover(&mut self, epoch: Epoch) -> Option<Replica<E>> {
         let (_, merged) = self.candidacy.as_ref().filter(|(e, _)| *e == epoch)?;
+        self.taken = true;
         let mut merged = merged.clone();
         merged.merge_all(self.own.entries().cloned().collect::<Vec<_>>());
         Some(merged)
@@ -468,8 +482,8 @@ mod tests {
     fn what_a_leader_issued_stays_in_its_terms_copy() {
         let mut c = Copies::new(Replica::default(), Floor::default());
         c.start_candidacy(Epoch(3));
-        c.issued(Epoch(3), &[Reg(1, 7)]);
-        c.issued(Epoch(2), &[Reg(2, 1)]);
+        c.issued(Epoch(3), &[Reg(1, 7)], true);
+        c.issued(Epoch(2), &[Reg(2, 1)], true);
         assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 7), Reg(2, 1)])));
         c.start_candidacy(Epoch(4));
         c.on_promise(Epoch(4), vec![]);
@@ -592,5 +606,29 @@ mod tests {
             after_answer(Epoch(5), Some(Answer::Stale), true),
             Next::Forget
         );
+    }
+
+    /// "Locks" 8 (review 7): a promise answered after the takeover adds
+    /// nothing to the term's copy (it may hold an entry forgotten since),
+    /// and a leader that is no voter keeps no copy of its own of what it
+    /// issued (it hears no forget), only its term's.
+    #[test]
+    fn late_promises_and_a_non_voters_issued_entries_do_not_outlive_the_term() {
+        let mut c = Copies::new(Replica::default(), Floor::default());
+        c.start_candidacy(Epoch(3));
+        c.on_promise(Epoch(3), vec![Reg(1, 1)]);
+        assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 1)])));
+        c.on_promise(Epoch(3), vec![Reg(2, 1)]);
+        assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 1)])), "late");
+        c.issued(Epoch(3), &[Reg(3, 1)], false);
+        assert_eq!(c.own(), &Replica::default(), "no voter: no own copy");
+        assert_eq!(
+            c.takeover(Epoch(3)),
+            Some(copy(&[Reg(1, 1), Reg(3, 1)])),
+            "the term keeps what it issued"
+        );
+        c.start_candidacy(Epoch(4));
+        c.on_promise(Epoch(4), vec![Reg(2, 2)]);
+        assert_eq!(c.takeover(Epoch(4)), Some(copy(&[Reg(2, 2)])));
     }
 }

@@ -22,6 +22,13 @@ pub use copies::{
     after_answer,
 };
 
+/// How long a round that prunes tombstones waits for every voter's ack
+/// (PROTOCOL.md, "Locks" 8); an ack later than this counts for nothing.
+/// A voter that restarted copies only from answers given once a round
+/// that counted an ack of its earlier life was decided
+/// (`Timing::fresh_answers_after`, E7).
+pub const PRUNE_WAIT: Duration = Duration::from_millis(500);
+
 /// Below what a voter takes no more batches: those of `epoch` with an id
 /// under `batch`. A leader that had every voter hold some tombstones and
 /// then told them to forget those entries sets it, so that no batch it
@@ -262,10 +269,24 @@ impl<E: Clone, X> Batches<E, X> {
         Some((id, entries))
     }
 
-    /// Voter `from` holds `batch` durably. When that makes `quorum` acks,
-    /// the batch is committed: its effects are returned, once.
-    pub fn ack(&mut self, batch: BatchId, from: NodeId, quorum: usize) -> Option<Vec<X>> {
+    /// Voter `from` holds `batch` durably, as it said by `now`. When that
+    /// makes `quorum` acks, the batch is committed: its effects are
+    /// returned, once. An ack that comes [`BATCH_PENDING_MAX`] or more
+    /// after the batch was sent counts for nothing, even before the next
+    /// tick sends the batch again: a voter that restarted takes its copy
+    /// once that long has passed (E7), and an ack of its earlier life
+    /// must not commit what that copy missed.
+    pub fn ack(
+        &mut self,
+        now: Duration,
+        batch: BatchId,
+        from: NodeId,
+        quorum: usize,
+    ) -> Option<Vec<X>> {
         let b = self.in_flight.get_mut(&batch)?;
+        if now >= b.sent_at + BATCH_PENDING_MAX {
+            return None;
+        }
         b.acks.insert(from);
         if b.acks.len() < quorum {
             return None;
@@ -403,10 +424,21 @@ mod tests {
             Some((BatchId(7), vec![1]))
         );
         assert_eq!(next, BatchId(8));
-        assert_eq!(b.ack(BatchId(7), n(1), 2), None);
-        assert_eq!(b.ack(BatchId(7), n(1), 2), None, "one voter counts once");
-        assert_eq!(b.ack(BatchId(7), n(2), 2), Some(vec!["tell a"]));
-        assert_eq!(b.ack(BatchId(7), n(3), 2), None, "committed once");
+        assert_eq!(b.ack(Duration::ZERO, BatchId(7), n(1), 2), None);
+        assert_eq!(
+            b.ack(Duration::ZERO, BatchId(7), n(1), 2),
+            None,
+            "one voter counts once"
+        );
+        assert_eq!(
+            b.ack(Duration::ZERO, BatchId(7), n(2), 2),
+            Some(vec!["tell a"])
+        );
+        assert_eq!(
+            b.ack(Duration::ZERO, BatchId(7), n(3), 2),
+            None,
+            "committed once"
+        );
         assert!(!b.is_pending(BatchId(7)));
     }
 
@@ -421,7 +453,7 @@ mod tests {
         b.write(2);
         b.write(3);
         assert_eq!(b.flush(Duration::ZERO, &mut next), None);
-        b.ack(BatchId(0), n(1), 1);
+        b.ack(Duration::ZERO, BatchId(0), n(1), 1);
         assert_eq!(
             b.flush(Duration::ZERO, &mut next),
             Some((BatchId(2), vec![2, 3]))
@@ -437,20 +469,29 @@ mod tests {
         b.write(1);
         b.effect("x");
         b.flush(Duration::ZERO, &mut next);
-        b.ack(BatchId(0), n(1), 2);
+        b.ack(Duration::ZERO, BatchId(0), n(1), 2);
         assert!(b.requeue_stale(BATCH_PENDING_MAX / 2).is_empty());
+        assert_eq!(
+            b.ack(BATCH_PENDING_MAX, BatchId(0), n(2), 2),
+            None,
+            "an ack as late as the resend counts for nothing, tick or not"
+        );
         assert_eq!(b.requeue_stale(BATCH_PENDING_MAX), vec![BatchId(0)]);
-        assert_eq!(b.ack(BatchId(0), n(2), 2), None, "the old id is gone");
+        assert_eq!(
+            b.ack(Duration::ZERO, BatchId(0), n(2), 2),
+            None,
+            "the old id is gone"
+        );
         assert_eq!(
             b.flush(BATCH_PENDING_MAX, &mut next),
             Some((BatchId(1), vec![1]))
         );
         assert_eq!(
-            b.ack(BatchId(1), n(2), 2),
+            b.ack(Duration::ZERO, BatchId(1), n(2), 2),
             None,
             "acks before the resend count no more"
         );
-        assert_eq!(b.ack(BatchId(1), n(1), 2), Some(vec!["x"]));
+        assert_eq!(b.ack(Duration::ZERO, BatchId(1), n(1), 2), Some(vec!["x"]));
     }
 
     #[test]
@@ -464,6 +505,6 @@ mod tests {
         b.effect(12);
         let all: Vec<u8> = b.clone().into_effects().collect();
         assert_eq!(all, vec![10, 11, 12]);
-        assert_eq!(b.ack(BatchId(0), n(1), 1), Some(vec![10]));
+        assert_eq!(b.ack(Duration::ZERO, BatchId(0), n(1), 1), Some(vec![10]));
     }
 }

@@ -853,8 +853,10 @@ pub struct Job {
     pub promise: Option<Epoch>,
     /// Lock entries to make durable.
     pub entries: Vec<Entry>,
-    /// Initialize a blank directory with this promise and table first.
-    pub init: Option<(Epoch, Replica)>,
+    /// Initialize a blank directory with this promise, table and floor
+    /// first (the floor exactly: a recovery's copy comes with its
+    /// sources' floors, and an earlier life's must not outlast it).
+    pub init: Option<(Epoch, Replica, Floor)>,
     /// Drop the claims' tombstones collectable at this wall-clock time
     /// from the durable copy (the log sheds them at its next rewrite).
     pub collect: Option<u64>,
@@ -862,8 +864,8 @@ pub struct Job {
     /// durable copy: the records file holds their completions, synced
     /// (PROTOCOL.md, "Idempotency" 8).
     pub settle: Vec<(crate::locks::Name, crate::ids::Token)>,
-    /// Raise the floor to this, durably, before anything else of the job
-    /// (a forget's entries leave only below it).
+    /// Raise the floor to this, durably, before the job's forget drops
+    /// anything (a forget's entries leave only below it).
     pub floor: Option<Floor>,
     /// Drop these entries, each where the durable copy holds it exactly
     /// (PROTOCOL.md, "Locks" 8); the log sheds them at its next rewrite.
@@ -924,17 +926,14 @@ impl Disk {
             return false;
         }
         let result = (|| -> io::Result<()> {
-            // The floor first: written in a blank directory too, so that
-            // the copy it is initialized with never holds less.
-            if let Some(floor) = jobs.iter().filter_map(|j| j.floor).max()
-                && floor > self.floor
-                && let Some(dir) = &self.dir
-            {
-                dir.save_floor(floor)?;
-                self.floor = floor;
-            }
             for job in jobs {
-                if let (Some((promised, replica)), Some(dir)) = (&job.init, &self.dir) {
+                if let (Some((promised, replica, floor)), Some(dir)) = (&job.init, &self.dir) {
+                    // The floor first, so that the copy is never held
+                    // with a lower one.
+                    if *floor != self.floor {
+                        dir.save_floor(*floor)?;
+                        self.floor = *floor;
+                    }
                     self.log = Some(dir.initialize(*promised, replica)?);
                     self.initialized.store(true, Ordering::Release);
                     self.replica = replica.clone();
@@ -947,6 +946,13 @@ impl Disk {
             let (Some(dir), Some(log)) = (&self.dir, &mut self.log) else {
                 return Ok(());
             };
+            // A forget's floor, before its entries leave.
+            if let Some(floor) = jobs.iter().filter_map(|j| j.floor).max()
+                && floor > self.floor
+            {
+                dir.save_floor(floor)?;
+                self.floor = floor;
+            }
             if let Some(p) = jobs.iter().filter_map(|j| j.promise).max()
                 && p > self.promised
             {
@@ -1166,8 +1172,7 @@ impl Persister {
     /// does nothing.
     pub fn initialize(&self, promised: Epoch, replica: Replica, floor: Floor) {
         self.submit(Job {
-            init: Some((promised, replica)),
-            floor: Some(floor),
+            init: Some((promised, replica, floor)),
             ..Job::new(|_| {})
         });
     }

@@ -552,8 +552,8 @@ fn only_the_same_lock_file_on_the_same_machine_proves_a_run_ended() {
 /// "Locks" 8: a forget raises the floor durably first, then drops from
 /// the durable copy the entries it holds exactly as given (a later
 /// write of a key stays); the log sheds them at its rewrite, so a
-/// restart finds neither them nor a lower floor. A blank directory
-/// initialized from others' copies holds their floor.
+/// restart finds neither them nor a lower floor. A directory
+/// initialized from others' copies holds their floor, exactly.
 #[test]
 fn a_forget_holds_its_floor_and_sheds_its_entries_across_a_restart() {
     let user_tombstone = |name: String, token: u64| Entry {
@@ -607,8 +607,15 @@ fn a_forget_holds_its_floor_and_sheds_its_entries_across_a_restart() {
     let p = Persister::inline(dir, &stored, Duration::ZERO);
     p.initialize(Epoch(4), Replica::default(), floor);
     drop(p);
-    let (dir, _, _) = open(blank.path(), 1).unwrap();
+    let (dir, stored, _) = open(blank.path(), 1).unwrap();
     assert_eq!(dir.floor(), floor);
+    // Copied again (review 7), from sources of another floor: the
+    // directory holds theirs, not the higher one of its earlier copy.
+    let p = Persister::inline(dir, &stored, Duration::ZERO);
+    p.initialize(Epoch(5), Replica::default(), Floor::default());
+    drop(p);
+    let (dir, _, _) = open(blank.path(), 1).unwrap();
+    assert_eq!(dir.floor(), Floor::default());
 }
 
 /// A floor file that does not hold a floor refuses the start, naming it.

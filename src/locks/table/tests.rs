@@ -311,7 +311,13 @@ fn k4_a_grant_committed_after_its_requester_gave_up_is_released() {
     let a = h.acquire(0, "x", 10_000, 100, None);
     let out = h.table.flush();
     h.absorb(out);
-    // The batch commits only after wait + grace (1.1 s).
+    // The batch commits only after wait + grace (1.1 s): sent again
+    // under a new id at 1 s (acks come no later than that after a send),
+    // acked at 1.2 s.
+    h.batches.clear();
+    h.tick(1000);
+    let out = h.table.flush();
+    h.absorb(out);
     let (batch, _) = h.batches.remove(0);
     for v in [ME, NodeId(2)] {
         let out = h.table.handle_ack(ms(1200), batch, v);
@@ -2212,4 +2218,29 @@ fn a_prune_round_one_voter_misses_is_given_up_and_tried_again() {
     assert!(again > round);
     h.ack(2 * EVERY_MS + wait, again, &V);
     assert_eq!(h.forgets.len(), 1);
+}
+
+/// "Locks" 8: a backlog larger than one round (PRUNE_BYTES_MAX) is
+/// pruned round after round, not one round every PRUNE_EVERY.
+#[test]
+fn a_backlog_of_tombstones_is_pruned_round_after_round() {
+    let mut h = Harness::new();
+    let names = PRUNE_BYTES_MAX / 100 + 500;
+    for i in 0..names {
+        h.take_and_release(0, &format!("{i:0>40}"));
+    }
+    let mut now = EVERY_MS;
+    let mut rounds = 0;
+    h.tick(now);
+    while let Some((round, entries)) = h.batches.pop() {
+        rounds += 1;
+        assert!(entries.len() < names, "bounded by PRUNE_BYTES_MAX");
+        h.ack(now, round, &V);
+        now += 20;
+        h.tick(now);
+    }
+    let forgotten: usize = h.forgets.iter().map(|(_, e)| e.len()).sum();
+    assert_eq!(forgotten, names);
+    assert!(rounds >= 2);
+    assert!(now < 2 * EVERY_MS, "all within one period");
 }
