@@ -57,6 +57,10 @@ pub struct Environment {
     /// process ends (real nodes), or while the node runs (a simulated
     /// node, which stands for a process of its own). K5 rests on it.
     pub dir_lock: crate::storage::LockScope,
+    /// How often the leader prunes released locks' tombstones
+    /// (`locks::table::PRUNE_EVERY` on real nodes; simulations prune
+    /// sooner, so that short runs prune under their faults).
+    pub prune_every: Duration,
 }
 
 impl Environment {
@@ -76,6 +80,7 @@ impl Environment {
             disk_latency: Duration::ZERO,
             sim_records: None,
             dir_lock: crate::storage::LockScope::Process,
+            prune_every: crate::locks::table::PRUNE_EVERY,
         }
     }
 }
@@ -451,6 +456,7 @@ impl Mesh {
             waiters_max: config.lock_waiters_max,
             claims_max: config.idempotency_records_max,
             ttl_max_ms: config.election.lock_ttl_max.as_millis() as u64,
+            prune_every: env.prune_every,
             ..TableConfig::new(&config.voters, config.election.drift)
         });
         let driver = Driver::start(

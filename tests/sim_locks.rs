@@ -588,10 +588,25 @@ async fn bad_input_is_refused() {
     );
 }
 
+/// A task beside a chaos run (`Workload::watch_formed_anew`).
+struct Watcher {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.expect("watcher task");
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     grants: u64,
     refusals: u64,
+    /// Tombstones the running voters' copies forgot ("Locks" 8).
+    pruned: u64,
     /// What the run did, in words: every hold the clients recorded and
     /// the network's counters, so two runs of a seed can be compared.
     run: String,
@@ -624,7 +639,13 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let name = format!("lock-{}", rng.random_range(0..3));
+        // Three contended locks, and eight seldom used (often free when
+        // a prune round runs, so pruned, and taken again later).
+        let name = if rng.random_bool(0.7) {
+            format!("lock-{}", rng.random_range(0..3))
+        } else {
+            format!("spare-{}", rng.random_range(0..8))
+        };
         let ttl = Duration::from_millis(rng.random_range(300..=1000));
         let wait = Duration::from_millis(rng.random_range(0..1500));
         match mesh.lock(&name).ttl(ttl).wait(wait).acquire().await {
@@ -726,6 +747,31 @@ impl Workload {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             t.await.expect("client task");
+        }
+    }
+
+    /// Tells the checker when the cluster forms anew (its voters
+    /// remember nothing: after a full restart of ephemeral voters, or
+    /// when the durable ones were wiped): tokens may start over there.
+    fn watch_formed_anew(&self) -> Watcher {
+        let (stop_tx, stop) = watch::channel(false);
+        let (nodes, history) = (self.env.nodes.clone(), self.env.history.clone());
+        let task = tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            while !*stop.borrow() {
+                for m in nodes.borrow().iter() {
+                    if let Some(at) = m.formed_anew_at()
+                        && seen.insert((m.id(), m.generation(), at))
+                    {
+                        history.lock().unwrap().tokens_may_restart_at(at);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Watcher {
+            stop: stop_tx,
+            task,
         }
     }
 
@@ -859,6 +905,7 @@ impl Stats {
     fn add(&mut self, s: Stats) {
         self.grants += s.grants;
         self.refusals += s.refusals;
+        self.pruned += s.pruned;
     }
 
     /// Prints the totals; some seeds keep a majority of voters down
@@ -866,11 +913,12 @@ impl Stats {
     /// often.
     fn report(&self, first: u64, seeds: u64) {
         println!(
-            "{seeds} seeds from {first}: {} grants, {} refusals, no violation",
-            self.grants, self.refusals
+            "{seeds} seeds from {first}: {} grants, {} refusals, {} tombstones forgotten, no violation",
+            self.grants, self.refusals, self.pruned
         );
         if seeds >= 20 {
             assert!(self.grants >= 5 * seeds, "too few grants: {}", self.grants);
+            assert!(self.pruned > 0, "no tombstone was pruned");
         }
     }
 }
@@ -898,8 +946,17 @@ async fn chaos_gossiping(seed: u64, gossip: SimGossip) -> Stats {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x10c5);
     let dir = tempfile::tempdir().unwrap();
     let durable = rng.random_bool(0.5);
-    let mut c = cluster_gossiping(seed, 5, 3, durable.then(|| dir.path()), gossip).await;
+    let mut c = SimCluster::with_gossip(seed, ids(3), gossip);
+    c.data_root = durable.then(|| dir.path().to_path_buf());
+    // Tombstones pruned under the faults ("Locks" 8): a round every 0.1
+    // to 1.5 s instead of every 10 s.
+    c.prune_every = Duration::from_millis(rng.random_range(100..1500));
+    for id in 1..=5 {
+        c.add(NodeId(id)).await;
+    }
+    c.led().await;
     let mut work = Workload::new(&c);
+    let anew = work.watch_formed_anew();
     for i in 0..6 {
         work.spawn(client(i, seed, work.clients()));
     }
@@ -947,18 +1004,26 @@ async fn chaos_gossiping(seed: u64, gossip: SimGossip) -> Stats {
         c.set_faults(random_faults(&mut rng));
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
     }
-    // Heal: stop the chaos clients, then check the service is back.
+    // Heal, let the clients run on while leaders prune what the faults
+    // left (and names pruned are taken again), stop them, then check the
+    // service is back.
     c.heal();
     c.set_faults(Faults::default());
     for back in down.drain(..) {
         c.restart(back).await;
     }
     work.publish(&c);
+    tokio::time::sleep(c.prune_every * 3).await;
     work.stop_clients().await;
+    anew.stop().await;
     c.led().await;
     every_waiter_served(&c, seed, &work).await;
+    let pruned = c.running().iter().map(|v| pruned(c.mesh(*v))).sum();
     c.shutdown().await;
-    work.finish(&c)
+    Stats {
+        pruned,
+        ..work.finish(&c)
+    }
 }
 
 /// Goal: a leader whose lease lapses (a pause just past it) and comes
@@ -1578,6 +1643,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
     // One to three durable voters; the others keep no data directory.
     let durable = rng.random_range(1..=3u64);
     c.ephemeral = (durable + 1..=3).map(NodeId).collect();
+    c.prune_every = Duration::from_millis(rng.random_range(100..1500));
     for id in 1..=5 {
         c.add(NodeId(id)).await;
     }
@@ -1587,26 +1653,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
         work.spawn(client(i, seed, work.clients()));
         work.spawn(retrying_client(i, seed, work.clients()));
     }
-    // Where the cluster forms anew (its voters remember nothing: after a
-    // full restart of ephemeral voters, or when the durable ones were
-    // wiped), tokens may start over: the checker is told exactly when.
-    let (watch_stop_tx, watch_stop) = watch::channel(false);
-    let watcher = tokio::spawn({
-        let (nodes, history, stop) = (work.env.nodes.clone(), work.env.history.clone(), watch_stop);
-        async move {
-            let mut seen = std::collections::BTreeSet::new();
-            while !*stop.borrow() {
-                for m in nodes.borrow().iter() {
-                    if let Some(at) = m.formed_anew_at()
-                        && seen.insert((m.id(), m.generation(), at))
-                    {
-                        history.lock().unwrap().tokens_may_restart_at(at);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
+    let anew = work.watch_formed_anew();
     for _ in 0..6 {
         let running = c.running();
         let leader = running.iter().copied().find(|id| c.mesh(*id).is_leader());
@@ -1686,10 +1733,13 @@ async fn aimed_chaos(seed: u64) -> Stats {
     })
     .await;
     every_waiter_served(&c, seed, &work).await;
-    let _ = watch_stop_tx.send(true);
-    watcher.await.expect("watcher task");
+    anew.stop().await;
+    let pruned = c.running().iter().map(|v| pruned(c.mesh(*v))).sum();
     c.shutdown().await;
-    work.finish(&c)
+    Stats {
+        pruned,
+        ..work.finish(&c)
+    }
 }
 
 /// E7 (review of the fix): a voter's *old* ack must not commit a batch

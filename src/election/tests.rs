@@ -904,12 +904,12 @@ fn blank_directories_with_signs_of_an_earlier_life_wait_out_the_ttl() {
 }
 
 /// E7, "Locks" 8 (review 6): a recovering voter copies only from answers
-/// to syncs it sent once every answer of its earlier life expired. An
-/// answer given before could predate a prune its old ack helped decide
+/// to fresh syncs, sent once any prune round an ack of its earlier life
+/// counted in was decided. An answer given before could predate it
 /// (the source did not hold the round's tombstones yet, while the other
 /// source had forgotten them): the copy would hold the older grant.
 #[test]
-fn e7_a_copy_is_taken_only_from_answers_to_syncs_sent_once_old_answers_expired() {
+fn e7_a_copy_is_taken_only_from_answers_to_fresh_syncs() {
     let t = Timing::default();
     let mut e = forgetful(3, &ids(3), t, Duration::ZERO, Memory::None);
     let state = ElectionResponse::State {

@@ -85,6 +85,9 @@ pub struct SimCluster {
     pub ephemeral: std::collections::BTreeSet<NodeId>,
     /// How long each write to a data directory takes (virtual time).
     pub disk_latency: Duration,
+    /// How often a leader prunes released locks' tombstones
+    /// (`locks::table::PRUNE_EVERY` unless a test sets it).
+    pub prune_every: Duration,
 }
 
 /// Node ids 1 to `n`.
@@ -144,6 +147,7 @@ impl SimCluster {
             data_root: None,
             ephemeral: Default::default(),
             disk_latency: Duration::ZERO,
+            prune_every: crate::locks::table::PRUNE_EVERY,
         }
     }
 
@@ -304,6 +308,7 @@ impl SimCluster {
         let seed = self.seed;
         let net = self.net.clone();
         let disk_latency = self.disk_latency;
+        let prune_every = self.prune_every;
         let slot = self.slot_mut(id);
         assert!(slot.mesh.is_none(), "node {id} is running; kill it first");
         slot.started = true;
@@ -318,6 +323,7 @@ impl SimCluster {
             disk_latency,
             sim_records: slot.records.clone(),
             dir_lock: crate::storage::LockScope::Node,
+            prune_every,
         };
         let mesh = Mesh::start_with(config, env)
             .await
