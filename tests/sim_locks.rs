@@ -1309,7 +1309,9 @@ async fn finding_3_voters_back_on_empty_data_dirs_copy_before_they_vote() {
         c.wipe_data(NodeId(v));
         c.restart(NodeId(v)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // They copy from answers to syncs sent once their earlier lives'
+    // answers expired (about 1 s): 1 answers those before it goes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     c.kill(NodeId(1)).await;
     c.eventually(Duration::from_secs(5), "a new leader", |c| {
         (2..=5).any(|v| c.mesh(NodeId(v)).is_leader())
@@ -1759,11 +1761,16 @@ async fn e7_an_old_ack_does_not_commit_a_batch_the_recovery_copy_missed() {
     // The batch reaches voter 3 after voter 2 could copy, before the
     // batch is sent again (the copy waits), and after (a new id).
     for late in [Duration::from_millis(700), Duration::from_millis(1500)] {
-        old_ack_scenario(late).await;
+        old_ack_scenario(late, false).await;
     }
+    // Review 7: voter 3 answers voter 2's syncs until just before the
+    // batch reaches it, then no more: 2 must not copy from that answer,
+    // given before its old ack could have been counted (it copies only
+    // from answers to syncs sent once its old answers expired).
+    old_ack_scenario(Duration::from_millis(700), true).await;
 }
 
-async fn old_ack_scenario(late: Duration) {
+async fn old_ack_scenario(late: Duration, cut_syncs: bool) {
     let seed = SimCluster::seed_from_env();
     let mut c = SimCluster::new(seed, ids(5));
     c.tuning = coordmesh::ConfigBuilder {
@@ -1790,7 +1797,13 @@ async fn old_ack_scenario(late: Duration) {
     c.block(NodeId(1), NodeId(2));
     c.restart(NodeId(2)).await;
     // Voter 2 may copy from 3, 4 and 5 once its start-up wait is over.
-    tokio::time::sleep(late).await;
+    if cut_syncs {
+        tokio::time::sleep(late - Duration::from_millis(50)).await;
+        c.drop_requests(NodeId(2), NodeId(3), "sync");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    } else {
+        tokio::time::sleep(late).await;
+    }
     c.keep_requests(NodeId(1), NodeId(3), "lock-replicate");
     c.unblock(NodeId(1), NodeId(2));
     let grant = holder.await.unwrap();
@@ -1802,8 +1815,23 @@ async fn old_ack_scenario(late: Duration) {
     // 1 and 3 go away; 2, 4 and 5 elect a leader.
     c.isolate(NodeId(1));
     c.kill(NodeId(3)).await;
-    c.eventually(Duration::from_secs(10), "a leader among 2, 4, 5", |c| {
-        [2, 4, 5].iter().any(|v| c.mesh(NodeId(*v)).is_leader())
+    let among = |c: &SimCluster| [2, 4, 5].iter().any(|v| c.mesh(NodeId(*v)).is_leader());
+    // Voter 2 copies only from answers to syncs sent once its old
+    // answers expired; if 1 and 3 went before answering one, 4's and 5's
+    // are too few: it waits (safe) until 1 is back. With 3's last answer
+    // given before the batch reached it, it must wait.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if cut_syncs {
+        assert!(
+            !among(&c),
+            "2 copied without a fresh answer of 1 or 3 (seed {seed})"
+        );
+    }
+    if !among(&c) {
+        c.heal();
+    }
+    c.eventually(Duration::from_secs(10), "a leader", |c| {
+        (1..=5).any(|v| c.running().contains(&NodeId(v)) && c.mesh(NodeId(v)).is_leader())
     })
     .await;
     let other = c.mesh(NodeId(6)).lock("x").ttl(TTL).try_acquire().await;

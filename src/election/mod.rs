@@ -154,26 +154,18 @@ impl Timing {
     /// How long after its start a voter waits before it takes a copy from
     /// the others (E7): until no answer it gave before its restart can
     /// still be counted, neither a promise (an attempt lasts
-    /// [`Timing::attempt_window`]) nor an ack of a replication batch (a
-    /// batch pending [`crate::replication::BATCH_PENDING_MAX`] is sent
-    /// again under a new id), whatever the clocks' drift. A batch or an
-    /// election its old answers helped decide is then in every copy.
+    /// [`Timing::attempt_window`]) nor an ack of a replication batch (an
+    /// ack counts only within [`crate::replication::BATCH_PENDING_MAX`]
+    /// of the batch's send) nor of a prune round (within
+    /// [`crate::replication::PRUNE_WAIT`], shorter), whatever the clocks'
+    /// drift. Its syncs sent from then on are *fresh*, and it copies only
+    /// from their answers: a batch or an election its old answers helped
+    /// decide is then in every copy it takes, and a prune they helped
+    /// decide is forgotten or still held in each.
     pub fn old_answers_expire(&self) -> Duration {
         self.attempt_window()
             .max(crate::replication::BATCH_PENDING_MAX)
             .mul_f64((1.0 + self.drift) / (1.0 - self.drift))
-    }
-
-    /// How long after its start a voter's recovery syncs are *fresh*:
-    /// their answers are given after any prune round that counted an ack
-    /// of its earlier life was decided (a round lasts at most
-    /// [`crate::replication::PRUNE_WAIT`] on its leader's clock, and
-    /// started before that ack), whatever the clocks' drift. Only such
-    /// answers are copied from (E7, PROTOCOL.md "Locks" 8): an earlier
-    /// one may predate the round at its source while another source has
-    /// forgotten the round's tombstones.
-    pub fn fresh_answers_after(&self) -> Duration {
-        crate::replication::PRUNE_WAIT.mul_f64((1.0 + self.drift) / (1.0 - self.drift))
     }
 
     /// How long a peer's "reaches quorum" mark stays fresh: it is bumped
@@ -247,10 +239,9 @@ pub enum ElectionRequest {
     Sync {
         /// Voter-set hash.
         voters: u64,
-        /// Sent once any prune round an answer of the asking voter's
-        /// earlier life helped decide was decided
-        /// ([`Timing::fresh_answers_after`]): only answers to such syncs
-        /// are copied from.
+        /// Sent once every answer of the asking voter's earlier life has
+        /// expired ([`Timing::old_answers_expire`]): only answers to such
+        /// syncs are copied from.
         fresh: bool,
     },
 }
@@ -715,12 +706,10 @@ impl Election {
             .last_sync_at
             .is_none_or(|at| now >= at + self.timing.heartbeat);
         // A copy is taken only once every answer of this voter's earlier
-        // life has expired (an old ack or promise could otherwise decide
-        // a batch or an election that the copy would miss), and only from
-        // answers to fresh syncs (a prune an old ack helped decide would
-        // otherwise leave an older grant in it).
+        // life has expired, and only from answers to syncs sent since
+        // (fresh): an old ack or promise could otherwise decide a batch,
+        // an election or a prune after an answer the copy is taken from.
         let copy_ready = now >= self.started_at + self.timing.old_answers_expire();
-        let sync_fresh = now >= self.started_at + self.timing.fresh_answers_after();
         if sync {
             self.last_sync_at = Some(now);
             for &v in &self.voters {
@@ -729,7 +718,7 @@ impl Election {
                         to: v,
                         request: ElectionRequest::Sync {
                             voters: self.hash,
-                            fresh: sync_fresh,
+                            fresh: copy_ready,
                         },
                     });
                 }

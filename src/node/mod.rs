@@ -240,6 +240,14 @@ impl Driver {
     ) -> Driver {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
         let started = shared.clock.now();
+        // A node that is no voter keeps no copy: a copy it held as a voter
+        // (an earlier voter set) hears no batch, prune or forget now, and
+        // would bring back, should it lead, what the voters forgot.
+        let replica = if election.is_voter() {
+            replica
+        } else {
+            Replica::default()
+        };
         let state = State {
             election,
             locks,

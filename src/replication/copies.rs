@@ -340,8 +340,10 @@ impl<E: Merge> Copies<E> {
                         taken = taken.max(*floor);
                     }
                 }
+                // The floor goes to the directory with the copy, even
+                // when the copy is the one it holds.
+                let replaced = copy != self.own || taken != self.floor;
                 self.floor = taken;
-                let replaced = copy != self.own;
                 self.own = copy;
                 if replaced || !durable {
                     Settle::Initialize(self.own.clone())
@@ -593,6 +595,16 @@ mod tests {
             c.on_batch(OPEN, Epoch(2), BatchId(7), vec![Reg(1, 0)]),
             Verdict::Stale
         );
+        // Review 7: the same copy as its own, but another floor: the
+        // directory is rewritten with it.
+        let mut same = Copies::new(copy(&[Reg(1, 1)]), floor(9, 4));
+        same.on_sync_answer(n(2), vec![Reg(1, 1)], floor(2, 8));
+        same.on_sync_answer(n(3), vec![], Floor::default());
+        assert_eq!(
+            same.settle(&Recovery::Copied(vec![n(2), n(3)]), true),
+            Settle::Initialize(copy(&[Reg(1, 1)]))
+        );
+        assert_eq!(same.floor(), floor(2, 8));
         let mut anew: Copies<Reg> = Copies::new(Replica::default(), Floor::default());
         anew.on_sync_answer(n(2), vec![], floor(5, 1));
         anew.settle(&Recovery::Anew, true);

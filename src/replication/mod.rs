@@ -24,10 +24,11 @@ pub use copies::{
 
 /// How long a round that prunes tombstones waits for every voter's ack
 /// (PROTOCOL.md, "Locks" 8); an ack later than this counts for nothing.
-/// A voter that restarted copies only from answers given once a round
-/// that counted an ack of its earlier life was decided
-/// (`Timing::fresh_answers_after`, E7).
+/// Shorter than [`BATCH_PENDING_MAX`]: a voter that restarted copies
+/// only from answers given once its earlier life's acks expired
+/// (`Timing::old_answers_expire`, E7), a prune round's among them.
 pub const PRUNE_WAIT: Duration = Duration::from_millis(500);
+const _: () = assert!(PRUNE_WAIT.as_millis() < BATCH_PENDING_MAX.as_millis());
 
 /// Below what a voter takes no more batches: those of `epoch` with an id
 /// under `batch`. A leader that had every voter hold some tombstones and
