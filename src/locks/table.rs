@@ -67,9 +67,10 @@ pub const WATCHERS_MAX: usize = 4096;
 /// them all is followed by the next at once.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
 pub use crate::replication::PRUNE_WAIT;
-/// The tombstones one prune round carries, in bytes (a quarter of the
-/// RPC frame, so the round's batch and its forget fit one frame).
-pub const PRUNE_BYTES_MAX: usize = crate::rpc::FRAME_BYTES_MAX / 4;
+/// The tombstones one prune round carries, in bytes: a quarter of the
+/// RPC frame (1 MiB), so the round's batch and its forget fit one frame
+/// (the frame's bound is checked against it in the RPC's tests).
+pub const PRUNE_BYTES_MAX: usize = 256 * 1024;
 
 /// The last `ENDED_REQUESTS_MAX` (name, request id) pairs of ended
 /// grants, oldest forgotten first, looked up by hash: every acquire with

@@ -27,6 +27,8 @@ use serde::de::DeserializeOwned;
 pub const WIRE_VERSION: u16 = 7;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
+// A prune round's tombstones, and the forget that names them, fit a frame.
+const _: () = assert!(4 * crate::locks::table::PRUNE_BYTES_MAX <= FRAME_BYTES_MAX);
 /// Bytes of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
 const VERSION_BYTES: usize = 2;
