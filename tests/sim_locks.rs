@@ -2066,6 +2066,41 @@ fn pruned(mesh: &Mesh) -> u64 {
         .load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The TTL of the grants the review-5 and review-6 scripts take: the
+/// longest the simulation allows, so that an adopted grant still runs.
+const JOB_TTL: Duration = Duration::from_millis(3000);
+
+/// Takes "job" through `via` with request id `id`; its token.
+async fn take_job(c: &SimCluster, via: NodeId, id: &str) -> Token {
+    match ask(c.mesh(via), acquire_with_id("job", JOB_TTL, id)).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {})", c.seed()),
+    }
+}
+
+/// Releases "job" under `token` through `via`.
+async fn release_job(c: &SimCluster, via: NodeId, token: Token) {
+    let release = LockRequest::Release {
+        name: "job".into(),
+        token,
+    };
+    assert_eq!(ask(c.mesh(via), release).await, LockReply::Released);
+}
+
+/// A retry of request id "r" through `via` is not told a token below
+/// `later`, a grant made after "r"'s (K1).
+async fn retry_of_r_is_not_below(c: &SimCluster, via: NodeId, later: Token) {
+    let seed = c.seed();
+    match ask(c.mesh(via), acquire_with_id("job", JOB_TTL, "r")).await {
+        LockReply::Granted { token, .. } => assert!(
+            token > later,
+            "a retry of \"r\" was told {token}, below the later grant {later} (seed {seed})"
+        ),
+        LockReply::Ended | LockReply::Held => {}
+        other => panic!("{other:?} (seed {seed})"),
+    }
+}
+
 /// Goal ("Locks" 8): released locks' tombstones leave every voter's copy
 /// once all of them hold them; the names stay usable, tokens only grow.
 #[tokio::test(start_paused = true)]
@@ -2118,30 +2153,15 @@ async fn review_5_a_voter_cut_off_holds_pruning_back() {
     let seed = SimCluster::seed_from_env();
     let mut c = cluster(seed, 5, 3, None).await;
     assert_eq!(c.led().await, NodeId(1));
-    let long = Duration::from_millis(3000);
     let client = NodeId(4);
-    let first = match ask(c.mesh(client), acquire_with_id("job", long, "r")).await {
-        LockReply::Granted { token, .. } => token,
-        other => panic!("{other:?} (seed {seed})"),
-    };
+    let first = take_job(&c, client, "r").await;
     // Every voter holds the grant before 3 is cut off.
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.isolate(NodeId(3));
-    let release = LockRequest::Release {
-        name: "job".into(),
-        token: first,
-    };
-    assert_eq!(ask(c.mesh(client), release).await, LockReply::Released);
-    let later = match ask(c.mesh(NodeId(5)), acquire_with_id("job", long, "s")).await {
-        LockReply::Granted { token, .. } => token,
-        other => panic!("{other:?} (seed {seed})"),
-    };
+    release_job(&c, client, first).await;
+    let later = take_job(&c, NodeId(5), "s").await;
     assert!(later > first);
-    let release = LockRequest::Release {
-        name: "job".into(),
-        token: later,
-    };
-    assert_eq!(ask(c.mesh(NodeId(5)), release).await, LockReply::Released);
+    release_job(&c, NodeId(5), later).await;
     // Two prune rounds' time: none may complete without voter 3.
     tokio::time::sleep(Duration::from_secs(25)).await;
     for v in [NodeId(1), NodeId(2)] {
@@ -2155,14 +2175,7 @@ async fn review_5_a_voter_cut_off_holds_pruning_back() {
     c.kill(c.led().await).await;
     let leader = c.led().await;
     assert!(leader == NodeId(2) || leader == NodeId(3), "{leader}");
-    match ask(c.mesh(client), acquire_with_id("job", long, "r")).await {
-        LockReply::Granted { token, .. } => assert!(
-            token > later,
-            "a retry of \"r\" was told {token}, below the later grant {later} (seed {seed})"
-        ),
-        LockReply::Ended | LockReply::Held => {}
-        other => panic!("{other:?} (seed {seed})"),
-    }
+    retry_of_r_is_not_below(&c, client, later).await;
     c.shutdown().await;
 }
 
@@ -2180,28 +2193,13 @@ async fn review_6_a_recovery_does_not_copy_an_answer_older_than_a_prune() {
     let mut c = cluster(seed, 4, 3, None).await;
     assert_eq!(c.led().await, NodeId(1));
     let served_at = c.now();
-    let ttl = Duration::from_millis(3000);
     let client = NodeId(4);
-    let first = match ask(c.mesh(client), acquire_with_id("job", ttl, "r")).await {
-        LockReply::Granted { token, .. } => token,
-        other => panic!("{other:?} (seed {seed})"),
-    };
+    let first = take_job(&c, client, "r").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.drop_requests(NodeId(1), NodeId(3), "lock-replicate");
-    let release = LockRequest::Release {
-        name: "job".into(),
-        token: first,
-    };
-    assert_eq!(ask(c.mesh(client), release).await, LockReply::Released);
-    let later = match ask(c.mesh(client), acquire_with_id("job", ttl, "s")).await {
-        LockReply::Granted { token, .. } => token,
-        other => panic!("{other:?} (seed {seed})"),
-    };
-    let release = LockRequest::Release {
-        name: "job".into(),
-        token: later,
-    };
-    assert_eq!(ask(c.mesh(client), release).await, LockReply::Released);
+    release_job(&c, client, first).await;
+    let later = take_job(&c, client, "s").await;
+    release_job(&c, client, later).await;
     // The first prune round starts about 10 s after the takeover: 2
     // acks it, 3 does not hear it; 2 restarts with the round pending.
     let round = served_at + Duration::from_millis(10_100);
@@ -2220,13 +2218,6 @@ async fn review_6_a_recovery_does_not_copy_an_answer_older_than_a_prune() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.kill(NodeId(1)).await;
     assert_eq!(c.led().await, NodeId(2));
-    match ask(c.mesh(client), acquire_with_id("job", ttl, "r")).await {
-        LockReply::Granted { token, .. } => assert!(
-            token > later,
-            "a retry of \"r\" was told {token}, below the later grant {later} (seed {seed})"
-        ),
-        LockReply::Ended | LockReply::Held => {}
-        other => panic!("{other:?} (seed {seed})"),
-    }
+    retry_of_r_is_not_below(&c, client, later).await;
     c.shutdown().await;
 }
