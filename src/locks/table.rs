@@ -1909,6 +1909,12 @@ impl LockTable {
         out.extend(self.flush());
     }
 
+    /// Entries the serving table knows (grants and tombstones, claims
+    /// included); 0 when not serving.
+    pub fn entries(&self) -> usize {
+        self.term.as_ref().map_or(0, |t| t.known.len())
+    }
+
     /// Released locks' tombstones this table pruned, ever.
     pub fn pruned_total(&self) -> u64 {
         self.pruned
