@@ -241,7 +241,9 @@ fn a_completion_survives_a_leader_kill_and_a_full_restart() {
 
 /// Begins `key` through `http` and completes it with `result`.
 fn run_once(http: std::net::SocketAddr, key: &str, begin: &Value, result: &str) {
-    let r = post(http, &format!("/v1/idempotency/{key}/begin"), begin.clone());
+    // A new leader serves claims once its records are reconciled with
+    // its promisers (503 no_quorum until then).
+    let r = through_failover(|| post(http, &format!("/v1/idempotency/{key}/begin"), begin.clone()));
     assert_eq!(r.status, 200, "{r:?}");
     let claim = claim_of(&r.body);
     let r = post(
