@@ -14,11 +14,11 @@ pub use sim::{Faults, SIM_SOCKET_QUEUE_MAX, SimGossip, SimNet, SimSender, SimSoc
 /// Largest UDP payload over IPv4; nothing larger is ever sent.
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 
-/// Largest message a simulated network carries: a simulated RPC frame
-/// stands for a frame on a QUIC stream, which may be up to the RPC frame
-/// bound (1 MiB) and its length prefix. Gossip keeps to
-/// [`DATAGRAM_BYTES_MAX`] by its own bound.
-pub const SIM_MESSAGE_BYTES_MAX: usize = (1 << 20) + 4;
+/// Largest message a simulated network carries: a simulated RPC datagram
+/// stands for a request or an answer on a QUIC stream, which may be a head
+/// frame and chunk frames up to the RPC message bound (256 MiB). Gossip
+/// keeps to [`DATAGRAM_BYTES_MAX`] by its own bound.
+pub const SIM_MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 /// Where sockets come from.
 #[derive(Clone, Debug, Default)]

@@ -436,6 +436,16 @@ impl SimSocket {
         }
     }
 
+    /// Waits for the next datagram, and takes it whole.
+    pub async fn recv(&mut self) -> io::Result<(Vec<u8>, SocketAddr)> {
+        let (from, data) = self
+            .rx
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "socket closed"))?;
+        Ok((data, from))
+    }
+
     /// Waits for the next datagram.
     pub async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         // The socket holds a sender to its own queue, so the channel never

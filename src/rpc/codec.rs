@@ -8,9 +8,22 @@
 //! A frame is at most [`FRAME_BYTES_MAX`] long; its length is checked
 //! before any of the body is read or buffered, so a hostile length costs
 //! nothing.
+//!
+//! A request or an answer may carry a whole lock table (a promise, a
+//! recovery copy, a new term's first batch), which can be far larger than
+//! a frame. Such a message travels as several frames ([`Chunked`]): a
+//! head (the message without its lock entries, and how many chunk frames
+//! follow), then the entries, at most [`CHUNK_BYTES`] of them per chunk
+//! frame. The whole is bounded by [`MESSAGE_BYTES_MAX`].
+//!
+//! ```text
+//! message = frame(Head { chunks, body }) | chunks × frame(Vec<Entry>)
+//! ```
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::locks::Entry;
 
 /// Version of the frame format and message enums. 2: recovery answers
 /// tell what a voter remembers (E7), lock entries carry versions, quiet
@@ -24,11 +37,23 @@ use serde::de::DeserializeOwned;
 /// (completions settled out of the lock copies into the records). 7: a
 /// replication batch carries its id; `Forget` (tombstones every voter
 /// holds, pruned) and the voter's floor in its snapshot; `Answer::Stale`.
-pub const WIRE_VERSION: u16 = 7;
+/// 8: requests and answers are a head and chunk frames of lock entries.
+pub const WIRE_VERSION: u16 = 8;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 // A prune round's tombstones, and the forget that names them, fit a frame.
 const _: () = assert!(4 * crate::locks::table::PRUNE_BYTES_MAX <= FRAME_BYTES_MAX);
+/// A chunk frame holds entries up to this many bytes (one larger entry
+/// goes alone in its chunk).
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Largest message (a head and its chunk frames, length prefixes
+/// included) a node sends or accepts: what it buffers for one request or
+/// answer. A table of 100,000 locks held with the longest names and
+/// request ids is about 45 MB.
+pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
+// One entry alone (a claim's is the largest, within the claims' byte
+// bound) fits a chunk frame.
+const _: () = assert!(crate::locks::claim::CLAIM_BYTES_MAX + 16 <= FRAME_BYTES_MAX);
 /// Bytes of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
 const VERSION_BYTES: usize = 2;
@@ -78,6 +103,192 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// A message that may carry more lock entries than fit one frame: they
+/// travel in chunk frames after it.
+pub trait Chunked {
+    /// The message's lock entries, if it is of a kind that has them.
+    fn entries_mut(&mut self) -> Option<&mut Vec<Entry>>;
+}
+
+/// The first frame of a chunked message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Head<T> {
+    /// Chunk frames that follow.
+    pub chunks: u32,
+    /// The message, its lock entries taken out.
+    pub body: T,
+}
+
+/// Takes `value`'s lock entries out and encodes them as chunk frames:
+/// how many, and the frames, concatenated.
+pub fn take_chunks<T: Chunked>(value: &mut T) -> Result<(u32, Vec<u8>), FrameError> {
+    let entries = match value.entries_mut() {
+        Some(entries) => std::mem::take(entries),
+        None => return Ok((0, Vec::new())),
+    };
+    let mut out = Vec::new();
+    let mut chunks = 0u32;
+    let mut body = Vec::new();
+    let mut count = 0usize;
+    let mut one = Vec::new();
+    for entry in &entries {
+        one.clear();
+        one = postcard::to_extend(entry, one).map_err(|_| FrameError::Malformed)?;
+        if count > 0 && body.len() + one.len() > CHUNK_BYTES {
+            push_chunk(&mut out, count, &body)?;
+            chunks += 1;
+            body.clear();
+            count = 0;
+        }
+        body.extend_from_slice(&one);
+        count += 1;
+    }
+    if count > 0 {
+        push_chunk(&mut out, count, &body)?;
+        chunks += 1;
+    }
+    if out.len() > MESSAGE_BYTES_MAX {
+        return Err(FrameError::TooLarge {
+            len: out.len(),
+            max: MESSAGE_BYTES_MAX,
+        });
+    }
+    Ok((chunks, out))
+}
+
+/// Appends one chunk frame: `count` entries, already encoded in `body`,
+/// as postcard encodes a `Vec<Entry>` (its length, then its elements).
+fn push_chunk(out: &mut Vec<u8>, count: usize, body: &[u8]) -> Result<(), FrameError> {
+    let count = postcard::to_stdvec(&count).map_err(|_| FrameError::Malformed)?;
+    let len = VERSION_BYTES + count.len() + body.len();
+    if len > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    // Invariant: len <= FRAME_BYTES_MAX < u32::MAX.
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&WIRE_VERSION.to_be_bytes());
+    out.extend_from_slice(&count);
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Encodes `value` as a chunked message: its head frame, then its chunk
+/// frames.
+pub fn encode_chunked<T: Serialize + Chunked>(mut value: T) -> Result<Vec<u8>, FrameError> {
+    let (chunks, frames) = take_chunks(&mut value)?;
+    let mut out = encode(&Head {
+        chunks,
+        body: &value,
+    })?;
+    if out.len() + frames.len() > MESSAGE_BYTES_MAX {
+        return Err(FrameError::TooLarge {
+            len: out.len() + frames.len(),
+            max: MESSAGE_BYTES_MAX,
+        });
+    }
+    out.extend_from_slice(&frames);
+    Ok(out)
+}
+
+/// Puts a chunked message's entries back together, one chunk frame at a
+/// time, within [`MESSAGE_BYTES_MAX`].
+#[derive(Debug)]
+pub struct Joiner {
+    left: u32,
+    bytes: usize,
+    entries: Vec<Entry>,
+}
+
+impl Joiner {
+    /// For a head that announced `chunks` chunk frames and took
+    /// `head_bytes` (its length prefix included).
+    pub fn new(chunks: u32, head_bytes: usize) -> Joiner {
+        Joiner {
+            left: chunks,
+            bytes: head_bytes,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Chunk frames still to come.
+    pub fn left(&self) -> u32 {
+        self.left
+    }
+
+    /// Takes one chunk frame's content (what follows its length prefix).
+    pub fn push(&mut self, content: &[u8]) -> Result<(), FrameError> {
+        if self.left == 0 {
+            return Err(FrameError::Malformed);
+        }
+        self.bytes = self.bytes.saturating_add(LENGTH_BYTES + content.len());
+        if self.bytes > MESSAGE_BYTES_MAX {
+            return Err(FrameError::TooLarge {
+                len: self.bytes,
+                max: MESSAGE_BYTES_MAX,
+            });
+        }
+        let entries: Vec<Entry> = decode(content)?;
+        if entries.is_empty() {
+            return Err(FrameError::Malformed);
+        }
+        self.entries.extend(entries);
+        self.left -= 1;
+        Ok(())
+    }
+
+    /// Puts the entries into `value`, once every chunk frame came.
+    pub fn finish<T: Chunked>(self, value: &mut T) -> Result<(), FrameError> {
+        if self.left > 0 {
+            return Err(FrameError::Truncated);
+        }
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        match value.entries_mut() {
+            // A head carries no entries of its own.
+            Some(slot) if slot.is_empty() => {
+                *slot = self.entries;
+                Ok(())
+            }
+            _ => Err(FrameError::Malformed),
+        }
+    }
+}
+
+/// Decodes a whole chunked message from the start of `bytes` (its head
+/// frame and chunk frames); returns it and the bytes it took.
+pub fn decode_chunked<T: DeserializeOwned + Chunked>(
+    bytes: &[u8],
+) -> Result<(T, usize), FrameError> {
+    let (head, mut used) = decode_frame::<Head<T>>(bytes)?;
+    let mut value = head.body;
+    let mut joiner = Joiner::new(head.chunks, used);
+    while joiner.left() > 0 {
+        let (content, len) = next_frame(&bytes[used..])?;
+        joiner.push(content)?;
+        used += len;
+    }
+    joiner.finish(&mut value)?;
+    Ok((value, used))
+}
+
+/// The content of the frame at the start of `bytes`, and the bytes the
+/// frame took (its length prefix included).
+pub fn next_frame(bytes: &[u8]) -> Result<(&[u8], usize), FrameError> {
+    let prefix: [u8; LENGTH_BYTES] = bytes
+        .get(..LENGTH_BYTES)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(FrameError::Truncated)?;
+    let len = frame_len(prefix)?;
+    let content = bytes
+        .get(LENGTH_BYTES..LENGTH_BYTES + len)
+        .ok_or(FrameError::Truncated)?;
+    Ok((content, LENGTH_BYTES + len))
+}
+
 /// Reads a length prefix; the frame's remaining length, if allowed.
 pub fn frame_len(prefix: [u8; LENGTH_BYTES]) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(prefix) as usize;
@@ -112,15 +323,8 @@ pub fn decode<T: DeserializeOwned>(content: &[u8]) -> Result<T, FrameError> {
 /// Decodes one whole frame, length prefix included, from the start of
 /// `bytes`; returns the message and the bytes the frame took.
 pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), FrameError> {
-    let prefix: [u8; LENGTH_BYTES] = bytes
-        .get(..LENGTH_BYTES)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(FrameError::Truncated)?;
-    let len = frame_len(prefix)?;
-    let content = bytes
-        .get(LENGTH_BYTES..LENGTH_BYTES + len)
-        .ok_or(FrameError::Truncated)?;
-    Ok((decode(content)?, LENGTH_BYTES + len))
+    let (content, used) = next_frame(bytes)?;
+    Ok((decode(content)?, used))
 }
 
 #[cfg(test)]
@@ -270,5 +474,144 @@ mod tests {
             decode_frame::<RequestEnvelope>(&frame),
             Err(FrameError::Malformed)
         );
+    }
+
+    fn lock_entry(i: usize) -> crate::locks::Entry {
+        use crate::ids::{Epoch, Token};
+        use crate::locks::{Entry, EntryState, Name};
+        Entry {
+            name: Name::lock(&format!("held-lock-{i:06}")),
+            token: Token((3 << 32) + i as u64),
+            state: EntryState::held(30_000, NodeId(2), Some(format!("req-{i}")), 1),
+            claim: None,
+            written: Epoch(3),
+        }
+    }
+
+    fn snapshot_answer(entries: usize) -> ResponseEnvelope {
+        Ok(Response::Copy(VoterSnapshot {
+            locks: (0..entries).map(lock_entry).collect(),
+            ..VoterSnapshot::default()
+        }))
+    }
+
+    /// The frames of a chunked message at the start of `bytes`: each
+    /// frame's length (prefix included).
+    fn frames(mut bytes: &[u8]) -> Vec<usize> {
+        let mut lens = Vec::new();
+        while !bytes.is_empty() {
+            let (_, used) = next_frame(bytes).unwrap();
+            lens.push(used);
+            bytes = &bytes[used..];
+        }
+        lens
+    }
+
+    /// A table far past one frame (100,000 held locks) crosses as a head
+    /// and chunk frames, none over the frame bound, and comes back whole.
+    #[test]
+    fn a_table_past_one_frame_crosses_in_chunks() {
+        let answer = snapshot_answer(100_000);
+        let bytes = encode_chunked(answer.clone()).unwrap();
+        assert!(bytes.len() > 4 * FRAME_BYTES_MAX, "{} bytes", bytes.len());
+        let lens = frames(&bytes);
+        assert!(lens.len() > 4, "{} frames", lens.len());
+        assert!(lens.iter().all(|&l| l <= LENGTH_BYTES + FRAME_BYTES_MAX));
+        assert!(
+            lens[1..]
+                .iter()
+                .all(|&l| l <= LENGTH_BYTES + VERSION_BYTES + 10 + CHUNK_BYTES)
+        );
+        let (back, used) = decode_chunked::<ResponseEnvelope>(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(back, answer);
+    }
+
+    #[test]
+    fn a_message_without_entries_is_one_frame() {
+        let bytes = encode_chunked(snapshot_answer(0)).unwrap();
+        assert_eq!(frames(&bytes).len(), 1);
+        let ping = RequestEnvelope {
+            from: NodeId(1),
+            request: Request::Ping(Ping { payload: vec![1] }),
+        };
+        let bytes = encode_chunked(ping.clone()).unwrap();
+        assert_eq!(frames(&bytes).len(), 1);
+        assert_eq!(
+            decode_chunked::<RequestEnvelope>(&bytes).unwrap(),
+            (ping, bytes.len())
+        );
+    }
+
+    /// A message cut anywhere, a chunk short or one too many, a chunk
+    /// with no entries, and a head that keeps entries of its own while
+    /// chunks follow are refused, never misread.
+    #[test]
+    fn a_chunked_message_cut_or_padded_is_refused() {
+        let bytes = encode_chunked(snapshot_answer(20_000)).unwrap();
+        let lens = frames(&bytes);
+        assert!(lens.len() >= 3);
+        let mut cut = 0;
+        for len in &lens[..lens.len() - 1] {
+            cut += len;
+            assert_eq!(
+                decode_chunked::<ResponseEnvelope>(&bytes[..cut]),
+                Err(FrameError::Truncated)
+            );
+        }
+        for cut in [1, lens[0] + 3, bytes.len() - 1] {
+            assert!(decode_chunked::<ResponseEnvelope>(&bytes[..cut]).is_err());
+        }
+        // An extra chunk the head did not announce is left over: the
+        // reader of a stream would find bytes after the message.
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&bytes[lens[0]..lens[0] + lens[1]]);
+        assert_eq!(
+            decode_chunked::<ResponseEnvelope>(&padded).unwrap().1,
+            bytes.len()
+        );
+        // A chunk of no entries.
+        let mut joiner = Joiner::new(1, 0);
+        let empty = encode(&Vec::<crate::locks::Entry>::new()).unwrap();
+        assert_eq!(
+            joiner.push(&empty[LENGTH_BYTES..]),
+            Err(FrameError::Malformed)
+        );
+        // A head with entries of its own, and a chunk after it.
+        let mut head_with_entries = encode(&Head {
+            chunks: 1,
+            body: snapshot_answer(1),
+        })
+        .unwrap();
+        head_with_entries.extend_from_slice(&bytes[lens[0]..lens[0] + lens[1]]);
+        assert_eq!(
+            decode_chunked::<ResponseEnvelope>(&head_with_entries),
+            Err(FrameError::Malformed)
+        );
+        // More chunks than were announced are not taken.
+        let mut joiner = Joiner::new(0, 0);
+        assert_eq!(
+            joiner.push(&bytes[lens[0] + LENGTH_BYTES..lens[0] + lens[1]]),
+            Err(FrameError::Malformed)
+        );
+    }
+
+    /// A receiver buffers no more than the message bound, whatever the
+    /// head announces.
+    #[test]
+    fn a_message_past_its_bound_is_refused_at_the_chunk_that_passes_it() {
+        let bytes = encode_chunked(snapshot_answer(5_000)).unwrap();
+        let lens = frames(&bytes);
+        let chunk = &bytes[lens[0] + LENGTH_BYTES..lens[0] + lens[1]];
+        let mut joiner = Joiner::new(u32::MAX, MESSAGE_BYTES_MAX - lens[1] + 1);
+        assert!(matches!(
+            joiner.push(chunk),
+            Err(FrameError::TooLarge {
+                max: MESSAGE_BYTES_MAX,
+                ..
+            })
+        ));
+        let mut joiner = Joiner::new(u32::MAX, MESSAGE_BYTES_MAX - lens[1]);
+        assert_eq!(joiner.push(chunk), Ok(()));
     }
 }

@@ -210,3 +210,24 @@ pub struct MessageEnvelope {
     /// The message.
     pub message: Message,
 }
+
+impl super::codec::Chunked for RequestEnvelope {
+    fn entries_mut(&mut self) -> Option<&mut Vec<Entry>> {
+        match &mut self.request {
+            Request::Voter(VoterRequest::Replicate { locks, .. })
+            | Request::Voter(VoterRequest::Forget { locks, .. }) => Some(locks),
+            _ => None,
+        }
+    }
+}
+
+impl super::codec::Chunked for ResponseEnvelope {
+    fn entries_mut(&mut self) -> Option<&mut Vec<Entry>> {
+        match self {
+            Ok(Response::ElectionWithSnapshot { snapshot, .. }) | Ok(Response::Copy(snapshot)) => {
+                Some(&mut snapshot.locks)
+            }
+            _ => None,
+        }
+    }
+}

@@ -11,7 +11,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::codec::{self, FrameError, LENGTH_BYTES};
+use serde::de::DeserializeOwned;
+
+use super::codec::{self, Chunked, FrameError, Head, Joiner, LENGTH_BYTES};
 use super::message::{MessageEnvelope, Rejection, RequestEnvelope, ResponseEnvelope};
 use super::{
     CONNECTIONS_MAX, IDLE_TIMEOUT, INFLIGHT_PER_PEER_MAX, KEEP_ALIVE_INTERVAL,
@@ -96,7 +98,7 @@ impl QuicRpc {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, RpcError> {
-        let frame = codec::encode(&RequestEnvelope {
+        let frame = codec::encode_chunked(RequestEnvelope {
             from: self.id,
             request,
         })
@@ -111,9 +113,8 @@ impl QuicRpc {
                 .map_err(|e| unreachable(to, e))?;
             // Finishing can only fail if the stream was already reset.
             let _ = send.finish();
-            let content = read_frame(&mut recv).await.map_err(|e| e.into_rpc(to))?;
             let response: ResponseEnvelope =
-                codec::decode(&content).map_err(RpcError::from_frame)?;
+                read_message(&mut recv).await.map_err(|e| e.into_rpc(to))?;
             response.map_err(RpcError::from_rejection)
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -268,6 +269,23 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadError> {
     Ok(content)
 }
 
+/// Reads a chunked message: its head frame, then its chunk frames.
+async fn read_message<T: DeserializeOwned + Chunked>(
+    recv: &mut RecvStream,
+) -> Result<T, ReadError> {
+    let content = read_frame(recv).await?;
+    let head: Head<T> = codec::decode(&content).map_err(ReadError::Frame)?;
+    let mut value = head.body;
+    let mut joiner = Joiner::new(head.chunks, LENGTH_BYTES + content.len());
+    drop(content);
+    while joiner.left() > 0 {
+        let chunk = read_frame(recv).await?;
+        joiner.push(&chunk).map_err(ReadError::Frame)?;
+    }
+    joiner.finish(&mut value).map_err(ReadError::Frame)?;
+    Ok(value)
+}
+
 fn read_error(e: quinn::ReadExactError) -> ReadError {
     match e {
         quinn::ReadExactError::FinishedEarly(_) => ReadError::Frame(FrameError::Truncated),
@@ -339,7 +357,11 @@ async fn serve_request(
     metrics: Arc<Metrics>,
     strikes: Arc<AtomicU32>,
 ) {
-    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv)).await;
+    let read = tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        read_message::<RequestEnvelope>(&mut recv),
+    )
+    .await;
     let answer: ResponseEnvelope = match read {
         Err(_) => {
             strike(&conn, &strikes, &metrics, "request not sent in time");
@@ -352,31 +374,22 @@ async fn serve_request(
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             Err(match error {
                 FrameError::TooLarge { max, .. } => Rejection::TooLarge { max: max as u32 },
+                FrameError::Version { .. } => Rejection::Version {
+                    supported: codec::WIRE_VERSION,
+                },
                 _ => Rejection::Malformed,
             })
         }
-        Ok(Ok(content)) => match codec::decode::<RequestEnvelope>(&content) {
-            Ok(envelope) => {
-                count(&metrics.rpc_requests_served);
-                service.request(envelope.from, envelope.request).await
-            }
-            Err(FrameError::Version { .. }) => {
-                strike(&conn, &strikes, &metrics, "unknown wire version");
-                Err(Rejection::Version {
-                    supported: codec::WIRE_VERSION,
-                })
-            }
-            Err(error) => {
-                strike(&conn, &strikes, &metrics, &error.to_string());
-                Err(Rejection::Malformed)
-            }
-        },
+        Ok(Ok(envelope)) => {
+            count(&metrics.rpc_requests_served);
+            service.request(envelope.from, envelope.request).await
+        }
     };
-    let frame = match codec::encode(&answer) {
+    let frame = match codec::encode_chunked(answer) {
         Ok(frame) => frame,
         Err(FrameError::TooLarge { max, .. }) => {
             // Our own answer is too big: say so rather than go silent.
-            match codec::encode(&ResponseEnvelope::Err(Rejection::TooLarge {
+            match codec::encode_chunked(ResponseEnvelope::Err(Rejection::TooLarge {
                 max: max as u32,
             })) {
                 Ok(frame) => frame,
@@ -471,7 +484,9 @@ mod tests {
             ReadError::Frame(e) => e.to_string(),
             ReadError::Stream(s) => s,
         })?;
-        codec::decode::<ResponseEnvelope>(&content).map_err(|e| e.to_string())
+        codec::decode::<Head<ResponseEnvelope>>(&content)
+            .map(|head| head.body)
+            .map_err(|e| e.to_string())
     }
 
     fn frame_with(version: u16, body: &[u8]) -> Vec<u8> {
@@ -539,13 +554,78 @@ mod tests {
         );
         // A new connection to the same server is served as usual.
         let fresh = raw_client(server.local_addr(), &ClusterSecret::from_bytes([4; 32])).await;
-        let ping = codec::encode(&RequestEnvelope {
+        let ping = codec::encode_chunked(RequestEnvelope {
             from: NodeId(2),
             request: Request::Ping(Ping { payload: vec![7] }),
         })
         .unwrap();
         let answer = raw_call(&fresh, &ping).await.unwrap();
         assert!(matches!(answer, Ok(Response::Pong(p)) if p.payload == vec![7]));
+        server.close().await;
+    }
+
+    /// Answers a replication request with a copy holding its entries.
+    struct Mirror;
+
+    #[async_trait::async_trait]
+    impl Service for Mirror {
+        async fn request(&self, _from: NodeId, request: Request) -> Result<Response, Rejection> {
+            match request {
+                Request::Voter(crate::rpc::VoterRequest::Replicate { locks, .. }) => {
+                    Ok(Response::Copy(crate::rpc::VoterSnapshot {
+                        locks,
+                        ..Default::default()
+                    }))
+                }
+                _ => Err(Rejection::Unsupported),
+            }
+        }
+        async fn message(&self, _from: NodeId, _message: Message) {}
+    }
+
+    /// A table of 100,000 held locks, far past one frame, crosses a real
+    /// connection both ways (a new term's first batch, a promise's copy)
+    /// in chunk frames, and arrives whole.
+    #[tokio::test]
+    async fn a_table_past_one_frame_crosses_both_ways() {
+        use crate::ids::{BatchId, Epoch, Token};
+        use crate::locks::{Entry, EntryState, Name};
+        let secret = ClusterSecret::from_bytes([5; 32]);
+        let bind = |id: u64, service: Arc<dyn Service>| {
+            QuicRpc::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                NodeId(id),
+                &secret,
+                service,
+                Arc::new(Metrics::default()),
+            )
+            .unwrap()
+        };
+        let server = bind(1, Arc::new(Mirror));
+        let client = bind(2, Arc::new(crate::rpc::Unserved));
+        let locks: Vec<Entry> = (0..100_000u64)
+            .map(|i| Entry {
+                name: Name::lock(&format!("held-lock-{i:06}")),
+                token: Token((4 << 32) + i),
+                state: EntryState::held(30_000, NodeId(2), Some(format!("req-{i}")), 1),
+                claim: None,
+                written: Epoch(4),
+            })
+            .collect();
+        let request = Request::Voter(crate::rpc::VoterRequest::Replicate {
+            epoch: Epoch(4),
+            voters: 7,
+            batch: BatchId(1),
+            locks: locks.clone(),
+        });
+        let answer = client
+            .call(server.local_addr(), request, Duration::from_secs(30))
+            .await;
+        match answer {
+            Ok(Response::Copy(snapshot)) => assert!(snapshot.locks == locks),
+            other => panic!("expected the table back, got {:?}", other.map(|_| ())),
+        }
+        client.close().await;
         server.close().await;
     }
 }

@@ -41,12 +41,17 @@ struct CallId {
 
 #[derive(Serialize, Deserialize)]
 enum Packet {
+    /// Followed, in the datagram, by `chunks` chunk frames of the
+    /// envelope's lock entries.
     Request {
         call: CallId,
+        chunks: u32,
         envelope: RequestEnvelope,
     },
+    /// Followed by chunk frames, as a request.
     Response {
         call: CallId,
+        chunks: u32,
         envelope: ResponseEnvelope,
     },
     Message(MessageEnvelope),
@@ -141,13 +146,19 @@ impl SimRpc {
             .sender
             .net()
             .drops_request(self.local.ip(), to.ip(), kind(&request));
-        let frame = encode_datagram(&Packet::Request {
-            call,
-            envelope: RequestEnvelope {
-                from: self.id,
-                request,
+        let mut envelope = RequestEnvelope {
+            from: self.id,
+            request,
+        };
+        let (chunks, frames) = codec::take_chunks(&mut envelope).map_err(RpcError::from_frame)?;
+        let frame = encode_datagram(
+            &Packet::Request {
+                call,
+                chunks,
+                envelope,
             },
-        })?;
+            frames,
+        )?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
@@ -174,10 +185,13 @@ impl SimRpc {
         if self.is_closed() {
             return Err(RpcError::Closed);
         }
-        let frame = encode_datagram(&Packet::Message(MessageEnvelope {
-            from: self.id,
-            message,
-        }))?;
+        let frame = encode_datagram(
+            &Packet::Message(MessageEnvelope {
+                from: self.id,
+                message,
+            }),
+            Vec::new(),
+        )?;
         count(&self.metrics.rpc_messages_sent);
         let _ = self.sender.send_to(&frame, to);
         Ok(())
@@ -214,15 +228,73 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn encode_datagram(packet: &Packet) -> Result<Vec<u8>, RpcError> {
-    let frame = codec::encode(packet).map_err(RpcError::from_frame)?;
-    if frame.len() > SIM_MESSAGE_BYTES_MAX {
+/// A datagram: the packet's frame, then the chunk frames of its
+/// envelope's entries.
+fn encode_datagram(packet: &Packet, chunks: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+    let mut frame = codec::encode(packet).map_err(RpcError::from_frame)?;
+    let max = codec::MESSAGE_BYTES_MAX.min(SIM_MESSAGE_BYTES_MAX);
+    if frame.len() + chunks.len() > max {
         return Err(RpcError::TooLarge {
-            bytes: frame.len(),
-            max: SIM_MESSAGE_BYTES_MAX,
+            bytes: frame.len() + chunks.len(),
+            max,
         });
     }
+    frame.extend_from_slice(&chunks);
     Ok(frame)
+}
+
+/// The answer's datagram, or that it is too large as the answer.
+fn encode_answer(call: CallId, mut envelope: ResponseEnvelope) -> Option<Vec<u8>> {
+    let encoded = codec::take_chunks(&mut envelope)
+        .map_err(RpcError::from_frame)
+        .and_then(|(chunks, frames)| {
+            encode_datagram(
+                &Packet::Response {
+                    call,
+                    chunks,
+                    envelope,
+                },
+                frames,
+            )
+        });
+    match encoded {
+        Ok(datagram) => Some(datagram),
+        Err(RpcError::TooLarge { max, .. }) => encode_datagram(
+            &Packet::Response {
+                call,
+                chunks: 0,
+                envelope: Err(super::Rejection::TooLarge { max: max as u32 }),
+            },
+            Vec::new(),
+        )
+        .ok(),
+        Err(_) => None,
+    }
+}
+
+/// A datagram's packet, its envelope's entries put back from the chunk
+/// frames that follow it.
+fn decode_datagram(bytes: &[u8]) -> Result<Packet, codec::FrameError> {
+    let (mut packet, mut used) = codec::decode_frame::<Packet>(bytes)?;
+    let chunks = match &packet {
+        Packet::Request { chunks, .. } | Packet::Response { chunks, .. } => *chunks,
+        Packet::Message(_) => 0,
+    };
+    let mut joiner = codec::Joiner::new(chunks, used);
+    while joiner.left() > 0 {
+        let (content, len) = codec::next_frame(&bytes[used..])?;
+        joiner.push(content)?;
+        used += len;
+    }
+    match &mut packet {
+        Packet::Request { envelope, .. } => joiner.finish(envelope)?,
+        Packet::Response { envelope, .. } => joiner.finish(envelope)?,
+        Packet::Message(_) => {}
+    }
+    if used != bytes.len() {
+        return Err(codec::FrameError::Malformed);
+    }
+    Ok(packet)
 }
 
 async fn receive_loop(
@@ -235,15 +307,15 @@ async fn receive_loop(
     // is killed, and reaped as they finish.
     let mut handlers = JoinSet::new();
     let sender = socket.sender();
-    let mut buf = vec![0u8; SIM_MESSAGE_BYTES_MAX];
     loop {
         while handlers.try_join_next().is_some() {}
-        let (len, from) = match socket.recv_from(&mut buf).await {
+        let (datagram, from) = match socket.recv().await {
             Ok(got) => got,
             Err(_) => return,
         };
-        let packet = match codec::decode_frame::<Packet>(&buf[..len]) {
-            Ok((packet, used)) if used == len => packet,
+        let len = datagram.len();
+        let packet = match decode_datagram(&datagram) {
+            Ok(packet) => packet,
             _ => {
                 count(&metrics.rpc_frames_rejected);
                 debug!(%from, len, "malformed simulated RPC datagram dropped");
@@ -251,21 +323,18 @@ async fn receive_loop(
             }
         };
         match packet {
-            Packet::Request { call, envelope } => {
+            Packet::Request { call, envelope, .. } => {
                 count(&metrics.rpc_requests_served);
                 let service = service.clone();
                 let sender = sender.clone();
                 handlers.spawn(async move {
                     let answer = service.request(envelope.from, envelope.request).await;
-                    if let Ok(frame) = encode_datagram(&Packet::Response {
-                        call,
-                        envelope: answer,
-                    }) {
+                    if let Some(frame) = encode_answer(call, answer) {
                         let _ = sender.send_to(&frame, from);
                     }
                 });
             }
-            Packet::Response { call, envelope } => {
+            Packet::Response { call, envelope, .. } => {
                 // Unknown calls are duplicates, answers after a timeout,
                 // or answers to an earlier binding of this address.
                 if let Some(tx) = lock(&pending).remove(&call) {
