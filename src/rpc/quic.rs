@@ -29,6 +29,8 @@ const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_STRIKES: u32 = 1;
 /// Stream stop code when a request is refused unread (too large).
 const STOP_REFUSED: u32 = 1;
+/// Stream reset code when a caller gives up before its request was sent.
+const STOP_CANCELLED: u32 = 2;
 
 pub(super) struct QuicRpc {
     endpoint: Endpoint,
@@ -107,12 +109,13 @@ impl QuicRpc {
             let peer = self.peer(to)?;
             let _slot = peer.calls.acquire().await.map_err(|_| RpcError::Closed)?;
             let conn = self.connection(&peer, to).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(to, e))?;
-            send.write_all(&frame)
+            let (send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(to, e))?;
+            let mut send = CancelOnDrop(Some(send));
+            send.stream()
+                .write_all(&frame)
                 .await
                 .map_err(|e| unreachable(to, e))?;
-            // Finishing can only fail if the stream was already reset.
-            let _ = send.finish();
+            send.finish();
             let response: ResponseEnvelope =
                 read_message(&mut recv).await.map_err(|e| e.into_rpc(to))?;
             response.map_err(RpcError::from_rejection)
@@ -240,6 +243,35 @@ fn connection_error(addr: SocketAddr, e: ConnectionError) -> RpcError {
     match e {
         ConnectionError::LocallyClosed => RpcError::Closed,
         other => unreachable(addr, other),
+    }
+}
+
+/// A request stream that is reset if the call is dropped before the
+/// request was written whole (its timeout ran out): the peer then sees
+/// the caller gone, not a truncated frame it would count against the
+/// connection (a large request may take a while to send).
+struct CancelOnDrop(Option<SendStream>);
+
+impl CancelOnDrop {
+    fn stream(&mut self) -> &mut SendStream {
+        // Invariant: `Some` until `finish` consumes it.
+        self.0.as_mut().expect("stream taken")
+    }
+
+    /// The request is written: end the stream normally.
+    fn finish(mut self) {
+        if let Some(mut send) = self.0.take() {
+            // Finishing can only fail if the stream was already reset.
+            let _ = send.finish();
+        }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.0.take() {
+            let _ = send.reset(VarInt::from_u32(STOP_CANCELLED));
+        }
     }
 }
 
@@ -625,6 +657,80 @@ mod tests {
             Ok(Response::Copy(snapshot)) => assert!(snapshot.locks == locks),
             other => panic!("expected the table back, got {:?}", other.map(|_| ())),
         }
+        client.close().await;
+        server.close().await;
+    }
+
+    /// A caller whose timeout runs out while its large request is still
+    /// being sent resets the stream: the server sees the caller gone, not
+    /// a truncated frame, and so never closes the connection for calls
+    /// given up, however many.
+    #[tokio::test]
+    async fn requests_given_up_mid_send_are_not_counted_as_bad_frames() {
+        use crate::ids::{BatchId, Epoch, Token};
+        use crate::locks::{Entry, EntryState, Name};
+        let secret = ClusterSecret::from_bytes([6; 32]);
+        let server_metrics = Arc::new(Metrics::default());
+        let server = QuicRpc::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            NodeId(1),
+            &secret,
+            Arc::new(Mirror),
+            server_metrics.clone(),
+        )
+        .unwrap();
+        let client = QuicRpc::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            NodeId(2),
+            &secret,
+            Arc::new(crate::rpc::Unserved),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let locks: Vec<Entry> = (0..50_000u64)
+            .map(|i| Entry {
+                name: Name::lock(&format!("held-lock-{i:06}")),
+                token: Token((4 << 32) + i),
+                state: EntryState::held(30_000, NodeId(2), None, 1),
+                claim: None,
+                written: Epoch(4),
+            })
+            .collect();
+        let request = || {
+            Request::Voter(crate::rpc::VoterRequest::Replicate {
+                epoch: Epoch(4),
+                voters: 7,
+                batch: BatchId(1),
+                locks: locks.clone(),
+            })
+        };
+        // Connected first, so that each call below is cut mid-send.
+        assert!(
+            client
+                .call(server.local_addr(), request(), Duration::from_secs(30))
+                .await
+                .is_ok()
+        );
+        for _ in 0..2 * STRIKES_MAX {
+            let answer = client
+                .call(server.local_addr(), request(), Duration::from_millis(2))
+                .await;
+            assert!(
+                matches!(answer, Err(RpcError::Timeout { .. })),
+                "{answer:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            server_metrics.rpc_frames_rejected.load(Ordering::Relaxed),
+            0
+        );
+        assert!(
+            client
+                .call(server.local_addr(), request(), Duration::from_secs(30))
+                .await
+                .is_ok()
+        );
         client.close().await;
         server.close().await;
     }
