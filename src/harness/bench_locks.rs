@@ -28,6 +28,7 @@ use serde_json::json;
 use crate::client::RemoteClient;
 use crate::harness::agents::Agents;
 use crate::harness::report::{micros, percentile, write_json};
+use crate::ids::Token;
 use crate::locks::LockPath;
 use crate::locks::{LockReply, LockRequest};
 
@@ -47,6 +48,11 @@ pub struct LocksOptions {
     /// Kill -9 trials of the leader under traffic.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub failovers: usize,
+    /// Locks held through the failover trials (meshd only): acquired with
+    /// an hour's TTL before the first trial, and after each kill every one
+    /// is checked to be held still, with its token, by the new leader.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    pub held: usize,
     /// Skip the etcd comparison.
     #[cfg_attr(feature = "cli", arg(long))]
     pub no_etcd: bool,
@@ -64,6 +70,8 @@ pub struct LocksOptions {
 }
 
 const TTL_MS: u64 = 5_000;
+/// The TTL of the locks `--held` keeps through the failovers.
+const HELD_TTL: Duration = Duration::from_secs(3600);
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[derive(Clone)]
@@ -470,6 +478,20 @@ async fn measure(
     let cycles_per_s = done.len() as f64 / d.as_secs_f64();
     let (done, _) = cycles(sys, args.clients, d, true, None).await?;
     let handoffs_per_s = done.len() as f64 / d.as_secs_f64();
+    let held = match sys {
+        System::Mesh(m) if args.held > 0 => {
+            let start = Instant::now();
+            let held = hold(m, args.held, args.clients).await?;
+            println!(
+                "{}: {} locks acquired with an hour's TTL in {:.1} s, held through the failovers",
+                sys.name(),
+                held.len(),
+                start.elapsed().as_secs_f64()
+            );
+            held
+        }
+        _ => Vec::new(),
+    };
     let mut failover_ms = Vec::new();
     for trial in 0..args.failovers {
         let (done, killed) = cycles(
@@ -493,6 +515,23 @@ async fn measure(
             return Err(format!("{}: no cycle completed after the kill", sys.name()));
         }
         failover_ms.push(gap.as_secs_f64() * 1000.0);
+        if let System::Mesh(m) = sys
+            && !held.is_empty()
+        {
+            let kept = still_held(m, &held, args.clients).await?;
+            if kept != held.len() {
+                return Err(format!(
+                    "after failover {trial}: {kept} of {} held locks still held",
+                    held.len()
+                ));
+            }
+            println!(
+                "{}: failover {trial} took {:.0} ms with {} locks held; all still held",
+                sys.name(),
+                gap.as_secs_f64() * 1000.0,
+                held.len()
+            );
+        }
         heal(trial);
     }
     Ok(Figures {
@@ -502,6 +541,98 @@ async fn measure(
         handoffs_per_s,
         failover_ms,
     })
+}
+
+/// Acquires `count` locks with an hour's TTL, `clients` at a time,
+/// each retried under its request id until granted; their names and
+/// tokens.
+async fn hold(
+    m: &RemoteClient,
+    count: usize,
+    clients: usize,
+) -> Result<Vec<(String, Token)>, String> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (m, next) = (m.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return Ok(held);
+                }
+                let name = format!("held-{i:07}");
+                let mut tries = 0;
+                let grant = loop {
+                    let lock = m
+                        .lock(name.clone())
+                        .ttl(HELD_TTL)
+                        .request_id(format!("hold-{i}"));
+                    match lock.acquire_token().await {
+                        Ok(grant) => break grant,
+                        Err(e) if tries >= 100 => return Err(format!("acquire {name}: {e}")),
+                        Err(_) => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                };
+                held.push((name, grant.token));
+            }
+        }));
+    }
+    let mut held = Vec::with_capacity(count);
+    for t in tasks {
+        held.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(held)
+}
+
+/// How many of `held` the leader reports held with their token, asked
+/// `clients` at a time (each ask retried through a failover).
+async fn still_held(
+    m: &RemoteClient,
+    held: &[(String, Token)],
+    clients: usize,
+) -> Result<usize, String> {
+    let held = Arc::new(held.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (m, next, held) = (m.clone(), next.clone(), held.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut kept = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, token)) = held.get(i) else {
+                    return Ok::<_, String>(kept);
+                };
+                let mut tries = 0;
+                loop {
+                    let request = LockRequest::Status { name: name.clone() };
+                    match m.lock_request(request, Duration::from_secs(2)).await {
+                        Ok(LockReply::Status { token: now, .. }) => {
+                            kept += usize::from(now == Some(*token));
+                            break;
+                        }
+                        other if tries >= 100 => {
+                            return Err(format!("status of {name}: {other:?}"));
+                        }
+                        _ => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut kept = 0;
+    for t in tasks {
+        kept += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(kept)
 }
 
 /// `count` sequential 4 KiB appends to one file in `dir`, each followed
@@ -697,6 +828,7 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
         "durable": !args.no_data_dir,
         "clients": args.clients,
         "duration_s": args.duration_s,
+        "held": args.held,
         "meshd": report(label, &ours),
     });
     if let Some(floor) = floor {
