@@ -615,9 +615,9 @@ impl LockTable {
                         claim: Some(facts),
                         written: term.epoch,
                     };
-                    adopt(term, now, rho, &done, &mut out);
+                    adopt(term, now, rho, done, &mut out);
                 }
-                _ => adopt(term, now, rho, &entry, &mut out),
+                _ => adopt(term, now, rho, entry, &mut out),
             }
         }
         out.extend(self.flush());
@@ -697,9 +697,9 @@ impl LockTable {
         // copies (in the promisers' records only): rewritten now in this
         // epoch it would outrank that completion where it is not settled
         // yet. They wait for the records ([`LockTable::records_reconciled`]).
-        for entry in merged.entries() {
+        for entry in merged.into_entries() {
             if entry.name.space == Space::Claim && !entry.is_settleable() {
-                term.deferred.push(entry.clone());
+                term.deferred.push(entry);
             } else {
                 adopt(&mut term, now, rho, entry, &mut out);
             }
@@ -2082,9 +2082,9 @@ fn visible_holder<'a>(term: &'a Term, name: &Name) -> Option<&'a Holder> {
 /// batch has a majority; it expires a full TTL from `now`, less the time
 /// it is known to have been quiet (K3). A tombstone is rewritten as this
 /// epoch's; an adopted completion goes to every peer once rewritten.
-fn adopt(term: &mut Term, now: Duration, rho: f64, entry: &Entry, out: &mut Vec<LockOutput>) {
+fn adopt(term: &mut Term, now: Duration, rho: f64, entry: Entry, out: &mut Vec<LockOutput>) {
     let epoch = term.epoch;
-    match &entry.state {
+    match entry.state {
         EntryState::Held {
             ttl_ms,
             owner,
@@ -2097,21 +2097,21 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: &Entry, out: &mut Vec<
             // renewals hear "retry", nobody else gets it) until
             // the new epoch asked for.
             let version = term.next_version(out);
-            let quiet = Duration::from_millis(*quiet_ms).mul_f64(1.0 + rho);
+            let quiet = Duration::from_millis(quiet_ms).mul_f64(1.0 + rho);
             term.locks.insert(
                 entry.name.clone(),
                 Lock {
                     holder: Some(Holder {
                         token: entry.token,
-                        ttl_ms: *ttl_ms,
-                        owner: *owner,
+                        ttl_ms,
+                        owner,
                         request_id: request_id.clone(),
-                        expires_at: now + leader_ttl(rho, *ttl_ms).saturating_sub(quiet),
+                        expires_at: now + leader_ttl(rho, ttl_ms).saturating_sub(quiet),
                         committed: false,
                         adopted: true,
                         tickets: Vec::new(),
                         reply_by: now,
-                        quiet: Quiet::new(now, *ttl_ms, *quiet_ms),
+                        quiet: Quiet::new(now, ttl_ms, quiet_ms),
                         version: version.unwrap_or(0),
                         claim: entry.claim.clone(),
                         // K5: which run it lived in is not replicated.
@@ -2123,32 +2123,28 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: &Entry, out: &mut Vec<
             let Some(version) = version else {
                 return;
             };
-            term.write(Entry {
-                name: entry.name.clone(),
-                token: entry.token,
-                state: EntryState::Held {
-                    ttl_ms: *ttl_ms,
-                    owner: *owner,
-                    request_id: request_id.clone(),
-                    quiet_ms: *quiet_ms,
-                    version,
-                },
-                claim: entry.claim.clone(),
-                written: epoch,
-            });
             term.batches.effect(Effect::Adopt {
                 name: entry.name.clone(),
                 token: entry.token,
+            });
+            term.write(Entry {
+                name: entry.name,
+                token: entry.token,
+                state: EntryState::Held {
+                    ttl_ms,
+                    owner,
+                    request_id,
+                    quiet_ms,
+                    version,
+                },
+                claim: entry.claim,
+                written: epoch,
             });
         }
         EntryState::Free { .. } => {
             // Rewritten as this epoch's: it outranks every write
             // of an earlier epoch this term does not follow (K2).
             term.frees.insert(entry.name.clone(), (entry.token, None));
-            term.write(Entry {
-                written: epoch,
-                ..entry.clone()
-            });
             // An adopted completion goes to every peer's records
             // once the rewrite holds on a majority (the leader that
             // committed it may have died before its notices left).
@@ -2161,6 +2157,10 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: &Entry, out: &mut Vec<
                     facts: facts.clone(),
                 });
             }
+            term.write(Entry {
+                written: epoch,
+                ..entry
+            });
         }
     }
 }

@@ -208,7 +208,7 @@ impl<E: Merge> Copies<E> {
     /// Merges another voter's copy into this node's own (a voter filling
     /// its records in after a recovery takes each source's copy too).
     pub fn absorb(&mut self, entries: Vec<E>) {
-        self.own.merge_all(entries);
+        self.own.merge_owned(entries);
     }
 
     /// What a promise and a recovery answer carry: this voter's copy.
@@ -231,7 +231,7 @@ impl<E: Merge> Copies<E> {
             Gate::Open { raise } => {
                 // Merged now; acked only once the disk holds them (E8),
                 // so an ack is checked on what the disk holds.
-                self.own.merge_all(entries.iter().cloned());
+                self.own.merge_refs(&entries);
                 Verdict::Ack { raise, entries }
             }
         }
@@ -277,7 +277,7 @@ impl<E: Merge> Copies<E> {
             && *e == epoch
             && !self.taken
         {
-            merged.merge_all(snapshot);
+            merged.merge_owned(snapshot);
         }
     }
 
@@ -298,10 +298,10 @@ impl<E: Merge> Copies<E> {
         if let Some((e, term)) = &mut self.candidacy
             && *e == epoch
         {
-            term.merge_all(entries.iter().cloned());
+            term.merge_refs(entries);
         }
         if voter {
-            self.own.merge_all(entries.iter().cloned());
+            self.own.merge_refs(entries);
         }
     }
 
@@ -312,7 +312,7 @@ impl<E: Merge> Copies<E> {
         let (_, merged) = self.candidacy.as_ref().filter(|(e, _)| *e == epoch)?;
         self.taken = true;
         let mut merged = merged.clone();
-        merged.merge_all(self.own.entries().cloned().collect::<Vec<_>>());
+        merged.merge_refs(self.own.entries());
         Some(merged)
     }
 
@@ -336,7 +336,7 @@ impl<E: Merge> Copies<E> {
                 let mut taken = Floor::default();
                 for id in from {
                     if let Some((t, floor)) = heard.get(id) {
-                        copy.merge_all(t.iter().cloned());
+                        copy.merge_refs(t);
                         taken = taken.max(*floor);
                     }
                 }
@@ -354,7 +354,7 @@ impl<E: Merge> Copies<E> {
             Recovery::Own => Settle::Promise,
             Recovery::Anew => {
                 for (t, floor) in heard.into_values() {
-                    self.own.merge_all(t);
+                    self.own.merge_owned(t);
                     self.floor = self.floor.max(floor);
                 }
                 if durable {

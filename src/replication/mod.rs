@@ -108,30 +108,61 @@ impl<E: Merge> Default for Replica<E> {
 impl<E: Merge> Replica<E> {
     /// Merges one entry; true if it changed the copy.
     pub fn merge(&mut self, entry: E) -> bool {
-        if !self.changes(&entry) {
-            return false;
+        match self.entries.get_mut(entry.key()) {
+            Some(current) if current.rank() < entry.rank() => *current = entry,
+            Some(_) => return false,
+            None => {
+                self.entries.insert(entry.key().clone(), entry);
+            }
         }
-        self.entries.insert(entry.key().clone(), entry);
         true
     }
 
     /// Merges many; the entries that changed the copy (cloned only those).
     pub fn merge_all(&mut self, entries: impl IntoIterator<Item = E>) -> Vec<E> {
-        let mut changed = Vec::new();
+        entries
+            .into_iter()
+            .filter(|entry| self.merge_ref(entry))
+            .collect()
+    }
+
+    /// Merges many, taking each as it comes (no copy); how many changed
+    /// the copy.
+    pub fn merge_owned(&mut self, entries: impl IntoIterator<Item = E>) -> usize {
+        let mut changed = 0;
         for entry in entries {
-            if self.changes(&entry) {
-                self.entries.insert(entry.key().clone(), entry.clone());
-                changed.push(entry);
-            }
+            changed += usize::from(self.merge(entry));
         }
         changed
     }
 
-    /// True if merging `entry` would change the copy.
-    fn changes(&self, entry: &E) -> bool {
-        self.entries
-            .get(entry.key())
-            .is_none_or(|current| current.rank() < entry.rank())
+    /// Merges many by reference, copying only those that change the
+    /// copy; those.
+    pub fn merge_refs<'a>(&mut self, entries: impl IntoIterator<Item = &'a E>) -> Vec<&'a E>
+    where
+        E: 'a,
+    {
+        entries
+            .into_iter()
+            .filter(|entry| self.merge_ref(entry))
+            .collect()
+    }
+
+    /// Merges one by reference, copying it only if it changes the copy.
+    fn merge_ref(&mut self, entry: &E) -> bool {
+        match self.entries.get_mut(entry.key()) {
+            Some(current) if current.rank() < entry.rank() => *current = entry.clone(),
+            Some(_) => return false,
+            None => {
+                self.entries.insert(entry.key().clone(), entry.clone());
+            }
+        }
+        true
+    }
+
+    /// Every entry, by key, taken.
+    pub fn into_entries(self) -> impl Iterator<Item = E> {
+        self.entries.into_values()
     }
 
     /// Every entry, by key.

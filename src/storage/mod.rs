@@ -785,7 +785,7 @@ impl LockLog {
 
     /// Appends `entries` and syncs them (one sync per call: callers group
     /// a batch into one call); compacts once the log is mostly superseded.
-    pub fn append(&mut self, entries: &[Entry], replica: &Replica) -> io::Result<()> {
+    pub fn append(&mut self, entries: &[&Entry], replica: &Replica) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -975,7 +975,7 @@ impl Disk {
             // tombstone it loses to, not an empty slot.
             let changed = self
                 .replica
-                .merge_all(jobs.iter().flat_map(|j| j.entries.iter().cloned()));
+                .merge_refs(jobs.iter().flat_map(|j| j.entries.iter()));
             let mut forgot = false;
             for e in jobs.iter().flat_map(|j| j.forget.iter()) {
                 if self.replica.get(&e.name) == Some(e) {

@@ -93,7 +93,7 @@ fn lock_log_checksums_truncate_a_torn_tail_and_refuse_a_corrupt_middle() {
         .enumerate()
     {
         replica.merge(e.clone());
-        log.append(&[e], &replica).unwrap();
+        log.append(&[&e], &replica).unwrap();
         let _ = i;
     }
     drop(log);
@@ -145,7 +145,7 @@ fn lock_log_compacts() {
     for i in 0..5000 {
         let e = held("c", 10 + i);
         replica.merge(e.clone());
-        log.append(&[e], &replica).unwrap();
+        log.append(&[&e], &replica).unwrap();
     }
     assert!(log.records < 5000, "compacted: {}", log.records);
     let (_, again, _) = LockLog::open(&path).unwrap();
@@ -284,7 +284,7 @@ fn a_version_1_lock_log_is_read_and_rewritten() {
     assert!(fs::read(&path).unwrap().starts_with(LOG_MAGIC));
     let mut more = replica.clone();
     more.merge(held("c", 5));
-    log.append(&[held("c", 5)], &more).unwrap();
+    log.append(&[&held("c", 5)], &more).unwrap();
     let (_, again, notes) = LockLog::open(&path).unwrap();
     assert_eq!(again, more);
     assert!(notes.is_empty(), "{notes:?}");
