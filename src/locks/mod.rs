@@ -31,7 +31,7 @@ pub use client::{Grant, LockBuilder, LockError, LockGuard, LockPath, PathError};
 pub use election::{Campaign, ElectionGuard, NamedElection};
 pub use fencing::{FencingChecker, StaleToken};
 pub use holder::HolderLease;
-pub use table::{LockOutput, LockTable, RecordsSay, Ticket};
+pub use table::{Adopter, Adoption, LockOutput, LockTable, RecordsSay, Ticket};
 
 /// Longest lock name, in bytes of UTF-8 (CONTRACT.md).
 pub const NAME_BYTES_MAX: usize = 256;

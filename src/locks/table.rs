@@ -492,6 +492,91 @@ impl Term {
     }
 }
 
+/// Builds a term's table from the promised copies (K2), apart from the
+/// [`LockTable`] it is for ([`LockTable::adopter`]).
+#[derive(Debug, Clone)]
+pub struct Adopter {
+    drift: f64,
+    prune_every: Duration,
+    resume: Option<(Epoch, u64, u64)>,
+}
+
+/// A term's table built by [`Adopter::adopt`], for
+/// [`LockTable::install`].
+#[derive(Debug)]
+pub struct Adoption {
+    now: Duration,
+    term: Term,
+    out: Vec<LockOutput>,
+}
+
+impl Adoption {
+    /// The epoch it serves.
+    pub fn epoch(&self) -> Epoch {
+        self.term.epoch
+    }
+}
+
+impl Adopter {
+    /// The term of `epoch` from `merged`, adopted at `now`.
+    pub fn adopt(self, now: Duration, epoch: Epoch, merged: Replica) -> Adoption {
+        let rho = self.drift;
+        let mut out = Vec::new();
+        // The same epoch served again (after its lease lapsed) goes on
+        // from its last token and its last write: neither repeats (K1).
+        let next_seq = merged
+            .entries()
+            .filter(|e| super::token_epoch(e.token) == epoch)
+            .map(|e| (e.token.0 & SEQ_MAX) + 1)
+            .max()
+            .unwrap_or(1);
+        let next_write = merged
+            .entries()
+            .filter_map(|e| match e.state {
+                EntryState::Held { version, .. } if version >> 32 == epoch.0 => {
+                    Some((version & SEQ_MAX) + 1)
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let (next_seq, next_write) = match self.resume {
+            Some((e, seq, write)) if e == epoch => (next_seq.max(seq), next_write.max(write)),
+            _ => (next_seq, next_write),
+        };
+        let mut term = Term {
+            epoch,
+            next_seq,
+            next_write,
+            locks: BTreeMap::new(),
+            known: Replica::default(),
+            batches: Batches::default(),
+            frees: HashMap::new(),
+            ended: Ended::default(),
+            watchers: BTreeMap::new(),
+            exhausted: false,
+            claims: ClaimCount::default(),
+            deferred: Vec::new(),
+            records_ready: false,
+            prune: None,
+            next_prune: now + self.prune_every,
+        };
+        // A claim's grant or a tombstone of a claim that did not
+        // complete may be older than a completion settled out of the
+        // copies (in the promisers' records only): rewritten now in this
+        // epoch it would outrank that completion where it is not settled
+        // yet. They wait for the records ([`LockTable::records_reconciled`]).
+        for entry in merged.into_entries() {
+            if entry.name.space == Space::Claim && !entry.is_settleable() {
+                term.deferred.push(entry);
+            } else {
+                adopt(&mut term, now, rho, entry, &mut out);
+            }
+        }
+        Adoption { now, term, out }
+    }
+}
+
 /// The leader's lock table. Idle (answering `NotLeader`) until
 /// [`LockTable::take_over`].
 #[derive(Debug, Clone)]
@@ -648,63 +733,34 @@ impl LockTable {
     /// promising majority (K2). Each grant in it is rewritten in the
     /// term's first batch and counts as held only once that batch has a
     /// majority; it expires a full TTL from now, less the time it is
-    /// known to have been quiet (K3).
+    /// known to have been quiet (K3). The same as stepping down, then
+    /// [`Adopter::adopt`] and [`LockTable::install`].
     pub fn take_over(&mut self, now: Duration, epoch: Epoch, merged: Replica) -> Vec<LockOutput> {
         self.now = self.now.max(now);
         let mut out = self.step_down();
-        let rho = self.config.drift;
-        // The same epoch served again (after its lease lapsed) goes on
-        // from its last token and its last write: neither repeats (K1).
-        let next_seq = merged
-            .entries()
-            .filter(|e| super::token_epoch(e.token) == epoch)
-            .map(|e| (e.token.0 & SEQ_MAX) + 1)
-            .max()
-            .unwrap_or(1);
-        let next_write = merged
-            .entries()
-            .filter_map(|e| match e.state {
-                EntryState::Held { version, .. } if version >> 32 == epoch.0 => {
-                    Some((version & SEQ_MAX) + 1)
-                }
-                _ => None,
-            })
-            .max()
-            .unwrap_or(1);
-        let (next_seq, next_write) = match self.resume {
-            Some((e, seq, write)) if e == epoch => (next_seq.max(seq), next_write.max(write)),
-            _ => (next_seq, next_write),
-        };
-        let mut term = Term {
-            epoch,
-            next_seq,
-            next_write,
-            locks: BTreeMap::new(),
-            known: Replica::default(),
-            batches: Batches::default(),
-            frees: HashMap::new(),
-            ended: Ended::default(),
-            watchers: BTreeMap::new(),
-            exhausted: false,
-            claims: ClaimCount::default(),
-            deferred: Vec::new(),
-            records_ready: false,
-            prune: None,
-            next_prune: now + self.config.prune_every,
-        };
-        // A claim's grant or a tombstone of a claim that did not
-        // complete may be older than a completion settled out of the
-        // copies (in the promisers' records only): rewritten now in this
-        // epoch it would outrank that completion where it is not settled
-        // yet. They wait for the records ([`LockTable::records_reconciled`]).
-        for entry in merged.into_entries() {
-            if entry.name.space == Space::Claim && !entry.is_settleable() {
-                term.deferred.push(entry);
-            } else {
-                adopt(&mut term, now, rho, entry, &mut out);
-            }
+        let adoption = self.adopter().adopt(now, epoch, merged);
+        out.extend(self.install(adoption));
+        out
+    }
+
+    /// What adopts a table for this one's next term, apart from it (so a
+    /// large table can be adopted on another thread). Taken once the
+    /// table stepped down: it carries where the last term left off.
+    pub fn adopter(&self) -> Adopter {
+        Adopter {
+            drift: self.config.drift,
+            prune_every: self.config.prune_every,
+            resume: self.resume,
         }
-        self.term = Some(term);
+    }
+
+    /// Serves the term `adoption` built (stepping down from any other
+    /// first).
+    pub fn install(&mut self, adoption: Adoption) -> Vec<LockOutput> {
+        self.now = self.now.max(adoption.now);
+        let mut out = self.step_down();
+        out.extend(adoption.out);
+        self.term = Some(adoption.term);
         out.extend(self.flush());
         out
     }
