@@ -61,6 +61,11 @@ pub struct Environment {
     /// (`locks::table::PRUNE_EVERY` on real nodes; simulations prune
     /// sooner, so that short runs prune under their faults).
     pub prune_every: Duration,
+    /// Where a new leader adopts its table (K2), which takes a while for
+    /// a large one: `None`, on a blocking thread while the node's task
+    /// goes on (real nodes); `Some(d)`, on the node's task `d` of virtual
+    /// time later (simulations, which replay a seed exactly).
+    pub adopt_latency: Option<Duration>,
 }
 
 impl Environment {
@@ -81,6 +86,7 @@ impl Environment {
             sim_records: None,
             dir_lock: crate::storage::LockScope::Process,
             prune_every: crate::locks::table::PRUNE_EVERY,
+            adopt_latency: None,
         }
     }
 }
@@ -437,6 +443,7 @@ impl Mesh {
         }
         let membership = Arc::new(membership);
         let mut shared = Shared::new(env.clock.clone());
+        shared.adopt_latency = env.adopt_latency;
         shared.promised_durable = disk.durable_promise();
         shared.records = records;
         shared.life = generation.0;

@@ -2281,3 +2281,127 @@ async fn a_table_past_one_frame_is_adopted_whole_after_a_leader_kill() {
     }
     c.shutdown().await;
 }
+
+/// A new leader adopts its table apart from its task (a large table takes
+/// a while): until it is adopted, lock requests hear "no quorum, retry"
+/// (not "not leader", which would send a client looking elsewhere), and
+/// a holder's renewals through the gap keep its lock and token. Here the
+/// adoption takes 300 ms of virtual time.
+#[tokio::test(start_paused = true)]
+async fn lock_requests_wait_out_the_adoption_of_a_new_leaders_table() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = SimCluster::with_gossip(seed, ids(3), SimGossip::Model);
+    c.adopt_latency = Duration::from_millis(300);
+    for id in 1..=4 {
+        c.add(NodeId(id)).await;
+    }
+    let old = c.led().await;
+    let client = NodeId(4);
+    let guard = c
+        .mesh(client)
+        .lock("held")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let token = guard.token();
+    c.kill(old).await;
+    let new = c.led().await;
+    assert_ne!(new, old);
+    let mut retries = 0;
+    let reply = loop {
+        match status(c.mesh(new), "held").await {
+            LockReply::NoQuorum => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reply => break reply,
+        }
+    };
+    assert!(
+        retries > 0,
+        "the first status came during the adoption (seed {seed})"
+    );
+    assert!(
+        matches!(reply, LockReply::Status { token: Some(t), .. } if t == token),
+        "{reply:?} after the adoption (seed {seed})"
+    );
+    let until = c.now() + TTL * 2;
+    while c.now() < until {
+        assert!(guard.is_valid(), "lost through the adoption (seed {seed})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    guard.release().await.expect("released");
+    c.shutdown().await;
+}
+
+/// A new leader cut off while it adopts its table does not serve it: its
+/// lease lapses before the adoption is done, the adoption is dropped, and
+/// the leader the others elect holds the lock with its token; nobody else
+/// is granted it meanwhile.
+#[tokio::test(start_paused = true)]
+async fn an_adoption_finished_after_the_lease_lapsed_is_dropped() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = SimCluster::with_gossip(seed, ids(5), SimGossip::Model);
+    c.adopt_latency = Duration::from_millis(800);
+    for id in 1..=6 {
+        c.add(NodeId(id)).await;
+    }
+    let old = c.led().await;
+    let guard = c
+        .mesh(NodeId(6))
+        .lock("held")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let token = guard.token();
+    c.kill(old).await;
+    let new = c.led().await;
+    // Cut off while it adopts: its lease lapses first.
+    c.isolate(new);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        c.mesh(new)
+            .lock_request(
+                LockRequest::Status {
+                    name: "held".into()
+                },
+                Duration::from_secs(1)
+            )
+            .await
+            .ok()
+            .filter(|r| matches!(r, LockReply::Status { .. })),
+        None,
+        "the cut-off node serves no locks (seed {seed})"
+    );
+    assert!(!c.mesh(new).is_leader(), "its lease lapsed (seed {seed})");
+    let until = c.now() + Duration::from_secs(10);
+    let other = loop {
+        match c.mesh(NodeId(6)).leader().map(|l| l.id) {
+            Some(id) if id != new && c.mesh(id).is_leader() => break id,
+            _ if c.now() > until => panic!("no other leader within 10 s (seed {seed})"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let taken = c.mesh(NodeId(5)).lock("held").ttl(TTL).try_acquire().await;
+    assert!(
+        matches!(taken, Err(LockError::Held(_))),
+        "no second holder: {taken:?} (seed {seed})"
+    );
+    let reply = loop {
+        match status(c.mesh(other), "held").await {
+            LockReply::NoQuorum | LockReply::NotLeader => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            reply => break reply,
+        }
+    };
+    assert!(
+        matches!(reply, LockReply::Status { token: Some(t), .. } if t == token),
+        "{reply:?} (seed {seed})"
+    );
+    c.heal();
+    guard.release().await.expect("released");
+    c.shutdown().await;
+}

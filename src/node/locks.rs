@@ -66,6 +66,11 @@ impl State {
         reply: oneshot::Sender<LockReply>,
     ) -> bool {
         self.sync_locks(now);
+        if self.adopting.is_some() {
+            // Leading, its table not adopted yet: retry shortly (K6).
+            let _ = reply.send(LockReply::NoQuorum);
+            return true;
+        }
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
         self.tickets.insert(ticket.0, reply);
@@ -221,6 +226,8 @@ impl State {
         let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
         let outs = match (serving, self.locks.epoch()) {
             (Some(e), Some(l)) if e == l => return,
+            // Its table is being adopted.
+            (Some(e), _) if self.adopting == Some(e) => return,
             (Some(e), _) => {
                 // K2: adopt the grants of the promising majority.
                 // Kept for the whole term: a leader whose lease lapsed and
@@ -236,11 +243,31 @@ impl State {
                 };
                 let adopted = merged.entries().filter(|e| e.is_held()).count();
                 info!(epoch = %e, adopted, "lock table taken over");
-                // K2: the term's first batch carries the adopted table; it
-                // reaches this voter's own copy (durably) like any batch.
-                let outs = self.locks.take_over(now, e, merged);
-                // Begins wait for the promisers' records.
-                self.reconcile_promisers(now, e);
+                // Adopting takes a while for a large table: off this task
+                // on a real node (heartbeats, gossip and answers go on
+                // meanwhile; lock requests hear "not leader" and retry),
+                // at once in a simulation. Either way the adoption comes
+                // back as an input, so a simulation replays the same path.
+                let outs = self.locks.step_down();
+                self.adopting = Some(e);
+                let adopter = self.locks.adopter();
+                let tx = self.tx.clone();
+                let adopt = move || {
+                    let adoption = adopter.adopt(now, e, merged);
+                    send_from_anywhere(&tx, Input::Adopted(Box::new(adoption)));
+                };
+                match self.shared.adopt_latency {
+                    None => {
+                        tokio::task::spawn_blocking(adopt);
+                    }
+                    Some(latency) if latency.is_zero() => adopt(),
+                    Some(latency) => {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(latency).await;
+                            adopt();
+                        });
+                    }
+                }
                 outs
             }
             (None, Some(_)) => {
@@ -250,6 +277,27 @@ impl State {
             (None, None) => return,
         };
         self.apply_locks(outs);
+    }
+
+    /// The table of `adoption`'s term is adopted: served if this node
+    /// still leads that term, else dropped. False if this node must stop.
+    pub(super) fn on_adopted(&mut self, now: Duration, adoption: crate::locks::Adoption) -> bool {
+        let e = adoption.epoch();
+        if self.adopting != Some(e) {
+            return true; // another term's adoption began since
+        }
+        self.adopting = None;
+        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        if serving != Some(e) || self.locks.epoch().is_some() {
+            self.sync_locks(now);
+            return true;
+        }
+        // K2: the term's first batch carries the adopted table; it
+        // reaches this voter's own copy (durably) like any batch.
+        let outs = self.locks.install(adoption);
+        // Begins wait for the promisers' records.
+        self.reconcile_promisers(now, e);
+        self.apply_locks(outs)
     }
 
     /// Carries out the lock table's outputs. False if this node must stop.
@@ -419,7 +467,8 @@ impl State {
         let tx = self.tx.clone();
         let addr = self.addr_of(to);
         let voters = self.election.config_hash();
-        let timeout = self.election.timing().heartbeat * 2;
+        let timeout =
+            crate::replication::batch_wait(self.election.timing().heartbeat, entries.len());
         tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;

@@ -114,6 +114,9 @@ pub(crate) enum Input {
         entries: Vec<Entry>,
         done: oneshot::Sender<bool>,
     },
+    /// The table of a term this node leads, adopted from the promised
+    /// copies apart from this task (K2).
+    Adopted(Box<crate::locks::Adoption>),
     /// Stop processing anything for a while, as a SIGSTOP would
     /// (simulations only).
     #[cfg(feature = "sim")]
@@ -151,6 +154,8 @@ pub(crate) struct Shared {
     /// into them (PROTOCOL.md, "Idempotency" 8): set at recovery, or once
     /// they were filled in from a majority.
     pub(crate) complete: Arc<AtomicBool>,
+    /// Where a new leader adopts its table (`Environment::adopt_latency`).
+    pub(crate) adopt_latency: Option<Duration>,
 }
 
 /// The lease as the node's users see it, written before any message of
@@ -182,6 +187,7 @@ impl Shared {
             records: Arc::default(),
             life: 0,
             complete: Arc::default(),
+            adopt_latency: None,
         }
     }
 
@@ -276,6 +282,7 @@ impl Driver {
             backfill: None,
             reconciled_epoch: None,
             records_lossy_marked: false,
+            adopting: None,
         };
         let task = tokio::spawn(state.run(rx));
         Driver {
@@ -376,6 +383,8 @@ struct State {
     /// The records file missed a change and the data directory is marked
     /// incomplete for it: completions settle on the records in memory.
     records_lossy_marked: bool,
+    /// The epoch whose table is being adopted ([`Input::Adopted`]).
+    adopting: Option<Epoch>,
 }
 
 impl State {
@@ -507,6 +516,7 @@ impl State {
                 self.sync_locks(now);
                 ok
             }
+            Input::Adopted(adoption) => self.on_adopted(now, *adoption),
             Input::DiskFailed => {
                 error!(
                     "the data directory cannot be written; the election and locks stop on this node"

@@ -88,6 +88,8 @@ pub struct SimCluster {
     /// How often a leader prunes released locks' tombstones
     /// (`locks::table::PRUNE_EVERY` unless a test sets it).
     pub prune_every: Duration,
+    /// How long (virtual time) a new leader takes to adopt its table.
+    pub adopt_latency: Duration,
 }
 
 /// Node ids 1 to `n`.
@@ -148,6 +150,7 @@ impl SimCluster {
             ephemeral: Default::default(),
             disk_latency: Duration::ZERO,
             prune_every: crate::locks::table::PRUNE_EVERY,
+            adopt_latency: Duration::ZERO,
         }
     }
 
@@ -309,6 +312,7 @@ impl SimCluster {
         let net = self.net.clone();
         let disk_latency = self.disk_latency;
         let prune_every = self.prune_every;
+        let adopt_latency = self.adopt_latency;
         let slot = self.slot_mut(id);
         assert!(slot.mesh.is_none(), "node {id} is running; kill it first");
         slot.started = true;
@@ -324,6 +328,7 @@ impl SimCluster {
             sim_records: slot.records.clone(),
             dir_lock: crate::storage::LockScope::Node,
             prune_every,
+            adopt_latency: Some(adopt_latency),
         };
         let mesh = Mesh::start_with(config, env)
             .await
