@@ -20,6 +20,21 @@ use crate::ids::{BatchId, Epoch, NodeId};
 /// Pause before a replication batch is sent again to a voter that did
 /// not ack it.
 pub const REPLICATE_RETRY: Duration = Duration::from_millis(20);
+/// Per entry of a batch, how much longer a leader waits for a voter's
+/// answer than for a small batch: a term's first batch carries the whole
+/// table, which takes a while to encode, send, merge and sync.
+pub const BATCH_WAIT_PER_ENTRY: Duration = Duration::from_micros(10);
+
+/// How long a leader waits for a voter's answer to a batch of `entries`
+/// entries: two heartbeats, more for a large batch, never past
+/// [`crate::replication::BATCH_PENDING_MAX`] (a later ack counts for
+/// nothing) unless two heartbeats are longer.
+pub fn batch_wait(heartbeat: Duration, entries: usize) -> Duration {
+    let small = heartbeat * 2;
+    let large = small.saturating_add(BATCH_WAIT_PER_ENTRY.saturating_mul(entries as u32));
+    large.min(super::BATCH_PENDING_MAX.max(small))
+}
+
 /// How many times a leader tells one voter to forget pruned tombstones
 /// while no answer comes, [`REPLICATE_RETRY`] apart: one that never hears
 /// it keeps them, which costs memory only.
@@ -642,5 +657,22 @@ mod tests {
         c.start_candidacy(Epoch(4));
         c.on_promise(Epoch(4), vec![Reg(2, 2)]);
         assert_eq!(c.takeover(Epoch(4)), Some(copy(&[Reg(2, 2)])));
+    }
+
+    #[test]
+    fn a_large_batch_is_waited_for_longer_up_to_the_pending_bound() {
+        let hb = Duration::from_millis(100);
+        assert_eq!(batch_wait(hb, 1), Duration::from_micros(200_010));
+        assert_eq!(batch_wait(hb, 50_000), Duration::from_millis(700));
+        assert_eq!(
+            batch_wait(hb, 100_000),
+            crate::replication::BATCH_PENDING_MAX
+        );
+        assert_eq!(
+            batch_wait(hb, usize::MAX),
+            crate::replication::BATCH_PENDING_MAX
+        );
+        let slow = Duration::from_secs(1);
+        assert_eq!(batch_wait(slow, 100_000), slow * 2);
     }
 }

@@ -18,8 +18,8 @@
 mod copies;
 
 pub use copies::{
-    Answer, Copies, FORGET_ATTEMPTS, Gate, Next, REPLICATE_RETRY, Recovery, Settle, Verdict,
-    after_answer,
+    Answer, BATCH_WAIT_PER_ENTRY, Copies, FORGET_ATTEMPTS, Gate, Next, REPLICATE_RETRY, Recovery,
+    Settle, Verdict, after_answer, batch_wait,
 };
 
 /// How long a round that prunes tombstones waits for every voter's ack
