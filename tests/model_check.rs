@@ -973,7 +973,9 @@ impl Sys {
                         (
                             ElectionRequest::Prepare { epoch, .. },
                             Some(ElectionResponse::Promise { epoch: promised }),
-                        ) if epoch == promised => node.copies.on_promise(*epoch, table.0),
+                        ) if epoch == promised => {
+                            node.copies.on_promise(*epoch, table.0);
+                        }
                         (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
                             if node.election.keeps_sync_copy(&request) =>
                         {

@@ -175,8 +175,11 @@ impl State {
                     ElectionRequest::Prepare { epoch, .. },
                     Some(ElectionResponse::Promise { epoch: promised }),
                 ) if epoch == promised => {
-                    self.copies.on_promise(*epoch, table);
-                    self.on_promiser(*epoch, from, life);
+                    // A promise that came after the takeover is not in
+                    // the adopted table: its records do not count.
+                    if self.copies.on_promise(*epoch, table) {
+                        self.on_promiser(*epoch, from, life);
+                    }
                 }
                 (ElectionRequest::Sync { .. }, Some(ElectionResponse::State { .. }))
                     if self.election.keeps_sync_copy(&request) =>

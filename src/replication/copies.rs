@@ -286,14 +286,19 @@ impl<E: Merge> Copies<E> {
     }
 
     /// A voter promised `epoch` with its copy: merged if this node still
-    /// runs for that epoch (K2).
-    pub fn on_promise(&mut self, epoch: Epoch, snapshot: Vec<E>) {
+    /// runs for that epoch and has not taken over yet (K2). True if
+    /// merged: only such a promiser counts toward the records the new
+    /// leader reconciles with ("Idempotency" 8), which rests on every one
+    /// of them having its copy in the takeover.
+    pub fn on_promise(&mut self, epoch: Epoch, snapshot: Vec<E>) -> bool {
         if let Some((e, merged)) = &mut self.candidacy
             && *e == epoch
             && !self.taken
         {
             merged.merge_owned(snapshot);
+            return true;
         }
+        false
     }
 
     /// A voter answered this node's recovery sync with its copy (E7):
@@ -643,9 +648,15 @@ mod tests {
     fn late_promises_and_a_non_voters_issued_entries_do_not_outlive_the_term() {
         let mut c = Copies::new(Replica::default(), Floor::default());
         c.start_candidacy(Epoch(3));
-        c.on_promise(Epoch(3), vec![Reg(1, 1)]);
+        assert!(c.on_promise(Epoch(3), vec![Reg(1, 1)]), "merged: it counts");
+        assert!(!c.on_promise(Epoch(2), vec![Reg(4, 1)]), "another epoch's");
         assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 1)])));
-        c.on_promise(Epoch(3), vec![Reg(2, 1)]);
+        // A late promiser is not in the takeover: its records must not
+        // count toward the new leader's reconciliation either.
+        assert!(
+            !c.on_promise(Epoch(3), vec![Reg(2, 1)]),
+            "late: not counted"
+        );
         assert_eq!(c.takeover(Epoch(3)), Some(copy(&[Reg(1, 1)])), "late");
         c.issued(Epoch(3), &[Reg(3, 1)], false);
         assert_eq!(c.own(), &Replica::default(), "no voter: no own copy");
