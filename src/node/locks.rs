@@ -66,7 +66,8 @@ impl State {
         reply: oneshot::Sender<LockReply>,
     ) -> bool {
         self.sync_locks(now);
-        if self.adopting.is_some() {
+        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        if self.adopting.is_some() && self.adopting == serving {
             // Leading, its table not adopted yet: retry shortly (K6).
             let _ = reply.send(LockReply::NoQuorum);
             return true;
@@ -253,8 +254,17 @@ impl State {
                 let adopter = self.locks.adopter();
                 let tx = self.tx.clone();
                 let adopt = move || {
-                    let adoption = adopter.adopt(now, e, merged);
-                    send_from_anywhere(&tx, Input::Adopted(Box::new(adoption)));
+                    // A panic here would leave the node leading and never
+                    // serving: it stops instead, as a panic of its task
+                    // would, so that another node takes over.
+                    let adopted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        adopter.adopt(now, e, merged)
+                    }));
+                    let input = match adopted {
+                        Ok(adoption) => Input::Adopted(Box::new(adoption)),
+                        Err(_) => Input::AdoptionFailed,
+                    };
+                    send_from_anywhere(&tx, input);
                 };
                 match self.shared.adopt_latency {
                     None => {

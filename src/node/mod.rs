@@ -117,6 +117,8 @@ pub(crate) enum Input {
     /// The table of a term this node leads, adopted from the promised
     /// copies apart from this task (K2).
     Adopted(Box<crate::locks::Adoption>),
+    /// Adopting the table panicked: a bug; the node stops.
+    AdoptionFailed,
     /// Stop processing anything for a while, as a SIGSTOP would
     /// (simulations only).
     #[cfg(feature = "sim")]
@@ -517,6 +519,12 @@ impl State {
                 ok
             }
             Input::Adopted(adoption) => self.on_adopted(now, *adoption),
+            Input::AdoptionFailed => {
+                error!(
+                    "adopting the lock table failed (a bug); the election and locks stop on this node"
+                );
+                false
+            }
             Input::DiskFailed => {
                 error!(
                     "the data directory cannot be written; the election and locks stop on this node"
