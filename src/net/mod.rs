@@ -16,9 +16,9 @@ pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 
 /// Largest message a simulated network carries: a simulated RPC datagram
 /// stands for a request or an answer on a QUIC stream, which may be a head
-/// frame and chunk frames up to the RPC message bound (256 MiB). Gossip
+/// frame and chunk frames up to the RPC message bound (64 MiB). Gossip
 /// keeps to [`DATAGRAM_BYTES_MAX`] by its own bound.
-pub const SIM_MESSAGE_BYTES_MAX: usize = 256 << 20;
+pub const SIM_MESSAGE_BYTES_MAX: usize = 64 << 20;
 
 /// Where sockets come from.
 #[derive(Clone, Debug, Default)]

@@ -48,9 +48,9 @@ const _: () = assert!(4 * crate::locks::table::PRUNE_BYTES_MAX <= FRAME_BYTES_MA
 pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest message (a head and its chunk frames, length prefixes
 /// included) a node sends or accepts: what it buffers for one request or
-/// answer. A table of 100,000 locks held with the longest names and
-/// request ids is about 45 MB.
-pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
+/// answer. A table of 100,000 locks held (the table's bound) with the
+/// longest names and request ids is about 45 MB.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 // One entry alone (a claim's is the largest, within the claims' byte
 // bound) fits a chunk frame.
 const _: () = assert!(crate::locks::claim::CLAIM_BYTES_MAX + 16 <= FRAME_BYTES_MAX);
@@ -203,14 +203,23 @@ pub struct Joiner {
 }
 
 impl Joiner {
-    /// For a head that announced `chunks` chunk frames and took
-    /// `head_bytes` (its length prefix included).
-    pub fn new(chunks: u32, head_bytes: usize) -> Joiner {
-        Joiner {
+    /// For the head `body` that announced `chunks` chunk frames and took
+    /// `head_bytes` (its length prefix included). A head whose kind
+    /// carries no entries, or that carries entries of its own, has no
+    /// chunks.
+    pub fn new<T: Chunked>(
+        body: &mut T,
+        chunks: u32,
+        head_bytes: usize,
+    ) -> Result<Joiner, FrameError> {
+        if chunks > 0 && !body.entries_mut().is_some_and(|e| e.is_empty()) {
+            return Err(FrameError::Malformed);
+        }
+        Ok(Joiner {
             left: chunks,
             bytes: head_bytes,
             entries: Vec::new(),
-        }
+        })
     }
 
     /// Chunk frames still to come.
@@ -263,16 +272,29 @@ impl Joiner {
 pub fn decode_chunked<T: DeserializeOwned + Chunked>(
     bytes: &[u8],
 ) -> Result<(T, usize), FrameError> {
-    let (head, mut used) = decode_frame::<Head<T>>(bytes)?;
+    let (head, used) = decode_frame::<Head<T>>(bytes)?;
     let mut value = head.body;
-    let mut joiner = Joiner::new(head.chunks, used);
+    let more = join_chunks(&mut value, head.chunks, used, &bytes[used..])?;
+    Ok((value, used + more))
+}
+
+/// Puts into `value` (a head that took `head_bytes`) the entries of the
+/// `chunks` chunk frames at the start of `rest`; the bytes they took.
+pub fn join_chunks<T: Chunked>(
+    value: &mut T,
+    chunks: u32,
+    head_bytes: usize,
+    rest: &[u8],
+) -> Result<usize, FrameError> {
+    let mut joiner = Joiner::new(value, chunks, head_bytes)?;
+    let mut used = 0;
     while joiner.left() > 0 {
-        let (content, len) = next_frame(&bytes[used..])?;
+        let (content, len) = next_frame(&rest[used..])?;
         joiner.push(content)?;
         used += len;
     }
-    joiner.finish(&mut value)?;
-    Ok((value, used))
+    joiner.finish(value)?;
+    Ok(used)
 }
 
 /// The content of the frame at the start of `bytes`, and the bytes the
@@ -571,7 +593,7 @@ mod tests {
             bytes.len()
         );
         // A chunk of no entries.
-        let mut joiner = Joiner::new(1, 0);
+        let mut joiner = Joiner::new(&mut snapshot_answer(0), 1, 0).unwrap();
         let empty = encode(&Vec::<crate::locks::Entry>::new()).unwrap();
         assert_eq!(
             joiner.push(&empty[LENGTH_BYTES..]),
@@ -588,8 +610,18 @@ mod tests {
             decode_chunked::<ResponseEnvelope>(&head_with_entries),
             Err(FrameError::Malformed)
         );
+        // Chunks announced for a kind that carries no entries are refused
+        // at the head, before any is read.
+        let mut ping = RequestEnvelope {
+            from: NodeId(1),
+            request: Request::Ping(Ping { payload: vec![] }),
+        };
+        assert_eq!(
+            Joiner::new(&mut ping, 1, 0).map(|_| ()),
+            Err(FrameError::Malformed)
+        );
         // More chunks than were announced are not taken.
-        let mut joiner = Joiner::new(0, 0);
+        let mut joiner = Joiner::new(&mut snapshot_answer(0), 0, 0).unwrap();
         assert_eq!(
             joiner.push(&bytes[lens[0] + LENGTH_BYTES..lens[0] + lens[1]]),
             Err(FrameError::Malformed)
@@ -603,7 +635,12 @@ mod tests {
         let bytes = encode_chunked(snapshot_answer(5_000)).unwrap();
         let lens = frames(&bytes);
         let chunk = &bytes[lens[0] + LENGTH_BYTES..lens[0] + lens[1]];
-        let mut joiner = Joiner::new(u32::MAX, MESSAGE_BYTES_MAX - lens[1] + 1);
+        let mut joiner = Joiner::new(
+            &mut snapshot_answer(0),
+            u32::MAX,
+            MESSAGE_BYTES_MAX - lens[1] + 1,
+        )
+        .unwrap();
         assert!(matches!(
             joiner.push(chunk),
             Err(FrameError::TooLarge {
@@ -611,7 +648,12 @@ mod tests {
                 ..
             })
         ));
-        let mut joiner = Joiner::new(u32::MAX, MESSAGE_BYTES_MAX - lens[1]);
+        let mut joiner = Joiner::new(
+            &mut snapshot_answer(0),
+            u32::MAX,
+            MESSAGE_BYTES_MAX - lens[1],
+        )
+        .unwrap();
         assert_eq!(joiner.push(chunk), Ok(()));
     }
 }

@@ -308,7 +308,8 @@ async fn read_message<T: DeserializeOwned + Chunked>(
     let content = read_frame(recv).await?;
     let head: Head<T> = codec::decode(&content).map_err(ReadError::Frame)?;
     let mut value = head.body;
-    let mut joiner = Joiner::new(head.chunks, LENGTH_BYTES + content.len());
+    let mut joiner = Joiner::new(&mut value, head.chunks, LENGTH_BYTES + content.len())
+        .map_err(ReadError::Frame)?;
     drop(content);
     while joiner.left() > 0 {
         let chunk = read_frame(recv).await?;

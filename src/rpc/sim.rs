@@ -276,21 +276,15 @@ fn encode_answer(call: CallId, mut envelope: ResponseEnvelope) -> Option<Vec<u8>
 /// frames that follow it.
 fn decode_datagram(bytes: &[u8]) -> Result<Packet, codec::FrameError> {
     let (mut packet, mut used) = codec::decode_frame::<Packet>(bytes)?;
-    let chunks = match &packet {
-        Packet::Request { chunks, .. } | Packet::Response { chunks, .. } => *chunks,
+    used += match &mut packet {
+        Packet::Request {
+            chunks, envelope, ..
+        } => codec::join_chunks(envelope, *chunks, used, &bytes[used..])?,
+        Packet::Response {
+            chunks, envelope, ..
+        } => codec::join_chunks(envelope, *chunks, used, &bytes[used..])?,
         Packet::Message(_) => 0,
     };
-    let mut joiner = codec::Joiner::new(chunks, used);
-    while joiner.left() > 0 {
-        let (content, len) = codec::next_frame(&bytes[used..])?;
-        joiner.push(content)?;
-        used += len;
-    }
-    match &mut packet {
-        Packet::Request { envelope, .. } => joiner.finish(envelope)?,
-        Packet::Response { envelope, .. } => joiner.finish(envelope)?,
-        Packet::Message(_) => {}
-    }
     if used != bytes.len() {
         return Err(codec::FrameError::Malformed);
     }
