@@ -22,7 +22,7 @@ const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
 fn held(i: u64, epoch: u64) -> Entry {
     Entry {
-        name: Name::lock(&format!("held-{i:07}")),
+        name: Name::lock(format!("held-{i:07}")),
         token: Token((epoch << 32) + i + 1),
         state: EntryState::held(3_600_000, NodeId(1), Some(format!("hold-{i}")), epoch << 32),
         claim: None,

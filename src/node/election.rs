@@ -177,7 +177,8 @@ impl State {
                 ) if epoch == promised => {
                     // A promise that came after the takeover is not in
                     // the adopted table: its records do not count.
-                    if self.copies.on_promise(*epoch, table) {
+                    let merged = self.copies.on_promise(*epoch, table);
+                    if merged {
                         self.on_promiser(*epoch, from, life);
                     }
                 }

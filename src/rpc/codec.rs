@@ -502,7 +502,7 @@ mod tests {
         use crate::ids::{Epoch, Token};
         use crate::locks::{Entry, EntryState, Name};
         Entry {
-            name: Name::lock(&format!("held-lock-{i:06}")),
+            name: Name::lock(format!("held-lock-{i:06}")),
             token: Token((3 << 32) + i as u64),
             state: EntryState::held(30_000, NodeId(2), Some(format!("req-{i}")), 1),
             claim: None,

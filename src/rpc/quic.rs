@@ -638,7 +638,7 @@ mod tests {
         let client = bind(2, Arc::new(crate::rpc::Unserved));
         let locks: Vec<Entry> = (0..100_000u64)
             .map(|i| Entry {
-                name: Name::lock(&format!("held-lock-{i:06}")),
+                name: Name::lock(format!("held-lock-{i:06}")),
                 token: Token((4 << 32) + i),
                 state: EntryState::held(30_000, NodeId(2), Some(format!("req-{i}")), 1),
                 claim: None,
@@ -690,7 +690,7 @@ mod tests {
         .unwrap();
         let locks: Vec<Entry> = (0..50_000u64)
             .map(|i| Entry {
-                name: Name::lock(&format!("held-lock-{i:06}")),
+                name: Name::lock(format!("held-lock-{i:06}")),
                 token: Token((4 << 32) + i),
                 state: EntryState::held(30_000, NodeId(2), None, 1),
                 claim: None,
