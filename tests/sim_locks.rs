@@ -2222,6 +2222,61 @@ async fn review_6_a_recovery_does_not_copy_an_answer_older_than_a_prune() {
     c.shutdown().await;
 }
 
+/// A cluster of nodes `1..=n`, the first `voters` of them voters, whose
+/// new leaders take `adopt_latency` (virtual time) to adopt their table,
+/// with the longest lock TTL at `ttl_max_ms` if given.
+async fn cluster_adopting(
+    seed: u64,
+    voters: u64,
+    n: u64,
+    adopt_latency: Duration,
+    ttl_max_ms: Option<u64>,
+) -> SimCluster {
+    let mut c = SimCluster::with_gossip(seed, ids(voters), SimGossip::Model);
+    c.adopt_latency = adopt_latency;
+    if ttl_max_ms.is_some() {
+        c.tuning.lock_ttl_max_ms = ttl_max_ms;
+    }
+    for id in 1..=n {
+        c.add(NodeId(id)).await;
+    }
+    c
+}
+
+/// `name`'s status once a leader serves it (retried through "no quorum"
+/// and "not leader").
+async fn served_status(mesh: &Mesh, name: &str) -> LockReply {
+    loop {
+        match status(mesh, name).await {
+            LockReply::NoQuorum | LockReply::NotLeader => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            reply => return reply,
+        }
+    }
+}
+
+/// `client` takes lock "held"; the leader is killed; the guard, its
+/// token, the killed leader and the new one.
+async fn held_through_a_leader_kill(
+    c: &mut SimCluster,
+    client: NodeId,
+) -> (coordmesh::locks::LockGuard, Token, NodeId, NodeId) {
+    let old = c.led().await;
+    let guard = c
+        .mesh(client)
+        .lock("held")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("granted");
+    let token = guard.token();
+    c.kill(old).await;
+    let new = c.led().await;
+    assert_ne!(new, old);
+    (guard, token, old, new)
+}
+
 /// A table past one RPC frame survives a failover: 15,000 locks held
 /// (their table about 1.2 MB, past the 1 MiB frame that once carried a
 /// promise's copy whole), the leader is killed, and the new leader,
@@ -2231,12 +2286,8 @@ async fn review_6_a_recovery_does_not_copy_an_answer_older_than_a_prune() {
 async fn a_table_past_one_frame_is_adopted_whole_after_a_leader_kill() {
     const HELD: usize = 15_000;
     let seed = SimCluster::seed_from_env();
-    let mut c = SimCluster::with_gossip(seed, ids(3), SimGossip::Model);
     // Held without renewals through the test.
-    c.tuning.lock_ttl_max_ms = Some(3_600_000);
-    for id in 1..=4 {
-        c.add(NodeId(id)).await;
-    }
+    let mut c = cluster_adopting(seed, 3, 4, Duration::ZERO, Some(3_600_000)).await;
     let old = c.led().await;
     let client = NodeId(4);
     let mut held = Vec::with_capacity(HELD);
@@ -2266,14 +2317,7 @@ async fn a_table_past_one_frame_is_adopted_whole_after_a_leader_kill() {
     let new = c.led().await;
     assert_ne!(new, old);
     for (name, token) in &held {
-        let reply = loop {
-            match status(c.mesh(client), name).await {
-                LockReply::NoQuorum | LockReply::NotLeader => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                reply => break reply,
-            }
-        };
+        let reply = served_status(c.mesh(client), name).await;
         assert!(
             matches!(reply, LockReply::Status { token: Some(t), .. } if t == *token),
             "{name}: {reply:?} after the failover (seed {seed})"
@@ -2290,24 +2334,8 @@ async fn a_table_past_one_frame_is_adopted_whole_after_a_leader_kill() {
 #[tokio::test(start_paused = true)]
 async fn lock_requests_wait_out_the_adoption_of_a_new_leaders_table() {
     let seed = SimCluster::seed_from_env();
-    let mut c = SimCluster::with_gossip(seed, ids(3), SimGossip::Model);
-    c.adopt_latency = Duration::from_millis(300);
-    for id in 1..=4 {
-        c.add(NodeId(id)).await;
-    }
-    let old = c.led().await;
-    let client = NodeId(4);
-    let guard = c
-        .mesh(client)
-        .lock("held")
-        .ttl(TTL)
-        .acquire()
-        .await
-        .expect("granted");
-    let token = guard.token();
-    c.kill(old).await;
-    let new = c.led().await;
-    assert_ne!(new, old);
+    let mut c = cluster_adopting(seed, 3, 4, Duration::from_millis(300), None).await;
+    let (guard, token, _, new) = held_through_a_leader_kill(&mut c, NodeId(4)).await;
     let mut retries = 0;
     let reply = loop {
         match status(c.mesh(new), "held").await {
@@ -2342,22 +2370,8 @@ async fn lock_requests_wait_out_the_adoption_of_a_new_leaders_table() {
 #[tokio::test(start_paused = true)]
 async fn an_adoption_finished_after_the_lease_lapsed_is_dropped() {
     let seed = SimCluster::seed_from_env();
-    let mut c = SimCluster::with_gossip(seed, ids(5), SimGossip::Model);
-    c.adopt_latency = Duration::from_millis(800);
-    for id in 1..=6 {
-        c.add(NodeId(id)).await;
-    }
-    let old = c.led().await;
-    let guard = c
-        .mesh(NodeId(6))
-        .lock("held")
-        .ttl(TTL)
-        .acquire()
-        .await
-        .expect("granted");
-    let token = guard.token();
-    c.kill(old).await;
-    let new = c.led().await;
+    let mut c = cluster_adopting(seed, 5, 6, Duration::from_millis(800), None).await;
+    let (guard, token, _, new) = held_through_a_leader_kill(&mut c, NodeId(6)).await;
     // Cut off while it adopts: its lease lapses first.
     c.isolate(new);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -2389,14 +2403,7 @@ async fn an_adoption_finished_after_the_lease_lapsed_is_dropped() {
         matches!(taken, Err(LockError::Held(_))),
         "no second holder: {taken:?} (seed {seed})"
     );
-    let reply = loop {
-        match status(c.mesh(other), "held").await {
-            LockReply::NoQuorum | LockReply::NotLeader => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            reply => break reply,
-        }
-    };
+    let reply = served_status(c.mesh(other), "held").await;
     assert!(
         matches!(reply, LockReply::Status { token: Some(t), .. } if t == token),
         "{reply:?} (seed {seed})"

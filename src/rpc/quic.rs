@@ -597,6 +597,47 @@ mod tests {
         server.close().await;
     }
 
+    fn bind_with(
+        id: u64,
+        secret: &ClusterSecret,
+        service: Arc<dyn Service>,
+        metrics: Arc<Metrics>,
+    ) -> QuicRpc {
+        QuicRpc::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            NodeId(id),
+            secret,
+            service,
+            metrics,
+        )
+        .unwrap()
+    }
+
+    /// `n` held locks, as a lock table carries them.
+    fn held_table(n: u64) -> Vec<crate::locks::Entry> {
+        use crate::ids::{Epoch, Token};
+        use crate::locks::{Entry, EntryState, Name};
+        (0..n)
+            .map(|i| Entry {
+                name: Name::lock(format!("held-lock-{i:06}")),
+                token: Token((4 << 32) + i),
+                state: EntryState::held(30_000, NodeId(2), Some(format!("req-{i}")), 1),
+                claim: None,
+                written: Epoch(4),
+            })
+            .collect()
+    }
+
+    /// A replication batch of `locks`.
+    fn replicate(locks: Vec<crate::locks::Entry>) -> Request {
+        Request::Voter(crate::rpc::VoterRequest::Replicate {
+            epoch: crate::ids::Epoch(4),
+            voters: 7,
+            batch: crate::ids::BatchId(1),
+            locks,
+        })
+    }
+
     /// Answers a replication request with a copy holding its entries.
     struct Mirror;
 
@@ -621,38 +662,17 @@ mod tests {
     /// in chunk frames, and arrives whole.
     #[tokio::test]
     async fn a_table_past_one_frame_crosses_both_ways() {
-        use crate::ids::{BatchId, Epoch, Token};
-        use crate::locks::{Entry, EntryState, Name};
         let secret = ClusterSecret::from_bytes([5; 32]);
-        let bind = |id: u64, service: Arc<dyn Service>| {
-            QuicRpc::bind(
-                "127.0.0.1:0".parse().unwrap(),
-                NodeId(id),
-                &secret,
-                service,
-                Arc::new(Metrics::default()),
-            )
-            .unwrap()
-        };
-        let server = bind(1, Arc::new(Mirror));
-        let client = bind(2, Arc::new(crate::rpc::Unserved));
-        let locks: Vec<Entry> = (0..100_000u64)
-            .map(|i| Entry {
-                name: Name::lock(format!("held-lock-{i:06}")),
-                token: Token((4 << 32) + i),
-                state: EntryState::held(30_000, NodeId(2), Some(format!("req-{i}")), 1),
-                claim: None,
-                written: Epoch(4),
-            })
-            .collect();
-        let request = Request::Voter(crate::rpc::VoterRequest::Replicate {
-            epoch: Epoch(4),
-            voters: 7,
-            batch: BatchId(1),
-            locks: locks.clone(),
-        });
+        let metrics = Arc::new(Metrics::default());
+        let server = bind_with(1, &secret, Arc::new(Mirror), metrics.clone());
+        let client = bind_with(2, &secret, Arc::new(crate::rpc::Unserved), metrics);
+        let locks = held_table(100_000);
         let answer = client
-            .call(server.local_addr(), request, Duration::from_secs(30))
+            .call(
+                server.local_addr(),
+                replicate(locks.clone()),
+                Duration::from_secs(30),
+            )
             .await;
         match answer {
             Ok(Response::Copy(snapshot)) => assert!(snapshot.locks == locks),
@@ -668,43 +688,17 @@ mod tests {
     /// given up, however many.
     #[tokio::test]
     async fn requests_given_up_mid_send_are_not_counted_as_bad_frames() {
-        use crate::ids::{BatchId, Epoch, Token};
-        use crate::locks::{Entry, EntryState, Name};
         let secret = ClusterSecret::from_bytes([6; 32]);
         let server_metrics = Arc::new(Metrics::default());
-        let server = QuicRpc::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            NodeId(1),
-            &secret,
-            Arc::new(Mirror),
-            server_metrics.clone(),
-        )
-        .unwrap();
-        let client = QuicRpc::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            NodeId(2),
+        let server = bind_with(1, &secret, Arc::new(Mirror), server_metrics.clone());
+        let client = bind_with(
+            2,
             &secret,
             Arc::new(crate::rpc::Unserved),
             Arc::new(Metrics::default()),
-        )
-        .unwrap();
-        let locks: Vec<Entry> = (0..50_000u64)
-            .map(|i| Entry {
-                name: Name::lock(format!("held-lock-{i:06}")),
-                token: Token((4 << 32) + i),
-                state: EntryState::held(30_000, NodeId(2), None, 1),
-                claim: None,
-                written: Epoch(4),
-            })
-            .collect();
-        let request = || {
-            Request::Voter(crate::rpc::VoterRequest::Replicate {
-                epoch: Epoch(4),
-                voters: 7,
-                batch: BatchId(1),
-                locks: locks.clone(),
-            })
-        };
+        );
+        let locks = held_table(50_000);
+        let request = || replicate(locks.clone());
         // Connected first, so that each call below is cut mid-send.
         assert!(
             client
