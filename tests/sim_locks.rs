@@ -923,6 +923,18 @@ impl Stats {
     }
 }
 
+/// How long a new leader takes to adopt its table in a chaos run: none
+/// for half the seeds, up to 400 ms for the others (drawn apart from the
+/// run's other choices).
+fn adopt_latency(seed: u64) -> Duration {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xad0b);
+    if rng.random_bool(0.5) {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(rng.random_range(1..400))
+    }
+}
+
 async fn chaos(seed: u64) -> Stats {
     chaos_gossiping(seed, SimGossip::Model).await
 }
@@ -951,6 +963,7 @@ async fn chaos_gossiping(seed: u64, gossip: SimGossip) -> Stats {
     // Tombstones pruned under the faults ("Locks" 8): a round every 0.1
     // to 1.5 s instead of every 10 s.
     c.prune_every = Duration::from_millis(rng.random_range(100..1500));
+    c.adopt_latency = adopt_latency(seed);
     for id in 1..=5 {
         c.add(NodeId(id)).await;
     }
@@ -1646,6 +1659,7 @@ async fn aimed_chaos(seed: u64) -> Stats {
     let durable = rng.random_range(1..=3u64);
     c.ephemeral = (durable + 1..=3).map(NodeId).collect();
     c.prune_every = Duration::from_millis(rng.random_range(100..1500));
+    c.adopt_latency = adopt_latency(seed);
     for id in 1..=5 {
         c.add(NodeId(id)).await;
     }
