@@ -221,6 +221,11 @@ impl State {
             .map(|l| l.epoch)
     }
 
+    /// The epoch this node leads and serves now (its lease valid).
+    pub(super) fn serving_term(&self, now: Duration) -> Option<Epoch> {
+        self.own_term(now).filter(|_| self.election.is_serving(now))
+    }
+
     /// Makes the candidate's promise to itself durable, off this task;
     /// the election asks the voters once it is (E1).
     pub(super) fn persist_own_promise(&self, epoch: Epoch) {

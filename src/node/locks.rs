@@ -66,7 +66,7 @@ impl State {
         reply: oneshot::Sender<LockReply>,
     ) -> bool {
         self.sync_locks(now);
-        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        let serving = self.serving_term(now);
         if self.adopting.is_some() && self.adopting == serving {
             // Leading, its table not adopted yet: retry shortly (K6).
             let _ = reply.send(LockReply::NoQuorum);
@@ -224,7 +224,7 @@ impl State {
     /// Starts or stops the lock table as this node starts or stops
     /// serving as leader.
     pub(super) fn sync_locks(&mut self, now: Duration) {
-        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        let serving = self.serving_term(now);
         let outs = match (serving, self.locks.epoch()) {
             (Some(e), Some(l)) if e == l => return,
             // Its table is being adopted.
@@ -297,7 +297,7 @@ impl State {
             return true; // another term's adoption began since
         }
         self.adopting = None;
-        let serving = self.own_term(now).filter(|_| self.election.is_serving(now));
+        let serving = self.serving_term(now);
         if serving != Some(e) || self.locks.epoch().is_some() {
             self.sync_locks(now);
             return true;
