@@ -252,8 +252,9 @@ impl Membership {
         }
     }
 
-    /// The value of `key` gossiped by each live peer (newest generation
-    /// per node id; this node and unparsable ids left out).
+    /// The value of `key` gossiped by each live peer: its newest live
+    /// generation's, none if that generation has none (this node and
+    /// unparsable ids left out).
     pub async fn peer_values(&self, key: &str) -> Vec<(NodeId, String)> {
         let chitchat = match &self.gossip {
             Gossip::Chitchat { chitchat, .. } => chitchat.lock().await,
@@ -268,7 +269,10 @@ impl Membership {
                 );
             }
         };
-        let mut newest: std::collections::BTreeMap<NodeId, (u64, String)> = Default::default();
+        // The newest live generation of each id, then its value: an
+        // earlier generation's value is not the node's now.
+        let mut newest: std::collections::BTreeMap<NodeId, &chitchat::ChitchatId> =
+            Default::default();
         for cid in chitchat.live_nodes() {
             let Ok(id) = cid.node_id.parse::<NodeId>() else {
                 continue;
@@ -276,17 +280,18 @@ impl Membership {
             if id == self.self_id {
                 continue;
             }
-            let Some(value) = chitchat.node_state(cid).and_then(|s| s.get(key)) else {
-                continue;
-            };
-            let slot = newest
-                .entry(id)
-                .or_insert((cid.generation_id, value.to_string()));
-            if cid.generation_id > slot.0 {
-                *slot = (cid.generation_id, value.to_string());
+            let slot = newest.entry(id).or_insert(cid);
+            if cid.generation_id > slot.generation_id {
+                *slot = cid;
             }
         }
-        newest.into_iter().map(|(id, (_, v))| (id, v)).collect()
+        newest
+            .into_iter()
+            .filter_map(|(id, cid)| {
+                let value = chitchat.node_state(cid)?.get(key)?;
+                Some((id, value.to_string()))
+            })
+            .collect()
     }
 
     /// Leaves gracefully: gossips the `leaving` mark for the leave

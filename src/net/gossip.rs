@@ -153,8 +153,9 @@ impl GossipBoard {
         self.members.insert(addr, member);
     }
 
-    /// The value of `key` of each live peer (newest generation per node
-    /// id; this node and unparsable ids left out).
+    /// The value of `key` of each live peer: its newest live generation's,
+    /// none if that generation has none (this node and unparsable ids
+    /// left out).
     pub(crate) fn peer_values(
         &self,
         addr: SocketAddr,
@@ -165,7 +166,9 @@ impl GossipBoard {
         let Some(member) = self.members.get(&addr) else {
             return Vec::new();
         };
-        let mut newest: BTreeMap<NodeId, (Generation, String)> = BTreeMap::new();
+        // The newest live generation of each id, then its value: an
+        // earlier generation's value is not the node's now.
+        let mut newest: BTreeMap<NodeId, (Generation, &Heard)> = BTreeMap::new();
         for (inc, heard) in &member.known {
             let live = heard
                 .rose_at
@@ -176,14 +179,66 @@ impl GossipBoard {
             if *inc == member.me || !live {
                 continue;
             }
-            let Some(value) = heard.values.get(key) else {
-                continue;
-            };
-            let slot = newest.entry(id).or_insert((inc.generation, value.clone()));
+            let slot = newest.entry(id).or_insert((inc.generation, heard));
             if inc.generation > slot.0 {
-                *slot = (inc.generation, value.clone());
+                *slot = (inc.generation, heard);
             }
         }
-        newest.into_iter().map(|(id, (_, v))| (id, v)).collect()
+        newest
+            .into_iter()
+            .filter_map(|(id, (_, heard))| Some((id, heard.values.get(key)?.clone())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restarted node's earlier generation stays live in a peer's
+    /// view for a while; its values are not the node's now: a key the
+    /// new generation has not set has no value.
+    #[test]
+    fn a_peers_value_is_its_newest_live_generations() {
+        let net = SimNet::new(1);
+        let silent_max = Duration::from_millis(800);
+        let at = |ms| Instant::now() + Duration::from_millis(ms);
+        let now = at(0);
+        let mut board = GossipBoard::default();
+        let a: SocketAddr = "10.0.0.1:7400".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:7400".parse().unwrap();
+        board
+            .join("c", a, NodeId(1), Generation(1), vec![], now)
+            .unwrap();
+        let claim = vec![("leads".to_string(), "3:ff:1".to_string())];
+        board
+            .join("c", b, NodeId(2), Generation(1), claim, now)
+            .unwrap();
+        board.round(&net, a, at(100));
+        board.round(&net, b, at(100));
+        board.round(&net, a, at(200));
+        assert_eq!(
+            board.peer_values(a, "leads", at(200), silent_max),
+            vec![(NodeId(2), "3:ff:1".to_string())]
+        );
+        board.leave(b);
+        board
+            .join("c", b, NodeId(2), Generation(2), vec![], at(250))
+            .unwrap();
+        for ms in [300, 400] {
+            board.round(&net, b, at(ms));
+            board.round(&net, a, at(ms));
+        }
+        // Both generations are live in a's view now.
+        let (_, known) = board.heard(a).unwrap();
+        let live = known
+            .values()
+            .filter(|h| {
+                h.rose_at
+                    .is_some_and(|t| at(400).duration_since(t) <= silent_max)
+            })
+            .count();
+        assert_eq!(live, 3, "a, and both generations of node 2");
+        assert_eq!(board.peer_values(a, "leads", at(400), silent_max), vec![]);
     }
 }
