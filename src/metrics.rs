@@ -56,6 +56,9 @@ pub struct Metrics {
     pub rpc_requests_served: AtomicU64,
     /// One-way RPC messages sent.
     pub rpc_messages_sent: AtomicU64,
+    /// Bytes of RPC frames written: requests, answers and messages, as
+    /// encoded (QUIC's own headers and encryption not counted).
+    pub rpc_bytes_sent: AtomicU64,
     /// One-way RPC messages received.
     pub rpc_messages_received: AtomicU64,
     /// RPC frames dropped or refused: undecodable, too large, unknown version, too slow.
@@ -101,7 +104,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 38] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 39] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -233,6 +236,12 @@ impl Metrics {
                 "counter",
                 "One-way RPC messages sent.",
                 &self.rpc_messages_sent,
+            ),
+            (
+                "coordmesh_rpc_bytes_sent_total",
+                "counter",
+                "Bytes of RPC frames written (requests, answers, messages; QUIC's own overhead not counted).",
+                &self.rpc_bytes_sent,
             ),
             (
                 "coordmesh_rpc_messages_received_total",

@@ -111,6 +111,7 @@ impl QuicRpc {
             let conn = self.connection(&peer, to).await?;
             let (send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(to, e))?;
             let mut send = CancelOnDrop(Some(send));
+            Metrics::add(&self.metrics.rpc_bytes_sent, frame.len() as u64);
             send.stream()
                 .write_all(&frame)
                 .await
@@ -141,6 +142,7 @@ impl QuicRpc {
                 .map_err(|_| RpcError::Closed)?;
             let conn = self.connection(&peer, to).await?;
             let mut send = conn.open_uni().await.map_err(|e| connection_error(to, e))?;
+            Metrics::add(&self.metrics.rpc_bytes_sent, frame.len() as u64);
             send.write_all(&frame)
                 .await
                 .map_err(|e| unreachable(to, e))?;
@@ -431,6 +433,7 @@ async fn serve_request(
         }
         Err(_) => return,
     };
+    Metrics::add(&metrics.rpc_bytes_sent, frame.len() as u64);
     if send.write_all(&frame).await.is_ok() {
         let _ = send.finish();
     }

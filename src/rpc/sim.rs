@@ -169,6 +169,7 @@ impl SimRpc {
         }
         // A send error is the datagram being refused as too large, which
         // `encode_datagram` already ruled out; treat it as lost.
+        Metrics::add(&self.metrics.rpc_bytes_sent, frame.len() as u64);
         if !lost {
             let _ = self.sender.send_to(&frame, to);
         }
@@ -193,6 +194,7 @@ impl SimRpc {
             Vec::new(),
         )?;
         count(&self.metrics.rpc_messages_sent);
+        Metrics::add(&self.metrics.rpc_bytes_sent, frame.len() as u64);
         let _ = self.sender.send_to(&frame, to);
         Ok(())
     }
@@ -321,9 +323,11 @@ async fn receive_loop(
                 count(&metrics.rpc_requests_served);
                 let service = service.clone();
                 let sender = sender.clone();
+                let metrics = metrics.clone();
                 handlers.spawn(async move {
                     let answer = service.request(envelope.from, envelope.request).await;
                     if let Some(frame) = encode_answer(call, answer) {
+                        Metrics::add(&metrics.rpc_bytes_sent, frame.len() as u64);
                         let _ = sender.send_to(&frame, from);
                     }
                 });
