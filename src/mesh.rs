@@ -557,7 +557,9 @@ impl Mesh {
     }
 
     /// The leader this node knows now: itself while its lease is valid,
-    /// or the sender of a heartbeat within the lease.
+    /// else, on a voter, the sender of a heartbeat within the lease, and
+    /// on a member that is not a voter, a live member whose gossiped
+    /// claim to lead changed within the lease.
     pub fn leader(&self) -> Option<Leadership> {
         *self.inner.shared.leader.borrow()
     }

@@ -512,3 +512,95 @@ async fn finding_7_a_node_with_another_lease_is_refused() {
     assert!(refused > 0, "mismatches not counted (seed {seed})");
     c.shutdown().await;
 }
+
+/// Scale: heartbeats go to the voters alone, so a member that is not a
+/// voter serves no request at rest, whatever the cluster's size; it
+/// learns the leader from gossip, through a failover too, and a lock is
+/// granted through it once the new leader serves.
+#[tokio::test(start_paused = true)]
+async fn members_that_are_not_voters_get_no_heartbeats_and_follow_gossip() {
+    let mut c = SimCluster::start(SimCluster::seed_from_env(), 12).await;
+    let mut log = LeaderLog::default();
+    let (first, e1) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    let member = NodeId(12);
+    let served = |c: &SimCluster| {
+        c.mesh(member)
+            .metrics()
+            .rpc_requests_served
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = served(&c);
+    run(&c, &mut log, Duration::from_secs(2)).await;
+    assert_eq!(
+        served(&c) - before,
+        0,
+        "a member that is not a voter was sent requests at rest (seed {})",
+        c.seed()
+    );
+    c.kill(first).await;
+    let killed_at = c.now();
+    let (second, e2) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    let took = c.now() - killed_at;
+    println!(
+        "every one of 11 nodes follows node {second} {took:?} after the kill (seed {})",
+        c.seed()
+    );
+    assert!(e2 > e1 && second != first);
+    let guard = c
+        .mesh(member)
+        .lock("through-a-member")
+        .ttl(Duration::from_secs(2))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("no lock through a member: {e} (seed {})", c.seed()));
+    assert!(guard.token().epoch() >= e2);
+    drop(guard);
+    assert_safe(&c, &log);
+    c.shutdown().await;
+}
+
+/// A member that is not a voter and is next in line takes over from a
+/// leader killed, or whose driver is paused while its gossip goes on,
+/// as fast as with heartbeats: it follows a leader's gossiped claim only
+/// while the claim's mark changes, which it does with each extension of
+/// the lease. Voters 3, 4, 5; nodes 1 and 2 are members only.
+#[tokio::test(start_paused = true)]
+async fn a_member_next_in_line_takes_over_from_a_killed_or_paused_leader() {
+    let seed = SimCluster::seed_from_env();
+    for paused in [false, true] {
+        let mut c = SimCluster::new(seed, vec![NodeId(3), NodeId(4), NodeId(5)]);
+        for id in 1..=5 {
+            c.add(NodeId(id)).await;
+        }
+        let mut log = LeaderLog::default();
+        let (first, e1) = wait_for_leader(&c, &mut log, Duration::from_secs(10)).await;
+        assert_eq!(first, NodeId(1), "seed {seed}");
+        run(&c, &mut log, Duration::from_millis(500)).await;
+        let at = c.now();
+        if paused {
+            c.pause(first, Duration::from_secs(5)).await;
+        } else {
+            c.kill(first).await;
+        }
+        let start = c.now();
+        loop {
+            run(&c, &mut log, SAMPLE).await;
+            if c.mesh(NodeId(2)).is_leader() {
+                break;
+            }
+            assert!(
+                c.now() - start < Duration::from_secs(3),
+                "node 2 did not take over from node 1 (paused: {paused}, seed {seed})"
+            );
+        }
+        let took = c.now() - at;
+        println!("node 2 serves {took:?} after node 1 stopped (paused: {paused}, seed {seed})");
+        assert!(c.mesh(NodeId(2)).leader().unwrap().epoch > e1);
+        assert!(
+            took < Duration::from_secs(1),
+            "took {took:?} (paused: {paused}, seed {seed})"
+        );
+        assert_safe(&c, &log);
+        c.shutdown().await;
+    }
+}

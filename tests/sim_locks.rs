@@ -70,6 +70,14 @@ fn queue_for_q(
     })
 }
 
+/// Node `id` follows a leader that serves: a member that is not a
+/// voter learns a new leader from gossip, a round or two after it serves.
+fn follows_a_serving_leader(c: &SimCluster, id: NodeId) -> bool {
+    c.mesh(id)
+        .leader()
+        .is_some_and(|l| c.running().contains(&l.id) && c.mesh(l.id).is_leader())
+}
+
 async fn status(mesh: &Mesh, name: &str) -> LockReply {
     let request = LockRequest::Status { name: name.into() };
     mesh.lock_request(request, Duration::from_secs(1))
@@ -1179,6 +1187,10 @@ async fn finding_1_a_retry_is_not_granted_from_a_minority_copy() {
         c.mesh(NodeId(2)).is_leader() || c.mesh(NodeId(3)).is_leader()
     })
     .await;
+    c.eventually(Duration::from_secs(2), "4 follows it", |c| {
+        follows_a_serving_leader(c, NodeId(4))
+    })
+    .await;
     let other = c
         .mesh(NodeId(4))
         .lock_request(acquire("other"), Duration::from_secs(1))
@@ -1844,8 +1856,8 @@ async fn old_ack_scenario(late: Duration, cut_syncs: bool) {
     if !among(&c) {
         c.heal();
     }
-    c.eventually(Duration::from_secs(10), "a leader", |c| {
-        (1..=5).any(|v| c.running().contains(&NodeId(v)) && c.mesh(NodeId(v)).is_leader())
+    c.eventually(Duration::from_secs(10), "a leader 6 follows", |c| {
+        follows_a_serving_leader(c, NodeId(6))
     })
     .await;
     let other = c.mesh(NodeId(6)).lock("x").ttl(TTL).try_acquire().await;

@@ -13,8 +13,9 @@
 //!   voter promises `e` only above its promise, outside its blackout, and
 //!   once its start-up wait (and, without durable state, its copy of the
 //!   promise from a majority) is over. A majority of promises elects.
-//! - The leader sends a heartbeat round to every member each heartbeat
-//!   interval; a round acked by a majority of voters extends the lease to
+//! - The leader sends a heartbeat round to every voter each heartbeat
+//!   interval (the other members learn it from its gossiped claim); a
+//!   round acked by a majority of voters extends the lease to
 //!   its first send time plus `L·(1−ρ)/(1+ρ)`. A voter that acks starts a
 //!   blackout of `L·(1+ρ)` in which it promises no one else.
 //! - The leader serves (is leader for its users) only while its lease,
@@ -470,6 +471,9 @@ pub struct Election {
     next_attempt_at: Duration,
     rng: u64,
     announced: Option<Leadership>,
+    /// The last claim to lead read from each member's gossip (epoch,
+    /// mark): only a change is news of its leader.
+    claims_seen: BTreeMap<NodeId, (Epoch, u64)>,
 }
 
 impl Election {
@@ -528,6 +532,7 @@ impl Election {
             next_attempt_at: now + timing.election_timeout,
             rng: seed | 1,
             announced: None,
+            claims_seen: BTreeMap::new(),
         }
     }
 
@@ -643,6 +648,7 @@ impl Election {
     pub fn handle_peer_gone(&mut self, node: NodeId) {
         self.peers.remove(&node);
         self.probe_acks.remove(&node);
+        self.claims_seen.remove(&node);
     }
 
     fn peer_eligible(&self, now: Duration, node: NodeId) -> bool {
@@ -1105,15 +1111,11 @@ impl Election {
         let is_voter = self.is_voter();
         let id = self.id;
         let hash = self.hash;
-        let members: Vec<NodeId> = self
-            .voters
-            .iter()
-            .copied()
-            .chain(self.peers.iter().filter(|(_, p)| p.live).map(|(&i, _)| i))
-            .filter(|&n| n != id)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        // Rounds go to the voters only: only their acks count, and the
+        // other members learn the leader from its gossiped claim
+        // (`handle_leader_claims`), so a round costs the same at 100
+        // members as at 5.
+        let members: Vec<NodeId> = self.voters.iter().copied().filter(|&n| n != id).collect();
         let Role::Leader {
             epoch,
             next_round,
@@ -1414,19 +1416,7 @@ impl Election {
             return self.reject(RejectReason::EpochSpent);
         }
         self.observe_epoch(epoch);
-        if from != self.id {
-            // A record of a higher epoch blocks a lower one only while
-            // that leader's lease could hold: after a full restart without
-            // data dirs epochs may start over (E7), and a stale record
-            // must not hide the leader there is.
-            let newer = self
-                .leader
-                .is_none_or(|(l, seen)| epoch >= l.epoch || now >= seen + self.timing.lease);
-            if newer {
-                self.leader = Some((Leadership { id: from, epoch }, now));
-                self.last_leader = Some(from);
-            }
-        }
+        self.note_leader(now, from, epoch);
         if !self.is_voter() {
             return self.reject(RejectReason::NotVoter);
         }
@@ -1443,6 +1433,80 @@ impl Election {
             response: ElectionResponse::Ack { epoch, round },
             persist,
         }
+    }
+
+    /// `from` leads `epoch`, as of `now`: a heartbeat says so to a voter,
+    /// a gossiped claim to any other member.
+    fn note_leader(&mut self, now: Duration, from: NodeId, epoch: Epoch) {
+        if from == self.id {
+            return;
+        }
+        // A record of a higher epoch blocks a lower one only while that
+        // leader's lease could hold: after a full restart without data
+        // dirs epochs may start over (E7), and a stale record must not
+        // hide the leader there is.
+        let newer = self
+            .leader
+            .is_none_or(|(l, seen)| epoch >= l.epoch || now >= seen + self.timing.lease);
+        if newer {
+            self.leader = Some((Leadership { id: from, epoch }, now));
+            self.last_leader = Some(from);
+        }
+    }
+
+    /// What this node gossips as its claim to lead: while it serves, its
+    /// epoch and a mark that rises with each extension of its lease (the
+    /// lease's end, in ms on its clock), so that a member reading the
+    /// claim can tell a leader whose rounds are acked from one whose
+    /// driver stopped while its gossip goes on. `None` when not serving.
+    pub fn claim(&self, now: Duration) -> Option<(Epoch, u64)> {
+        match &self.role {
+            Role::Leader {
+                epoch,
+                lease_until: Some(until),
+                ..
+            } if now < *until => Some((*epoch, until.as_millis() as u64)),
+            _ => None,
+        }
+    }
+
+    /// Gossip's claims to lead, read at one poll: `(from, epoch, hash,
+    /// mark)` for each live member that gossips one ([`Election::claim`]).
+    /// A member that is not a voter learns the leader this way, heartbeats
+    /// going to voters only: a claim whose mark changed since the last
+    /// poll (or is seen for the first time) counts as a heartbeat would
+    /// for whom it follows and whether it runs (E2), and for nothing else:
+    /// it acks nothing and raises no promise. An unchanged claim is no
+    /// news of its leader, whose record then lapses a lease after the
+    /// last change. Voters follow heartbeats alone and ignore claims, as
+    /// does everyone a claim of another configuration (V1), of a resigned
+    /// epoch (E6) or of an epoch that cannot form tokens (K1).
+    pub fn handle_leader_claims(
+        &mut self,
+        now: Duration,
+        claims: &[(NodeId, Epoch, u64, u64)],
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.is_voter() {
+            return out;
+        }
+        for &(from, epoch, hash, mark) in claims {
+            if from == self.id
+                || hash != self.hash
+                || epoch > Epoch::MAX
+                || epoch <= self.resigned_epoch
+            {
+                continue;
+            }
+            if self.claims_seen.insert(from, (epoch, mark)) == Some((epoch, mark)) {
+                continue;
+            }
+            // E1: a member leading a lower epoch stops.
+            self.observe_epoch(epoch);
+            self.note_leader(now, from, epoch);
+        }
+        self.announce(now, &mut out);
+        out
     }
 
     fn reject(&self, reason: RejectReason) -> Handled {

@@ -138,6 +138,7 @@ impl Net {
             let outs = self.nodes.get_mut(&id).unwrap().handle_tick(now);
             self.process(id, outs);
         }
+        self.gossip_claims();
         for (&id, e) in &self.nodes {
             if !self.down.contains(&id)
                 && e.is_serving(self.now)
@@ -149,6 +150,38 @@ impl Net {
                     .or_insert((self.now, self.now));
                 entry.1 = self.now;
             }
+        }
+    }
+
+    /// Gossip, at every step: each member up and linked reads the claim
+    /// of each node up that serves ([`Election::claim`]).
+    fn gossip_claims(&mut self) {
+        let now = self.now;
+        let claims: Vec<(NodeId, Epoch, u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(id, _)| !self.down.contains(id))
+            .filter_map(|(&id, e)| {
+                e.claim(now)
+                    .map(|(epoch, mark)| (id, epoch, e.config_hash(), mark))
+            })
+            .collect();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for to in ids {
+            let heard: Vec<_> = claims
+                .iter()
+                .copied()
+                .filter(|(from, ..)| *from != to && self.link(*from, to))
+                .collect();
+            if self.down.contains(&to) || heard.is_empty() {
+                continue;
+            }
+            let outs = self
+                .nodes
+                .get_mut(&to)
+                .unwrap()
+                .handle_leader_claims(now, &heard);
+            self.process(to, outs);
         }
     }
 
@@ -1006,4 +1039,149 @@ fn e7_early_answers_of_a_voter_gone_since_do_not_hold_the_recovery_for_good() {
             .any(|o| matches!(o, Output::Recovered(Recovery::Own))),
         "{out:?}"
     );
+}
+
+/// Scale: the leader's rounds go to the voters alone, however many
+/// members there are, and the members that are not voters follow the
+/// leader that gossip shows them, through a failover too.
+#[test]
+fn heartbeats_go_to_voters_only_and_the_others_follow_the_gossiped_claim() {
+    let mut net = Net::new(9, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    // The leader's next rounds, whatever it sends them to.
+    let mut sent_to = BTreeSet::new();
+    for _ in 0..30 {
+        net.now += STEP;
+        let now = net.now;
+        let outs = net.nodes.get_mut(&NodeId(1)).unwrap().handle_tick(now);
+        for out in &outs {
+            if let Output::Send {
+                to,
+                request: ElectionRequest::Heartbeat { .. },
+            } = out
+            {
+                sent_to.insert(*to);
+            }
+        }
+        net.process(NodeId(1), outs);
+    }
+    assert_eq!(sent_to, BTreeSet::from([NodeId(2), NodeId(3)]));
+    net.run_for(Duration::from_millis(100));
+    for id in ids(9) {
+        assert_eq!(
+            net.nodes[&id].leader(net.now).map(|l| l.id),
+            Some(NodeId(1)),
+            "node {id} does not follow the leader"
+        );
+    }
+    net.down.insert(NodeId(1));
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.serving(), vec![NodeId(2)]);
+    for id in (2..=9).map(NodeId) {
+        assert_eq!(
+            net.nodes[&id].leader(net.now).map(|l| l.id),
+            Some(NodeId(2)),
+            "node {id} does not follow the new leader"
+        );
+    }
+    net.assert_safe();
+}
+
+/// A gossiped claim stands in for the heartbeats a member that is not a
+/// voter no longer gets, and for nothing else: voters ignore it (they
+/// follow heartbeats, and a claim must not hold back their candidacy),
+/// as does everyone for another configuration (V1), a resigned epoch
+/// (E6) or an epoch that cannot form tokens (K1). It raises no promise,
+/// and only a claim whose mark changed is news of its leader.
+#[test]
+fn a_gossiped_claim_counts_only_for_members_that_are_not_voters() {
+    let voters = ids(3);
+    let timing = Timing::default();
+    let now = Duration::from_secs(1);
+    let hash = config_hash(&voters, &timing);
+    let mut member = forgetful(4, &voters, timing, Duration::ZERO, Memory::None);
+    let mut voter = voter(2, 0);
+    for (epoch, claim_hash, why) in [
+        (Epoch(3), hash ^ 1, "another configuration"),
+        (
+            Epoch(u64::from(u32::MAX) + 1),
+            hash,
+            "an epoch past the last",
+        ),
+    ] {
+        let outs = member.handle_leader_claims(now, &[(NodeId(1), epoch, claim_hash, 1)]);
+        assert!(outs.is_empty(), "{why}");
+        assert_eq!(member.leader(now), None, "{why} was followed");
+    }
+    let claim = |mark| [(NodeId(1), Epoch(3), hash, mark)];
+    assert!(voter.handle_leader_claims(now, &claim(1)).is_empty());
+    assert_eq!(voter.leader(now), None, "a voter followed a claim");
+    assert_eq!(voter.promised(), Epoch(0));
+
+    let outs = member.handle_leader_claims(now, &claim(1));
+    let leads = Some(Leadership {
+        id: NodeId(1),
+        epoch: Epoch(3),
+    });
+    assert!(outs.contains(&Output::LeaderChanged(leads)));
+    assert_eq!(member.leader(now), leads);
+    assert_eq!(member.promised(), Epoch(0));
+    assert_eq!(member.max_epoch(), Epoch(3));
+    // Read again unchanged, the claim is no news: the record lapses a
+    // lease after the last change (a leader whose driver stopped while
+    // its gossip goes on).
+    let later = now + timing.lease - STEP;
+    member.handle_leader_claims(later, &claim(1));
+    assert_eq!(member.leader(now + timing.lease), None);
+    // A changed mark renews it.
+    member.handle_leader_claims(later, &claim(2));
+    assert_eq!(member.leader(now + timing.lease), leads);
+    // E6: once the leader resigned, its late claims are ignored.
+    let resign = ElectionRequest::Resign {
+        epoch: Epoch(3),
+        voters: hash,
+    };
+    let at = later + timing.lease;
+    member.handle_request(at, NodeId(1), &resign);
+    member.handle_leader_claims(at, &claim(3));
+    assert_eq!(member.leader(at), None, "a resigned epoch was followed");
+}
+
+/// A leader whose driver stopped while its gossip goes on keeps the
+/// last claim it made, unchanged: the members that are not voters stop
+/// following it a lease later, and the lowest of them, next in line,
+/// takes over (E2) as it would with heartbeats.
+#[test]
+fn a_claim_that_stops_changing_is_not_followed() {
+    let mut net = Net::new(5, &[NodeId(3), NodeId(4), NodeId(5)], true);
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    let now = net.now;
+    let (epoch, mark) = net.nodes[&NodeId(1)].claim(now).unwrap();
+    let hash = net.nodes[&NodeId(1)].config_hash();
+    // Node 1 stops: no more rounds, but node 2 reads its last claim at
+    // every step.
+    net.down.insert(NodeId(1));
+    let start = net.now;
+    while !net.serving().contains(&NodeId(2)) {
+        net.step();
+        let now = net.now;
+        let outs = net
+            .nodes
+            .get_mut(&NodeId(2))
+            .unwrap()
+            .handle_leader_claims(now, &[(NodeId(1), epoch, hash, mark)]);
+        net.process(NodeId(2), outs);
+        assert!(
+            net.now < start + Duration::from_secs(2),
+            "node 2 never took over from a leader whose claim stopped changing"
+        );
+    }
+    assert!(
+        net.now - start < Duration::from_secs(1),
+        "took {:?}",
+        net.now - start
+    );
+    net.assert_safe();
 }

@@ -33,6 +33,47 @@ pub const KEY_EPOCH: &str = "epoch";
 /// and every lock holder in it, has ended.
 pub const KEY_ENDED: &str = "ended";
 
+/// Gossip key of a leader's claim, `EPOCH:HASH:MARK` (the epoch and
+/// the mark in decimal, the configuration hash in hex) while the node
+/// serves as leader, and `-` otherwise. The mark rises with each
+/// extension of its lease. Heartbeats go to voters only: the other
+/// members learn the leader from this claim, and only a changed mark
+/// is news that its leader still leads.
+pub const KEY_LEADS: &str = "leads";
+
+/// A leader's claim as gossiped under [`KEY_LEADS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderClaim {
+    /// The epoch it leads.
+    pub epoch: u64,
+    /// Its configuration hash.
+    pub hash: u64,
+    /// Rises with each extension of its lease.
+    pub mark: u64,
+}
+
+impl LeaderClaim {
+    /// The value of [`KEY_LEADS`] for `claim` (none: `-`).
+    pub fn format(claim: Option<LeaderClaim>) -> String {
+        match claim {
+            Some(c) => format!("{}:{:x}:{}", c.epoch, c.hash, c.mark),
+            None => "-".to_string(),
+        }
+    }
+
+    /// Parses a [`KEY_LEADS`] value: `None` for no claim or a value that
+    /// does not parse.
+    pub fn parse(value: &str) -> Option<LeaderClaim> {
+        let mut parts = value.split(':');
+        let claim = LeaderClaim {
+            epoch: parts.next()?.parse().ok()?,
+            hash: u64::from_str_radix(parts.next()?, 16).ok()?,
+            mark: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(claim)
+    }
+}
+
 /// A node's gossiped metadata, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeMeta {
@@ -63,6 +104,7 @@ impl NodeMeta {
                 if voter { "1" } else { "0" }.to_string(),
             ),
             (KEY_PROTOCOL.to_string(), PROTOCOL_VERSION.to_string()),
+            (KEY_LEADS.to_string(), LeaderClaim::format(None)),
         ]
     }
 
@@ -105,6 +147,39 @@ mod tests {
             (rpc, http, true, false)
         );
         assert_eq!(meta.protocol, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn leader_claims_parse_back_and_garbage_is_no_claim() {
+        for (epoch, hash, mark) in [
+            (1, 0, 0),
+            (7, 0xdead_beef, 420),
+            (u64::from(u32::MAX), u64::MAX, u64::MAX),
+        ] {
+            let claim = LeaderClaim { epoch, hash, mark };
+            assert_eq!(
+                LeaderClaim::parse(&LeaderClaim::format(Some(claim))),
+                Some(claim)
+            );
+        }
+        for bad in [
+            &LeaderClaim::format(None),
+            "",
+            "3",
+            "3:ff",
+            "3:ff:",
+            ":ff:1",
+            "x:ff:1",
+            "3:zz:1",
+            "-1:ff:1",
+            "3:ff:1:2",
+        ] {
+            assert_eq!(
+                LeaderClaim::parse(bad),
+                None,
+                "{bad:?} was taken for a claim"
+            );
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 pub use meta::{
-    KEY_ENDED, KEY_EPOCH, KEY_HTTP, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC, KEY_VOTER,
-    NodeMeta, PROTOCOL_VERSION,
+    KEY_ENDED, KEY_EPOCH, KEY_HTTP, KEY_LEADS, KEY_LEAVING, KEY_PROTOCOL, KEY_REACH, KEY_RPC,
+    KEY_VOTER, LeaderClaim, NodeMeta, PROTOCOL_VERSION,
 };
 pub use view::{Member, MemberEvent, MemberState, MembershipView, Observation};
 

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::election::{ElectionRequest, ElectionResponse, Leadership, Output, Recovery};
 use crate::ids::{Epoch, Generation, NodeId};
-use crate::membership::{KEY_ENDED, KEY_EPOCH, KEY_REACH};
+use crate::membership::{KEY_ENDED, KEY_EPOCH, KEY_LEADS, KEY_REACH, LeaderClaim};
 use crate::metrics::Metrics;
 use crate::replication::Settle;
 use crate::rpc::{Request, Response, VoterSnapshot};
@@ -82,6 +82,24 @@ impl State {
                 self.locks.freed_on_proof_total() - freed,
             );
             self.apply_locks(outs);
+        }
+        self.publish_claim(now).await;
+        // Leaders' claims: how a member that is not a voter learns the
+        // leader (heartbeats go to voters only).
+        if !self.election.is_voter() {
+            let claims: Vec<_> = self
+                .membership
+                .peer_values(KEY_LEADS)
+                .await
+                .into_iter()
+                .filter(|(id, _)| view.get(*id).is_some_and(|m| m.is_alive()))
+                .filter_map(|(id, value)| {
+                    let c = LeaderClaim::parse(&value)?;
+                    Some((id, Epoch(c.epoch), c.hash, c.mark))
+                })
+                .collect();
+            let outs = self.election.handle_leader_claims(now, &claims);
+            self.execute(outs, None).await;
         }
         for (id, value) in self.membership.peer_values(KEY_REACH).await {
             if let Ok(reach) = value.parse::<u64>() {
@@ -373,6 +391,7 @@ impl State {
                     self.leader_changed(now, leader);
                 }
                 Output::Serving(serving) => {
+                    self.publish_claim(now).await;
                     if serving {
                         Metrics::add(&self.metrics.election_terms_won, 1);
                         info!(id = %self.election.id(), "serving as leader");
@@ -391,6 +410,24 @@ impl State {
             }
         }
         true
+    }
+
+    /// Gossips this node's claim to lead when it changed: made while it
+    /// serves, its mark rising with each extension of its lease; withdrawn
+    /// when it stops.
+    async fn publish_claim(&mut self, now: Duration) {
+        let hash = self.election.config_hash();
+        let claim = self.election.claim(now).map(|(epoch, mark)| LeaderClaim {
+            epoch: epoch.0,
+            hash,
+            mark,
+        });
+        if claim != self.claim_published {
+            self.claim_published = claim;
+            self.membership
+                .set_local(KEY_LEADS, &LeaderClaim::format(claim))
+                .await;
+        }
     }
 
     pub(super) fn leader_changed(&mut self, now: Duration, leader: Option<Leadership>) {

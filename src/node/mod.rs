@@ -285,6 +285,7 @@ impl Driver {
             reconciled_epoch: None,
             records_lossy_marked: false,
             adopting: None,
+            claim_published: None,
         };
         let task = tokio::spawn(state.run(rx));
         Driver {
@@ -387,6 +388,8 @@ struct State {
     records_lossy_marked: bool,
     /// The epoch whose table is being adopted ([`Input::Adopted`]).
     adopting: Option<Epoch>,
+    /// The claim to lead this node gossips now.
+    claim_published: Option<crate::membership::LeaderClaim>,
 }
 
 impl State {

@@ -38,7 +38,10 @@ use crate::locks::Entry;
 /// replication batch carries its id; `Forget` (tombstones every voter
 /// holds, pruned) and the voter's floor in its snapshot; `Answer::Stale`.
 /// 8: requests and answers are a head and chunk frames of lock entries.
-pub const WIRE_VERSION: u16 = 8;
+/// 9: heartbeat rounds go to voters only, and the other members learn
+/// the leader from its gossiped claim (`membership::KEY_LEADS`): a member
+/// of an earlier version would get neither, so versions refuse each other.
+pub const WIRE_VERSION: u16 = 9;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 // A prune round's tombstones, and the forget that names them, fit a frame.

@@ -535,7 +535,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_version_is_answered_with_ours() {
         let (server, conn, _) = server_and_raw_client().await;
-        let answer = raw_call(&conn, &frame_with(9, &[0, 0])).await;
+        let answer = raw_call(&conn, &frame_with(codec::WIRE_VERSION + 1, &[0, 0])).await;
         assert_eq!(
             answer,
             Ok(Err(Rejection::Version {
