@@ -735,12 +735,35 @@ impl Mesh {
         let Some(member) = view.get(leader.id).filter(|m| m.is_alive()) else {
             return Ok(LockReply::NoQuorum);
         };
-        match self
+        // Given up as soon as this node stops following the leader asked
+        // (it died or was deposed, and another was heard of): its fate
+        // unknown, as at a timeout, and the caller retries with the same
+        // request id through the leader there is now, instead of waiting
+        // out the timeout on a dead one.
+        // (Waited for on the driver's notice rather than the watch, whose
+        // waiters wake in a random order: a seed replays a simulated run.)
+        let left = async {
+            loop {
+                let changed = self.inner.shared.leader_changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if self.leader() != Some(leader) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let call = self
             .inner
             .rpc
-            .call(member.rpc_addr, Request::Lock(request), timeout)
-            .await?
-        {
+            .call(member.rpc_addr, Request::Lock(request), timeout);
+        // Biased: a seed replays a simulated run.
+        let answer = tokio::select! {
+            biased;
+            answer = call => answer?,
+            _ = left => return Err(RpcError::Timeout { after: timeout }),
+        };
+        match answer {
             Response::Lock(r) => Ok(r),
             _ => Err(RpcError::Malformed),
         }
