@@ -86,6 +86,10 @@ pub struct MembershipOptions {
     /// Virtual seconds over which bandwidth is measured.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
     pub window_s: u64,
+    /// Virtual seconds of churn (members restarting while a lock is
+    /// taken through another); 0 for none. Sizes above 7 only.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub churn_s: u64,
     /// Write results as JSON to this file.
     #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub json: Option<PathBuf>,
@@ -112,26 +116,35 @@ pub struct IdleOptions {
     pub json: Option<PathBuf>,
 }
 
-/// Simulated membership: convergence, crash detection, bandwidth.
+/// Simulated membership: convergence, crash detection, bandwidth; and at
+/// each size the leader's heartbeat traffic, a failover of the leader seen
+/// from the member furthest from it, and a churn of members that are not
+/// voters restarting while a lock is taken through one of them.
 #[cfg(feature = "sim")]
 pub fn membership(args: MembershipOptions) -> Result<(), String> {
-    use std::sync::atomic::Ordering;
-
-    use crate::ConfigBuilder;
-    use crate::net::SimGossip;
-    use crate::sim::SimCluster;
-
     let seed = args.seed.unwrap_or_else(rand::random);
     let window = Duration::from_secs(args.window_s.max(1));
     println!(
-        "membership benchmark: simulated clusters, 100 ms gossip, virtual time, seed {seed}, digest compression {}",
+        "membership benchmark: simulated clusters (5 voters, the rest members), 100 ms gossip, 100 ms heartbeats, virtual time, seed {seed}, digest compression {}",
         if args.compression { "on" } else { "off" }
     );
     println!(
-        "{:>6}  {:>14}  {:>14}  {:>16}  {:>10}",
-        "nodes", "all-see-all", "crash-seen-all", "bytes/node/s", "wall time"
+        "{:>6}  {:>11}  {:>11}  {:>12}  {:>10}  {:>12}  {:>12}  {:>6}  {:>10}  {:>10}  {:>10}  {:>8}",
+        "nodes",
+        "all-see-all",
+        "crash-seen",
+        "gossip B/n/s",
+        "rpc B/n/s",
+        "leader msg/s",
+        "leader B/s",
+        "flaps",
+        "failover",
+        "all follow",
+        "lock after",
+        "wall"
     );
     let mut rows = Vec::new();
+    let mut churns = Vec::new();
     for &n in &args.sizes {
         if !(2..=1000).contains(&n) {
             return Err(format!("size {n} out of range 2-1000"));
@@ -142,65 +155,327 @@ pub fn membership(args: MembershipOptions) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         let wall = Instant::now();
-        let row = runtime.block_on(async {
-            let tuning = ConfigBuilder {
-                gossip_compression: Some(args.compression),
-                ..ConfigBuilder::default()
-            };
-            let mut cluster =
-                SimCluster::start_gossiping(seed, n, tuning, SimGossip::Chitchat).await;
-            let converge = cluster
-                .eventually(Duration::from_secs(120), "all see all", |c| {
-                    c.all_see_alive(n as usize)
-                })
-                .await;
-            let bytes = |c: &SimCluster| -> u64 {
-                c.running()
-                    .iter()
-                    .map(|id| {
-                        c.mesh(*id)
-                            .metrics()
-                            .gossip_bytes_sent
-                            .load(Ordering::Relaxed)
-                    })
-                    .sum()
-            };
-            let before = bytes(&cluster);
-            tokio::time::sleep(window).await;
-            let per_node_s = (bytes(&cluster) - before) as f64 / n as f64 / window.as_secs_f64();
-            let victim = NodeId(n);
-            cluster.kill(victim).await;
-            let detect = cluster
-                .eventually(Duration::from_secs(120), "all see the crash", |c| {
-                    c.all_see_gone(victim)
-                })
-                .await;
-            cluster.shutdown().await;
-            (converge, detect, per_node_s)
-        });
-        let (converge, detect, per_node_s) = row;
+        let row = runtime.block_on(scale::run(seed, n, window, args.compression, args.churn_s))?;
         let wall = wall.elapsed();
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.0}ms", d.as_secs_f64() * 1e3)
+            })
+        };
         println!(
-            "{:>6}  {:>12.0}ms  {:>12.0}ms  {:>16.0}  {:>9.1}s",
+            "{:>6}  {:>9.0}ms  {:>9.0}ms  {:>12.0}  {:>10.0}  {:>12.1}  {:>12.0}  {:>6}  {:>10}  {:>10}  {:>10}  {:>7.1}s",
             n,
-            converge.as_secs_f64() * 1e3,
-            detect.as_secs_f64() * 1e3,
-            per_node_s,
+            row.converge.as_secs_f64() * 1e3,
+            row.detect.as_secs_f64() * 1e3,
+            row.gossip_per_node_s,
+            row.rpc_per_node_s,
+            row.leader_messages_s,
+            row.leader_bytes_s,
+            row.flaps,
+            ms(row.failover),
+            ms(row.followed),
+            ms(row.lock_after),
             wall.as_secs_f64()
         );
+        let opt_ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
         rows.push(json!({
             "nodes": n,
-            "converge_ms": converge.as_millis() as u64,
-            "crash_detect_ms": detect.as_millis() as u64,
-            "gossip_bytes_per_node_per_s": per_node_s.round() as u64,
+            "converge_ms": row.converge.as_millis() as u64,
+            "crash_detect_ms": row.detect.as_millis() as u64,
+            "gossip_bytes_per_node_per_s": row.gossip_per_node_s.round() as u64,
+            "rpc_bytes_per_node_per_s": row.rpc_per_node_s.round() as u64,
+            "leader_rpc_messages_per_s": row.leader_messages_s,
+            "leader_rpc_bytes_per_s": row.leader_bytes_s.round() as u64,
+            "member_leader_changes": row.flaps,
+            "failover_ms": opt_ms(row.failover),
+            "all_follow_ms": opt_ms(row.followed),
+            "lock_after_failover_ms": opt_ms(row.lock_after),
             "wall_s": wall.as_secs_f64(),
         }));
+        if let Some(c) = row.churn {
+            churns.push((n, c));
+        }
     }
-    println!("(times are virtual; detection is from the kill until every survivor sees it)");
+    println!(
+        "(times are virtual; crash-seen: from a kill -9 of the last member until every survivor sees it; failover: from a kill -9 of the leader until a new one serves; all follow: until every survivor follows it; lock after: until a lock asked for through the last member once a new leader serves is granted; rpc bytes are frames as encoded, heartbeats and their answers included, QUIC overhead not)"
+    );
+    if !churns.is_empty() {
+        println!(
+            "churn, {} virtual s: a member that is not a voter killed -9 and restarted every second, a lock acquired and released through another every 200 ms",
+            args.churn_s
+        );
+        println!(
+            "{:>6}  {:>9}  {:>12}  {:>13}  {:>13}  {:>13}  {:>12}  {:>10}",
+            "nodes",
+            "restarts",
+            "new terms",
+            "locks ok",
+            "lock p50",
+            "lock max",
+            "gossip B/n/s",
+            "rpc B/n/s"
+        );
+    }
+    let mut churn_rows = Vec::new();
+    for (n, c) in churns {
+        println!(
+            "{:>6}  {:>9}  {:>12}  {:>6}/{:<6}  {:>11.1}ms  {:>11.1}ms  {:>12.0}  {:>10.0}",
+            n,
+            c.restarts,
+            c.new_terms,
+            c.locks_ok,
+            c.locks_tried,
+            c.lock_p50.as_secs_f64() * 1e3,
+            c.lock_max.as_secs_f64() * 1e3,
+            c.gossip_per_node_s,
+            c.rpc_per_node_s
+        );
+        churn_rows.push(json!({
+            "nodes": n,
+            "restarts": c.restarts,
+            "new_terms": c.new_terms,
+            "locks_ok": c.locks_ok,
+            "locks_tried": c.locks_tried,
+            "lock_p50_us": c.lock_p50.as_micros() as u64,
+            "lock_max_us": c.lock_max.as_micros() as u64,
+            "gossip_bytes_per_node_per_s": c.gossip_per_node_s.round() as u64,
+            "rpc_bytes_per_node_per_s": c.rpc_per_node_s.round() as u64,
+        }));
+    }
     write_json(
         args.json.as_deref(),
-        &json!({"seed": seed, "gossip_interval_ms": 100, "rows": rows}),
+        &json!({"seed": seed, "gossip_interval_ms": 100, "rows": rows, "churn": churn_rows}),
     )
+}
+
+/// The simulated runs of [`membership`].
+#[cfg(feature = "sim")]
+mod scale {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use crate::ConfigBuilder;
+    use crate::NodeId;
+    use crate::metrics::Metrics;
+    use crate::net::SimGossip;
+    use crate::sim::SimCluster;
+
+    /// One size's figures.
+    pub(super) struct Row {
+        pub converge: Duration,
+        pub detect: Duration,
+        pub gossip_per_node_s: f64,
+        pub rpc_per_node_s: f64,
+        pub leader_messages_s: f64,
+        pub leader_bytes_s: f64,
+        /// Changes of the leader the last member saw over the window (a
+        /// steady leader: none).
+        pub flaps: u64,
+        pub failover: Option<Duration>,
+        pub followed: Option<Duration>,
+        pub lock_after: Option<Duration>,
+        pub churn: Option<Churn>,
+    }
+
+    /// What the churn phase saw.
+    pub(super) struct Churn {
+        pub restarts: u64,
+        pub new_terms: u64,
+        pub locks_ok: u64,
+        pub locks_tried: u64,
+        pub lock_p50: Duration,
+        pub lock_max: Duration,
+        pub gossip_per_node_s: f64,
+        pub rpc_per_node_s: f64,
+    }
+
+    const VOTERS: u64 = 5;
+    /// The most a step may take before the run is declared stuck.
+    const WITHIN: Duration = Duration::from_secs(120);
+
+    fn sum(c: &SimCluster, counter: impl Fn(&Metrics) -> &AtomicU64) -> u64 {
+        c.running()
+            .iter()
+            .map(|id| counter(c.mesh(*id).metrics()).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn of(c: &SimCluster, id: NodeId, counter: impl Fn(&Metrics) -> &AtomicU64) -> u64 {
+        counter(c.mesh(id).metrics()).load(Ordering::Relaxed)
+    }
+
+    /// Acquires and releases `name` through `mesh`; the time it took, or
+    /// `None` if it was refused or took longer than two seconds.
+    async fn lock_once(mesh: &crate::Mesh, name: &str) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let guard = mesh
+            .lock(name)
+            .ttl(Duration::from_secs(2))
+            .wait(Duration::from_secs(2))
+            .acquire()
+            .await
+            .ok()?;
+        let took = start.elapsed();
+        let _ = guard.release().await;
+        Some(took)
+    }
+
+    pub(super) async fn run(
+        seed: u64,
+        n: u64,
+        window: Duration,
+        compression: bool,
+        churn_s: u64,
+    ) -> Result<Row, String> {
+        let tuning = ConfigBuilder {
+            gossip_compression: Some(compression),
+            ..ConfigBuilder::default()
+        };
+        let mut c = SimCluster::start_gossiping(seed, n, tuning, SimGossip::Chitchat).await;
+        let converge = c
+            .eventually(WITHIN, "all see all", |c| c.all_see_alive(n as usize))
+            .await;
+        c.eventually(WITHIN, "a leader all follow", |c| {
+            c.agreed_leader().is_some()
+        })
+        .await;
+        let leader = c.agreed_leader().ok_or("no leader")?;
+        let gossip = |c: &SimCluster| sum(c, |m| &m.gossip_bytes_sent);
+        let rpc = |c: &SimCluster| sum(c, |m| &m.rpc_bytes_sent);
+        let calls = |c: &SimCluster| of(c, leader, |m| &m.rpc_calls);
+        let leader_bytes = |c: &SimCluster| of(c, leader, |m| &m.rpc_bytes_sent);
+        let flaps = |c: &SimCluster| of(c, NodeId(n), |m| &m.leader_changes);
+        let before = (gossip(&c), rpc(&c), calls(&c), leader_bytes(&c), flaps(&c));
+        tokio::time::sleep(window).await;
+        let per_s = |now: u64, then: u64| (now - then) as f64 / window.as_secs_f64();
+        let gossip_per_node_s = per_s(gossip(&c), before.0) / n as f64;
+        let rpc_per_node_s = per_s(rpc(&c), before.1) / n as f64;
+        let leader_messages_s = per_s(calls(&c), before.2);
+        let leader_bytes_s = per_s(leader_bytes(&c), before.3);
+        let flaps = flaps(&c) - before.4;
+
+        let churn = if churn_s > 0 && n > VOTERS + 2 {
+            Some(churn(&mut c, seed, n, Duration::from_secs(churn_s)).await?)
+        } else {
+            None
+        };
+
+        let victim = NodeId(n);
+        c.kill(victim).await;
+        let detect = c
+            .eventually(WITHIN, "all see the crash", |c| c.all_see_gone(victim))
+            .await;
+
+        // A failover, seen from the member furthest from the leader. A
+        // cluster of fewer than a majority of voters once the leader and
+        // the last member are gone has none.
+        let (failover, followed, lock_after) = if n > VOTERS {
+            let via = NodeId(n - 1);
+            let epoch = c.mesh(via).leader().map(|l| l.epoch);
+            c.kill(leader).await;
+            let start = tokio::time::Instant::now();
+            let serving = c
+                .eventually(WITHIN, "a new leader serves", |c| {
+                    c.running().iter().any(|id| c.mesh(*id).is_leader())
+                })
+                .await;
+            // Asked for as soon as a new leader serves, while the others
+            // may still be learning of it.
+            let mesh = c.mesh(via).clone();
+            let lock = tokio::spawn(async move {
+                lock_once(&mesh, "scale-failover")
+                    .await
+                    .map(|_| start.elapsed())
+            });
+            c.eventually(WITHIN, "all follow the new leader", |c| {
+                c.agreed_leader()
+                    .is_some_and(|_| c.mesh(via).leader().map(|l| l.epoch) > epoch)
+            })
+            .await;
+            let followed = start.elapsed();
+            let lock_after = lock.await.map_err(|e| e.to_string())?;
+            (Some(serving), Some(followed), lock_after)
+        } else {
+            (None, None, None)
+        };
+        c.shutdown().await;
+        Ok(Row {
+            converge,
+            detect,
+            gossip_per_node_s,
+            rpc_per_node_s,
+            leader_messages_s,
+            leader_bytes_s,
+            flaps,
+            failover,
+            followed,
+            lock_after,
+            churn,
+        })
+    }
+
+    /// Members that are not voters restart one a second (kill -9, then a
+    /// new generation at once), the last member left alone; a lock is
+    /// taken and released through it every 200 ms.
+    async fn churn(
+        c: &mut SimCluster,
+        seed: u64,
+        n: u64,
+        length: Duration,
+    ) -> Result<Churn, String> {
+        let mut rng = StdRng::seed_from_u64(seed ^ n);
+        let via = NodeId(n);
+        let terms = |c: &SimCluster| sum(c, |m| &m.election_terms_won);
+        let gossip = |c: &SimCluster| sum(c, |m| &m.gossip_bytes_sent);
+        let rpc = |c: &SimCluster| sum(c, |m| &m.rpc_bytes_sent);
+        let (terms0, gossip0, rpc0) = (terms(c), gossip(c), rpc(c));
+        let start = tokio::time::Instant::now();
+        let mut restarts = 0;
+        let mut next_restart = start + Duration::from_secs(1);
+        let mut latencies = Vec::new();
+        let mut tried = 0;
+        let mut round = 0u64;
+        while start.elapsed() < length {
+            if tokio::time::Instant::now() >= next_restart {
+                let id = NodeId(rng.random_range(VOTERS + 1..n));
+                c.kill(id).await;
+                c.restart(id).await;
+                restarts += 1;
+                next_restart += Duration::from_secs(1);
+            }
+            tried += 1;
+            round += 1;
+            let lock_start = tokio::time::Instant::now();
+            if let Some(took) = lock_once(c.mesh(via), &format!("churn-{}", round % 8)).await {
+                latencies.push(took);
+            }
+            let spent = lock_start.elapsed();
+            tokio::time::sleep(Duration::from_millis(200).saturating_sub(spent)).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let p50 = latencies
+            .get(latencies.len() / 2)
+            .copied()
+            .unwrap_or_default();
+        let max = latencies.last().copied().unwrap_or_default();
+        // Terms are counted over the nodes running now: a restarted
+        // member's counters start again at zero, and members never lead
+        // while a voter below them lives.
+        Ok(Churn {
+            restarts,
+            new_terms: terms(c).saturating_sub(terms0),
+            locks_ok: latencies.len() as u64,
+            locks_tried: tried,
+            lock_p50: p50,
+            lock_max: max,
+            gossip_per_node_s: gossip(c).saturating_sub(gossip0) as f64 / n as f64 / elapsed,
+            rpc_per_node_s: rpc(c).saturating_sub(rpc0) as f64 / n as f64 / elapsed,
+        })
+    }
 }
 
 /// What one process did over the sampled window.
@@ -315,10 +590,28 @@ pub fn idle(args: IdleOptions) -> Result<(), String> {
         },
         window.as_secs()
     );
+    let leader = agents.agreed_leader().map(|(id, _)| id);
     let sampled = sample(&pids, window)?;
     let k = agent_pids.len();
     let ours = summarize("meshd agent", &sampled[..k]);
     let mut out = json!({"duration_s": window.as_secs(), "meshd": ours});
+    // The leader alone: it sends the heartbeat rounds.
+    let at = leader.and_then(|l| {
+        all.iter()
+            .filter(|id| agents.pid(**id).is_some())
+            .position(|id| *id == l)
+    });
+    if let (Some(l), Some(i)) = (leader, at) {
+        let s = &sampled[i];
+        println!(
+            "the leader (node {l})          RSS {:>6.1} MiB  CPU {:>5.2}% of one core  wakeups {:>5.0}/s",
+            s.rss as f64 / 1024.0,
+            s.cpu,
+            s.wakeups
+        );
+        out["leader"] =
+            json!({"node": l, "cpu_percent": s.cpu, "rss_kib": s.rss, "wakeups_per_s": s.wakeups});
+    }
     if etcd.is_some() {
         let theirs = summarize("etcd (3.4, Debian)", &sampled[k..]);
         let ratio_rss = ours["rss_mean_mib"].as_f64().unwrap_or(0.0)
