@@ -379,17 +379,7 @@ pub fn idempotency(bin: &std::path::Path, args: IdempotencyOptions) -> Result<()
         "record_bytes": held, "round_trips": trips, "ms": took.as_secs_f64() * 1e3});
 
     // Real agents, voters with data directories.
-    let times =
-        super::bench_locks::fsync_floor(&dir, 1_000).map_err(|e| format!("disk floor: {e}"))?;
-    let (f50, f99) = (
-        micros(percentile(&times, 50.0)),
-        micros(percentile(&times, 99.0)),
-    );
-    println!(
-        "floor: 4 KiB write + fdatasync in {}, alone: p50 {f50:.0} µs  p99 {f99:.0} µs",
-        dir.display()
-    );
-    out["floor"] = json!({"fdatasync_p50_us": f50, "fdatasync_p99_us": f99});
+    out["floor"] = super::bench_locks::floors(&dir)?;
     let mut agents = Agents::new(bin, 3, &dir).map_err(|e| e.to_string())?;
     let (_, secret) = agents.close_with_new_key()?;
     agents.data_root = Some(dir.join("data"));

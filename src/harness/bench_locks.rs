@@ -656,6 +656,119 @@ pub(crate) fn fsync_floor(dir: &std::path::Path, count: usize) -> std::io::Resul
     Ok(times)
 }
 
+/// `rounds` rounds of three 4 KiB appends with `fdatasync`, each to its
+/// own file in `dir` from its own thread, started together: one per
+/// voter, as this benchmark's voters share one disk. A grant waits for
+/// two of them (a majority of three, the leader's own among them); the
+/// time until the second is done in each round, sorted.
+fn fsync_majority_floor(dir: &std::path::Path, rounds: usize) -> std::io::Result<Vec<Duration>> {
+    use std::io::Write;
+    use std::sync::Barrier;
+    std::fs::create_dir_all(dir)?;
+    let start = Arc::new(Barrier::new(4));
+    let done = Arc::new(Barrier::new(4));
+    let ends: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        let (start, done, ends) = (start.clone(), done.clone(), ends.clone());
+        let path = dir.join(format!("fsync-floor-{i}"));
+        threads.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&path)?;
+            let block = [0x5au8; 4096];
+            for _ in 0..rounds {
+                start.wait();
+                let result = file.write_all(&block).and_then(|()| file.sync_data());
+                ends.lock().unwrap().push(Instant::now());
+                done.wait();
+                result?;
+            }
+            drop(file);
+            std::fs::remove_file(&path)
+        }));
+    }
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        ends.lock().unwrap().clear();
+        let began = Instant::now();
+        start.wait();
+        done.wait();
+        let mut round = ends.lock().unwrap().clone();
+        round.sort_unstable();
+        times.push(round[1].saturating_duration_since(began));
+    }
+    for t in threads {
+        t.join()
+            .map_err(|_| std::io::Error::other("a floor thread panicked"))??;
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
+/// `count` round trips of a 64-byte UDP datagram on loopback between two
+/// threads (one echoes); the time of each, sorted.
+fn udp_floor(count: usize) -> std::io::Result<Vec<Duration>> {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    client.connect(echo.local_addr()?)?;
+    client.set_read_timeout(Some(Duration::from_secs(1)))?;
+    echo.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..count {
+            let Ok((n, from)) = echo.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut times = Vec::with_capacity(count);
+    let mut buf = [0u8; 64];
+    for _ in 0..count {
+        let start = Instant::now();
+        client.send(&[0x5a; 64])?;
+        client.recv(&mut buf)?;
+        times.push(start.elapsed());
+    }
+    let _ = server.join();
+    times.sort_unstable();
+    Ok(times)
+}
+
+/// Measures and prints this machine's floors: one `fdatasync` of a
+/// 4 KiB append alone; three at once on the same disk, until the second
+/// is done (what a grant of three voters here waits for); a UDP round
+/// trip on loopback. A durable acquire's floor is then two round trips
+/// (client to leader, leader to a voter) and the majority's sync.
+pub(crate) fn floors(dir: &std::path::Path) -> Result<serde_json::Value, String> {
+    let p = |times: &[Duration], q| micros(percentile(times, q));
+    let alone = fsync_floor(dir, 1_000).map_err(|e| format!("disk floor: {e}"))?;
+    let majority = fsync_majority_floor(dir, 500).map_err(|e| format!("disk floor: {e}"))?;
+    let udp = udp_floor(2_000).map_err(|e| format!("UDP floor: {e}"))?;
+    let acquire = 2.0 * p(&udp, 50.0) + p(&majority, 50.0);
+    println!(
+        "floor: 4 KiB write + fdatasync in {}, alone: p50 {:.0} µs  p99 {:.0} µs; three at once, the second done: p50 {:.0} µs  p99 {:.0} µs",
+        dir.display(),
+        p(&alone, 50.0),
+        p(&alone, 99.0),
+        p(&majority, 50.0),
+        p(&majority, 99.0)
+    );
+    println!(
+        "floor: UDP round trip on loopback (two threads): p50 {:.0} µs  p99 {:.0} µs; a durable acquire's floor (two round trips and the majority's sync): {acquire:.0} µs",
+        p(&udp, 50.0),
+        p(&udp, 99.0)
+    );
+    Ok(json!({
+        "fdatasync_p50_us": p(&alone, 50.0),
+        "fdatasync_p99_us": p(&alone, 99.0),
+        "fdatasync_second_of_three_p50_us": p(&majority, 50.0),
+        "fdatasync_second_of_three_p99_us": p(&majority, 99.0),
+        "udp_round_trip_p50_us": p(&udp, 50.0),
+        "udp_round_trip_p99_us": p(&udp, 99.0),
+        "durable_acquire_floor_us": acquire,
+    }))
+}
+
 fn report(name: &str, f: &Figures) -> serde_json::Value {
     println!(
         "{name:<24} acquire p50 {:>7.0} µs  p99 {:>7.0} µs | {:>8.0} cycles/s | {:>7.0} handoffs/s | failover {:?} ms",
@@ -710,20 +823,7 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
         "lock benchmark: 3 keyed agents {durability} on loopback; {} clients, {} s phases, {} failovers",
         args.clients, args.duration_s, args.failovers
     );
-    let floor = if args.no_data_dir {
-        None
-    } else {
-        let times = fsync_floor(&dir, 1_000).map_err(|e| format!("disk floor: {e}"))?;
-        let (p50, p99) = (
-            micros(percentile(&times, 50.0)),
-            micros(percentile(&times, 99.0)),
-        );
-        println!(
-            "floor: 4 KiB write + fdatasync in {}, alone: p50 {p50:.0} µs  p99 {p99:.0} µs",
-            dir.display()
-        );
-        Some(json!({"fdatasync_p50_us": p50, "fdatasync_p99_us": p99}))
-    };
+    let floor = floors(&dir)?;
     let agents = Arc::new(Mutex::new(
         Agents::new(bin, 3, &dir).map_err(|e| e.to_string())?,
     ));
@@ -831,9 +931,7 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
         "held": args.held,
         "meshd": report(label, &ours),
     });
-    if let Some(floor) = floor {
-        out["floor"] = floor;
-    }
+    out["floor"] = floor;
     if let Some(http) = &ours_http {
         out["meshd_http"] = report("meshd HTTP (3 agents)", http);
     }
