@@ -604,3 +604,47 @@ async fn a_member_next_in_line_takes_over_from_a_killed_or_paused_leader() {
         c.shutdown().await;
     }
 }
+
+/// A voter whose driver stalls for most of a lease acks the leader's
+/// rounds late, all at once: the lease holds throughout, and members
+/// that are not voters keep following the leader (its claim's mark
+/// moves with each round sent, acked or not).
+#[tokio::test(start_paused = true)]
+async fn members_keep_following_a_leader_whose_acks_come_late() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = SimCluster::new(seed, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    for id in 1..=6 {
+        c.add(NodeId(id)).await;
+    }
+    let mut log = LeaderLog::default();
+    let (leader, _) = wait_for_leader(&c, &mut log, LEADER_BOUND).await;
+    assert_eq!(leader, NodeId(1), "seed {seed}");
+    c.kill(NodeId(3)).await;
+    run(&c, &mut log, Duration::from_secs(1)).await;
+    let changes = |c: &SimCluster| -> Vec<u64> {
+        (4..=6)
+            .map(|id| {
+                c.mesh(NodeId(id))
+                    .metrics()
+                    .leader_changes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .collect()
+    };
+    let before = changes(&c);
+    for _ in 0..10 {
+        c.pause(NodeId(2), Duration::from_millis(330)).await;
+        run(&c, &mut log, Duration::from_millis(400)).await;
+        assert!(
+            c.mesh(NodeId(1)).is_leader(),
+            "the leader lost its lease (seed {seed})"
+        );
+    }
+    assert_eq!(
+        changes(&c),
+        before,
+        "members saw the leader change (seed {seed})"
+    );
+    assert_safe(&c, &log);
+    c.shutdown().await;
+}

@@ -1455,17 +1455,20 @@ impl Election {
     }
 
     /// What this node gossips as its claim to lead: while it serves, its
-    /// epoch and a mark that rises with each extension of its lease (the
-    /// lease's end, in ms on its clock), so that a member reading the
-    /// claim can tell a leader whose rounds are acked from one whose
-    /// driver stopped while its gossip goes on. `None` when not serving.
+    /// epoch and a mark that rises with each heartbeat round it sends (the
+    /// rounds of its term so far), so that a member reading the claim can
+    /// tell a leader that goes on from one whose driver stopped while its
+    /// gossip goes on. The mark moves every heartbeat interval whether or
+    /// not the voters' acks are prompt: a serving leader's claim changes
+    /// as often as a voter hears from it. `None` when not serving.
     pub fn claim(&self, now: Duration) -> Option<(Epoch, u64)> {
         match &self.role {
             Role::Leader {
                 epoch,
                 lease_until: Some(until),
+                next_round,
                 ..
-            } if now < *until => Some((*epoch, until.as_millis() as u64)),
+            } if now < *until => Some((*epoch, *next_round)),
             _ => None,
         }
     }

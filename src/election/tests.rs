@@ -1185,3 +1185,25 @@ fn a_claim_that_stops_changing_is_not_followed() {
     );
     net.assert_safe();
 }
+
+/// The claim's mark moves with every round the leader sends, acked or
+/// not yet: while voters' acks are slow (a stalled voter acking late)
+/// the lease still holds, and members must keep hearing of the leader.
+#[test]
+fn a_serving_leaders_claim_changes_every_round_whatever_the_acks() {
+    let mut net = Net::new(3, &ids(3), true);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    // The voters stop answering; the lease runs on for a while.
+    net.down.insert(NodeId(2));
+    net.down.insert(NodeId(3));
+    let mut marks = BTreeSet::new();
+    for _ in 0..25 {
+        net.step();
+        if let Some((_, mark)) = net.nodes[&NodeId(1)].claim(net.now) {
+            marks.insert(mark);
+        }
+    }
+    // 250 ms within the lease: a mark per 100 ms round.
+    assert!(marks.len() >= 3, "marks {marks:?}");
+}

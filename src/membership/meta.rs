@@ -36,7 +36,7 @@ pub const KEY_ENDED: &str = "ended";
 /// Gossip key of a leader's claim, `EPOCH:HASH:MARK` (the epoch and
 /// the mark in decimal, the configuration hash in hex) while the node
 /// serves as leader, and `-` otherwise. The mark rises with each
-/// extension of its lease. Heartbeats go to voters only: the other
+/// heartbeat round it sends. Heartbeats go to voters only: the other
 /// members learn the leader from this claim, and only a changed mark
 /// is news that its leader still leads.
 pub const KEY_LEADS: &str = "leads";
@@ -48,7 +48,7 @@ pub struct LeaderClaim {
     pub epoch: u64,
     /// Its configuration hash.
     pub hash: u64,
-    /// Rises with each extension of its lease.
+    /// Rises with each heartbeat round it sends.
     pub mark: u64,
 }
 

@@ -413,7 +413,7 @@ impl State {
     }
 
     /// Gossips this node's claim to lead when it changed: made while it
-    /// serves, its mark rising with each extension of its lease; withdrawn
+    /// serves, its mark rising with each heartbeat round it sends; withdrawn
     /// when it stops.
     async fn publish_claim(&mut self, now: Duration) {
         let hash = self.election.config_hash();
