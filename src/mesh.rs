@@ -735,19 +735,22 @@ impl Mesh {
         let Some(member) = view.get(leader.id).filter(|m| m.is_alive()) else {
             return Ok(LockReply::NoQuorum);
         };
-        // Given up as soon as this node stops following the leader asked
-        // (it died or was deposed, and another was heard of): its fate
-        // unknown, as at a timeout, and the caller retries with the same
-        // request id through the leader there is now, instead of waiting
-        // out the timeout on a dead one.
-        // (Waited for on the driver's notice rather than the watch, whose
-        // waiters wake in a random order: a seed replays a simulated run.)
-        let left = async {
+        // Given up as soon as this node follows another leader (the one
+        // asked died or was deposed, and a successor was heard of): its
+        // fate unknown, as at a timeout, and the caller retries with the
+        // same request id through the leader there is now, instead of
+        // waiting out the timeout on a dead one. A leader merely lost
+        // from sight for a while is waited for: the call may yet be
+        // answered. (Waited for on the driver's notice rather than the
+        // watch, whose waiters wake in a random order: a seed replays a
+        // simulated run.)
+        let sent = tokio::time::Instant::now();
+        let succeeded = async {
             loop {
                 let changed = self.inner.shared.leader_changed.notified();
                 let mut changed = std::pin::pin!(changed);
                 changed.as_mut().enable();
-                if self.leader() != Some(leader) {
+                if self.leader().is_some_and(|now| now != leader) {
                     return;
                 }
                 changed.await;
@@ -761,7 +764,7 @@ impl Mesh {
         let answer = tokio::select! {
             biased;
             answer = call => answer?,
-            _ = left => return Err(RpcError::Timeout { after: timeout }),
+            _ = succeeded => return Err(RpcError::Timeout { after: sent.elapsed() }),
         };
         match answer {
             Response::Lock(r) => Ok(r),

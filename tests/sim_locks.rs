@@ -2438,3 +2438,58 @@ async fn an_adoption_finished_after_the_lease_lapsed_is_dropped() {
     guard.release().await.expect("released");
     c.shutdown().await;
 }
+
+/// A member forwards a lock request to the leader it follows; the leader
+/// is killed before answering. The request is given up (its fate
+/// unknown, as at a timeout) as soon as the member follows the new
+/// leader, not at the end of its timeout, so the caller's retry goes
+/// there at once; and the retry with the same request id is granted.
+#[tokio::test(start_paused = true)]
+async fn a_request_forwarded_to_a_leader_since_replaced_is_given_up_then() {
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 6, 5, None).await;
+    let member = NodeId(6);
+    c.eventually(Duration::from_secs(5), "the member follows a leader", |c| {
+        follows_a_serving_leader(c, member)
+    })
+    .await;
+    let first = c.mesh(member).leader().unwrap();
+    // Cut off, the leader still looks alive to the member for a while;
+    // the request reaches it and is never answered.
+    c.isolate(first.id);
+    let acquire = LockRequest::Acquire {
+        name: "x".into(),
+        ttl_ms: 2_000,
+        wait_ms: 0,
+        request_id: Some("r".into()),
+    };
+    let asked = c.now();
+    let answer = c
+        .mesh(member)
+        .lock_request(acquire.clone(), Duration::from_secs(10))
+        .await;
+    let after = c.now() - asked;
+    let now_following = c.mesh(member).leader();
+    println!("given up after {after:?}, following {now_following:?} (seed {seed})");
+    assert!(
+        matches!(answer, Err(coordmesh::rpc::RpcError::Timeout { .. })),
+        "{answer:?} (seed {seed})"
+    );
+    assert!(
+        now_following.is_some_and(|l| l.id != first.id && l.epoch > first.epoch),
+        "given up before a successor was followed (seed {seed})"
+    );
+    assert!(
+        after < Duration::from_secs(3),
+        "waited {after:?} (seed {seed})"
+    );
+    let retry = c
+        .mesh(member)
+        .lock_request(acquire, Duration::from_secs(2))
+        .await;
+    assert!(
+        matches!(retry, Ok(LockReply::Granted { .. })),
+        "{retry:?} (seed {seed})"
+    );
+    c.shutdown().await;
+}
