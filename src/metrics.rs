@@ -48,6 +48,9 @@ pub struct Metrics {
     /// Times this voter formed the cluster anew with others that
     /// remembered nothing (E7): fencing tokens may have started over.
     pub cluster_formed_anew: AtomicU64,
+    /// Times the election and lock driver woke for its own deadlines
+    /// (inputs not counted).
+    pub driver_ticks: AtomicU64,
     /// RPC calls made.
     pub rpc_calls: AtomicU64,
     /// RPC calls that failed (timeout, unreachable, refused).
@@ -104,7 +107,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 39] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 40] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -188,6 +191,12 @@ impl Metrics {
                 "counter",
                 "Times this node started serving as leader (a lapse and renewal of the lease counts again).",
                 &self.election_terms_won,
+            ),
+            (
+                "coordmesh_driver_ticks_total",
+                "counter",
+                "Times the election and lock driver woke for its own deadlines (heartbeat rounds, probes, timeouts, expiries), inputs not counted.",
+                &self.driver_ticks,
             ),
             (
                 "coordmesh_leader_changes_total",

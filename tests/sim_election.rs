@@ -6,8 +6,11 @@
 //! by default).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use coordmesh::metrics::Metrics;
 use coordmesh::net::Faults;
 use coordmesh::sim::{LeaderLog, SimCluster};
 use coordmesh::{Epoch, NodeId};
@@ -645,6 +648,50 @@ async fn members_keep_following_a_leader_whose_acks_come_late() {
         before,
         "members saw the leader change (seed {seed})"
     );
+    assert_safe(&c, &log);
+    c.shutdown().await;
+}
+
+/// At rest, each node's driver wakes for its own deadlines once a
+/// heartbeat (a round, a probe, a read of gossip, all in one tick), not
+/// on a fixed fine period, and the leader's rounds still leave every
+/// heartbeat. With the fixed tick of a fifth of a heartbeat each driver
+/// woke fifty times a second.
+#[tokio::test(start_paused = true)]
+async fn at_rest_a_driver_wakes_once_a_heartbeat() {
+    let (mut c, mut log, (leader, _)) = led_cluster().await;
+    run(&c, &mut log, Duration::from_secs(1)).await;
+    type Counter = fn(&Metrics) -> &AtomicU64;
+    let count = |c: &SimCluster, id: NodeId, m: Counter| m(c.mesh(id).metrics()).load(Relaxed);
+    let ids: Vec<NodeId> = c.running();
+    let ticks = |c: &SimCluster| -> Vec<u64> {
+        ids.iter()
+            .map(|&id| count(c, id, |m| &m.driver_ticks))
+            .collect()
+    };
+    let rounds = |c: &SimCluster| count(c, leader, |m| &m.rpc_calls);
+    let (ticks0, calls0) = (ticks(&c), rounds(&c));
+    let window = Duration::from_secs(5);
+    run(&c, &mut log, window).await;
+    let heartbeats = window.as_millis() as u64 / 100;
+    for ((id, t0), t1) in ids.iter().zip(ticks0).zip(ticks(&c)) {
+        let per_s = (t1 - t0) as f64 / window.as_secs_f64();
+        println!("node {id}: {per_s:.1} driver ticks/s (seed {})", c.seed());
+        assert!(
+            t1 - t0 <= heartbeats + heartbeats / 5,
+            "node {id} ticked {} times in {window:?} (seed {})",
+            t1 - t0,
+            c.seed()
+        );
+    }
+    // Four other voters, a round each heartbeat.
+    let calls = rounds(&c) - calls0;
+    assert!(
+        calls >= 4 * heartbeats * 95 / 100,
+        "the leader made {calls} calls in {window:?} (seed {})",
+        c.seed()
+    );
+    assert_eq!(agreed_leader(&c).map(|(l, _)| l), Some(leader));
     assert_safe(&c, &log);
     c.shutdown().await;
 }

@@ -698,6 +698,112 @@ impl Election {
         out
     }
 
+    /// When [`Election::handle_tick`] is next due: the earliest instant
+    /// after `now` at which a tick could act or its outputs change (a
+    /// round to send, a probe, an attempt's window, a lease or a leader's
+    /// heartbeat running out, a lower id's mark going stale, a backoff
+    /// ending), or `now` when one is due already. A tick earlier than
+    /// this does nothing a tick at this time would not; a later one is
+    /// late. A driver that ticks only then is as prompt as one ticking
+    /// all the time, and idle in between: only inputs (handled at once)
+    /// change what is due.
+    ///
+    /// Never later than the next probe, a heartbeat from now at most.
+    /// Recovering, and in a cold start (no leader seen yet), this is a
+    /// fifth of a heartbeat: those phases are short and their waits are
+    /// many.
+    pub fn next_deadline(&self, now: Duration) -> Duration {
+        if self.acts_now(now) {
+            return now;
+        }
+        let h = self.timing.heartbeat;
+        // Probes and the reach mark: every heartbeat, for every node.
+        let mut due = self.last_probe_at.map_or(now, |at| at + h);
+        if !self.deadlines_exact() {
+            due = due.min(now + h / 5);
+        }
+        // A threshold counts once it is ahead: one behind was acted on, or
+        // (a condition that holds on) waits for an input. The instant just
+        // past `at` for a test of the form `now <= at`.
+        let ahead = |due: &mut Duration, at: Duration| {
+            if at > now {
+                *due = (*due).min(at);
+            }
+        };
+        let past = |at: Duration| at + Duration::from_nanos(1);
+        match &self.role {
+            Role::Leader {
+                last_round_at,
+                lease_until,
+                ..
+            } => {
+                due = due.min(*last_round_at + h);
+                if let Some(until) = lease_until {
+                    ahead(&mut due, *until);
+                }
+                for p in self.peers.values() {
+                    if let Some(since) = p.eligible_since {
+                        ahead(&mut due, since + self.timing.stability_window);
+                    }
+                }
+            }
+            Role::Candidate {
+                sent_at: Some(sent_at),
+                ..
+            } => due = due.min(*sent_at + self.timing.attempt_window()),
+            Role::Candidate { sent_at: None, .. } => {}
+            Role::Follower => {
+                ahead(&mut due, self.next_attempt_at);
+                if let Some((_, seen)) = self.leader {
+                    ahead(&mut due, seen + self.timing.election_timeout);
+                }
+            }
+        }
+        // The leader seen goes out of date; a peer's mark goes stale.
+        if let Some((_, seen)) = self.leader {
+            ahead(&mut due, seen + self.timing.lease);
+        }
+        for p in self.peers.values() {
+            if let Some(at) = p.reach_changed_at {
+                ahead(&mut due, past(at + self.timing.reach_fresh()));
+            }
+        }
+        due
+    }
+
+    /// Whether a tick at `now` would act (and so change what it waits
+    /// for): a threshold passed since the last tick, or an input that
+    /// made a step due at once (a resignation heard, a lower id's mark
+    /// gone).
+    fn acts_now(&self, now: Duration) -> bool {
+        if self.leader(now) != self.announced || self.is_serving(now) != self.serving {
+            return true;
+        }
+        match &self.role {
+            Role::Leader { last_round_at, .. } => {
+                now >= *last_round_at + self.timing.heartbeat
+                    || self.peers.iter().any(|(&id, p)| {
+                        id < self.id
+                            && p.eligible_since
+                                .is_some_and(|since| now >= since + self.timing.stability_window)
+                    })
+            }
+            Role::Candidate {
+                sent_at: Some(sent_at),
+                ..
+            } => now >= *sent_at + self.timing.attempt_window(),
+            Role::Candidate { sent_at: None, .. } => false,
+            Role::Follower => self.should_run(now),
+        }
+    }
+
+    /// False while recovering, and in a cold start (no leader seen and
+    /// none resigned): then [`Election::next_deadline`] is a fifth of a
+    /// heartbeat, not the exact instant the next tick acts.
+    pub fn deadlines_exact(&self) -> bool {
+        self.recovered && (self.leader.is_some() || self.resigned_at.is_some())
+    }
+
     fn recover(&mut self, now: Duration, out: &mut Vec<Output>) {
         if self.recovered {
             return;
@@ -1085,6 +1191,9 @@ impl Election {
             self.leader = Some((Leadership { id: self.id, epoch }, now));
             // E4: the first heartbeat round goes out at once.
             self.send_round(now, out);
+            // The next tick probes, in step with the rounds from then on
+            // (one wake a heartbeat for both).
+            self.last_probe_at = None;
         }
     }
 

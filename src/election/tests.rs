@@ -12,6 +12,11 @@ struct Net {
     now: Duration,
     /// (node, epoch, first instant it served, last instant it served)
     served: BTreeMap<(NodeId, Epoch), (Duration, Duration)>,
+    /// Each node's next deadline, as its driver would have it after the
+    /// node last ticked or handled an input.
+    deadlines: BTreeMap<NodeId, Duration>,
+    /// Nodes that handled an input since their deadline was noted.
+    touched: BTreeSet<NodeId>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -53,6 +58,8 @@ impl Net {
             cut: BTreeSet::new(),
             now: Duration::ZERO,
             served: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+            touched: BTreeSet::new(),
         };
         for a in ids(n) {
             for b in ids(n) {
@@ -73,10 +80,12 @@ impl Net {
     }
 
     fn process(&mut self, from: NodeId, outs: Vec<Output>) {
+        self.touched.insert(from);
         for out in outs {
             match out {
                 Output::Send { to, request } => {
                     let response = if self.link(from, to) {
+                        self.touched.insert(to);
                         let (handled, more) = self
                             .nodes
                             .get_mut(&to)
@@ -111,6 +120,7 @@ impl Net {
                     let peers: Vec<NodeId> = self.nodes.keys().copied().collect();
                     for p in peers {
                         if p != from && self.link(from, p) {
+                            self.touched.insert(p);
                             self.nodes.get_mut(&p).unwrap().handle_peer(
                                 now,
                                 from,
@@ -133,12 +143,32 @@ impl Net {
             .copied()
             .filter(|n| !self.down.contains(n))
             .collect();
-        for id in up {
+        for &id in &up {
             let now = self.now;
-            let outs = self.nodes.get_mut(&id).unwrap().handle_tick(now);
+            let touched = self.touched.remove(&id);
+            let node = self.nodes.get_mut(&id).unwrap();
+            // The driver ticks only when the deadline it took after the
+            // node's last tick or input is due: a tick before it must
+            // have nothing to say (checked in every test, wherever the
+            // deadlines are exact).
+            let exact = node.deadlines_exact();
+            let due = match self.deadlines.get(&id) {
+                Some(&due) if !touched => due,
+                _ => node.next_deadline(now),
+            };
+            let outs = node.handle_tick(now);
+            assert!(
+                !exact || due <= now || outs.is_empty(),
+                "node {id} at {now:?}: next deadline {due:?}, yet a tick said {outs:?}"
+            );
             self.process(id, outs);
         }
         self.gossip_claims();
+        for id in up {
+            let due = self.nodes[&id].next_deadline(self.now);
+            self.deadlines.insert(id, due);
+        }
+        self.touched.clear();
         for (&id, e) in &self.nodes {
             if !self.down.contains(&id)
                 && e.is_serving(self.now)
@@ -176,6 +206,7 @@ impl Net {
             if self.down.contains(&to) || heard.is_empty() {
                 continue;
             }
+            self.touched.insert(to);
             let outs = self
                 .nodes
                 .get_mut(&to)

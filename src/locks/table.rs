@@ -1870,6 +1870,25 @@ impl LockTable {
         out
     }
 
+    /// When [`LockTable::handle_tick`] is next due, `None` when never (no
+    /// term). While anything in the term waits on time (a holder's TTL or
+    /// quiet mark, a waiter's deadline, a batch or a prune round awaiting
+    /// its majority, a watch), every `granularity` from `now`, as a
+    /// periodic tick would; otherwise only the next prune round.
+    pub fn next_deadline(&self, now: Duration, granularity: Duration) -> Option<Duration> {
+        let term = self.term.as_ref()?;
+        let waiting = !term.locks.is_empty()
+            || !term.batches.is_idle()
+            || !term.frees.is_empty()
+            || term.prune.is_some()
+            || !term.watchers.is_empty();
+        Some(if waiting {
+            now + granularity
+        } else {
+            term.next_prune.max(now)
+        })
+    }
+
     /// Starts a prune round when one is due and none is under way (one
     /// that waited [`PRUNE_WAIT`] is given up): the released user locks'
     /// tombstones no batch carries and no waiter waits behind, up to

@@ -331,6 +331,9 @@ const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
 /// leaves the copies a few tenths of a second after it reached this node.
 const SETTLE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The grain of tokio's timers.
+const TIMER_GRAIN: Duration = Duration::from_millis(1);
+
 struct State {
     election: Election,
     locks: LockTable,
@@ -395,8 +398,11 @@ struct State {
 impl State {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let heartbeat = self.election.timing().heartbeat;
-        let mut tick = tokio::time::interval(heartbeat / 5);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The tick runs when the cores' next deadline is due, not on a
+        // fixed period (see `next_due`): at rest a node's driver wakes
+        // for its own timers once a heartbeat, not five times.
+        let tick = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(tick);
         let mut views = self.membership.watch();
         self.sync_peers();
         loop {
@@ -406,7 +412,8 @@ impl State {
             // which is drained after every branch besides.
             tokio::select! {
                 biased;
-                _ = tick.tick() => {
+                _ = &mut tick => {
+                    Metrics::add(&self.metrics.driver_ticks, 1);
                     let now = self.shared.clock.now();
                     if self.last_poll.is_none_or(|at| now >= at + heartbeat / 2) {
                         self.last_poll = Some(now);
@@ -461,7 +468,40 @@ impl State {
                 return;
             }
             self.publish();
+            let now = self.shared.clock.now();
+            let due = self.next_due(now, heartbeat);
+            // The protocol clock runs at least as fast as tokio's (it
+            // counts a host's suspend too), so this wakes at `due` or after.
+            let at = tokio::time::Instant::now() + due.saturating_sub(now);
+            // Timers have a millisecond's grain: a deadline that moved by
+            // less is not set again (the two clocks are read a moment
+            // apart, so it moves by nanoseconds at every input).
+            let set = tick.deadline();
+            if tick.is_elapsed() || at + TIMER_GRAIN <= set || at >= set + TIMER_GRAIN {
+                tick.as_mut().reset(at);
+            }
         }
+    }
+
+    /// When the tick is next due: the election's and the lock table's
+    /// next deadlines. The election's is a heartbeat away at most (its
+    /// probe), so the driver's own periodic work rides on its ticks
+    /// rather than wake the driver itself: the reads of gossip (peers'
+    /// reach marks and leaders' claims change once a heartbeat, and a
+    /// mark stays fresh for four) in a tick half a heartbeat or more
+    /// after the last, the collection and settle sweeps in the first
+    /// tick after they are due.
+    fn next_due(&self, now: Duration, heartbeat: Duration) -> Duration {
+        let mut due = self.election.next_deadline(now);
+        if let Some(at) = self.locks.next_deadline(now, heartbeat / 5) {
+            due = due.min(at);
+        }
+        // Set ahead, and handled by the tick it wakes (a deadline behind
+        // `now` needs no other).
+        if let Some(at) = self.reconcile_deadline.filter(|&at| at > now) {
+            due = due.min(at);
+        }
+        due
     }
 
     /// Returns false when the driver must stop (its promise could not be

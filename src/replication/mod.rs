@@ -269,6 +269,12 @@ impl<E: Clone, X> Batches<E, X> {
         }
     }
 
+    /// True when nothing is open and nothing awaits a majority: no batch
+    /// can go stale.
+    pub fn is_idle(&self) -> bool {
+        self.open.is_empty() && self.open_effects.is_empty() && self.in_flight.is_empty()
+    }
+
     /// True while `batch` awaits a majority.
     pub fn is_pending(&self, batch: BatchId) -> bool {
         self.in_flight.contains_key(&batch)
