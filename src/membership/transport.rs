@@ -10,10 +10,11 @@
 //! - send: chitchat's socket encodes the envelope to the tap; the tap hands
 //!   us the exact bytes; the public socket sends them to the peer.
 //! - recv: bytes from the public socket are injected into the codec socket,
-//!   followed by a *sentinel* datagram; the codec yields the decoded
-//!   envelope and then the sentinel. chitchat silently skips datagrams that
-//!   do not decode, so a sentinel arriving first means the peer's datagram
-//!   was malformed: it is counted and dropped, and nothing blocks.
+//!   which yields the decoded envelope. chitchat silently skips datagrams
+//!   that do not decode, so when the next datagram arrives while one is
+//!   still undecided, a *sentinel* datagram goes in before it: the sentinel
+//!   coming out first means the datagram before it was malformed; it is
+//!   counted and dropped, and nothing blocks.
 //!
 //! Datagrams from any other local sender to the codec or tap socket are
 //! ignored (the source address is checked).
@@ -31,7 +32,7 @@
 //! so the simulation uses no kernel socket at all.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -112,12 +113,19 @@ impl Transport for GossipTransport {
     }
 }
 
-/// Codec output awaited after a datagram was injected for decoding.
-struct Inflight {
-    from: SocketAddr,
-    len: usize,
-    decoded: Option<ChitchatEnvelope>,
+/// What was injected into the codec and has not come out of it yet, in
+/// order. The codec reads the tap's datagrams in the order sent and
+/// silently skips those that do not decode, so a decoded envelope is the
+/// first datagram waiting, and a sentinel coming out means every
+/// datagram before it that has not come out was malformed.
+enum Injected {
+    Datagram { from: SocketAddr, len: usize },
+    Sentinel,
 }
+
+/// Injections waiting for the codec, at most; a datagram arriving beyond
+/// is dropped like any UDP datagram (a codec this far behind is stuck).
+const INJECTED_MAX: usize = 64;
 
 struct UdpRelay {
     public: tokio::net::UdpSocket,
@@ -127,7 +135,7 @@ struct UdpRelay {
     tap_addr: SocketAddr,
     sentinel_bytes: Vec<u8>,
     format: ProtocolVersion,
-    inflight: Option<Inflight>,
+    injected: VecDeque<Injected>,
     buf: Box<[u8]>,
     sealing: Option<Sealing>,
     metrics: Arc<Metrics>,
@@ -172,7 +180,7 @@ impl UdpRelay {
             tap_addr,
             sentinel_bytes: Vec::new(),
             format,
-            inflight: None,
+            injected: VecDeque::new(),
             buf: vec![0u8; DATAGRAM_BYTES_MAX].into_boxed_slice(),
             sealing: secret.map(|secret| Sealing {
                 sealer: Sealer::new(secret),
@@ -256,96 +264,152 @@ impl Socket for UdpRelay {
     }
 
     /// Cancel-safe: chitchat polls this in a `select!`. Progress lives in
-    /// `self.inflight`, and every await is on a cancel-safe receive.
+    /// `self.injected`, and every await is on a cancel-safe receive.
+    ///
+    /// A datagram from a peer is opened and injected into the codec,
+    /// whose output is its envelope. A sentinel goes in behind it only
+    /// when the next datagram arrives while it is still undecided (the codec
+    /// skips what it cannot decode and says nothing), so that every
+    /// envelope is told whose it is; a datagram that decodes at once,
+    /// as nearly all do, costs no sentinel.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if let Some(inflight) = &mut self.inflight {
-                let out = self.codec.recv().await?;
-                if out.from_addr != self.tap_addr {
-                    continue; // a stray local sender
-                }
-                let is_sentinel = out.envelope == sentinel(self.format);
-                match inflight.decoded.take() {
-                    None if is_sentinel => {
-                        Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
-                        debug!(from = %inflight.from, len = inflight.len, "malformed gossip datagram dropped");
-                        self.inflight = None;
+            let (len, from) = if self.injected.is_empty() {
+                self.public_recv().await?
+            } else {
+                // The codec first: what it has decoded is answered before
+                // anything new is read.
+                tokio::select! {
+                    biased;
+                    out = self.codec.recv() => {
+                        if let Some(done) = self.on_codec_output(out?) {
+                            return Ok(done);
+                        }
+                        continue;
                     }
-                    None => inflight.decoded = Some(out.envelope),
-                    Some(envelope) => {
-                        // `out` is the sentinel that followed the datagram.
-                        let done = RecvOutcome {
-                            from_addr: inflight.from,
-                            envelope,
-                            num_bytes_received: inflight.len,
-                        };
-                        self.inflight = None;
-                        Metrics::add(&self.metrics.gossip_datagrams_received, 1);
-                        return Ok(done);
-                    }
+                    got = Self::public_recv_on(&self.public, &mut self.buf) => got?,
                 }
-                continue;
-            }
-            let (len, from) = match self.public.recv_from(&mut self.buf).await {
-                Ok(got) => got,
+            };
+            self.inject(from, len);
+        }
+    }
+}
+
+impl UdpRelay {
+    async fn public_recv(&mut self) -> anyhow::Result<(usize, SocketAddr)> {
+        Self::public_recv_on(&self.public, &mut self.buf).await
+    }
+
+    /// The next datagram from a peer, into `buf`.
+    async fn public_recv_on(
+        public: &tokio::net::UdpSocket,
+        buf: &mut [u8],
+    ) -> anyhow::Result<(usize, SocketAddr)> {
+        loop {
+            match public.recv_from(buf).await {
+                Ok(got) => return Ok(got),
                 // ICMP errors from earlier sends surface here on Linux;
                 // they say nothing about this socket.
                 Err(err)
                     if matches!(
                         err.kind(),
                         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    continue;
-                }
+                    ) => {}
                 Err(err) => return Err(err).context("gossip socket failed"),
-            };
-            Metrics::add(&self.metrics.gossip_bytes_received, len as u64);
-            let plain = match &mut self.sealing {
-                None => 0..len,
-                Some(sealing) => match sealing.opener.open(unix_ms(), &mut self.buf[..len]) {
-                    Ok(plain) => plain,
-                    Err(rejection) => {
-                        let counter = match rejection {
-                            Rejection::Malformed => &self.metrics.gossip_datagrams_malformed,
-                            Rejection::Unauthenticated => {
-                                &self.metrics.gossip_datagrams_unauthenticated
-                            }
-                            Rejection::Replayed => &self.metrics.gossip_datagrams_replayed,
-                            Rejection::Stale => &self.metrics.gossip_datagrams_stale,
-                        };
-                        Metrics::add(counter, 1);
-                        debug!(%from, len, ?rejection, "sealed gossip datagram dropped");
-                        continue;
-                    }
-                },
-            };
-            let plain = &self.buf[plain];
-            if plain.starts_with(&self.sentinel_bytes) {
-                Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
-                debug!(%from, "gossip datagram posing as the codec sentinel dropped");
-                continue;
-            }
-            // Loopback sends complete at once; `try_send_to` keeps this
-            // section free of await points (so a cancel cannot split it).
-            let injected = self.tap.try_send_to(plain, self.codec_addr).is_ok()
-                && self
-                    .tap
-                    .try_send_to(&self.sentinel_bytes, self.codec_addr)
-                    .is_ok();
-            if injected {
-                self.inflight = Some(Inflight {
-                    from,
-                    len,
-                    decoded: None,
-                });
-            } else {
-                // Cannot happen with an idle loopback socket; if it does,
-                // the datagram is lost like any other UDP datagram, and any
-                // half-injected bytes are skipped by the sentinel logic.
-                debug!(%from, "gossip datagram dropped: codec relay busy");
             }
         }
+    }
+
+    /// Opens the datagram in `buf` (sealed clusters) and hands it to the
+    /// codec, behind a sentinel if another is still undecided. No await:
+    /// a cancel cannot split it.
+    fn inject(&mut self, from: SocketAddr, len: usize) {
+        Metrics::add(&self.metrics.gossip_bytes_received, len as u64);
+        let plain = match &mut self.sealing {
+            None => 0..len,
+            Some(sealing) => match sealing.opener.open(unix_ms(), &mut self.buf[..len]) {
+                Ok(plain) => plain,
+                Err(rejection) => {
+                    let counter = match rejection {
+                        Rejection::Malformed => &self.metrics.gossip_datagrams_malformed,
+                        Rejection::Unauthenticated => {
+                            &self.metrics.gossip_datagrams_unauthenticated
+                        }
+                        Rejection::Replayed => &self.metrics.gossip_datagrams_replayed,
+                        Rejection::Stale => &self.metrics.gossip_datagrams_stale,
+                    };
+                    Metrics::add(counter, 1);
+                    debug!(%from, len, ?rejection, "sealed gossip datagram dropped");
+                    return;
+                }
+            },
+        };
+        let plain = &self.buf[plain];
+        if plain.starts_with(&self.sentinel_bytes) {
+            Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
+            debug!(%from, "gossip datagram posing as the codec sentinel dropped");
+            return;
+        }
+        if self.injected.len() + 2 > INJECTED_MAX {
+            debug!(%from, "gossip datagram dropped: codec relay busy");
+            return;
+        }
+        // Loopback sends complete at once (`try_send_to`: no await).
+        let undecided = self
+            .injected
+            .iter()
+            .any(|i| matches!(i, Injected::Datagram { .. }));
+        if undecided {
+            if self
+                .tap
+                .try_send_to(&self.sentinel_bytes, self.codec_addr)
+                .is_err()
+            {
+                debug!(%from, "gossip datagram dropped: codec relay busy");
+                return;
+            }
+            self.injected.push_back(Injected::Sentinel);
+        }
+        if self.tap.try_send_to(plain, self.codec_addr).is_ok() {
+            self.injected.push_back(Injected::Datagram { from, len });
+        } else {
+            // Cannot happen with an idle loopback socket; if it does, the
+            // datagram is lost like any other UDP datagram.
+            debug!(%from, "gossip datagram dropped: codec relay busy");
+        }
+    }
+
+    /// What the codec decoded: a peer's envelope, told whose it is, or a
+    /// sentinel, which settles the datagrams before it as malformed.
+    fn on_codec_output(&mut self, out: RecvOutcome) -> Option<RecvOutcome> {
+        if out.from_addr != self.tap_addr {
+            return None; // a stray local sender
+        }
+        if out.envelope == sentinel(self.format) {
+            while let Some(front) = self.injected.pop_front() {
+                match front {
+                    Injected::Sentinel => break,
+                    Injected::Datagram { from, len } => {
+                        Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
+                        debug!(%from, len, "malformed gossip datagram dropped");
+                    }
+                }
+            }
+            return None;
+        }
+        // The first datagram waiting (sentinels ahead of it came out
+        // already, unless the kernel dropped them: skipped).
+        while let Some(front) = self.injected.pop_front() {
+            if let Injected::Datagram { from, len } = front {
+                Metrics::add(&self.metrics.gossip_datagrams_received, 1);
+                return Some(RecvOutcome {
+                    from_addr: from,
+                    envelope: out.envelope,
+                    num_bytes_received: len,
+                });
+            }
+        }
+        None
     }
 }
 
@@ -455,5 +519,70 @@ impl Socket for SimGossipSocket {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The relay tells each decoded envelope whose it is, and counts what
+    /// does not decode, though it sends a sentinel only behind a datagram
+    /// still undecided when the next arrives. Real sockets on loopback.
+    #[tokio::test]
+    async fn the_relay_attributes_every_envelope_and_counts_the_malformed() {
+        let format = crate::membership::wire_format(false);
+        let metrics = Arc::new(Metrics::default());
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut relay = UdpRelay::bind(loopback, format, None, metrics.clone())
+            .await
+            .unwrap();
+        let relay_addr = relay.public.local_addr().unwrap();
+        // A valid envelope's bytes, as chitchat's own codec writes them.
+        let capture = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+        let mut codec = CodecSocket::open(loopback).await.unwrap();
+        let valid = ChitchatEnvelope {
+            version: format,
+            message: ChitchatMessage::BadCluster,
+        };
+        codec
+            .send(capture.local_addr().unwrap(), valid)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = capture.recv_from(&mut buf).await.unwrap();
+        let valid = buf[..n].to_vec();
+        let a = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+        let b = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+        let junk: &[u8] = b"junk";
+        // a: junk, valid, junk, junk; b: valid; a: valid. Two envelopes
+        // of a's and one of b's come out, each told as its sender's.
+        for (from, bytes) in [
+            (&a, junk),
+            (&a, &valid[..]),
+            (&a, junk),
+            (&a, junk),
+            (&b, &valid[..]),
+            (&a, &valid[..]),
+        ] {
+            from.send_to(bytes, relay_addr).await.unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let out = tokio::time::timeout(Duration::from_secs(5), relay.recv())
+                .await
+                .expect("the relay blocked")
+                .unwrap();
+            assert_eq!(out.num_bytes_received, valid.len());
+            got.push(out.from_addr);
+        }
+        let (a, b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        assert_eq!(got, vec![a, b, a]);
+        assert_eq!(metrics.gossip_datagrams_received.load(Relaxed), 3);
+        assert_eq!(metrics.gossip_datagrams_malformed.load(Relaxed), 3);
+        assert!(relay.injected.is_empty());
     }
 }
