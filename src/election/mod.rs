@@ -467,6 +467,8 @@ pub struct Election {
     peers: BTreeMap<NodeId, Peer>,
     probe_acks: BTreeMap<NodeId, Duration>,
     last_probe_at: Option<Duration>,
+    /// Probe rounds sent while a leader serves (which half goes next).
+    probe_turn: u64,
     reach: u64,
     next_attempt_at: Duration,
     rng: u64,
@@ -528,6 +530,7 @@ impl Election {
             peers: BTreeMap::new(),
             probe_acks: BTreeMap::new(),
             last_probe_at: None,
+            probe_turn: 0,
             reach: 0,
             next_attempt_at: now + timing.election_timeout,
             rng: seed | 1,
@@ -1372,8 +1375,18 @@ impl Election {
         let among_lowest = live.iter().take(PROBING_LOWEST).any(|&id| id == self.id);
         let below_leader_or_none = self.leader(now).is_none_or(|l| self.id < l.id);
         if !is_leader && (among_lowest || below_leader_or_none) {
-            for &v in &self.voters {
-                if v != self.id {
+            // While a leader serves, half the other voters each time, in
+            // turn: each is probed every 2H, its answer within the 3H
+            // window at every count. With no leader, all of them at once
+            // (marks are what an election waits on).
+            let all = self.leader(now).is_none();
+            let turn = self.probe_turn;
+            if !all {
+                self.probe_turn += 1;
+            }
+            let others = self.voters.iter().filter(|&&v| v != self.id);
+            for (i, &v) in others.enumerate() {
+                if all || i as u64 % 2 == turn % 2 {
                     out.push(Output::Send {
                         to: v,
                         request: ElectionRequest::Probe { voters: self.hash },

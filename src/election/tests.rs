@@ -17,6 +17,8 @@ struct Net {
     deadlines: BTreeMap<NodeId, Duration>,
     /// Nodes that handled an input since their deadline was noted.
     touched: BTreeSet<NodeId>,
+    /// Probes sent, by sender.
+    probes: BTreeMap<NodeId, u64>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -60,6 +62,7 @@ impl Net {
             served: BTreeMap::new(),
             deadlines: BTreeMap::new(),
             touched: BTreeSet::new(),
+            probes: BTreeMap::new(),
         };
         for a in ids(n) {
             for b in ids(n) {
@@ -84,6 +87,9 @@ impl Net {
         for out in outs {
             match out {
                 Output::Send { to, request } => {
+                    if matches!(request, ElectionRequest::Probe { .. }) {
+                        *self.probes.entry(from).or_default() += 1;
+                    }
                     let response = if self.link(from, to) {
                         self.touched.insert(to);
                         let (handled, more) = self
@@ -1234,4 +1240,44 @@ fn a_serving_leaders_claim_changes_every_round_whatever_the_acks() {
     }
     // 250 ms within the lease: a mark per 100 ms round.
     assert!(marks.len() >= 3, "marks {marks:?}");
+}
+
+/// E2's marks at half the cost: while a leader serves, each node that
+/// keeps its mark fresh (the lowest live ids) probes half the other
+/// voters each heartbeat, in turn, and its mark stays fresh throughout;
+/// with no leader it probes every voter each heartbeat.
+#[test]
+fn while_a_leader_serves_marks_stay_fresh_on_half_the_probes() {
+    let mut net = Net::new(5, &ids(5), false);
+    // No leader yet: every voter each heartbeat.
+    net.run_for(Duration::from_millis(300));
+    assert!(net.serving().is_empty());
+    assert_eq!(net.probes.get(&NodeId(2)), Some(&12));
+    net.run_for(Duration::from_millis(2700));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    let before = net.probes.clone();
+    let second = Duration::from_secs(1);
+    let end = net.now + second;
+    while net.now < end {
+        net.step();
+        // The next in line stays eligible in every other node's eyes.
+        for id in [3, 4, 5] {
+            assert!(
+                net.nodes[&NodeId(id)].peer_eligible(net.now, NodeId(2)),
+                "node 2 not eligible for node {id} at {:?}",
+                net.now
+            );
+        }
+    }
+    let sent = |net: &Net, id: u64| {
+        let count = |m: &BTreeMap<NodeId, u64>| m.get(&NodeId(id)).copied().unwrap_or(0);
+        count(&net.probes) - count(&before)
+    };
+    // Ten heartbeats, two of the four other voters each.
+    let each: Vec<u64> = (1..=5).map(|id| sent(&net, id)).collect();
+    assert_eq!(each, vec![0, 20, 20, 0, 0]);
+    // The leader gone, the next in line takes over as fast as ever.
+    net.down.insert(NodeId(1));
+    net.until_serving(NodeId(2), |_| {});
+    net.assert_safe();
 }
