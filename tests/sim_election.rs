@@ -652,13 +652,13 @@ async fn members_keep_following_a_leader_whose_acks_come_late() {
     c.shutdown().await;
 }
 
-/// At rest, each node's driver wakes for its own deadlines once a
-/// heartbeat (a round, a probe, a read of gossip, all in one tick), not
-/// on a fixed fine period, and the leader's rounds still leave every
+/// At rest, each node's driver wakes for its own deadlines twice a
+/// heartbeat (a round, a probe, the reads of gossip, in step), not on a
+/// fixed fine period, and the leader's rounds still leave every
 /// heartbeat. With the fixed tick of a fifth of a heartbeat each driver
 /// woke fifty times a second.
 #[tokio::test(start_paused = true)]
-async fn at_rest_a_driver_wakes_once_a_heartbeat() {
+async fn at_rest_a_driver_wakes_twice_a_heartbeat() {
     let (mut c, mut log, (leader, _)) = led_cluster().await;
     run(&c, &mut log, Duration::from_secs(1)).await;
     type Counter = fn(&Metrics) -> &AtomicU64;
@@ -678,7 +678,7 @@ async fn at_rest_a_driver_wakes_once_a_heartbeat() {
         let per_s = (t1 - t0) as f64 / window.as_secs_f64();
         println!("node {id}: {per_s:.1} driver ticks/s (seed {})", c.seed());
         assert!(
-            t1 - t0 <= heartbeats + heartbeats / 5,
+            t1 - t0 <= 2 * heartbeats + heartbeats / 5,
             "node {id} ticked {} times in {window:?} (seed {})",
             t1 - t0,
             c.seed()

@@ -800,6 +800,12 @@ impl Election {
         }
     }
 
+    /// When this node last probed (or counted its acks, as leader): its
+    /// ticks fall every heartbeat from then on.
+    pub fn last_probe_at(&self) -> Option<Duration> {
+        self.last_probe_at
+    }
+
     /// False while recovering, and in a cold start (no leader seen and
     /// none resigned): then [`Election::next_deadline`] is a fifth of a
     /// heartbeat, not the exact instant the next tick acts.
