@@ -123,9 +123,13 @@ enum Injected {
     Sentinel,
 }
 
-/// Injections waiting for the codec, at most; a datagram arriving beyond
-/// is dropped like any UDP datagram (a codec this far behind is stuck).
-const INJECTED_MAX: usize = 64;
+/// Datagrams injected and undecided, at most: with the sentinel between
+/// them, what waits in the codec's socket is under two maximal UDP
+/// payloads (2 × 65,507 bytes), which its receive buffer (the kernel's
+/// default, 208 KiB) holds whole. Nothing injected is dropped, so every
+/// sentinel comes out and the order holds. Beyond, the relay reads the
+/// codec only, until the older one is decided.
+const UNDECIDED_MAX: usize = 2;
 
 struct UdpRelay {
     public: tokio::net::UdpSocket,
@@ -274,8 +278,19 @@ impl Socket for UdpRelay {
     /// as nearly all do, costs no sentinel.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
+            let undecided = self
+                .injected
+                .iter()
+                .filter(|i| matches!(i, Injected::Datagram { .. }))
+                .count();
             let (len, from) = if self.injected.is_empty() {
                 self.public_recv().await?
+            } else if undecided >= UNDECIDED_MAX {
+                let out = self.codec.recv().await?;
+                if let Some(done) = self.on_codec_output(out) {
+                    return Ok(done);
+                }
+                continue;
             } else {
                 // The codec first: what it has decoded is answered before
                 // anything new is read.
@@ -348,10 +363,6 @@ impl UdpRelay {
         if plain.starts_with(&self.sentinel_bytes) {
             Metrics::add(&self.metrics.gossip_datagrams_malformed, 1);
             debug!(%from, "gossip datagram posing as the codec sentinel dropped");
-            return;
-        }
-        if self.injected.len() + 2 > INJECTED_MAX {
-            debug!(%from, "gossip datagram dropped: codec relay busy");
             return;
         }
         // Loopback sends complete at once (`try_send_to`: no await).
