@@ -517,10 +517,9 @@ impl State {
         if let Some(at) = self.locks.next_deadline(now, heartbeat / 5) {
             due = due.min(at);
         }
-        // Set ahead, and handled by the tick it wakes (a deadline behind
-        // `now` needs no other).
-        if let Some(at) = self.reconcile_deadline.filter(|&at| at > now) {
-            due = due.min(at);
+        // Passed while inputs were handled: due now (the tick clears it).
+        if let Some(at) = self.reconcile_deadline {
+            due = due.min(at.max(now));
         }
         due
     }

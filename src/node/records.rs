@@ -168,15 +168,22 @@ impl State {
             self.stop_reconciling();
             return;
         }
-        if now >= deadline && !self.locks.records_ready() {
-            warn!(
-                reconciled = ?self.reconciled,
-                "records not reconciled with a majority of the promisers in time; resigning"
-            );
-            self.stop_reconciling();
-            let (done, _) = oneshot::channel();
-            let _ = self.tx.try_send(Input::Resign { done });
+        if now < deadline {
+            return;
         }
+        if self.locks.records_ready() {
+            // (Reconciled: the deadline went with it; belt and braces, so
+            // that a deadline passed never wakes the driver again.)
+            self.reconcile_deadline = None;
+            return;
+        }
+        warn!(
+            reconciled = ?self.reconciled,
+            "records not reconciled with a majority of the promisers in time; resigning"
+        );
+        self.stop_reconciling();
+        let (done, _) = oneshot::channel();
+        let _ = self.tx.try_send(Input::Resign { done });
     }
 
     /// A peer asks for this node's copy.
