@@ -596,4 +596,82 @@ mod tests {
         assert_eq!(metrics.gossip_datagrams_malformed.load(Relaxed), 3);
         assert!(relay.injected.is_empty());
     }
+
+    /// A burst of large datagrams waiting on the public socket (its
+    /// buffer raised to hold them all) is relayed without overflowing
+    /// the codec's socket: every envelope is still told as its sender's
+    /// and every malformed one is counted. Reading the public socket
+    /// whenever a datagram was undecided put the whole burst into the
+    /// codec's socket, whose buffer holds about three; the sentinels lost
+    /// there shifted envelopes onto other senders. Needs root (the
+    /// buffer is forced past `rmem_max`).
+    #[tokio::test]
+    async fn a_burst_of_large_datagrams_is_relayed_without_losing_the_order() {
+        use std::os::fd::AsRawFd;
+        let format = crate::membership::wire_format(false);
+        let metrics = Arc::new(Metrics::default());
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut relay = UdpRelay::bind(loopback, format, None, metrics.clone())
+            .await
+            .unwrap();
+        let bytes: libc::c_int = 16 << 20;
+        // SAFETY: a valid socket and a pointer to an int of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                relay.public.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE needs root");
+        let relay_addr = relay.public.local_addr().unwrap();
+        // A valid envelope followed by padding still decodes (the codec
+        // reads what its message needs); junk of the same size does not.
+        let capture = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+        let mut codec = CodecSocket::open(loopback).await.unwrap();
+        let valid = ChitchatEnvelope {
+            version: format,
+            message: ChitchatMessage::BadCluster,
+        };
+        codec
+            .send(capture.local_addr().unwrap(), valid)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = capture.recv_from(&mut buf).await.unwrap();
+        let mut valid = buf[..n].to_vec();
+        valid.resize(60_000, 0);
+        let junk = vec![0xffu8; 60_000];
+        let senders = [
+            tokio::net::UdpSocket::bind(loopback).await.unwrap(),
+            tokio::net::UdpSocket::bind(loopback).await.unwrap(),
+            tokio::net::UdpSocket::bind(loopback).await.unwrap(),
+        ];
+        let mut expected = Vec::new();
+        let mut malformed = 0;
+        for i in 0..40usize {
+            let from = &senders[i % 3];
+            // The last one valid: a malformed last datagram is settled
+            // only when another arrives.
+            if i % 4 == 1 && i != 39 {
+                from.send_to(&junk, relay_addr).await.unwrap();
+                malformed += 1;
+            } else {
+                from.send_to(&valid, relay_addr).await.unwrap();
+                expected.push(from.local_addr().unwrap());
+            }
+        }
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            let out = tokio::time::timeout(Duration::from_secs(5), relay.recv())
+                .await
+                .expect("the relay blocked")
+                .unwrap();
+            got.push(out.from_addr);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(metrics.gossip_datagrams_malformed.load(Relaxed), malformed);
+    }
 }
