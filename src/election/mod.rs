@@ -1384,8 +1384,12 @@ impl Election {
             // While a leader serves, half the other voters each time, in
             // turn: each is probed every 2H, its answer within the 3H
             // window at every count. With no leader, all of them at once
-            // (marks are what an election waits on).
-            let all = self.leader(now).is_none();
+            // (marks are what an election waits on), and with fewer than
+            // four others always: half of two or three leaves a count
+            // resting on one answer a round, no slack for a prober
+            // whose ticks come late.
+            let others = self.voters.iter().filter(|&&v| v != self.id).count();
+            let all = self.leader(now).is_none() || others < 4;
             let turn = self.probe_turn;
             if !all {
                 self.probe_turn += 1;

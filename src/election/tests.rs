@@ -1281,3 +1281,16 @@ fn while_a_leader_serves_marks_stay_fresh_on_half_the_probes() {
     net.until_serving(NodeId(2), |_| {});
     net.assert_safe();
 }
+
+/// With three voters a prober keeps probing both others each heartbeat
+/// while a leader serves: half of two would leave each count resting on
+/// one answer a round.
+#[test]
+fn with_three_voters_a_prober_probes_both_others_each_heartbeat() {
+    let mut net = Net::new(3, &ids(3), false);
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    let before = net.probes.get(&NodeId(2)).copied().unwrap_or(0);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.probes[&NodeId(2)] - before, 20);
+}
