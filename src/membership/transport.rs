@@ -540,21 +540,19 @@ mod tests {
 
     use super::*;
 
-    /// The relay tells each decoded envelope whose it is, and counts what
-    /// does not decode, though it sends a sentinel only behind a datagram
-    /// still undecided when the next arrives. Real sockets on loopback.
-    #[tokio::test]
-    async fn the_relay_attributes_every_envelope_and_counts_the_malformed() {
+    const LOOPBACK: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+    /// A relay on loopback in the default wire format, its counters, and
+    /// the bytes of a valid envelope as chitchat's own codec writes them.
+    async fn relay_and_valid_bytes() -> (UdpRelay, Arc<Metrics>, Vec<u8>) {
         let format = crate::membership::wire_format(false);
         let metrics = Arc::new(Metrics::default());
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut relay = UdpRelay::bind(loopback, format, None, metrics.clone())
+        let relay = UdpRelay::bind(LOOPBACK, format, None, metrics.clone())
             .await
             .unwrap();
-        let relay_addr = relay.public.local_addr().unwrap();
-        // A valid envelope's bytes, as chitchat's own codec writes them.
-        let capture = tokio::net::UdpSocket::bind(loopback).await.unwrap();
-        let mut codec = CodecSocket::open(loopback).await.unwrap();
+        let capture = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+        let mut codec = CodecSocket::open(LOOPBACK).await.unwrap();
         let valid = ChitchatEnvelope {
             version: format,
             message: ChitchatMessage::BadCluster,
@@ -565,9 +563,18 @@ mod tests {
             .unwrap();
         let mut buf = [0u8; 64];
         let (n, _) = capture.recv_from(&mut buf).await.unwrap();
-        let valid = buf[..n].to_vec();
-        let a = tokio::net::UdpSocket::bind(loopback).await.unwrap();
-        let b = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+        (relay, metrics, buf[..n].to_vec())
+    }
+
+    /// The relay tells each decoded envelope whose it is, and counts what
+    /// does not decode, though it sends a sentinel only behind a datagram
+    /// still undecided when the next arrives. Real sockets on loopback.
+    #[tokio::test]
+    async fn the_relay_attributes_every_envelope_and_counts_the_malformed() {
+        let (mut relay, metrics, valid) = relay_and_valid_bytes().await;
+        let relay_addr = relay.public.local_addr().unwrap();
+        let a = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+        let b = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
         let junk: &[u8] = b"junk";
         // a: junk, valid, junk, junk; b: valid; a: valid. Two envelopes
         // of a's and one of b's come out, each told as its sender's.
@@ -608,12 +615,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_large_datagrams_is_relayed_without_losing_the_order() {
         use std::os::fd::AsRawFd;
-        let format = crate::membership::wire_format(false);
-        let metrics = Arc::new(Metrics::default());
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut relay = UdpRelay::bind(loopback, format, None, metrics.clone())
-            .await
-            .unwrap();
+        let (mut relay, metrics, mut valid) = relay_and_valid_bytes().await;
         let bytes: libc::c_int = 16 << 20;
         // SAFETY: a valid socket and a pointer to an int of the right size.
         let rc = unsafe {
@@ -629,25 +631,12 @@ mod tests {
         let relay_addr = relay.public.local_addr().unwrap();
         // A valid envelope followed by padding still decodes (the codec
         // reads what its message needs); junk of the same size does not.
-        let capture = tokio::net::UdpSocket::bind(loopback).await.unwrap();
-        let mut codec = CodecSocket::open(loopback).await.unwrap();
-        let valid = ChitchatEnvelope {
-            version: format,
-            message: ChitchatMessage::BadCluster,
-        };
-        codec
-            .send(capture.local_addr().unwrap(), valid)
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let (n, _) = capture.recv_from(&mut buf).await.unwrap();
-        let mut valid = buf[..n].to_vec();
         valid.resize(60_000, 0);
         let junk = vec![0xffu8; 60_000];
         let senders = [
-            tokio::net::UdpSocket::bind(loopback).await.unwrap(),
-            tokio::net::UdpSocket::bind(loopback).await.unwrap(),
-            tokio::net::UdpSocket::bind(loopback).await.unwrap(),
+            tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap(),
+            tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap(),
+            tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap(),
         ];
         let mut expected = Vec::new();
         let mut malformed = 0;
