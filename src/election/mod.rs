@@ -784,12 +784,7 @@ impl Election {
         }
         match &self.role {
             Role::Leader { last_round_at, .. } => {
-                now >= *last_round_at + self.timing.heartbeat
-                    || self.peers.iter().any(|(&id, p)| {
-                        id < self.id
-                            && p.eligible_since
-                                .is_some_and(|since| now >= since + self.timing.stability_window)
-                    })
+                now >= *last_round_at + self.timing.heartbeat || self.preempted(now)
             }
             Role::Candidate {
                 sent_at: Some(sent_at),
@@ -1206,17 +1201,21 @@ impl Election {
         }
     }
 
+    /// A lower id has been eligible for the stability window (E6).
+    fn preempted(&self, now: Duration) -> bool {
+        self.peers.iter().any(|(&id, p)| {
+            id < self.id
+                && p.eligible_since
+                    .is_some_and(|since| now >= since + self.timing.stability_window)
+        })
+    }
+
     fn lead(&mut self, now: Duration, out: &mut Vec<Output>) {
         let Role::Leader { last_round_at, .. } = self.role else {
             return;
         };
         // E6: hand over to a lower id eligible for the stability window.
-        let preempt = self.peers.iter().any(|(&id, p)| {
-            id < self.id
-                && p.eligible_since
-                    .is_some_and(|since| now >= since + self.timing.stability_window)
-        });
-        if preempt {
+        if self.preempted(now) {
             out.extend(self.resign(now));
             return;
         }
@@ -1388,14 +1387,18 @@ impl Election {
             // four others always: half of two or three leaves a count
             // resting on one answer a round, no slack for a prober
             // whose ticks come late.
-            let others = self.voters.iter().filter(|&&v| v != self.id).count();
-            let all = self.leader(now).is_none() || others < 4;
+            let others: Vec<NodeId> = self
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != self.id)
+                .collect();
+            let all = self.leader(now).is_none() || others.len() < 4;
             let turn = self.probe_turn;
             if !all {
                 self.probe_turn += 1;
             }
-            let others = self.voters.iter().filter(|&&v| v != self.id);
-            for (i, &v) in others.enumerate() {
+            for (i, v) in others.into_iter().enumerate() {
                 if all || i as u64 % 2 == turn % 2 {
                     out.push(Output::Send {
                         to: v,
