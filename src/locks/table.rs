@@ -490,14 +490,6 @@ impl Term {
         self.known.merge(entry.clone());
         self.batches.write(entry);
     }
-
-    /// [`Term::write`], for an entry nobody waits on: it goes out with the
-    /// next batch anything else opens, or at the next tick.
-    fn write_lazily(&mut self, entry: Entry) {
-        self.claims.note(&self.known, &entry);
-        self.known.merge(entry.clone());
-        self.batches.write_lazily(entry);
-    }
 }
 
 /// Builds a term's table from the promised copies (K2), apart from the
@@ -1248,20 +1240,6 @@ impl LockTable {
     /// Frees the holder of `name` (release or expiry): a tombstone goes
     /// into the batch, and the lock passes to the head of the queue.
     fn free(&mut self, now: Duration, name: &Name, expired: bool, out: &mut Vec<LockOutput>) {
-        self.free_as(now, name, expired, false, out);
-    }
-
-    /// [`LockTable::free`]; with `lazily`, the tombstone waits for the
-    /// next batch something else opens, or for the next tick (a user
-    /// lock's release, answered once applied, K2).
-    fn free_as(
-        &mut self,
-        now: Duration,
-        name: &Name,
-        expired: bool,
-        lazily: bool,
-        out: &mut Vec<LockOutput>,
-    ) {
         let Some(term) = &mut self.term else { return };
         let Some(mut holder) = term.locks.get_mut(name).and_then(|l| l.holder.take()) else {
             return;
@@ -1282,7 +1260,7 @@ impl LockTable {
             term.ended.remember(name, id);
         }
         term.frees.insert(name.clone(), (holder.token, None));
-        let tombstone = Entry {
+        term.write(Entry {
             name: name.clone(),
             token: holder.token,
             state: EntryState::Free {
@@ -1290,12 +1268,7 @@ impl LockTable {
             },
             claim: holder.claim,
             written: term.epoch,
-        };
-        if lazily {
-            term.write_lazily(tombstone);
-        } else {
-            term.write(tombstone);
-        }
+        });
         self.promote(now, name, out);
     }
 
@@ -1393,8 +1366,7 @@ impl LockTable {
             .is_some_and(|h| h.token == tok);
         // K2 (releases): a user lock's release is answered once this
         // leader has applied it; its tombstone goes out with the next
-        // batch something else opens (a grant to a waiter opens one at
-        // once), or at the next tick. Lost in a failover, it leaves the grant held on the
+        // batch. Lost in a failover, it leaves the grant held on the
         // voters, so the next leader frees it at its TTL: later, never
         // to two holders (the holder stopped before it asked). An abort
         // of a claim still waits for its tombstone to commit: lost, the
@@ -1410,7 +1382,7 @@ impl LockTable {
             } else {
                 term.batches.effect(Effect::Release { ticket });
             }
-            self.free_as(now, name, false, early, &mut out);
+            self.free(now, name, false, &mut out);
             return out;
         }
         // A retried release of this very token is answered again: a
@@ -1895,8 +1867,6 @@ impl LockTable {
         }
         self.start_prune(now, &mut out);
         self.wake_watchers(now, &mut out);
-        // Tombstones written lazily wait a tick at most.
-        out.extend(self.flush_as(true));
         out
     }
 
@@ -2029,26 +1999,11 @@ impl LockTable {
     /// in one replication round. While [`BATCHES_IN_FLIGHT_MAX`] batches
     /// await their majority, the batch stays open and keeps growing: under
     /// load each round carries more, at no cost to an idle table.
-    /// Entries written lazily (a user lock's tombstone) open no batch of
-    /// their own here: they go with the next one, or at the next tick.
     pub fn flush(&mut self) -> Vec<LockOutput> {
-        self.flush_as(false)
-    }
-
-    /// [`LockTable::flush`]; with `all`, entries written lazily open a
-    /// batch too.
-    fn flush_as(&mut self, all: bool) -> Vec<LockOutput> {
         let Some(term) = &mut self.term else {
             return Vec::new();
         };
-        let now = self.now;
-        let next = &mut self.next_batch;
-        let flushed = if all {
-            term.batches.flush_all(now, next)
-        } else {
-            term.batches.flush(now, next)
-        };
-        let Some((batch, entries)) = flushed else {
+        let Some((batch, entries)) = term.batches.flush(self.now, &mut self.next_batch) else {
             return Vec::new();
         };
         for (_, at) in term.frees.values_mut() {

@@ -223,17 +223,10 @@ impl<E: Merge> crdts::CvRDT for Replica<E> {
 /// flush, with the effects (answers, promotions) that wait for them, go
 /// out as one batch; a batch's effects are released when a majority of
 /// voters acked it. `X` is what the protocol does on commit.
-///
-/// An entry written with [`Batches::write_lazily`] waits for the next
-/// batch something else opens (or for [`Batches::flush_all`]): nothing
-/// waits for it, so it costs no replication round of its own.
 #[derive(Debug, Clone)]
 pub struct Batches<E, X> {
     open: Vec<E>,
     open_effects: Vec<X>,
-    /// The open batch holds an entry or an effect that must go out at the
-    /// next flush (not only entries written lazily).
-    open_urgent: bool,
     in_flight: BTreeMap<BatchId, Batch<E, X>>,
 }
 
@@ -251,7 +244,6 @@ impl<E: Clone, X> Default for Batches<E, X> {
         Batches {
             open: Vec::new(),
             open_effects: Vec::new(),
-            open_urgent: false,
             in_flight: BTreeMap::new(),
         }
     }
@@ -261,20 +253,11 @@ impl<E: Clone, X> Batches<E, X> {
     /// Queues `entry` for the next batch.
     pub fn write(&mut self, entry: E) {
         self.open.push(entry);
-        self.open_urgent = true;
-    }
-
-    /// Queues `entry` for the next batch that goes out for another reason
-    /// (an entry written with [`Batches::write`], an effect, or
-    /// [`Batches::flush_all`]); it opens no batch of its own.
-    pub fn write_lazily(&mut self, entry: E) {
-        self.open.push(entry);
     }
 
     /// `effect` waits for the next batch's majority.
     pub fn effect(&mut self, effect: X) {
         self.open_effects.push(effect);
-        self.open_urgent = true;
     }
 
     /// `effect` waits for batch `batch` if it is still in flight, else for
@@ -282,7 +265,7 @@ impl<E: Clone, X> Batches<E, X> {
     pub fn effect_on(&mut self, batch: Option<BatchId>, effect: X) {
         match batch.and_then(|b| self.in_flight.get_mut(&b)) {
             Some(b) => b.effects.push(effect),
-            None => self.effect(effect),
+            None => self.open_effects.push(effect),
         }
     }
 
@@ -300,25 +283,15 @@ impl<E: Clone, X> Batches<E, X> {
     /// Closes the open batch under the id `*next_id` (then advanced; the
     /// caller keeps the counter so that ids never repeat for the life of
     /// the leader, finding 2) and returns what to send; `None` when
-    /// nothing is open, when all that is open was written lazily, or when
-    /// [`BATCHES_IN_FLIGHT_MAX`] batches await their majority (the open
-    /// batch then keeps growing).
+    /// nothing is open or [`BATCHES_IN_FLIGHT_MAX`] batches await their
+    /// majority (the open batch then keeps growing).
     pub fn flush(&mut self, now: Duration, next_id: &mut BatchId) -> Option<(BatchId, Vec<E>)> {
-        if !self.open_urgent {
-            return None;
-        }
-        self.flush_all(now, next_id)
-    }
-
-    /// [`Batches::flush`], entries written lazily included.
-    pub fn flush_all(&mut self, now: Duration, next_id: &mut BatchId) -> Option<(BatchId, Vec<E>)> {
         if self.open.is_empty() && self.open_effects.is_empty() {
             return None;
         }
         if self.in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
             return None;
         }
-        self.open_urgent = false;
         let id = *next_id;
         *next_id = id.next();
         let entries = std::mem::take(&mut self.open);
@@ -373,7 +346,6 @@ impl<E: Clone, X> Batches<E, X> {
             if let Some(b) = self.in_flight.remove(id) {
                 self.open.extend(b.entries);
                 self.open_effects.extend(b.effects);
-                self.open_urgent = true;
             }
         }
         stale
@@ -387,7 +359,6 @@ impl<E: Clone, X> Batches<E, X> {
         for b in std::mem::take(&mut self.in_flight).into_values() {
             self.open.extend(b.entries);
             self.open_effects.extend(b.effects);
-            self.open_urgent = true;
         }
         ids
     }
@@ -525,35 +496,6 @@ mod tests {
             b.flush(Duration::ZERO, &mut next),
             Some((BatchId(2), vec![2, 3]))
         );
-    }
-
-    #[test]
-    fn an_entry_written_lazily_waits_for_the_next_batch_or_a_flush_of_all() {
-        let mut b: Batches<u8, &str> = Batches::default();
-        let mut next = BatchId(0);
-        b.write_lazily(1);
-        assert_eq!(b.flush(Duration::ZERO, &mut next), None, "lazy alone");
-        assert!(!b.is_idle(), "it still waits for a tick");
-        b.write(2);
-        assert_eq!(
-            b.flush(Duration::ZERO, &mut next),
-            Some((BatchId(0), vec![1, 2]))
-        );
-        b.write_lazily(3);
-        assert_eq!(b.flush(Duration::ZERO, &mut next), None);
-        b.effect("x");
-        assert_eq!(
-            b.flush(Duration::ZERO, &mut next),
-            Some((BatchId(1), vec![3])),
-            "an effect opens a batch too"
-        );
-        b.ack(Duration::ZERO, BatchId(0), n(1), 1);
-        b.write_lazily(4);
-        assert_eq!(
-            b.flush_all(Duration::ZERO, &mut next),
-            Some((BatchId(2), vec![4]))
-        );
-        assert_eq!(b.flush_all(Duration::ZERO, &mut next), None, "nothing open");
     }
 
     /// A batch pending too long goes out again under a new id; an ack of
