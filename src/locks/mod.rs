@@ -59,6 +59,15 @@ pub fn token_epoch(token: Token) -> Epoch {
     token.epoch()
 }
 
+/// True when nobody waits on a batch of these entries being durable:
+/// all are user locks' tombstones. A release is answered once the leader
+/// applied it (K2), and an expiry or a prune round is in no hurry, so
+/// their syncs may wait for the next batch's
+/// ([`crate::storage::Persister::persist_unhurried`]).
+pub fn nobody_waits_on(entries: &[Entry]) -> bool {
+    !entries.is_empty() && entries.iter().all(Entry::is_lock_tombstone)
+}
+
 /// The namespace a replicated name lives in. User locks and idempotency
 /// claims never share a name, whatever their text (I1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -263,6 +272,12 @@ impl Entry {
                 .claim
                 .as_deref()
                 .is_some_and(|f| f.completion.is_some())
+    }
+
+    /// True for a user lock's tombstone (a release, an expiry, or one a
+    /// prune round sends again).
+    pub fn is_lock_tombstone(&self) -> bool {
+        self.name.space == Space::Lock && !self.is_held()
     }
 
     /// True for a grant.

@@ -67,13 +67,18 @@ impl State {
                 // E8: acked once durable, the raised promise with the
                 // entries (E1), from the disk's thread.
                 let failed = self.failure_notice();
-                self.disk.persist(raise, entries, move |ok| {
+                let done = move |ok| {
                     if ok {
                         let _ = reply.send(Answer::Acked);
                     } else {
                         failed();
                     }
-                });
+                };
+                if raise.is_none() && crate::locks::nobody_waits_on(&entries) {
+                    self.disk.persist_unhurried(entries, done);
+                } else {
+                    self.disk.persist(raise, entries, done);
+                }
             }
         }
     }

@@ -681,6 +681,8 @@ pub struct LockLog {
     path: PathBuf,
     file: File,
     records: usize,
+    /// Appends synced since it was opened.
+    syncs: u64,
 }
 
 impl LockLog {
@@ -759,6 +761,7 @@ impl LockLog {
             path: path.to_path_buf(),
             file,
             records,
+            syncs: 0,
         };
         Ok((log, replica, repaired))
     }
@@ -780,6 +783,7 @@ impl LockLog {
             path: path.to_path_buf(),
             file,
             records: replica.len(),
+            syncs: 0,
         })
     }
 
@@ -795,6 +799,7 @@ impl LockLog {
         }
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
+        self.syncs += 1;
         self.records += entries.len();
         self.compact_if_sparse(replica)
     }
@@ -870,6 +875,9 @@ pub struct Job {
     /// Drop these entries, each where the durable copy holds it exactly
     /// (PROTOCOL.md, "Locks" 8); the log sheds them at its next rewrite.
     pub forget: Vec<Entry>,
+    /// Nobody waits on it: the disk thread may hold it up to [`LINGER`]
+    /// for the next job, so that the two share one sync.
+    pub unhurried: bool,
     /// Called once all of it is durable (`true`), or cannot be (`false`).
     pub done: Done,
 }
@@ -885,10 +893,19 @@ impl Job {
             settle: Vec::new(),
             floor: None,
             forget: Vec::new(),
+            unhurried: false,
             done: Box::new(done),
         }
     }
 }
+
+/// How long the disk thread holds a group of jobs nobody waits on (a
+/// released lock's tombstone: the release was answered once the leader
+/// applied it) for the next job, before it syncs them alone. A client
+/// that releases and acquires again sends its acquire a round trip
+/// later: its batch then shares the tombstone's sync instead of queueing
+/// behind it.
+pub const LINGER: Duration = Duration::from_millis(1);
 
 /// The durable state and the files behind it.
 struct Disk {
@@ -1071,6 +1088,15 @@ impl Persister {
 
     /// A thread of its own over `dir`, which holds `stored`.
     pub fn thread(dir: DataDir, stored: &Stored) -> io::Result<Persister> {
+        Persister::thread_lingering(dir, stored, LINGER)
+    }
+
+    /// [`Persister::thread`], holding jobs nobody waits on for `linger`.
+    pub(crate) fn thread_lingering(
+        dir: DataDir,
+        stored: &Stored,
+        linger: Duration,
+    ) -> io::Result<Persister> {
         let mut p = Persister::with(Some(dir), stored);
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let disk = p.disk.clone();
@@ -1080,6 +1106,14 @@ impl Persister {
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
                     while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    let until = std::time::Instant::now() + linger;
+                    while jobs.iter().all(|j| j.unhurried) {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        let Ok(more) = rx.recv_timeout(left) else {
+                            break;
+                        };
                         jobs.push(more);
                     }
                     run(&disk, jobs);
@@ -1162,6 +1196,16 @@ impl Persister {
         self.submit(Job {
             promise,
             entries,
+            ..Job::new(done)
+        });
+    }
+
+    /// [`Persister::persist`] of entries nobody waits on: their sync may
+    /// wait up to [`LINGER`] for the next job's, on a disk thread.
+    pub fn persist_unhurried(&self, entries: Vec<Entry>, done: impl FnOnce(bool) + Send + 'static) {
+        self.submit(Job {
+            entries,
+            unhurried: true,
             ..Job::new(done)
         });
     }

@@ -197,6 +197,60 @@ fn e8_entries_already_in_memory_are_written_before_the_ack() {
     );
 }
 
+fn released(name: &str, token: u64) -> Entry {
+    Entry {
+        state: EntryState::Free { request_id: None },
+        ..held(name, token)
+    }
+}
+
+/// A released lock's tombstone nobody waits on lingers on the disk thread
+/// for the next job (a client's next acquire, a round trip later), and the
+/// two share one sync instead of the acquire's queueing behind the
+/// tombstone's; alone, it is synced once the linger has passed. (The
+/// linger is long here, so that a slow test machine cannot split them.)
+#[test]
+fn an_unhurried_job_shares_the_next_jobs_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, stored, _) = open(root.path(), 1).unwrap();
+    let linger = Duration::from_millis(300);
+    let p = Persister::thread_lingering(dir, &stored, linger).unwrap();
+    p.initialize(Epoch(3), Replica::default(), Floor::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = tx.clone();
+    p.persist(None, Vec::new(), move |ok| t.send(("init", ok)).unwrap());
+    assert_eq!(rx.recv().unwrap(), ("init", true));
+    let t = tx.clone();
+    p.persist_unhurried(vec![released("x", 9)], move |ok| t.send(("x", ok)).unwrap());
+    std::thread::sleep(linger / 30);
+    let t = tx.clone();
+    p.persist(None, vec![held("y", 10)], move |ok| {
+        t.send(("y", ok)).unwrap()
+    });
+    let wait = Duration::from_secs(5);
+    let mut done = vec![
+        rx.recv_timeout(wait).unwrap(),
+        rx.recv_timeout(wait).unwrap(),
+    ];
+    done.sort();
+    assert_eq!(done, [("x", true), ("y", true)]);
+    let syncs = |p: &Persister| p.disk.lock().unwrap().log.as_ref().unwrap().syncs;
+    assert_eq!(syncs(&p), 1, "the tombstone and the grant share one sync");
+    // Alone, it is written once LINGER has passed.
+    let t = tx.clone();
+    p.persist_unhurried(vec![released("y", 10)], move |ok| {
+        t.send(("y", ok)).unwrap()
+    });
+    assert_eq!(rx.recv_timeout(wait).unwrap(), ("y", true));
+    assert_eq!(syncs(&p), 2);
+    let (stored, _) = peek(root.path(), 1).unwrap();
+    let Stored::Initialized { replica, .. } = stored else {
+        panic!("{stored:?}")
+    };
+    assert!(!replica.get(&Name::lock("x")).unwrap().is_held());
+    assert!(!replica.get(&Name::lock("y")).unwrap().is_held());
+}
+
 /// A blank directory writes nothing until it is initialized: its voter
 /// has no durable state (it recovers like one without a data directory).
 #[test]
