@@ -61,7 +61,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BatchId, Epoch, NodeId};
 
-/// Replication rounds awaiting a majority before the next one is sent.
+/// Replication rounds that someone waits on (with effects) awaiting a
+/// majority before the next one is sent. Rounds nobody waits on (a
+/// released lock's tombstone) take none of these slots, up to as many
+/// again: a voter's disk holds their syncs for the next batch's
+/// (`storage::LINGER`), which must not then wait for a slot.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// How long a batch may await its majority before it is sent again under
 /// a new id, so that acks it gathered (from voters that may have restarted
@@ -283,13 +287,22 @@ impl<E: Clone, X> Batches<E, X> {
     /// Closes the open batch under the id `*next_id` (then advanced; the
     /// caller keeps the counter so that ids never repeat for the life of
     /// the leader, finding 2) and returns what to send; `None` when
-    /// nothing is open or [`BATCHES_IN_FLIGHT_MAX`] batches await their
-    /// majority (the open batch then keeps growing).
+    /// nothing is open, or when the open batch has effects and
+    /// [`BATCHES_IN_FLIGHT_MAX`] batches with effects await their
+    /// majority, or twice as many in all do (the open batch then keeps
+    /// growing).
     pub fn flush(&mut self, now: Duration, next_id: &mut BatchId) -> Option<(BatchId, Vec<E>)> {
         if self.open.is_empty() && self.open_effects.is_empty() {
             return None;
         }
-        if self.in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
+        let waited_on = self
+            .in_flight
+            .values()
+            .filter(|b| !b.effects.is_empty())
+            .count();
+        let slot = self.in_flight.len() < 2 * BATCHES_IN_FLIGHT_MAX
+            && (self.open_effects.is_empty() || waited_on < BATCHES_IN_FLIGHT_MAX);
+        if !slot {
             return None;
         }
         let id = *next_id;
@@ -486,15 +499,52 @@ mod tests {
         let mut next = BatchId(0);
         for e in 0..2 {
             b.write(e);
+            b.effect(());
             assert!(b.flush(Duration::ZERO, &mut next).is_some());
         }
         b.write(2);
+        b.effect(());
         b.write(3);
         assert_eq!(b.flush(Duration::ZERO, &mut next), None);
         b.ack(Duration::ZERO, BatchId(0), n(1), 1);
         assert_eq!(
             b.flush(Duration::ZERO, &mut next),
             Some((BatchId(2), vec![2, 3]))
+        );
+    }
+
+    /// Batches nobody waits on (no effects: a released lock's tombstone)
+    /// take no slot of the two: a voter's disk holds their syncs for the
+    /// next batch's, which would otherwise wait for them to end.
+    #[test]
+    fn batches_without_effects_take_no_slot_of_the_two() {
+        let mut b: Batches<u8, &str> = Batches::default();
+        let mut next = BatchId(0);
+        b.write(0);
+        assert!(b.flush(Duration::ZERO, &mut next).is_some());
+        for e in 1..3 {
+            b.write(e);
+            b.effect("grant");
+            assert!(b.flush(Duration::ZERO, &mut next).is_some());
+        }
+        b.write(3);
+        b.effect("grant");
+        assert_eq!(b.flush(Duration::ZERO, &mut next), None, "two with effects");
+        let mut without = b.clone();
+        let mut n2 = next;
+        without.open_effects.clear();
+        assert_eq!(
+            without.flush(Duration::ZERO, &mut n2),
+            Some((BatchId(3), vec![3])),
+            "one without effects takes a slot of its own"
+        );
+        without.write(4);
+        assert_eq!(without.flush(Duration::ZERO, &mut n2), None, "four in all");
+        b.ack(Duration::ZERO, BatchId(1), n(1), 1);
+        assert_eq!(
+            b.flush(Duration::ZERO, &mut next),
+            Some((BatchId(3), vec![3])),
+            "a slot with effects freed"
         );
     }
 
