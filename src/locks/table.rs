@@ -1996,9 +1996,11 @@ impl LockTable {
     }
 
     /// Closes the current batch: everything since the last flush is sent
-    /// in one replication round. While [`BATCHES_IN_FLIGHT_MAX`] batches
-    /// await their majority, the batch stays open and keeps growing: under
-    /// load each round carries more, at no cost to an idle table.
+    /// in one replication round. While no slot is free (with effects,
+    /// [`BATCHES_IN_FLIGHT_MAX`] batches with effects await their
+    /// majority; without, twice as many in all), the batch stays open
+    /// and keeps growing: under load each round carries more, at no cost
+    /// to an idle table.
     pub fn flush(&mut self) -> Vec<LockOutput> {
         let Some(term) = &mut self.term else {
             return Vec::new();
