@@ -1033,3 +1033,71 @@ async fn a_voter_whose_records_are_not_filled_in_does_not_count() {
     assert!(!c.mesh(n3).idempotency_records_complete(), "(seed {seed})");
     c.shutdown().await;
 }
+
+/// Liveness ("Idempotency" 8): a leader that cannot reconcile its
+/// records with a majority of its promisers hands over
+/// `RECORDS_RECONCILE_DEADLINE` (10 s) after it took the term, even if
+/// its lease lapsed and came back within the term meanwhile. A lapse
+/// used to set the deadline anew, so a leader whose lease kept lapsing
+/// (a loaded machine) answered begins "no quorum" for good.
+#[tokio::test(start_paused = true)]
+async fn a_lease_lapse_within_a_term_does_not_put_off_its_reconcile_deadline() {
+    debug_log::trace_if_debugging();
+    let seed = SimCluster::seed_from_env();
+    let mut c = cluster(seed, 3, 3).await;
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    assert_eq!(c.led().await, n1, "(seed {seed})");
+    c.kill(n1).await;
+    let cut = |c: &SimCluster| {
+        for (a, b) in [(n2, n3), (n3, n2)] {
+            c.drop_requests(a, b, "reconcile");
+        }
+    };
+    cut(&c);
+    c.eventually(Duration::from_secs(10), "node 2 leads", |c| {
+        c.agreed_leader() == Some(n2)
+    })
+    .await;
+    let took = tokio::time::Instant::now();
+    let term = c.mesh(n2).leader().expect("leads").epoch;
+    let lapsed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut events = c.mesh(n2).leader_events();
+    let seen = lapsed.clone();
+    tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            if e.is_none() {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    // Half way to the deadline, node 3's answers stop reaching node 2
+    // long enough for its lease to lapse; node 3 still hears its
+    // heartbeats, so nobody else runs.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.block(n3, n2);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.unblock(n3, n2);
+    c.eventually(Duration::from_secs(3), "node 2 serves again", |c| {
+        c.mesh(n2).is_leader()
+    })
+    .await;
+    assert!(
+        lapsed.load(std::sync::atomic::Ordering::Relaxed),
+        "the lease lapsed (seed {seed})"
+    );
+    assert_eq!(
+        c.mesh(n2).leader().map(|l| l.epoch),
+        Some(term),
+        "the same term served again (seed {seed})"
+    );
+    c.eventually(Duration::from_secs(10), "a term after it", |c| {
+        c.mesh(n2).epoch() > term
+    })
+    .await;
+    let after = took.elapsed();
+    assert!(
+        after <= Duration::from_millis(10_600),
+        "handed over {after:?} after the takeover (seed {seed})"
+    );
+    c.shutdown().await;
+}

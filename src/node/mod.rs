@@ -281,6 +281,7 @@ impl Driver {
             reconciled: Default::default(),
             reconciling: Vec::new(),
             reconcile_deadline: None,
+            reconcile_term_deadline: None,
             backfill: None,
             reconciled_epoch: None,
             records_lossy_marked: false,
@@ -381,6 +382,9 @@ struct State {
     reconciling: Vec<tokio::task::AbortHandle>,
     /// When the term hands over if begins are not answered yet.
     reconcile_deadline: Option<Duration>,
+    /// The epoch whose reconciliation began last, and its deadline: the
+    /// same term served again after a lease lapse keeps it.
+    reconcile_term_deadline: Option<(Epoch, Duration)>,
     /// The task filling this voter's records in after a recovery.
     backfill: Option<tokio::task::AbortHandle>,
     /// The last epoch whose promisers' records this node reconciled with

@@ -80,7 +80,15 @@ impl State {
             self.open_claims(epoch);
             return;
         }
-        self.reconcile_deadline = Some(now + RECORDS_RECONCILE_DEADLINE);
+        // A term served again after its lease lapsed keeps the deadline
+        // it began with: a lapse must not put off the handover (a leader
+        // whose lease keeps lapsing would otherwise never hand over).
+        let deadline = match self.reconcile_term_deadline {
+            Some((e, at)) if e == epoch => at,
+            _ => now + RECORDS_RECONCILE_DEADLINE,
+        };
+        self.reconcile_term_deadline = Some((epoch, deadline));
+        self.reconcile_deadline = Some(deadline);
         let me = self.election.id();
         let promisers = if self.promisers.0 == epoch {
             self.promisers.1.clone()
