@@ -108,11 +108,7 @@ impl HttpClients {
     fn client(&self) -> HttpClient {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         HttpClient {
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(10)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            agent: crate::harness::http::http_client(Duration::from_secs(10), false),
             base: self.servers[i % self.servers.len()].clone(),
         }
     }

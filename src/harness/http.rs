@@ -32,11 +32,19 @@ fn authorized<B>(request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
     }
 }
 
-/// An HTTP client with one overall timeout; `statuses_as_errors`: any
-/// status but success is an error.
-fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
+/// An HTTP client (its connections kept alive) with `timeout` on each
+/// step of a call: connecting, sending, awaiting and reading the answer.
+/// The address lookup has none: every address here is an IP literal,
+/// and ureq looks an address up on a thread of its own whenever a
+/// timeout covers the lookup, a thread started and ended per call.
+/// `statuses_as_errors`: any status but success is an error.
+pub(crate) fn http_client(timeout: Duration, statuses_as_errors: bool) -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout))
+        .timeout_send_request(Some(timeout))
+        .timeout_send_body(Some(timeout))
+        .timeout_recv_response(Some(timeout))
+        .timeout_recv_body(Some(timeout))
         .http_status_as_error(statuses_as_errors)
         .build()
         .into()
