@@ -353,6 +353,11 @@ struct Term {
     /// Every entry this term knows: adopted, then issued.
     known: Replica,
     batches: Batches<Entry, Effect>,
+    /// User locks' releases applied, answered once the batch carrying
+    /// their tombstone goes to the voters (K2 for releases: a reply
+    /// never leaves before the tombstone does), "no quorum, retry" if
+    /// the term ends first.
+    unsent_releases: Vec<Ticket>,
     /// Tombstones written this term not yet on a majority, by name: the
     /// token freed and the batch carrying it (`None`: the open one).
     frees: HashMap<Name, (Token, Option<BatchId>)>,
@@ -551,6 +556,7 @@ impl Adopter {
             locks: BTreeMap::new(),
             known: Replica::default(),
             batches: Batches::default(),
+            unsent_releases: Vec::new(),
             frees: HashMap::new(),
             ended: Ended::default(),
             watchers: BTreeMap::new(),
@@ -785,6 +791,9 @@ impl LockTable {
         for watchers in term.watchers.into_values() {
             tickets.extend(watchers.into_iter().map(|w| w.ticket));
         }
+        // Releases whose tombstone never left: the retry frees the lock
+        // at the next leader (it adopted the grant).
+        tickets.extend(term.unsent_releases);
         for effect in term.batches.into_effects() {
             match effect {
                 Effect::Release { ticket }
@@ -1375,10 +1384,8 @@ impl LockTable {
         let early = name.space == Space::Lock;
         if holds {
             if early {
-                out.push(LockOutput::Reply {
-                    ticket,
-                    reply: LockReply::Released,
-                });
+                // Answered at the flush that sends its tombstone.
+                term.unsent_releases.push(ticket);
             } else {
                 term.batches.effect(Effect::Release { ticket });
             }
@@ -1391,6 +1398,11 @@ impl LockTable {
         match term.frees.get(name) {
             Some(&(freed, batch)) if freed == tok => {
                 if early {
+                    if batch.is_none() {
+                        // Its tombstone has not left yet.
+                        term.unsent_releases.push(ticket);
+                        return out;
+                    }
                     return reply(ticket, LockReply::Released);
                 }
                 term.batches.effect_on(batch, Effect::Release { ticket });
@@ -2005,13 +2017,24 @@ impl LockTable {
         let Some(term) = &mut self.term else {
             return Vec::new();
         };
-        let Some((batch, entries)) = term.batches.flush(self.now, &mut self.next_batch) else {
-            return Vec::new();
-        };
-        for (_, at) in term.frees.values_mut() {
-            at.get_or_insert(batch);
+        let mut out = Vec::new();
+        if let Some((batch, entries)) = term.batches.flush(self.now, &mut self.next_batch) {
+            for (_, at) in term.frees.values_mut() {
+                at.get_or_insert(batch);
+            }
+            out.push(LockOutput::Replicate { batch, entries });
         }
-        vec![LockOutput::Replicate { batch, entries }]
+        // The releases' replies after the batch that carries their
+        // tombstones (the driver sends in the order given).
+        if term.batches.is_sent() {
+            for ticket in term.unsent_releases.drain(..) {
+                out.push(LockOutput::Reply {
+                    ticket,
+                    reply: LockReply::Released,
+                });
+            }
+        }
+        out
     }
 
     /// Voter `from` holds batch `batch` durably (the leader reports its

@@ -279,6 +279,12 @@ impl<E: Clone, X> Batches<E, X> {
         self.open.is_empty() && self.open_effects.is_empty() && self.in_flight.is_empty()
     }
 
+    /// True when nothing waits to be sent (everything written went out in
+    /// a batch).
+    pub fn is_sent(&self) -> bool {
+        self.open.is_empty() && self.open_effects.is_empty()
+    }
+
     /// True while `batch` awaits a majority.
     pub fn is_pending(&self, batch: BatchId) -> bool {
         self.in_flight.contains_key(&batch)

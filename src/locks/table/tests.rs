@@ -1804,20 +1804,29 @@ fn a_lock_release_is_answered_once_applied_and_its_tombstone_goes_with_the_next_
     let r = h.ticket();
     let out = h.table.handle_release(ms(3), r, "x", ta);
     h.absorb(out);
-    assert_eq!(
-        h.reply(r),
-        Some(LockReply::Released),
-        "answered before any voter holds the tombstone"
-    );
-    // A retry of the same release at this leader is answered the same.
+    assert_eq!(h.reply(r), None, "not before its tombstone is sent");
+    // A retry of the same release at this leader waits the same.
     let again = h.ticket();
     let out = h.table.handle_release(ms(4), again, "x", ta);
     h.absorb(out);
-    assert_eq!(h.reply(again), Some(LockReply::Released));
-    // The tombstone and the waiter's grant travel in the next batch, and
-    // the grant is told only once a majority holds them.
+    assert_eq!(h.reply(again), None);
+    // The tombstone and the waiter's grant travel in the next batch; the
+    // release is answered as it is sent, after it in the outputs, before
+    // any voter holds the tombstone, and the grant is told only once a
+    // majority holds them.
     let out = h.table.flush();
+    let sent = out
+        .iter()
+        .position(|o| matches!(o, LockOutput::Replicate { .. }))
+        .expect("a batch");
+    let told = out
+        .iter()
+        .position(|o| matches!(o, LockOutput::Reply { ticket, .. } if *ticket == r))
+        .expect("the release answered");
+    assert!(sent < told, "the batch first: {out:?}");
     h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::Released));
+    assert_eq!(h.reply(again), Some(LockReply::Released));
     let entries: Vec<&Entry> = h.batches.iter().flat_map(|(_, e)| e).collect();
     assert!(
         entries.iter().any(|e| e.token > ta && e.is_held()),
@@ -1826,6 +1835,38 @@ fn a_lock_release_is_answered_once_applied_and_its_tombstone_goes_with_the_next_
     assert_eq!(h.reply(b), None, "no grant before its batch commits");
     h.commit(5, &[ME, NodeId(3)]);
     assert!(h.granted(b) > ta);
+}
+
+/// K2 for releases: a release is answered only as the batch carrying its
+/// tombstone goes out, never before (a leader killed between the two
+/// would leave the lock held until its TTL though its holder was told it
+/// was free); while no batch can go, it waits, and a leader that steps
+/// down first answers "no quorum, retry" (the retry frees it at the next
+/// leader, which adopted the grant).
+#[test]
+fn a_release_is_answered_only_as_its_tombstone_is_sent() {
+    let mut h = Harness::new();
+    h.batches.clear();
+    let a = h.acquire(0, "x", 1000, 0, None);
+    h.commit(1, &[ME, NodeId(2)]);
+    let ta = h.granted(a);
+    // Two batches with effects in flight, and four in all: no slot.
+    for (i, name) in ["p", "q", "s", "t"].into_iter().enumerate() {
+        h.acquire(2, name, 1000, 0, None);
+        if i < 2 {
+            let out = h.table.flush();
+            h.absorb(out);
+        }
+    }
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(3), r, "x", ta);
+    h.absorb(out);
+    let out = h.table.flush();
+    h.absorb(out);
+    assert_eq!(h.reply(r), None, "its tombstone has not left");
+    let out = h.table.step_down();
+    h.absorb(out);
+    assert_eq!(h.reply(r), Some(LockReply::NoQuorum));
 }
 
 #[test]
@@ -1941,6 +1982,8 @@ fn a_watch_is_answered_when_the_holder_changes_or_its_wait_runs_out() {
         },
         RecordsSay::default(),
     );
+    h.absorb(out);
+    let out = h.table.flush();
     h.absorb(out);
     assert_eq!(h.reply(r), Some(LockReply::Released));
     assert_eq!(status_token(h.reply(w)), None, "woken by the release");
