@@ -1374,8 +1374,9 @@ impl LockTable {
             .and_then(|l| l.holder.as_ref())
             .is_some_and(|h| h.token == tok);
         // K2 (releases): a user lock's release is answered once this
-        // leader has applied it; its tombstone goes out with the next
-        // batch. Lost in a failover, it leaves the grant held on the
+        // leader has applied it and the batch carrying its tombstone is
+        // sent (by that flush, after the batch; it waits while no batch
+        // can go), not once a majority holds it. Lost in a failover, it leaves the grant held on the
         // voters, so the next leader frees it at its TTL: later, never
         // to two holders (the holder stopped before it asked). An abort
         // of a claim still waits for its tombstone to commit: lost, the
@@ -1393,8 +1394,8 @@ impl LockTable {
             return out;
         }
         // A retried release of this very token is answered again: a
-        // lock's at once, a claim's once its tombstone holds on a
-        // majority (K2).
+        // lock's once its tombstone is sent (at once if it was), a
+        // claim's once its tombstone holds on a majority (K2).
         match term.frees.get(name) {
             Some(&(freed, batch)) if freed == tok => {
                 if early {
