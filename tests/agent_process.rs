@@ -406,3 +406,26 @@ fn an_agent_with_an_http_token_serves_only_calls_that_carry_it() {
         "{out:?}"
     );
 }
+
+/// Goal: `/v1/status` says whether a voter is still recovering (E7): one
+/// voter of three started alone can neither form the cluster nor copy
+/// it, and says so until the others start; then none is.
+#[test]
+fn status_says_whether_a_voter_is_still_recovering() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agents::new(Path::new(BIN), 3, dir.path()).expect("plan agents");
+    a.close_with_new_key().expect("a cluster key");
+    a.data_root = Some(dir.path().join("data"));
+    a.start(1).expect("start node 1");
+    a.wait_until(WITHIN, |a| a.status(1).is_some())
+        .expect("node 1 answers");
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = a.status(1).expect("node 1 answers");
+    assert_eq!(status["recovering"], true, "{status}");
+    assert!(!a.none_recovering());
+    a.start(2).expect("start node 2");
+    a.start(3).expect("start node 3");
+    a.wait_until(WITHIN, |a| a.none_recovering())
+        .unwrap_or_else(|| panic!("every voter recovered\n{}", a.report()));
+    a.stop_all(WITHIN);
+}

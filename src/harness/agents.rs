@@ -140,15 +140,19 @@ impl Agents {
 
     /// Starts `n` keyed agents whose voters keep data directories (below
     /// `dir`, with the logs), and waits up to `within` until every agent
-    /// sees every other and all agree on a leader.
+    /// sees every other, all agree on a leader and no voter is still
+    /// recovering (a voter stopped before it recovered has left nothing
+    /// in its data directory, and comes back as one without memory).
     pub fn start_led(bin: &Path, n: u64, dir: &Path, within: Duration) -> Result<Agents, String> {
         let mut a = Agents::new(bin, n, dir).map_err(|e| e.to_string())?;
         a.close_with_new_key()?;
         a.data_root = Some(dir.join("data"));
         a.start_all().map_err(|e| e.to_string())?;
         let all = a.ids();
-        if a.wait_until(within, |a| a.all_see(&all) && a.agreed_leader().is_some())
-            .is_none()
+        if a.wait_until(within, |a| {
+            a.all_see(&all) && a.agreed_leader().is_some() && a.none_recovering()
+        })
+        .is_none()
         {
             // The directory goes with the caller's temporary one: say here
             // what each agent saw and logged.
@@ -338,6 +342,14 @@ impl Agents {
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// True when every running agent answers and reports it is not
+    /// recovering (`/v1/status` `recovering`).
+    pub fn none_recovering(&self) -> bool {
+        self.running()
+            .iter()
+            .all(|id| self.status(*id).is_some_and(|s| s["recovering"] == false))
     }
 
     /// True when every running agent reports exactly `expected` alive.

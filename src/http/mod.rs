@@ -33,6 +33,11 @@ pub struct StatusBody {
     pub epoch: Epoch,
     /// True while this node is the leader with a valid lease.
     pub is_leader: bool,
+    /// True while this voter recovers after its start (E7: it copies the
+    /// cluster's state or resumes from its data directory, and fills in
+    /// its idempotency records if it lost them): it neither promises nor
+    /// acks meanwhile. Stop another voter only once none is recovering.
+    pub recovering: bool,
     /// This node's voter set.
     pub voters: Vec<u64>,
     /// This incarnation's generation.
@@ -86,6 +91,7 @@ pub fn status(mesh: &Mesh) -> StatusBody {
         quorum: leader.is_some(),
         epoch: mesh.epoch(),
         is_leader: mesh.is_leader(),
+        recovering: mesh.is_recovering(),
         voters: mesh.config().voters.iter().map(|v| v.0).collect(),
         generation: mesh.generation(),
         members: view
