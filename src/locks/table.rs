@@ -1376,12 +1376,13 @@ impl LockTable {
         // K2 (releases): a user lock's release is answered once this
         // leader has applied it and the batch carrying its tombstone is
         // sent (by that flush, after the batch; it waits while no batch
-        // can go), not once a majority holds it. Lost in a failover, it leaves the grant held on the
-        // voters, so the next leader frees it at its TTL: later, never
-        // to two holders (the holder stopped before it asked). An abort
-        // of a claim still waits for its tombstone to commit: lost, the
-        // claim would expire as `recovered` (I5), which the aborting
-        // caller was told it would not be.
+        // can go), not once a majority holds it. Lost in a failover, it
+        // leaves the grant held on the voters, so the next leader frees
+        // it at its TTL: later, never to two holders (the holder stopped
+        // before it asked). An abort of a claim still waits for its
+        // tombstone to commit: lost, the claim would expire as
+        // `recovered` (I5), which the aborting caller was told it would
+        // not be.
         let early = name.space == Space::Lock;
         if holds {
             if early {

@@ -365,18 +365,13 @@ impl State {
                             };
                             let tx = self.tx.clone();
                             let failed = self.failure_notice();
-                            let done = move |ok| {
+                            self.persist_batch(None, entries, move |ok| {
                                 if ok {
                                     send_from_anywhere(&tx, input);
                                 } else {
                                     failed();
                                 }
-                            };
-                            if crate::locks::nobody_waits_on(&entries) {
-                                self.disk.persist_unhurried(entries, done);
-                            } else {
-                                self.disk.persist(None, entries, done);
-                            }
+                            });
                         }
                     }
                 }

@@ -67,19 +67,31 @@ impl State {
                 // E8: acked once durable, the raised promise with the
                 // entries (E1), from the disk's thread.
                 let failed = self.failure_notice();
-                let done = move |ok| {
+                self.persist_batch(raise, entries, move |ok| {
                     if ok {
                         let _ = reply.send(Answer::Acked);
                     } else {
                         failed();
                     }
-                };
-                if raise.is_none() && crate::locks::nobody_waits_on(&entries) {
-                    self.disk.persist_unhurried(entries, done);
-                } else {
-                    self.disk.persist(raise, entries, done);
-                }
+                });
             }
+        }
+    }
+
+    /// Makes a replication batch's `entries` (and a raised promise)
+    /// durable in this node's copy, then `done`: a voter's or the
+    /// leader's own. A batch nobody waits on (`locks::nobody_waits_on`)
+    /// may share the next batch's sync.
+    pub(super) fn persist_batch(
+        &self,
+        raise: Option<Epoch>,
+        entries: Vec<Entry>,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) {
+        if raise.is_none() && crate::locks::nobody_waits_on(&entries) {
+            self.disk.persist_unhurried(entries, done);
+        } else {
+            self.disk.persist(raise, entries, done);
         }
     }
 
