@@ -459,13 +459,18 @@ impl Mesh {
             config.bootstrap,
             generation.0 ^ config.id.0.rotate_left(32),
         );
-        let locks = LockTable::new(TableConfig {
+        let mut locks = LockTable::new(TableConfig {
             waiters_max: config.lock_waiters_max,
             claims_max: config.idempotency_records_max,
             ttl_max_ms: config.election.lock_ttl_max.as_millis() as u64,
             prune_every: env.prune_every,
             ..TableConfig::new(&config.voters, config.election.drift)
         });
+        // K5: this run's own proof, which gossip does not bring back to
+        // it: should it lead, it frees the grants of its last run.
+        if let Some(ended) = ended {
+            locks.handle_run_ended(Duration::ZERO, config.id, ended);
+        }
         let driver = Driver::start(
             election,
             locks,

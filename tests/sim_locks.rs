@@ -2044,6 +2044,115 @@ async fn k5_a_lock_passes_on_once_its_holders_run_is_proven_ended() {
     );
 }
 
+/// Goal (K5 across a failover): a grant's entry carries the run its
+/// holder lives in, so the next leader, which adopted the grant without
+/// having granted it, frees it on the proof too, not at the TTL.
+#[tokio::test(start_paused = true)]
+async fn k5_an_adopted_grant_passes_on_once_its_holders_run_is_proven_ended() {
+    let seed = SimCluster::seed_from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(seed, ids(5));
+    c.data_root = Some(dir.path().to_path_buf());
+    c.tuning = coordmesh::ConfigBuilder {
+        lock_ttl_max_ms: Some(60_000),
+        ..Default::default()
+    };
+    for id in 1..=5 {
+        c.add(NodeId(id)).await;
+    }
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
+    let ttl = Duration::from_secs(20);
+    let holder = NodeId(3);
+    let g = c.mesh(holder).lock("job").ttl(ttl).acquire().await;
+    let g = g.unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let token = g.token();
+    c.kill(NodeId(1)).await;
+    assert_eq!(c.led().await, NodeId(2), "seed {seed}");
+    let adopted = c.now();
+    c.kill(holder).await;
+    assert!(
+        !g.is_valid(),
+        "the killed run's guard is over (seed {seed})"
+    );
+    c.restart(holder).await;
+    let waiter = c
+        .mesh(NodeId(2))
+        .lock("job")
+        .ttl(ttl)
+        .wait(Duration::from_secs(40))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let after = c.now() - adopted;
+    assert!(waiter.token() > token, "seed {seed}");
+    assert!(
+        after < Duration::from_secs(5),
+        "passed on {after:?} after the takeover: not on the proof (seed {seed})"
+    );
+    let freed: u64 = [2, 3, 4, 5]
+        .iter()
+        .map(|&id| {
+            c.mesh(NodeId(id))
+                .metrics()
+                .lock_freed_on_proof
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(freed, 1, "freed on the proof (seed {seed})");
+    drop(g);
+    drop(waiter);
+    c.shutdown().await;
+}
+
+/// Goal (K5, the proof a node makes of itself): the holder's node is the
+/// one that leads after a full restart. Gossip never brings a node its own
+/// `ended`, so its table is told at start; it frees the adopted grant of
+/// its last run at takeover instead of waiting out the TTL.
+#[tokio::test(start_paused = true)]
+async fn k5_a_leader_frees_the_grants_of_its_own_last_run() {
+    let seed = SimCluster::seed_from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(seed, ids(3));
+    c.data_root = Some(dir.path().to_path_buf());
+    c.tuning = coordmesh::ConfigBuilder {
+        lock_ttl_max_ms: Some(60_000),
+        ..Default::default()
+    };
+    for id in 1..=3 {
+        c.add(NodeId(id)).await;
+    }
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
+    let ttl = Duration::from_secs(20);
+    let g = c.mesh(NodeId(1)).lock("job").ttl(ttl).acquire().await;
+    let g = g.unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let token = g.token();
+    for id in 1..=3 {
+        c.kill(NodeId(id)).await;
+    }
+    let restarted = c.now();
+    for id in 1..=3 {
+        c.restart(NodeId(id)).await;
+    }
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
+    let waiter = c
+        .mesh(NodeId(2))
+        .lock("job")
+        .ttl(ttl)
+        .wait(Duration::from_secs(40))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let after = c.now() - restarted;
+    assert!(waiter.token() > token, "seed {seed}");
+    assert!(
+        after < Duration::from_secs(5),
+        "passed on {after:?} after the restart: not on the proof (seed {seed})"
+    );
+    drop(g);
+    drop(waiter);
+    c.shutdown().await;
+}
+
 /// Goal (K5): without a data directory there is no proof: the restarted
 /// holder's node leaves the lock to its TTL.
 #[tokio::test(start_paused = true)]

@@ -184,6 +184,14 @@ pub enum EntryState {
         /// Which write of this grant this is (`epoch << 32 | n`, by the
         /// leader that wrote it): a later write wins the merge.
         version: u64,
+        /// The run of `owner` whose process the holder lives in, when a
+        /// later run can prove it ended (K5); `None` for a grant that
+        /// may be held elsewhere (an HTTP or remote client, a node
+        /// without a data directory, a claim). Kept through every
+        /// rewrite, so a leader that adopts the grant can free it on
+        /// that proof too; a retry from elsewhere clears it with a
+        /// durable rewrite before it is answered.
+        bound: Option<crate::ids::Generation>,
     },
     /// Released or expired.
     Free {
@@ -194,7 +202,7 @@ pub enum EntryState {
 }
 
 impl EntryState {
-    /// The first write of a grant: nothing quiet yet.
+    /// The first write of a grant bound to no run: nothing quiet yet.
     pub fn held(
         ttl_ms: u64,
         owner: NodeId,
@@ -207,6 +215,7 @@ impl EntryState {
             request_id,
             quiet_ms: 0,
             version,
+            bound: None,
         }
     }
 }

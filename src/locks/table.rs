@@ -282,8 +282,23 @@ struct Holder {
     /// A claim's facts (`None` for a user lock).
     claim: Option<Box<ClaimFacts>>,
     /// The run of `owner` whose process the holder lives in, when a
-    /// later run can prove it ended (K5); never for an adopted grant.
+    /// later run can prove it ended (K5); kept in every write of the
+    /// grant, so an adopted grant keeps it too.
     bound: Option<Generation>,
+}
+
+impl Holder {
+    /// Its entry's state in a write of `version`.
+    fn state(&self, quiet_ms: u64, version: u64) -> EntryState {
+        EntryState::Held {
+            ttl_ms: self.ttl_ms,
+            owner: self.owner,
+            request_id: self.request_id.clone(),
+            quiet_ms,
+            version,
+            bound: self.bound,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -334,9 +349,11 @@ enum Effect {
         facts: Box<ClaimFacts>,
     },
     /// A renewal (or an acquire retry) answered once the grant's version
-    /// `version`, written with nothing quiet, holds on a majority.
+    /// `version`, written with nothing quiet, holds on a majority, if the
+    /// grant of `token` still holds then.
     Refresh {
         name: Name,
+        token: Token,
         version: u64,
         ticket: Ticket,
         reply: LockReply,
@@ -628,8 +645,9 @@ impl LockTable {
     /// The user locks whose holders lived in it are freed now, their
     /// tombstones replicated before any waiter is told (K2); its queued
     /// requests are dropped (nobody listens for them); a late request of
-    /// it is served unbound. Grants not bound to a run (adopted from an
-    /// earlier term, taken for another process) wait out their TTL.
+    /// it is served unbound. Grants adopted from an earlier term keep
+    /// their run; grants bound to none (taken for another process, or
+    /// through a node without a data directory) wait out their TTL.
     pub fn handle_run_ended(
         &mut self,
         now: Duration,
@@ -639,11 +657,32 @@ impl LockTable {
         let mut out = Vec::new();
         let known = self.ended_runs.entry(node).or_insert(ended);
         *known = (*known).max(ended);
+        self.free_ended_runs(now, &mut out);
+        out
+    }
+
+    /// Frees the user locks whose holders lived in a run proven ended,
+    /// and drops that run's queued requests (K5): one pass over the table
+    /// for every run known, so a leader that takes over frees the adopted
+    /// grants of runs it learned of before.
+    fn free_ended_runs(&mut self, now: Duration, out: &mut Vec<LockOutput>) {
         let Some(term) = &mut self.term else {
-            return out;
+            return;
         };
-        let dead = |owner: NodeId, bound: Option<Generation>| {
-            owner == node && bound.is_some_and(|b| b <= ended)
+        let ended_runs = &self.ended_runs;
+        // A run at or below a proof is gone: runs on one directory rise.
+        // A grant this leader bound passed that test when it was asked
+        // (`acquire`: a run below a proof it knew, after a lost
+        // generation file, is served unbound). An adopted grant was bound
+        // by a leader that may not have known the proof, so only a proof
+        // naming its very run frees it: a run below the proof may be a
+        // live one on a new directory.
+        let dead = |h_owner: NodeId, bound: Option<Generation>, adopted: bool| {
+            bound.is_some_and(|b| {
+                ended_runs
+                    .get(&h_owner)
+                    .is_some_and(|&ended| if adopted { b == ended } else { b <= ended })
+            })
         };
         let mut freed = Vec::new();
         for (name, lock) in term.locks.iter_mut() {
@@ -651,24 +690,27 @@ impl LockTable {
                 continue;
             }
             lock.waiters.retain_mut(|w| {
-                if !dead(w.owner, w.bound) {
+                if !dead(w.owner, w.bound, false) {
                     return true;
                 }
-                retry_all(&mut w.tickets, &mut out);
+                retry_all(&mut w.tickets, out);
                 false
             });
-            if lock.holder.as_ref().is_some_and(|h| dead(h.owner, h.bound)) {
+            if lock
+                .holder
+                .as_ref()
+                .is_some_and(|h| dead(h.owner, h.bound, h.adopted))
+            {
                 freed.push(name.clone());
             }
         }
         self.proven_dead += freed.len() as u64;
         for name in freed {
-            self.free(now, &name, false, &mut out);
+            self.free(now, &name, false, out);
         }
         if let Some(term) = &mut self.term {
             term.drop_idle_locks();
         }
-        out
     }
 
     /// Locks freed early on proof of their holder's death (K5), for the
@@ -764,9 +806,14 @@ impl LockTable {
     /// first).
     pub fn install(&mut self, adoption: Adoption) -> Vec<LockOutput> {
         self.now = self.now.max(adoption.now);
+        let now = adoption.now;
         let mut out = self.step_down();
         out.extend(adoption.out);
         self.term = Some(adoption.term);
+        // K5: adopted grants whose holders' runs this node already knows
+        // ended are freed now (their tombstones follow the term's first
+        // batch, and commit before any later holder is told).
+        self.free_ended_runs(now, &mut out);
         out.extend(self.flush());
         out
     }
@@ -1081,27 +1128,32 @@ impl LockTable {
                 .filter(|h| h.request_id.as_ref() == Some(id))
             {
                 let committed = h.committed;
-                if committed {
-                    let reply = granted(h);
-                    refresh(term, rho, name, now, ticket, reply, &mut out);
+                // K5: a retry from another node or process may be the one
+                // told the grant, so no run's end may prove its holder
+                // gone. The grant's entry names its run, and a leader that
+                // adopts it would go by that: the run is cleared by a
+                // durable rewrite, and the retry answered once it holds.
+                // Before the grant commits the retry hears "retry" (it
+                // would be answered with the grant's own commit).
+                let unbind = h.bound.is_some() && (h.owner, h.bound) != (owner, bound);
+                if unbind && !committed {
+                    return reply(ticket, LockReply::NoQuorum);
                 }
                 let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) else {
                     return out;
                 };
-                // K5: a retry from another node or process may be the one
-                // told the grant: no run's end proves its holder gone.
-                if (h.owner, h.bound) != (owner, bound) {
-                    h.bound = None;
+                if committed {
+                    let reply = granted(h);
+                    refresh(term, rho, name, now, ticket, reply, unbind, &mut out);
+                    return out;
                 }
-                if !committed {
-                    // Told with the grant's commit; its client counts
-                    // validity from this retry, with the TTL granted
-                    // (finding 5), so the leader's expiry does too (K3).
-                    h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
-                    h.reply_by = h.reply_by.max(now + reply_within);
-                    h.quiet.since = now;
-                    join(&mut h.tickets, ticket, &mut out);
-                }
+                // Told with the grant's commit; its client counts
+                // validity from this retry, with the TTL granted
+                // (finding 5), so the leader's expiry does too (K3).
+                h.expires_at = h.expires_at.max(now + leader_ttl(rho, h.ttl_ms));
+                h.reply_by = h.reply_by.max(now + reply_within);
+                h.quiet.since = now;
+                join(&mut h.tickets, ticket, &mut out);
                 return out;
             }
             if let Some(w) = term.locks.get_mut(name).and_then(|l| {
@@ -1214,7 +1266,14 @@ impl LockTable {
             let entry = Entry {
                 name: name.clone(),
                 token: tok,
-                state: EntryState::held(w.ttl_ms, w.owner, w.request_id.clone(), version),
+                state: EntryState::Held {
+                    ttl_ms: w.ttl_ms,
+                    owner: w.owner,
+                    request_id: w.request_id.clone(),
+                    quiet_ms: 0,
+                    version,
+                    bound: w.bound,
+                },
                 claim: w.claim.clone(),
                 written: term.epoch,
             };
@@ -1333,7 +1392,7 @@ impl LockTable {
                     return reply(ticket, LockReply::NoQuorum);
                 }
                 let reply = LockReply::Renewed { ttl_ms: h.ttl_ms };
-                refresh(term, rho, name, now, ticket, reply, &mut out);
+                refresh(term, rho, name, now, ticket, reply, false, &mut out);
                 out
             }
             // K6: this leader holds the table of a majority, so a token
@@ -1860,13 +1919,7 @@ impl LockTable {
             let entry = Entry {
                 name: name.clone(),
                 token: h.token,
-                state: EntryState::Held {
-                    ttl_ms: h.ttl_ms,
-                    owner: h.owner,
-                    request_id: h.request_id.clone(),
-                    quiet_ms,
-                    version,
-                },
+                state: h.state(quiet_ms, version),
                 claim: h.claim.clone(),
                 written: term.epoch,
             };
@@ -2081,16 +2134,33 @@ impl LockTable {
                 }
                 Effect::Refresh {
                     name,
+                    token,
                     version,
                     ticket,
                     reply,
                 } => {
-                    if let Some(h) = term.locks.get_mut(&name).and_then(|l| l.holder.as_mut())
-                        && h.version == version
-                    {
-                        // The newest write of the grant has nothing quiet.
-                        h.quiet.marked = false;
+                    let holder = term
+                        .locks
+                        .get_mut(&name)
+                        .and_then(|l| l.holder.as_mut())
+                        .filter(|h| h.token == token);
+                    if let Some(h) = holder {
+                        if h.version == version {
+                            // The newest write of the grant has nothing quiet.
+                            h.quiet.marked = false;
+                        }
+                        out.push(LockOutput::Reply { ticket, reply });
+                        continue;
                     }
+                    // The grant ended while this write was on its way: a
+                    // retry of its acquire grants nothing (K4), a retried
+                    // begin asks again (and finds what the claim came
+                    // to), a renewal hears it lost the lock (K6).
+                    let reply = match reply {
+                        LockReply::Granted { .. } => LockReply::Ended,
+                        LockReply::Claimed { .. } => LockReply::NoQuorum,
+                        _ => LockReply::Lost,
+                    };
                     out.push(LockOutput::Reply { ticket, reply });
                 }
                 Effect::Grant { name, token: tok } => {
@@ -2121,7 +2191,16 @@ impl LockTable {
                     // like renewals (never released as late: the grant
                     // may have been told in an earlier term).
                     for ticket in tickets {
-                        refresh(term, rho, &name, now, ticket, answer.clone(), &mut out);
+                        refresh(
+                            term,
+                            rho,
+                            &name,
+                            now,
+                            ticket,
+                            answer.clone(),
+                            false,
+                            &mut out,
+                        );
                     }
                 }
             }
@@ -2192,6 +2271,7 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: Entry, out: &mut Vec<L
             owner,
             request_id,
             quiet_ms,
+            bound,
             ..
         } => {
             // Without a write number left, the grant is not
@@ -2216,8 +2296,8 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: Entry, out: &mut Vec<L
                         quiet: Quiet::new(now, ttl_ms, quiet_ms),
                         version: version.unwrap_or(0),
                         claim: entry.claim.clone(),
-                        // K5: which run it lived in is not replicated.
-                        bound: None,
+                        // K5: the run it lives in, as its writes carry it.
+                        bound,
                     }),
                     waiters: VecDeque::new(),
                 },
@@ -2238,6 +2318,7 @@ fn adopt(term: &mut Term, now: Duration, rho: f64, entry: Entry, out: &mut Vec<L
                     request_id,
                     quiet_ms,
                     version,
+                    bound,
                 },
                 claim: entry.claim,
                 written: epoch,
@@ -2288,6 +2369,7 @@ fn commit<'t>(
 /// heard from now. With a quiet mark possibly on the voters, the answer
 /// waits for a write of the grant with nothing quiet to hold on a
 /// majority; otherwise it goes at once.
+#[allow(clippy::too_many_arguments)]
 fn refresh(
     term: &mut Term,
     rho: f64,
@@ -2295,6 +2377,7 @@ fn refresh(
     now: Duration,
     ticket: Ticket,
     reply: LockReply,
+    rewrite: bool,
     out: &mut Vec<LockOutput>,
 ) {
     let marked = term
@@ -2302,7 +2385,12 @@ fn refresh(
         .get(name)
         .and_then(|l| l.holder.as_ref())
         .is_some_and(|h| h.quiet.marked);
-    let version = if marked {
+    // `rewrite`: the grant's run is cleared (K5) by a new version, and
+    // the reply waits for its commit as a marked one's does (the run is
+    // cleared only with that version: without a write number the retry
+    // hears "retry" and the grant stays bound).
+    let write = marked || rewrite;
+    let version = if write {
         match term.next_version(out) {
             Some(v) => v,
             None => {
@@ -2328,21 +2416,30 @@ fn refresh(
         next_mark: now + first_mark(h.ttl_ms),
         marked: h.quiet.marked,
     };
-    if !h.quiet.marked {
+    if !write {
         out.push(LockOutput::Reply { ticket, reply });
         return;
     }
     h.version = version;
+    if rewrite {
+        h.bound = None;
+        // Until this version commits, later retries and renewals write
+        // (without the run) and wait too: answered at once, a second
+        // retry from elsewhere would be told before the unbind holds.
+        h.quiet.marked = true;
+    }
     let entry = Entry {
         name: name.clone(),
         token: h.token,
-        state: EntryState::held(h.ttl_ms, h.owner, h.request_id.clone(), version),
+        state: h.state(0, version),
         claim: h.claim.clone(),
         written: term.epoch,
     };
+    let token = entry.token;
     term.write(entry);
     term.batches.effect(Effect::Refresh {
         name: name.clone(),
+        token,
         version,
         ticket,
         reply,

@@ -304,7 +304,13 @@ impl State {
         }
         // K2: the term's first batch carries the adopted table; it
         // reaches this voter's own copy (durably) like any batch.
+        let freed = self.locks.freed_on_proof_total();
         let outs = self.locks.install(adoption);
+        // K5: adopted grants of runs already proven ended.
+        Metrics::add(
+            &self.metrics.lock_freed_on_proof,
+            self.locks.freed_on_proof_total() - freed,
+        );
         // Begins wait for the promisers' records.
         self.reconcile_promisers(now, e);
         self.apply_locks(outs)

@@ -41,7 +41,8 @@ use crate::locks::Entry;
 /// 9: heartbeat rounds go to voters only, and the other members learn
 /// the leader from its gossiped claim (`membership::KEY_LEADS`): a member
 /// of an earlier version would get neither, so versions refuse each other.
-pub const WIRE_VERSION: u16 = 9;
+/// 10: a grant's entry carries the run its holder is bound to (K5).
+pub const WIRE_VERSION: u16 = 10;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 // A prune round's tombstones, and the forget that names them, fit a frame.

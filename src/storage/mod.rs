@@ -68,12 +68,15 @@ const RUN_FILE: &str = "run";
 const LOCK_FILE: &str = "lock";
 /// The first line of an identity file.
 const IDENTITY_HEADER: &str = "coordmesh data directory 1";
-/// The lock log's first bytes: format and version. Version 3: an entry
-/// carries the epoch that wrote it (K2's merge order). Entries of the
-/// earlier versions are read as written in epoch 0: among themselves they
-/// keep the order they had (token, release over grant, version), and
-/// every write since outranks them.
-const LOG_MAGIC: &[u8; 8] = b"CMLOCKS3";
+/// The lock log's first bytes: format and version. Version 4: a grant
+/// carries the run its holder lives in (K5). Read as unbound from the
+/// earlier versions, whose logs are rewritten as this one.
+const LOG_MAGIC: &[u8; 8] = b"CMLOCKS4";
+/// Version 3's header: an entry carries the epoch that wrote it (K2's
+/// merge order). Entries of the earlier versions are read as written in
+/// epoch 0: among themselves they keep the order they had (token, release
+/// over grant, version), and every write since outranks them.
+const LOG_MAGIC_V3: &[u8; 8] = b"CMLOCKS3";
 /// Version 2's header: entries name their namespace (user lock or
 /// idempotency claim) and carry a claim's facts. Read, then rewritten as
 /// the current version.
@@ -86,7 +89,58 @@ const LOG_MAGIC_V1: &[u8; 8] = b"CMLOCKS1";
 enum LogVersion {
     V1,
     V2,
+    V3,
     Current,
+}
+
+impl LogVersion {
+    fn number(self) -> u32 {
+        match self {
+            LogVersion::V1 => 1,
+            LogVersion::V2 => 2,
+            LogVersion::V3 => 3,
+            LogVersion::Current => 4,
+        }
+    }
+}
+
+/// An entry's state in versions 1 to 3: a grant without the run it is
+/// bound to, read as bound to none (its lock waits out its TTL, K5).
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+enum EntryStateV3 {
+    Held {
+        ttl_ms: u64,
+        owner: crate::ids::NodeId,
+        request_id: Option<String>,
+        quiet_ms: u64,
+        version: u64,
+    },
+    Free {
+        request_id: Option<String>,
+    },
+}
+
+impl From<EntryStateV3> for crate::locks::EntryState {
+    fn from(s: EntryStateV3) -> crate::locks::EntryState {
+        match s {
+            EntryStateV3::Held {
+                ttl_ms,
+                owner,
+                request_id,
+                quiet_ms,
+                version,
+            } => crate::locks::EntryState::Held {
+                ttl_ms,
+                owner,
+                request_id,
+                quiet_ms,
+                version,
+                bound: None,
+            },
+            EntryStateV3::Free { request_id } => crate::locks::EntryState::Free { request_id },
+        }
+    }
 }
 
 /// A lock log entry of version 1.
@@ -94,7 +148,7 @@ enum LogVersion {
 struct EntryV1 {
     name: String,
     token: crate::ids::Token,
-    state: crate::locks::EntryState,
+    state: EntryStateV3,
 }
 
 impl From<EntryV1> for Entry {
@@ -102,7 +156,7 @@ impl From<EntryV1> for Entry {
         Entry {
             name: crate::locks::Name::lock(e.name),
             token: e.token,
-            state: e.state,
+            state: e.state.into(),
             claim: None,
             written: Epoch::ZERO,
         }
@@ -115,7 +169,7 @@ impl From<EntryV1> for Entry {
 struct EntryV2 {
     name: crate::locks::Name,
     token: crate::ids::Token,
-    state: crate::locks::EntryState,
+    state: EntryStateV3,
     claim: Option<Box<crate::locks::ClaimFacts>>,
 }
 
@@ -124,9 +178,32 @@ impl From<EntryV2> for Entry {
         Entry {
             name: e.name,
             token: e.token,
-            state: e.state,
+            state: e.state.into(),
             claim: e.claim,
             written: Epoch::ZERO,
+        }
+    }
+}
+
+/// A lock log entry of version 3.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct EntryV3 {
+    name: crate::locks::Name,
+    token: crate::ids::Token,
+    state: EntryStateV3,
+    claim: Option<Box<crate::locks::ClaimFacts>>,
+    written: Epoch,
+}
+
+impl From<EntryV3> for Entry {
+    fn from(e: EntryV3) -> Entry {
+        Entry {
+            name: e.name,
+            token: e.token,
+            state: e.state.into(),
+            claim: e.claim,
+            written: e.written,
         }
     }
 }
@@ -703,6 +780,8 @@ impl LockLog {
         let header = bytes.get(..LOG_MAGIC.len());
         let version = if header == Some(LOG_MAGIC.as_slice()) {
             LogVersion::Current
+        } else if header == Some(LOG_MAGIC_V3.as_slice()) {
+            LogVersion::V3
         } else if header == Some(LOG_MAGIC_V2.as_slice()) {
             LogVersion::V2
         } else if header == Some(LOG_MAGIC_V1.as_slice()) {
@@ -744,10 +823,11 @@ impl LockLog {
         }
         if version != LogVersion::Current {
             // Appends are of the current version: rewrite the whole log.
-            let was = if version == LogVersion::V1 { 1 } else { 2 };
             repaired.push(format!(
-                "{}: rewrote a lock log of version {was} as version 3",
-                path.display()
+                "{}: rewrote a lock log of version {} as version {}",
+                path.display(),
+                version.number(),
+                LogVersion::Current.number(),
             ));
             return Ok((LockLog::create(path, &replica)?, replica, repaired));
         }
@@ -836,6 +916,7 @@ fn decode_record(bytes: &[u8], version: LogVersion) -> Result<(Entry, usize), us
     let entry = match version {
         LogVersion::V1 => postcard::from_bytes::<EntryV1>(body).map(Entry::from),
         LogVersion::V2 => postcard::from_bytes::<EntryV2>(body).map(Entry::from),
+        LogVersion::V3 => postcard::from_bytes::<EntryV3>(body).map(Entry::from),
         LogVersion::Current => postcard::from_bytes(body),
     };
     Ok((entry.map_err(|_| extent)?, extent))

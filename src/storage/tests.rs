@@ -314,7 +314,7 @@ fn a_version_1_lock_log_is_read_and_rewritten() {
     struct V1<'a> {
         name: &'a str,
         token: Token,
-        state: EntryState,
+        state: EntryStateV3,
     }
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join(LOCKS_FILE);
@@ -323,7 +323,13 @@ fn a_version_1_lock_log_is_read_and_rewritten() {
         let body = postcard::to_stdvec(&V1 {
             name,
             token: Token(token),
-            state: EntryState::held(1000, NodeId(1), None, 0),
+            state: EntryStateV3::Held {
+                ttl_ms: 1000,
+                owner: NodeId(1),
+                request_id: None,
+                quiet_ms: 0,
+                version: 0,
+            },
         })
         .unwrap();
         bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -491,17 +497,24 @@ fn a_version_2_lock_log_is_read_and_rewritten() {
     let path = root.path().join(LOCKS_FILE);
     let mut bytes = LOG_MAGIC_V2.to_vec();
     let token = Token((1 << 32) | 3);
-    let rewritten = EntryState::Held {
-        ttl_ms: 1000,
-        owner: NodeId(1),
-        request_id: Some("r".into()),
-        quiet_ms: 0,
-        version: (2 << 32) | 1,
+    let old_state = |held: bool| {
+        if held {
+            EntryStateV3::Held {
+                ttl_ms: 1000,
+                owner: NodeId(1),
+                request_id: Some("r".into()),
+                quiet_ms: 0,
+                version: (2 << 32) | 1,
+            }
+        } else {
+            EntryStateV3::Free {
+                request_id: Some("r".into()),
+            }
+        }
     };
-    let released = EntryState::Free {
-        request_id: Some("r".into()),
-    };
-    for state in [rewritten.clone(), released.clone()] {
+    let rewritten = EntryState::from(old_state(true));
+    let released = EntryState::from(old_state(false));
+    for state in [old_state(true), old_state(false)] {
         let body = postcard::to_stdvec(&EntryV2 {
             name: Name::lock("a"),
             token,
@@ -541,6 +554,76 @@ fn a_version_2_lock_log_is_read_and_rewritten() {
         ..later
     };
     assert!(other.merge(later));
+}
+
+/// A lock log of version 3 (grants without the run they are bound to) is
+/// read with every grant unbound (K5: its lock waits out its TTL, as it
+/// would have), keeping the epoch each entry was written in, and is
+/// rewritten as the current version; a grant of the current version
+/// keeps its run through the log.
+#[test]
+fn a_version_3_lock_log_is_read_unbound_and_rewritten() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join(LOCKS_FILE);
+    let mut bytes = LOG_MAGIC_V3.to_vec();
+    let body = postcard::to_stdvec(&EntryV3 {
+        name: Name::lock("a"),
+        token: Token((2 << 32) | 1),
+        state: EntryStateV3::Held {
+            ttl_ms: 1000,
+            owner: NodeId(1),
+            request_id: None,
+            quiet_ms: 5,
+            version: (2 << 32) | 1,
+        },
+        claim: None,
+        written: Epoch(2),
+    })
+    .unwrap();
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    fs::write(&path, &bytes).unwrap();
+    let (mut log, replica, notes) = LockLog::open(&path).unwrap();
+    let read = Entry {
+        name: Name::lock("a"),
+        token: Token((2 << 32) | 1),
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(1),
+            request_id: None,
+            quiet_ms: 5,
+            version: (2 << 32) | 1,
+            bound: None,
+        },
+        claim: None,
+        written: Epoch(2),
+    };
+    assert_eq!(replica.get(&Name::lock("a")), Some(&read));
+    assert!(
+        notes.iter().any(|n| n.contains("version 3 as version 4")),
+        "{notes:?}"
+    );
+    assert!(fs::read(&path).unwrap().starts_with(LOG_MAGIC));
+    let bound = Entry {
+        name: Name::lock("b"),
+        state: EntryState::Held {
+            ttl_ms: 1000,
+            owner: NodeId(3),
+            request_id: None,
+            quiet_ms: 0,
+            version: (2 << 32) | 2,
+            bound: Some(crate::ids::Generation(7)),
+        },
+        ..read.clone()
+    };
+    let mut more = replica.clone();
+    more.merge(bound.clone());
+    log.append(&[&bound], &more).unwrap();
+    let (_, again, notes) = LockLog::open(&path).unwrap();
+    assert_eq!(again, more);
+    assert_eq!(again.get(&Name::lock("b")), Some(&bound));
+    assert!(notes.is_empty(), "{notes:?}");
 }
 
 /// K5: a run that took the lock anew proves the last run ended only on

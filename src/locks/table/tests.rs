@@ -443,6 +443,7 @@ mod merge {
                     request_id: None,
                     quiet_ms: version * 100,
                     version,
+                    bound: None,
                 }
             },
             claim: None,
@@ -857,6 +858,7 @@ fn a_takeover_credits_the_quiet_time_but_never_cuts_a_renewed_lease() {
             request_id: None,
             quiet_ms: 6000,
             version: (4 << 32) | 5,
+            bound: None,
         },
         claim: None,
         written: Epoch(0),
@@ -1695,6 +1697,7 @@ fn a_grant_left_in_a_copy_after_its_completion_settled_is_not_in_progress() {
             request_id: None,
             quiet_ms: 0,
             version: 4 << 32,
+            bound: None,
         },
         claim: Some(Box::new(ClaimFacts {
             completion: None,
@@ -2063,38 +2066,116 @@ fn k5_a_run_proven_ended_frees_its_holders_and_drops_its_requests() {
     assert_eq!(h.reply(t), Some(LockReply::Held), "not freed by the proof");
 }
 
+impl Harness {
+    /// An acquire through `node` bound to its run `run` (K5).
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_bound(
+        &mut self,
+        now: u64,
+        name: &str,
+        node: u64,
+        run: u64,
+        id: Option<&str>,
+        wait: u64,
+    ) -> Ticket {
+        let t = self.ticket();
+        let request = LockRequest::AcquireBound {
+            name: name.into(),
+            ttl_ms: 10_000,
+            wait_ms: wait,
+            request_id: id.map(String::from),
+            generation: Generation(run),
+        };
+        let out = self.table.handle_request(
+            ms(now),
+            WALL + now,
+            t,
+            NodeId(node),
+            request,
+            RecordsSay::default(),
+        );
+        self.absorb(out);
+        t
+    }
+
+    /// Flushes, and has `acks` ack every batch, keeping what the batches
+    /// carried in `copy` (a voter's copy).
+    fn commit_into(&mut self, now: u64, acks: &[NodeId], copy: &mut Replica) {
+        let out = self.table.flush();
+        self.absorb(out);
+        for (_, entries) in &self.batches {
+            for e in entries {
+                copy.merge(e.clone());
+            }
+        }
+        self.commit(now, acks);
+    }
+
+    /// A new leader's harness at epoch 6 over `copy` (the voters' merged
+    /// copies), its adopted grants committed.
+    fn next_leader(copy: &Replica, ended: Option<(u64, u64)>) -> Harness {
+        let mut h = Harness::new();
+        h.table = LockTable::new(TableConfig::new(&V, 0.01));
+        h.batches.clear();
+        if let Some((node, run)) = ended {
+            let out = h
+                .table
+                .handle_run_ended(ms(0), NodeId(node), Generation(run));
+            h.absorb(out);
+        }
+        let out = h.table.take_over(ms(100), Epoch(6), copy.clone());
+        h.absorb(out);
+        h.open_begins();
+        h
+    }
+}
+
+/// K5 through a retry from elsewhere: the holder's request retried with
+/// its request id through another node (another process, which may be
+/// the one told). Before the grant commits the retry hears "retry"; after,
+/// it is answered only once a rewrite without the run holds, so a leader
+/// adopting the grant cannot free it on the run's end. A waiter's retry
+/// unbinds it at once (waiters are not replicated).
 #[test]
 fn k5_a_retry_through_another_node_unbinds_the_grant() {
     let mut h = Harness::new();
-    let bound = |h: &mut Harness, node: u64, id: &str, wait: u64| {
-        let t = h.ticket();
-        let request = LockRequest::AcquireBound {
-            name: "x".into(),
-            ttl_ms: 10_000,
-            wait_ms: wait,
-            request_id: Some(id.into()),
-            generation: Generation(7),
-        };
-        let out =
-            h.table
-                .handle_request(ms(0), WALL, t, NodeId(node), request, RecordsSay::default());
-        h.absorb(out);
-        t
-    };
-    // The holder's request retried by another process through node 5,
-    // before and after the grant commits; then a waiter's likewise.
-    let first = bound(&mut h, 4, "r1", 0);
-    let retry = h.acquire(1, "x", 10_000, 0, Some("r1"));
-    h.commit(2, &[ME, NodeId(2)]);
+    let mut copy = Replica::default();
+    let first = h.acquire_bound(0, "x", 4, 7, Some("r1"), 0);
+    let early = h.acquire_via(1, NodeId(5), "x", 10_000, 0, Some("r1"));
+    assert_eq!(
+        h.reply(early),
+        Some(LockReply::NoQuorum),
+        "before the commit"
+    );
+    h.commit_into(2, &[ME, NodeId(2)], &mut copy);
     let token = h.granted(first);
+    let retry = h.acquire_via(3, NodeId(5), "x", 10_000, 0, Some("r1"));
+    assert_eq!(h.reply(retry), None, "not before the rewrite holds");
+    // Sent again while the rewrite is on its way (a resend, a duplicate):
+    // not answered before a write without the run holds either.
+    let resent = h.acquire_via(3, NodeId(5), "x", 10_000, 0, Some("r1"));
+    assert_eq!(h.reply(resent), None, "a second retry waits as well");
+    let out = h.table.flush();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, LockOutput::Replicate { entries, .. }
+            if entries.iter().any(|e| matches!(e.state, EntryState::Held { bound: None, .. })))),
+        "a rewrite without the run: {out:?}"
+    );
+    h.absorb(out);
+    h.commit_into(4, &[ME, NodeId(3)], &mut copy);
     assert_eq!(h.granted(retry), token);
-    let waiter = bound(&mut h, 4, "r2", 30_000);
+    assert_eq!(h.granted(resent), token);
+    // The same retry again: nothing left to unbind, answered at once.
+    let again = h.acquire_via(5, NodeId(5), "x", 10_000, 0, Some("r1"));
+    assert_eq!(h.granted(again), token);
+    let waiter = h.acquire_bound(5, "x", 4, 7, Some("r2"), 30_000);
     let t = h.ticket();
     let out = h
         .table
-        .handle_acquire(ms(3), t, NodeId(5), "x", 10_000, 30_000, Some("r2".into()));
+        .handle_acquire(ms(5), t, NodeId(5), "x", 10_000, 30_000, Some("r2".into()));
     h.absorb(out);
-    let out = h.table.handle_run_ended(ms(4), NodeId(4), Generation(7));
+    let out = h.table.handle_run_ended(ms(6), NodeId(4), Generation(7));
     h.absorb(out);
     assert_eq!(h.table.freed_on_proof_total(), 0, "the retry may hold it");
     assert_eq!(
@@ -2102,8 +2183,104 @@ fn k5_a_retry_through_another_node_unbinds_the_grant() {
         None,
         "still queued: a retry may receive it"
     );
-    let other = h.acquire(5, "x", 10_000, 0, None);
+    let other = h.acquire(7, "x", 10_000, 0, None);
     assert_eq!(h.reply(other), Some(LockReply::Held));
+    // Nor may the next leader free it on the run's end.
+    let mut next = Harness::next_leader(&copy, Some((4, 7)));
+    next.commit(101, &[ME, NodeId(2)]);
+    assert_eq!(next.table.freed_on_proof_total(), 0);
+    let t = next.acquire(102, "x", 10_000, 0, None);
+    assert_eq!(next.reply(t), Some(LockReply::Held));
+}
+
+/// K5: without a write number left, a retry from elsewhere cannot be
+/// made durable: it hears "retry" and the grant stays bound to its run
+/// (the retry's client was told nothing), so the run's end still frees it.
+#[test]
+fn k5_a_retry_from_elsewhere_without_a_write_number_leaves_the_grant_bound() {
+    let mut h = Harness::new();
+    let first = h.acquire_bound(0, "x", 4, 7, Some("r1"), 0);
+    h.commit(1, &[ME, NodeId(2)]);
+    h.granted(first);
+    h.table.set_next_write(SEQ_MAX + 1);
+    let retry = h.acquire_via(2, NodeId(5), "x", 10_000, 0, Some("r1"));
+    assert_eq!(h.reply(retry), Some(LockReply::NoQuorum));
+    let again = h.acquire_via(3, NodeId(5), "x", 10_000, 0, Some("r1"));
+    assert_eq!(h.reply(again), Some(LockReply::NoQuorum), "still bound");
+    let out = h.table.handle_run_ended(ms(4), NodeId(4), Generation(7));
+    h.absorb(out);
+    assert_eq!(h.table.freed_on_proof_total(), 1);
+}
+
+/// A retry answered on a rewrite's commit hears the grant granted only
+/// if it still holds then: released meanwhile, it hears "ended" (K4).
+#[test]
+fn a_retry_waiting_on_a_rewrite_of_a_grant_released_meanwhile_grants_nothing() {
+    let mut h = Harness::new();
+    let first = h.acquire_bound(0, "x", 4, 7, Some("r1"), 0);
+    h.commit(1, &[ME, NodeId(2)]);
+    let token = h.granted(first);
+    let retry = h.acquire_via(2, NodeId(5), "x", 10_000, 0, Some("r1"));
+    let out = h.table.flush();
+    h.absorb(out);
+    let r = h.ticket();
+    let out = h.table.handle_release(ms(3), r, "x", token);
+    h.absorb(out);
+    h.commit(4, &[ME, NodeId(2)]);
+    assert_eq!(h.reply(retry), Some(LockReply::Ended));
+}
+
+/// K5 across a failover: a grant keeps its run in every write, so the
+/// leader that adopts it frees it on the proof of the run's end, whether
+/// the proof comes after the takeover or was known before it. An unbound
+/// grant, one of a later run, and one of an earlier run than the proof
+/// names are not freed.
+#[test]
+fn k5_an_adopted_grant_is_freed_once_its_run_is_proven_ended() {
+    let mut h = Harness::new();
+    let mut copy = Replica::default();
+    let x = h.acquire_bound(0, "x", 4, 7, None, 0);
+    let y = h.acquire_bound(0, "y", 4, 8, None, 0);
+    let z = h.acquire_via(0, NodeId(4), "z", 10_000, 0, None);
+    let w = h.acquire_bound(0, "w", 4, 6, None, 0);
+    h.commit_into(1, &[ME, NodeId(2)], &mut copy);
+    let tx = h.granted(x);
+    h.granted(y);
+    h.granted(z);
+    h.granted(w);
+    // A quiet mark rewrites the grants (K3): the run is kept.
+    let out = h.table.handle_tick(ms(6_000));
+    h.absorb(out);
+    h.commit_into(6_001, &[ME, NodeId(2)], &mut copy);
+    assert!(
+        copy.entries()
+            .filter(|e| e.name.text == "x")
+            .all(|e| matches!(e.state, EntryState::Held { bound: Some(Generation(7)), quiet_ms, .. } if quiet_ms > 0)),
+        "{copy:?}"
+    );
+    for known_before in [false, true] {
+        let mut next = Harness::next_leader(&copy, known_before.then_some((4, 7)));
+        next.commit(101, &[ME, NodeId(2)]);
+        let waiter = next.acquire(102, "x", 10_000, 30_000, None);
+        if !known_before {
+            assert_eq!(next.reply(waiter), None, "held until the proof");
+            let out = next
+                .table
+                .handle_run_ended(ms(103), NodeId(4), Generation(7));
+            next.absorb(out);
+        }
+        assert_eq!(next.reply(waiter), None, "not before the tombstone commits");
+        next.commit(104, &[ME, NodeId(3)]);
+        assert!(next.granted(waiter) > tx, "known before: {known_before}");
+        assert_eq!(next.table.freed_on_proof_total(), 1);
+        // y: a later run; z: unbound; w: an earlier run than the proof
+        // names, which the leader that bound it may have bound unaware of
+        // the proof (a live run on a new directory can rank below it).
+        for name in ["y", "z", "w"] {
+            let t = next.acquire(105, name, 10_000, 0, None);
+            assert_eq!(next.reply(t), Some(LockReply::Held), "{name}");
+        }
+    }
 }
 
 #[test]
