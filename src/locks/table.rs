@@ -72,6 +72,11 @@ pub use crate::replication::PRUNE_WAIT;
 /// (the frame's bound is checked against it in the RPC's tests).
 pub const PRUNE_BYTES_MAX: usize = 256 * 1024;
 
+/// The proofs of ended runs a table keeps per node (K5): the latest, so a
+/// node restarting in a loop frees the grants of each run it proves ended
+/// while the leader still holds them, in a bounded set.
+pub const PROOFS_PER_NODE: usize = 16;
+
 /// The last `ENDED_REQUESTS_MAX` (name, request id) pairs of ended
 /// grants, oldest forgotten first, looked up by hash: every acquire with
 /// a request id asks.
@@ -616,8 +621,9 @@ pub struct LockTable {
     /// if it serves that epoch again, it goes on from there, even where
     /// the tombstones that held its highest tokens were collected (K1).
     resume: Option<(Epoch, u64, u64)>,
-    /// By node, the latest run proven ended (K5), kept across terms.
-    ended_runs: HashMap<NodeId, Generation>,
+    /// By node, the runs proven ended (K5), kept across terms: the
+    /// latest [`PROOFS_PER_NODE`].
+    ended_runs: HashMap<NodeId, BTreeSet<Generation>>,
     /// Locks freed on proof of their holder's death (K5).
     proven_dead: u64,
     /// Tombstones pruned (PROTOCOL.md, "Locks" 8).
@@ -655,8 +661,11 @@ impl LockTable {
         ended: Generation,
     ) -> Vec<LockOutput> {
         let mut out = Vec::new();
-        let known = self.ended_runs.entry(node).or_insert(ended);
-        *known = (*known).max(ended);
+        let known = self.ended_runs.entry(node).or_default();
+        known.insert(ended);
+        while known.len() > PROOFS_PER_NODE {
+            known.pop_first();
+        }
         self.free_ended_runs(now, &mut out);
         out
     }
@@ -670,19 +679,12 @@ impl LockTable {
             return;
         };
         let ended_runs = &self.ended_runs;
-        // A run at or below a proof is gone: runs on one directory rise.
-        // A grant this leader bound passed that test when it was asked
-        // (`acquire`: a run below a proof it knew, after a lost
-        // generation file, is served unbound). An adopted grant was bound
-        // by a leader that may not have known the proof, so only a proof
-        // naming its very run frees it: a run below the proof may be a
-        // live one on a new directory.
-        let dead = |h_owner: NodeId, bound: Option<Generation>, adopted: bool| {
-            bound.is_some_and(|b| {
-                ended_runs
-                    .get(&h_owner)
-                    .is_some_and(|&ended| if adopted { b == ended } else { b <= ended })
-            })
+        // Only a proof naming its very run frees a grant. Runs on one
+        // directory rise, but a run below a proof may be a live one on a
+        // new directory (a lost generation file and a clock stepped
+        // back), bound by a leader that had not heard of the proof.
+        let dead = |owner: NodeId, bound: Option<Generation>| {
+            bound.is_some_and(|b| ended_runs.get(&owner).is_some_and(|runs| runs.contains(&b)))
         };
         let mut freed = Vec::new();
         for (name, lock) in term.locks.iter_mut() {
@@ -690,17 +692,13 @@ impl LockTable {
                 continue;
             }
             lock.waiters.retain_mut(|w| {
-                if !dead(w.owner, w.bound, false) {
+                if !dead(w.owner, w.bound) {
                     return true;
                 }
                 retry_all(&mut w.tickets, out);
                 false
             });
-            if lock
-                .holder
-                .as_ref()
-                .is_some_and(|h| dead(h.owner, h.bound, h.adopted))
-            {
+            if lock.holder.as_ref().is_some_and(|h| dead(h.owner, h.bound)) {
                 freed.push(name.clone());
             }
         }
@@ -1092,7 +1090,12 @@ impl LockTable {
         // K5: a request of a run already proven ended (a late one, or a
         // run whose generation fell below it after a lost generation
         // file) is served unbound: its grant waits out its TTL.
-        let bound = bound.filter(|&b| self.ended_runs.get(&owner).is_none_or(|&ended| b > ended));
+        let bound = bound.filter(|&b| {
+            self.ended_runs
+                .get(&owner)
+                .and_then(|runs| runs.last())
+                .is_none_or(|&ended| b > ended)
+        });
         let mut out = Vec::new();
         if ttl_ms > self.config.ttl_max_ms {
             let max = self.config.ttl_max_ms;
@@ -1136,12 +1139,14 @@ impl LockTable {
                 // Before the grant commits the retry hears "retry" (it
                 // would be answered with the grant's own commit).
                 let unbind = h.bound.is_some() && (h.owner, h.bound) != (owner, bound);
-                if unbind && !committed {
-                    return reply(ticket, LockReply::NoQuorum);
-                }
                 let Some(h) = term.locks.get_mut(name).and_then(|l| l.holder.as_mut()) else {
                     return out;
                 };
+                if unbind && !committed {
+                    // Its client still listens: the grant is not late.
+                    h.reply_by = h.reply_by.max(now + reply_within);
+                    return reply(ticket, LockReply::NoQuorum);
+                }
                 if committed {
                     let reply = granted(h);
                     refresh(term, rho, name, now, ticket, reply, unbind, &mut out);
