@@ -157,7 +157,7 @@ fn measure_http(sys: &System, args: &LocksOptions) -> Result<Figures, String> {
         failovers: 0,
         ..args.clone()
     };
-    runtime.block_on(measure(sys, &quiet, |_| Box::new(|| {}), |_| {}))
+    runtime.block_on(measure(sys, &quiet, |_| Box::new(|| {}), |_| {}, || None))
 }
 
 enum Session {
@@ -467,6 +467,7 @@ async fn measure(
     args: &LocksOptions,
     mut killer: impl FnMut(usize) -> Box<dyn FnOnce() + Send>,
     mut heal: impl FnMut(usize),
+    memory: impl Fn() -> Option<String>,
 ) -> Result<Figures, String> {
     let single = single(sys, args.calls).await?;
     let d = Duration::from_secs(args.duration_s);
@@ -484,6 +485,9 @@ async fn measure(
                 held.len(),
                 start.elapsed().as_secs_f64()
             );
+            if let Some(rss) = memory() {
+                println!("{}: resident memory with them held: {rss}", sys.name());
+            }
             held
         }
         _ => Vec::new(),
@@ -527,6 +531,12 @@ async fn measure(
                 gap.as_secs_f64() * 1000.0,
                 held.len()
             );
+            if let Some(rss) = memory() {
+                println!(
+                    "{}: resident memory after failover {trial}: {rss}",
+                    sys.name()
+                );
+            }
         }
         heal(trial);
     }
@@ -872,6 +882,20 @@ pub fn locks(bin: &std::path::Path, args: LocksOptions) -> Result<(), String> {
                     });
                 }
             },
+            || {
+                let a = agents.lock().unwrap();
+                let leader = a.agreed_leader().map(|(id, _)| id);
+                let rss: Vec<String> = a
+                    .ids()
+                    .iter()
+                    .filter_map(|&id| {
+                        let kib = crate::harness::agents::rss_kib(a.pid(id)?)?;
+                        let role = if Some(id) == leader { " (leader)" } else { "" };
+                        Some(format!("node {id}{role} {:.1} MiB", kib as f64 / 1024.0))
+                    })
+                    .collect();
+                Some(rss.join(", "))
+            },
         )
         .await?;
         Ok::<_, String>(f)
@@ -998,6 +1022,7 @@ fn etcd(
                     e.wait_healthy(Duration::from_secs(60));
                 }
             },
+            || None,
         )
         .await
     })?;
