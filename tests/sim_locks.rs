@@ -2170,6 +2170,67 @@ async fn k5_a_holder_outside_the_nodes_process_is_not_proven_dead() {
     k5_waits_out_the_ttl(seed, NodeId(3), false).await;
 }
 
+/// Review 8, scripted: a node demoted from voter keeps its data
+/// directory, whose copy holds a grant it never saw released (it was down
+/// for the release). The new voters prune the release's tombstone; the
+/// demoted node, the lowest id, then leads. Its own copy must not count:
+/// a node that is no voter starts with none, else it brings back the
+/// grant the voters forgot and the lock is held by nobody.
+#[tokio::test(start_paused = true)]
+async fn a_demoted_voter_does_not_bring_back_a_grant_the_voters_forgot() {
+    let seed = SimCluster::seed_from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(seed, ids(3));
+    c.data_root = Some(dir.path().to_path_buf());
+    c.prune_every = Duration::from_secs(1);
+    for id in 1..=4 {
+        c.add(NodeId(id)).await;
+    }
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
+    let ttl = Duration::from_millis(3000);
+    let token = match ask(c.mesh(NodeId(2)), acquire_with_id("x", ttl, "x-1")).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {seed})"),
+    };
+    // Node 1 goes down holding the grant; node 2 leads and frees it.
+    c.kill(NodeId(1)).await;
+    assert_eq!(c.led().await, NodeId(2), "seed {seed}");
+    let release = LockRequest::Release {
+        name: "x".into(),
+        token,
+    };
+    assert_eq!(
+        ask(c.mesh(NodeId(2)), release).await,
+        LockReply::Released,
+        "seed {seed}"
+    );
+    // The voters become 2, 3 and 4; node 1 stays down meanwhile, and the
+    // new voters prune the tombstone.
+    for id in 2..=4 {
+        c.kill(NodeId(id)).await;
+    }
+    c.set_voters(vec![NodeId(2), NodeId(3), NodeId(4)]);
+    for id in 2..=4 {
+        c.restart(NodeId(id)).await;
+    }
+    c.eventually(Duration::from_secs(30), "the tombstone pruned", |c| {
+        (2..=4).any(|id| pruned(c.mesh(NodeId(id))) > 0)
+    })
+    .await;
+    // Node 1, no voter now, comes back and leads (the lowest id).
+    c.restart(NodeId(1)).await;
+    c.eventually(Duration::from_secs(10), "node 1 leading", |c| {
+        c.agreed_leader() == Some(NodeId(1))
+    })
+    .await;
+    let again = acquire_with_id("x", ttl, "x-2");
+    match ask(c.mesh(NodeId(3)), again).await {
+        LockReply::Granted { token: next, .. } => assert!(next > token, "seed {seed}"),
+        other => panic!("x is free, yet: {other:?} (seed {seed})"),
+    }
+    c.shutdown().await;
+}
+
 /// One lock request through `mesh`, retried while no leader answers.
 async fn ask(mesh: &Mesh, request: LockRequest) -> LockReply {
     for _ in 0..100 {

@@ -336,6 +336,28 @@ impl SimCluster {
         self.slot_mut(id).mesh = Some(mesh);
     }
 
+    /// Changes the voter set, as an operator does: every node stopped,
+    /// each started again with the new set (E7's "stop all, change,
+    /// start"). A new voter gets a data directory below `data_root`; a
+    /// node that is no voter any more keeps the directory it had.
+    pub fn set_voters(&mut self, voters: Vec<NodeId>) {
+        let seed = self.seed;
+        for (id, slot) in &mut self.slots {
+            assert!(slot.mesh.is_none(), "node {id} is running (seed {seed})");
+            slot.builder.voters = Some(voters.clone());
+            if voters.contains(id)
+                && !self.ephemeral.contains(id)
+                && slot.builder.data_dir.is_none()
+            {
+                slot.builder.data_dir = self
+                    .data_root
+                    .as_ref()
+                    .map(|r| r.join(format!("node-{id}")));
+            }
+        }
+        self.voters = voters;
+    }
+
     /// Stops node `id` as a crash would: no leave, sockets closed.
     pub async fn kill(&mut self, id: NodeId) {
         if let Some(mesh) = self.slot_mut(id).mesh.take() {
