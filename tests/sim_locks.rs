@@ -2231,6 +2231,61 @@ async fn a_demoted_voter_does_not_bring_back_a_grant_the_voters_forgot() {
     c.shutdown().await;
 }
 
+/// E7's evidence through a member that is no voter: heartbeats go to
+/// voters only, so a non-voter learns the leader, and the epoch it
+/// gossips (`led_epoch`), from the leader's gossiped claim. When every
+/// voter comes back with a blank data directory, that gossiped epoch is
+/// the only sign of the cluster's earlier life: the voters must wait out
+/// the longest TTL before any grant, and take epochs above it, rather
+/// than form a new cluster at once and grant a lock still held.
+#[tokio::test(start_paused = true)]
+async fn a_non_voters_gossiped_epoch_keeps_blank_voters_from_a_new_cluster() {
+    let seed = SimCluster::seed_from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(seed, ids(3));
+    c.data_root = Some(dir.path().to_path_buf());
+    for id in 1..=4 {
+        c.add(NodeId(id)).await;
+    }
+    assert_eq!(c.led().await, NodeId(1), "seed {seed}");
+    let ttl = Duration::from_millis(3000);
+    let token = match ask(c.mesh(NodeId(4)), acquire_with_id("x", ttl, "x-1")).await {
+        LockReply::Granted { token, .. } => token,
+        other => panic!("{other:?} (seed {seed})"),
+    };
+    let granted = c.now();
+    // Node 4 has followed epoch 1 long enough to gossip it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in 1..=3 {
+        c.kill(NodeId(id)).await;
+        std::fs::remove_dir_all(dir.path().join(format!("node-{id}"))).unwrap();
+    }
+    for id in 1..=3 {
+        c.restart(NodeId(id)).await;
+    }
+    let next = loop {
+        match c
+            .mesh(NodeId(4))
+            .lock_request(acquire_with_id("x", ttl, "x-2"), Duration::from_secs(2))
+            .await
+        {
+            Ok(LockReply::Granted { token, .. }) => break token,
+            Ok(LockReply::Held) => panic!("x held after the wipe (seed {seed})"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let after = c.now() - granted;
+    assert!(
+        after >= ttl,
+        "x granted again {after:?} after its grant, within its TTL (seed {seed})"
+    );
+    assert!(
+        next > token,
+        "a token repeated: {next:?} after {token:?} (seed {seed})"
+    );
+    c.shutdown().await;
+}
+
 /// One lock request through `mesh`, retried while no leader answers.
 async fn ask(mesh: &Mesh, request: LockRequest) -> LockReply {
     for _ in 0..100 {
