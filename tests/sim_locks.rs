@@ -1976,12 +1976,7 @@ async fn observers_hear_each_change_when_it_happens() {
 /// acquire the waiter was granted, and the waiter's and holder's tokens.
 async fn k5_case(seed: u64, holder: NodeId, guard: bool) -> (Duration, Token, Token) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = SimCluster::new(seed, ids(3));
-    c.data_root = Some(dir.path().to_path_buf());
-    c.tuning = coordmesh::ConfigBuilder {
-        lock_ttl_max_ms: Some(60_000),
-        ..Default::default()
-    };
+    let mut c = k5_cluster(seed, 3, dir.path());
     for id in 1..=4 {
         c.add(NodeId(id)).await;
     }
@@ -2005,19 +2000,35 @@ async fn k5_case(seed: u64, holder: NodeId, guard: bool) -> (Duration, Token, To
         );
     }
     c.restart(holder).await;
-    let waiter = c
-        .mesh(NodeId(2))
-        .lock("job")
-        .ttl(ttl)
-        .wait(Duration::from_secs(40))
-        .acquire()
-        .await
-        .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let waiter = k5_waiter(&c, ttl).await;
     let after = c.now() - sent;
     let next = waiter.token();
     drop(kept);
     c.shutdown().await;
     (after, next, token)
+}
+
+/// A cluster of `voters` voters with data directories below `dir`,
+/// allowing TTLs up to 60 s (K5's cases hold locks for 20 s).
+fn k5_cluster(seed: u64, voters: u64, dir: &std::path::Path) -> SimCluster {
+    let mut c = SimCluster::new(seed, ids(voters));
+    c.data_root = Some(dir.to_path_buf());
+    c.tuning = coordmesh::ConfigBuilder {
+        lock_ttl_max_ms: Some(60_000),
+        ..Default::default()
+    };
+    c
+}
+
+/// "job" taken through node 2, waiting up to 40 s for it.
+async fn k5_waiter(c: &SimCluster, ttl: Duration) -> coordmesh::locks::LockGuard {
+    c.mesh(NodeId(2))
+        .lock("job")
+        .ttl(ttl)
+        .wait(Duration::from_secs(40))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("granted: {e} (seed {})", c.seed()))
 }
 
 /// A K5 case with no proof: the waiter gets the lock only after the TTL.
@@ -2051,12 +2062,7 @@ async fn k5_a_lock_passes_on_once_its_holders_run_is_proven_ended() {
 async fn k5_an_adopted_grant_passes_on_once_its_holders_run_is_proven_ended() {
     let seed = SimCluster::seed_from_env();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = SimCluster::new(seed, ids(5));
-    c.data_root = Some(dir.path().to_path_buf());
-    c.tuning = coordmesh::ConfigBuilder {
-        lock_ttl_max_ms: Some(60_000),
-        ..Default::default()
-    };
+    let mut c = k5_cluster(seed, 5, dir.path());
     for id in 1..=5 {
         c.add(NodeId(id)).await;
     }
@@ -2075,14 +2081,7 @@ async fn k5_an_adopted_grant_passes_on_once_its_holders_run_is_proven_ended() {
         "the killed run's guard is over (seed {seed})"
     );
     c.restart(holder).await;
-    let waiter = c
-        .mesh(NodeId(2))
-        .lock("job")
-        .ttl(ttl)
-        .wait(Duration::from_secs(40))
-        .acquire()
-        .await
-        .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let waiter = k5_waiter(&c, ttl).await;
     let after = c.now() - adopted;
     assert!(waiter.token() > token, "seed {seed}");
     assert!(
@@ -2112,12 +2111,7 @@ async fn k5_an_adopted_grant_passes_on_once_its_holders_run_is_proven_ended() {
 async fn k5_a_leader_frees_the_grants_of_its_own_last_run() {
     let seed = SimCluster::seed_from_env();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = SimCluster::new(seed, ids(3));
-    c.data_root = Some(dir.path().to_path_buf());
-    c.tuning = coordmesh::ConfigBuilder {
-        lock_ttl_max_ms: Some(60_000),
-        ..Default::default()
-    };
+    let mut c = k5_cluster(seed, 3, dir.path());
     for id in 1..=3 {
         c.add(NodeId(id)).await;
     }
@@ -2134,14 +2128,7 @@ async fn k5_a_leader_frees_the_grants_of_its_own_last_run() {
         c.restart(NodeId(id)).await;
     }
     assert_eq!(c.led().await, NodeId(1), "seed {seed}");
-    let waiter = c
-        .mesh(NodeId(2))
-        .lock("job")
-        .ttl(ttl)
-        .wait(Duration::from_secs(40))
-        .acquire()
-        .await
-        .unwrap_or_else(|e| panic!("granted: {e} (seed {seed})"));
+    let waiter = k5_waiter(&c, ttl).await;
     let after = c.now() - restarted;
     assert!(waiter.token() > token, "seed {seed}");
     assert!(

@@ -305,6 +305,14 @@ fn callbacks_run_outside_the_disk_lock() {
     asker.join().unwrap();
 }
 
+/// Appends a lock log record of `body` as the log frames it: its length,
+/// its CRC-32, the body.
+fn push_record(bytes: &mut Vec<u8>, body: &[u8]) {
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(body);
+}
+
 /// A lock log of version 1 (user locks only, before claims had a
 /// namespace) is read as user locks and rewritten as the current version,
 /// so later appends follow whole records of one version.
@@ -332,9 +340,7 @@ fn a_version_1_lock_log_is_read_and_rewritten() {
             },
         })
         .unwrap();
-        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
+        push_record(&mut bytes, &body);
     }
     fs::write(&path, &bytes).unwrap();
     let (mut log, replica, notes) = LockLog::open(&path).unwrap();
@@ -522,9 +528,7 @@ fn a_version_2_lock_log_is_read_and_rewritten() {
             claim: None,
         })
         .unwrap();
-        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
+        push_record(&mut bytes, &body);
     }
     fs::write(&path, &bytes).unwrap();
     let (_, replica, notes) = LockLog::open(&path).unwrap();
@@ -580,9 +584,7 @@ fn a_version_3_lock_log_is_read_unbound_and_rewritten() {
         written: Epoch(2),
     })
     .unwrap();
-    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
+    push_record(&mut bytes, &body);
     fs::write(&path, &bytes).unwrap();
     let (mut log, replica, notes) = LockLog::open(&path).unwrap();
     let read = Entry {

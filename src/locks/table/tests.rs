@@ -314,15 +314,7 @@ fn k4_a_grant_committed_after_its_requester_gave_up_is_released() {
     // The batch commits only after wait + grace (1.1 s): sent again
     // under a new id at 1 s (acks come no later than that after a send),
     // acked at 1.2 s.
-    h.batches.clear();
-    h.tick(1000);
-    let out = h.table.flush();
-    h.absorb(out);
-    let (batch, _) = h.batches.remove(0);
-    for v in [ME, NodeId(2)] {
-        let out = h.table.handle_ack(ms(1200), batch, v);
-        h.absorb(out);
-    }
+    h.resend_and_ack_late();
     assert_eq!(h.reply(a), Some(LockReply::Held));
     // Its tombstone is in the next batch, and the lock is free again.
     h.commit(1201, &[ME, NodeId(2)]);
@@ -2050,10 +2042,7 @@ fn k5_a_run_proven_ended_frees_its_holders_and_drops_its_requests() {
     assert!(h.granted(next) > tx, "x passed on at once");
     assert_eq!(h.table.freed_on_proof_total(), 1);
     // y (a later run), z (not bound) and w (another node) still held.
-    for name in ["y", "z", "w"] {
-        let t = h.acquire(5, name, 10_000, 0, None);
-        assert_eq!(h.reply(t), Some(LockReply::Held), "{name}");
-    }
+    h.assert_held(5, &["y", "z", "w"]);
     // A late request of the ended run is served unbound: its grant
     // waits out its TTL (a run whose generation fell below the proof's
     // must not be refused for ever).
@@ -2096,6 +2085,37 @@ impl Harness {
         );
         self.absorb(out);
         t
+    }
+
+    /// Each of `names` is held: an acquire that does not wait hears so.
+    fn assert_held(&mut self, now: u64, names: &[&str]) {
+        for name in names {
+            let t = self.acquire(now, name, 10_000, 0, None);
+            assert_eq!(self.reply(t), Some(LockReply::Held), "{name}");
+        }
+    }
+
+    /// The batch sent is not acked: sent again under a new id at 1 s
+    /// (acks come no later than that after a send), and that one acked by
+    /// a majority at 1.2 s.
+    fn resend_and_ack_late(&mut self) {
+        self.batches.clear();
+        self.tick(1000);
+        let out = self.table.flush();
+        self.absorb(out);
+        let (batch, _) = self.batches.remove(0);
+        for v in [ME, NodeId(2)] {
+            let out = self.table.handle_ack(ms(1200), batch, v);
+            self.absorb(out);
+        }
+    }
+
+    /// A release of `name` held with `tok`.
+    fn release(&mut self, now: u64, name: &str, tok: Token) -> Ticket {
+        let r = self.ticket();
+        let out = self.table.handle_release(ms(now), r, name, tok);
+        self.absorb(out);
+        r
     }
 
     /// Flushes, and has `acks` ack every batch, keeping what the batches
@@ -2208,14 +2228,7 @@ fn k5_an_early_retry_from_elsewhere_keeps_the_grant_from_going_late() {
     assert_eq!(h.reply(early), Some(LockReply::NoQuorum));
     // Sent again at 1 s (no acks yet), acked at 1.2 s: past the first
     // requester's cut-off, within the retry's.
-    h.tick(1000);
-    let out = h.table.flush();
-    h.absorb(out);
-    let (batch, _) = h.batches.remove(0);
-    for v in [ME, NodeId(2)] {
-        let out = h.table.handle_ack(ms(1200), batch, v);
-        h.absorb(out);
-    }
+    h.resend_and_ack_late();
     let token = h.granted(first);
     let again = h.acquire_via(1201, NodeId(5), "x", 10_000, 0, Some("r1"));
     h.commit(1202, &[ME, NodeId(2)]);
@@ -2252,9 +2265,7 @@ fn a_retry_waiting_on_a_rewrite_of_a_grant_released_meanwhile_grants_nothing() {
     let retry = h.acquire_via(2, NodeId(5), "x", 10_000, 0, Some("r1"));
     let out = h.table.flush();
     h.absorb(out);
-    let r = h.ticket();
-    let out = h.table.handle_release(ms(3), r, "x", token);
-    h.absorb(out);
+    h.release(3, "x", token);
     h.commit(4, &[ME, NodeId(2)]);
     assert_eq!(h.reply(retry), Some(LockReply::Ended));
 }
@@ -2311,10 +2322,7 @@ fn k5_an_adopted_grant_is_freed_once_its_run_is_proven_ended() {
         // y: a later run; z: unbound; w: an earlier run than the proof
         // names, which the leader that bound it may have bound unaware of
         // the proof (a live run on a new directory can rank below it).
-        for name in ["y", "z", "w"] {
-            let t = next.acquire(105, name, 10_000, 0, None);
-            assert_eq!(next.reply(t), Some(LockReply::Held), "{name}");
-        }
+        next.assert_held(105, &["y", "z", "w"]);
     }
 }
 
