@@ -1268,28 +1268,7 @@ impl LockTable {
             }
             let version = (term.epoch.0 << 32) | term.next_write;
             term.next_write += 1;
-            let entry = Entry {
-                name: name.clone(),
-                token: tok,
-                state: EntryState::Held {
-                    ttl_ms: w.ttl_ms,
-                    owner: w.owner,
-                    request_id: w.request_id.clone(),
-                    quiet_ms: 0,
-                    version,
-                    bound: w.bound,
-                },
-                claim: w.claim.clone(),
-                written: term.epoch,
-            };
-            term.claims.note(&term.known, &entry);
-            term.known.merge(entry.clone());
-            term.batches.write(entry);
-            term.batches.effect(Effect::Grant {
-                name: name.clone(),
-                token: tok,
-            });
-            lock.holder = Some(Holder {
+            let holder = Holder {
                 token: tok,
                 ttl_ms: w.ttl_ms,
                 owner: w.owner,
@@ -1303,7 +1282,22 @@ impl LockTable {
                 version,
                 claim: w.claim,
                 bound: w.bound,
+            };
+            let entry = Entry {
+                name: name.clone(),
+                token: tok,
+                state: holder.state(0, version),
+                claim: holder.claim.clone(),
+                written: term.epoch,
+            };
+            term.claims.note(&term.known, &entry);
+            term.known.merge(entry.clone());
+            term.batches.write(entry);
+            term.batches.effect(Effect::Grant {
+                name: name.clone(),
+                token: tok,
             });
+            lock.holder = Some(holder);
         }
         if lock.holder.is_none() && lock.waiters.is_empty() {
             term.locks.remove(name);

@@ -175,13 +175,13 @@ struct EntryV2 {
 
 impl From<EntryV2> for Entry {
     fn from(e: EntryV2) -> Entry {
-        Entry {
+        Entry::from(EntryV3 {
             name: e.name,
             token: e.token,
-            state: e.state.into(),
+            state: e.state,
             claim: e.claim,
             written: Epoch::ZERO,
-        }
+        })
     }
 }
 
