@@ -70,6 +70,9 @@ pub struct Metrics {
     pub rpc_connections_dialed: AtomicU64,
     /// RPC handshakes that failed, either way (most often a peer without the cluster secret).
     pub rpc_handshake_failures: AtomicU64,
+    /// Outgoing RPC connections closed because calls on them went
+    /// unanswered, with nothing heard from the peer, for `SILENCE_MAX`.
+    pub rpc_connections_silent: AtomicU64,
     /// Incoming RPC connections refused at the connection bound.
     pub rpc_connections_refused: AtomicU64,
     /// Lock grants reported to clients (committed by a majority).
@@ -107,7 +110,7 @@ impl Metrics {
 
     /// Appends this node's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let metrics: [(&str, &str, &str, &AtomicU64); 40] = [
+        let metrics: [(&str, &str, &str, &AtomicU64); 41] = [
             (
                 "coordmesh_gossip_datagrams_sent_total",
                 "counter",
@@ -275,6 +278,12 @@ impl Metrics {
                 "counter",
                 "RPC handshakes that failed (e.g. a peer without the cluster secret).",
                 &self.rpc_handshake_failures,
+            ),
+            (
+                "coordmesh_rpc_connections_silent_total",
+                "counter",
+                "Outgoing RPC connections closed after calls went unanswered, nothing heard from the peer, for a second.",
+                &self.rpc_connections_silent,
             ),
             (
                 "coordmesh_rpc_connections_refused_total",

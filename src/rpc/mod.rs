@@ -49,11 +49,20 @@ pub const PEERS_MAX: usize = 4096;
 /// Bad frames (undecodable, too large, wrong version, too slow) a
 /// connection may send before it is closed.
 pub const STRIKES_MAX: u32 = 8;
-/// QUIC keep-alive: with [`IDLE_TIMEOUT`], a silent peer's connection is
-/// closed about a second after it went away.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(250);
-/// QUIC idle timeout (see [`KEEP_ALIVE_INTERVAL`]).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// QUIC keep-alive: keeps an idle connection open (see [`IDLE_TIMEOUT`]).
+/// A dead peer is not found by it: see [`SILENCE_MAX`].
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// QUIC idle timeout: a connection that hears nothing, not even a
+/// keep-alive, for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long calls on one connection may go unanswered, with nothing at
+/// all heard from the peer, before the connection is presumed dead and
+/// closed; the next call dials afresh. A live peer acknowledges every
+/// packet within QUIC's ack delay (25 ms), so only a dead, paused or cut
+/// off peer is this silent while it is called.
+pub const SILENCE_MAX: Duration = Duration::from_secs(1);
+/// How long a handshake may take before the dial fails as unreachable.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a peer may take to send a whole request frame.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sending a one-way message may take, dialing included.

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -16,9 +18,9 @@ use serde::de::DeserializeOwned;
 use super::codec::{self, Chunked, FrameError, Head, Joiner, LENGTH_BYTES};
 use super::message::{MessageEnvelope, Rejection, RequestEnvelope, ResponseEnvelope};
 use super::{
-    CONNECTIONS_MAX, IDLE_TIMEOUT, INFLIGHT_PER_PEER_MAX, KEEP_ALIVE_INTERVAL,
+    CONNECTIONS_MAX, DIAL_TIMEOUT, IDLE_TIMEOUT, INFLIGHT_PER_PEER_MAX, KEEP_ALIVE_INTERVAL,
     MESSAGE_SEND_TIMEOUT, MESSAGES_PER_PEER_MAX, Message, PEERS_MAX, REQUEST_READ_TIMEOUT, Request,
-    Response, RpcError, STRIKES_MAX, Service, count, tls,
+    Response, RpcError, SILENCE_MAX, STRIKES_MAX, Service, count, tls,
 };
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
@@ -27,6 +29,7 @@ use crate::secret::ClusterSecret;
 /// Application close codes.
 const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_STRIKES: u32 = 1;
+const CLOSE_SILENT: u32 = 2;
 /// Stream stop code when a request is refused unread (too large).
 const STOP_REFUSED: u32 = 1;
 /// Stream reset code when a caller gives up before its request was sent.
@@ -47,6 +50,20 @@ struct Peer {
     dialing: tokio::sync::Mutex<()>,
     calls: Semaphore,
     messages: Semaphore,
+    /// Since when calls on the cached connection have gone unanswered with
+    /// nothing heard from the peer (see [`SILENCE_MAX`]).
+    silence: Mutex<Option<Silence>>,
+}
+
+/// Calls unanswered on one connection, and nothing heard from its peer.
+struct Silence {
+    /// The connection (its `stable_id`).
+    conn: usize,
+    /// Datagrams received on it when the first unanswered call began; any
+    /// datagram since ends the silence.
+    heard: u64,
+    /// When the first unanswered call began.
+    since: Instant,
 }
 
 fn transport_config() -> quinn::TransportConfig {
@@ -54,7 +71,7 @@ fn transport_config() -> quinn::TransportConfig {
     t.max_concurrent_bidi_streams(VarInt::from_u32(INFLIGHT_PER_PEER_MAX as u32));
     t.max_concurrent_uni_streams(VarInt::from_u32(MESSAGES_PER_PEER_MAX as u32));
     t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
-    // Invariant: one second is far below QUIC's idle timeout limit (2^62 ms).
+    // Invariant: seconds are far below QUIC's idle timeout limit (2^62 ms).
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout in range"),
     ));
@@ -62,6 +79,49 @@ fn transport_config() -> quinn::TransportConfig {
     // handshake packet should come in milliseconds, not a third of a second.
     t.initial_rtt(Duration::from_millis(10));
     t
+}
+
+/// This node's QUIC endpoint settings that must outlive its process: the
+/// key of its stateless resets is HKDF of the secret with the label
+/// `rpc reset` and the node id. A restart keeps it, so the new process
+/// resets the connections its predecessor left the first time a peer sends
+/// on one, and the peer dials afresh at once instead of calling into a
+/// connection nobody serves. Connection ids are random and not signed (a
+/// signing key would die with the process, and the new one would ignore
+/// its predecessor's ids rather than reset them). Another node's key
+/// differs, so no node can reset connections that are not its own; an
+/// open cluster's keys are public, like everything else about it.
+fn endpoint_config(secret: &ClusterSecret, id: NodeId) -> quinn::EndpointConfig {
+    let mut label = b"rpc reset ".to_vec();
+    label.extend_from_slice(&id.0.to_be_bytes());
+    let mut key = [0u8; 32];
+    secret.derive(&label, &mut key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &key,
+    )));
+    config.cid_generator(|| Box::new(RandomCids));
+    config
+}
+
+/// Random 8-byte connection ids, each valid as far as this endpoint can
+/// tell, so one it does not know is answered with a stateless reset.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; 8];
+        rand::fill(&mut bytes);
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl QuicRpc {
@@ -74,7 +134,14 @@ impl QuicRpc {
     ) -> std::io::Result<QuicRpc> {
         let tls = tls::configs(secret, Arc::new(transport_config()))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut endpoint = Endpoint::server(tls.server, addr)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| std::io::Error::other("RPC needs a tokio runtime"))?;
+        let mut endpoint = Endpoint::new(
+            endpoint_config(secret, id),
+            Some(tls.server),
+            std::net::UdpSocket::bind(addr)?,
+            runtime,
+        )?;
         endpoint.set_default_client_config(tls.client);
         let accept = tokio::spawn(accept_loop(endpoint.clone(), service, metrics.clone()));
         Ok(QuicRpc {
@@ -105,10 +172,15 @@ impl QuicRpc {
             request,
         })
         .map_err(RpcError::from_frame)?;
+        // The connection the request went out on, what had been heard on
+        // it then, and when: set once the call has a connection.
+        let mut sent_on: Option<(Arc<Peer>, Connection, u64, Instant)> = None;
         let exchange = async {
             let peer = self.peer(to)?;
             let _slot = peer.calls.acquire().await.map_err(|_| RpcError::Closed)?;
             let conn = self.connection(&peer, to).await?;
+            let heard = conn.stats().udp_rx.datagrams;
+            sent_on = Some((peer.clone(), conn.clone(), heard, Instant::now()));
             let (send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(to, e))?;
             let mut send = CancelOnDrop(Some(send));
             Metrics::add(&self.metrics.rpc_bytes_sent, frame.len() as u64);
@@ -121,7 +193,16 @@ impl QuicRpc {
                 read_message(&mut recv).await.map_err(|e| e.into_rpc(to))?;
             response.map_err(RpcError::from_rejection)
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = tokio::time::timeout(timeout, exchange).await;
+        if let Some((peer, conn, heard, at)) = sent_on {
+            // Only a timeout leaves the call unanswered: any other end
+            // came from the peer or from the connection's own end.
+            if peer.note_call(&conn, heard, at, result.is_ok()) {
+                count(&self.metrics.rpc_connections_silent);
+                debug!(%to, "closing RPC connection: calls unanswered, peer silent");
+            }
+        }
+        match result {
             Ok(result) => result,
             Err(_) => Err(RpcError::Timeout { after: timeout }),
         }
@@ -189,6 +270,7 @@ impl QuicRpc {
             dialing: tokio::sync::Mutex::new(()),
             calls: Semaphore::new(INFLIGHT_PER_PEER_MAX),
             messages: Semaphore::new(MESSAGES_PER_PEER_MAX),
+            silence: Mutex::new(None),
         });
         peers.insert(to, peer.clone());
         Ok(peer)
@@ -211,10 +293,22 @@ impl QuicRpc {
                 other => unreachable(to, other),
             })?;
         count(&self.metrics.rpc_connections_dialed);
-        let conn = connecting.await.map_err(|e| {
-            count(&self.metrics.rpc_handshake_failures);
-            connection_error(to, e)
-        })?;
+        // A handshake to a dead address would otherwise wait out the idle
+        // timeout, and a peer back at it would wait for the next resend.
+        let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                count(&self.metrics.rpc_handshake_failures);
+                return Err(connection_error(to, e));
+            }
+            Err(_) => {
+                count(&self.metrics.rpc_handshake_failures);
+                return Err(unreachable(
+                    to,
+                    format!("no handshake within {} ms", DIAL_TIMEOUT.as_millis()),
+                ));
+            }
+        };
         *lock(&peer.conn) = Some(conn.clone());
         Ok(conn)
     }
@@ -226,6 +320,52 @@ impl Peer {
             .as_ref()
             .filter(|c| c.close_reason().is_none())
             .cloned()
+    }
+
+    /// Notes how a call sent on `conn` at `at` ended (`ended`: not by its
+    /// timeout), `heard` being the datagrams received on it then. A call
+    /// that went unanswered with
+    /// nothing heard since continues a silence, or starts one at `at`;
+    /// once a silence lasts [`SILENCE_MAX`], the connection is closed and
+    /// forgotten (true), so the next call dials afresh. An answer, or any
+    /// datagram heard, ends the silence.
+    ///
+    /// QUIC alone would keep a dead peer's connection until the idle
+    /// timeout, and after a partition its resends back off for seconds; a
+    /// peer restarted at the same address resets it at once (the reset key
+    /// is the node's own, [`endpoint_config`]).
+    fn note_call(&self, conn: &Connection, heard: u64, at: Instant, ended: bool) -> bool {
+        let mut silence = lock(&self.silence);
+        let now_heard = conn.stats().udp_rx.datagrams;
+        if ended || now_heard != heard {
+            *silence = None;
+            return false;
+        }
+        match &*silence {
+            Some(s) if s.conn == conn.stable_id() && s.heard == now_heard => {
+                if Instant::now().saturating_duration_since(s.since) < SILENCE_MAX {
+                    return false;
+                }
+            }
+            _ => {
+                *silence = Some(Silence {
+                    conn: conn.stable_id(),
+                    heard: now_heard,
+                    since: at,
+                });
+                return false;
+            }
+        }
+        *silence = None;
+        conn.close(VarInt::from_u32(CLOSE_SILENT), b"silent");
+        let mut cached = lock(&self.conn);
+        if cached
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            *cached = None;
+        }
+        true
     }
 }
 
@@ -731,5 +871,176 @@ mod tests {
         );
         client.close().await;
         server.close().await;
+    }
+
+    /// Answers every request as [`Echo`] does, after `.0`.
+    struct Slow(Duration);
+
+    #[async_trait::async_trait]
+    impl Service for Slow {
+        async fn request(&self, from: NodeId, request: Request) -> Result<Response, Rejection> {
+            tokio::time::sleep(self.0).await;
+            Echo.request(from, request).await
+        }
+        async fn message(&self, _from: NodeId, _message: Message) {}
+    }
+
+    /// A node served from its own thread and runtime, which [`Self::kill`]
+    /// drops whole: its tasks and socket vanish and nothing more is sent,
+    /// as when its process is killed.
+    struct Killable {
+        addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Killable {
+        /// Starts node `id` at `addr` (port 0: any), waiting for the
+        /// address to be free if a killed node held it.
+        fn start(addr: SocketAddr, id: u64, secret: &ClusterSecret) -> Killable {
+            let secret = secret.clone();
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let metrics = Arc::new(Metrics::default());
+                    let mut tries = 0;
+                    let node = loop {
+                        match QuicRpc::bind(
+                            addr,
+                            NodeId(id),
+                            &secret,
+                            Arc::new(Echo),
+                            metrics.clone(),
+                        ) {
+                            Ok(node) => break node,
+                            Err(e) if tries < 100 => {
+                                tries += 1;
+                                debug!(%e, "address not free yet");
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            Err(e) => panic!("bind {addr}: {e}"),
+                        }
+                    };
+                    bound_tx.send(node.local_addr()).unwrap();
+                    let _ = stopped.await;
+                    drop(node); // no close: nothing is sent
+                });
+                runtime.shutdown_background();
+            });
+            let addr = bound_rx.recv().unwrap();
+            Killable {
+                addr,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+
+        fn kill(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.thread.take().unwrap().join().unwrap();
+        }
+    }
+
+    fn ping() -> Request {
+        Request::Ping(Ping { payload: vec![7] })
+    }
+
+    fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// A node killed and restarted at its address (same id, same secret)
+    /// is called again at once: the new process resets the connection its
+    /// predecessor left, so the first call on it fails fast as unreachable
+    /// and the next dials afresh. (Without the node's own reset key, calls
+    /// would go unanswered into the dead connection.)
+    #[tokio::test]
+    async fn a_node_restarted_at_its_address_resets_the_connection_left_behind() {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let metrics = Arc::new(Metrics::default());
+        let caller = bind_with(9, &secret, Arc::new(Echo), metrics.clone());
+        let node = Killable::start("127.0.0.1:0".parse().unwrap(), 2, &secret);
+        let addr = node.addr;
+        caller
+            .call(addr, ping(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        node.kill();
+        let node = Killable::start(addr, 2, &secret);
+        let first = caller.call(addr, ping(), Duration::from_millis(500)).await;
+        assert!(
+            matches!(first, Err(RpcError::Unreachable { .. })),
+            "{first:?}"
+        );
+        caller
+            .call(addr, ping(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(load(&metrics.rpc_connections_dialed), 2);
+        assert_eq!(load(&metrics.rpc_connections_silent), 0);
+        node.kill();
+        caller.close().await;
+    }
+
+    /// Calls into a dead node's connection close it once they have gone
+    /// unanswered, with nothing heard, for `SILENCE_MAX`, not at the idle
+    /// timeout; the next call dials afresh.
+    #[tokio::test]
+    async fn calls_unanswered_by_a_silent_node_close_its_connection() {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let metrics = Arc::new(Metrics::default());
+        let caller = bind_with(9, &secret, Arc::new(Echo), metrics.clone());
+        let node = Killable::start("127.0.0.1:0".parse().unwrap(), 2, &secret);
+        let addr = node.addr;
+        caller
+            .call(addr, ping(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        node.kill();
+        let timeout = SILENCE_MAX / 4;
+        let began = Instant::now();
+        while load(&metrics.rpc_connections_silent) == 0 {
+            assert!(began.elapsed() < SILENCE_MAX * 3, "never closed");
+            let answer = caller.call(addr, ping(), timeout).await;
+            assert!(
+                matches!(answer, Err(RpcError::Timeout { .. })),
+                "{answer:?}"
+            );
+        }
+        let closed_after = began.elapsed();
+        assert!(closed_after >= SILENCE_MAX, "closed after {closed_after:?}");
+        assert_eq!(load(&metrics.rpc_connections_dialed), 1);
+        let _ = caller.call(addr, ping(), timeout).await;
+        assert_eq!(load(&metrics.rpc_connections_dialed), 2);
+        caller.close().await;
+    }
+
+    /// A node that is slow to answer but alive (QUIC acknowledges the
+    /// requests) keeps its connection however many calls time out.
+    #[tokio::test]
+    async fn calls_timing_out_at_a_slow_but_live_node_keep_its_connection() {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let metrics = Arc::new(Metrics::default());
+        let caller = bind_with(9, &secret, Arc::new(Echo), metrics.clone());
+        let slow = bind_with(2, &secret, Arc::new(Slow(SILENCE_MAX * 3)), Arc::default());
+        let addr = slow.local_addr();
+        let timeout = SILENCE_MAX / 4;
+        let began = Instant::now();
+        while began.elapsed() < SILENCE_MAX * 2 {
+            let answer = caller.call(addr, ping(), timeout).await;
+            assert!(
+                matches!(answer, Err(RpcError::Timeout { .. })),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(load(&metrics.rpc_connections_silent), 0);
+        assert_eq!(load(&metrics.rpc_connections_dialed), 1);
+        caller.close().await;
+        slow.close().await;
     }
 }
