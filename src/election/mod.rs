@@ -223,6 +223,11 @@ pub enum ElectionRequest {
         round: u64,
         /// Voter-set hash.
         voters: u64,
+        /// The voters whose acks the leader had within the last two
+        /// heartbeats: a voter named here and hearing this round has a
+        /// round trip to the leader, as a probe answer would show, and
+        /// counts it toward its reach mark without probing it.
+        heard: Vec<NodeId>,
     },
     /// The leader stops serving and hands over (E6).
     Resign {
@@ -1268,6 +1273,13 @@ impl Election {
             self.blackout_until = now + self.timing.blackout();
             self.blackout_epoch = epoch_now;
         }
+        let window = self.timing.heartbeat * 2;
+        let heard: Vec<NodeId> = self
+            .probe_acks
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) <= window)
+            .map(|(&v, _)| v)
+            .collect();
         for to in members {
             out.push(Output::Send {
                 to,
@@ -1275,6 +1287,7 @@ impl Election {
                     epoch,
                     round,
                     voters: hash,
+                    heard: heard.clone(),
                 },
             });
         }
@@ -1393,12 +1406,20 @@ impl Election {
                 .copied()
                 .filter(|&v| v != self.id)
                 .collect();
-            let all = self.leader(now).is_none() || others.len() < 4;
+            let leader = self.leader(now);
+            let all = leader.is_none() || others.len() < 4;
             let turn = self.probe_turn;
             if !all {
                 self.probe_turn += 1;
             }
+            // A voter hears a leader that is a voter through its
+            // heartbeats, which name the voters whose acks it had: not
+            // probed. (A member that is not a voter gets no heartbeats.)
+            let heard_by_heartbeats = leader.map(|l| l.id).filter(|_| self.is_voter());
             for (i, v) in others.into_iter().enumerate() {
+                if Some(v) == heard_by_heartbeats {
+                    continue;
+                }
                 if all || i as u64 % 2 == turn % 2 {
                     out.push(Output::Send {
                         to: v,
@@ -1484,9 +1505,12 @@ impl Election {
                     Err(reason) => self.reject_at(now, reason),
                 }
             }
-            ElectionRequest::Heartbeat { epoch, round, .. } => {
-                self.heartbeat(now, from, epoch, round)
-            }
+            ElectionRequest::Heartbeat {
+                epoch,
+                round,
+                ref heard,
+                ..
+            } => self.heartbeat(now, from, epoch, round, heard),
             ElectionRequest::Resign { epoch, .. } => {
                 if self
                     .leader
@@ -1541,7 +1565,14 @@ impl Election {
         (handled, out)
     }
 
-    fn heartbeat(&mut self, now: Duration, from: NodeId, epoch: Epoch, round: u64) -> Handled {
+    fn heartbeat(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        epoch: Epoch,
+        round: u64,
+        heard: &[NodeId],
+    ) -> Handled {
         // E1: below the promise: refuse, tell the sender; E6: a resigned
         // epoch likewise.
         if epoch < self.promised || epoch <= self.resigned_epoch {
@@ -1564,6 +1595,11 @@ impl Election {
         // E3: counted toward this leader's lease: blackout.
         self.blackout_until = now + self.timing.blackout();
         self.blackout_epoch = epoch;
+        // Reach: the leader had this voter's ack lately, and this voter
+        // hears it now: a round trip, as a probe answer would show.
+        if heard.contains(&self.id) && self.voters.binary_search(&from).is_ok() {
+            self.probe_acks.insert(from, now);
+        }
         Handled {
             response: ElectionResponse::Ack { epoch, round },
             persist,

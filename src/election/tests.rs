@@ -9,6 +9,8 @@ struct Net {
     nodes: BTreeMap<NodeId, Election>,
     down: BTreeSet<NodeId>,
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// One-way loss: what `.0` sends `.1` (requests and answers) is lost.
+    dropped: BTreeSet<(NodeId, NodeId)>,
     now: Duration,
     /// (node, epoch, first instant it served, last instant it served)
     served: BTreeMap<(NodeId, Epoch), (Duration, Duration)>,
@@ -19,6 +21,8 @@ struct Net {
     touched: BTreeSet<NodeId>,
     /// Probes sent, by sender.
     probes: BTreeMap<NodeId, u64>,
+    /// Probes sent, by sender and target.
+    probes_to: BTreeMap<(NodeId, NodeId), u64>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -58,11 +62,13 @@ impl Net {
             nodes,
             down: BTreeSet::new(),
             cut: BTreeSet::new(),
+            dropped: BTreeSet::new(),
             now: Duration::ZERO,
             served: BTreeMap::new(),
             deadlines: BTreeMap::new(),
             touched: BTreeSet::new(),
             probes: BTreeMap::new(),
+            probes_to: BTreeMap::new(),
         };
         for a in ids(n) {
             for b in ids(n) {
@@ -89,8 +95,9 @@ impl Net {
                 Output::Send { to, request } => {
                     if matches!(request, ElectionRequest::Probe { .. }) {
                         *self.probes.entry(from).or_default() += 1;
+                        *self.probes_to.entry((from, to)).or_default() += 1;
                     }
-                    let response = if self.link(from, to) {
+                    let response = if self.link(from, to) && !self.dropped.contains(&(from, to)) {
                         self.touched.insert(to);
                         let (handled, more) = self
                             .nodes
@@ -98,7 +105,7 @@ impl Net {
                             .unwrap()
                             .handle_request(self.now, from, &request);
                         self.process(to, more);
-                        Some(handled.response)
+                        (!self.dropped.contains(&(to, from))).then_some(handled.response)
                     } else {
                         None
                     };
@@ -459,6 +466,7 @@ fn restarted_voter_waits_before_promising() {
         epoch: Epoch(5),
         round: 0,
         voters: config_hash(&ids(3), &Timing::default()),
+        heard: vec![],
     };
     let (h, _) = e.handle_request(early, NodeId(1), &heartbeat);
     assert_eq!(refusal(&h), Some(RejectReason::Recovering));
@@ -675,6 +683,7 @@ fn stale_record_of_a_higher_epoch_does_not_hide_the_leader() {
         epoch,
         round: 0,
         voters: hash,
+        heard: vec![],
     };
     let t = Duration::from_secs(1);
     e.handle_request(t, NodeId(2), &beat(Epoch(15)));
@@ -798,6 +807,7 @@ fn k1_epochs_beyond_the_token_range_are_refused() {
         epoch: Epoch::MAX + 7,
         round: 0,
         voters: config_hash(&ids(3), &Timing::default()),
+        heard: vec![],
     };
     let (h, _) = v.handle_request(now, NodeId(1), &beat);
     assert_eq!(refusal(&h), Some(RejectReason::EpochSpent));
@@ -894,6 +904,7 @@ fn e6_a_resigned_epoch_is_refused_and_its_blackout_ends() {
         epoch: Epoch(5),
         round: 0,
         voters: hash,
+        heard: vec![],
     };
     let (h, _) = v.handle_request(t, NodeId(1), &beat);
     assert!(matches!(h.response, ElectionResponse::Ack { .. }));
@@ -1273,24 +1284,71 @@ fn while_a_leader_serves_marks_stay_fresh_on_half_the_probes() {
         let count = |m: &BTreeMap<NodeId, u64>| m.get(&NodeId(id)).copied().unwrap_or(0);
         count(&net.probes) - count(&before)
     };
-    // Ten heartbeats, two of the four other voters each.
+    // Ten heartbeats, two of the four other voters each in turn, less
+    // the leader (heard through its heartbeats): three every two.
     let each: Vec<u64> = (1..=5).map(|id| sent(&net, id)).collect();
-    assert_eq!(each, vec![0, 20, 20, 0, 0]);
+    assert_eq!(each, vec![0, 15, 15, 0, 0]);
     // The leader gone, the next in line takes over as fast as ever.
     net.down.insert(NodeId(1));
     net.until_serving(NodeId(2), |_| {});
     net.assert_safe();
 }
 
-/// With three voters a prober keeps probing both others each heartbeat
-/// while a leader serves: half of two would leave each count resting on
-/// one answer a round.
+/// With three voters a prober keeps probing the other follower each
+/// heartbeat while a leader serves (half of the two others would leave
+/// each count resting on one answer a round); the leader it hears
+/// through its heartbeats.
 #[test]
-fn with_three_voters_a_prober_probes_both_others_each_heartbeat() {
+fn with_three_voters_a_prober_probes_the_other_follower_each_heartbeat() {
     let mut net = Net::new(3, &ids(3), false);
     net.run_for(Duration::from_secs(3));
     assert_eq!(net.serving(), vec![NodeId(1)]);
     let before = net.probes.get(&NodeId(2)).copied().unwrap_or(0);
     net.run_for(Duration::from_secs(1));
-    assert_eq!(net.probes[&NodeId(2)] - before, 20);
+    assert_eq!(net.probes[&NodeId(2)] - before, 10);
+}
+
+/// A voter counts the leader toward its reach mark through heartbeats
+/// that name it (the leader had its ack: a round trip), never through a
+/// heartbeat alone. Five voters, node 2 reaching node 3 and the leader
+/// only: its mark needs the leader. While what node 2 sends node 1 is
+/// lost, node 1's heartbeats still arrive but do not name it, and node
+/// 2 is not eligible; once its acks arrive again, it is.
+#[test]
+fn a_voter_counts_the_leader_only_through_heartbeats_that_name_it() {
+    let mut net = Net::new(5, &ids(5), false);
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    for other in [4, 5] {
+        net.cut.insert((NodeId(2), NodeId(other)));
+    }
+    net.dropped.insert((NodeId(2), NodeId(1)));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    assert!(
+        net.nodes[&NodeId(2)].leader(net.now).is_some(),
+        "heartbeats arrive"
+    );
+    assert!(!net.nodes[&NodeId(3)].peer_eligible(net.now, NodeId(2)));
+    net.dropped.clear();
+    let probes = |net: &Net, to: u64| {
+        net.probes_to
+            .get(&(NodeId(2), NodeId(to)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (to_leader, to_3) = (probes(&net, 1), probes(&net, 3));
+    let end = net.now + Duration::from_secs(1);
+    net.run_for(Duration::from_millis(500));
+    while net.now < end {
+        net.step();
+        assert!(
+            net.nodes[&NodeId(3)].peer_eligible(net.now, NodeId(2)),
+            "node 2 not eligible at {:?}",
+            net.now
+        );
+    }
+    // Node 2 probes node 3 all along, the leader never.
+    assert_eq!(probes(&net, 1), to_leader);
+    assert!(probes(&net, 3) > to_3);
 }

@@ -42,7 +42,9 @@ use crate::locks::Entry;
 /// the leader from its gossiped claim (`membership::KEY_LEADS`): a member
 /// of an earlier version would get neither, so versions refuse each other.
 /// 10: a grant's entry carries the run its holder is bound to (K5).
-pub const WIRE_VERSION: u16 = 10;
+/// 11: a heartbeat names the voters whose acks the leader had lately, and
+/// they count it toward their reach marks instead of probing it.
+pub const WIRE_VERSION: u16 = 11;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 // A prune round's tombstones, and the forget that names them, fit a frame.
