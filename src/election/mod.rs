@@ -1406,16 +1406,20 @@ impl Election {
                 .copied()
                 .filter(|&v| v != self.id)
                 .collect();
+            // A voter hears a leader that is a voter through its
+            // heartbeats, which name the voters whose acks it had: not
+            // probed, and with that answer every heartbeat, half the
+            // others in turn leave slack however few they are. (A member
+            // that is not a voter gets no heartbeats.)
             let leader = self.leader(now);
-            let all = leader.is_none() || others.len() < 4;
+            let heard_by_heartbeats = leader
+                .map(|l| l.id)
+                .filter(|id| self.is_voter() && others.contains(id));
+            let all = leader.is_none() || (others.len() < 4 && heard_by_heartbeats.is_none());
             let turn = self.probe_turn;
             if !all {
                 self.probe_turn += 1;
             }
-            // A voter hears a leader that is a voter through its
-            // heartbeats, which name the voters whose acks it had: not
-            // probed. (A member that is not a voter gets no heartbeats.)
-            let heard_by_heartbeats = leader.map(|l| l.id).filter(|_| self.is_voter());
             for (i, v) in others.into_iter().enumerate() {
                 if Some(v) == heard_by_heartbeats {
                     continue;
