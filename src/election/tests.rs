@@ -246,6 +246,27 @@ impl Net {
         took
     }
 
+    /// Whether `observer` sees `node` eligible now.
+    fn eligible(&self, observer: u64, node: u64) -> bool {
+        self.nodes[&NodeId(observer)].peer_eligible(self.now, NodeId(node))
+    }
+
+    /// Steps for `d`, `node` eligible in each of `observers`' eyes at
+    /// every step.
+    fn run_eligible(&mut self, d: Duration, node: u64, observers: &[u64]) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+            for &o in observers {
+                assert!(
+                    self.eligible(o, node),
+                    "node {node} not eligible for node {o} at {:?}",
+                    self.now
+                );
+            }
+        }
+    }
+
     fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
@@ -1268,18 +1289,8 @@ fn while_a_leader_serves_marks_stay_fresh_on_half_the_probes() {
     assert_eq!(net.serving(), vec![NodeId(1)]);
     let before = net.probes.clone();
     let second = Duration::from_secs(1);
-    let end = net.now + second;
-    while net.now < end {
-        net.step();
-        // The next in line stays eligible in every other node's eyes.
-        for id in [3, 4, 5] {
-            assert!(
-                net.nodes[&NodeId(id)].peer_eligible(net.now, NodeId(2)),
-                "node 2 not eligible for node {id} at {:?}",
-                net.now
-            );
-        }
-    }
+    // The next in line stays eligible in every other node's eyes.
+    net.run_eligible(second, 2, &[3, 4, 5]);
     let sent = |net: &Net, id: u64| {
         let count = |m: &BTreeMap<NodeId, u64>| m.get(&NodeId(id)).copied().unwrap_or(0);
         count(&net.probes) - count(&before)
@@ -1305,20 +1316,12 @@ fn with_three_voters_a_prober_probes_the_other_follower_every_other_heartbeat() 
     net.run_for(Duration::from_secs(3));
     assert_eq!(net.serving(), vec![NodeId(1)]);
     let before = net.probes.get(&NodeId(2)).copied().unwrap_or(0);
-    let end = net.now + Duration::from_secs(1);
-    while net.now < end {
-        net.step();
-        assert!(
-            net.nodes[&NodeId(3)].peer_eligible(net.now, NodeId(2)),
-            "node 2 not eligible at {:?}",
-            net.now
-        );
-    }
+    net.run_eligible(Duration::from_secs(1), 2, &[3]);
     assert_eq!(net.probes[&NodeId(2)] - before, 5);
     net.down.insert(NodeId(1));
     net.until_serving(NodeId(2), |net| {
         assert!(
-            net.nodes[&NodeId(3)].peer_eligible(net.now, NodeId(2)),
+            net.eligible(3, 2),
             "node 2 not eligible at {:?} after the leader went down",
             net.now
         );
@@ -1347,7 +1350,7 @@ fn a_voter_counts_the_leader_only_through_heartbeats_that_name_it() {
         net.nodes[&NodeId(2)].leader(net.now).is_some(),
         "heartbeats arrive"
     );
-    assert!(!net.nodes[&NodeId(3)].peer_eligible(net.now, NodeId(2)));
+    assert!(!net.eligible(3, 2));
     net.dropped.clear();
     let probes = |net: &Net, to: u64| {
         net.probes_to
@@ -1356,16 +1359,8 @@ fn a_voter_counts_the_leader_only_through_heartbeats_that_name_it() {
             .unwrap_or(0)
     };
     let (to_leader, to_3) = (probes(&net, 1), probes(&net, 3));
-    let end = net.now + Duration::from_secs(1);
     net.run_for(Duration::from_millis(500));
-    while net.now < end {
-        net.step();
-        assert!(
-            net.nodes[&NodeId(3)].peer_eligible(net.now, NodeId(2)),
-            "node 2 not eligible at {:?}",
-            net.now
-        );
-    }
+    net.run_eligible(Duration::from_millis(500), 2, &[3]);
     // Node 2 probes node 3 all along, the leader never.
     assert_eq!(probes(&net, 1), to_leader);
     assert!(probes(&net, 3) > to_3);

@@ -950,6 +950,30 @@ mod tests {
         Request::Ping(Ping { payload: vec![7] })
     }
 
+    fn assert_timed_out(answer: Result<Response, RpcError>) {
+        assert!(
+            matches!(answer, Err(RpcError::Timeout { .. })),
+            "{answer:?}"
+        );
+    }
+
+    /// A caller (its metrics) that called node 2 once, and node 2's
+    /// address, at which it was then killed.
+    async fn a_caller_of_a_killed_node(
+        secret: &ClusterSecret,
+    ) -> (QuicRpc, Arc<Metrics>, SocketAddr) {
+        let metrics = Arc::new(Metrics::default());
+        let caller = bind_with(9, secret, Arc::new(Echo), metrics.clone());
+        let node = Killable::start("127.0.0.1:0".parse().unwrap(), 2, secret);
+        let addr = node.addr;
+        caller
+            .call(addr, ping(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        node.kill();
+        (caller, metrics, addr)
+    }
+
     fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -962,15 +986,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_restarted_at_its_address_resets_the_connection_left_behind() {
         let secret = ClusterSecret::from_bytes([4; 32]);
-        let metrics = Arc::new(Metrics::default());
-        let caller = bind_with(9, &secret, Arc::new(Echo), metrics.clone());
-        let node = Killable::start("127.0.0.1:0".parse().unwrap(), 2, &secret);
-        let addr = node.addr;
-        caller
-            .call(addr, ping(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        node.kill();
+        let (caller, metrics, addr) = a_caller_of_a_killed_node(&secret).await;
         let node = Killable::start(addr, 2, &secret);
         let first = caller.call(addr, ping(), Duration::from_millis(500)).await;
         assert!(
@@ -993,24 +1009,12 @@ mod tests {
     #[tokio::test]
     async fn calls_unanswered_by_a_silent_node_close_its_connection() {
         let secret = ClusterSecret::from_bytes([4; 32]);
-        let metrics = Arc::new(Metrics::default());
-        let caller = bind_with(9, &secret, Arc::new(Echo), metrics.clone());
-        let node = Killable::start("127.0.0.1:0".parse().unwrap(), 2, &secret);
-        let addr = node.addr;
-        caller
-            .call(addr, ping(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        node.kill();
+        let (caller, metrics, addr) = a_caller_of_a_killed_node(&secret).await;
         let timeout = SILENCE_MAX / 4;
         let began = Instant::now();
         while load(&metrics.rpc_connections_silent) == 0 {
             assert!(began.elapsed() < SILENCE_MAX * 3, "never closed");
-            let answer = caller.call(addr, ping(), timeout).await;
-            assert!(
-                matches!(answer, Err(RpcError::Timeout { .. })),
-                "{answer:?}"
-            );
+            assert_timed_out(caller.call(addr, ping(), timeout).await);
         }
         let closed_after = began.elapsed();
         assert!(closed_after >= SILENCE_MAX, "closed after {closed_after:?}");
@@ -1032,11 +1036,7 @@ mod tests {
         let timeout = SILENCE_MAX / 4;
         let began = Instant::now();
         while began.elapsed() < SILENCE_MAX * 2 {
-            let answer = caller.call(addr, ping(), timeout).await;
-            assert!(
-                matches!(answer, Err(RpcError::Timeout { .. })),
-                "{answer:?}"
-            );
+            assert_timed_out(caller.call(addr, ping(), timeout).await);
         }
         assert_eq!(load(&metrics.rpc_connections_silent), 0);
         assert_eq!(load(&metrics.rpc_connections_dialed), 1);
