@@ -92,6 +92,12 @@ fn transport_config() -> quinn::TransportConfig {
 /// differs, so no node can reset connections that are not its own; an
 /// open cluster's keys are public, like everything else about it.
 fn endpoint_config(secret: &ClusterSecret, id: NodeId) -> quinn::EndpointConfig {
+    if id == NodeId::REMOTE_CLIENT {
+        // Callers only, never restarted at an address peers call, and
+        // many processes share this id: a key of this process's own, so
+        // one client's resets cannot be learned from another.
+        return quinn::EndpointConfig::default();
+    }
     let mut label = b"rpc reset ".to_vec();
     label.extend_from_slice(&id.0.to_be_bytes());
     let mut key = [0u8; 32];
@@ -173,15 +179,16 @@ impl QuicRpc {
         })
         .map_err(RpcError::from_frame)?;
         // The connection the request went out on, what had been heard on
-        // it then, and when: set once the call has a connection.
+        // it before, and when it was written whole: a call waiting for a
+        // stream or for flow control has sent nothing the peer must
+        // acknowledge, so its silence says nothing.
         let mut sent_on: Option<(Arc<Peer>, Connection, u64, Instant)> = None;
         let exchange = async {
             let peer = self.peer(to)?;
             let _slot = peer.calls.acquire().await.map_err(|_| RpcError::Closed)?;
             let conn = self.connection(&peer, to).await?;
-            let heard = conn.stats().udp_rx.datagrams;
-            sent_on = Some((peer.clone(), conn.clone(), heard, Instant::now()));
             let (send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(to, e))?;
+            let heard = conn.stats().udp_rx.datagrams;
             let mut send = CancelOnDrop(Some(send));
             Metrics::add(&self.metrics.rpc_bytes_sent, frame.len() as u64);
             send.stream()
@@ -189,6 +196,7 @@ impl QuicRpc {
                 .await
                 .map_err(|e| unreachable(to, e))?;
             send.finish();
+            sent_on = Some((peer.clone(), conn.clone(), heard, Instant::now()));
             let response: ResponseEnvelope =
                 read_message(&mut recv).await.map_err(|e| e.into_rpc(to))?;
             response.map_err(RpcError::from_rejection)
@@ -348,12 +356,15 @@ impl Peer {
                 }
             }
             _ => {
-                *silence = Some(Silence {
-                    conn: conn.stable_id(),
-                    heard: now_heard,
-                    since: at,
-                });
-                return false;
+                // A single call may have waited out the whole silence.
+                if Instant::now().saturating_duration_since(at) < SILENCE_MAX {
+                    *silence = Some(Silence {
+                        conn: conn.stable_id(),
+                        heard: now_heard,
+                        since: at,
+                    });
+                    return false;
+                }
             }
         }
         *silence = None;
@@ -485,12 +496,20 @@ async fn serve_connection(
     metrics: Arc<Metrics>,
 ) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(err) => {
+    // Bounded like a dial: a handshake left half done (a caller gone, or
+    // one that never had the secret) holds a connection slot only this
+    // long, not the idle timeout.
+    let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
             // Most often a peer without the cluster secret.
             count(&metrics.rpc_handshake_failures);
             debug!(%remote, %err, "RPC handshake failed");
+            return;
+        }
+        Err(_) => {
+            count(&metrics.rpc_handshake_failures);
+            debug!(%remote, "RPC handshake not done in time");
             return;
         }
     };
@@ -970,6 +989,9 @@ mod tests {
             .call(addr, ping(), Duration::from_secs(5))
             .await
             .unwrap();
+        // What the node sent after its answer (acks, stream credit) is
+        // taken in before it dies, not counted as heard from it after.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         node.kill();
         (caller, metrics, addr)
     }
@@ -1042,5 +1064,88 @@ mod tests {
         assert_eq!(load(&metrics.rpc_connections_dialed), 1);
         caller.close().await;
         slow.close().await;
+    }
+
+    /// A single call that waits out the whole silence, nothing heard,
+    /// closes the connection itself: no second call is needed.
+    #[tokio::test]
+    async fn a_single_call_unanswered_for_the_whole_silence_closes_the_connection() {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let (caller, metrics, addr) = a_caller_of_a_killed_node(&secret).await;
+        assert_timed_out(
+            caller
+                .call(addr, ping(), SILENCE_MAX + SILENCE_MAX / 4)
+                .await,
+        );
+        assert_eq!(load(&metrics.rpc_connections_silent), 1);
+        caller.close().await;
+    }
+
+    /// Calls waiting for a stream (every one the peer allows is held by a
+    /// slow request whose caller gave up) have sent nothing the peer must
+    /// acknowledge: however long they wait, the live peer's connection,
+    /// and the requests it is still serving, stay.
+    #[tokio::test]
+    async fn calls_waiting_for_a_stream_do_not_count_as_silence() {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let metrics = Arc::new(Metrics::default());
+        let caller = Arc::new(bind_with(9, &secret, Arc::new(Echo), metrics.clone()));
+        let slow = bind_with(2, &secret, Arc::new(Slow(SILENCE_MAX * 10)), Arc::default());
+        let addr = slow.local_addr();
+        let mut held = tokio::task::JoinSet::new();
+        for _ in 0..INFLIGHT_PER_PEER_MAX {
+            let caller = caller.clone();
+            held.spawn(async move { caller.call(addr, ping(), SILENCE_MAX / 2).await });
+        }
+        while let Some(answer) = held.join_next().await {
+            assert_timed_out(answer.unwrap());
+        }
+        let began = Instant::now();
+        while began.elapsed() < SILENCE_MAX * 2 {
+            assert_timed_out(caller.call(addr, ping(), SILENCE_MAX / 4).await);
+        }
+        assert_eq!(load(&metrics.rpc_connections_silent), 0);
+        assert_eq!(load(&metrics.rpc_connections_dialed), 1);
+        caller.close().await;
+        slow.close().await;
+    }
+
+    /// An incoming handshake left half done (here: nothing after the
+    /// caller's first datagram gets through) holds its connection slot
+    /// for `DIAL_TIMEOUT`, not for the idle timeout.
+    #[tokio::test]
+    async fn a_handshake_left_half_done_frees_its_slot() {
+        let secret = ClusterSecret::from_bytes([4; 32]);
+        let server = bind_with(2, &secret, Arc::new(Echo), Arc::default());
+        // A relay that passes the caller's first datagram only.
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let to = server.local_addr();
+        let relay = tokio::spawn(async move {
+            let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let (n, _) = front.recv_from(&mut buf).await.unwrap();
+            back.send_to(&buf[..n], to).await.unwrap();
+            loop {
+                let _ = front.recv_from(&mut buf).await;
+            }
+        });
+        let dial = tokio::spawn(async move { raw_client(front_addr, &secret).await });
+        let open = || server.endpoint.open_connections();
+        let began = Instant::now();
+        while open() == 0 {
+            assert!(began.elapsed() < SILENCE_MAX, "the handshake never began");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while open() > 0 {
+            assert!(
+                began.elapsed() < DIAL_TIMEOUT * 3,
+                "a half-done handshake still holds its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        dial.abort();
+        relay.abort();
+        server.close().await;
     }
 }
