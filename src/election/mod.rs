@@ -1407,14 +1407,22 @@ impl Election {
                 .filter(|&v| v != self.id)
                 .collect();
             // A voter hears a leader that is a voter through its
-            // heartbeats, which name the voters whose acks it had: not
-            // probed, and with that answer every heartbeat, half the
-            // others in turn leave slack however few they are. (A member
-            // that is not a voter gets no heartbeats.)
+            // heartbeats, which name the voters whose acks it had: while
+            // they do (the leader counted within 2H), it is not probed,
+            // and with that answer every heartbeat, half the others in
+            // turn leave slack however few they are. A voter the
+            // heartbeats stopped naming probes as before. (A member that
+            // is not a voter gets no heartbeats.)
             let leader = self.leader(now);
-            let heard_by_heartbeats = leader
-                .map(|l| l.id)
-                .filter(|id| self.is_voter() && others.contains(id));
+            let named_within = self.timing.heartbeat * 2;
+            let heard_by_heartbeats = leader.map(|l| l.id).filter(|id| {
+                self.is_voter()
+                    && others.contains(id)
+                    && self
+                        .probe_acks
+                        .get(id)
+                        .is_some_and(|&at| now.saturating_sub(at) <= named_within)
+            });
             let all = leader.is_none() || (others.len() < 4 && heard_by_heartbeats.is_none());
             let turn = self.probe_turn;
             if !all {

@@ -1358,10 +1358,34 @@ fn a_voter_counts_the_leader_only_through_heartbeats_that_name_it() {
             .copied()
             .unwrap_or(0)
     };
-    let (to_leader, to_3) = (probes(&net, 1), probes(&net, 3));
     net.run_for(Duration::from_millis(500));
+    let (to_leader, to_3) = (probes(&net, 1), probes(&net, 3));
     net.run_eligible(Duration::from_millis(500), 2, &[3]);
-    // Node 2 probes node 3 all along, the leader never.
+    // Named again, node 2 probes node 3 all along, the leader never.
     assert_eq!(probes(&net, 1), to_leader);
     assert!(probes(&net, 3) > to_3);
+}
+
+/// A voter whose acks the leader does not get (so its heartbeats do not
+/// name it) probes as it did before heartbeats could answer for the
+/// leader: with three voters, both others every heartbeat, so its count
+/// does not rest on one answer every other heartbeat.
+#[test]
+fn a_voter_the_heartbeats_do_not_name_probes_every_other_voter_each_heartbeat() {
+    let mut net = Net::new(3, &ids(3), false);
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    net.dropped.insert((NodeId(2), NodeId(1)));
+    net.run_for(Duration::from_millis(500));
+    let to = |net: &Net, to: u64| {
+        net.probes_to
+            .get(&(NodeId(2), NodeId(to)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (to_leader, to_3) = (to(&net, 1), to(&net, 3));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.serving(), vec![NodeId(1)]);
+    assert_eq!(to(&net, 3) - to_3, 10);
+    assert_eq!(to(&net, 1) - to_leader, 10);
 }
