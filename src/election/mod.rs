@@ -223,10 +223,10 @@ pub enum ElectionRequest {
         round: u64,
         /// Voter-set hash.
         voters: u64,
-        /// The voters whose acks the leader had within the last two
-        /// heartbeats: a voter named here and hearing this round has a
-        /// round trip to the leader, as a probe answer would show, and
-        /// counts it toward its reach mark without probing it.
+        /// The voters the leader heard from within the last two
+        /// heartbeats: a voter named here and hearing this round knows
+        /// both ways between them work (its own way as of up to 2H ago),
+        /// and counts the leader toward its reach mark without probing it.
         heard: Vec<NodeId>,
     },
     /// The leader stops serving and hands over (E6).
@@ -1273,13 +1273,7 @@ impl Election {
             self.blackout_until = now + self.timing.blackout();
             self.blackout_epoch = epoch_now;
         }
-        let window = self.timing.heartbeat * 2;
-        let heard: Vec<NodeId> = self
-            .probe_acks
-            .iter()
-            .filter(|(_, at)| now.saturating_sub(**at) <= window)
-            .map(|(&v, _)| v)
-            .collect();
+        let heard: Vec<NodeId> = self.heard_within(now, self.timing.heartbeat * 2).collect();
         for to in members {
             out.push(Output::Send {
                 to,
@@ -1354,6 +1348,15 @@ impl Election {
         out
     }
 
+    /// The voters heard from (probe answers, heartbeat acks, heartbeats
+    /// that name this node) within `window` of `now`.
+    fn heard_within(&self, now: Duration, window: Duration) -> impl Iterator<Item = NodeId> + '_ {
+        self.probe_acks
+            .iter()
+            .filter(move |(_, at)| now.saturating_sub(**at) <= window)
+            .map(|(&v, _)| v)
+    }
+
     fn probe(&mut self, now: Duration, out: &mut Vec<Output>) {
         if self
             .last_probe_at
@@ -1364,12 +1367,7 @@ impl Election {
         self.last_probe_at = Some(now);
         // Count voters heard from within three heartbeats (heartbeat acks
         // count for a leader, probe answers otherwise).
-        let window = self.timing.heartbeat * 3;
-        let mut reached = self
-            .probe_acks
-            .iter()
-            .filter(|(_, at)| now.saturating_sub(**at) <= window)
-            .count();
+        let mut reached = self.heard_within(now, self.timing.heartbeat * 3).count();
         if self.is_voter() && self.recovered {
             reached += 1;
         }
@@ -1414,14 +1412,12 @@ impl Election {
             // heartbeats stopped naming probes as before. (A member that
             // is not a voter gets no heartbeats.)
             let leader = self.leader(now);
-            let named_within = self.timing.heartbeat * 2;
-            let heard_by_heartbeats = leader.map(|l| l.id).filter(|id| {
+            let heard_by_heartbeats = leader.map(|l| l.id).filter(|&id| {
                 self.is_voter()
-                    && others.contains(id)
+                    && others.contains(&id)
                     && self
-                        .probe_acks
-                        .get(id)
-                        .is_some_and(|&at| now.saturating_sub(at) <= named_within)
+                        .heard_within(now, self.timing.heartbeat * 2)
+                        .any(|v| v == id)
             });
             let all = leader.is_none() || (others.len() < 4 && heard_by_heartbeats.is_none());
             let turn = self.probe_turn;
@@ -1607,8 +1603,8 @@ impl Election {
         // E3: counted toward this leader's lease: blackout.
         self.blackout_until = now + self.timing.blackout();
         self.blackout_epoch = epoch;
-        // Reach: the leader had this voter's ack lately, and this voter
-        // hears it now: a round trip, as a probe answer would show.
+        // Reach: the leader heard from this voter lately, and this voter
+        // hears it now: both ways work (PROTOCOL, reach marks).
         if heard.contains(&self.id) && self.voters.binary_search(&from).is_ok() {
             self.probe_acks.insert(from, now);
         }

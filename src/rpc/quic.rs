@@ -59,10 +59,10 @@ struct Peer {
 struct Silence {
     /// The connection (its `stable_id`).
     conn: usize,
-    /// Datagrams received on it when the first unanswered call began; any
+    /// Datagrams received on it as of the last unanswered call; any
     /// datagram since ends the silence.
     heard: u64,
-    /// When the first unanswered call began.
+    /// When the first unanswered call's request was written.
     since: Instant,
 }
 
@@ -330,9 +330,9 @@ impl Peer {
             .cloned()
     }
 
-    /// Notes how a call sent on `conn` at `at` ended (`ended`: not by its
-    /// timeout), `heard` being the datagrams received on it then. A call
-    /// that went unanswered with
+    /// Notes how a call whose request was written whole on `conn` at `at`
+    /// ended (`ended`: not by its timeout), `heard` being the datagrams
+    /// received on it before the write. A call that went unanswered with
     /// nothing heard since continues a silence, or starts one at `at`;
     /// once a silence lasts [`SILENCE_MAX`], the connection is closed and
     /// forgotten (true), so the next call dials afresh. An answer, or any
@@ -349,31 +349,25 @@ impl Peer {
             *silence = None;
             return false;
         }
-        match &*silence {
-            Some(s) if s.conn == conn.stable_id() && s.heard == now_heard => {
-                if Instant::now().saturating_duration_since(s.since) < SILENCE_MAX {
-                    return false;
-                }
-            }
-            _ => {
-                // A single call may have waited out the whole silence.
-                if Instant::now().saturating_duration_since(at) < SILENCE_MAX {
-                    *silence = Some(Silence {
-                        conn: conn.stable_id(),
-                        heard: now_heard,
-                        since: at,
-                    });
-                    return false;
-                }
-            }
+        let id = conn.stable_id();
+        // The silence goes on, or begins with this call (which may have
+        // waited it out alone).
+        let since = match &*silence {
+            Some(s) if s.conn == id && s.heard == now_heard => s.since,
+            _ => at,
+        };
+        if Instant::now().saturating_duration_since(since) < SILENCE_MAX {
+            *silence = Some(Silence {
+                conn: id,
+                heard: now_heard,
+                since,
+            });
+            return false;
         }
         *silence = None;
         conn.close(VarInt::from_u32(CLOSE_SILENT), b"silent");
         let mut cached = lock(&self.conn);
-        if cached
-            .as_ref()
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
+        if cached.as_ref().is_some_and(|c| c.stable_id() == id) {
             *cached = None;
         }
         true
