@@ -134,16 +134,27 @@ impl IdempotencyHistory {
         &self.answers
     }
 
-    /// Checks executions and answers.
+    /// Checks executions and answers; the first violation found.
     pub fn check(&self) -> Result<(), Violation> {
+        match self.violations().into_iter().next() {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
+    /// Every violation of executions and answers: per key, each
+    /// execution after the first not told `recovered`; then each answer
+    /// no execution produced, or other than the key's first answer.
+    pub fn violations(&self) -> Vec<Violation> {
+        let mut found = Vec::new();
         let mut runs: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
         for e in &self.executions {
             runs.entry(&e.key).or_default().push(e);
         }
         for list in runs.values_mut() {
             list.sort_by_key(|e| (e.at, e.claim));
-            if let Some(again) = list.iter().skip(1).find(|e| !e.recovered) {
-                return Err(Violation::DuplicateExecution {
+            for again in list.iter().skip(1).filter(|e| !e.recovered) {
+                found.push(Violation::DuplicateExecution {
                     first: Box::new(list[0].clone()),
                     again: Box::new((*again).clone()),
                 });
@@ -155,13 +166,14 @@ impl IdempotencyHistory {
                 .get(a.key.as_str())
                 .is_some_and(|list| list.iter().any(|e| e.result == a.result));
             if !produced {
-                return Err(Violation::Invented {
+                found.push(Violation::Invented {
                     answer: Box::new(a.clone()),
                 });
+                continue;
             }
             match told.get(a.key.as_str()) {
                 Some(first) if first.result != a.result => {
-                    return Err(Violation::DifferentResults {
+                    found.push(Violation::DifferentResults {
                         a: Box::new((*first).clone()),
                         b: Box::new(a.clone()),
                     });
@@ -172,7 +184,7 @@ impl IdempotencyHistory {
                 }
             }
         }
-        Ok(())
+        found
     }
 
     /// Checks the nodes' records against the answers, and, if
@@ -285,6 +297,28 @@ mod tests {
             h.check(),
             Err(Violation::DuplicateExecution { .. })
         ));
+    }
+
+    #[test]
+    fn every_violation_is_listed_not_only_the_first() {
+        let mut h = IdempotencyHistory::new();
+        h.executed(ex("k", 1, false, "a", 0));
+        h.executed(ex("k", 2, false, "b", 10));
+        h.executed(ex("k", 3, false, "c", 20));
+        h.answered(told("k", "a", false, 5));
+        h.answered(told("k", "b", true, 25));
+        h.answered(told("k", "z", true, 30));
+        let kinds: Vec<&str> = h
+            .violations()
+            .iter()
+            .map(|v| match v {
+                Violation::DuplicateExecution { .. } => "duplicate",
+                Violation::DifferentResults { .. } => "different",
+                Violation::Invented { .. } => "invented",
+                _ => "replicas",
+            })
+            .collect();
+        assert_eq!(kinds, ["duplicate", "duplicate", "different", "invented"]);
     }
 
     #[test]

@@ -102,12 +102,22 @@ impl LockHistory {
 
     /// Checks every property; the first violation found.
     pub fn check(&self) -> Result<(), Violation> {
+        match self.violations().into_iter().next() {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
+    /// Every violation found, in the order [`LockHistory::check`] looks
+    /// for them: reused tokens, then per lock token order and two holders.
+    pub fn violations(&self) -> Vec<Violation> {
+        let mut found = Vec::new();
         let mut by_token: BTreeMap<(usize, Token), &Hold> = BTreeMap::new();
         for h in &self.holds {
             if let Some(other) = by_token.insert((self.life(h), h.token), h)
                 && (other.client != h.client || other.lock != h.lock)
             {
-                return Err(Violation::TokenReused {
+                found.push(Violation::TokenReused {
                     a: Box::new(other.clone()),
                     b: Box::new(h.clone()),
                 });
@@ -127,7 +137,7 @@ impl LockHistory {
                     continue;
                 }
                 if b.token < a.token {
-                    return Err(Violation::TokenOrder {
+                    found.push(Violation::TokenOrder {
                         earlier: Box::new(a.clone()),
                         later: Box::new(b.clone()),
                     });
@@ -141,7 +151,7 @@ impl LockHistory {
                     && h.until > h.from
                     && a.until > a.from
                 {
-                    return Err(Violation::TwoHolders {
+                    found.push(Violation::TwoHolders {
                         a: Box::new(a.clone()),
                         b: Box::new(h.clone()),
                     });
@@ -151,7 +161,7 @@ impl LockHistory {
                 }
             }
         }
-        Ok(())
+        found
     }
 }
 
@@ -224,6 +234,28 @@ mod tests {
         let h = history(&[hold("a", "c1", 5, 0, 100), hold("b", "c2", 5, 200, 300)]);
         assert!(matches!(h.check(), Err(Violation::TokenReused { .. })));
         let h = history(&[hold("a", "c1", 5, 0, 100), hold("a", "c2", 5, 200, 300)]);
+        assert!(matches!(h.check(), Err(Violation::TokenReused { .. })));
+    }
+
+    #[test]
+    fn every_violation_is_listed_not_only_the_first() {
+        let h = history(&[
+            hold("a", "c1", 1, 0, 100),
+            hold("a", "c2", 2, 50, 200),
+            hold("b", "c1", 4, 0, 100),
+            hold("b", "c2", 3, 150, 200),
+            hold("c", "c3", 4, 0, 10),
+        ]);
+        let kinds: Vec<&str> = h
+            .violations()
+            .iter()
+            .map(|v| match v {
+                Violation::TwoHolders { .. } => "two holders",
+                Violation::TokenOrder { .. } => "token order",
+                Violation::TokenReused { .. } => "token reused",
+            })
+            .collect();
+        assert_eq!(kinds, ["token reused", "two holders", "token order"]);
         assert!(matches!(h.check(), Err(Violation::TokenReused { .. })));
     }
 }
