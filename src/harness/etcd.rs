@@ -179,6 +179,11 @@ impl EtcdCluster {
         .is_ok_and(|v| v.get("header").is_some())
     }
 
+    /// Member `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
     /// Process ids of the running members.
     pub fn pids(&self) -> Vec<u32> {
         self.members

@@ -2,7 +2,7 @@
 //! agent processes on loopback that the demo, the benchmarks and the
 //! multi-process tests start, small JSON calls to an agent's HTTP API,
 //! the benchmarks' report helpers, a 3-member etcd beside them, the
-//! lock benchmark's workload, and the programs behind `meshd demo` and
+//! lock benchmark's workload, the churn benchmark, and the programs behind `meshd demo` and
 //! `meshd lock` (the binary parses their flags and calls them). Nothing
 //! of the protocols lives here; an embedder never needs it.
 
@@ -10,6 +10,7 @@ pub mod agents;
 pub mod bench;
 pub mod bench_idempotency;
 pub mod bench_locks;
+pub mod churn;
 pub mod demo;
 pub mod etcd;
 pub mod http;

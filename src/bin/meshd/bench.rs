@@ -9,6 +9,7 @@ use coordmesh::harness::bench::{
 };
 use coordmesh::harness::bench_idempotency::{IdempotencyOptions, idempotency};
 use coordmesh::harness::bench_locks::{LocksOptions, locks};
+use coordmesh::harness::churn::{ChurnOptions, churn};
 
 /// `meshd bench`.
 #[derive(Args, Debug)]
@@ -32,6 +33,9 @@ enum Which {
     /// Idempotent operations: replay, first execution, throughput,
     /// anti-entropy and memory, beside etcd.
     Idempotency(IdempotencyOptions),
+    /// Real agents under a churn schedule (kills, pauses, leaves): the
+    /// throughput, failovers and safety of a mixed workload, beside etcd.
+    Churn(ChurnOptions),
 }
 
 pub(crate) fn run(args: BenchArgs) -> ExitCode {
@@ -46,6 +50,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         Which::Idempotency(a) => std::env::current_exe()
             .map_err(|e| e.to_string())
             .and_then(|bin| idempotency(&bin, a)),
+        Which::Churn(a) => std::env::current_exe()
+            .map_err(|e| e.to_string())
+            .and_then(|bin| churn(&bin, a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
