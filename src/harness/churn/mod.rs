@@ -8,6 +8,7 @@
 //! The run fails (an error, so `meshd` exits 1) on any safety violation.
 
 pub mod monitor;
+pub mod plot;
 pub mod report;
 pub mod schedule;
 pub mod workload;
@@ -74,6 +75,10 @@ pub struct ChurnOptions {
     /// Write results as JSON to this file.
     #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub json: Option<PathBuf>,
+    /// Draw throughput and p99 latency over time, faults marked, as SVG
+    /// to this file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub plot: Option<PathBuf>,
 }
 
 impl ChurnOptions {
@@ -159,9 +164,11 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
     let mesh = run_mesh(bin, &args, seed, shape, &faults, &dir)?;
     let mut out = mesh.json(&args, seed, shape);
     print_mesh(&mesh, shape);
+    let mut etcd_timeline = None;
     if args.compare.as_deref() == Some("etcd")
         && let Some(theirs) = etcd::run(&args, seed, shape, &faults, &dir.join("etcd"))?
     {
+        etcd_timeline = Some(theirs.timeline());
         let ours = mesh.lock_rate_under_churn(shape);
         let theirs_rate = theirs.lock_rate_under_churn(shape);
         println!();
@@ -176,6 +183,38 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         out["lock_ratio_under_churn"] = json!(ratio);
     }
     write_json(args.json.as_deref(), &out)?;
+    if let Some(path) = &args.plot {
+        let all = report::timeline(&mesh.ops, mesh.elapsed);
+        let acquires = report::timeline(&mesh.acquires(), mesh.elapsed);
+        let mut series = vec![
+            plot::Series {
+                name: "meshd, all operations",
+                points: &all,
+            },
+            plot::Series {
+                name: "meshd, lock acquires",
+                points: &acquires,
+            },
+        ];
+        if let Some(points) = &etcd_timeline {
+            series.push(plot::Series {
+                name: "etcd (5 members), lock acquires",
+                points,
+            });
+        }
+        let marks: Vec<(Duration, String)> = mesh
+            .effects
+            .iter()
+            .filter_map(|e| Some((e.applied.fault.at, mark(&e.applied)?)))
+            .collect();
+        let title = format!(
+            "meshd bench churn: {} agents, one fault every {} s, seed {seed}",
+            args.nodes,
+            shape.every.as_secs()
+        );
+        plot::write(path, &title, &series, &marks, mesh.elapsed)?;
+        println!("plot written to {}", path.display());
+    }
     if !mesh.safety.clean() {
         return Err(format!(
             "safety violated: {:?}; each listed above; logs in {}",
@@ -407,6 +446,19 @@ fn describe(a: &Applied) -> String {
     }
 }
 
+/// A fault's label on the plot ("kill 1*": the leader), if it struck.
+fn mark(a: &Applied) -> Option<String> {
+    let v = a.victim?;
+    let kind = match a.fault.kind {
+        Kind::Kill { .. } => "kill",
+        Kind::Pause { .. } => "stop",
+        Kind::Leave { .. } => "leave",
+        k => k.name(),
+    };
+    let star = if Some(v) == a.leader { "*" } else { "" };
+    Some(format!("{kind} {v}{star}"))
+}
+
 fn sleep_until(t0: Instant, at: Duration) {
     std::thread::sleep(at.saturating_sub(t0.elapsed()));
 }
@@ -481,14 +533,20 @@ impl Progress {
 }
 
 impl MeshRun {
-    fn lock_rate_under_churn(&self, shape: Shape) -> f64 {
-        let acquires: Vec<workload::Op> = self
-            .ops
+    fn acquires(&self) -> Vec<workload::Op> {
+        self.ops
             .iter()
             .filter(|o| o.kind == workload::OpKind::Acquire)
             .copied()
-            .collect();
-        report::rate(&acquires, shape.steady, churn_end(&self.effects, shape))
+            .collect()
+    }
+
+    fn lock_rate_under_churn(&self, shape: Shape) -> f64 {
+        report::rate(
+            &self.acquires(),
+            shape.steady,
+            churn_end(&self.effects, shape),
+        )
     }
 
     fn failovers(&self) -> Vec<f64> {
@@ -681,6 +739,9 @@ mod etcd {
         pub(super) fn lock_rate_under_churn(&self, _: Shape) -> f64 {
             0.0
         }
+        pub(super) fn timeline(&self) -> Vec<(u64, usize, Duration)> {
+            Vec::new()
+        }
         pub(super) fn print_beside(&self, _: &MeshRun, _: Shape) {}
         pub(super) fn json(&self, _: Shape) -> serde_json::Value {
             json!(null)
@@ -773,6 +834,10 @@ mod etcd {
     impl EtcdRun {
         pub(super) fn lock_rate_under_churn(&self, shape: Shape) -> f64 {
             report::rate(&self.ops, shape.steady, churn_end(&self.effects, shape))
+        }
+
+        pub(super) fn timeline(&self) -> Vec<(u64, usize, Duration)> {
+            report::timeline(&self.ops, self.elapsed)
         }
 
         fn failovers(&self) -> Vec<f64> {
