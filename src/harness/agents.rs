@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -86,25 +86,52 @@ pub struct Agents {
     /// Agents started at least once: their first start gets
     /// `--bootstrap` (a new cluster), restarts do not (E7).
     started: HashSet<u64>,
+    /// Per agent, a command its start goes through (`ip netns exec …`).
+    prefixes: BTreeMap<u64, Vec<String>>,
 }
 
 impl Agents {
     /// Plans `n` agents with ids `1..=n` (not started). Voters are the
     /// first `min(n, 5)` ids; everyone seeds from the first three.
     pub fn new(bin: &Path, n: u64, log_dir: &Path) -> io::Result<Agents> {
-        std::fs::create_dir_all(log_dir)?;
         let mut taken = HashSet::new();
-        let mut specs = BTreeMap::new();
-        for id in 1..=n {
+        let mut ports = Vec::new();
+        for _ in 1..=n {
             let port = free_gossip_port(&taken)?;
             taken.extend([port, port + 1, port + 2]);
+            ports.push((IpAddr::from([127, 0, 0, 1]), port));
+        }
+        Self::plan(bin, &ports, log_dir)
+    }
+
+    /// As [`Agents::new`], agent `i` at `hosts[i - 1]` (gossip on `port`,
+    /// RPC and HTTP on the two above), started through `prefixes[i - 1]`
+    /// (a command that runs the rest in, say, a network namespace).
+    pub fn at_hosts(
+        bin: &Path,
+        hosts: &[IpAddr],
+        port: u16,
+        prefixes: Vec<Vec<String>>,
+        log_dir: &Path,
+    ) -> io::Result<Agents> {
+        let at: Vec<(IpAddr, u16)> = hosts.iter().map(|h| (*h, port)).collect();
+        let mut a = Self::plan(bin, &at, log_dir)?;
+        a.prefixes = (1..).zip(prefixes).collect();
+        Ok(a)
+    }
+
+    fn plan(bin: &Path, at: &[(IpAddr, u16)], log_dir: &Path) -> io::Result<Agents> {
+        std::fs::create_dir_all(log_dir)?;
+        let n = at.len() as u64;
+        let mut specs = BTreeMap::new();
+        for (id, &(host, port)) in (1..).zip(at) {
             specs.insert(
                 id,
                 Spec {
                     id,
-                    gossip: SocketAddr::from(([127, 0, 0, 1], port)),
-                    rpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
-                    http: SocketAddr::from(([127, 0, 0, 1], port + 2)),
+                    gossip: SocketAddr::new(host, port),
+                    rpc: SocketAddr::new(host, port + 1),
+                    http: SocketAddr::new(host, port + 2),
                 },
             );
         }
@@ -123,6 +150,7 @@ impl Agents {
             extra_args: Vec::new(),
             data_root: None,
             started: HashSet::new(),
+            prefixes: BTreeMap::new(),
         })
     }
 
@@ -144,7 +172,12 @@ impl Agents {
     /// recovering (a voter stopped before it recovered has left nothing
     /// in its data directory, and comes back as one without memory).
     pub fn start_led(bin: &Path, n: u64, dir: &Path, within: Duration) -> Result<Agents, String> {
-        let mut a = Agents::new(bin, n, dir).map_err(|e| e.to_string())?;
+        let a = Agents::new(bin, n, dir).map_err(|e| e.to_string())?;
+        Self::led(a, dir, within)
+    }
+
+    /// As [`Agents::start_led`], for agents planned already.
+    pub fn led(mut a: Agents, dir: &Path, within: Duration) -> Result<Agents, String> {
         a.close_with_new_key()?;
         a.data_root = Some(dir.join("data"));
         a.start_all().map_err(|e| e.to_string())?;
@@ -218,7 +251,14 @@ impl Agents {
             .create(true)
             .append(true)
             .open(self.log_path(id))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.prefixes.get(&id).and_then(|p| p.split_first()) {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("agent")
             .args(["--id", &id.to_string()])
             .args(["--gossip", &spec.gossip.to_string()])

@@ -8,6 +8,7 @@
 //! The run fails (an error, so `meshd` exits 1) on any safety violation.
 
 pub mod monitor;
+pub mod netns;
 pub mod plot;
 pub mod report;
 pub mod schedule;
@@ -66,6 +67,10 @@ pub struct ChurnOptions {
     /// schedule (`etcd`: a 5-member etcd, needs `--features etcd-bench`).
     #[cfg_attr(feature = "cli", arg(long, value_name = "SYSTEM"))]
     pub compare: Option<String>,
+    /// Leave partitions out of the schedule (they are in it when this
+    /// process may make network namespaces: root, iproute2).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_partitions: bool,
     /// No live progress line.
     #[cfg_attr(feature = "cli", arg(long))]
     pub quiet: bool,
@@ -139,12 +144,28 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let shape = args.shape(false);
+    let namespaces = if args.no_partitions {
+        println!("(--no-partitions: no partitions in the schedule)");
+        None
+    } else if let Some(why) = netns::Namespaces::unavailable() {
+        println!(
+            "(partitions between network namespaces skipped: {why}; they need root and iproute2)"
+        );
+        None
+    } else {
+        Some(netns::Namespaces::create(args.nodes)?)
+    };
+    let shape = args.shape(namespaces.is_some());
     let faults = schedule::draw(seed, shape);
     println!(
-        "churn benchmark: {} keyed agents ({} voters, data directories) on loopback, {} s ({} s steady, then one fault every {} s: {} faults), seed {seed}",
+        "churn benchmark: {} keyed agents ({} voters, data directories) {}, {} s ({} s steady, then one fault every {} s: {} faults), seed {seed}",
         shape.nodes,
         shape.voters,
+        if namespaces.is_some() {
+            "each in a network namespace of its own"
+        } else {
+            "on loopback"
+        },
         args.duration_s,
         shape.steady.as_secs(),
         shape.every.as_secs(),
@@ -160,8 +181,7 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         workload::CLAIM_TTL.as_millis(),
         20.0
     );
-    println!("(partitions between network namespaces: not in this build's schedule)");
-    let mesh = run_mesh(bin, &args, seed, shape, &faults, &dir)?;
+    let mesh = run_mesh(bin, &args, seed, shape, &faults, &dir, namespaces)?;
     let mut out = mesh.json(&args, seed, shape);
     print_mesh(&mesh, shape);
     let mut etcd_timeline = None;
@@ -254,8 +274,22 @@ fn run_mesh(
     shape: Shape,
     faults: &[Fault],
     dir: &Path,
+    mut namespaces: Option<netns::Namespaces>,
 ) -> Result<MeshRun, String> {
-    let mut agents = Agents::start_led(bin, args.nodes, dir, Duration::from_secs(60))?;
+    let planned = match &namespaces {
+        Some(ns) => {
+            let ids = 1..=args.nodes;
+            let hosts: Vec<_> = ids.clone().map(|i| ns.addr(i)).collect();
+            let prefixes = ids.map(|i| ns.prefix(i)).collect();
+            Agents::at_hosts(bin, &hosts, 7400, prefixes, dir)
+        }
+        None => Agents::new(bin, args.nodes, dir),
+    };
+    let mut agents = Agents::led(
+        planned.map_err(|e| e.to_string())?,
+        dir,
+        Duration::from_secs(60),
+    )?;
     let secret = crate::ClusterSecret::load(&dir.join("cluster.key")).map_err(|e| e.to_string())?;
     let ids = agents.ids();
     let https: Vec<(u64, SocketAddr)> = ids.iter().map(|id| (*id, agents.spec(*id).http)).collect();
@@ -293,10 +327,10 @@ fn run_mesh(
     let mut strike_error = None;
     for fault in faults {
         sleep_until(run.t0, fault.at);
-        let a = strike(&mut agents, fault, shape);
+        let a = strike(&mut agents, namespaces.as_mut(), fault, shape);
         progress.fault(fault.at, describe(&a));
         sleep_until(run.t0, fault.at + fault.kind.lasting());
-        if let Err(e) = heal(&mut agents, &a) {
+        if let Err(e) = heal(&mut agents, namespaces.as_mut(), &a) {
             strike_error = Some(e);
         }
         applied.push(a);
@@ -366,7 +400,12 @@ fn run_mesh(
 }
 
 /// Strikes `fault`, resolving its target among the agents.
-fn strike(agents: &mut Agents, fault: &Fault, shape: Shape) -> Applied {
+fn strike(
+    agents: &mut Agents,
+    namespaces: Option<&mut netns::Namespaces>,
+    fault: &Fault,
+    shape: Shape,
+) -> Applied {
     let leader = current_leader(agents);
     let victim = match fault.target {
         Target::Leader => leader.or_else(|| agents.running().first().copied()),
@@ -393,16 +432,49 @@ fn strike(agents: &mut Agents, fault: &Fault, shape: Shape) -> Applied {
             applied.victim = None;
             applied.skipped = Some("only members that are not voters leave".into());
         }
-        _ => {
-            applied.victim = None;
-            applied.skipped = Some("partitions need network namespaces".into());
-        }
+        partition => match namespaces {
+            Some(ns) => {
+                if let Err(e) = partition_by(ns, partition, v, shape.nodes) {
+                    applied.victim = None;
+                    applied.skipped = Some(e);
+                }
+            }
+            None => {
+                applied.victim = None;
+                applied.skipped = Some("partitions need network namespaces".into());
+            }
+        },
     }
     applied
 }
 
+/// Cuts the network as `kind` says, around node `v` of `1..=nodes`:
+/// a minority of `v` and the next id; two halves with `v` reaching both;
+/// all `v` sends lost; all `v` sends delayed.
+fn partition_by(ns: &mut netns::Namespaces, kind: Kind, v: u64, nodes: u64) -> Result<(), String> {
+    let others: Vec<u64> = (1..=nodes).filter(|i| *i != v).collect();
+    match kind {
+        Kind::Minority { .. } => {
+            let partner = v % nodes + 1;
+            let rest: Vec<u64> = others.iter().copied().filter(|i| *i != partner).collect();
+            ns.split(&[v, partner], &rest)
+        }
+        Kind::Bridge { .. } => {
+            let (a, b): (Vec<u64>, Vec<u64>) = others.iter().partition(|i| *i % 2 == 0);
+            ns.split(&a, &b)
+        }
+        Kind::OneWay { .. } => others.iter().try_for_each(|&j| ns.cut(v, j)),
+        Kind::Delay { delay, .. } => ns.delay(v, delay),
+        _ => Ok(()),
+    }
+}
+
 /// Undoes what [`strike`] did.
-fn heal(agents: &mut Agents, a: &Applied) -> Result<(), String> {
+fn heal(
+    agents: &mut Agents,
+    namespaces: Option<&mut netns::Namespaces>,
+    a: &Applied,
+) -> Result<(), String> {
     let Some(v) = a.victim else { return Ok(()) };
     match a.fault.kind {
         Kind::Kill { .. } | Kind::Leave { .. } => agents
@@ -412,7 +484,7 @@ fn heal(agents: &mut Agents, a: &Applied) -> Result<(), String> {
             agents.signal(v, libc::SIGCONT);
             Ok(())
         }
-        _ => Ok(()),
+        _ => namespaces.map_or(Ok(()), |ns| ns.heal()),
     }
 }
 
@@ -663,6 +735,14 @@ fn print_mesh(m: &MeshRun, shape: Shape) {
             ms(e.gap),
             e.new_terms,
             detected
+        );
+    }
+    for e in m.effects.iter().filter(|e| e.applied.skipped.is_some()) {
+        println!(
+            "  (the {} at {:.0} s was skipped: {})",
+            e.applied.fault.kind.name(),
+            e.applied.fault.at.as_secs_f64(),
+            e.applied.skipped.as_deref().unwrap_or_default()
         );
     }
     let failovers = m.failovers();

@@ -32,8 +32,8 @@ pub fn write(
         .titled(title, ("sans-serif", 18))
         .map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(330);
-    let seconds = duration.as_secs_f64().ceil().max(1.0);
-    // The last second is partial: left out of both panels.
+    let seconds = duration.as_secs_f64().max(1.0);
+    // A last second cut short is left out of both panels.
     let shown = |p: &&(u64, usize, Duration)| (p.0 as f64) + 1.0 <= seconds;
     let ops_max = series
         .iter()

@@ -134,7 +134,8 @@ pub struct Shape {
 
 /// The faults of a run: one at the start of each slot after the steady
 /// state, the last slot ending by the end of the run; the first a kill of
-/// the leader, the second a pause of the leader, the rest drawn. The same
+/// the leader, the second a pause of the leader, with partitions the
+/// third a minority holding the leader, the rest drawn. The same
 /// seed and shape give the same faults.
 pub fn draw(seed: u64, shape: Shape) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc4u64.rotate_left(56));
@@ -159,9 +160,11 @@ pub fn draw(seed: u64, shape: Shape) -> Vec<Fault> {
         };
         // The first two faults strike the leader, a kill then a pause,
         // so every run, however short, has both failovers.
+        // With partitions, the third cuts the leader off in a minority.
         let roll = match faults.len() {
             0 => 0,
             1 => 35,
+            2 if shape.partitions => 80,
             _ => rng.random_range(0..100u32),
         };
         let (target, kind) = match roll {
