@@ -29,6 +29,8 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     initial: String,
     dir: PathBuf,
+    /// Per member, a command its start goes through (`ip netns exec …`).
+    prefixes: Vec<Vec<String>>,
 }
 
 impl EtcdCluster {
@@ -82,6 +84,7 @@ impl EtcdCluster {
             .map(|(i, p)| format!("e{}=http://127.0.0.1:{}", i + 1, p + 2))
             .collect();
         let mut cluster = EtcdCluster {
+            prefixes: Vec::new(),
             members: ports
                 .iter()
                 .enumerate()
@@ -101,6 +104,42 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
+    /// Starts one member at each of `hosts` (client port 2379, peer port
+    /// 2380), member `i` through `prefixes[i]` (a command that runs the
+    /// rest in, say, a network namespace), data under `dir`.
+    pub fn start_at(
+        hosts: &[std::net::IpAddr],
+        prefixes: Vec<Vec<String>>,
+        dir: &Path,
+    ) -> io::Result<EtcdCluster> {
+        std::fs::create_dir_all(dir)?;
+        let peer = |h: &std::net::IpAddr| format!("http://{}", SocketAddr::new(*h, 2380));
+        let initial: Vec<String> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("e{}={}", i + 1, peer(h)))
+            .collect();
+        let mut cluster = EtcdCluster {
+            members: hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| Member {
+                    name: format!("e{}", i + 1),
+                    client: SocketAddr::new(*h, 2379),
+                    peer: peer(h),
+                    child: None,
+                })
+                .collect(),
+            initial: initial.join(","),
+            dir: dir.to_path_buf(),
+            prefixes,
+        };
+        for i in 0..hosts.len() {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
     /// Starts member `i` (again, after a kill: same data directory).
     pub fn spawn(&mut self, i: usize) -> io::Result<()> {
         let m = &self.members[i];
@@ -108,7 +147,14 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))?;
-        let mut cmd = Command::new("etcd");
+        let mut cmd = match self.prefixes.get(i).and_then(|p| p.split_first()) {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("etcd");
+                cmd
+            }
+            None => Command::new("etcd"),
+        };
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.dir.join(&m.name))
