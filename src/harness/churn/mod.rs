@@ -1034,7 +1034,12 @@ mod etcd {
         }
         println!();
         println!(
-            "etcd: 5 members on loopback, the lock workload, the same faults at the same times"
+            "etcd: 5 members {}, the lock workload, the same faults at the same times",
+            if shape.partitions {
+                "each in a network namespace of its own"
+            } else {
+                "on loopback"
+            }
         );
         if !EtcdCluster::available() {
             println!("(etcd not installed: no comparison)");
