@@ -12,6 +12,8 @@ pub mod netns;
 pub mod plot;
 pub mod report;
 pub mod schedule;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod workload;
 
 use std::io::IsTerminal;
@@ -29,8 +31,8 @@ use self::workload::Shared;
 use crate::client::RemoteClient;
 use crate::harness::agents::Agents;
 use crate::harness::report::write_json;
-use crate::idempotency::history::Violation as IdempotencyViolation;
-use crate::locks::history::Violation as LockViolation;
+use crate::idempotency::history::{IdempotencyHistory, Violation as IdempotencyViolation};
+use crate::locks::history::{LockHistory, Violation as LockViolation};
 
 /// What `meshd bench churn` runs (its flags).
 #[derive(Debug, Clone)]
@@ -67,6 +69,13 @@ pub struct ChurnOptions {
     /// schedule (`etcd`: a 5-member etcd, needs `--features etcd-bench`).
     #[cfg_attr(feature = "cli", arg(long, value_name = "SYSTEM"))]
     pub compare: Option<String>,
+    /// Simulated nodes (5 voters) of the same schedule run in virtual time
+    /// after the real run (0: none; needs feature `sim`).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100))]
+    pub sim_nodes: u64,
+    /// Run only the simulation (no agents, no etcd).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub sim_only: bool,
     /// Leave partitions out of the schedule (they are in it when this
     /// process may make network namespaces: root, iproute2).
     #[cfg_attr(feature = "cli", arg(long))]
@@ -144,6 +153,21 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
+    if args.sim_only {
+        let Some((json, safety)) = simulate(&args, seed, args.shape(false))? else {
+            return Err(
+                "--sim-only with no simulation (--sim-nodes 0, or no feature `sim`)".into(),
+            );
+        };
+        write_json(args.json.as_deref(), &json!({"seed": seed, "sim": json}))?;
+        return if safety.clean() {
+            Ok(())
+        } else {
+            Err(format!(
+                "safety violated in the simulation: {safety:?}; each listed above"
+            ))
+        };
+    }
     let namespaces = if args.no_partitions {
         println!("(--no-partitions: no partitions in the schedule)");
         None
@@ -202,6 +226,10 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         out["etcd"] = theirs.json(shape);
         out["lock_ratio_under_churn"] = json!(ratio);
     }
+    let simulated = simulate(&args, seed, shape)?;
+    if let Some((json, _)) = &simulated {
+        out["sim"] = json.clone();
+    }
     write_json(args.json.as_deref(), &out)?;
     if let Some(path) = &args.plot {
         let all = report::timeline(&mesh.ops, mesh.elapsed);
@@ -235,6 +263,13 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         plot::write(path, &title, &series, &marks, mesh.elapsed)?;
         println!("plot written to {}", path.display());
     }
+    if let Some((_, safety)) = simulated
+        && !safety.clean()
+    {
+        return Err(format!(
+            "safety violated in the simulation: {safety:?}; each listed above"
+        ));
+    }
     if !mesh.safety.clean() {
         return Err(format!(
             "safety violated: {:?}; each listed above; logs in {}",
@@ -247,6 +282,133 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The same schedule on `--sim-nodes` simulated nodes: printed, and
+/// its JSON and verdict returned.
+#[cfg(feature = "sim")]
+fn simulate(
+    args: &ChurnOptions,
+    seed: u64,
+    real: Shape,
+) -> Result<Option<(serde_json::Value, Safety)>, String> {
+    if args.sim_nodes == 0 {
+        return Ok(None);
+    }
+    if args.sim_nodes < 3 {
+        return Err("--sim-nodes: at least 3 (or 0 for none)".into());
+    }
+    let shape = sim::shape(real, args.sim_nodes);
+    let faults = sim::faults(seed, shape);
+    println!();
+    println!(
+        "simulation: {} nodes ({} voters with data directories), the same seed's schedule with partitions, {} s of virtual time",
+        shape.nodes,
+        shape.voters,
+        shape.duration.as_secs()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = runtime.block_on(sim::run(
+        seed,
+        shape,
+        &faults,
+        args.lock_clients,
+        args.locks,
+        args.idempotency_clients,
+    ))?;
+    let end = churn_end(&r.effects, shape);
+    let (acq, idem) = report::latencies(&r.ops);
+    let failovers: Vec<f64> = r
+        .effects
+        .iter()
+        .filter(|e| e.applied.hit_leader())
+        .map(|e| ms(e.gap))
+        .collect();
+    let struck = r
+        .effects
+        .iter()
+        .filter(|e| e.applied.victim.is_some())
+        .count();
+    println!(
+        "  operations/s       steady {:.0}, under churn {:.0} (virtual time); acquire p50 {:.1} ms p99 {:.0} ms; idempotent p50 {:.1} ms p99 {:.0} ms",
+        report::rate(&r.ops, Duration::ZERO, shape.steady),
+        report::rate(&r.ops, shape.steady, end),
+        ms(acq.p50),
+        ms(acq.p99),
+        ms(idem.p50),
+        ms(idem.p99)
+    );
+    println!(
+        "  faults             {struck} struck; failovers {} seen by clients: median {} ms, max {} ms; {:.1} s without a leader",
+        failovers.len(),
+        median(failovers.clone()).map_or("-".into(), |v| format!("{v:.0}")),
+        failovers
+            .iter()
+            .copied()
+            .reduce(f64::max)
+            .map_or("-".into(), |v| format!("{v:.0}")),
+        r.leaderless.as_secs_f64()
+    );
+    let s = r.safety;
+    println!(
+        "  safety             {} lock holds, {} executions: double holders {}, token order {}, tokens reused {}, duplicate executions {}, differing replays {}, invented results {}: {} ({:.0} s of wall time)",
+        r.holds,
+        r.executions,
+        s.double_holders,
+        s.token_order_violations,
+        s.tokens_reused,
+        s.duplicate_executions,
+        s.differing_replays,
+        s.invented_results,
+        if s.clean() { "OK" } else { "VIOLATED" },
+        r.wall.as_secs_f64()
+    );
+    let json = json!({
+        "nodes": r.nodes,
+        "voters": shape.voters,
+        "virtual_s": shape.duration.as_secs_f64(),
+        "wall_s": r.wall.as_secs_f64(),
+        "ops": r.ops.len(),
+        "steady_ops_per_s": report::rate(&r.ops, Duration::ZERO, shape.steady),
+        "churn_ops_per_s": report::rate(&r.ops, shape.steady, end),
+        "faults": struck,
+        "failover_ms": failovers,
+        "leaderless_ms_churn": ms(r.leaderless),
+        "lock_holds_checked": r.holds,
+        "executions": r.executions,
+        "double_holders": s.double_holders,
+        "token_order_violations": s.token_order_violations,
+        "tokens_reused": s.tokens_reused,
+        "duplicate_executions": s.duplicate_executions,
+        "differing_replays": s.differing_replays,
+        "invented_results": s.invented_results,
+        "per_fault": r.effects.iter().map(|e| json!({
+            "at_s": e.applied.fault.at.as_secs_f64(),
+            "kind": e.applied.fault.kind.name(),
+            "victim": e.applied.victim,
+            "leader": e.applied.leader,
+            "skipped": e.applied.skipped,
+            "longest_gap_ms": ms(e.gap),
+            "new_terms": e.new_terms,
+        })).collect::<Vec<_>>(),
+    });
+    Ok(Some((json, s)))
+}
+
+#[cfg(not(feature = "sim"))]
+fn simulate(
+    args: &ChurnOptions,
+    _: u64,
+    _: Shape,
+) -> Result<Option<(serde_json::Value, Safety)>, String> {
+    if args.sim_nodes > 0 {
+        println!("(built without feature `sim`: no simulated run)");
+    }
+    Ok(None)
 }
 
 /// Everything a run against the agents produced.
@@ -359,23 +521,7 @@ fn run_mesh(
     let ops = std::mem::take(&mut *run.ops.lock().unwrap());
     let locks = run.locks.lock().unwrap().clone();
     let idem = run.idempotency.lock().unwrap().clone();
-    let mut safety = Safety::default();
-    for v in locks.violations() {
-        println!("VIOLATION: {v}");
-        match v {
-            LockViolation::TwoHolders { .. } => safety.double_holders += 1,
-            LockViolation::TokenOrder { .. } => safety.token_order_violations += 1,
-            LockViolation::TokenReused { .. } => safety.tokens_reused += 1,
-        }
-    }
-    for v in idem.violations() {
-        println!("VIOLATION: {v}");
-        match v {
-            IdempotencyViolation::DuplicateExecution { .. } => safety.duplicate_executions += 1,
-            IdempotencyViolation::DifferentResults { .. } => safety.differing_replays += 1,
-            _ => safety.invented_results += 1,
-        }
-    }
+    let safety = verdict(&locks, &idem);
     let end_of_churn = faults
         .last()
         .map_or(shape.steady, |f| f.at + shape.every)
@@ -397,6 +543,28 @@ fn run_mesh(
         safety,
         elapsed,
     })
+}
+
+/// The checkers' verdict on a run's histories; each violation printed.
+fn verdict(locks: &LockHistory, idem: &IdempotencyHistory) -> Safety {
+    let mut safety = Safety::default();
+    for v in locks.violations() {
+        println!("VIOLATION: {v}");
+        match v {
+            LockViolation::TwoHolders { .. } => safety.double_holders += 1,
+            LockViolation::TokenOrder { .. } => safety.token_order_violations += 1,
+            LockViolation::TokenReused { .. } => safety.tokens_reused += 1,
+        }
+    }
+    for v in idem.violations() {
+        println!("VIOLATION: {v}");
+        match v {
+            IdempotencyViolation::DuplicateExecution { .. } => safety.duplicate_executions += 1,
+            IdempotencyViolation::DifferentResults { .. } => safety.differing_replays += 1,
+            _ => safety.invented_results += 1,
+        }
+    }
+    safety
 }
 
 /// Strikes `fault`, resolving its target among the agents.
