@@ -250,6 +250,15 @@ pub enum ElectionRequest {
         /// syncs are copied from.
         fresh: bool,
     },
+    /// Would this voter promise `epoch` now? Asked before a candidate
+    /// promises itself anything (E2's pre-vote); nothing changes on
+    /// either side.
+    PreVote {
+        /// The epoch the candidate would ask for.
+        epoch: Epoch,
+        /// Voter-set hash.
+        voters: u64,
+    },
 }
 
 /// Answers to [`ElectionRequest`]s.
@@ -276,6 +285,11 @@ pub enum ElectionResponse {
         /// For a blackout or a start-up wait: how long until it ends, in
         /// the refusing node's milliseconds (a hint for the candidate).
         retry_ms: u64,
+    },
+    /// Answer to a pre-vote: this voter would promise `epoch` now.
+    WouldPromise {
+        /// The epoch asked about.
+        epoch: Epoch,
     },
     /// Answer to a probe or a resign.
     Noted {
@@ -311,6 +325,8 @@ pub enum RejectReason {
     /// The epoch is above 2^32 − 1, the last that can form fencing tokens
     /// (K1): refused whatever the promise.
     EpochSpent,
+    /// A pre-vote asked a leader that serves (E2).
+    Leading,
 }
 
 /// What a voter remembers from before its start (E7), as its answers to
@@ -393,6 +409,9 @@ enum Role {
         /// When its `Prepare`s left; `None` while its promise to itself
         /// is being made durable (they leave once it is, E1).
         sent_at: Option<Duration>,
+        /// Still asking whether a majority would promise (E2's pre-vote):
+        /// `promises` holds the voters that would, nothing is promised.
+        pre: bool,
     },
     Leader {
         epoch: Epoch,
@@ -1026,6 +1045,13 @@ impl Election {
         true
     }
 
+    /// E2's pre-vote: before promising itself anything, a candidate asks
+    /// the voters whether they would promise the next epoch now, and
+    /// runs only once a majority would. A voter cut off or stopped for a
+    /// while, whose marks all went stale, asks and hears no (the voters
+    /// in a leader's blackout and the serving leader itself say so), and
+    /// so raises no promise with which it would refuse the leader's
+    /// heartbeats and depose it.
     fn run(&mut self, now: Duration, out: &mut Vec<Output>) {
         let epoch = self.max_epoch.max(self.promised).next();
         if epoch > Epoch::MAX {
@@ -1034,6 +1060,57 @@ impl Election {
             self.next_attempt_at = now + self.timing.election_timeout;
             return;
         }
+        let mut would = BTreeSet::new();
+        if self.can_promise(now, epoch).is_ok() {
+            would.insert(self.id);
+        }
+        self.role = Role::Candidate {
+            epoch,
+            promises: would,
+            refused: BTreeSet::new(),
+            retry_at: None,
+            contested: false,
+            sent_at: Some(now),
+            pre: true,
+        };
+        for &v in &self.voters {
+            if v != self.id {
+                out.push(Output::Send {
+                    to: v,
+                    request: ElectionRequest::PreVote {
+                        epoch,
+                        voters: self.hash,
+                    },
+                });
+            }
+        }
+        self.check_pre_vote(now, out);
+    }
+
+    /// A majority would promise the pre-vote's epoch: run for it (if no
+    /// higher epoch was seen meanwhile).
+    fn check_pre_vote(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let Role::Candidate {
+            epoch,
+            promises,
+            pre: true,
+            ..
+        } = &self.role
+        else {
+            return;
+        };
+        if promises.len() >= self.quorum() {
+            let epoch = *epoch;
+            if epoch == self.max_epoch.max(self.promised).next() {
+                self.campaign(now, epoch, out);
+            } else {
+                self.fail_attempt(now);
+            }
+        }
+    }
+
+    /// Runs for `epoch`: promises itself (durably) and asks the voters.
+    fn campaign(&mut self, now: Duration, epoch: Epoch, out: &mut Vec<Output>) {
         self.max_epoch = epoch;
         let mut promises = BTreeSet::new();
         let mut sent_at = Some(now);
@@ -1053,6 +1130,7 @@ impl Election {
             retry_at: None,
             contested: false,
             sent_at,
+            pre: false,
         };
         out.push(Output::ElectionStarted { epoch });
         if sent_at.is_some() {
@@ -1182,7 +1260,10 @@ impl Election {
 
     fn check_won(&mut self, now: Duration, out: &mut Vec<Output>) {
         let Role::Candidate {
-            epoch, promises, ..
+            epoch,
+            promises,
+            pre: false,
+            ..
         } = &self.role
         else {
             return;
@@ -1486,7 +1567,8 @@ impl Election {
             | ElectionRequest::Heartbeat { voters, .. }
             | ElectionRequest::Resign { voters, .. }
             | ElectionRequest::Probe { voters }
-            | ElectionRequest::Sync { voters, .. } => *voters,
+            | ElectionRequest::Sync { voters, .. }
+            | ElectionRequest::PreVote { voters, .. } => *voters,
         };
         if hash != self.hash {
             return (self.reject(RejectReason::Config), out);
@@ -1519,6 +1601,22 @@ impl Election {
                 ref heard,
                 ..
             } => self.heartbeat(now, from, epoch, round, heard),
+            // E2's pre-vote: what a `Prepare` would get, nothing changed;
+            // a leader that serves says no (it would promise, being in no
+            // blackout of its own, and stop serving for nothing).
+            ElectionRequest::PreVote { epoch, .. } => {
+                if self.is_serving(now) {
+                    self.reject(RejectReason::Leading)
+                } else {
+                    match self.can_promise(now, epoch) {
+                        Ok(()) => Handled {
+                            response: ElectionResponse::WouldPromise { epoch },
+                            persist: None,
+                        },
+                        Err(reason) => self.reject_at(now, reason),
+                    }
+                }
+            }
             ElectionRequest::Resign { epoch, .. } => {
                 if self
                     .leader
@@ -1828,8 +1926,30 @@ impl Election {
                     self.count_acks(*round);
                 }
             }
-            (ElectionRequest::Prepare { epoch, .. }, response)
-                if !matches!(response, Some(ElectionResponse::Promise { .. })) =>
+            (
+                ElectionRequest::PreVote { epoch, .. },
+                Some(ElectionResponse::WouldPromise { epoch: would }),
+            ) if epoch == would => {
+                if let Role::Candidate {
+                    epoch: mine,
+                    promises,
+                    pre: true,
+                    ..
+                } = &mut self.role
+                    && mine == epoch
+                    && self.voters.binary_search(&from).is_ok()
+                {
+                    promises.insert(from);
+                }
+                self.check_pre_vote(now, &mut out);
+            }
+            (
+                ElectionRequest::Prepare { epoch, .. } | ElectionRequest::PreVote { epoch, .. },
+                response,
+            ) if !matches!(
+                response,
+                Some(ElectionResponse::Promise { .. } | ElectionResponse::WouldPromise { .. })
+            ) =>
             {
                 if let Some(ElectionResponse::Reject {
                     promised, reason, ..
@@ -1838,7 +1958,9 @@ impl Election {
                 {
                     self.observe_epoch(*promised);
                 }
-                let current = matches!(self.role, Role::Candidate { epoch: e, .. } if e == *epoch);
+                // A refusal counts against the phase it answers.
+                let asked_pre = matches!(request, ElectionRequest::PreVote { .. });
+                let current = matches!(self.role, Role::Candidate { epoch: e, pre, .. } if e == *epoch && pre == asked_pre);
                 if current {
                     self.note_refusal(now, from, response);
                 }

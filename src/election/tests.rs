@@ -593,9 +593,34 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
     // Run once the start-up wait and the election timeout are over.
     let t0 = timing.election_timeout + STEP;
     let outs = e.handle_tick(t0);
+    // E2: a pre-vote first, nothing promised.
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Persist(_))),
+        "{outs:?}"
+    );
+    let pre_vote = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send {
+                to,
+                request: request @ ElectionRequest::PreVote { .. },
+            } if *to == NodeId(2) => Some(request.clone()),
+            _ => None,
+        })
+        .expect("a pre-vote to node 2");
+    let ElectionRequest::PreVote { epoch: asked, .. } = pre_vote else {
+        unreachable!()
+    };
+    let outs = e.handle_response(
+        t0,
+        NodeId(2),
+        &pre_vote,
+        Some(&ElectionResponse::WouldPromise { epoch: asked }),
+    );
     let Some(&Output::Persist(own)) = outs.iter().find(|o| matches!(o, Output::Persist(_))) else {
         panic!("a durable promise to itself first: {outs:?}")
     };
+    assert_eq!(own, asked);
     assert!(
         !outs.iter().any(|o| matches!(
             o,
@@ -1388,4 +1413,70 @@ fn a_voter_the_heartbeats_do_not_name_probes_every_other_voter_each_heartbeat() 
     assert_eq!(net.serving(), vec![NodeId(1)]);
     assert_eq!(to(&net, 3) - to_3, 10);
     assert_eq!(to(&net, 1) - to_leader, 10);
+}
+
+/// The epochs node `id` served in, in order.
+fn epochs_served(net: &Net, id: u64) -> Vec<Epoch> {
+    net.served
+        .keys()
+        .filter(|(n, _)| *n == NodeId(id))
+        .map(|(_, e)| *e)
+        .collect()
+}
+
+/// Goal (E2, pre-vote): a voter stopped past the lease and the election
+/// timeout (SIGSTOP) wakes with every reach mark stale and no leader in
+/// sight. It must not depose the leader the others still follow: it asks
+/// first whether a majority would promise, and the voters in the
+/// leader's blackout, and the serving leader itself, say no. (Before,
+/// it promised itself the next epoch, refused the leader's heartbeats
+/// with it, and the leader stepped down: a term lost for nothing.)
+#[test]
+fn a_voter_waking_from_a_pause_does_not_depose_a_serving_leader() {
+    for n in [3, 5] {
+        let mut net = Net::new(n, &ids(n), true);
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(net.serving(), vec![NodeId(1)]);
+        let before = epochs_served(&net, 1);
+        net.down.insert(NodeId(n));
+        net.run_for(Duration::from_millis(3_750));
+        net.down.remove(&NodeId(n));
+        // Its timers fire before it reads what waits in its socket.
+        let now = net.now;
+        let outs = net.nodes.get_mut(&NodeId(n)).unwrap().handle_tick(now);
+        net.process(NodeId(n), outs);
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(net.serving(), vec![NodeId(1)], "{n} voters");
+        assert_eq!(epochs_served(&net, 1), before, "{n} voters: a new term");
+        assert!(
+            net.nodes[&NodeId(n)].leader(net.now).is_some(),
+            "{n} voters"
+        );
+        net.assert_safe();
+    }
+}
+
+/// Goal (E2, pre-vote): a voter cut off from everyone runs attempt after
+/// attempt; when the cut heals it must not depose the leader with the
+/// epochs it tried (it promised itself none of them, as no majority
+/// would have promised).
+#[test]
+fn a_voter_back_from_a_partition_does_not_depose_a_serving_leader() {
+    for n in [3, 5] {
+        let mut net = Net::new(n, &ids(n), true);
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(net.serving(), vec![NodeId(1)]);
+        let before = epochs_served(&net, 1);
+        let promised = net.nodes[&NodeId(n)].promised();
+        for other in ids(n - 1) {
+            net.cut.insert((NodeId(n), other));
+        }
+        net.run_for(Duration::from_secs(5));
+        assert_eq!(net.nodes[&NodeId(n)].promised(), promised, "{n} voters");
+        net.cut.clear();
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(net.serving(), vec![NodeId(1)], "{n} voters");
+        assert_eq!(epochs_served(&net, 1), before, "{n} voters: a new term");
+        net.assert_safe();
+    }
 }

@@ -44,7 +44,9 @@ use crate::locks::Entry;
 /// 10: a grant's entry carries the run its holder is bound to (K5).
 /// 11: a heartbeat names the voters whose acks the leader had lately, and
 /// they count it toward their reach marks instead of probing it.
-pub const WIRE_VERSION: u16 = 11;
+/// 12: a candidate asks for a pre-vote (`PreVote`, `WouldPromise`, the
+/// refusal `Leading`) before it promises itself an epoch.
+pub const WIRE_VERSION: u16 = 12;
 /// Largest frame (after the length prefix) a node sends or accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 // A prune round's tombstones, and the forget that names them, fit a frame.

@@ -73,6 +73,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Election(E::Resign { .. }) => "resign",
         Request::Election(E::Probe { .. }) => "probe",
         Request::Election(E::Sync { .. }) => "sync",
+        Request::Election(E::PreVote { .. }) => "pre-vote",
         Request::Voter(V::Replicate { .. }) => "lock-replicate",
         Request::Voter(V::Forget { .. }) => "lock-forget",
         Request::Lock(_) => "lock",
