@@ -31,6 +31,10 @@ fn a_minute_with_partitions_between_namespaces_breaks_no_guarantee() {
         return;
     }
     let r = churn(&[]);
+    if r["partitions"] != true {
+        println!("SKIPPED: no network namespaces could be made here (see the run's output above)");
+        return;
+    }
     let kinds = kinds(&r);
     assert_eq!(
         kinds[..3],

@@ -177,7 +177,13 @@ pub fn churn(bin: &Path, args: ChurnOptions) -> Result<(), String> {
         );
         None
     } else {
-        Some(netns::Namespaces::create(args.nodes)?)
+        match netns::Namespaces::create(args.nodes) {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                println!("(partitions between network namespaces skipped: {e})");
+                None
+            }
+        }
     };
     let shape = args.shape(namespaces.is_some());
     let faults = schedule::draw(seed, shape);
@@ -808,6 +814,7 @@ impl MeshRun {
             "duration_s": self.elapsed.as_secs_f64(),
             "steady_s": shape.steady.as_secs_f64(),
             "fault_every_s": shape.every.as_secs_f64(),
+            "partitions": shape.partitions,
             "ops": self.ops.len(),
             "ops_per_s": self.ops.len() as f64 / self.elapsed.as_secs_f64(),
             "steady_ops_per_s": report::rate(&self.ops, Duration::ZERO, shape.steady),
