@@ -12,6 +12,16 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshd");
 
+/// The report's counts of violations, each of which must be 0.
+const SAFETY_COUNTS: [&str; 6] = [
+    "double_holders",
+    "token_order_violations",
+    "tokens_reused",
+    "duplicate_executions",
+    "differing_replays",
+    "invented_results",
+];
+
 #[test]
 fn a_minute_of_kills_and_pauses_breaks_no_guarantee() {
     let r = churn(&["--no-partitions"]);
@@ -77,14 +87,7 @@ fn churn(extra: &[&str]) -> serde_json::Value {
         dir.keep().display()
     );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    for count in [
-        "double_holders",
-        "token_order_violations",
-        "tokens_reused",
-        "duplicate_executions",
-        "differing_replays",
-        "invented_results",
-    ] {
+    for count in SAFETY_COUNTS {
         assert_eq!(r[count], 0, "{count} (seed {seed})");
     }
     // The run did what it claims: ten faults (a delay where the kernel
@@ -145,14 +148,7 @@ fn the_schedule_in_the_simulation_breaks_no_guarantee() {
     );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let sim = &r["sim"];
-    for count in [
-        "double_holders",
-        "token_order_violations",
-        "tokens_reused",
-        "duplicate_executions",
-        "differing_replays",
-        "invented_results",
-    ] {
+    for count in SAFETY_COUNTS {
         assert_eq!(sim[count], 0, "{count} (seed {seed})");
     }
     assert_eq!(sim["nodes"], 20);
