@@ -1525,9 +1525,11 @@ async fn a_slow_disk_does_not_lapse_the_leaders_lease() {
         c.add(NodeId(id)).await;
     }
     c.led().await;
-    // Under such a disk two voters may start the cold start's contest at
-    // once, and the lowest id then takes over by handover (E6): measure
-    // from there.
+    // With such a disk the cold start may elect node 2 first: node 1's
+    // promise to itself, made a pre-vote's round trip after its recovery
+    // began writing, waits behind that write, and node 2's campaign gets
+    // node 3's promise first. Node 1 then takes over by handover (E6):
+    // measure from there.
     c.eventually(Duration::from_secs(10), "node 1 leads", |c| {
         c.agreed_leader() == Some(NodeId(1))
     })

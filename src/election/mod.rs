@@ -1087,25 +1087,47 @@ impl Election {
         self.check_pre_vote(now, out);
     }
 
-    /// A majority would promise the pre-vote's epoch: run for it (if no
-    /// higher epoch was seen meanwhile).
+    /// A majority would promise the pre-vote's epoch: run. Not if a
+    /// leader was heard since the pre-vote went out (answers left over
+    /// from an earlier attempt at the same epoch may have made up the
+    /// majority), nor if an epoch at or above the one asked about was
+    /// seen meanwhile: another candidate runs for it (a refusal told so),
+    /// and running above it would depose it for nothing; this attempt
+    /// backs off in full. This node's own vote counts only if it may
+    /// still promise.
     fn check_pre_vote(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let id = self.id;
+        let may_promise = |e: &Election, epoch| e.can_promise(now, epoch).is_ok();
         let Role::Candidate {
             epoch,
-            promises,
+            sent_at: Some(sent_at),
             pre: true,
             ..
-        } = &self.role
+        } = self.role
         else {
             return;
         };
-        if promises.len() >= self.quorum() {
-            let epoch = *epoch;
-            if epoch == self.max_epoch.max(self.promised).next() {
-                self.campaign(now, epoch, out);
-            } else {
-                self.fail_attempt(now);
+        if self.leader.is_some_and(|(_, seen)| seen >= sent_at) {
+            self.fail_attempt(now);
+            return;
+        }
+        let own = may_promise(self, epoch);
+        let Role::Candidate { promises, .. } = &mut self.role else {
+            return;
+        };
+        if !own {
+            promises.remove(&id);
+        }
+        if promises.len() < self.quorum() {
+            return;
+        }
+        if self.max_epoch.max(self.promised) >= epoch {
+            if let Role::Candidate { contested, .. } = &mut self.role {
+                *contested = true;
             }
+            self.fail_attempt(now);
+        } else {
+            self.campaign(now, epoch, out);
         }
     }
 
@@ -1162,6 +1184,7 @@ impl Election {
         if let Role::Candidate {
             epoch: mine,
             sent_at: sent_at @ None,
+            pre: false,
             ..
         } = &mut self.role
             && *mine == epoch
@@ -1601,9 +1624,12 @@ impl Election {
                 ref heard,
                 ..
             } => self.heartbeat(now, from, epoch, round, heard),
-            // E2's pre-vote: what a `Prepare` would get, nothing changed;
-            // a leader that serves says no (it would promise, being in no
-            // blackout of its own, and stop serving for nothing).
+            // E2's pre-vote: what a `Prepare` would get, nothing changed.
+            // A serving leader says `Leading` (a voter leading is in the
+            // blackout of its own rounds and would say so too, but a
+            // candidate told `Leading` backs off in full rather than
+            // retrying as that blackout ends); a leader that is no voter
+            // is not asked, and the voters' blackouts refuse for it.
             ElectionRequest::PreVote { epoch, .. } => {
                 if self.is_serving(now) {
                     self.reject(RejectReason::Leading)
@@ -1901,6 +1927,7 @@ impl Election {
                 if let Role::Candidate {
                     epoch: mine,
                     promises,
+                    pre: false,
                     ..
                 } = &mut self.role
                     && mine == epoch

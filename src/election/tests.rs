@@ -1480,3 +1480,63 @@ fn a_voter_back_from_a_partition_does_not_depose_a_serving_leader() {
         net.assert_safe();
     }
 }
+
+/// Goal (E2, pre-vote): a pre-vote's answers count only while no leader
+/// has been heard since it went out. A candidate that hears a leader's
+/// heartbeat meanwhile does not run on answers that come after (some may
+/// be left over from an earlier attempt at the same epoch): running,
+/// it would raise promises outside the leader's blackout and depose it.
+#[test]
+fn a_pre_vote_gives_way_to_a_leader_heard_meanwhile() {
+    let timing = Timing::default();
+    // Node 1 promised epoch 1 (to node 2, which leads it) and lost sight
+    // of it; it asks about epoch 2.
+    let mut e = voter(1, 1);
+    for p in [NodeId(2), NodeId(3)] {
+        e.handle_peer(Duration::ZERO, p, true, None);
+    }
+    let t0 = timing.election_timeout + STEP;
+    let outs = e.handle_tick(t0);
+    let pre_vote = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send {
+                to,
+                request: request @ ElectionRequest::PreVote { .. },
+            } if *to == NodeId(3) => Some(request.clone()),
+            _ => None,
+        })
+        .expect("a pre-vote to node 3");
+    let ElectionRequest::PreVote { epoch, voters } = pre_vote else {
+        unreachable!()
+    };
+    assert_eq!(epoch, Epoch(2));
+    // Node 2's heartbeat of epoch 1 arrives: it leads still.
+    let heartbeat = ElectionRequest::Heartbeat {
+        epoch: Epoch(1),
+        round: 0,
+        voters,
+        heard: vec![NodeId(1)],
+    };
+    let (handled, _) = e.handle_request(t0 + STEP, NodeId(2), &heartbeat);
+    assert!(matches!(handled.response, ElectionResponse::Ack { .. }));
+    let outs = e.handle_response(
+        t0 + STEP * 2,
+        NodeId(3),
+        &pre_vote,
+        Some(&ElectionResponse::WouldPromise { epoch }),
+    );
+    let ran = outs.iter().any(|o| {
+        matches!(
+            o,
+            Output::Persist(_)
+                | Output::ElectionStarted { .. }
+                | Output::Send {
+                    request: ElectionRequest::Prepare { .. },
+                    ..
+                }
+        )
+    });
+    assert!(!ran, "ran on a pre-vote after hearing a leader: {outs:?}");
+    assert_eq!(e.promised(), Epoch(1));
+}

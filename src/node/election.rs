@@ -347,8 +347,12 @@ impl State {
                     let tx = self.tx.clone();
                     let timing = self.election.timing();
                     let timeout = match request {
-                        // Answered once the voter's promise is durable.
-                        ElectionRequest::Prepare { .. } => timing.attempt_window(),
+                        // Answered once the voter's promise is durable; a
+                        // pre-vote's answer waits behind any promise the
+                        // voter is still writing, so it gets as long.
+                        ElectionRequest::Prepare { .. } | ElectionRequest::PreVote { .. } => {
+                            timing.attempt_window()
+                        }
                         _ => timing.heartbeat * 2,
                     };
                     let send = async move {
