@@ -70,7 +70,7 @@ fn churn(extra: &[&str]) -> serde_json::Value {
     let logs = dir.path().join("run");
     let out = Command::new(BIN)
         .args(["bench", "churn", "--nodes", "5", "--duration-s", "60"])
-        .args(["--seed", &seed.to_string(), "--quiet"])
+        .args(["--seed", &seed.to_string(), "--quiet", "--sim-nodes", "0"])
         .args(extra)
         .arg("--json")
         .arg(&json)

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -67,11 +68,14 @@ impl Namespaces {
         None
     }
 
-    /// Makes `nodes` namespaces (ids `1..=nodes`) and the bridge.
+    /// Makes `nodes` namespaces (ids `1..=nodes`) and the bridge, after
+    /// removing those of earlier runs whose process is gone (a run killed
+    /// before it could remove its own).
     pub fn create(nodes: u64) -> Result<Namespaces, String> {
         if nodes > 250 {
             return Err("at most 250 namespaces".into());
         }
+        sweep_stale();
         let pid = std::process::id();
         // A /24 of 10.0.0.0/8 picked by process id: runs in parallel (the
         // tests) get their own. Interface names stay within 15 bytes.
@@ -223,6 +227,30 @@ impl Namespaces {
     /// Nodes made.
     pub fn nodes(&self) -> u64 {
         self.nodes
+    }
+}
+
+/// Removes the namespaces and bridges of runs whose process has ended.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let mut gone = BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some((tag, _)) = name.split_once('-') else {
+            continue;
+        };
+        let Some(pid) = tag.strip_prefix("cm").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run("ip", &["netns", "del", name]);
+            gone.insert(tag.to_string());
+        }
+    }
+    for tag in gone {
+        let _ = run("ip", &["link", "del", &format!("{tag}b")]);
     }
 }
 
