@@ -120,7 +120,7 @@ fn kinds(r: &serde_json::Value) -> Vec<&str> {
         .collect()
 }
 
-/// Goal: the same schedule in the simulation, partitions included: 20
+/// Goal: the same schedule in the simulation, partitions included: 12
 /// nodes (5 voters with data directories) for 30 s of virtual time, no
 /// violation. (`meshd bench churn` runs it at 100 nodes.)
 #[test]
@@ -133,9 +133,9 @@ fn the_schedule_in_the_simulation_breaks_no_guarantee() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("sim.json");
     let out = Command::new(BIN)
-        .args(["bench", "churn", "--sim-only", "--sim-nodes", "20"])
+        .args(["bench", "churn", "--sim-only", "--sim-nodes", "12"])
         .args(["--duration-s", "30", "--seed", &seed.to_string()])
-        .args(["--lock-clients", "6", "--idempotency-clients", "2"])
+        .args(["--lock-clients", "4", "--idempotency-clients", "2"])
         .arg("--json")
         .arg(&json)
         .output()
@@ -151,7 +151,7 @@ fn the_schedule_in_the_simulation_breaks_no_guarantee() {
     for count in SAFETY_COUNTS {
         assert_eq!(sim[count], 0, "{count} (seed {seed})");
     }
-    assert_eq!(sim["nodes"], 20);
+    assert_eq!(sim["nodes"], 12);
     assert!(sim["faults"].as_u64().unwrap() >= 3, "seed {seed}");
     assert!(
         sim["lock_holds_checked"].as_u64().unwrap() > 1_000,
