@@ -33,7 +33,8 @@ enum Which {
     /// Idempotent operations: replay, first execution, throughput,
     /// anti-entropy and memory, beside etcd.
     Idempotency(IdempotencyOptions),
-    /// Real agents under a churn schedule (kills, pauses, leaves): the
+    /// Real agents under a churn schedule (kills, pauses, leaves, and as
+    /// root partitions between network namespaces): the
     /// throughput, failovers and safety of a mixed workload, beside etcd.
     Churn(ChurnOptions),
 }
