@@ -598,16 +598,7 @@ fn lease_starts_with_a_majority_acked_round_after_takeover() {
         !outs.iter().any(|o| matches!(o, Output::Persist(_))),
         "{outs:?}"
     );
-    let pre_vote = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Send {
-                to,
-                request: request @ ElectionRequest::PreVote { .. },
-            } if *to == NodeId(2) => Some(request.clone()),
-            _ => None,
-        })
-        .expect("a pre-vote to node 2");
+    let pre_vote = pre_vote_to(&outs, 2);
     let ElectionRequest::PreVote { epoch: asked, .. } = pre_vote else {
         unreachable!()
     };
@@ -1415,6 +1406,19 @@ fn a_voter_the_heartbeats_do_not_name_probes_every_other_voter_each_heartbeat() 
     assert_eq!(to(&net, 1) - to_leader, 10);
 }
 
+/// The pre-vote among `outs` sent to node `to`.
+fn pre_vote_to(outs: &[Output], to: u64) -> ElectionRequest {
+    outs.iter()
+        .find_map(|o| match o {
+            Output::Send {
+                to: n,
+                request: request @ ElectionRequest::PreVote { .. },
+            } if *n == NodeId(to) => Some(request.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no pre-vote to node {to}: {outs:?}"))
+}
+
 /// The epochs node `id` served in, in order.
 fn epochs_served(net: &Net, id: u64) -> Vec<Epoch> {
     net.served
@@ -1497,16 +1501,7 @@ fn a_pre_vote_gives_way_to_a_leader_heard_meanwhile() {
     }
     let t0 = timing.election_timeout + STEP;
     let outs = e.handle_tick(t0);
-    let pre_vote = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Send {
-                to,
-                request: request @ ElectionRequest::PreVote { .. },
-            } if *to == NodeId(3) => Some(request.clone()),
-            _ => None,
-        })
-        .expect("a pre-vote to node 3");
+    let pre_vote = pre_vote_to(&outs, 3);
     let ElectionRequest::PreVote { epoch, voters } = pre_vote else {
         unreachable!()
     };
