@@ -60,11 +60,7 @@ fn a_minute_with_partitions_between_namespaces_breaks_no_guarantee() {
 /// Runs a minute of churn on five agents with `extra` flags; the JSON
 /// report once every check common to both runs holds.
 fn churn(extra: &[&str]) -> serde_json::Value {
-    let seed: u64 = std::env::var("COORDMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("churn seed {seed} (COORDMESH_SEED={seed} replays the schedule)");
+    let seed = seed();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("churn.json");
     let logs = dir.path().join("run");
@@ -125,11 +121,7 @@ fn kinds(r: &serde_json::Value) -> Vec<&str> {
 /// violation. (`meshd bench churn` runs it at 100 nodes.)
 #[test]
 fn the_schedule_in_the_simulation_breaks_no_guarantee() {
-    let seed: u64 = std::env::var("COORDMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("churn seed {seed} (COORDMESH_SEED={seed} replays the schedule)");
+    let seed = seed();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("sim.json");
     let out = Command::new(BIN)
@@ -158,4 +150,14 @@ fn the_schedule_in_the_simulation_breaks_no_guarantee() {
         "seed {seed}"
     );
     assert!(sim["executions"].as_u64().unwrap() > 100, "seed {seed}");
+}
+
+/// `COORDMESH_SEED`, or a random seed; printed either way.
+fn seed() -> u64 {
+    let seed = std::env::var("COORDMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("churn seed {seed} (COORDMESH_SEED={seed} replays the schedule)");
+    seed
 }
